@@ -1,0 +1,16 @@
+//! Test kit for dlock: real `redis-server` processes, never mocks.
+//!
+//! # Layout
+//! - [`RedisServer`] starts one `redis-server` on a free loopback port in a private temp
+//!   directory, waits until it answers `PING`, and kills it on drop. Faults: [`RedisServer::kill`]
+//!   (SIGKILL), [`RedisServer::pause`]/[`RedisServer::resume`] (SIGSTOP/SIGCONT),
+//!   [`RedisServer::restart_empty`] (restart with every key lost), [`RedisServer::debug_sleep`],
+//!   [`RedisServer::client_pause`].
+//! - [`RedisServers`] starts N independent servers (Redlock tests).
+//! - [`find_redis_server`] says where the binary comes from: `DLOCK_REDIS_SERVER`, else `PATH`.
+//!
+//! The kit panics on failure (it is for tests) and every panic carries the server's log.
+
+mod server;
+
+pub use server::{find_redis_server, RedisServer, RedisServers, ServerOptions};

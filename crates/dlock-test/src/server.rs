@@ -1,0 +1,421 @@
+//! One real `redis-server` process per [`RedisServer`], owned by the test that started it.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// How long a starting server may take to answer `PING` before the start is a failure.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often a free port is drawn again when a server could not bind the one it was given
+/// (another process took it between our probe and the server's bind).
+const PORT_ATTEMPTS: usize = 5;
+
+/// Where the `redis-server` binary is: `$DLOCK_REDIS_SERVER`, else `redis-server` on `PATH`.
+///
+/// # Panics
+/// When neither exists, with a message that says how to install it.
+pub fn find_redis_server() -> PathBuf {
+    if let Some(path) = std::env::var_os("DLOCK_REDIS_SERVER") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "DLOCK_REDIS_SERVER={} is not a file; point it at a redis-server binary",
+            path.display()
+        );
+        return path;
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("redis-server"))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "redis-server not found: dlock's tests start their own Redis servers. Install it \
+             (Debian/Ubuntu: `sudo apt-get install redis-server`, macOS: `brew install redis`) or \
+             set DLOCK_REDIS_SERVER to the binary's path"
+        )
+    })
+}
+
+/// Settings for a server to start; [`RedisServer::start`] uses the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// `requirepass` for the default user (ACL tests).
+    pub password: Option<String>,
+    /// Extra `--name value` arguments given to `redis-server` as they are.
+    pub extra_args: Vec<String>,
+}
+
+/// A running `redis-server` on `127.0.0.1:<port>`, killed (and waited for) on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    options: ServerOptions,
+    dir: tempfile::TempDir,
+    paused: bool,
+}
+
+impl RedisServer {
+    /// Starts a server with default settings on a free port.
+    pub fn start() -> Self {
+        Self::start_with(ServerOptions::default())
+    }
+
+    /// Starts a server with `options` on a free port.
+    ///
+    /// # Panics
+    /// When the server cannot be started, with its log.
+    pub fn start_with(options: ServerOptions) -> Self {
+        let mut last_log = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix("dlock-redis-")
+                .tempdir()
+                .expect("create a temp dir for redis-server");
+            let mut server = RedisServer {
+                child: None,
+                port: free_port(),
+                options: options.clone(),
+                dir,
+                paused: false,
+            };
+            match server.spawn_and_wait() {
+                Ok(()) => return server,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("redis-server failed to start {PORT_ATTEMPTS} times; last log:\n{last_log}");
+    }
+
+    /// `redis://127.0.0.1:<port>/` (with the password when one is set).
+    pub fn url(&self) -> String {
+        match &self.options.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    /// The loopback port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A fresh synchronous connection, for the test's own inspection of the server.
+    ///
+    /// # Panics
+    /// When the server does not answer.
+    pub fn connection(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).expect("test kit builds valid URLs");
+        client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect to {}: {e}\n{}", self.port, self.log()))
+    }
+
+    /// Runs one command on a fresh connection and returns its reply.
+    pub fn cmd<T: redis::FromRedisValue>(&self, name: &str, args: &[&str]) -> T {
+        let mut con = self.connection();
+        let mut cmd = redis::cmd(name);
+        for arg in args {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut con)
+            .unwrap_or_else(|e| panic!("{name} {args:?} on port {}: {e}", self.port))
+    }
+
+    /// How many times the server has executed `command` (lower case, e.g. `"evalsha"`), from
+    /// `INFO commandstats`; 0 when it never ran.
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let info: String = self.cmd("INFO", &["commandstats"]);
+        parse_command_calls(&info, command)
+    }
+
+    /// The server's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL: the server vanishes at once, with everything it held in memory.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if self.paused {
+                // A stopped process still dies of SIGKILL; resume bookkeeping only.
+                self.paused = false;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the server process is running (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGSTOP: the server stops answering but keeps its sockets open, like a long GC pause or
+    /// a frozen VM. Its clock keeps running, so keys still expire by wall time once resumed.
+    pub fn pause(&mut self) {
+        self.signal(Signal::SIGSTOP);
+        self.paused = true;
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&mut self) {
+        self.signal(Signal::SIGCONT);
+        self.paused = false;
+    }
+
+    /// Kills the server (SIGKILL) and starts a new, empty one on the same port: a restart that
+    /// lost all data (no persistence).
+    ///
+    /// # Panics
+    /// When the new server cannot start, with its log.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let _ = fs::remove_file(self.dir.path().join("dump.rdb"));
+        // The port was ours a moment ago; it is free again as soon as the old process is reaped.
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            match self.spawn_and_wait() {
+                Ok(()) => return,
+                Err(log) if Instant::now() > deadline => {
+                    panic!("redis-server did not restart on port {}:\n{log}", self.port)
+                }
+                Err(_) => thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Makes the server busy for `duration` with `DEBUG SLEEP` (it answers nobody meanwhile),
+    /// without blocking the caller.
+    pub fn debug_sleep(&self, duration: Duration) -> thread::JoinHandle<()> {
+        let mut con = self.connection();
+        let seconds = format!("{:.3}", duration.as_secs_f64());
+        thread::spawn(move || {
+            let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(seconds)
+                .query(&mut con);
+        })
+    }
+
+    /// `CLIENT PAUSE <ms> ALL`: every client's commands wait for `duration`.
+    pub fn client_pause(&self, duration: Duration) {
+        let ms = duration.as_millis().to_string();
+        let _: () = self.cmd("CLIENT", &["PAUSE", &ms, "ALL"]);
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = self.pid().expect("signal a server that is running");
+        let pid = Pid::from_raw(i32::try_from(pid).expect("pid fits i32"));
+        kill(pid, signal).unwrap_or_else(|e| panic!("{signal} to redis-server: {e}"));
+    }
+
+    /// Starts the process on `self.port` and waits until it answers; on failure returns the
+    /// server's log (the process is reaped).
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let binary = find_redis_server();
+        let mut command = Command::new(&binary);
+        command
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .args(["--enable-debug-command", "yes"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(password) = &self.options.password {
+            command.args(["--requirepass", password]);
+        }
+        command.args(&self.options.extra_args);
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut log = self.log();
+                if let Some(mut stderr) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = stderr.read_to_string(&mut log);
+                }
+                return Err(format!("redis-server exited with {status}:\n{log}"));
+            }
+            if answers_ping(self.port, self.options.password.as_deref()) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "redis-server did not answer PING within {STARTUP_TIMEOUT:?}:\n{}",
+                    self.log()
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// N independent servers (no replication between them), as Redlock needs.
+#[derive(Debug)]
+pub struct RedisServers {
+    servers: Vec<RedisServer>,
+}
+
+impl RedisServers {
+    /// Starts `n` servers on distinct free ports.
+    pub fn start(n: usize) -> Self {
+        RedisServers {
+            servers: (0..n).map(|_| RedisServer::start()).collect(),
+        }
+    }
+
+    /// Every server's URL, in order.
+    pub fn urls(&self) -> Vec<String> {
+        self.servers.iter().map(RedisServer::url).collect()
+    }
+}
+
+impl std::ops::Deref for RedisServers {
+    type Target = [RedisServer];
+    fn deref(&self) -> &[RedisServer] {
+        &self.servers
+    }
+}
+
+impl std::ops::DerefMut for RedisServers {
+    fn deref_mut(&mut self) -> &mut [RedisServer] {
+        &mut self.servers
+    }
+}
+
+/// A port that was free a moment ago: bind port 0 and let the OS pick.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("local address").port()
+}
+
+fn answers_ping(port: u16, password: Option<&str>) -> bool {
+    let url = match password {
+        Some(p) => format!("redis://:{p}@127.0.0.1:{port}/"),
+        None => format!("redis://127.0.0.1:{port}/"),
+    };
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    match client.get_connection_with_timeout(Duration::from_millis(500)) {
+        Ok(mut con) => {
+            let _ = con.set_read_timeout(Some(Duration::from_millis(500)));
+            redis::cmd("PING").query::<String>(&mut con).is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+fn parse_command_calls(info: &str, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|stats| {
+            stats
+                .split(',')
+                .find_map(|field| field.strip_prefix("calls="))
+                .and_then(|calls| calls.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commandstats_calls() {
+        let info = "# Commandstats\r\ncmdstat_evalsha:calls=42,usec=1,usec_per_call=0.1\r\n\
+                    cmdstat_ping:calls=3,usec=0";
+        assert_eq!(parse_command_calls(info, "evalsha"), 42);
+        assert_eq!(parse_command_calls(info, "ping"), 3);
+        assert_eq!(parse_command_calls(info, "set"), 0);
+    }
+
+    #[test]
+    fn server_starts_answers_and_dies_on_drop() {
+        let server = RedisServer::start();
+        let pong: String = server.cmd("PING", &[]);
+        assert_eq!(pong, "PONG");
+        let port = server.port();
+        drop(server);
+        assert!(!answers_ping(port, None), "server still answers after drop");
+    }
+
+    #[test]
+    fn restart_empty_loses_data_and_keeps_port() {
+        let mut server = RedisServer::start();
+        let _: () = server.cmd("SET", &["k", "v"]);
+        let port = server.port();
+        server.restart_empty();
+        assert_eq!(server.port(), port);
+        let value: Option<String> = server.cmd("GET", &["k"]);
+        assert_eq!(value, None);
+    }
+
+    #[test]
+    fn pause_stops_answers_until_resume() {
+        let mut server = RedisServer::start();
+        let mut con = server.connection();
+        server.pause();
+        con.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let reply: redis::RedisResult<String> = redis::cmd("PING").query(&mut con);
+        assert!(reply.is_err(), "a stopped server answered: {reply:?}");
+        server.resume();
+        let pong: String = server.cmd("PING", &[]);
+        assert_eq!(pong, "PONG");
+    }
+
+    #[test]
+    fn password_is_required_when_set() {
+        let server = RedisServer::start_with(ServerOptions {
+            password: Some("s3cret".into()),
+            ..ServerOptions::default()
+        });
+        let pong: String = server.cmd("PING", &[]);
+        assert_eq!(pong, "PONG");
+        let anonymous =
+            redis::Client::open(format!("redis://127.0.0.1:{}/", server.port())).expect("url");
+        let mut con = anonymous.get_connection().expect("connect");
+        let reply: redis::RedisResult<String> = redis::cmd("GET").arg("k").query(&mut con);
+        assert!(reply.is_err());
+    }
+}
