@@ -1,0 +1,181 @@
+//! [`Client`]: a connection to Redis shared by every lock made from it.
+//!
+//! One client holds one multiplexed, auto-reconnecting connection and one watchdog task.
+//! Clone it freely (it is a handle); every clone, lock and guard shares both.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::holder::{int, pttl, HolderInfo, LockStatus};
+use crate::key::LockKeys;
+use crate::lock::Lock;
+use crate::node::Node;
+use crate::options::{ClientOptions, LockOptions};
+use crate::scripts;
+use crate::watchdog::Watchdog;
+
+/// A connection to one Redis server, shared by every lock made from it.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dlock::Error> {
+/// let client = dlock::Client::connect("redis://127.0.0.1:6379/").await?;
+/// let lock = client.lock("reports:nightly")?;
+/// let guard = lock.try_lock().await?;
+/// println!("fencing token {}", guard.fencing_token());
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    node: Node,
+    watchdog: Watchdog,
+    held: Arc<AtomicUsize>,
+    identity: Identity,
+}
+
+/// What a lock records about its holder beyond the label: who we are.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub host: String,
+    pub pid: u32,
+}
+
+impl Client {
+    /// Connects to one Redis server with default [`ClientOptions`].
+    ///
+    /// Accepted URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://…` (TLS), and
+    /// `unix:///path/to/socket[?db=N&user=U&pass=P]`.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for a malformed URL,
+    /// [`Error::Auth`](crate::Error::Auth) for refused credentials,
+    /// [`Error::Unavailable`](crate::Error::Unavailable) when the server cannot be reached
+    /// within the connect timeout. Messages never contain the password.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the watchdog task needs one).
+    pub async fn connect(url: &str) -> Result<Client> {
+        Self::connect_with(url, ClientOptions::default()).await
+    }
+
+    /// Connects with explicit [`ClientOptions`] (timeouts).
+    ///
+    /// # Errors
+    /// As [`Client::connect`], and [`Error::Config`](crate::Error::Config) for invalid options.
+    pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client> {
+        let node = Node::connect(url, &options).await?;
+        let watchdog = Watchdog::spawn(node.clone());
+        Ok(Client {
+            inner: Arc::new(Inner {
+                node,
+                watchdog,
+                held: Arc::new(AtomicUsize::new(0)),
+                identity: Identity {
+                    host: gethostname::gethostname().to_string_lossy().into_owned(),
+                    pid: std::process::id(),
+                },
+            }),
+        })
+    }
+
+    /// A lock named `name` with default [`LockOptions`] (30 s lease, renewed; waits of at
+    /// most 30 s).
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for an invalid name (empty, longer than
+    /// [`MAX_NAME_LEN`](crate::MAX_NAME_LEN), or with a stray `}`).
+    pub fn lock(&self, name: &str) -> Result<Lock> {
+        self.lock_with(name, LockOptions::default())
+    }
+
+    /// A lock named `name` with `options`.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for an invalid name or options (e.g. a TTL
+    /// outside [`MIN_TTL`](crate::MIN_TTL)..=[`MAX_TTL`](crate::MAX_TTL)).
+    pub fn lock_with(&self, name: &str, options: LockOptions) -> Result<Lock> {
+        options.validate()?;
+        let keys = LockKeys::new(name)?;
+        Ok(Lock::new(self.clone(), keys, options))
+    }
+
+    /// Reads a lock's state: held or free, time left, holder, last fencing token. One round
+    /// trip, one consistent snapshot.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for an invalid name; connection errors.
+    pub async fn status(&self, name: &str) -> Result<LockStatus> {
+        self.inspect(name, false).await
+    }
+
+    /// Breaks a lock whoever holds it (an operator's tool for a stale lock), and returns what
+    /// it broke. The holder, if alive, learns of the loss at its next renewal.
+    ///
+    /// # Errors
+    /// As [`Client::status`].
+    pub async fn force_release(&self, name: &str) -> Result<LockStatus> {
+        self.inspect(name, true).await
+    }
+
+    /// How many leases this client holds right now (granted, not yet released or lost).
+    pub fn held_locks(&self) -> usize {
+        self.inner.held.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the releases of guards dropped so far have been sent to Redis. Call it
+    /// before a program exits if guards may have been dropped without `release()`.
+    pub async fn flush(&self) {
+        self.inner.watchdog.flush().await;
+    }
+
+    /// The server's URL, without its password.
+    pub fn server(&self) -> &str {
+        self.inner.node.name()
+    }
+
+    pub(crate) fn node(&self) -> &Node {
+        &self.inner.node
+    }
+
+    pub(crate) fn watchdog(&self) -> &Watchdog {
+        &self.inner.watchdog
+    }
+
+    pub(crate) fn held_counter(&self) -> &Arc<AtomicUsize> {
+        &self.inner.held
+    }
+
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    async fn inspect(&self, name: &str, break_it: bool) -> Result<LockStatus> {
+        let keys = LockKeys::new(name)?;
+        let mut call = scripts::INSPECT.prepare_invoke();
+        call.key(&keys.lock)
+            .key(&keys.info)
+            .key(&keys.fence)
+            .arg(if break_it { "break" } else { "read" });
+        let node = self.node();
+        let reply: Vec<redis::Value> = node.eval(&call, node.command_timeout()).await?;
+        let field = |i: usize| reply.get(i).unwrap_or(&redis::Value::Nil);
+        let held = int(field(0)) == Some(1);
+        let server_now_ms = int(field(3))
+            .and_then(|ms| u64::try_from(ms).ok())
+            .unwrap_or(0);
+        Ok(LockStatus {
+            key: keys.lock,
+            held,
+            ttl_left: pttl(field(1)),
+            holder: HolderInfo::parse(field(2), server_now_ms).filter(|_| held),
+            last_fencing_token: int(field(4)).and_then(|t| u64::try_from(t).ok()),
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! One crate-wide [`Error`]: every failure dlock can report, typed so callers can act on it.
+//!
+//! [`Error::kind`] gives a field-less [`ErrorKind`] for matching and mapping (the CLI maps kinds
+//! to exit codes); predicates such as [`Error::is_conflict`] read well in `if` conditions; and
+//! [`Error::is_retryable`] is the one place that decides which failures a wait may retry.
+//! No message ever contains a password: node names are URLs with the password replaced.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::holder::HolderInfo;
+use crate::lease::LossReason;
+
+/// Result type of every fallible dlock call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in dlock.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The lock is held by another owner (returned at once by `try_lock`).
+    #[error("{0}")]
+    Conflict(Box<Conflict>),
+    /// A bounded wait for the lock ran out; the lock was still held by another owner.
+    #[error("gave up waiting for lock {key:?} after {}: {last}", humanize(*waited))]
+    Timeout {
+        /// The lock's key.
+        key: String,
+        /// How long the caller waited.
+        waited: Duration,
+        /// The last conflict seen (who held the lock when the wait ended).
+        last: Box<Conflict>,
+    },
+    /// The lease is gone: it expired, was deleted or taken over, or could not be renewed in time.
+    /// A critical section that was still running may have overlapped another holder's.
+    #[error("lease on lock {key:?} was lost: {reason}")]
+    Lost {
+        /// The lock's key.
+        key: String,
+        /// Why the lease is gone.
+        reason: LossReason,
+    },
+    /// The caller does not own the lock it tried to act on.
+    #[error("not the owner of lock {key:?}")]
+    NotOwner {
+        /// The lock's key.
+        key: String,
+    },
+    /// Redis could not be reached in time (refused, reset, timed out).
+    #[error("Redis unavailable at {node}: {reason}")]
+    Unavailable {
+        /// The node, as a URL without its password.
+        node: String,
+        /// What went wrong, for people.
+        reason: String,
+    },
+    /// Redis refused the credentials (wrong user or password, or none given).
+    #[error("Redis at {node} refused authentication: {reason}")]
+    Auth {
+        /// The node, as a URL without its password.
+        node: String,
+        /// The server's answer.
+        reason: String,
+    },
+    /// Bad input: URL, TTL, key name or another setting. Nothing was sent to Redis.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Redis answered with an error that fits no other kind (e.g. an ACL denial).
+    #[error("Redis error at {node}: {source}")]
+    Redis {
+        /// The node, as a URL without its password.
+        node: String,
+        /// The driver's error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Something that should not happen did (e.g. the OS random source failed).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The kind of an [`Error`], without its data: for `match` and exit-code tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// See [`Error::Conflict`].
+    Conflict,
+    /// See [`Error::Timeout`].
+    Timeout,
+    /// See [`Error::Lost`].
+    Lost,
+    /// See [`Error::NotOwner`].
+    NotOwner,
+    /// See [`Error::Unavailable`].
+    Unavailable,
+    /// See [`Error::Auth`].
+    Auth,
+    /// See [`Error::Config`].
+    Config,
+    /// See [`Error::Redis`].
+    Redis,
+    /// See [`Error::Internal`].
+    Internal,
+}
+
+impl Error {
+    /// This error's kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Conflict(_) => ErrorKind::Conflict,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Lost { .. } => ErrorKind::Lost,
+            Error::NotOwner { .. } => ErrorKind::NotOwner,
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::Auth { .. } => ErrorKind::Auth,
+            Error::Config(_) => ErrorKind::Config,
+            Error::Redis { .. } => ErrorKind::Redis,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The lock is held by someone else.
+    pub fn is_conflict(&self) -> bool {
+        self.kind() == ErrorKind::Conflict
+    }
+
+    /// A bounded wait ran out.
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == ErrorKind::Timeout
+    }
+
+    /// The lease was lost.
+    pub fn is_lost(&self) -> bool {
+        self.kind() == ErrorKind::Lost
+    }
+
+    /// Redis could not be reached.
+    pub fn is_unavailable(&self) -> bool {
+        self.kind() == ErrorKind::Unavailable
+    }
+
+    /// Bad input or settings.
+    pub fn is_config(&self) -> bool {
+        self.kind() == ErrorKind::Config
+    }
+
+    /// Whether trying the same call again later may succeed: the lock was busy or Redis was
+    /// briefly unreachable. Bad input, refused credentials and lost leases never heal by retrying.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind(), ErrorKind::Conflict | ErrorKind::Unavailable)
+    }
+
+    /// Who held the lock, when the error is a conflict or a wait that ran out.
+    pub fn conflict(&self) -> Option<&Conflict> {
+        match self {
+            Error::Conflict(conflict) | Error::Timeout { last: conflict, .. } => Some(&**conflict),
+            _ => None,
+        }
+    }
+
+    /// Maps a driver error, naming the node it came from.
+    pub(crate) fn from_redis(node: &str, error: redis::RedisError) -> Error {
+        let node = node.to_owned();
+        let code = error.code().unwrap_or_default();
+        if error.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(code, "WRONGPASS" | "NOAUTH")
+        {
+            return Error::Auth {
+                node,
+                reason: error.to_string(),
+            };
+        }
+        if error.is_io_error()
+            || error.is_timeout()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || matches!(code, "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN")
+        {
+            return Error::Unavailable {
+                node,
+                reason: error.to_string(),
+            };
+        }
+        Error::Redis {
+            node,
+            source: error,
+        }
+    }
+}
+
+/// A lock held by another owner: who, and for how much longer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The lock's key.
+    pub key: String,
+    /// How long the current lease still runs (`None` when the key has no expiry: a lock set by
+    /// another tool without a TTL, which only a forced release frees).
+    pub ttl_left: Option<Duration>,
+    /// Who holds it, when the holder wrote holder info (dlock does; other tools do not).
+    pub holder: Option<HolderInfo>,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "lock {:?} is held", self.key)?;
+        if let Some(holder) = &self.holder {
+            write!(f, " by {holder}")?;
+        }
+        match self.ttl_left {
+            Some(ttl) => write!(f, " (lease ends in {})", humanize(ttl)),
+            None => write!(f, " (no expiry)"),
+        }
+    }
+}
+
+/// Durations for people: whole milliseconds, so `1.5s` rather than `1.500321987s`.
+pub(crate) fn humanize(duration: Duration) -> String {
+    let ms = Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
+    humantime_like(ms)
+}
+
+fn humantime_like(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", duration.as_secs_f64())
+    } else {
+        let secs = duration.as_secs();
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(humanize(Duration::from_micros(1500)), "1ms");
+        assert_eq!(humanize(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(humanize(Duration::from_secs(125)), "2m05s");
+    }
+
+    #[test]
+    fn kinds_and_predicates_agree() {
+        let conflict = Conflict {
+            key: "k".into(),
+            ttl_left: Some(Duration::from_secs(3)),
+            holder: None,
+        };
+        let err = Error::Conflict(Box::new(conflict.clone()));
+        assert!(err.is_conflict() && err.is_retryable());
+        assert_eq!(err.conflict(), Some(&conflict));
+        assert_eq!(err.to_string(), "lock \"k\" is held (lease ends in 3.0s)");
+        let err = Error::Config("bad".into());
+        assert!(err.is_config() && !err.is_retryable());
+    }
+}

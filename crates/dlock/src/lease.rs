@@ -1,0 +1,252 @@
+//! The state of one granted lease, shared by its guard and the watchdog.
+//!
+//! A lease moves once, from `Held` to `Lost(reason)` or `Released`, and never back: a holder
+//! told its lease is lost can trust that answer. Validity is kept on the monotonic clock and
+//! computed conservatively: from the moment a grant or renewal was *sent* (the server's expiry
+//! is measured from a later moment), minus a drift allowance for clocks that run at slightly
+//! different rates.
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::key::LockKeys;
+use crate::token::Token;
+
+/// Why a lease was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LossReason {
+    /// The lock key no longer holds this owner's token: it expired, was deleted (e.g. a forced
+    /// release), or another owner took it after it expired, or Redis lost it in a restart.
+    KeyGone,
+    /// Renewal could not reach Redis before the lease's validity ran out; the error says why.
+    Unreachable(String),
+    /// The lease ran out its TTL without renewal (renewal was off).
+    Expired,
+}
+
+impl fmt::Display for LossReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LossReason::KeyGone => {
+                write!(
+                    f,
+                    "the lock key no longer holds our token (expired, deleted or taken)"
+                )
+            }
+            LossReason::Unreachable(error) => {
+                write!(
+                    f,
+                    "Redis could not be reached before the lease ran out: {error}"
+                )
+            }
+            LossReason::Expired => write!(f, "the lease expired (renewal was off)"),
+        }
+    }
+}
+
+/// Where a lease stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseStatus {
+    /// Held and valid, as far as this client can tell.
+    Held,
+    /// Lost; once lost, always lost.
+    Lost(LossReason),
+    /// Released by its owner (or by dropping its guard).
+    Released,
+}
+
+/// The share of the TTL kept back for clock-rate drift between client and server, as in the
+/// Redlock paper: 1% plus 2 ms.
+pub(crate) fn drift_allowance(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}
+
+/// How long after `sent_at` a lease of `ttl` is surely still valid.
+pub(crate) fn validity(ttl: Duration) -> Duration {
+    ttl.saturating_sub(drift_allowance(ttl))
+}
+
+/// How often the watchdog renews a lease of `ttl`: a third of it, so two renewals can fail
+/// before the lease is in danger.
+pub(crate) fn renewal_interval(ttl: Duration) -> Duration {
+    ttl / 3
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    ttl: Duration,
+    sent_at: Instant,
+    valid_until: Instant,
+}
+
+/// One granted lease.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pub keys: Arc<LockKeys>,
+    pub token: Token,
+    pub fencing_token: u64,
+    pub renew: bool,
+    timing: Mutex<Timing>,
+    status: watch::Sender<LeaseStatus>,
+    held_count: Arc<AtomicUsize>,
+}
+
+impl Lease {
+    /// A lease granted by a request sent at `sent_at`. `held_count` is the client's count of
+    /// held leases, kept exact by this type.
+    pub fn new(
+        keys: Arc<LockKeys>,
+        token: Token,
+        fencing_token: u64,
+        ttl: Duration,
+        sent_at: Instant,
+        renew: bool,
+        held_count: Arc<AtomicUsize>,
+    ) -> Lease {
+        held_count.fetch_add(1, Ordering::SeqCst);
+        Lease {
+            keys,
+            token,
+            fencing_token,
+            renew,
+            timing: Mutex::new(Timing {
+                ttl,
+                sent_at,
+                valid_until: sent_at + validity(ttl),
+            }),
+            status: watch::channel(LeaseStatus::Held).0,
+            held_count,
+        }
+    }
+
+    fn timing(&self) -> Timing {
+        *self.timing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current lease length.
+    pub fn ttl(&self) -> Duration {
+        self.timing().ttl
+    }
+
+    /// Until when the lease is surely valid (monotonic clock).
+    pub fn valid_until(&self) -> Instant {
+        self.timing().valid_until
+    }
+
+    /// When the watchdog should renew next.
+    pub fn next_renewal(&self) -> Instant {
+        let timing = self.timing();
+        timing.sent_at + renewal_interval(timing.ttl)
+    }
+
+    /// Records a successful extension sent at `sent_at` to `ttl`. Replies can arrive out of
+    /// order (watchdog and `extend` race); the most recently *sent* one wins.
+    pub fn extended(&self, sent_at: Instant, ttl: Duration) {
+        let mut timing = self.timing.lock().unwrap_or_else(PoisonError::into_inner);
+        if sent_at >= timing.sent_at {
+            *timing = Timing {
+                ttl,
+                sent_at,
+                valid_until: sent_at + validity(ttl),
+            };
+        }
+    }
+
+    pub fn status(&self) -> LeaseStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn is_held(&self) -> bool {
+        *self.status.borrow() == LeaseStatus::Held
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<LeaseStatus> {
+        self.status.subscribe()
+    }
+
+    /// Moves the lease out of `Held`; returns false if it had already left.
+    pub fn finish(&self, status: LeaseStatus) -> bool {
+        let changed = self.status.send_if_modified(|current| {
+            if *current == LeaseStatus::Held {
+                *current = status;
+                true
+            } else {
+                false
+            }
+        });
+        if changed {
+            self.held_count.fetch_sub(1, Ordering::SeqCst);
+        }
+        changed
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Keeps the client's count exact even if a lease is dropped while still Held.
+        self.finish(LeaseStatus::Released);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(ttl: Duration, counter: &Arc<AtomicUsize>) -> Lease {
+        Lease::new(
+            Arc::new(LockKeys::new("k").expect("valid")),
+            Token::generate().expect("random"),
+            1,
+            ttl,
+            Instant::now(),
+            true,
+            counter.clone(),
+        )
+    }
+
+    #[test]
+    fn validity_keeps_a_drift_allowance() {
+        assert_eq!(
+            validity(Duration::from_secs(10)),
+            Duration::from_millis(9898)
+        );
+        assert_eq!(validity(Duration::from_millis(1)), Duration::ZERO);
+        assert_eq!(
+            renewal_interval(Duration::from_secs(30)),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn later_sent_extension_wins_over_earlier_one() {
+        let counter = Arc::new(AtomicUsize::new(0));
+        let lease = lease(Duration::from_secs(3), &counter);
+        let early = Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let late = Instant::now();
+        lease.extended(late, Duration::from_secs(6));
+        lease.extended(early, Duration::from_secs(3));
+        assert_eq!(lease.ttl(), Duration::from_secs(6));
+        assert_eq!(lease.valid_until(), late + validity(Duration::from_secs(6)));
+        assert_eq!(lease.next_renewal(), late + Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_lease_finishes_once_and_keeps_the_count_exact() {
+        let counter = Arc::new(AtomicUsize::new(0));
+        let lease = lease(Duration::from_secs(1), &counter);
+        assert_eq!(counter.load(Ordering::SeqCst), 1);
+        assert!(lease.finish(LeaseStatus::Lost(LossReason::KeyGone)));
+        assert!(!lease.finish(LeaseStatus::Released));
+        assert_eq!(lease.status(), LeaseStatus::Lost(LossReason::KeyGone));
+        assert_eq!(counter.load(Ordering::SeqCst), 0);
+        drop(lease);
+        assert_eq!(counter.load(Ordering::SeqCst), 0);
+    }
+}

@@ -1,0 +1,91 @@
+//! Distributed locks on Redis: lease locks with fencing tokens and watchdog renewal.
+//!
+//! # Layout
+//! - [`Client`] (`client`): one connection to Redis (`node`: multiplexed, auto-reconnecting,
+//!   a deadline on every call) and one watchdog task, shared by every lock made from it.
+//! - [`Lock`] (`lock`) and [`LockGuard`] (`guard`): the lease lock. `try_lock` fails at once
+//!   when the lock is busy, `lock` waits within a bound; the guard extends, watches and
+//!   releases the lease.
+//! - `lease`: one granted lease's state and validity arithmetic, shared by guard and watchdog.
+//! - `watchdog`: renews every lease of a client in one round trip per tick, reports lost
+//!   leases, and releases dropped guards in the background.
+//! - [`fencing`]: why and how grants carry strictly increasing tokens.
+//! - `key`, `token`, `scripts`: key layout (cluster-slot safe), 128-bit owner tokens, and the
+//!   Lua scripts that make every operation atomic.
+//! - [`HolderInfo`], [`LockStatus`] (`holder`): who holds a lock, for people and tools.
+//! - [`Error`] (`error`), [`LockOptions`] and [`ClientOptions`] (`options`), [`Backoff`].
+//!
+//! # Guarantees
+//! - **Safety:** while a guard's lease is valid, no other owner holds the same lock on the
+//!   same Redis. Acquire is one atomic `SET`-if-absent with expiry; extend and release are
+//!   compare-and-act scripts keyed on a 128-bit token, so they never touch another owner's
+//!   lock.
+//! - **Liveness:** every lock has a TTL. A holder that crashes or is cut off blocks others for
+//!   at most one TTL.
+//! - **No silent loss:** when renewal finds the key gone, or cannot reach Redis before the
+//!   lease's conservative validity ends, the guard reports the loss ([`LockGuard::lost`])
+//!   within one renewal interval, and [`LockGuard::release`] says the lease was lost.
+//! - **Fencing:** each grant's token is larger than every earlier one for the same name, even
+//!   after a Redis restart that lost the counter.
+//! - **Bounded waits:** `lock` waits 30 s at most unless asked to wait forever.
+//!
+//! These hold under stated assumptions: the holder's process is not paused for longer than its
+//! lease without noticing (check [`LockGuard::is_held`], use fencing), clocks run at nearly the
+//! same rate (1% drift is allowed for), and Redis does not lose a held lock (a failover to a
+//! replica that had not received it, or a restart without persistence, can let a second owner
+//! in; fencing tokens still protect storage then).
+//!
+//! # Quick start
+//! ```no_run
+//! use std::time::Duration;
+//! use dlock::{Client, LockOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), dlock::Error> {
+//! let client = Client::connect("redis://127.0.0.1:6379/").await?;
+//! let lock = client.lock_with("main:hello", LockOptions::new().ttl(Duration::from_secs(10)))?;
+//! match lock.try_lock().await {
+//!     Ok(guard) => {
+//!         println!("running with fencing token {}", guard.fencing_token());
+//!         guard.release().await?;
+//!     }
+//!     Err(busy) if busy.is_conflict() => eprintln!("{busy}"),
+//!     Err(other) => return Err(other),
+//! }
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+/// The README's examples compile and stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
+
+mod backoff;
+mod client;
+mod error;
+pub mod fencing;
+mod guard;
+mod holder;
+mod key;
+mod lease;
+mod lock;
+mod node;
+mod options;
+mod scripts;
+mod token;
+mod watchdog;
+
+pub use backoff::Backoff;
+pub use client::Client;
+pub use error::{Conflict, Error, ErrorKind, Result};
+pub use guard::LockGuard;
+pub use holder::{HolderInfo, LockStatus};
+pub use key::MAX_NAME_LEN;
+pub use lease::{LeaseStatus, LossReason};
+pub use lock::Lock;
+pub use node::redact_url;
+pub use options::{
+    ClientOptions, LockOptions, Wait, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TTL, DEFAULT_WAIT, FENCE_RETENTION, MAX_TTL, MIN_TTL,
+};

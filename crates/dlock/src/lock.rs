@@ -1,0 +1,257 @@
+//! [`Lock`]: a named lease lock on one Redis server.
+//!
+//! # Guarantee
+//! While a [`LockGuard`] is held (its lease valid), no other owner holds the same name on the
+//! same Redis: the key is set only when absent, holds a 128-bit owner token, and is extended or
+//! deleted only by a script that checks that token.
+//!
+//! # Limits
+//! - **Clocks.** The guard's validity runs on this process's monotonic clock, conservatively
+//!   (from the request's send time, minus 1% + 2 ms of drift). A process paused for longer than
+//!   its lease (GC, VM freeze, SIGSTOP) can wake up believing it still holds the lock: check
+//!   [`LockGuard::is_held`] before acting, and use the fencing token with storage that can
+//!   reject stale writers.
+//! - **Failover and restarts.** A replica promoted before it received the lock, or a restart
+//!   that lost data, forgets the lock, and a second owner can get it. Fencing tokens still
+//!   increase (they never go below the server's clock), so fenced storage stays safe.
+//! - **Crash.** A holder that dies without releasing blocks others for at most one TTL.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Value;
+use tokio::time::Instant;
+
+use crate::client::Client;
+use crate::error::{Conflict, Error, Result};
+use crate::guard::LockGuard;
+use crate::holder::{int, pttl, HolderInfo};
+use crate::key::LockKeys;
+use crate::lease::Lease;
+use crate::options::{LockOptions, Wait, FENCE_RETENTION};
+use crate::scripts;
+use crate::token::Token;
+use crate::watchdog::millis;
+
+/// A named lease lock. Cheap to clone; made by [`Client::lock`] or [`Client::lock_with`].
+///
+/// The lock is not reentrant: a holder that locks it again waits (or fails) like anyone else.
+#[derive(Debug, Clone)]
+pub struct Lock {
+    client: Client,
+    keys: Arc<LockKeys>,
+    options: Arc<LockOptions>,
+}
+
+/// The outcome of one acquisition attempt.
+enum Attempt {
+    Granted(LockGuard),
+    Busy(Conflict),
+}
+
+impl Lock {
+    pub(crate) fn new(client: Client, keys: LockKeys, options: LockOptions) -> Lock {
+        Lock {
+            client,
+            keys: Arc::new(keys),
+            options: Arc::new(options),
+        }
+    }
+
+    /// The lock's name (its Redis key).
+    pub fn name(&self) -> &str {
+        &self.keys.lock
+    }
+
+    /// The lock's settings.
+    pub fn options(&self) -> &LockOptions {
+        &self.options
+    }
+
+    /// Takes the lock if it is free, in one round trip; fails at once if it is held.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when another owner holds it, with the holder and its remaining TTL;
+    /// [`Error::Unavailable`], [`Error::Auth`] or [`Error::Redis`] when Redis fails.
+    ///
+    /// # Cancel safety
+    /// Dropping the future leaves no lock behind: if the request may already have reached
+    /// Redis, a compare-and-delete with this attempt's token is sent in the background (it
+    /// touches nothing if the lock was never set). At worst, if Redis is unreachable then too,
+    /// the lock expires with its TTL.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dlock::Error> {
+    /// let client = dlock::Client::connect("redis://127.0.0.1/").await?;
+    /// match client.lock("main:hello")?.try_lock().await {
+    ///     Ok(guard) => { /* run the job */ guard.release().await?; }
+    ///     Err(dlock::Error::Conflict(busy)) => eprintln!("{busy}"),
+    ///     Err(other) => return Err(other),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn try_lock(&self) -> Result<LockGuard> {
+        let pending = PendingAcquisition::new(self, Token::generate()?);
+        match self.attempt(&pending).await? {
+            Attempt::Granted(guard) => Ok(guard),
+            Attempt::Busy(conflict) => Err(Error::Conflict(Box::new(conflict))),
+        }
+    }
+
+    /// Takes the lock, waiting while it is held, up to the wait limit of its options
+    /// ([`LockOptions::wait`], 30 s by default).
+    ///
+    /// While waiting it retries with jittered exponential backoff ([`LockOptions::backoff`]),
+    /// never sleeping past the holder's remaining TTL, and rides out brief Redis outages.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when the wait limit passes (naming the last holder seen);
+    /// [`Error::Unavailable`] when Redis was unreachable at the end of the wait;
+    /// [`Error::Auth`] or [`Error::Redis`] at once.
+    ///
+    /// # Cancel safety
+    /// As [`Lock::try_lock`]: a dropped future leaves no lock behind (at worst one that expires
+    /// with its TTL when Redis is unreachable) and no background work.
+    pub async fn lock(&self) -> Result<LockGuard> {
+        let pending = PendingAcquisition::new(self, Token::generate()?);
+        let started = Instant::now();
+        let deadline = match self.options.wait {
+            Wait::Limit(limit) => Some(started + limit),
+            Wait::Forever => None,
+        };
+        let mut retry = 0u32;
+        loop {
+            let (hint, outcome) = match self.attempt(&pending).await {
+                Ok(Attempt::Granted(guard)) => return Ok(guard),
+                Ok(Attempt::Busy(conflict)) => {
+                    (conflict.ttl_left, Error::Conflict(Box::new(conflict)))
+                }
+                Err(error) if error.is_retryable() => (None, error),
+                Err(error) => return Err(error),
+            };
+            let now = Instant::now();
+            let left = deadline.map(|d| d.saturating_duration_since(now));
+            if left == Some(Duration::ZERO) {
+                return Err(match outcome {
+                    Error::Conflict(last) => Error::Timeout {
+                        key: self.keys.lock.clone(),
+                        waited: now - started,
+                        last,
+                    },
+                    unavailable => unavailable,
+                });
+            }
+            let mut delay = self.options.backoff.delay(retry);
+            if let Some(ttl_left) = hint {
+                delay = delay.min(ttl_left.max(Duration::from_millis(1)));
+            }
+            if let Some(left) = left {
+                delay = delay.min(left);
+            }
+            tokio::time::sleep(delay).await;
+            retry = retry.saturating_add(1);
+        }
+    }
+
+    /// This lock's state (see [`Client::status`]).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn status(&self) -> Result<crate::LockStatus> {
+        self.client.status(&self.keys.lock).await
+    }
+
+    /// One acquisition attempt with `pending`'s token: one script call.
+    async fn attempt(&self, pending: &PendingAcquisition) -> Result<Attempt> {
+        let identity = self.client.identity();
+        let ttl = self.options.ttl;
+        let mut call = scripts::ACQUIRE.prepare_invoke();
+        call.key(&self.keys.lock)
+            .key(&self.keys.info)
+            .key(&self.keys.fence)
+            .arg(pending.token.as_str())
+            .arg(millis(ttl))
+            .arg(millis(FENCE_RETENTION))
+            .arg(&identity.host)
+            .arg(identity.pid)
+            .arg(self.options.label.as_deref().unwrap_or(""));
+        let node = self.client.node();
+        pending.sending();
+        let sent_at = Instant::now();
+        let reply: Vec<Value> = node.eval(&call, node.command_timeout()).await?;
+        let field = |i: usize| reply.get(i).unwrap_or(&Value::Nil);
+        if int(field(0)) == Some(1) {
+            let fencing_token = int(field(1))
+                .and_then(|t| u64::try_from(t).ok())
+                .ok_or_else(|| Error::Internal(format!("acquire returned {reply:?}")))?;
+            let lease = Arc::new(Lease::new(
+                self.keys.clone(),
+                pending.token.clone(),
+                fencing_token,
+                ttl,
+                sent_at,
+                self.options.renew,
+                self.client.held_counter().clone(),
+            ));
+            self.client.watchdog().track(lease.clone());
+            let guard = LockGuard::new(lease, self.client.clone());
+            pending.settled();
+            return Ok(Attempt::Granted(guard));
+        }
+        pending.settled();
+        let server_now_ms = int(field(3))
+            .and_then(|ms| u64::try_from(ms).ok())
+            .unwrap_or(0);
+        Ok(Attempt::Busy(Conflict {
+            key: self.keys.lock.clone(),
+            ttl_left: pttl(field(1)),
+            holder: HolderInfo::parse(field(2), server_now_ms),
+        }))
+    }
+}
+
+/// An acquisition in progress. While a request with its token may have set the lock without
+/// our knowing (sent, no definite answer yet, or failed in transit), dropping it (a cancelled
+/// future, an error) queues a compare-and-delete with that token, so a `SET` that reached Redis
+/// after the caller gave up does not leave an orphaned lock. A definite "busy" answer or a
+/// grant clears that doubt, so a plain conflict costs no extra round trip.
+struct PendingAcquisition {
+    keys: Arc<LockKeys>,
+    token: Token,
+    watchdog: crate::watchdog::Watchdog,
+    in_doubt: AtomicBool,
+}
+
+impl PendingAcquisition {
+    fn new(lock: &Lock, token: Token) -> Self {
+        PendingAcquisition {
+            keys: lock.keys.clone(),
+            token,
+            watchdog: lock.client.watchdog().clone(),
+            in_doubt: AtomicBool::new(false),
+        }
+    }
+
+    /// A request with this token is about to be sent.
+    fn sending(&self) {
+        self.in_doubt.store(true, Ordering::SeqCst);
+    }
+
+    /// Redis answered definitely: either busy (nothing set) or granted (the new lease's guard
+    /// is now responsible for the lock).
+    fn settled(&self) {
+        self.in_doubt.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for PendingAcquisition {
+    fn drop(&mut self) {
+        if self.in_doubt.load(Ordering::SeqCst) {
+            self.watchdog
+                .release_in_background(self.keys.clone(), self.token.clone());
+        }
+    }
+}

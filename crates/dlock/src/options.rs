@@ -1,0 +1,206 @@
+//! Settings for clients and locks, with their defaults and the reasons for them.
+//!
+//! Settings are validated once, when a [`Lock`](crate::Lock) or [`Client`](crate::Client) is
+//! made, so a bad TTL is a [`Error::Config`] before anything reaches Redis.
+
+use std::time::Duration;
+
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
+
+/// Default lease: 30 s, renewed every 10 s by the watchdog (Redisson's model). Long enough that
+/// a slow network or a GC pause does not lose it, short enough that a crashed holder blocks
+/// others for at most half a minute.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// Shortest accepted lease. Below this a lease is gone before a renewal can reach Redis.
+pub const MIN_TTL: Duration = Duration::from_millis(100);
+/// Longest accepted lease. A longer lease defeats the liveness promise (a crashed holder blocks
+/// others for a whole lease); long jobs should keep a short lease renewed instead.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default bound on [`Lock::lock`](crate::Lock::lock)'s wait: nothing waits forever unless the
+/// caller asks for [`Wait::Forever`].
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// Default per-command timeout: a dead or frozen Redis costs a call at most this long.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default timeout for opening a connection (TCP, TLS and authentication).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a fencing counter outlives the last grant. Tokens never go below the server's clock
+/// in microseconds, so a counter that expired after a long idle spell (or was lost in a restart)
+/// still yields larger tokens; the counter only guards against a clock that steps back.
+pub const FENCE_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// How long [`Lock::lock`](crate::Lock::lock) may wait for a busy lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Give up after this long with [`Error::Timeout`].
+    Limit(Duration),
+    /// Wait until the lock is ours, however long that takes.
+    Forever,
+}
+
+/// Settings of one lock. Build with the methods, pass to
+/// [`Client::lock_with`](crate::Client::lock_with).
+///
+/// ```
+/// use std::time::Duration;
+/// use dlock::{LockOptions, Wait};
+///
+/// let options = LockOptions::new()
+///     .ttl(Duration::from_secs(10))
+///     .wait(Wait::Limit(Duration::from_secs(5)))
+///     .label("nightly-report");
+/// assert_eq!(options.ttl_value(), Duration::from_secs(10));
+/// ```
+#[derive(Debug, Clone)]
+pub struct LockOptions {
+    pub(crate) ttl: Duration,
+    pub(crate) renew: bool,
+    pub(crate) wait: Wait,
+    pub(crate) label: Option<String>,
+    pub(crate) backoff: Backoff,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        LockOptions {
+            ttl: DEFAULT_TTL,
+            renew: true,
+            wait: Wait::Limit(DEFAULT_WAIT),
+            label: None,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl LockOptions {
+    /// The defaults: 30 s lease renewed by the watchdog, waits bounded at 30 s, no label.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The lease length (default [`DEFAULT_TTL`]). With renewal on, the watchdog extends the
+    /// lease to this length every `ttl / 3`.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Whether the watchdog renews the lease while the guard lives (default `true`). Without
+    /// renewal the lease simply ends after its TTL, and the guard reports it lost then.
+    pub fn renew(mut self, renew: bool) -> Self {
+        self.renew = renew;
+        self
+    }
+
+    /// How long [`Lock::lock`](crate::Lock::lock) may wait (default 30 s).
+    pub fn wait(mut self, wait: Wait) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// A free-form label stored in the holder info (e.g. the job or command), shown by status.
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    /// The retry delays used while waiting for a busy lock.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The configured lease length.
+    pub fn ttl_value(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Checks every setting; called once when a lock is made.
+    pub(crate) fn validate(&self) -> Result<()> {
+        validate_ttl(self.ttl)?;
+        self.backoff.validate()
+    }
+}
+
+/// Checks a lease length against [`MIN_TTL`] and [`MAX_TTL`].
+pub(crate) fn validate_ttl(ttl: Duration) -> Result<()> {
+    if ttl < MIN_TTL || ttl > MAX_TTL {
+        return Err(Error::Config(format!(
+            "TTL {ttl:?} is out of range: a lease must last from {MIN_TTL:?} to {}h",
+            MAX_TTL.as_secs() / 3600
+        )));
+    }
+    Ok(())
+}
+
+/// Settings of a [`Client`](crate::Client)'s connections.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub(crate) command_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// The defaults ([`DEFAULT_COMMAND_TIMEOUT`], [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Upper bound on one command's round trip.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Upper bound on opening a connection.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        for (name, value) in [
+            ("command timeout", self.command_timeout),
+            ("connect timeout", self.connect_timeout),
+        ] {
+            if value.is_zero() || value > Duration::from_secs(3600) {
+                return Err(Error::Config(format!(
+                    "{name} {value:?} is out of range (more than 0, at most 1h)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_bounds_are_enforced() {
+        assert!(validate_ttl(Duration::ZERO).expect_err("zero").is_config());
+        assert!(validate_ttl(MIN_TTL - Duration::from_millis(1)).is_err());
+        assert!(validate_ttl(MAX_TTL + Duration::from_secs(1)).is_err());
+        assert!(validate_ttl(Duration::from_secs(u64::MAX)).is_err());
+        assert!(validate_ttl(MIN_TTL).is_ok());
+        assert!(validate_ttl(MAX_TTL).is_ok());
+        assert!(LockOptions::new().validate().is_ok());
+    }
+
+    #[test]
+    fn client_timeouts_are_checked() {
+        assert!(ClientOptions::new().validate().is_ok());
+        let zero = ClientOptions::new().command_timeout(Duration::ZERO);
+        assert!(zero.validate().expect_err("zero").is_config());
+    }
+}

@@ -1,0 +1,297 @@
+//! The watchdog: one background task per client that renews leases, reports lost ones, and
+//! releases locks whose guards were dropped without `release()`.
+//!
+//! # Guarantees
+//! - **Batched renewal.** Every lease due within half an interval of the earliest due one is
+//!   renewed by one `extend` script call, so one tick costs one round trip per node however
+//!   many locks the client holds; leases renewed together stay in step from then on.
+//! - **Loss within one interval.** A renewal that finds the key gone reports the loss at once
+//!   ([`LossReason::KeyGone`]); a Redis that stops answering is retried until the lease's
+//!   conservative validity ends, and the loss is reported then
+//!   ([`LossReason::Unreachable`]), before the server-side key can expire.
+//! - **No renewal after release.** A lease leaves `Held` before its release is sent; the
+//!   watchdog renews only `Held` leases, and a renewal already in flight cannot outlive the
+//!   release because the `extend` script never re-creates a deleted key.
+//! - **Owned.** The task ends when its channel closes, that is when the client and every guard
+//!   are gone, after it has sent the releases queued before that.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::key::LockKeys;
+use crate::lease::{renewal_interval, Lease, LeaseStatus, LossReason};
+use crate::node::Node;
+use crate::scripts;
+use crate::token::Token;
+
+/// Most leases renewed or released by one script call; larger batches are split (each part is
+/// still one round trip) so no single script blocks Redis for long.
+const MAX_BATCH: usize = 1000;
+
+/// Work for the watchdog.
+#[derive(Debug)]
+enum Job {
+    /// Renew (if the lease asks for it) and watch this lease until it leaves `Held`.
+    Track(Arc<Lease>),
+    /// Compare-and-delete a lock in the background (dropped guards, cancelled acquisitions).
+    Release { keys: Arc<LockKeys>, token: Token },
+    /// Answer once every job queued before this one is done.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The handle the client, its locks and guards use to reach the watchdog task.
+#[derive(Debug, Clone)]
+pub(crate) struct Watchdog {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Watchdog {
+    /// Starts the task on the current tokio runtime.
+    pub fn spawn(node: Node) -> Watchdog {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let task = Task {
+            node,
+            queue,
+            leases: Vec::new(),
+        };
+        tokio::spawn(task.run());
+        Watchdog { jobs }
+    }
+
+    /// Starts renewing and watching `lease`.
+    pub fn track(&self, lease: Arc<Lease>) {
+        // A send fails only when the task is gone (its runtime shut down); the lease then
+        // simply runs out its TTL, which is the crash case the TTL exists for.
+        let _ = self.jobs.send(Job::Track(lease));
+    }
+
+    /// Releases `keys` if `token` still holds it, without waiting. Safe to call from `Drop`:
+    /// it never blocks and needs no runtime.
+    pub fn release_in_background(&self, keys: Arc<LockKeys>, token: Token) {
+        let _ = self.jobs.send(Job::Release { keys, token });
+    }
+
+    /// Waits until every job queued so far (background releases above all) is done.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.jobs.send(Job::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// A lease the task watches, with its retry schedule after a failed renewal.
+#[derive(Debug)]
+struct Tracked {
+    lease: Arc<Lease>,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl Tracked {
+    fn due_at(&self) -> Instant {
+        self.retry_at.unwrap_or_else(|| self.lease.next_renewal())
+    }
+}
+
+#[derive(Debug)]
+struct Task {
+    node: Node,
+    queue: mpsc::UnboundedReceiver<Job>,
+    leases: Vec<Tracked>,
+}
+
+impl Task {
+    async fn run(mut self) {
+        loop {
+            let wake = self.next_wake();
+            let first = tokio::select! {
+                job = self.queue.recv() => match job {
+                    Some(job) => Some(job),
+                    None => break,
+                },
+                () = sleep_until(wake) => None,
+            };
+            let mut releases = Vec::new();
+            let mut flushes = Vec::new();
+            let queued = std::iter::from_fn(|| self.queue.try_recv().ok());
+            for job in first.into_iter().chain(queued.collect::<Vec<_>>()) {
+                match job {
+                    Job::Track(lease) => self.leases.push(Tracked {
+                        lease,
+                        retry_at: None,
+                        last_error: None,
+                    }),
+                    Job::Release { keys, token } => releases.push((keys, token)),
+                    Job::Flush(done) => flushes.push(done),
+                }
+            }
+            self.release(releases).await;
+            for done in flushes {
+                let _ = done.send(());
+            }
+            self.tick().await;
+        }
+    }
+
+    /// The earliest moment something is due: a renewal, or the end of a lease's validity.
+    fn next_wake(&self) -> Option<Instant> {
+        self.leases
+            .iter()
+            .filter(|t| t.lease.is_held())
+            .map(|t| {
+                let end = t.lease.valid_until();
+                if t.lease.renew {
+                    end.min(t.due_at())
+                } else {
+                    end
+                }
+            })
+            .min()
+    }
+
+    /// Expires leases past their validity, then renews every lease that is due (and those due
+    /// soon, so they stay batched) in one call per chunk.
+    async fn tick(&mut self) {
+        self.leases.retain(|t| t.lease.is_held());
+        self.expire_invalid();
+        let now = Instant::now();
+        if !self
+            .leases
+            .iter()
+            .any(|t| t.lease.renew && t.due_at() <= now)
+        {
+            return;
+        }
+        let (mut batch, rest): (Vec<Tracked>, Vec<Tracked>) =
+            std::mem::take(&mut self.leases).into_iter().partition(|t| {
+                t.lease.renew && t.due_at() <= now + renewal_interval(t.lease.ttl()) / 2
+            });
+        self.leases = rest;
+        for chunk in batch.chunks_mut(MAX_BATCH) {
+            self.renew(chunk).await;
+        }
+        self.leases.append(&mut batch);
+        self.expire_invalid();
+    }
+
+    async fn renew(&self, chunk: &mut [Tracked]) {
+        let mut call = scripts::EXTEND.prepare_invoke();
+        let mut ttls = Vec::with_capacity(chunk.len());
+        for tracked in chunk.iter() {
+            let ttl = tracked.lease.ttl();
+            ttls.push(ttl);
+            call.key(&tracked.lease.keys.lock)
+                .key(&tracked.lease.keys.info)
+                .arg(tracked.lease.token.as_str())
+                .arg(millis(ttl));
+        }
+        // Give up on this try by the time the first lease would become invalid, so the loss is
+        // reported on time even while Redis is frozen.
+        let sent_at = Instant::now();
+        let first_end = chunk
+            .iter()
+            .map(|t| t.lease.valid_until())
+            .min()
+            .unwrap_or(sent_at);
+        let timeout = self
+            .node
+            .command_timeout()
+            .min(first_end.saturating_duration_since(sent_at));
+        match self.node.eval::<Vec<i64>>(&call, timeout).await {
+            Ok(results) if results.len() == chunk.len() => {
+                for ((tracked, ttl), result) in chunk.iter_mut().zip(ttls).zip(results) {
+                    if result == 1 {
+                        tracked.lease.extended(sent_at, ttl);
+                        tracked.retry_at = None;
+                        tracked.last_error = None;
+                    } else if tracked.lease.finish(LeaseStatus::Lost(LossReason::KeyGone)) {
+                        tracing::warn!(lock = %tracked.lease.keys.lock, "lease lost: key gone");
+                    }
+                }
+            }
+            outcome => {
+                let error = match outcome {
+                    Err(e) => e.to_string(),
+                    Ok(results) => format!("extend returned {} results", results.len()),
+                };
+                tracing::debug!(node = self.node.name(), %error, "renewal failed; will retry");
+                let retry_at = Instant::now() + retry_delay(chunk);
+                for tracked in chunk.iter_mut() {
+                    tracked.retry_at = Some(retry_at);
+                    tracked.last_error = Some(error.clone());
+                }
+            }
+        }
+    }
+
+    /// Declares every lease whose validity has ended lost.
+    fn expire_invalid(&mut self) {
+        let now = Instant::now();
+        self.leases.retain(|tracked| {
+            if tracked.lease.valid_until() > now {
+                return tracked.lease.is_held();
+            }
+            let reason = match (&tracked.lease.renew, &tracked.last_error) {
+                (false, _) => LossReason::Expired,
+                (true, Some(error)) => LossReason::Unreachable(error.clone()),
+                (true, None) => LossReason::Unreachable("renewal did not complete in time".into()),
+            };
+            if tracked.lease.finish(LeaseStatus::Lost(reason.clone())) {
+                tracing::warn!(lock = %tracked.lease.keys.lock, %reason, "lease lost");
+            }
+            false
+        });
+    }
+
+    /// Compare-and-deletes queued locks, a chunk per call. Failures are logged, not retried:
+    /// such a lock expires with its TTL.
+    async fn release(&self, releases: Vec<(Arc<LockKeys>, Token)>) {
+        for chunk in releases.chunks(MAX_BATCH) {
+            let mut call = scripts::RELEASE.prepare_invoke();
+            for (keys, token) in chunk {
+                call.key(&keys.lock).key(&keys.info).arg(token.as_str());
+            }
+            let outcome = self
+                .node
+                .eval::<Vec<i64>>(&call, self.node.command_timeout())
+                .await;
+            if let Err(error) = outcome {
+                tracing::warn!(
+                    node = self.node.name(),
+                    %error,
+                    locks = chunk.len(),
+                    "background release failed; the locks expire with their TTL"
+                );
+            }
+        }
+    }
+}
+
+/// Pause before retrying a failed renewal: a quarter interval of the shortest lease in the
+/// chunk, within 10-250 ms, so a short lease still gets several tries before it runs out.
+fn retry_delay(chunk: &[Tracked]) -> Duration {
+    let shortest = chunk
+        .iter()
+        .map(|t| renewal_interval(t.lease.ttl()))
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+    (shortest / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
+}
+
+/// Whole milliseconds for `PX`/`PEXPIRE`, never 0 (which Redis rejects).
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+async fn sleep_until(wake: Option<Instant>) {
+    match wake {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

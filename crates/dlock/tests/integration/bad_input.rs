@@ -1,0 +1,170 @@
+//! Bad input gets a clear, typed error, never a panic, and never a password in a message.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use dlock::{Client, ClientOptions, Error, LockOptions};
+use dlock_test::{RedisServer, ServerOptions};
+
+use crate::support::client;
+
+#[tokio::test]
+async fn malformed_urls_are_config_errors() {
+    for url in [
+        "not a url",
+        "redis://",
+        "http://127.0.0.1:6379/",
+        "redis://127.0.0.1:99999/",
+    ] {
+        let err = Client::connect(url).await.unwrap_err();
+        assert!(err.is_config(), "{url}: {err:?}");
+    }
+    let err = Client::connect("redis://u:hunter2@127.0.0.1:notaport/")
+        .await
+        .unwrap_err();
+    assert!(err.is_config());
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_ttls_names_and_timeouts_are_config_errors() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    for ttl in [
+        Duration::ZERO,
+        Duration::from_millis(5),
+        Duration::from_secs(400 * 24 * 3600),
+    ] {
+        let err = c.lock_with("k", LockOptions::new().ttl(ttl)).unwrap_err();
+        assert!(err.is_config(), "{ttl:?}: {err:?}");
+        assert!(err.to_string().contains("TTL"), "{err}");
+    }
+    assert!(c.lock("").unwrap_err().is_config());
+    assert!(c
+        .lock(&"x".repeat(dlock::MAX_NAME_LEN + 1))
+        .unwrap_err()
+        .is_config());
+    assert!(c.status("").await.unwrap_err().is_config());
+    let guard = c.lock("k").unwrap().try_lock().await.unwrap();
+    assert!(guard.extend(Duration::ZERO).await.unwrap_err().is_config());
+    guard.release().await.unwrap();
+    let zero = ClientOptions::new().command_timeout(Duration::ZERO);
+    assert!(Client::connect_with(&server.url(), zero)
+        .await
+        .unwrap_err()
+        .is_config());
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable_quickly() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let err = Client::connect(&format!("redis://:s3cret@127.0.0.1:{port}/"))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&port.to_string()) && !message.contains("s3cret"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn wrong_or_missing_passwords_are_auth_errors_without_the_password() {
+    let server = RedisServer::start_with(ServerOptions {
+        password: Some("right-pw".into()),
+        ..ServerOptions::default()
+    });
+    let base = format!("127.0.0.1:{}", server.port());
+    let err = Client::connect(&format!("redis://:wrong-pw@{base}/"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    assert!(!err.to_string().contains("wrong-pw"), "{err}");
+    let err = Client::connect(&format!("redis://{base}/"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+
+    let ok = Client::connect(&format!("redis://:right-pw@{base}/"))
+        .await
+        .unwrap();
+    assert!(!ok.server().contains("right-pw"), "{}", ok.server());
+    ok.lock("k")
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn acl_users_database_numbers_and_unix_sockets_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock");
+    let server = RedisServer::start_with(ServerOptions {
+        extra_args: vec![
+            "--unixsocket".into(),
+            socket.display().to_string(),
+            "--unixsocketperm".into(),
+            "700".into(),
+        ],
+        ..ServerOptions::default()
+    });
+    let _: () = server.cmd(
+        "ACL",
+        &["SETUSER", "alice", "on", ">alice-pw", "~*", "+@all"],
+    );
+
+    let acl = Client::connect(&format!(
+        "redis://alice:alice-pw@127.0.0.1:{}/3",
+        server.port()
+    ))
+    .await
+    .unwrap();
+    let guard = acl.lock("in-db-3").unwrap().try_lock().await.unwrap();
+    let mut con = server.connection();
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut con).unwrap();
+    let exists: i64 = redis::cmd("EXISTS").arg("in-db-3").query(&mut con).unwrap();
+    assert_eq!(exists, 1, "the lock lives in database 3");
+    guard.release().await.unwrap();
+
+    let unix = Client::connect(&format!("unix://{}", socket.display()))
+        .await
+        .unwrap();
+    unix.lock("via-socket")
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+
+    let denied = Client::connect(&format!("redis://alice:nope@127.0.0.1:{}/", server.port()))
+        .await
+        .unwrap_err();
+    assert!(matches!(denied, Error::Auth { .. }), "{denied:?}");
+}
+
+#[tokio::test]
+async fn a_key_of_the_wrong_type_is_a_redis_error_not_a_panic() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let _: () = server.cmd("HSET", &["hash", "f", "v"]);
+    let err = c.lock("hash").unwrap().try_lock().await.unwrap_err();
+    assert!(matches!(err.kind(), dlock::ErrorKind::Redis), "{err:?}");
+}

@@ -1,0 +1,58 @@
+//! Cancel safety: dropping `lock()` futures at random points leaves no lock behind and no
+//! background task alive.
+
+use std::time::Duration;
+
+use dlock::{LockOptions, Wait};
+use dlock_test::RedisServer;
+use tokio::runtime::Handle;
+
+use crate::support::client;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_lock_futures_at_random_points_leaves_nothing_behind() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let rival = client(&server).await;
+    let ttl = Duration::from_secs(30);
+    let lock = c
+        .lock_with("cancel", LockOptions::new().ttl(ttl).wait(Wait::Forever))
+        .unwrap();
+    let rival_lock = rival
+        .lock_with("cancel", LockOptions::new().ttl(ttl))
+        .unwrap();
+    // Warm up (scripts loaded, connections open) before counting tasks.
+    lock.try_lock().await.unwrap().release().await.unwrap();
+    let tasks_before = Handle::current().metrics().num_alive_tasks();
+
+    let mut granted = 0;
+    for round in 0..1000 {
+        // Every third round a rival holds the lock, so the future is dropped while waiting.
+        let rival_guard = if round % 3 == 0 {
+            Some(rival_lock.lock().await.unwrap())
+        } else {
+            None
+        };
+        let cut = Duration::from_micros(fastrand::u64(0..600));
+        match tokio::time::timeout(cut, lock.lock()).await {
+            Ok(Ok(guard)) => {
+                granted += 1;
+                drop(guard); // released in the background
+            }
+            Ok(Err(e)) => panic!("round {round}: {e}"),
+            Err(_) => {} // the future was dropped mid-flight
+        }
+        if let Some(guard) = rival_guard {
+            guard.release().await.unwrap();
+        }
+    }
+    c.flush().await;
+
+    let exists: i64 = server.cmd("EXISTS", &["cancel"]);
+    assert_eq!(exists, 0, "a dropped lock() future left a lock behind");
+    assert_eq!(c.held_locks(), 0);
+    let tasks_after = Handle::current().metrics().num_alive_tasks();
+    assert_eq!(tasks_after, tasks_before, "background tasks leaked");
+    // The test means something only if both outcomes happened.
+    assert!(granted > 0 && granted < 1000, "granted {granted} of 1000");
+}

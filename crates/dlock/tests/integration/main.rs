@@ -1,0 +1,13 @@
+//! dlock's integration tests: every test starts its own redis-server(s) through `dlock-test`.
+//!
+//! Table of contents:
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its location
+mod bad_input; // malformed URLs, TTLs, names; unreachable hosts; wrong passwords
+mod bounds; // guards and futures are Send, guards are 'static
+mod cancel; // dropping lock() futures at any point leaves no lock and no task behind
+mod crash; // a vanished holder blocks others for at most one TTL
+mod exclusion; // conflicts, waiting, holder info, status and forced release
+mod fencing; // tokens strictly increase, across clients and across data loss
+mod ownership; // non-owners never touch another owner's lock
+mod support;
+mod watchdog; // renewal, loss detection, batching, no renewal after release

@@ -1,0 +1,87 @@
+//! Release and extend by a non-owner never touch another owner's lock.
+
+use std::time::Duration;
+
+use dlock::LockOptions;
+use dlock_test::RedisServer;
+
+use crate::support::client;
+
+#[tokio::test]
+async fn an_expired_holder_cannot_release_or_extend_the_new_owners_lock() {
+    let server = RedisServer::start();
+    let a = client(&server).await;
+    let b = client(&server).await;
+    let short = LockOptions::new()
+        .ttl(Duration::from_millis(200))
+        .renew(false);
+    let stale = a.lock_with("k", short).unwrap().try_lock().await.unwrap();
+    let lost = tokio::time::timeout(Duration::from_secs(2), stale.lost()).await;
+    assert_eq!(lost.expect("expiry reported"), dlock::LossReason::Expired);
+    assert!(!stale.is_held());
+
+    // The lease ran out; B takes the lock over.
+    let owner = b
+        .lock_with("k", LockOptions::new().ttl(Duration::from_secs(10)))
+        .unwrap()
+        .lock()
+        .await
+        .unwrap();
+    let token_before: String = server.cmd("GET", &["k"]);
+
+    assert!(stale
+        .extend(Duration::from_secs(60))
+        .await
+        .unwrap_err()
+        .is_lost());
+    assert!(stale.release().await.unwrap_err().is_lost());
+
+    let token_after: String = server.cmd("GET", &["k"]);
+    assert_eq!(token_before, token_after, "B's lock must be untouched");
+    let pttl: i64 = server.cmd("PTTL", &["k"]);
+    assert!(
+        pttl <= 10_000,
+        "A's extend must not have lengthened B's lease: {pttl}"
+    );
+    assert!(owner.is_held());
+    owner.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_holder_whose_key_was_replaced_cannot_touch_it() {
+    let server = RedisServer::start();
+    let a = client(&server).await;
+    let guard = a
+        .lock_with("k", LockOptions::new().ttl(Duration::from_secs(30)))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    // Someone else's token replaces ours (as after an expiry and a new grant).
+    let _: () = server.cmd("SET", &["k", "someone-else", "PX", "30000"]);
+    let err = guard.extend(Duration::from_secs(5)).await.unwrap_err();
+    assert!(err.is_lost(), "{err:?}");
+    let pttl: i64 = server.cmd("PTTL", &["k"]);
+    assert!(
+        pttl > 25_000,
+        "extend must not shorten the other owner's lease: {pttl}"
+    );
+    assert!(guard.release().await.unwrap_err().is_lost());
+    let value: String = server.cmd("GET", &["k"]);
+    assert_eq!(value, "someone-else");
+}
+
+#[tokio::test]
+async fn releasing_a_held_lock_reports_success_and_frees_it() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let guard = c.lock("k").unwrap().try_lock().await.unwrap();
+    guard.extend(Duration::from_secs(45)).await.unwrap();
+    let pttl: i64 = server.cmd("PTTL", &["k"]);
+    assert!(pttl > 40_000, "extend sets the new lease: {pttl}");
+    assert_eq!(guard.ttl(), Duration::from_secs(45));
+    guard.release().await.unwrap();
+    let exists: i64 = server.cmd("EXISTS", &["k", "{k}:dlock:info"]);
+    assert_eq!(exists, 0, "release removes the lock and its holder info");
+    assert_eq!(c.held_locks(), 0);
+}

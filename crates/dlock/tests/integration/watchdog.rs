@@ -1,0 +1,193 @@
+//! The watchdog: renewal keeps short leases alive, losses are reported within one renewal
+//! interval, renewals are batched, and renewal stops at release.
+
+use std::time::Duration;
+
+use dlock::{LeaseStatus, LockOptions, LossReason};
+use dlock_test::RedisServer;
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::support::{client, ttl};
+
+#[tokio::test]
+async fn a_one_second_lease_is_held_through_five_seconds_of_work() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let other = client(&server).await;
+    let guard = c
+        .lock_with("work", ttl(Duration::from_secs(1)))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        sleep(Duration::from_millis(250)).await;
+        assert!(
+            guard.is_held(),
+            "lost after {:?}: {:?}",
+            started.elapsed(),
+            guard.status()
+        );
+        let pttl: i64 = server.cmd("PTTL", &["work"]);
+        assert!(pttl > 0, "key expired after {:?}", started.elapsed());
+    }
+    assert!(other
+        .lock("work")
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap_err()
+        .is_conflict());
+    // Ok(()) from release proves the token was in the key the whole time.
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lock_deleted_behind_the_holders_back_is_reported_lost_within_one_interval() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let guard = c
+        .lock_with("gone", ttl(Duration::from_secs(3)))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    let mut watch = guard.watch();
+    let _: () = server.cmd("DEL", &["gone"]);
+    let deleted_at = Instant::now();
+    let interval = Duration::from_secs(1);
+    let reason = timeout(interval + Duration::from_millis(300), guard.lost())
+        .await
+        .expect("loss reported within one renewal interval");
+    assert_eq!(reason, LossReason::KeyGone);
+    assert!(deleted_at.elapsed() <= interval + Duration::from_millis(300));
+    assert_eq!(
+        *watch.borrow_and_update(),
+        LeaseStatus::Lost(LossReason::KeyGone)
+    );
+    assert!(!guard.is_held());
+    assert_eq!(c.held_locks(), 0);
+    assert!(guard.release().await.unwrap_err().is_lost());
+}
+
+#[tokio::test]
+async fn a_frozen_redis_is_reported_as_loss_before_the_lease_could_expire() {
+    let mut server = RedisServer::start();
+    let c = client(&server).await;
+    let ttl = Duration::from_secs(1);
+    let guard = c
+        .lock_with("frozen", crate::support::ttl(ttl))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    sleep(Duration::from_millis(400)).await; // at least one renewal has happened
+    let deadline_before_pause = Instant::now() + guard.remaining();
+    server.pause();
+    let paused_at = Instant::now();
+    let reason = timeout(ttl + Duration::from_millis(500), guard.lost()).await;
+    let noticed_after = paused_at.elapsed();
+    server.resume();
+    let reason = reason.expect("loss reported while Redis is frozen");
+    assert!(matches!(reason, LossReason::Unreachable(_)), "{reason:?}");
+    // The loss is declared when the conservative validity ends, never later than one
+    // renewal interval after it, and not before the lease was actually in danger.
+    assert!(
+        noticed_after <= ttl + Duration::from_millis(350),
+        "noticed after {noticed_after:?}"
+    );
+    assert!(
+        Instant::now() + Duration::from_millis(50) >= deadline_before_pause,
+        "declared lost while the lease was still surely valid"
+    );
+    assert!(guard.release().await.unwrap_err().is_lost());
+}
+
+#[tokio::test]
+async fn a_thousand_leases_cost_one_round_trip_per_tick() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let options = LockOptions::new().ttl(Duration::from_secs(3));
+    let mut guards = Vec::new();
+    for i in 0..1000 {
+        let lock = c.lock_with(&format!("many:{i}"), options.clone()).unwrap();
+        guards.push(lock.try_lock().await.unwrap());
+    }
+    assert_eq!(c.held_locks(), 1000);
+    let calls_before = server.command_calls("evalsha");
+    // Four seconds: more than the 3 s TTL, so every key exists now only if it was renewed.
+    sleep(Duration::from_secs(4)).await;
+    let renew_calls = server.command_calls("evalsha") - calls_before;
+    let mut con = server.connection();
+    let alive: usize = (0..1000)
+        .filter(|i| {
+            let pttl: i64 = redis::cmd("PTTL")
+                .arg(format!("many:{i}"))
+                .query(&mut con)
+                .unwrap();
+            pttl > 0
+        })
+        .count();
+    assert_eq!(alive, 1000, "every lease renewed");
+    assert!(guards.iter().all(dlock::LockGuard::is_held));
+    // Renewal every 1 s for 4 s: 4 ticks, perhaps 5 (the acquisitions spread over a moment).
+    assert!(
+        (3..=6).contains(&renew_calls),
+        "{renew_calls} EVALSHA calls renewed 1000 leases over 4 ticks"
+    );
+    drop(guards);
+    c.flush().await;
+    let left: Vec<String> = server.cmd("KEYS", &["many:*"]);
+    assert!(
+        left.is_empty(),
+        "dropped guards release in the background: {} left",
+        left.len()
+    );
+}
+
+#[tokio::test]
+async fn renewal_stops_at_release() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let guard = c
+        .lock_with("once", ttl(Duration::from_millis(150)))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    sleep(Duration::from_millis(200)).await;
+    let while_held = server.command_calls("evalsha");
+    guard.release().await.unwrap();
+    let after_release = server.command_calls("evalsha");
+    assert!(after_release > while_held, "the release itself is one call");
+    // Ten renewal intervals later, not one more call reached the server.
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.command_calls("evalsha"), after_release);
+    assert_eq!(c.held_locks(), 0);
+}
+
+#[tokio::test]
+async fn without_renewal_the_lease_ends_after_its_ttl_and_is_reported() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let options = LockOptions::new()
+        .ttl(Duration::from_millis(300))
+        .renew(false);
+    let guard = c
+        .lock_with("plain", options)
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    let calls = server.command_calls("evalsha");
+    let reason = timeout(Duration::from_secs(2), guard.lost()).await.unwrap();
+    assert_eq!(reason, LossReason::Expired);
+    assert_eq!(
+        server.command_calls("evalsha"),
+        calls,
+        "no renewal was sent"
+    );
+    let exists: i64 = server.cmd("EXISTS", &["plain"]);
+    assert!(exists <= 1);
+}
