@@ -51,6 +51,9 @@ pub struct ServerOptions {
     pub password: Option<String>,
     /// Extra `--name value` arguments given to `redis-server` as they are.
     pub extra_args: Vec<String>,
+    /// Serve TLS only (self-signed certificate made with `openssl`); [`RedisServer::url`] is
+    /// then `rediss://…/#insecure` (no certificate verification: the cert is throwaway).
+    pub tls: bool,
 }
 
 /// A running `redis-server` on `127.0.0.1:<port>`, killed (and waited for) on drop.
@@ -95,12 +98,14 @@ impl RedisServer {
         panic!("redis-server failed to start {PORT_ATTEMPTS} times; last log:\n{last_log}");
     }
 
-    /// `redis://127.0.0.1:<port>/` (with the password when one is set).
+    /// `redis://127.0.0.1:<port>/` (with the password when one is set; `rediss://…#insecure`
+    /// for a TLS server).
     pub fn url(&self) -> String {
-        match &self.options.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}/", self.port),
-            None => format!("redis://127.0.0.1:{}/", self.port),
-        }
+        server_url(
+            self.port,
+            self.options.password.as_deref(),
+            self.options.tls,
+        )
     }
 
     /// The loopback port the server listens on.
@@ -217,6 +222,38 @@ impl RedisServer {
         let _: () = self.cmd("CLIENT", &["PAUSE", &ms, "ALL"]);
     }
 
+    /// A throwaway self-signed certificate for 127.0.0.1 in the server's directory.
+    fn self_signed_certificate(&self) -> (PathBuf, PathBuf) {
+        let cert = self.dir.path().join("cert.pem");
+        let key = self.dir.path().join("key.pem");
+        if cert.is_file() && key.is_file() {
+            return (cert, key);
+        }
+        let status = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("TLS tests need the openssl command: {e}"));
+        assert!(
+            status.success(),
+            "openssl could not make a certificate: {status}"
+        );
+        (cert, key)
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("redis.log")
     }
@@ -250,6 +287,18 @@ impl RedisServer {
         if let Some(password) = &self.options.password {
             command.args(["--requirepass", password]);
         }
+        if self.options.tls {
+            let (cert, key) = self.self_signed_certificate();
+            command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&cert)
+                .arg("--tls-key-file")
+                .arg(&key)
+                .arg("--tls-ca-cert-file")
+                .arg(&cert)
+                .args(["--tls-auth-clients", "no"]);
+        }
         command.args(&self.options.extra_args);
         let mut child = command
             .spawn()
@@ -264,7 +313,7 @@ impl RedisServer {
                 }
                 return Err(format!("redis-server exited with {status}:\n{log}"));
             }
-            if answers_ping(self.port, self.options.password.as_deref()) {
+            if answers_ping(&self.url()) {
                 self.child = Some(child);
                 return Ok(());
             }
@@ -326,11 +375,14 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
-fn answers_ping(port: u16, password: Option<&str>) -> bool {
-    let url = match password {
-        Some(p) => format!("redis://:{p}@127.0.0.1:{port}/"),
-        None => format!("redis://127.0.0.1:{port}/"),
-    };
+fn server_url(port: u16, password: Option<&str>, tls: bool) -> String {
+    let scheme = if tls { "rediss" } else { "redis" };
+    let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
+    let fragment = if tls { "#insecure" } else { "" };
+    format!("{scheme}://{auth}127.0.0.1:{port}/{fragment}")
+}
+
+fn answers_ping(url: &str) -> bool {
     let Ok(client) = redis::Client::open(url) else {
         return false;
     };
@@ -376,7 +428,10 @@ mod tests {
         assert_eq!(pong, "PONG");
         let port = server.port();
         drop(server);
-        assert!(!answers_ping(port, None), "server still answers after drop");
+        assert!(
+            !answers_ping(&server_url(port, None, false)),
+            "server still answers after drop"
+        );
     }
 
     #[test]
@@ -402,6 +457,18 @@ mod tests {
         server.resume();
         let pong: String = server.cmd("PING", &[]);
         assert_eq!(pong, "PONG");
+    }
+
+    #[test]
+    fn tls_servers_answer_over_tls_only() {
+        let server = RedisServer::start_with(ServerOptions {
+            tls: true,
+            ..ServerOptions::default()
+        });
+        assert!(server.url().starts_with("rediss://"));
+        let pong: String = server.cmd("PING", &[]);
+        assert_eq!(pong, "PONG");
+        assert!(!answers_ping(&server_url(server.port(), None, false)));
     }
 
     #[test]

@@ -9,11 +9,17 @@ use dlock::{Client, LockOptions};
 
 async fn run_job(copy: u32, url: String) -> Result<(), dlock::Error> {
     let client = Client::connect(&url).await?;
-    let lock = client.lock_with("main:hello", LockOptions::new().label(format!("copy {copy}")))?;
+    let lock = client.lock_with(
+        "main:hello",
+        LockOptions::new().label(format!("copy {copy}")),
+    )?;
     match lock.try_lock().await {
         Ok(guard) => {
             tokio::time::sleep(Duration::from_secs(1)).await; // simulate a long-running task
-            println!("copy {copy}: ***hello, world*** (fencing token {})", guard.fencing_token());
+            println!(
+                "copy {copy}: ***hello, world*** (fencing token {})",
+                guard.fencing_token()
+            );
             guard.release().await
         }
         Err(dlock::Error::Conflict(busy)) => {

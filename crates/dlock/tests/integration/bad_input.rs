@@ -168,3 +168,20 @@ async fn a_key_of_the_wrong_type_is_a_redis_error_not_a_panic() {
     let err = c.lock("hash").unwrap().try_lock().await.unwrap_err();
     assert!(matches!(err.kind(), dlock::ErrorKind::Redis), "{err:?}");
 }
+
+#[tokio::test]
+async fn rediss_urls_speak_tls() {
+    let server = RedisServer::start_with(ServerOptions {
+        tls: true,
+        ..ServerOptions::default()
+    });
+    let c = Client::connect(&server.url()).await.unwrap();
+    let guard = c.lock("over-tls").unwrap().try_lock().await.unwrap();
+    assert!(guard.fencing_token() > 0);
+    guard.release().await.unwrap();
+    // A plain-text client cannot talk to a TLS-only port: a clear error, not a hang or panic.
+    let plain = format!("redis://127.0.0.1:{}/", server.port());
+    let options = ClientOptions::new().connect_timeout(Duration::from_secs(1));
+    let err = Client::connect_with(&plain, options).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+}
