@@ -2,12 +2,13 @@
 //!
 //! The lock key is the name itself and holds the owner's token as a plain string, so a dlock
 //! lock and one taken with `SET name token NX PX ttl` by any other tool exclude each other.
-//! Companion keys (holder info, fencing counter) are built so they hash to the lock key's Redis
-//! Cluster slot, which keeps every script single-slot:
-//! - a name with a hash tag (`{user:42}:job`) already pins the slot; companions append a suffix
-//!   and keep the same first tag;
-//! - any other name is wrapped whole as the tag (`{main:hello}:dlock:info`), which hashes
-//!   exactly as the bare name does.
+//! Companion keys (holder info, fencing counter) are `{<slot part>}:dlock:<kind>:<name>`:
+//! - the braces hold the part of the name Redis Cluster hashes (its hash tag if it has one,
+//!   else the whole name), so every companion lives in the lock key's slot and every script is
+//!   single-slot: `main:hello` → `{main:hello}:dlock:info:main:hello`,
+//!   `{user:42}:job` → `{user:42}:dlock:info:{user:42}:job`;
+//! - the full name at the end keeps companions of different names apart (`a` and `{a}` hash
+//!   alike but have different companions) and lets `list` recover names from a `SCAN`.
 
 use crate::error::{Error, Result};
 
@@ -43,23 +44,41 @@ impl LockKeys {
                 name.len()
             )));
         }
-        let prefix = if hash_tag(name).is_some() {
-            name.to_owned()
-        } else if name.contains('}') {
-            return Err(Error::Config(format!(
-                "lock name {name:?} contains '}}' outside a hash tag, so its companion keys \
+        let slot = match hash_tag(name) {
+            Some(tag) => tag,
+            None if name.contains('}') => {
+                return Err(Error::Config(format!(
+                    "lock name {name:?} contains '}}' outside a hash tag, so its companion keys \
                  could not share its Redis Cluster slot; use a name without '}}' or with a \
                  hash tag such as \"{{tag}}rest\""
-            )));
-        } else {
-            format!("{{{name}}}")
+                )))
+            }
+            None => name,
         };
         Ok(LockKeys {
             lock: name.to_owned(),
-            info: format!("{prefix}:dlock:info"),
-            fence: format!("{prefix}:dlock:fence"),
+            info: format!("{{{slot}}}:{INFO_MARK}{name}"),
+            fence: format!("{{{slot}}}:dlock:fence:{name}"),
         })
     }
+
+    /// The lock name behind a holder-info key, as `SCAN` finds them; `None` for other keys.
+    pub fn name_from_info_key(key: &str) -> Option<&str> {
+        let rest = key.strip_prefix('{')?;
+        let close = rest.find('}')?;
+        let name = rest[close + 1..]
+            .strip_prefix(':')?
+            .strip_prefix(INFO_MARK)?;
+        (LockKeys::new(name).ok()?.info == key).then_some(name)
+    }
+}
+
+/// What follows the slot tag in every holder-info key.
+const INFO_MARK: &str = "dlock:info:";
+
+/// A `SCAN MATCH` pattern for the holder-info keys of names matching `name_pattern`.
+pub(crate) fn info_scan_pattern(name_pattern: &str) -> String {
+    format!("{{*}}:{INFO_MARK}{name_pattern}")
 }
 
 /// The part of `key` that Redis Cluster hashes, when the key has a non-empty hash tag: the
@@ -84,8 +103,35 @@ mod tests {
     fn plain_names_are_wrapped_whole() {
         let keys = LockKeys::new("main:hello").expect("valid");
         assert_eq!(keys.lock, "main:hello");
-        assert_eq!(keys.info, "{main:hello}:dlock:info");
-        assert_eq!(keys.fence, "{main:hello}:dlock:fence");
+        assert_eq!(keys.info, "{main:hello}:dlock:info:main:hello");
+        assert_eq!(keys.fence, "{main:hello}:dlock:fence:main:hello");
+        let tagged = LockKeys::new("{user:42}:job").expect("valid");
+        assert_eq!(tagged.info, "{user:42}:dlock:info:{user:42}:job");
+    }
+
+    #[test]
+    fn names_that_hash_alike_keep_separate_companions() {
+        let plain = LockKeys::new("a").expect("valid");
+        let tagged = LockKeys::new("{a}").expect("valid");
+        assert_ne!(plain.info, tagged.info);
+        assert_ne!(plain.fence, tagged.fence);
+    }
+
+    #[test]
+    fn names_are_recovered_from_info_keys() {
+        for name in [
+            "main:hello",
+            "{user:42}:job",
+            "a{b",
+            "{a}",
+            "x:dlock:info:y",
+        ] {
+            let keys = LockKeys::new(name).expect(name);
+            assert_eq!(LockKeys::name_from_info_key(&keys.info), Some(name));
+        }
+        assert_eq!(LockKeys::name_from_info_key("{a}:dlock:info:b"), None);
+        assert_eq!(LockKeys::name_from_info_key("plain"), None);
+        assert_eq!(info_scan_pattern("main:*"), "{*}:dlock:info:main:*");
     }
 
     #[test]

@@ -102,6 +102,13 @@ impl Node {
         Ok(())
     }
 
+    /// Runs one command within the command timeout.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        let mut con = self.con.clone();
+        self.deadline(self.command_timeout, cmd.query_async(&mut con))
+            .await
+    }
+
     /// Runs a script (EVALSHA, loading it on NOSCRIPT) within `timeout`.
     pub async fn eval<T: FromRedisValue>(
         &self,

@@ -170,3 +170,33 @@ async fn status_reports_holder_and_force_release_breaks_the_lock() {
     );
     assert!(guard.release().await.unwrap_err().is_lost());
 }
+
+#[tokio::test]
+async fn list_finds_held_locks_by_pattern_through_scan() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    // Unrelated keys, and a lock held by another tool (no holder info): not listed.
+    for i in 0..3000 {
+        let _: () = server.cmd("SET", &[&format!("noise:{i}"), "x"]);
+    }
+    let _: () = server.cmd("SET", &["jobs:foreign", "1", "EX", "60"]);
+    let mut guards = Vec::new();
+    for name in ["jobs:a", "jobs:b", "{user:1}:jobs", "other"] {
+        guards.push(c.lock(name).unwrap().try_lock().await.unwrap());
+    }
+    let names = |list: Vec<dlock::LockStatus>| list.into_iter().map(|s| s.key).collect::<Vec<_>>();
+    assert_eq!(names(c.list("jobs:*").await.unwrap()), ["jobs:a", "jobs:b"]);
+    assert_eq!(
+        names(c.list("*").await.unwrap()),
+        ["jobs:a", "jobs:b", "other", "{user:1}:jobs"]
+    );
+    let all = c.list("*").await.unwrap();
+    assert!(all.iter().all(|s| s.held && s.holder.is_some()));
+    assert_eq!(server.command_calls("keys"), 0, "list must never use KEYS");
+    assert!(
+        server.command_calls("scan") >= 2,
+        "3000+ keys take several SCAN steps"
+    );
+    guards.pop().unwrap().release().await.unwrap();
+    assert_eq!(names(c.list("oth*").await.unwrap()), Vec::<String>::new());
+}

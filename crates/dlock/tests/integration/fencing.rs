@@ -78,7 +78,7 @@ async fn a_counter_ahead_of_the_clock_still_grows_by_one() {
     let c = client(&server).await;
     // A counter far ahead of the server clock (e.g. written while the clock was ahead).
     let ahead = "5000000000000000";
-    let _: () = server.cmd("SET", &["{fenced}:dlock:fence", ahead]);
+    let _: () = server.cmd("SET", &["{fenced}:dlock:fence:fenced", ahead]);
     let guard = c.lock("fenced").unwrap().try_lock().await.unwrap();
     assert_eq!(guard.fencing_token(), 5_000_000_000_000_001);
     assert_eq!(

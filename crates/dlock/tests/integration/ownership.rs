@@ -81,7 +81,7 @@ async fn releasing_a_held_lock_reports_success_and_frees_it() {
     assert!(pttl > 40_000, "extend sets the new lease: {pttl}");
     assert_eq!(guard.ttl(), Duration::from_secs(45));
     guard.release().await.unwrap();
-    let exists: i64 = server.cmd("EXISTS", &["k", "{k}:dlock:info"]);
+    let exists: i64 = server.cmd("EXISTS", &["k", "{k}:dlock:info:k"]);
     assert_eq!(exists, 0, "release removes the lock and its holder info");
     assert_eq!(c.held_locks(), 0);
 }
