@@ -1,0 +1,293 @@
+//! Command-line arguments: every flag documented once, with its default and unit.
+//!
+//! Parsing turns text into checked values (durations, signals, wait limits) up front, so a bad
+//! value is a usage error (exit 64) before anything reaches Redis.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nix::sys::signal::Signal;
+
+use crate::exit;
+
+/// Run commands under a distributed lock on Redis, so a job never runs twice at once.
+#[derive(Debug, Parser)]
+#[command(name = "dlock", version, after_help = exit::HELP, propagate_version = true)]
+pub struct Cli {
+    /// Log what dlock does to stderr (-v: info, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// dlock's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run CMD only while holding the lock KEY; refuse (exit 75) if another process holds it.
+    #[command(after_help = exit::HELP)]
+    Run(RunArgs),
+    /// Show whether KEY is held, by whom, for how long, and its fencing token.
+    Status(StatusArgs),
+    /// List the locks currently held through dlock (uses SCAN, never KEYS).
+    List(ListArgs),
+    /// Break a lock whoever holds it (e.g. a stale lock); prints what it broke.
+    Release(ReleaseArgs),
+}
+
+/// Where Redis is.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection")]
+pub struct Connection {
+    /// Redis URL: redis://[user:password@]host[:port][/db], rediss://… (TLS), or
+    /// unix:///path/to.sock. The password is never printed.
+    #[arg(
+        long,
+        env = "DLOCK_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub redis: String,
+
+    /// Timeout for each Redis command and for connecting (e.g. 500ms, 2s).
+    #[arg(long, default_value = "2s", value_parser = positive_duration, value_name = "DUR")]
+    pub redis_timeout: Duration,
+}
+
+/// `dlock run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The lock's name (its Redis key), e.g. the job's name: main:hello.
+    #[arg(value_name = "KEY")]
+    pub key: String,
+
+    /// The command and its arguments, after `--`. Run directly, not through a shell.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+
+    #[command(flatten)]
+    pub connection: Connection,
+
+    /// Wait up to DUR for a busy lock instead of failing at once; `forever` waits without
+    /// limit. Default: fail at once.
+    #[arg(long, value_parser = parse_wait, value_name = "DUR|forever", help_heading = "Waiting")]
+    pub wait: Option<WaitLimit>,
+
+    /// Exit code when the lock is busy or the wait runs out (e.g. 0 for cron).
+    #[arg(
+        short = 'E',
+        long,
+        default_value_t = exit::BUSY,
+        value_name = "CODE",
+        help_heading = "Waiting"
+    )]
+    pub conflict_exit_code: u8,
+
+    /// Say nothing when the lock is busy (the exit code still tells).
+    #[arg(short, long, help_heading = "Waiting")]
+    pub quiet: bool,
+
+    /// Lease length. The lease is renewed every TTL/3 while the command runs, so a crashed
+    /// dlock frees the lock within one TTL.
+    #[arg(long, default_value = "30s", value_parser = positive_duration, value_name = "DUR", help_heading = "Lease")]
+    pub ttl: Duration,
+
+    /// Keep the lock at least DUR after the start, even if the command ends sooner, so a late
+    /// duplicate of a fast job is still refused.
+    #[arg(long, value_parser = positive_duration, value_name = "DUR", help_heading = "Lease")]
+    pub min_hold: Option<Duration>,
+
+    /// Label stored with the lock and shown by `status` (default: the command line).
+    #[arg(long, value_name = "TEXT", help_heading = "Lease")]
+    pub label: Option<String>,
+
+    /// Stop the command after DUR (exit 124).
+    #[arg(long, value_parser = positive_duration, value_name = "DUR", help_heading = "Command")]
+    pub max_runtime: Option<Duration>,
+
+    /// Signal that asks the command to stop (lease lost, --max-runtime, dlock terminated):
+    /// TERM, INT, HUP, QUIT, KILL, USR1, USR2 or a number.
+    #[arg(long, default_value = "TERM", value_parser = parse_signal, value_name = "SIGNAL", help_heading = "Command")]
+    pub stop_signal: Signal,
+
+    /// How long the command may take to stop after the stop signal before it gets KILL.
+    #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DUR", help_heading = "Command")]
+    pub stop_timeout: Duration,
+
+    /// Write the outcome as one JSON line when dlock exits.
+    #[arg(long, value_enum, value_name = "FORMAT", help_heading = "Output")]
+    pub report: Option<ReportFormat>,
+
+    /// Where --report writes (default: stderr, so the command's stdout stays its own).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "report",
+        help_heading = "Output"
+    )]
+    pub report_file: Option<PathBuf>,
+}
+
+/// How long `run` waits for a busy lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitLimit {
+    /// At most this long.
+    For(Duration),
+    /// Until granted.
+    Forever,
+}
+
+/// Report formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// One JSON object on one line.
+    Json,
+}
+
+/// `dlock status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The lock's name.
+    #[arg(value_name = "KEY")]
+    pub key: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `dlock list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only names matching this Redis glob (*, ?, [abc]).
+    #[arg(value_name = "PATTERN", default_value = "*")]
+    pub pattern: String,
+    /// Print one JSON object per lock, one per line.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `dlock release`.
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// The lock's name.
+    #[arg(value_name = "KEY")]
+    pub key: String,
+    /// Required: breaking a lock lets a second copy of the job start while the first may
+    /// still run.
+    #[arg(long)]
+    pub force: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// A duration like `30s`, `1m30s`, `500ms`, `2h` (humantime); zero is refused.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e} (expected a duration such as 500ms, 30s, 5m or 1h30m)"))?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+fn parse_wait(text: &str) -> Result<WaitLimit, String> {
+    if text.trim().eq_ignore_ascii_case("forever") {
+        return Ok(WaitLimit::Forever);
+    }
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e} (expected a duration such as 10s or 5m, or 'forever')"))?;
+    Ok(WaitLimit::For(duration))
+}
+
+fn parse_signal(text: &str) -> Result<Signal, String> {
+    let text = text.trim();
+    if let Ok(number) = text.parse::<i32>() {
+        return Signal::try_from(number).map_err(|_| format!("no signal number {number}"));
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>().map_err(|_| {
+        format!("unknown signal {text:?} (use TERM, INT, HUP, QUIT, KILL, USR1, USR2 or a number)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_and_zero_is_refused() {
+        assert_eq!(positive_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(positive_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(positive_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(positive_duration("0s").is_err());
+        assert!(positive_duration("soon").is_err());
+        assert!(positive_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn waits_take_a_duration_or_forever() {
+        assert_eq!(parse_wait("forever"), Ok(WaitLimit::Forever));
+        assert_eq!(parse_wait("2s"), Ok(WaitLimit::For(Duration::from_secs(2))));
+        assert!(parse_wait("later").is_err());
+    }
+
+    #[test]
+    fn signals_parse_by_name_or_number() {
+        assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("sigint"), Ok(Signal::SIGINT));
+        assert_eq!(parse_signal("9"), Ok(Signal::SIGKILL));
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("999").is_err());
+    }
+
+    #[test]
+    fn run_takes_key_then_command_after_double_dash() {
+        let cli = Cli::try_parse_from([
+            "dlock",
+            "run",
+            "--ttl",
+            "5s",
+            "main:hello",
+            "--",
+            "rake",
+            "--trace",
+            "main:hello",
+        ])
+        .expect("valid");
+        let Command::Run(run) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(run.key, "main:hello");
+        assert_eq!(run.command, ["rake", "--trace", "main:hello"]);
+        assert_eq!(run.ttl, Duration::from_secs(5));
+        assert_eq!(run.wait, None);
+        assert_eq!(run.conflict_exit_code, exit::BUSY);
+        assert_eq!(run.stop_signal, Signal::SIGTERM);
+        assert!(
+            Cli::try_parse_from(["dlock", "run", "k"]).is_err(),
+            "a command is required"
+        );
+    }
+}

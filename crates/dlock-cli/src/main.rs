@@ -1,0 +1,83 @@
+//! The `dlock` command: run any command under a distributed lock on Redis.
+//!
+//! Layout: `cli` (arguments), `exit` (the exit-code table), `run` (the `run` command),
+//! `job` (the supervised child process group), `signals`, `inspect` (`status`, `list`,
+//! `release`), `report` (JSON output).
+
+mod cli;
+mod exit;
+mod inspect;
+mod job;
+mod report;
+mod run;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::error::ErrorKind as ClapErrorKind;
+use clap::Parser;
+use dlock::{Client, ClientOptions};
+
+use crate::cli::{Cli, Command, Connection};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(match e.kind() {
+                ClapErrorKind::DisplayHelp | ClapErrorKind::DisplayVersion => 0,
+                _ => exit::USAGE,
+            });
+        }
+    };
+    init_logging(cli.verbose);
+    // One thread is plenty for one lock and one child, and starts fastest.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("dlock: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::INTERNAL);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Status(args) => inspect::status(args).await,
+            Command::List(args) => inspect::list(args).await,
+            Command::Release(args) => inspect::release(args).await,
+        }
+    });
+    ExitCode::from(code)
+}
+
+/// Connects to the Redis of `connection`.
+async fn connect(connection: &Connection) -> dlock::Result<Client> {
+    let options = ClientOptions::new()
+        .command_timeout(connection.redis_timeout)
+        .connect_timeout(connection.redis_timeout);
+    Client::connect_with(&connection.redis, options).await
+}
+
+/// Prints a library error for people and returns its exit code. Messages never contain a
+/// password (the library redacts URLs).
+fn fail(error: &dlock::Error) -> u8 {
+    eprintln!("dlock: {error}");
+    exit::for_error(error.kind())
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => return,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,105 @@
+//! `--report json` and the JSON of `status`, `list` and `release`: stable field names, units
+//! in the names (`_ms`), one object per line.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dlock::{HolderInfo, LockStatus};
+use serde::Serialize;
+
+/// What happened in one `dlock run`, written once at exit.
+#[derive(Debug, Default, Serialize)]
+pub struct RunReport {
+    /// The lock's name.
+    pub key: String,
+    /// ran, busy, timeout, lost, max_runtime, not_found, not_executable, interrupted, error.
+    pub outcome: &'static str,
+    /// Whether the lock was granted.
+    pub acquired: bool,
+    /// Time spent getting (or failing to get) the lock.
+    pub waited_ms: u64,
+    /// Whether the command started.
+    pub ran: bool,
+    /// The command's exit code, when it exited normally.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the command, when one did.
+    pub signal: Option<i32>,
+    /// Whether the lease was lost (while running, or found lost at release).
+    pub lost: bool,
+    /// Why it was lost.
+    pub loss_reason: Option<String>,
+    /// The grant's fencing token.
+    pub fencing_token: Option<u64>,
+    /// Who held the lock, when it was busy.
+    pub holder: Option<HolderJson>,
+    /// How long the command ran.
+    pub run_ms: Option<u64>,
+    /// How long the lock was held (grant to release).
+    pub held_ms: Option<u64>,
+    /// dlock's wall-clock start, in ms since the Unix epoch.
+    pub started_at_ms: u64,
+    /// dlock's whole run.
+    pub total_ms: u64,
+    /// dlock's own exit code.
+    pub dlock_exit_code: u8,
+}
+
+/// A lock holder, as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct HolderJson {
+    pub host: String,
+    pub pid: Option<u32>,
+    pub label: Option<String>,
+    pub acquired_at_ms: u64,
+    pub held_for_ms: u64,
+    pub fencing_token: u64,
+}
+
+impl From<&HolderInfo> for HolderJson {
+    fn from(holder: &HolderInfo) -> Self {
+        HolderJson {
+            host: holder.host.clone(),
+            pid: holder.pid,
+            label: holder.label.clone(),
+            acquired_at_ms: unix_ms(holder.acquired_at),
+            held_for_ms: ms(holder.held_for),
+            fencing_token: holder.fencing_token,
+        }
+    }
+}
+
+/// A lock's state, as JSON.
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    pub key: String,
+    pub held: bool,
+    pub ttl_left_ms: Option<u64>,
+    pub holder: Option<HolderJson>,
+    pub last_fencing_token: Option<u64>,
+}
+
+impl From<&LockStatus> for StatusJson {
+    fn from(status: &LockStatus) -> Self {
+        StatusJson {
+            key: status.key.clone(),
+            held: status.held,
+            ttl_left_ms: status.ttl_left.map(ms),
+            holder: status.holder.as_ref().map(HolderJson::from),
+            last_fencing_token: status.last_fencing_token,
+        }
+    }
+}
+
+/// Whole milliseconds.
+pub fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds since the Unix epoch (0 for times before it).
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map(ms).unwrap_or(0)
+}
+
+/// One JSON line (serialising these plain structs cannot fail; an empty object if it did).
+pub fn to_line<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
+}

@@ -1,0 +1,393 @@
+//! `dlock run KEY -- CMD…`: run a command only while holding a lock.
+//!
+//! # Guarantee
+//! The command starts only after the lock is granted, and the lock is released only after the
+//! command and every process of its group have exited. If the lease is lost meanwhile, the
+//! command is stopped (stop signal, then KILL after the stop timeout) and dlock exits 76; if
+//! the final release finds the lease gone, dlock also exits 76 and says the run may have
+//! overlapped another holder.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use dlock::{Client, Conflict, Error, LockGuard, LockOptions, LossReason, Wait};
+use nix::sys::signal::Signal;
+use tokio::time::{sleep_until, Instant};
+
+use crate::cli::{ReportFormat, RunArgs, WaitLimit};
+use crate::exit;
+use crate::job::{self, Job, SpawnError};
+use crate::report::{ms, to_line, unix_ms, HolderJson, RunReport};
+use crate::signals::{is_terminating, Signals};
+use crate::{connect, fail};
+
+/// Runs `dlock run` and returns dlock's exit code.
+pub async fn run(args: RunArgs) -> u8 {
+    let started = Instant::now();
+    let mut report = RunReport {
+        key: args.key.clone(),
+        started_at_ms: unix_ms(SystemTime::now()),
+        ..RunReport::default()
+    };
+    let code = Runner {
+        args: &args,
+        report: &mut report,
+    }
+    .run()
+    .await;
+    report.total_ms = ms(started.elapsed());
+    report.dlock_exit_code = code;
+    if args.report == Some(ReportFormat::Json) {
+        write_report(&args, &report);
+    }
+    code
+}
+
+struct Runner<'a> {
+    args: &'a RunArgs,
+    report: &'a mut RunReport,
+}
+
+/// How the supervised command ended, beyond its exit status.
+#[derive(Debug, Clone, PartialEq)]
+enum Ending {
+    /// It exited by itself (or after a forwarded signal).
+    Exited,
+    /// dlock stopped it because the lease was lost.
+    Lost(LossReason),
+    /// dlock stopped it because --max-runtime passed.
+    MaxRuntime,
+}
+
+impl Runner<'_> {
+    async fn run(&mut self) -> u8 {
+        let mut signals = match Signals::install() {
+            Ok(signals) => signals,
+            Err(e) => {
+                return self.error(
+                    "error",
+                    exit::INTERNAL,
+                    format!("cannot handle signals: {e}"),
+                )
+            }
+        };
+        job::become_subreaper();
+        let client = match connect(&self.args.connection).await {
+            Ok(client) => client,
+            Err(e) => return self.lib_error(&e),
+        };
+        let code = self.with_client(&client, &mut signals).await;
+        // Background releases (a cancelled wait, a guard dropped on an error path) go out
+        // before the process exits.
+        client.flush().await;
+        code
+    }
+
+    async fn with_client(&mut self, client: &Client, signals: &mut Signals) -> u8 {
+        let options = LockOptions::new()
+            .ttl(self.args.ttl)
+            .label(self.label())
+            .wait(match self.args.wait {
+                Some(WaitLimit::For(limit)) => Wait::Limit(limit),
+                Some(WaitLimit::Forever) => Wait::Forever,
+                None => Wait::Limit(Duration::ZERO),
+            });
+        let lock = match client.lock_with(&self.args.key, options) {
+            Ok(lock) => lock,
+            Err(e) => return self.lib_error(&e),
+        };
+        let asked = Instant::now();
+        let acquisition = async {
+            match self.args.wait {
+                None => lock.try_lock().await,
+                Some(_) => lock.lock().await,
+            }
+        };
+        let granted = tokio::select! {
+            granted = acquisition => granted,
+            signal = signals.recv_terminating() => {
+                // The cancelled wait leaves no lock behind (its in-doubt request is released
+                // in the background, flushed before exit).
+                self.report.outcome = "interrupted";
+                self.report.waited_ms = ms(asked.elapsed());
+                return exit::SIGNAL_BASE.saturating_add(signal as u8);
+            }
+        };
+        self.report.waited_ms = ms(asked.elapsed());
+        let guard = match granted {
+            Ok(guard) => guard,
+            Err(e) => return self.refused(&e),
+        };
+        self.report.acquired = true;
+        self.report.fencing_token = Some(guard.fencing_token());
+        let held_since = Instant::now();
+        let code = self.run_holding(&guard, signals, held_since).await;
+        let code = self.release(guard, code).await;
+        self.report.held_ms = Some(ms(held_since.elapsed()));
+        code
+    }
+
+    /// Runs the command under the held lock; returns the exit code before release.
+    async fn run_holding(
+        &mut self,
+        guard: &LockGuard,
+        signals: &mut Signals,
+        held_since: Instant,
+    ) -> u8 {
+        let env = [
+            ("DLOCK_KEY", self.args.key.clone()),
+            ("DLOCK_FENCING_TOKEN", guard.fencing_token().to_string()),
+            ("DLOCK_TTL_MS", ms(self.args.ttl).to_string()),
+        ];
+        let program = self.args.command[0].to_string_lossy().into_owned();
+        let mut job = match Job::spawn(&self.args.command, &env) {
+            Ok(job) => job,
+            Err(SpawnError::NotFound) => {
+                return self.error(
+                    "not_found",
+                    exit::NOT_FOUND,
+                    format!("command not found: {program}"),
+                )
+            }
+            Err(SpawnError::NotExecutable(e)) => {
+                return self.error(
+                    "not_executable",
+                    exit::NOT_EXECUTABLE,
+                    format!("cannot execute {program}: {e}"),
+                )
+            }
+            Err(SpawnError::Other(e)) => {
+                return self.error(
+                    "error",
+                    exit::INTERNAL,
+                    format!("cannot start {program}: {e}"),
+                )
+            }
+        };
+        self.report.ran = true;
+        let run_started = Instant::now();
+        let (status, ending) = self.supervise(&mut job, guard, signals).await;
+        self.report.run_ms = Some(ms(run_started.elapsed()));
+        let status = match status {
+            Ok(status) => status,
+            Err(e) => {
+                return self.error(
+                    "error",
+                    exit::INTERNAL,
+                    format!("lost track of the command: {e}"),
+                )
+            }
+        };
+        {
+            use std::os::unix::process::ExitStatusExt;
+            self.report.exit_code = status.code();
+            self.report.signal = status.signal();
+        }
+        match ending {
+            Ending::Lost(reason) => {
+                self.report.outcome = "lost";
+                self.report.lost = true;
+                self.report.loss_reason = Some(reason.to_string());
+                exit::LOST
+            }
+            Ending::MaxRuntime => {
+                self.report.outcome = "max_runtime";
+                exit::MAX_RUNTIME
+            }
+            Ending::Exited => {
+                self.report.outcome = "ran";
+                self.hold_at_least(guard, signals, held_since).await;
+                exit::for_status(status)
+            }
+        }
+    }
+
+    /// Waits for the command while forwarding signals, watching the lease and --max-runtime;
+    /// stops the command when needed. Returns once every process of its group is gone.
+    async fn supervise(
+        &self,
+        job: &mut Job,
+        guard: &LockGuard,
+        signals: &mut Signals,
+    ) -> (std::io::Result<std::process::ExitStatus>, Ending) {
+        let max_deadline = self.args.max_runtime.map(|limit| Instant::now() + limit);
+        let mut ending = Ending::Exited;
+        let mut kill_at: Option<Instant> = None;
+        let mut killed = false;
+        let status = loop {
+            tokio::select! {
+                status = job.wait() => break status,
+                reason = guard.lost(), if ending == Ending::Exited => {
+                    self.say(format!(
+                        "lost the lock on {} while the command ran: {reason}; stopping it",
+                        self.args.key
+                    ));
+                    ending = Ending::Lost(reason);
+                    kill_at = Some(self.begin_stop(job, kill_at));
+                }
+                () = sleep_until_some(max_deadline), if ending == Ending::Exited && max_deadline.is_some() => {
+                    self.say(format!(
+                        "{}: the command ran longer than --max-runtime {}; stopping it",
+                        self.args.key,
+                        humantime::format_duration(self.args.max_runtime.unwrap_or_default())
+                    ));
+                    ending = Ending::MaxRuntime;
+                    kill_at = Some(self.begin_stop(job, kill_at));
+                }
+                signal = signals.recv() => {
+                    tracing::info!(%signal, "forwarding signal to the command");
+                    job.signal(signal);
+                    if is_terminating(signal) && kill_at.is_none() {
+                        kill_at = Some(Instant::now() + self.args.stop_timeout);
+                    }
+                }
+                () = sleep_until_some(kill_at), if kill_at.is_some() && !killed => {
+                    tracing::info!("stop timeout passed; sending KILL");
+                    job.signal(Signal::SIGKILL);
+                    killed = true;
+                }
+            }
+        };
+        job.finish(self.args.stop_signal, self.args.stop_timeout, kill_at)
+            .await;
+        (status, ending)
+    }
+
+    /// Sends the stop signal once and returns the KILL deadline.
+    fn begin_stop(&self, job: &Job, kill_at: Option<Instant>) -> Instant {
+        job.signal(self.args.stop_signal);
+        kill_at.unwrap_or_else(|| Instant::now() + self.args.stop_timeout)
+    }
+
+    /// Keeps the lock until --min-hold has passed since the grant (a fast job still refuses a
+    /// late duplicate). A terminating signal ends the hold early.
+    async fn hold_at_least(&self, guard: &LockGuard, signals: &mut Signals, held_since: Instant) {
+        let Some(min_hold) = self.args.min_hold else {
+            return;
+        };
+        let until = held_since + min_hold;
+        tokio::select! {
+            () = sleep_until(until) => {}
+            _ = guard.lost() => {}
+            signal = signals.recv_terminating() => {
+                tracing::info!(%signal, "ending --min-hold early");
+            }
+        }
+    }
+
+    /// Releases the lock; a lease found lost turns any exit code into 76.
+    async fn release(&mut self, guard: LockGuard, code: u8) -> u8 {
+        match guard.release().await {
+            Ok(()) => code,
+            Err(Error::Lost { reason, .. }) => {
+                if !self.report.lost {
+                    self.say(format!(
+                        "the lock on {} was lost before the command finished ({reason}); it may \
+                         have overlapped another holder",
+                        self.args.key
+                    ));
+                    self.report.lost = true;
+                    self.report.loss_reason = Some(reason.to_string());
+                }
+                exit::LOST
+            }
+            Err(e) => {
+                // The lease was valid all along (the watchdog would have said otherwise); the
+                // lock now expires with its TTL.
+                self.say(format!(
+                    "could not release {} ({e}); it expires with its TTL",
+                    self.args.key
+                ));
+                code
+            }
+        }
+    }
+
+    /// The lock was busy, the wait ran out, or acquisition failed.
+    fn refused(&mut self, error: &Error) -> u8 {
+        let Some(conflict) = error.conflict() else {
+            return self.lib_error(error);
+        };
+        self.report.holder = conflict.holder.as_ref().map(HolderJson::from);
+        let timed_out = error.is_timeout();
+        self.report.outcome = if timed_out { "timeout" } else { "busy" };
+        if !self.args.quiet {
+            let holder = describe_holder(conflict);
+            let message = if timed_out {
+                format!(
+                    "gave up waiting after {}: another process is still running {} ({holder})",
+                    humantime::format_duration(Duration::from_millis(self.report.waited_ms)),
+                    self.args.key
+                )
+            } else {
+                format!(
+                    "another process is already running {} ({holder})",
+                    self.args.key
+                )
+            };
+            self.say(message);
+        }
+        self.args.conflict_exit_code
+    }
+
+    fn lib_error(&mut self, error: &Error) -> u8 {
+        self.report.outcome = "error";
+        fail(error)
+    }
+
+    fn error(&mut self, outcome: &'static str, code: u8, message: String) -> u8 {
+        self.report.outcome = outcome;
+        self.say(message);
+        code
+    }
+
+    fn say(&self, message: String) {
+        eprintln!("dlock: {message}");
+    }
+
+    /// The holder-info label: --label, or the command line.
+    fn label(&self) -> String {
+        self.args.label.clone().unwrap_or_else(|| {
+            self.args
+                .command
+                .iter()
+                .map(|arg| arg.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+    }
+}
+
+/// "held by web-1 pid 42 for 3.2s", or what is known of a holder without holder info.
+fn describe_holder(conflict: &Conflict) -> String {
+    match (&conflict.holder, conflict.ttl_left) {
+        (Some(holder), _) => format!("held by {holder}"),
+        (None, Some(ttl)) => format!(
+            "held by an unknown owner; its lease ends in {}",
+            humantime::format_duration(Duration::from_millis(ms(ttl)))
+        ),
+        (None, None) => "held by an unknown owner, without expiry".into(),
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn write_report(args: &RunArgs, report: &RunReport) {
+    let line = to_line(report);
+    let written = match &args.report_file {
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut file| writeln!(file, "{line}")),
+        None => writeln!(std::io::stderr(), "{line}"),
+    };
+    if let Err(e) = written {
+        eprintln!("dlock: cannot write the report: {e}");
+    }
+}

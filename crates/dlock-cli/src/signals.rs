@@ -1,0 +1,66 @@
+//! Signals dlock catches so it can forward them to the command, or stop cleanly while waiting.
+
+use std::io;
+
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// The signals dlock receives and forwards: TERM, INT, HUP, QUIT, USR1, USR2.
+#[derive(Debug)]
+pub struct Signals {
+    streams: Vec<(Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    /// Installs the handlers. From here on these signals no longer kill dlock by default;
+    /// dlock decides what they mean.
+    pub fn install() -> io::Result<Signals> {
+        let kinds = [
+            (Signal::SIGTERM, SignalKind::terminate()),
+            (Signal::SIGINT, SignalKind::interrupt()),
+            (Signal::SIGHUP, SignalKind::hangup()),
+            (Signal::SIGQUIT, SignalKind::quit()),
+            (Signal::SIGUSR1, SignalKind::user_defined1()),
+            (Signal::SIGUSR2, SignalKind::user_defined2()),
+        ];
+        let streams = kinds
+            .into_iter()
+            .map(|(name, kind)| Ok((name, signal(kind)?)))
+            .collect::<io::Result<_>>()?;
+        Ok(Signals { streams })
+    }
+
+    /// The next signal received.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a signal that arrives while no one is waiting is kept for the next call.
+    pub async fn recv(&mut self) -> Signal {
+        let ready = std::future::poll_fn(|cx| {
+            for (name, stream) in &mut self.streams {
+                if stream.poll_recv(cx).is_ready() {
+                    return std::task::Poll::Ready(*name);
+                }
+            }
+            std::task::Poll::Pending
+        });
+        ready.await
+    }
+
+    /// The next signal that asks dlock to end (TERM, INT, HUP, QUIT); others are ignored.
+    pub async fn recv_terminating(&mut self) -> Signal {
+        loop {
+            let signal = self.recv().await;
+            if is_terminating(signal) {
+                return signal;
+            }
+        }
+    }
+}
+
+/// Whether `signal` asks its receiver to end (rather than, say, reopen logs).
+pub fn is_terminating(signal: Signal) -> bool {
+    matches!(
+        signal,
+        Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT
+    )
+}

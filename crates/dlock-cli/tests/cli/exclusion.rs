@@ -1,0 +1,160 @@
+//! The seeds' scenario: two copies of a job start at once; exactly one runs.
+
+use std::time::{Duration, Instant};
+
+use dlock_test::RedisServer;
+
+use crate::support::{code, dlock, exists, finish, output, stderr, stdout, wait_for_file, Scratch};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn of_two_concurrent_copies_exactly_one_runs_and_the_other_exits_75_naming_the_holder() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let job = format!("echo ran >> {}; sleep 1", scratch.path("runs").display());
+    let first = dlock(&server)
+        .args(["run", "main:hello", "--", "sh", "-c", &job])
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for_file(&scratch.path("runs"), LIMIT),
+        "the first copy never ran"
+    );
+    let second = output(
+        dlock(&server).args(["run", "main:hello", "--", "sh", "-c", &job]),
+        LIMIT,
+    );
+    let first = finish(first, LIMIT);
+
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    assert_eq!(code(&second), 75);
+    assert_eq!(scratch.read("runs"), "ran\n", "exactly one copy ran");
+    let message = stderr(&second);
+    assert_eq!(message.lines().count(), 1, "one line: {message:?}");
+    let first_pid = first_pid_from(&message);
+    assert!(
+        message.starts_with("dlock: another process is already running main:hello (held by ")
+            && message.contains(" pid ")
+            && message.contains(" for "),
+        "{message}"
+    );
+    assert!(first_pid > 0);
+    assert!(!exists(&server, "main:hello"), "released at the end");
+}
+
+fn first_pid_from(message: &str) -> u32 {
+    let after = message.split(" pid ").nth(1).unwrap();
+    after.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn conflict_exit_code_and_quiet() {
+    let server = RedisServer::start();
+    let _: () = server.cmd("SET", &["cron-job", "someone", "EX", "60"]);
+    let zero = output(
+        dlock(&server).args(["run", "-E", "0", "cron-job", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(code(&zero), 0);
+    assert!(stderr(&zero).contains("another process is already running cron-job"));
+    assert!(stderr(&zero).contains("unknown owner"), "{}", stderr(&zero));
+
+    let quiet = output(
+        dlock(&server).args(["run", "--quiet", "cron-job", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(code(&quiet), 75);
+    assert_eq!(stderr(&quiet), "", "--quiet says nothing");
+    assert_eq!(stdout(&quiet), "");
+}
+
+#[test]
+fn wait_succeeds_when_the_holder_finishes_in_time_and_times_out_with_75_otherwise() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let holder_job = format!("touch {}; sleep 1", scratch.path("holding").display());
+    let holder = dlock(&server)
+        .args(["run", "w", "--", "sh", "-c", &holder_job])
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(&scratch.path("holding"), LIMIT));
+    let waiter = output(
+        dlock(&server).args(["run", "--wait", "3s", "w", "--", "echo", "mine"]),
+        LIMIT,
+    );
+    assert_eq!(code(&waiter), 0, "{}", stderr(&waiter));
+    assert_eq!(stdout(&waiter), "mine\n");
+    assert_eq!(code(&finish(holder, LIMIT)), 0);
+
+    let long_job = format!("touch {}; sleep 5", scratch.path("long").display());
+    let holder = dlock(&server)
+        .args(["run", "w", "--", "sh", "-c", &long_job])
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(&scratch.path("long"), LIMIT));
+    let started = Instant::now();
+    let impatient = output(
+        dlock(&server).args(["run", "--wait", "1s", "w", "--", "echo", "no"]),
+        LIMIT,
+    );
+    assert_eq!(code(&impatient), 75);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(stdout(&impatient), "", "the command never ran");
+    assert!(
+        stderr(&impatient).contains("gave up waiting after 1s"),
+        "{}",
+        stderr(&impatient)
+    );
+    assert_eq!(code(&finish(holder, LIMIT)), 0);
+}
+
+#[test]
+fn min_hold_refuses_a_late_duplicate_of_a_fast_job() {
+    let server = RedisServer::start();
+    let started = Instant::now();
+    let fast = dlock(&server)
+        .args(["run", "--min-hold", "5s", "fast", "--", "sleep", "1"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let late = output(
+        dlock(&server).args(["run", "fast", "--", "echo", "duplicate"]),
+        LIMIT,
+    );
+    assert_eq!(code(&late), 75, "a duplicate 3 s later is refused");
+    assert_eq!(stdout(&late), "");
+    let fast = finish(fast, LIMIT);
+    assert_eq!(code(&fast), 0);
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "held for at least --min-hold"
+    );
+    assert!(!exists(&server, "fast"));
+    let after = output(dlock(&server).args(["run", "fast", "--", "true"]), LIMIT);
+    assert_eq!(code(&after), 0);
+}
+
+#[test]
+fn the_child_gets_the_key_fencing_token_and_ttl_in_its_environment() {
+    let server = RedisServer::start();
+    let out = output(
+        dlock(&server).args([
+            "run",
+            "--ttl",
+            "12s",
+            "env-job",
+            "--",
+            "sh",
+            "-c",
+            "echo $DLOCK_KEY $DLOCK_FENCING_TOKEN $DLOCK_TTL_MS",
+        ]),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let printed = stdout(&out);
+    let fields: Vec<&str> = printed.split_whitespace().collect();
+    assert_eq!(fields[0], "env-job");
+    assert!(fields[1].parse::<u64>().unwrap() > 1_000_000_000_000_000);
+    assert_eq!(fields[2], "12000");
+}

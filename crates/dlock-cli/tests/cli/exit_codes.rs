@@ -1,0 +1,191 @@
+//! dlock's exit codes, each produced for real.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use dlock_test::RedisServer;
+
+use crate::support::{code, dlock, exists, output, stderr, Scratch};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn the_childs_own_code_passes_through() {
+    let server = RedisServer::start();
+    for expected in [0, 3, 255] {
+        let script = format!("exit {expected}");
+        let out = output(
+            dlock(&server).args(["run", "k", "--", "sh", "-c", &script]),
+            LIMIT,
+        );
+        assert_eq!(code(&out), expected, "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_child_killed_by_signal_n_gives_128_plus_n() {
+    let server = RedisServer::start();
+    for (signal, expected) in [("KILL", 137), ("TERM", 143), ("SEGV", 139)] {
+        let script = format!("kill -{signal} $$");
+        let out = output(
+            dlock(&server).args(["run", "k", "--", "sh", "-c", &script]),
+            LIMIT,
+        );
+        assert_eq!(code(&out), expected, "{signal}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn missing_and_unexecutable_commands_give_127_and_126_and_free_the_lock() {
+    let server = RedisServer::start();
+    let out = output(
+        dlock(&server).args(["run", "k", "--", "no-such-command-xyz"]),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 127);
+    assert!(
+        stderr(&out).contains("command not found: no-such-command-xyz"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!exists(&server, "k"));
+
+    let scratch = Scratch::new();
+    let file = scratch.path("not-executable");
+    std::fs::write(&file, "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = output(dlock(&server).args(["run", "k", "--"]).arg(&file), LIMIT);
+    assert_eq!(code(&out), 126, "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot execute"), "{}", stderr(&out));
+    assert!(!exists(&server, "k"));
+}
+
+#[test]
+fn usage_errors_give_64() {
+    let server = RedisServer::start();
+    for args in [
+        vec!["run", "k"],                                 // no command
+        vec!["run", "--ttl", "soon", "k", "--", "true"],  // bad duration
+        vec!["run", "--ttl", "0s", "k", "--", "true"],    // zero TTL
+        vec!["run", "--ttl", "50ms", "k", "--", "true"],  // below the minimum lease
+        vec!["run", "--ttl", "1000d", "k", "--", "true"], // absurd lease
+        vec!["run", "", "--", "true"],                    // empty key
+        vec!["run", "--stop-signal", "NOPE", "k", "--", "true"],
+        vec!["frobnicate"],
+        vec!["release", "k"], // without --force
+    ] {
+        let out = output(dlock(&server).args(&args), LIMIT);
+        assert_eq!(code(&out), 64, "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).is_empty(), "{args:?} says why");
+    }
+    let out = output(
+        dlock(&server).args(["run", "--redis", "nonsense://x", "k", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+}
+
+#[test]
+fn an_unreachable_redis_gives_69_and_hides_the_password() {
+    let server = RedisServer::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://admin:topsecret@127.0.0.1:{port}/");
+    let out = output(
+        dlock(&server).args([
+            "run",
+            "--redis",
+            &url,
+            "--redis-timeout",
+            "500ms",
+            "k",
+            "--",
+            "true",
+        ]),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 69);
+    let message = stderr(&out);
+    assert!(
+        message.contains(&format!("redis://admin:***@127.0.0.1:{port}")),
+        "{message}"
+    );
+    assert!(!message.contains("topsecret"), "{message}");
+
+    // The URL from the environment is hidden too, in errors and in --help.
+    let out = output(
+        dlock(&server)
+            .env("DLOCK_REDIS_URL", &url)
+            .args(["run", "k", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 69);
+    assert!(!stderr(&out).contains("topsecret"));
+    let help = output(
+        dlock(&server)
+            .env("DLOCK_REDIS_URL", &url)
+            .args(["run", "--help"]),
+        LIMIT,
+    );
+    assert_eq!(code(&help), 0);
+    assert!(!crate::support::stdout(&help).contains("topsecret"));
+}
+
+#[test]
+fn a_wrong_password_gives_69() {
+    let server = RedisServer::start_with(dlock_test::ServerOptions {
+        password: Some("right".into()),
+        ..Default::default()
+    });
+    let url = format!("redis://:wrong-one@127.0.0.1:{}/", server.port());
+    let out = output(
+        dlock(&server).args(["run", "--redis", &url, "k", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 69);
+    assert!(stderr(&out).contains("authentication"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("wrong-one"));
+}
+
+#[test]
+fn max_runtime_stops_the_command_with_124() {
+    let server = RedisServer::start();
+    let started = Instant::now();
+    let out = output(
+        dlock(&server).args(["run", "--max-runtime", "1s", "k", "--", "sleep", "30"]),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 124, "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stopped promptly"
+    );
+    assert!(stderr(&out).contains("--max-runtime"), "{}", stderr(&out));
+    assert!(!exists(&server, "k"));
+}
+
+#[test]
+fn help_documents_every_exit_code() {
+    let server = RedisServer::start();
+    let out = output(dlock(&server).args(["run", "--help"]), LIMIT);
+    assert_eq!(code(&out), 0);
+    let help = crate::support::stdout(&out);
+    for needle in [
+        "75",
+        "76",
+        "124",
+        "126",
+        "127",
+        "64",
+        "69",
+        "70",
+        "128+N",
+        "--min-hold",
+        "[default: 30s]",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+}

@@ -1,0 +1,140 @@
+//! The lease while the command runs: renewed past --ttl; when lost, the command is stopped
+//! and dlock exits 76.
+
+use std::time::{Duration, Instant};
+
+use dlock_test::RedisServer;
+
+use crate::support::{alive, code, dlock, exists, finish, output, stderr, wait_for_file, Scratch};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A job that records its pid, records the stop signal, and (if `obey`) exits on it.
+fn stubborn_job(scratch: &Scratch, obey: bool) -> String {
+    let on_term = if obey { "exit 0" } else { ":" };
+    format!(
+        "echo $$ > {pid}; trap 'echo TERM >> {log}; {on_term}' TERM; \
+         touch {started}; while :; do sleep 0.05; done",
+        pid = scratch.path("pid").display(),
+        log = scratch.path("log").display(),
+        started = scratch.path("started").display(),
+    )
+}
+
+#[test]
+fn a_job_that_outlives_its_ttl_keeps_the_lock() {
+    let server = RedisServer::start();
+    let job = dlock(&server)
+        .args(["run", "--ttl", "1s", "long", "--", "sleep", "3"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2200));
+    assert!(exists(&server, "long"), "renewed past its 1 s TTL");
+    let duplicate = output(dlock(&server).args(["run", "long", "--", "true"]), LIMIT);
+    assert_eq!(code(&duplicate), 75);
+    let job = finish(job, LIMIT);
+    assert_eq!(code(&job), 0, "{}", stderr(&job));
+}
+
+#[test]
+fn a_deleted_key_stops_the_command_and_exits_76() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let job = dlock(&server)
+        .args([
+            "run",
+            "--ttl",
+            "1s",
+            "k",
+            "--",
+            "sh",
+            "-c",
+            &stubborn_job(&scratch, true),
+        ])
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(&scratch.path("started"), LIMIT));
+    let _: () = server.cmd("DEL", &["k"]);
+    let deleted_at = Instant::now();
+    let out = finish(job, LIMIT);
+    assert_eq!(code(&out), 76, "{}", stderr(&out));
+    assert!(
+        deleted_at.elapsed() < Duration::from_secs(3),
+        "noticed within a renewal interval"
+    );
+    assert_eq!(
+        scratch.read("log"),
+        "TERM\n",
+        "the command got the stop signal"
+    );
+    assert!(
+        stderr(&out).contains("lost the lock on k"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_command_that_ignores_the_stop_signal_is_killed_after_the_stop_timeout() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let job = dlock(&server)
+        .args([
+            "run",
+            "--ttl",
+            "1s",
+            "--stop-timeout",
+            "1s",
+            "k",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(stubborn_job(&scratch, false))
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(&scratch.path("started"), LIMIT));
+    let pid: u32 = scratch.read("pid").trim().parse().unwrap();
+    let _: () = server.cmd("DEL", &["k"]);
+    let deleted_at = Instant::now();
+    let out = finish(job, LIMIT);
+    assert_eq!(code(&out), 76, "{}", stderr(&out));
+    assert!(scratch.read("log").starts_with("TERM"), "stop signal first");
+    assert!(
+        deleted_at.elapsed() >= Duration::from_secs(1),
+        "KILL only after --stop-timeout"
+    );
+    assert!(!alive(pid), "the command was killed");
+}
+
+#[test]
+fn a_frozen_redis_stops_the_command_and_exits_76() {
+    let mut server = RedisServer::start();
+    let scratch = Scratch::new();
+    let job = dlock(&server)
+        .args([
+            "run",
+            "--ttl",
+            "1s",
+            "--redis-timeout",
+            "300ms",
+            "k",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(stubborn_job(&scratch, true))
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(&scratch.path("started"), LIMIT));
+    server.pause();
+    let out = finish(job, LIMIT);
+    server.resume();
+    assert_eq!(code(&out), 76, "{}", stderr(&out));
+    assert_eq!(scratch.read("log"), "TERM\n");
+    assert!(
+        stderr(&out).contains("could not be reached"),
+        "{}",
+        stderr(&out)
+    );
+}
