@@ -12,6 +12,7 @@ use crate::holder::{int, pttl, HolderInfo, LockStatus};
 use crate::key::{info_scan_pattern, LockKeys};
 use crate::lock::Lock;
 use crate::node::Node;
+use crate::notify::Notifier;
 use crate::options::{ClientOptions, LockOptions};
 use crate::scripts;
 use crate::watchdog::Watchdog;
@@ -41,6 +42,7 @@ pub struct Client {
 struct Inner {
     node: Node,
     watchdog: Watchdog,
+    notifier: Notifier,
     held: Arc<AtomicUsize>,
     identity: Identity,
 }
@@ -77,10 +79,12 @@ impl Client {
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client> {
         let node = Node::connect(url, &options).await?;
         let watchdog = Watchdog::spawn(node.clone());
+        let notifier = Notifier::spawn(node.redis_client().clone(), options.connect_timeout);
         Ok(Client {
             inner: Arc::new(Inner {
                 node,
                 watchdog,
+                notifier,
                 held: Arc::new(AtomicUsize::new(0)),
                 identity: Identity {
                     host: gethostname::gethostname().to_string_lossy().into_owned(),
@@ -175,10 +179,12 @@ impl Client {
         self.inner.held.load(Ordering::SeqCst)
     }
 
-    /// Waits until the releases of guards dropped so far have been sent to Redis. Call it
+    /// Waits until the releases of guards dropped so far, and the withdrawals of waiters that
+    /// gave up, have been sent to Redis. Call it
     /// before a program exits if guards may have been dropped without `release()`.
     pub async fn flush(&self) {
         self.inner.watchdog.flush().await;
+        self.inner.notifier.flush().await;
     }
 
     /// The server's URL, without its password.
@@ -192,6 +198,10 @@ impl Client {
 
     pub(crate) fn watchdog(&self) -> &Watchdog {
         &self.inner.watchdog
+    }
+
+    pub(crate) fn notifier(&self) -> &Notifier {
+        &self.inner.notifier
     }
 
     pub(crate) fn held_counter(&self) -> &Arc<AtomicUsize> {

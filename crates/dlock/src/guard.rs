@@ -166,9 +166,7 @@ impl LockGuard {
         // Leave `Held` first: from here on the watchdog sends no renewal for this lease.
         self.lease.finish(LeaseStatus::Released);
         let mut call = scripts::RELEASE.prepare_invoke();
-        call.key(&self.lease.keys.lock)
-            .key(&self.lease.keys.info)
-            .arg(self.lease.token.as_str());
+        scripts::add_release(&mut call, &self.lease.keys, &self.lease.token);
         let node = self.client.node();
         let reply: Vec<i64> = node.eval(&call, node.command_timeout()).await?;
         self.released = true;

@@ -26,6 +26,14 @@ pub(crate) struct LockKeys {
     pub info: String,
     /// The fencing counter: the last token granted for this name.
     pub fence: String,
+    /// Fair mode's wait queue: waiter tokens in arrival order (a list).
+    pub queue: String,
+    /// Fair mode's waiter leases: token → server time (ms) when the entry expires (a zset).
+    pub queue_leases: String,
+    /// Reentrant mode's hold count.
+    pub holds: String,
+    /// The pub/sub channel a release publishes on to wake waiters.
+    pub channel: String,
 }
 
 impl LockKeys {
@@ -55,10 +63,15 @@ impl LockKeys {
             }
             None => name,
         };
+        let companion = |kind: &str| format!("{{{slot}}}:dlock:{kind}:{name}");
         Ok(LockKeys {
             lock: name.to_owned(),
             info: format!("{{{slot}}}:{INFO_MARK}{name}"),
-            fence: format!("{{{slot}}}:dlock:fence:{name}"),
+            fence: companion("fence"),
+            queue: companion("queue"),
+            queue_leases: companion("queue-leases"),
+            holds: companion("holds"),
+            channel: companion("released"),
         })
     }
 
@@ -139,7 +152,9 @@ mod tests {
         for name in ["main:hello", "{user:42}:job", "a{b", "{a}{b}", "tag{"] {
             let keys = LockKeys::new(name).expect(name);
             assert_eq!(hashed_part(&keys.info), hashed_part(&keys.lock), "{name}");
-            assert_eq!(hashed_part(&keys.fence), hashed_part(&keys.lock), "{name}");
+            for companion in [&keys.fence, &keys.queue, &keys.queue_leases, &keys.holds] {
+                assert_eq!(hashed_part(companion), hashed_part(&keys.lock), "{name}");
+            }
         }
     }
 

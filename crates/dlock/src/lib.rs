@@ -71,6 +71,7 @@ mod key;
 mod lease;
 mod lock;
 mod node;
+mod notify;
 mod options;
 mod scripts;
 mod token;
@@ -87,5 +88,5 @@ pub use lock::Lock;
 pub use node::redact_url;
 pub use options::{
     ClientOptions, LockOptions, Wait, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_TTL, DEFAULT_WAIT, FENCE_RETENTION, MAX_TTL, MIN_TTL,
+    DEFAULT_RECHECK, DEFAULT_TTL, DEFAULT_WAIT, FENCE_RETENTION, MAX_TTL, MIN_TTL,
 };

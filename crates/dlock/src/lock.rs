@@ -29,6 +29,7 @@ use crate::guard::LockGuard;
 use crate::holder::{int, pttl, HolderInfo};
 use crate::key::LockKeys;
 use crate::lease::Lease;
+use crate::notify::Subscription;
 use crate::options::{LockOptions, Wait, FENCE_RETENTION};
 use crate::scripts;
 use crate::token::Token;
@@ -47,7 +48,14 @@ pub struct Lock {
 /// The outcome of one acquisition attempt.
 enum Attempt {
     Granted(LockGuard),
-    Busy(Conflict),
+    Busy(Busy),
+}
+
+/// A busy answer.
+struct Busy {
+    conflict: Conflict,
+    /// Fair mode: time until the lease of the waiter at the head of the queue ends.
+    head_lease_left: Option<Duration>,
 }
 
 impl Lock {
@@ -95,17 +103,21 @@ impl Lock {
     /// ```
     pub async fn try_lock(&self) -> Result<LockGuard> {
         let pending = PendingAcquisition::new(self, Token::generate()?);
-        match self.attempt(&pending).await? {
+        match self.attempt(&pending, None).await? {
             Attempt::Granted(guard) => Ok(guard),
-            Attempt::Busy(conflict) => Err(Error::Conflict(Box::new(conflict))),
+            Attempt::Busy(busy) => Err(Error::Conflict(Box::new(busy.conflict))),
         }
     }
 
     /// Takes the lock, waiting while it is held, up to the wait limit of its options
     /// ([`LockOptions::wait`], 30 s by default).
     ///
-    /// While waiting it retries with jittered exponential backoff ([`LockOptions::backoff`]),
-    /// never sleeping past the holder's remaining TTL, and rides out brief Redis outages.
+    /// Waiting does not poll: after one busy answer the waiter subscribes to the lock's release
+    /// channel and retries the moment a release is published, so a released lock is handed on
+    /// in about one round trip. A timed re-check ([`LockOptions::recheck`], never later than
+    /// the holder's remaining TTL) catches releases that publish nothing, such as a crashed
+    /// holder's lease running out. In fair mode ([`LockOptions::fair`]) waiters are served in
+    /// arrival order. Brief Redis outages are ridden out with backoff.
     ///
     /// # Errors
     /// [`Error::Timeout`] when the wait limit passes (naming the last holder seen);
@@ -113,8 +125,9 @@ impl Lock {
     /// [`Error::Auth`] or [`Error::Redis`] at once.
     ///
     /// # Cancel safety
-    /// As [`Lock::try_lock`]: a dropped future leaves no lock behind (at worst one that expires
-    /// with its TTL when Redis is unreachable) and no background work.
+    /// A dropped future leaves no lock behind (at worst one that expires with its TTL when
+    /// Redis is unreachable), no fair-queue entry (withdrawn in the background; at worst it
+    /// expires with its waiter lease), and no subscription.
     pub async fn lock(&self) -> Result<LockGuard> {
         let pending = PendingAcquisition::new(self, Token::generate()?);
         let started = Instant::now();
@@ -122,19 +135,31 @@ impl Lock {
             Wait::Limit(limit) => Some(started + limit),
             Wait::Forever => None,
         };
-        let mut retry = 0u32;
+        let mut wakeups: Option<Subscription> = None;
+        let mut failures = 0u32;
         loop {
-            let (hint, outcome) = match self.attempt(&pending).await {
+            if let Some(subscription) = wakeups.as_mut() {
+                subscription.mark_seen();
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let queue_for = self.options.fair.then(|| self.options.waiter_lease(left));
+            let (pause, outcome) = match self.attempt(&pending, queue_for).await {
                 Ok(Attempt::Granted(guard)) => return Ok(guard),
-                Ok(Attempt::Busy(conflict)) => {
-                    (conflict.ttl_left, Error::Conflict(Box::new(conflict)))
+                Ok(Attempt::Busy(busy)) => {
+                    failures = 0;
+                    (
+                        self.recheck_after(&busy),
+                        Error::Conflict(Box::new(busy.conflict)),
+                    )
                 }
-                Err(error) if error.is_retryable() => (None, error),
+                Err(error) if error.is_retryable() => {
+                    failures = failures.saturating_add(1);
+                    (self.options.backoff.delay(failures - 1), error)
+                }
                 Err(error) => return Err(error),
             };
             let now = Instant::now();
-            let left = deadline.map(|d| d.saturating_duration_since(now));
-            if left == Some(Duration::ZERO) {
+            if deadline.is_some_and(|d| d <= now) {
                 return Err(match outcome {
                     Error::Conflict(last) => Error::Timeout {
                         key: self.keys.lock.clone(),
@@ -144,16 +169,49 @@ impl Lock {
                     unavailable => unavailable,
                 });
             }
-            let mut delay = self.options.backoff.delay(retry);
-            if let Some(ttl_left) = hint {
-                delay = delay.min(ttl_left.max(Duration::from_millis(1)));
+            if wakeups.is_none() && outcome.is_conflict() {
+                // Subscribe, then retry at once: a release published before the subscription
+                // was in effect would otherwise be missed.
+                let subscribing = self.client.notifier().subscribe(&self.keys.channel);
+                wakeups = Some(match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, subscribing).await {
+                        Ok(subscription) => subscription,
+                        Err(_) => continue,
+                    },
+                    None => subscribing.await,
+                });
+                continue;
             }
-            if let Some(left) = left {
-                delay = delay.min(left);
+            // Without a working wake-up channel, fall back to backoff polling.
+            let pause = match &wakeups {
+                Some(subscription) if subscription.is_confirmed() => pause,
+                _ => pause.min(self.options.backoff.delay(failures)),
+            };
+            let until = deadline.map_or(now + pause, |d| d.min(now + pause));
+            match wakeups.as_mut() {
+                Some(subscription) => {
+                    tokio::select! {
+                        () = subscription.woken() => {}
+                        () = tokio::time::sleep_until(until) => {}
+                    }
+                }
+                None => tokio::time::sleep_until(until).await,
             }
-            tokio::time::sleep(delay).await;
-            retry = retry.saturating_add(1);
         }
+    }
+
+    /// How long a waiter may sleep after a busy answer when no wake-up comes: the re-check
+    /// interval, but never past the holder's TTL (an expiry publishes nothing) nor, in fair
+    /// mode, past the queue head's waiter lease (a dead head is purged then).
+    fn recheck_after(&self, busy: &Busy) -> Duration {
+        let mut pause = self.options.recheck;
+        for bound in [busy.conflict.ttl_left, busy.head_lease_left]
+            .into_iter()
+            .flatten()
+        {
+            pause = pause.min(bound + Duration::from_millis(1));
+        }
+        pause
     }
 
     /// This lock's state (see [`Client::status`]).
@@ -164,20 +222,36 @@ impl Lock {
         self.client.status(&self.keys.lock).await
     }
 
-    /// One acquisition attempt with `pending`'s token: one script call.
-    async fn attempt(&self, pending: &PendingAcquisition) -> Result<Attempt> {
+    /// One acquisition attempt with `pending`'s token: one script call. In fair mode,
+    /// `queue_for` is the waiter lease to (re)join the queue with; `None` does not queue.
+    async fn attempt(
+        &self,
+        pending: &PendingAcquisition,
+        queue_for: Option<Duration>,
+    ) -> Result<Attempt> {
         let identity = self.client.identity();
         let ttl = self.options.ttl;
-        let mut call = scripts::ACQUIRE.prepare_invoke();
+        let mut call = if self.options.fair {
+            scripts::ACQUIRE_FAIR.prepare_invoke()
+        } else {
+            scripts::ACQUIRE.prepare_invoke()
+        };
         call.key(&self.keys.lock)
             .key(&self.keys.info)
-            .key(&self.keys.fence)
-            .arg(pending.token.as_str())
+            .key(&self.keys.fence);
+        if self.options.fair {
+            call.key(&self.keys.queue).key(&self.keys.queue_leases);
+        }
+        call.arg(pending.token.as_str())
             .arg(millis(ttl))
             .arg(millis(FENCE_RETENTION))
             .arg(&identity.host)
             .arg(identity.pid)
             .arg(self.options.label.as_deref().unwrap_or(""));
+        if self.options.fair {
+            call.arg(queue_for.map_or(0, millis))
+                .arg(&self.keys.channel);
+        }
         let node = self.client.node();
         pending.sending();
         let sent_at = Instant::now();
@@ -201,14 +275,21 @@ impl Lock {
             pending.settled();
             return Ok(Attempt::Granted(guard));
         }
-        pending.settled();
+        // A busy answer settles the doubt, unless it put us in the fair queue: that entry
+        // must be withdrawn if we give up.
+        if queue_for.is_none() {
+            pending.settled();
+        }
         let server_now_ms = int(field(3))
             .and_then(|ms| u64::try_from(ms).ok())
             .unwrap_or(0);
-        Ok(Attempt::Busy(Conflict {
-            key: self.keys.lock.clone(),
-            ttl_left: pttl(field(1)),
-            holder: HolderInfo::parse(field(2), server_now_ms),
+        Ok(Attempt::Busy(Busy {
+            conflict: Conflict {
+                key: self.keys.lock.clone(),
+                ttl_left: pttl(field(1)),
+                holder: HolderInfo::parse(field(2), server_now_ms),
+            },
+            head_lease_left: pttl(field(4)),
         }))
     }
 }

@@ -21,6 +21,7 @@ const RECONNECT_RETRIES: usize = 2;
 #[derive(Clone)]
 pub(crate) struct Node {
     con: ConnectionManager,
+    client: redis::Client,
     name: Arc<str>,
     command_timeout: Duration,
 }
@@ -57,7 +58,7 @@ impl Node {
         // The manager's own retries each have the connect timeout; bound the whole attempt too.
         let limit =
             options.connect_timeout * (RECONNECT_RETRIES as u32 + 1) + Duration::from_secs(1);
-        let connecting = ConnectionManager::new_with_config(client, config);
+        let connecting = ConnectionManager::new_with_config(client.clone(), config);
         let con = match tokio::time::timeout(limit, connecting).await {
             Ok(Ok(con)) => con,
             Ok(Err(e)) => return Err(scrub_error(Error::from_redis(&name, e), url)),
@@ -70,6 +71,7 @@ impl Node {
         };
         let node = Node {
             con,
+            client,
             name,
             command_timeout: options.command_timeout,
         };
@@ -82,6 +84,11 @@ impl Node {
     /// The node's URL without its password.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The driver's client, for dedicated connections (pub/sub).
+    pub fn redis_client(&self) -> &redis::Client {
+        &self.client
     }
 
     /// The per-command timeout.

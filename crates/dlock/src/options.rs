@@ -20,6 +20,10 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Default bound on [`Lock::lock`](crate::Lock::lock)'s wait: nothing waits forever unless the
 /// caller asks for [`Wait::Forever`].
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// Default longest pause between a waiter's re-checks of a busy lock. Releases wake waiters at
+/// once by pub/sub; the re-check only catches what publishes nothing (a holder that crashed and
+/// whose lease expired, a key deleted by another tool, a lost message), so it can be slow.
+pub const DEFAULT_RECHECK: Duration = Duration::from_secs(2);
 /// Default per-command timeout: a dead or frozen Redis costs a call at most this long.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default timeout for opening a connection (TCP, TLS and authentication).
@@ -58,6 +62,8 @@ pub struct LockOptions {
     pub(crate) wait: Wait,
     pub(crate) label: Option<String>,
     pub(crate) backoff: Backoff,
+    pub(crate) fair: bool,
+    pub(crate) recheck: Duration,
 }
 
 impl Default for LockOptions {
@@ -68,6 +74,8 @@ impl Default for LockOptions {
             wait: Wait::Limit(DEFAULT_WAIT),
             label: None,
             backoff: Backoff::default(),
+            fair: false,
+            recheck: DEFAULT_RECHECK,
         }
     }
 }
@@ -104,7 +112,24 @@ impl LockOptions {
         self
     }
 
-    /// The retry delays used while waiting for a busy lock.
+    /// Fair mode (default off): waiters get the lock in the order they started waiting, and
+    /// `try_lock` never jumps the queue. A waiter that dies or gives up leaves the queue when its
+    /// waiter lease ends: `3 × recheck`, or its remaining wait if shorter.
+    pub fn fair(mut self, fair: bool) -> Self {
+        self.fair = fair;
+        self
+    }
+
+    /// Longest pause between a waiter's re-checks (default [`DEFAULT_RECHECK`]). Waiters are
+    /// woken by pub/sub when the lock is released; this bounds what a release that publishes
+    /// nothing (an expired lease, a lost message) can cost them.
+    pub fn recheck(mut self, recheck: Duration) -> Self {
+        self.recheck = recheck;
+        self
+    }
+
+    /// The retry delays used after a transient error while waiting, and when no wake-up
+    /// connection can be had.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
@@ -118,7 +143,22 @@ impl LockOptions {
     /// Checks every setting; called once when a lock is made.
     pub(crate) fn validate(&self) -> Result<()> {
         validate_ttl(self.ttl)?;
+        if self.recheck < Duration::from_millis(10) || self.recheck > Duration::from_secs(3600) {
+            return Err(Error::Config(format!(
+                "recheck interval {:?} is out of range (10ms to 1h)",
+                self.recheck
+            )));
+        }
         self.backoff.validate()
+    }
+
+    /// How long a fair-mode waiter's queue entry lives without a refresh, given the time it has
+    /// left to wait: three re-check intervals, or less if the waiter gives up sooner.
+    pub(crate) fn waiter_lease(&self, wait_left: Option<Duration>) -> Duration {
+        let lease = self.recheck * 3;
+        wait_left
+            .map_or(lease, |left| lease.min(left))
+            .max(Duration::from_millis(1))
     }
 }
 
@@ -195,6 +235,22 @@ mod tests {
         assert!(validate_ttl(MIN_TTL).is_ok());
         assert!(validate_ttl(MAX_TTL).is_ok());
         assert!(LockOptions::new().validate().is_ok());
+        let bad = LockOptions::new().recheck(Duration::from_millis(1));
+        assert!(bad.validate().expect_err("too frequent").is_config());
+    }
+
+    #[test]
+    fn waiter_leases_never_outlive_the_wait() {
+        let options = LockOptions::new().recheck(Duration::from_secs(2));
+        assert_eq!(options.waiter_lease(None), Duration::from_secs(6));
+        assert_eq!(
+            options.waiter_lease(Some(Duration::from_secs(1))),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            options.waiter_lease(Some(Duration::ZERO)),
+            Duration::from_millis(1)
+        );
     }
 
     #[test]

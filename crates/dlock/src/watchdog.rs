@@ -253,7 +253,7 @@ impl Task {
         for chunk in releases.chunks(MAX_BATCH) {
             let mut call = scripts::RELEASE.prepare_invoke();
             for (keys, token) in chunk {
-                call.key(&keys.lock).key(&keys.info).arg(token.as_str());
+                scripts::add_release(&mut call, keys, token);
             }
             let outcome = self
                 .node

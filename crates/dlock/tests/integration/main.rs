@@ -7,7 +7,9 @@ mod bounds; // guards and futures are Send, guards are 'static
 mod cancel; // dropping lock() futures at any point leaves no lock and no task behind
 mod crash; // a vanished holder blocks others for at most one TTL
 mod exclusion; // conflicts, waiting, holder info, status and forced release
+mod fair; // FIFO grants; dead waiters leave the queue when their lease ends
 mod fencing; // tokens strictly increase, across clients and across data loss
 mod ownership; // non-owners never touch another owner's lock
 mod support;
+mod waiting; // wake-ups by pub/sub, bounded re-checks, bounded resources
 mod watchdog; // renewal, loss detection, batching, no renewal after release

@@ -1,0 +1,66 @@
+-- Fair (FIFO) acquisition: the lock goes to the oldest live waiter. Atomic.
+-- KEYS: 1 lock, 2 holder info, 3 fencing counter, 4 wait queue (list), 5 waiter leases (zset)
+-- ARGV: 1 token, 2 ttl ms, 3 fencing counter retention ms, 4 host, 5 pid, 6 label,
+--       7 waiter lease ms (0: do not queue, as try_lock), 8 wake-up channel
+-- Returns {1, fence} when granted; otherwise
+-- {0, pttl, holder info fields, server time ms, ms until the queue head's lease ends or -1}.
+local time = redis.call('TIME')
+local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local now_ms = math.floor(now_us / 1000)
+local token = ARGV[1]
+
+-- Waiters whose lease ran out (dead, or gave up without withdrawing) leave the queue.
+local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now_ms)
+for _, waiter in ipairs(expired) do
+  redis.call('LREM', KEYS[4], 0, waiter)
+  redis.call('ZREM', KEYS[5], waiter)
+end
+
+local current = redis.call('GET', KEYS[1])
+if current == token then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return {1, tonumber(redis.call('HGET', KEYS[2], 'fence') or '0')}
+end
+local head = redis.call('LINDEX', KEYS[4], 0)
+if not current and (not head or head == token) then
+  if head then
+    redis.call('LPOP', KEYS[4])
+    redis.call('ZREM', KEYS[5], token)
+  end
+  redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+  local fence = math.max(tonumber(redis.call('GET', KEYS[3]) or '0') + 1, now_us)
+  local fence_text = string.format('%.0f', fence)
+  redis.call('SET', KEYS[3], fence_text, 'PX', ARGV[3])
+  redis.call('HSET', KEYS[2], 'host', ARGV[4], 'pid', ARGV[5], 'label', ARGV[6],
+             'since_ms', string.format('%.0f', now_ms), 'fence', fence_text)
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return {1, fence}
+end
+if not current and #expired > 0 then
+  -- The lock is free and the queue moved up: wake the new head.
+  redis.pcall('PUBLISH', ARGV[8], '') -- best effort, as in release.lua
+end
+
+local lease = tonumber(ARGV[7])
+if lease > 0 then
+  if not redis.call('ZSCORE', KEYS[5], token) then
+    redis.call('RPUSH', KEYS[4], token)
+  end
+  redis.call('ZADD', KEYS[5], now_ms + lease, token)
+  -- The queue never outlives its longest waiter lease.
+  for k = 4, 5 do
+    if redis.call('PTTL', KEYS[k]) < lease then
+      redis.call('PEXPIRE', KEYS[k], lease)
+    end
+  end
+  head = redis.call('LINDEX', KEYS[4], 0)
+end
+local head_left = -1
+if head and head ~= token then
+  local head_end = redis.call('ZSCORE', KEYS[5], head)
+  if head_end then
+    head_left = tonumber(head_end) - now_ms
+  end
+end
+return {0, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[2]), now_ms, head_left}
