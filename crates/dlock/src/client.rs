@@ -14,6 +14,7 @@ use crate::lock::Lock;
 use crate::node::Node;
 use crate::notify::Notifier;
 use crate::options::{ClientOptions, LockOptions};
+use crate::reentrant::ReentrantLock;
 use crate::scripts;
 use crate::watchdog::Watchdog;
 
@@ -113,6 +114,23 @@ impl Client {
         options.validate()?;
         let keys = LockKeys::new(name)?;
         Ok(Lock::new(self.clone(), keys, options))
+    }
+
+    /// A reentrant lock named `name` with default options: an [`Owner`](crate::Owner) may
+    /// take it again while holding it.
+    ///
+    /// # Errors
+    /// As [`Client::lock`].
+    pub fn reentrant_lock(&self, name: &str) -> Result<ReentrantLock> {
+        self.reentrant_lock_with(name, LockOptions::default())
+    }
+
+    /// A reentrant lock named `name` with `options` (fair mode is not available).
+    ///
+    /// # Errors
+    /// As [`Client::lock_with`], and [`Error::Config`](crate::Error::Config) for fair mode.
+    pub fn reentrant_lock_with(&self, name: &str, options: LockOptions) -> Result<ReentrantLock> {
+        ReentrantLock::new(self.lock_with(name, options)?)
     }
 
     /// Reads a lock's state: held or free, time left, holder, last fencing token. One round

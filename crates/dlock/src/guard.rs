@@ -11,7 +11,6 @@ use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseStatus, LossReason};
 use crate::options::validate_ttl;
 use crate::scripts;
-use crate::watchdog::millis;
 
 /// A held lock. Release it with [`LockGuard::release`]; dropping it releases in the background.
 ///
@@ -130,10 +129,7 @@ impl LockGuard {
         validate_ttl(ttl)?;
         self.check_held()?;
         let mut call = scripts::EXTEND.prepare_invoke();
-        call.key(&self.lease.keys.lock)
-            .key(&self.lease.keys.info)
-            .arg(self.lease.token.as_str())
-            .arg(millis(ttl));
+        scripts::add_extend(&mut call, &self.lease.keys, &self.lease.token, ttl);
         let node = self.client.node();
         let sent_at = Instant::now();
         let reply: Vec<i64> = node.eval(&call, node.command_timeout()).await?;

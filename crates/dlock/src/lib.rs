@@ -6,6 +6,10 @@
 //! - [`Lock`] (`lock`) and [`LockGuard`] (`guard`): the lease lock. `try_lock` fails at once
 //!   when the lock is busy, `lock` waits within a bound; the guard extends, watches and
 //!   releases the lease.
+//! - [`ReentrantLock`] (`reentrant`): a lock an [`Owner`] may take again while holding it;
+//!   freed when its last hold is released.
+//! - [`blocking`]: the same locks for synchronous programs (a private runtime thread).
+//! - `notify`: wake-ups for waiters over one pub/sub connection per client.
 //! - `lease`: one granted lease's state and validity arithmetic, shared by guard and watchdog.
 //! - `watchdog`: renews every lease of a client in one round trip per tick, reports lost
 //!   leases, and releases dropped guards in the background.
@@ -62,6 +66,7 @@
 struct ReadmeDoctests;
 
 mod backoff;
+pub mod blocking;
 mod client;
 mod error;
 pub mod fencing;
@@ -73,6 +78,7 @@ mod lock;
 mod node;
 mod notify;
 mod options;
+mod reentrant;
 mod scripts;
 mod token;
 mod watchdog;
@@ -90,3 +96,4 @@ pub use options::{
     ClientOptions, LockOptions, Wait, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_RECHECK, DEFAULT_TTL, DEFAULT_WAIT, FENCE_RETENTION, MAX_TTL, MIN_TTL,
 };
+pub use reentrant::{Owner, ReentrantGuard, ReentrantLock};

@@ -46,14 +46,14 @@ pub struct Lock {
 }
 
 /// The outcome of one acquisition attempt.
-enum Attempt {
-    Granted(LockGuard),
+pub(crate) enum Attempt<G> {
+    Granted(G),
     Busy(Busy),
 }
 
 /// A busy answer.
-struct Busy {
-    conflict: Conflict,
+pub(crate) struct Busy {
+    pub(crate) conflict: Conflict,
     /// Fair mode: time until the lease of the waiter at the head of the queue ends.
     head_lease_left: Option<Duration>,
 }
@@ -102,7 +102,7 @@ impl Lock {
     /// # Ok(()) }
     /// ```
     pub async fn try_lock(&self) -> Result<LockGuard> {
-        let pending = PendingAcquisition::new(self, Token::generate()?);
+        let pending = PendingAcquisition::new(self, Cleanup::Release, Token::generate()?);
         match self.attempt(&pending, None).await? {
             Attempt::Granted(guard) => Ok(guard),
             Attempt::Busy(busy) => Err(Error::Conflict(Box::new(busy.conflict))),
@@ -129,7 +129,19 @@ impl Lock {
     /// Redis is unreachable), no fair-queue entry (withdrawn in the background; at worst it
     /// expires with its waiter lease), and no subscription.
     pub async fn lock(&self) -> Result<LockGuard> {
-        let pending = PendingAcquisition::new(self, Token::generate()?);
+        let pending = PendingAcquisition::new(self, Cleanup::Release, Token::generate()?);
+        self.wait_for(|queue_for| self.attempt(&pending, queue_for))
+            .await
+    }
+
+    /// The waiting loop shared by every lock kind: attempt, subscribe to wake-ups, retry, then
+    /// sleep until a wake-up, the re-check or the deadline. `attempt` receives the fair-mode
+    /// waiter lease to queue with (`None` outside fair mode).
+    pub(crate) async fn wait_for<G, F, Fut>(&self, mut attempt: F) -> Result<G>
+    where
+        F: FnMut(Option<Duration>) -> Fut,
+        Fut: std::future::Future<Output = Result<Attempt<G>>>,
+    {
         let started = Instant::now();
         let deadline = match self.options.wait {
             Wait::Limit(limit) => Some(started + limit),
@@ -143,7 +155,7 @@ impl Lock {
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let queue_for = self.options.fair.then(|| self.options.waiter_lease(left));
-            let (pause, outcome) = match self.attempt(&pending, queue_for).await {
+            let (pause, outcome) = match attempt(queue_for).await {
                 Ok(Attempt::Granted(guard)) => return Ok(guard),
                 Ok(Attempt::Busy(busy)) => {
                     failures = 0;
@@ -228,7 +240,7 @@ impl Lock {
         &self,
         pending: &PendingAcquisition,
         queue_for: Option<Duration>,
-    ) -> Result<Attempt> {
+    ) -> Result<Attempt<LockGuard>> {
         let identity = self.client.identity();
         let ttl = self.options.ttl;
         let mut call = if self.options.fair {
@@ -280,36 +292,60 @@ impl Lock {
         if queue_for.is_none() {
             pending.settled();
         }
+        Ok(Attempt::Busy(self.busy(&reply)))
+    }
+
+    /// Parses a busy answer: `{0, pttl, holder info, server time ms[, queue head lease ms]}`.
+    pub(crate) fn busy(&self, reply: &[Value]) -> Busy {
+        let field = |i: usize| reply.get(i).unwrap_or(&Value::Nil);
         let server_now_ms = int(field(3))
             .and_then(|ms| u64::try_from(ms).ok())
             .unwrap_or(0);
-        Ok(Attempt::Busy(Busy {
+        Busy {
             conflict: Conflict {
                 key: self.keys.lock.clone(),
                 ttl_left: pttl(field(1)),
                 holder: HolderInfo::parse(field(2), server_now_ms),
             },
             head_lease_left: pttl(field(4)),
-        }))
+        }
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn keys(&self) -> &Arc<LockKeys> {
+        &self.keys
     }
 }
 
-/// An acquisition in progress. While a request with its token may have set the lock without
+/// An acquisition in progress. While a request with its token may have taken the lock without
 /// our knowing (sent, no definite answer yet, or failed in transit), dropping it (a cancelled
-/// future, an error) queues a compare-and-delete with that token, so a `SET` that reached Redis
+/// future, an error) queues its [`Cleanup`] in the background, so a grant that reached Redis
 /// after the caller gave up does not leave an orphaned lock. A definite "busy" answer or a
 /// grant clears that doubt, so a plain conflict costs no extra round trip.
-struct PendingAcquisition {
+pub(crate) struct PendingAcquisition {
     keys: Arc<LockKeys>,
-    token: Token,
+    cleanup: Cleanup,
+    pub(crate) token: Token,
     watchdog: crate::watchdog::Watchdog,
     in_doubt: AtomicBool,
 }
 
+/// How to undo an acquisition that may have happened.
+pub(crate) enum Cleanup {
+    /// Compare-and-delete the lock (and withdraw the token from the fair queue).
+    Release,
+    /// Remove this acquisition's hold from a reentrant lock owned by `owner`.
+    ReleaseHold { owner: Token },
+}
+
 impl PendingAcquisition {
-    fn new(lock: &Lock, token: Token) -> Self {
+    pub(crate) fn new(lock: &Lock, cleanup: Cleanup, token: Token) -> Self {
         PendingAcquisition {
             keys: lock.keys.clone(),
+            cleanup,
             token,
             watchdog: lock.client.watchdog().clone(),
             in_doubt: AtomicBool::new(false),
@@ -317,22 +353,31 @@ impl PendingAcquisition {
     }
 
     /// A request with this token is about to be sent.
-    fn sending(&self) {
+    pub(crate) fn sending(&self) {
         self.in_doubt.store(true, Ordering::SeqCst);
     }
 
     /// Redis answered definitely: either busy (nothing set) or granted (the new lease's guard
     /// is now responsible for the lock).
-    fn settled(&self) {
+    pub(crate) fn settled(&self) {
         self.in_doubt.store(false, Ordering::SeqCst);
     }
 }
 
 impl Drop for PendingAcquisition {
     fn drop(&mut self) {
-        if self.in_doubt.load(Ordering::SeqCst) {
-            self.watchdog
-                .release_in_background(self.keys.clone(), self.token.clone());
+        if !self.in_doubt.load(Ordering::SeqCst) {
+            return;
+        }
+        match &self.cleanup {
+            Cleanup::Release => self
+                .watchdog
+                .release_in_background(self.keys.clone(), self.token.clone()),
+            Cleanup::ReleaseHold { owner } => self.watchdog.release_hold_in_background(
+                self.keys.clone(),
+                owner.clone(),
+                self.token.clone(),
+            ),
         }
     }
 }

@@ -20,6 +20,27 @@ pub(crate) static EXTEND: LazyLock<Script> =
 pub(crate) static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
 
+/// Adds one lease to an `EXTEND` call: its three keys, then its token and new TTL.
+pub(crate) fn add_extend(
+    call: &mut redis::ScriptInvocation<'_>,
+    keys: &crate::key::LockKeys,
+    token: &crate::token::Token,
+    ttl: std::time::Duration,
+) {
+    call.key(&keys.lock)
+        .key(&keys.info)
+        .key(&keys.holds)
+        .arg(token.as_str())
+        .arg(crate::watchdog::millis(ttl));
+}
+
+/// Take a reentrant lock, or add a hold to one this owner has (see `reentrant_acquire.lua`).
+pub(crate) static REENTRANT_ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/reentrant_acquire.lua")));
+/// Remove one hold from a reentrant lock, freeing it at zero (see `reentrant_release.lua`).
+pub(crate) static REENTRANT_RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/reentrant_release.lua")));
+
 /// Adds one lock to a `RELEASE` call: its four keys, then its token and wake-up channel.
 pub(crate) fn add_release(
     call: &mut redis::ScriptInvocation<'_>,

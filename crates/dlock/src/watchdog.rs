@@ -38,6 +38,12 @@ enum Job {
     Track(Arc<Lease>),
     /// Compare-and-delete a lock in the background (dropped guards, cancelled acquisitions).
     Release { keys: Arc<LockKeys>, token: Token },
+    /// Remove one hold from a reentrant lock in the background.
+    ReleaseHold {
+        keys: Arc<LockKeys>,
+        owner: Token,
+        acquisition: Token,
+    },
     /// Answer once every job queued before this one is done.
     Flush(oneshot::Sender<()>),
 }
@@ -72,6 +78,21 @@ impl Watchdog {
     /// it never blocks and needs no runtime.
     pub fn release_in_background(&self, keys: Arc<LockKeys>, token: Token) {
         let _ = self.jobs.send(Job::Release { keys, token });
+    }
+
+    /// Removes the hold `acquisition` of `owner` from a reentrant lock, without waiting (the
+    /// lock is freed if it was the last hold). Safe to call from `Drop`.
+    pub fn release_hold_in_background(
+        &self,
+        keys: Arc<LockKeys>,
+        owner: Token,
+        acquisition: Token,
+    ) {
+        let _ = self.jobs.send(Job::ReleaseHold {
+            keys,
+            owner,
+            acquisition,
+        });
     }
 
     /// Waits until every job queued so far (background releases above all) is done.
@@ -116,6 +137,7 @@ impl Task {
                 () = sleep_until(wake) => None,
             };
             let mut releases = Vec::new();
+            let mut holds = Vec::new();
             let mut flushes = Vec::new();
             let queued = std::iter::from_fn(|| self.queue.try_recv().ok());
             for job in first.into_iter().chain(queued.collect::<Vec<_>>()) {
@@ -126,10 +148,22 @@ impl Task {
                         last_error: None,
                     }),
                     Job::Release { keys, token } => releases.push((keys, token)),
+                    Job::ReleaseHold {
+                        keys,
+                        owner,
+                        acquisition,
+                    } => holds.push((keys, owner, acquisition)),
                     Job::Flush(done) => flushes.push(done),
                 }
             }
             self.release(releases).await;
+            for (keys, owner, acquisition) in holds {
+                let call = crate::reentrant::release_call(&keys, &owner, &acquisition);
+                let timeout = self.node.command_timeout();
+                if let Err(error) = self.node.eval::<Vec<i64>>(&call, timeout).await {
+                    tracing::warn!(lock = %keys.lock, %error, "background release of a hold failed");
+                }
+            }
             for done in flushes {
                 let _ = done.send(());
             }
@@ -184,10 +218,7 @@ impl Task {
         for tracked in chunk.iter() {
             let ttl = tracked.lease.ttl();
             ttls.push(ttl);
-            call.key(&tracked.lease.keys.lock)
-                .key(&tracked.lease.keys.info)
-                .arg(tracked.lease.token.as_str())
-                .arg(millis(ttl));
+            scripts::add_extend(&mut call, &tracked.lease.keys, &tracked.lease.token, ttl);
         }
         // Give up on this try by the time the first lease would become invalid, so the loss is
         // reported on time even while Redis is frozen.

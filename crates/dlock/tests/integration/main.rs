@@ -3,6 +3,7 @@
 //! Table of contents:
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its location
 mod bad_input; // malformed URLs, TTLs, names; unreachable hosts; wrong passwords
+mod blocking; // the blocking facade from plain synchronous code
 mod bounds; // guards and futures are Send, guards are 'static
 mod cancel; // dropping lock() futures at any point leaves no lock and no task behind
 mod crash; // a vanished holder blocks others for at most one TTL
@@ -10,6 +11,7 @@ mod exclusion; // conflicts, waiting, holder info, status and forced release
 mod fair; // FIFO grants; dead waiters leave the queue when their lease ends
 mod fencing; // tokens strictly increase, across clients and across data loss
 mod ownership; // non-owners never touch another owner's lock
+mod reentrant; // nesting by explicit owner, freed at zero, one fencing token
 mod support;
 mod waiting; // wake-ups by pub/sub, bounded re-checks, bounded resources
 mod watchdog; // renewal, loss detection, batching, no renewal after release

@@ -1,0 +1,233 @@
+//! A blocking facade for synchronous programs: the same locks, no `async` in the caller.
+//!
+//! Each [`blocking::Client`](Client) owns a small tokio runtime (one worker thread) that runs
+//! the connection and the watchdog, so leases are renewed while the caller's thread is busy or
+//! asleep. Calls block the calling thread until Redis answers (within the usual timeouts).
+//!
+//! Calling it from inside an async runtime returns [`Error::Config`] instead of blocking (or
+//! panicking) the runtime's thread: async code should use [`crate::Client`].
+//!
+//! ```no_run
+//! fn main() -> Result<(), dlock::Error> {
+//!     let client = dlock::blocking::Client::connect("redis://127.0.0.1/")?;
+//!     let guard = client.lock("nightly-report")?.try_lock()?;
+//!     println!("fencing token {}", guard.fencing_token());
+//!     guard.release()
+//! }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::{ClientOptions, LeaseStatus, LockOptions, LockStatus};
+
+/// A blocking client: see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+/// The runtime and the async client it drives. Dropped last (every lock and guard holds it).
+#[derive(Debug)]
+struct Shared {
+    /// Always `Some` until `Drop` takes it.
+    runtime: Option<tokio::runtime::Runtime>,
+    client: crate::Client,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        if outside_async().is_ok() {
+            // Send the releases of dropped guards before the runtime (and its tasks) goes.
+            let client = self.client.clone();
+            runtime.block_on(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+            });
+        } else {
+            // Dropped inside some async runtime, where blocking would panic: shut down without
+            // waiting (queued releases are lost; those locks expire with their TTL).
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Shared {
+    fn block_on<F: Future>(&self, future: F) -> Result<F::Output> {
+        outside_async()?;
+        match &self.runtime {
+            Some(runtime) => Ok(runtime.block_on(future)),
+            None => Err(Error::Internal("dlock's runtime is gone".into())),
+        }
+    }
+}
+
+/// Blocking calls are refused inside an async runtime, where they would stall (or panic) it.
+fn outside_async() -> Result<()> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(Error::Config(
+            "dlock::blocking cannot be called from inside an async runtime; use dlock::Client"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Client {
+    /// Connects to one Redis server, as [`crate::Client::connect`].
+    ///
+    /// # Errors
+    /// As [`crate::Client::connect`]; [`Error::Config`] inside an async runtime;
+    /// [`Error::Internal`] if the runtime cannot start.
+    pub fn connect(url: &str) -> Result<Client> {
+        Self::connect_with(url, ClientOptions::default())
+    }
+
+    /// Connects with explicit [`ClientOptions`].
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub fn connect_with(url: &str, options: ClientOptions) -> Result<Client> {
+        outside_async()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("dlock-blocking")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start dlock's runtime: {e}")))?;
+        let client = runtime.block_on(crate::Client::connect_with(url, options))?;
+        Ok(Client {
+            shared: Arc::new(Shared {
+                runtime: Some(runtime),
+                client,
+            }),
+        })
+    }
+
+    /// A lock with default options, as [`crate::Client::lock`].
+    ///
+    /// # Errors
+    /// As [`crate::Client::lock`].
+    pub fn lock(&self, name: &str) -> Result<Lock> {
+        self.lock_with(name, LockOptions::default())
+    }
+
+    /// A lock with `options`, as [`crate::Client::lock_with`].
+    ///
+    /// # Errors
+    /// As [`crate::Client::lock_with`].
+    pub fn lock_with(&self, name: &str, options: LockOptions) -> Result<Lock> {
+        Ok(Lock {
+            inner: self.shared.client.lock_with(name, options)?,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// A lock's state, as [`crate::Client::status`].
+    ///
+    /// # Errors
+    /// As [`crate::Client::status`].
+    pub fn status(&self, name: &str) -> Result<LockStatus> {
+        self.shared.block_on(self.shared.client.status(name))?
+    }
+
+    /// How many leases this client holds.
+    pub fn held_locks(&self) -> usize {
+        self.shared.client.held_locks()
+    }
+}
+
+/// A blocking lock: see [`crate::Lock`].
+#[derive(Debug, Clone)]
+pub struct Lock {
+    inner: crate::Lock,
+    shared: Arc<Shared>,
+}
+
+impl Lock {
+    /// Takes the lock if free, as [`crate::Lock::try_lock`].
+    ///
+    /// # Errors
+    /// As [`crate::Lock::try_lock`].
+    pub fn try_lock(&self) -> Result<LockGuard> {
+        let guard = self.shared.block_on(self.inner.try_lock())??;
+        Ok(self.wrap(guard))
+    }
+
+    /// Takes the lock, waiting within the options' wait limit, as [`crate::Lock::lock`].
+    ///
+    /// # Errors
+    /// As [`crate::Lock::lock`].
+    pub fn lock(&self) -> Result<LockGuard> {
+        let guard = self.shared.block_on(self.inner.lock())??;
+        Ok(self.wrap(guard))
+    }
+
+    fn wrap(&self, guard: crate::LockGuard) -> LockGuard {
+        LockGuard {
+            inner: Some(guard),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// A held lock; dropping it releases the lock in the background. See [`crate::LockGuard`].
+#[must_use = "dropping the guard releases the lock at once (in the background)"]
+#[derive(Debug)]
+pub struct LockGuard {
+    /// Always `Some` until `release` takes it.
+    inner: Option<crate::LockGuard>,
+    shared: Arc<Shared>,
+}
+
+impl LockGuard {
+    fn guard(&self) -> &crate::LockGuard {
+        self.inner
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("only release() takes the guard, consuming self"))
+    }
+
+    /// See [`crate::LockGuard::fencing_token`].
+    pub fn fencing_token(&self) -> u64 {
+        self.guard().fencing_token()
+    }
+
+    /// See [`crate::LockGuard::is_held`].
+    pub fn is_held(&self) -> bool {
+        self.guard().is_held()
+    }
+
+    /// See [`crate::LockGuard::status`].
+    pub fn status(&self) -> LeaseStatus {
+        self.guard().status()
+    }
+
+    /// See [`crate::LockGuard::remaining`].
+    pub fn remaining(&self) -> Duration {
+        self.guard().remaining()
+    }
+
+    /// See [`crate::LockGuard::extend`].
+    ///
+    /// # Errors
+    /// As [`crate::LockGuard::extend`].
+    pub fn extend(&self, ttl: Duration) -> Result<()> {
+        self.shared.block_on(self.guard().extend(ttl))?
+    }
+
+    /// See [`crate::LockGuard::release`].
+    ///
+    /// # Errors
+    /// As [`crate::LockGuard::release`].
+    pub fn release(mut self) -> Result<()> {
+        let guard = self
+            .inner
+            .take()
+            .unwrap_or_else(|| unreachable!("release consumes the guard"));
+        self.shared.block_on(guard.release())?
+    }
+}
