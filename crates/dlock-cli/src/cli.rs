@@ -36,6 +36,9 @@ pub enum Command {
     List(ListArgs),
     /// Break a lock whoever holds it (e.g. a stale lock); prints what it broke.
     Release(ReleaseArgs),
+    /// Measure lock throughput, latency and fairness against your Redis, relative to the
+    /// round-trip floor of the same run. Writes only keys under dlock:bench:.
+    Bench(BenchArgs),
 }
 
 /// Where Redis is.
@@ -189,6 +192,59 @@ pub struct ReleaseArgs {
     pub json: bool,
     #[command(flatten)]
     pub connection: Connection,
+}
+
+/// `dlock bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Which workload to run.
+    #[arg(long, value_enum, default_value = "all")]
+    pub workload: Workload,
+    /// How long each workload runs.
+    #[arg(long, default_value = "5s", value_parser = positive_duration, value_name = "DUR")]
+    pub duration: Duration,
+    /// Contended workloads: run only with this many workers (default: 1, 2, 4, 8, 16, 32).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024), value_name = "N")]
+    pub workers: Option<u16>,
+    /// many-keys: how many tasks, each on its own key, share one client.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096), value_name = "N")]
+    pub keys: u16,
+    /// Print one JSON object per workload instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also draw contended grants/s and p99 wait against workers as an SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `dlock bench` workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Every workload below.
+    All,
+    /// One client, one key, lock + unlock back to back.
+    Uncontended,
+    /// N clients on one key, empty critical section: grants/s, waits, fairness, violations.
+    Contended,
+    /// As contended, in fair (FIFO) mode.
+    ContendedFair,
+    /// N tasks on distinct keys sharing one client.
+    ManyKeys,
+}
+
+impl Workload {
+    /// The name in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::All => "all",
+            Workload::Uncontended => "uncontended",
+            Workload::Contended => "contended",
+            Workload::ContendedFair => "contended-fair",
+            Workload::ManyKeys => "many-keys",
+        }
+    }
 }
 
 /// A duration like `30s`, `1m30s`, `500ms`, `2h` (humantime); zero is refused.

@@ -2,8 +2,9 @@
 //!
 //! Layout: `cli` (arguments), `exit` (the exit-code table), `run` (the `run` command),
 //! `job` (the supervised child process group), `signals`, `inspect` (`status`, `list`,
-//! `release`), `report` (JSON output).
+//! `release`), `report` (JSON output), `bench` (`dlock bench`).
 
+mod bench;
 mod cli;
 mod exit;
 mod inspect;
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
             Command::Status(args) => inspect::status(args).await,
             Command::List(args) => inspect::list(args).await,
             Command::Release(args) => inspect::release(args).await,
+            Command::Bench(args) => bench::bench(args).await,
         }
     });
     ExitCode::from(code)

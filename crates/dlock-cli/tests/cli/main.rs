@@ -2,6 +2,7 @@
 //!
 //! Table of contents:
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its location
+mod bench; // dlock bench end to end, JSON checked
 mod exclusion; // one copy runs, the other is refused; -E, --quiet, --wait, --min-hold
 mod exit_codes; // the child's code, 128+N, 126, 127, 64, 69, 124
 mod inspect; // status, list, release --force, --report json, passwords never shown

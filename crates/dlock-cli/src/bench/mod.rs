@@ -1,0 +1,99 @@
+//! `dlock bench`: how fast are dlock's locks against *your* Redis, compared with the fastest
+//! anything could be on the same connection.
+//!
+//! Every workload is reported with the round-trip floor measured in the same run (`PING`, and a
+//! raw `SET NX PX` + compare-and-delete `EVALSHA` cycle), so figures from different machines
+//! compare as ratios. Contended runs count mutual-exclusion violations (must be 0), and report
+//! each worker's grants (fairness) and the wait for every grant.
+//!
+//! The bench writes only keys under `dlock:bench:` and frees them when done.
+
+mod stats;
+mod svg;
+mod workloads;
+
+use crate::cli::{BenchArgs, Workload};
+use crate::report::to_line;
+use crate::{connect, exit, fail};
+
+/// Worker counts of the contended sweep when `--workers` is not given.
+const SWEEP: [usize; 6] = [1, 2, 4, 8, 16, 32];
+
+/// Runs the bench; returns dlock's exit code (1 if any run counted a violation).
+pub async fn bench(args: BenchArgs) -> u8 {
+    let client = match connect(&args.connection).await {
+        Ok(client) => client,
+        Err(e) => return fail(&e),
+    };
+    let floor = match workloads::floor(&args.connection.redis, args.duration).await {
+        Ok(floor) => floor,
+        Err(e) => {
+            eprintln!("dlock: bench: measuring the round-trip floor failed: {e}");
+            return exit::UNAVAILABLE;
+        }
+    };
+    let mut rows = vec![floor.ping_row(), floor.cycle_row()];
+    let wanted = |w: Workload| args.workload == Workload::All || args.workload == w;
+    let sweep: Vec<usize> = args
+        .workers
+        .map_or(SWEEP.to_vec(), |w| vec![usize::from(w)]);
+    let mut plan: Vec<(Workload, usize)> = Vec::new();
+    if wanted(Workload::Uncontended) {
+        plan.push((Workload::Uncontended, 1));
+    }
+    for fair in [false, true] {
+        let workload = if fair {
+            Workload::ContendedFair
+        } else {
+            Workload::Contended
+        };
+        if wanted(workload) {
+            plan.extend(sweep.iter().map(|&w| (workload, w)));
+        }
+    }
+    if wanted(Workload::ManyKeys) {
+        plan.push((Workload::ManyKeys, usize::from(args.keys)));
+    }
+    for (step, (workload, workers)) in plan.iter().enumerate() {
+        eprintln!(
+            "dlock bench: [{}/{}] {} with {workers} worker(s) for {}",
+            step + 1,
+            plan.len(),
+            workload.name(),
+            humantime::format_duration(args.duration)
+        );
+        let run = match workload {
+            Workload::Uncontended => workloads::uncontended(&client, args.duration).await,
+            Workload::Contended | Workload::ContendedFair => {
+                let fair = *workload == Workload::ContendedFair;
+                workloads::contended(&args.connection, *workers, fair, args.duration).await
+            }
+            Workload::ManyKeys => workloads::many_keys(&client, *workers, args.duration).await,
+            Workload::All => unreachable!("All is expanded above"),
+        };
+        match run {
+            Ok(row) => rows.push(row.relative_to(&floor)),
+            Err(e) => return fail(&e),
+        }
+    }
+    if args.json {
+        for row in &rows {
+            println!("{}", to_line(row));
+        }
+    } else {
+        print!("{}", stats::table(&rows, &floor));
+    }
+    if let Some(path) = &args.svg {
+        let chart = svg::contended_chart(&rows);
+        if let Err(e) = std::fs::write(path, chart) {
+            eprintln!("dlock: bench: cannot write {}: {e}", path.display());
+            return exit::INTERNAL;
+        }
+    }
+    client.flush().await;
+    if rows.iter().any(|row| row.violations > 0) {
+        eprintln!("dlock: bench: MUTUAL EXCLUSION VIOLATED: see the violations column");
+        return 1;
+    }
+    0
+}

@@ -1,0 +1,172 @@
+//! The workloads. Each runs for a fixed time and returns a [`Row`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dlock::{Client, LockOptions, Wait};
+use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
+
+use super::stats::{Floor, Row, Samples};
+use crate::cli::Connection;
+
+const PREFIX: &str = "dlock:bench:";
+
+/// The floor: a raw `PING` loop, then a raw `SET NX PX` + compare-and-delete `EVALSHA` loop,
+/// by one client on one multiplexed connection (the kind dlock's client uses).
+pub async fn floor(url: &str, duration: Duration) -> redis::RedisResult<Floor> {
+    let client = redis::Client::open(url)?;
+    let mut con: MultiplexedConnection = client.get_multiplexed_async_connection().await?;
+    let ping = timed(duration, || {
+        let mut con = con.clone();
+        async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut con)
+                .await
+                .map(drop)
+        }
+    })
+    .await?;
+    let release = redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    );
+    release.prepare_invoke().load_async(&mut con).await?;
+    let key = format!("{PREFIX}floor");
+    let cycle = timed(duration, || {
+        let mut con = con.clone();
+        let (key, release) = (key.clone(), release.clone());
+        async move {
+            let _: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg("token")
+                .arg("NX")
+                .arg("PX")
+                .arg(30_000)
+                .query_async(&mut con)
+                .await?;
+            release
+                .key(&key)
+                .arg("token")
+                .invoke_async::<i64>(&mut con)
+                .await
+                .map(drop)
+        }
+    })
+    .await?;
+    Ok(Floor::new(
+        Row::new("floor-ping", 1, ping.0, ping.1, ping.2),
+        Row::new("floor-cycle", 1, cycle.0, cycle.1, cycle.2),
+    ))
+}
+
+/// Runs `op` back to back for `duration`: (count, elapsed, latencies).
+async fn timed<F, Fut, E>(duration: Duration, mut op: F) -> Result<(u64, Duration, Samples), E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    let started = Instant::now();
+    let mut samples = Samples::default();
+    while started.elapsed() < duration {
+        let t0 = Instant::now();
+        op().await?;
+        samples.push(t0.elapsed());
+    }
+    Ok((samples.len() as u64, started.elapsed(), samples))
+}
+
+/// One client, one key: `try_lock` + `release` back to back.
+pub async fn uncontended(client: &Client, duration: Duration) -> dlock::Result<Row> {
+    let lock = client.lock(&format!("{PREFIX}uncontended"))?;
+    let (ops, elapsed, samples) = timed(duration, || async {
+        lock.try_lock().await?.release().await
+    })
+    .await?;
+    Ok(Row::new("uncontended", 1, ops, elapsed, samples))
+}
+
+/// `keys` tasks on distinct keys sharing one client (its one multiplexed connection).
+pub async fn many_keys(client: &Client, keys: usize, duration: Duration) -> dlock::Result<Row> {
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(keys);
+    for i in 0..keys {
+        let lock = client.lock(&format!("{PREFIX}many:{i}"))?;
+        tasks.push(tokio::spawn(async move {
+            timed(duration, || async {
+                lock.try_lock().await?.release().await
+            })
+            .await
+        }));
+    }
+    let mut ops = 0;
+    let mut all = Samples::default();
+    for task in tasks {
+        let (count, _, samples) = task
+            .await
+            .map_err(|e| dlock::Error::Internal(format!("bench task failed: {e}")))??;
+        ops += count;
+        all.extend(samples);
+    }
+    Ok(Row::new("many-keys", keys, ops, started.elapsed(), all))
+}
+
+/// `workers` clients (each its own connections, as separate processes would have) contend for
+/// one key with an empty critical section. Counts violations: a grant while another worker is
+/// inside.
+pub async fn contended(
+    connection: &Connection,
+    workers: usize,
+    fair: bool,
+    duration: Duration,
+) -> dlock::Result<Row> {
+    let name = if fair { "contended-fair" } else { "contended" };
+    let key = format!("{PREFIX}{name}");
+    let inside = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(AtomicU64::new(0));
+    let options = LockOptions::new()
+        .fair(fair)
+        .wait(Wait::Limit(duration + Duration::from_secs(10)));
+    let mut locks = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let client = crate::connect(connection).await?;
+        locks.push(client.lock_with(&key, options.clone())?);
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::with_capacity(workers);
+    for lock in locks {
+        let (inside, violations) = (inside.clone(), violations.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut waits = Samples::default();
+            let mut grants = 0u64;
+            while Instant::now() < deadline {
+                let asked = Instant::now();
+                let guard = lock.lock().await?;
+                waits.push(asked.elapsed());
+                grants += 1;
+                if inside.swap(true, Ordering::SeqCst) {
+                    violations.fetch_add(1, Ordering::SeqCst);
+                }
+                inside.store(false, Ordering::SeqCst);
+                guard.release().await?;
+            }
+            Ok::<_, dlock::Error>((grants, waits))
+        }));
+    }
+    let mut per_worker = Vec::with_capacity(workers);
+    let mut all = Samples::default();
+    for task in tasks {
+        let (grants, waits) = task
+            .await
+            .map_err(|e| dlock::Error::Internal(format!("bench task failed: {e}")))??;
+        per_worker.push(grants);
+        all.extend(waits);
+    }
+    let ops = per_worker.iter().sum();
+    let mut row = Row::new(name, workers, ops, started.elapsed(), all);
+    row.violations = violations.load(Ordering::SeqCst);
+    row.min_grants = per_worker.iter().min().copied();
+    row.max_grants = per_worker.iter().max().copied();
+    Ok(row)
+}

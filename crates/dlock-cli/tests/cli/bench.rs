@@ -1,0 +1,55 @@
+//! `dlock bench` end to end: every workload runs and its JSON is complete and sane.
+
+use std::time::Duration;
+
+use dlock_test::RedisServer;
+use serde_json::Value;
+
+use crate::support::{code, dlock, output, stderr, stdout, Scratch};
+
+#[test]
+fn bench_runs_every_workload_and_reports_json_relative_to_the_floor() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let chart = scratch.path("chart.svg");
+    let out = output(
+        dlock(&server)
+            .args(["bench", "--json", "--duration", "300ms", "--workers", "4", "--keys", "8", "--svg"])
+            .arg(&chart),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let rows: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r["workload"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["floor-ping", "floor-cycle", "uncontended", "contended", "contended-fair", "many-keys"]
+    );
+    let floor_rtt = rows[0]["p50_us"].as_f64().unwrap();
+    assert!(floor_rtt > 0.0);
+    for row in &rows {
+        for field in ["workers", "ops_per_sec", "p50_us", "p99_us", "violations", "floor_rtt_us", "rtt_ratio"] {
+            assert!(!row[field].is_null(), "{field} missing in {row}");
+        }
+        assert!(row["ops_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+        assert_eq!(row["violations"], 0, "{row}");
+        assert_eq!(row["floor_rtt_us"].as_f64(), Some(floor_rtt), "one floor per run");
+        let ratio = row["rtt_ratio"].as_f64().unwrap();
+        let expected = row["p50_us"].as_f64().unwrap() / floor_rtt;
+        assert!((ratio - expected).abs() < 1e-6, "{row}");
+    }
+    let contended = &rows[3];
+    assert_eq!(contended["workers"], 4);
+    assert!(contended["min_grants"].as_u64().unwrap() <= contended["max_grants"].as_u64().unwrap());
+    let fair = &rows[4];
+    assert!(fair["min_grants"].as_u64().unwrap() > 0, "fair mode starves no worker: {fair}");
+    assert_eq!(rows[5]["workers"], 8);
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+    let leftovers: Vec<String> = server.cmd("KEYS", &["dlock:bench:*"]);
+    assert!(leftovers.is_empty(), "the bench cleans up: {leftovers:?}");
+    assert!(stderr(&out).contains("[1/"), "progress lines on stderr");
+}
