@@ -80,7 +80,11 @@ impl Client {
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client> {
         let node = Node::connect(url, &options).await?;
         let watchdog = Watchdog::spawn(node.clone());
-        let notifier = Notifier::spawn(node.redis_client().clone(), options.connect_timeout);
+        let notifier = Notifier::spawn(
+            node.redis_client().clone(),
+            options.connect_timeout,
+            options.subscription_linger,
+        );
         Ok(Client {
             inner: Arc::new(Inner {
                 node,

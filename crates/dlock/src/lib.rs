@@ -94,6 +94,7 @@ pub use lock::Lock;
 pub use node::redact_url;
 pub use options::{
     ClientOptions, LockOptions, Wait, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_RECHECK, DEFAULT_TTL, DEFAULT_WAIT, FENCE_RETENTION, MAX_TTL, MIN_TTL,
+    DEFAULT_RECHECK, DEFAULT_SUBSCRIPTION_LINGER, DEFAULT_TTL, DEFAULT_WAIT, FENCE_RETENTION,
+    MAX_TTL, MIN_TTL,
 };
 pub use reentrant::{Owner, ReentrantGuard, ReentrantLock};

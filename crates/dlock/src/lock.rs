@@ -130,14 +130,17 @@ impl Lock {
     /// expires with its waiter lease), and no subscription.
     pub async fn lock(&self) -> Result<LockGuard> {
         let pending = PendingAcquisition::new(self, Cleanup::Release, Token::generate()?);
-        self.wait_for(|queue_for| self.attempt(&pending, queue_for))
-            .await
+        self.wait_for(&pending.token, |queue_for| {
+            self.attempt(&pending, queue_for)
+        })
+        .await
     }
 
-    /// The waiting loop shared by every lock kind: attempt, subscribe to wake-ups, retry, then
-    /// sleep until a wake-up, the re-check or the deadline. `attempt` receives the fair-mode
-    /// waiter lease to queue with (`None` outside fair mode).
-    pub(crate) async fn wait_for<G, F, Fut>(&self, mut attempt: F) -> Result<G>
+    /// The waiting loop shared by every lock kind: attempt, subscribe to wake-ups (unless a
+    /// subscription is already live), retry, then sleep until a wake-up for `token` (or for
+    /// everyone), the re-check or the deadline. `attempt` receives the fair-mode waiter lease
+    /// to queue with (`None` outside fair mode).
+    pub(crate) async fn wait_for<G, F, Fut>(&self, token: &Token, mut attempt: F) -> Result<G>
     where
         F: FnMut(Option<Duration>) -> Fut,
         Fut: std::future::Future<Output = Result<Attempt<G>>>,
@@ -147,7 +150,9 @@ impl Lock {
             Wait::Limit(limit) => Some(started + limit),
             Wait::Forever => None,
         };
-        let mut wakeups: Option<Subscription> = None;
+        // A subscription another waiter keeps (or one lingering) costs nothing: take it now,
+        // and a first busy answer can be slept on at once.
+        let mut wakeups: Option<Subscription> = self.client.notifier().live(&self.keys.channel);
         let mut failures = 0u32;
         loop {
             if let Some(subscription) = wakeups.as_mut() {
@@ -203,7 +208,7 @@ impl Lock {
             match wakeups.as_mut() {
                 Some(subscription) => {
                     tokio::select! {
-                        () = subscription.woken() => {}
+                        () = subscription.woken(token.as_str()) => {}
                         () = tokio::time::sleep_until(until) => {}
                     }
                 }

@@ -1,16 +1,22 @@
-//! Wake-ups for waiters: a release publishes on the lock's channel, and every waiter of that
-//! lock retries at once instead of polling.
+//! Wake-ups for waiters: a release publishes on the lock's channel, and waiters retry at once
+//! instead of polling.
 //!
 //! # Design
 //! Each client opens at most one extra connection for this, a pub/sub connection, and only
-//! when a lock is first waited for. Waiters of the same lock share one channel subscription
-//! (reference-counted; the last one to leave unsubscribes), so the number of subscriptions is
-//! bounded by the number of distinct locks being waited for, never by the number of waiters.
-//! Pub/sub was chosen over blocking lists because it needs no connection per waiter.
+//! when a lock is first waited for. Waiters of the same lock share one channel subscription,
+//! so the number of subscriptions is bounded by the number of distinct locks being waited for,
+//! never by the number of waiters. Pub/sub was chosen over blocking lists because it needs no
+//! connection per waiter. A subscription nobody uses any more lingers for a while
+//! ([`ClientOptions::subscription_linger`](crate::ClientOptions::subscription_linger)), so a
+//! job that waits for the same lock again and again does not pay a `SUBSCRIBE` each time; the
+//! connection closes once no subscription is left.
+//!
+//! A message carries who should retry: empty for everyone, or (fair mode) the token of the
+//! waiter at the head of the queue, so a release wakes one waiter, not a herd.
 //!
 //! # Guarantees and limits
-//! - A waiter subscribes *before* its second acquisition attempt, so a release after that
-//!   attempt is never missed while the connection is up.
+//! - A waiter is subscribed before an attempt whose busy answer it sleeps on, so a release
+//!   after that attempt is never missed while the connection is up.
 //! - Pub/sub is at-most-once: when the connection drops (a network fault, `CLIENT KILL`, a
 //!   server restart), every waiter is woken to re-check as soon as it is back, and while it is
 //!   down they fall back to timed re-checks.
@@ -19,14 +25,26 @@
 //!   which never waits past the holder's remaining TTL.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 /// Pause between attempts to (re)open the pub/sub connection.
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// Wake-ups buffered per waiter; one that falls further behind simply re-checks.
+const WAKE_BUFFER: usize = 64;
+
+/// Who a wake-up is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Everyone: a plain release, or a reconnect after which messages may have been missed.
+    All,
+    /// Only the waiter with this token (fair mode's queue head).
+    Only(Arc<str>),
+}
 
 /// The client's pub/sub side: shared registry plus a task that owns the connection.
 #[derive(Debug, Clone)]
@@ -38,13 +56,15 @@ pub(crate) struct Notifier {
 struct Shared {
     channels: Mutex<HashMap<String, Channel>>,
     commands: mpsc::UnboundedSender<Command>,
+    linger: Duration,
 }
 
 #[derive(Debug)]
 struct Channel {
     waiters: usize,
-    /// Bumped on every wake-up.
-    wake: watch::Sender<u64>,
+    /// When the last waiter left (`None` while someone waits).
+    idle_since: Option<Instant>,
+    wake: broadcast::Sender<Wake>,
     /// `None` until Redis answered the SUBSCRIBE; then whether it is in effect.
     ready: watch::Sender<Option<bool>>,
 }
@@ -58,15 +78,17 @@ enum Command {
 
 impl Notifier {
     /// Starts the listener task (it connects lazily, on the first subscription).
-    pub fn spawn(client: redis::Client, timeout: Duration) -> Notifier {
+    pub fn spawn(client: redis::Client, timeout: Duration, linger: Duration) -> Notifier {
         let (commands, queue) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             channels: Mutex::new(HashMap::new()),
             commands,
+            linger,
         });
         let listener = Listener {
             client,
             timeout,
+            linger,
             shared: Arc::downgrade(&shared),
             queue,
         };
@@ -74,28 +96,43 @@ impl Notifier {
         Notifier { shared }
     }
 
-    /// Subscribes to `channel` and returns once the subscription is confirmed by Redis (or
-    /// could not be made: the subscription then only wakes on reconnects, and the waiter's
-    /// timed re-checks carry it).
+    /// A subscription to `channel` if one is already in effect (no round trip), else `None`.
+    pub fn live(&self, channel: &str) -> Option<Subscription> {
+        let mut channels = self.shared.channels();
+        let entry = channels.get_mut(channel)?;
+        if *entry.ready.borrow() != Some(true) {
+            return None;
+        }
+        entry.waiters += 1;
+        entry.idle_since = None;
+        Some(Subscription {
+            channel: channel.to_owned(),
+            wake: entry.wake.subscribe(),
+            shared: self.shared.clone(),
+            confirmed: true,
+        })
+    }
+
+    /// Subscribes to `channel` and returns once the subscription is in effect (or could not
+    /// be made: the waiter's timed re-checks then carry it).
     ///
     /// # Cancel safety
     /// Dropping the future drops the subscription handle with it: nothing leaks.
     pub async fn subscribe(&self, channel: &str) -> Subscription {
-        let (first, wake, mut ready) = {
-            let mut channels = self.channels();
+        let (send, wake, mut ready) = {
+            let mut channels = self.shared.channels();
             let entry = channels
                 .entry(channel.to_owned())
                 .or_insert_with(|| Channel {
                     waiters: 0,
-                    wake: watch::channel(0).0,
+                    idle_since: None,
+                    wake: broadcast::channel(WAKE_BUFFER).0,
                     ready: watch::channel(None).0,
                 });
             entry.waiters += 1;
-            (
-                entry.waiters == 1,
-                entry.wake.subscribe(),
-                entry.ready.subscribe(),
-            )
+            entry.idle_since = None;
+            let send = entry.ready.borrow().is_none() && entry.waiters == 1;
+            (send, entry.wake.subscribe(), entry.ready.subscribe())
         };
         let mut subscription = Subscription {
             channel: channel.to_owned(),
@@ -103,7 +140,7 @@ impl Notifier {
             shared: self.shared.clone(),
             confirmed: false,
         };
-        if first
+        if send
             && self
                 .shared
                 .commands
@@ -112,7 +149,6 @@ impl Notifier {
         {
             return subscription;
         }
-        // Every waiter, not only the first, waits until the subscription is in effect.
         subscription.confirmed = matches!(
             ready.wait_for(Option::is_some).await.map(|v| *v),
             Ok(Some(true))
@@ -127,12 +163,11 @@ impl Notifier {
             let _ = wait.await;
         }
     }
+}
 
-    fn channels(&self) -> std::sync::MutexGuard<'_, HashMap<String, Channel>> {
-        self.shared
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+impl Shared {
+    fn channels(&self) -> MutexGuard<'_, HashMap<String, Channel>> {
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -140,7 +175,7 @@ impl Notifier {
 #[derive(Debug)]
 pub(crate) struct Subscription {
     channel: String,
-    wake: watch::Receiver<u64>,
+    wake: broadcast::Receiver<Wake>,
     shared: Arc<Shared>,
     confirmed: bool,
 }
@@ -151,40 +186,56 @@ impl Subscription {
         self.confirmed
     }
 
-    /// Marks every wake-up so far as seen: call it right before an acquisition attempt.
+    /// Drops every wake-up received so far: call it right before an acquisition attempt,
+    /// whose answer already reflects them.
     pub fn mark_seen(&mut self) {
-        self.wake.borrow_and_update();
+        loop {
+            match self.wake.try_recv() {
+                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+        }
     }
 
-    /// Resolves at the next wake-up after the last [`Subscription::mark_seen`].
+    /// Resolves at the next wake-up for `token` (or for everyone) after the last
+    /// [`Subscription::mark_seen`].
     ///
     /// # Cancel safety
-    /// Cancel safe: a wake-up that arrives meanwhile is kept until seen.
-    pub async fn woken(&mut self) {
-        if self.wake.changed().await.is_err() {
-            std::future::pending::<()>().await;
+    /// Cancel safe: wake-ups that arrive meanwhile stay buffered.
+    pub async fn woken(&mut self, token: &str) {
+        loop {
+            match self.wake.recv().await {
+                Ok(Wake::All) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Ok(Wake::Only(who)) if &*who == token => return,
+                Ok(Wake::Only(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
         }
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut channels = self
-            .shared
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = channels.get_mut(&self.channel) {
-            entry.waiters -= 1;
-            if entry.waiters == 0 {
-                channels.remove(&self.channel);
-                // Under the registry lock, so a new first subscriber's Subscribe is queued
-                // after this Unsubscribe and wins.
-                let _ = self
-                    .shared
-                    .commands
-                    .send(Command::Unsubscribe(self.channel.clone()));
-            }
+        let linger = self.shared.linger;
+        let mut channels = self.shared.channels();
+        let Some(entry) = channels.get_mut(&self.channel) else {
+            return;
+        };
+        entry.waiters -= 1;
+        if entry.waiters > 0 {
+            return;
+        }
+        if linger.is_zero() {
+            channels.remove(&self.channel);
+            // Under the registry lock, so a new first subscriber's Subscribe is queued after
+            // this Unsubscribe and wins.
+            let _ = self
+                .shared
+                .commands
+                .send(Command::Unsubscribe(self.channel.clone()));
+        } else {
+            // Kept for the next waiter; the listener unsubscribes it after the linger.
+            entry.idle_since = Some(Instant::now());
         }
     }
 }
@@ -193,15 +244,26 @@ impl Drop for Subscription {
 struct Listener {
     client: redis::Client,
     timeout: Duration,
+    linger: Duration,
     /// Weak: the task ends when the client and all subscriptions are gone.
-    shared: std::sync::Weak<Shared>,
+    shared: Weak<Shared>,
     queue: mpsc::UnboundedReceiver<Command>,
+}
+
+/// How serving a connection ended.
+enum Serve {
+    /// The connection dropped or could not be made.
+    Lost,
+    /// Nobody is subscribed any more: the connection closes until someone is.
+    Idle,
+    /// The client is gone.
+    Closed,
 }
 
 impl Listener {
     async fn run(mut self) {
         // Disconnected: serve commands until someone subscribes, then stay connected while
-        // anyone is subscribed.
+        // any subscription (in use or lingering) exists.
         loop {
             match self.queue.recv().await {
                 None => return,
@@ -213,13 +275,15 @@ impl Listener {
                 // The channel is in the registry: it is subscribed with the rest below.
                 Some(Command::Subscribe(_)) => {}
             }
-            while self.has_subscribers() {
+            while self.has_channels() {
                 match self.connect_and_serve().await {
                     Serve::Closed => return,
                     Serve::Idle => break,
                     Serve::Lost => {
-                        self.set_ready(Some(false));
-                        self.wake_all();
+                        self.for_each_channel(|_, channel| {
+                            channel.ready.send_replace(Some(false));
+                            let _ = channel.wake.send(Wake::All);
+                        });
                         tokio::time::sleep(RECONNECT_DELAY).await;
                     }
                 }
@@ -227,87 +291,46 @@ impl Listener {
         }
     }
 
-    /// Records whether the subscriptions are in effect, for every registered channel.
-    fn set_ready(&self, ready: Option<bool>) {
+    fn for_each_channel(&self, mut f: impl FnMut(&str, &Channel)) {
         if let Some(shared) = self.shared.upgrade() {
-            for channel in shared
-                .channels
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .values()
-            {
-                channel.ready.send_replace(ready);
+            for (name, channel) in shared.channels().iter() {
+                f(name, channel);
             }
         }
     }
 
-    fn set_channel_ready(&self, channel: &str, ready: bool) {
-        if let Some(shared) = self.shared.upgrade() {
-            if let Some(entry) = shared
-                .channels
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(channel)
-            {
-                entry.ready.send_replace(Some(ready));
-            }
-        }
-    }
-
-    fn has_subscribers(&self) -> bool {
-        self.shared.upgrade().is_some_and(|shared| {
-            !shared
-                .channels
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_empty()
-        })
-    }
-
-    fn registered(&self) -> Vec<String> {
+    fn has_channels(&self) -> bool {
         self.shared
             .upgrade()
-            .map(|shared| {
-                shared
-                    .channels
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .keys()
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+            .is_some_and(|shared| !shared.channels().is_empty())
     }
 
-    /// Wakes every waiter, e.g. after a reconnect, when messages may have been missed.
-    fn wake_all(&self) {
-        if let Some(shared) = self.shared.upgrade() {
-            for channel in shared
-                .channels
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .values()
-            {
-                channel.wake.send_modify(|n| *n = n.wrapping_add(1));
-            }
-        }
+    fn names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        self.for_each_channel(|name, _| names.push(name.to_owned()));
+        names
     }
 
-    fn wake(&self, channel: &str) {
-        if let Some(shared) = self.shared.upgrade() {
-            if let Some(entry) = shared
-                .channels
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(channel)
-            {
-                entry.wake.send_modify(|n| *n = n.wrapping_add(1));
-            }
+    /// Removes subscriptions idle for longer than the linger; returns their names.
+    fn expire_idle(&self) -> Vec<String> {
+        let Some(shared) = self.shared.upgrade() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut channels = shared.channels();
+        let expired: Vec<String> = channels
+            .iter()
+            .filter(|(_, c)| c.idle_since.is_some_and(|since| now >= since + self.linger))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &expired {
+            channels.remove(name);
         }
+        expired
     }
 
     /// Connects, subscribes every registered channel, then relays messages and commands until
-    /// the connection drops, nobody is subscribed any more, or the client is gone.
+    /// the connection drops, no channel is left, or the client is gone.
     async fn connect_and_serve(&mut self) -> Serve {
         let connecting = tokio::time::timeout(self.timeout, self.client.get_async_pubsub());
         let Ok(Ok(pubsub)) = connecting.await else {
@@ -315,33 +338,50 @@ impl Listener {
             return Serve::Lost;
         };
         let (mut sink, mut stream) = pubsub.split();
-        let channels = self.registered();
-        if !channels.is_empty() && !self.within(sink.subscribe(&channels)).await {
+        let names = self.names();
+        if !names.is_empty() && !self.within(sink.subscribe(&names)).await {
             return Serve::Lost;
         }
-        self.set_ready(Some(true));
         // Anything published while we were not subscribed was missed: re-check everyone.
-        self.wake_all();
+        self.for_each_channel(|_, channel| {
+            channel.ready.send_replace(Some(true));
+            let _ = channel.wake.send(Wake::All);
+        });
+        let sweep_every = (self.linger / 2).max(Duration::from_millis(50));
+        let mut sweep = tokio::time::interval_at(Instant::now() + sweep_every, sweep_every);
         loop {
             tokio::select! {
                 message = stream.next() => match message {
-                    Some(message) => self.wake(message.get_channel_name()),
+                    Some(message) => self.deliver(&message),
                     None => return Serve::Lost,
                 },
+                _ = sweep.tick(), if !self.linger.is_zero() => {
+                    let expired = self.expire_idle();
+                    if !expired.is_empty() && !self.within(sink.unsubscribe(&expired)).await {
+                        return Serve::Lost;
+                    }
+                    if !self.has_channels() {
+                        return Serve::Idle;
+                    }
+                }
                 command = self.queue.recv() => match command {
                     None => return Serve::Closed,
-                    Some(Command::Subscribe(channel)) => {
-                        let ok = self.within(sink.subscribe(&channel)).await;
-                        self.set_channel_ready(&channel, ok);
+                    Some(Command::Subscribe(name)) => {
+                        let ok = self.within(sink.subscribe(&name)).await;
+                        if let Some(shared) = self.shared.upgrade() {
+                            if let Some(channel) = shared.channels().get(&name) {
+                                channel.ready.send_replace(Some(ok));
+                            }
+                        }
                         if !ok {
                             return Serve::Lost;
                         }
                     }
-                    Some(Command::Unsubscribe(channel)) => {
-                        if !self.within(sink.unsubscribe(&channel)).await {
+                    Some(Command::Unsubscribe(name)) => {
+                        if !self.within(sink.unsubscribe(&name)).await {
                             return Serve::Lost;
                         }
-                        if !self.has_subscribers() {
+                        if !self.has_channels() {
                             return Serve::Idle;
                         }
                     }
@@ -353,20 +393,24 @@ impl Listener {
         }
     }
 
+    fn deliver(&self, message: &redis::Msg) {
+        let payload: String = message.get_payload().unwrap_or_default();
+        let wake = if payload.is_empty() {
+            Wake::All
+        } else {
+            Wake::Only(payload.into())
+        };
+        if let Some(shared) = self.shared.upgrade() {
+            if let Some(channel) = shared.channels().get(message.get_channel_name()) {
+                let _ = channel.wake.send(wake);
+            }
+        }
+    }
+
     async fn within(
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<()>>,
     ) -> bool {
         matches!(tokio::time::timeout(self.timeout, call).await, Ok(Ok(())))
     }
-}
-
-/// How serving a connection ended.
-enum Serve {
-    /// The connection dropped or could not be made.
-    Lost,
-    /// Nobody waits any more: the connection is closed until someone does.
-    Idle,
-    /// The client is gone.
-    Closed,
 }

@@ -24,6 +24,9 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// once by pub/sub; the re-check only catches what publishes nothing (a holder that crashed and
 /// whose lease expired, a key deleted by another tool, a lost message), so it can be slow.
 pub const DEFAULT_RECHECK: Duration = Duration::from_secs(2);
+/// Default time a wake-up subscription nobody waits on is kept for the next waiter: a job that
+/// waits for the same lock again soon skips the `SUBSCRIBE` round trip.
+pub const DEFAULT_SUBSCRIPTION_LINGER: Duration = Duration::from_secs(10);
 /// Default per-command timeout: a dead or frozen Redis costs a call at most this long.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default timeout for opening a connection (TCP, TLS and authentication).
@@ -178,6 +181,7 @@ pub(crate) fn validate_ttl(ttl: Duration) -> Result<()> {
 pub struct ClientOptions {
     pub(crate) command_timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) subscription_linger: Duration,
 }
 
 impl Default for ClientOptions {
@@ -185,6 +189,7 @@ impl Default for ClientOptions {
         ClientOptions {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            subscription_linger: DEFAULT_SUBSCRIPTION_LINGER,
         }
     }
 }
@@ -207,7 +212,20 @@ impl ClientOptions {
         self
     }
 
+    /// How long a wake-up subscription nobody waits on is kept for the next waiter (default
+    /// [`DEFAULT_SUBSCRIPTION_LINGER`]); zero unsubscribes at once.
+    pub fn subscription_linger(mut self, linger: Duration) -> Self {
+        self.subscription_linger = linger;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
+        if self.subscription_linger > Duration::from_secs(3600) {
+            return Err(Error::Config(format!(
+                "subscription linger {:?} is out of range (at most 1h)",
+                self.subscription_linger
+            )));
+        }
         for (name, value) in [
             ("command timeout", self.command_timeout),
             ("connect timeout", self.connect_timeout),

@@ -181,7 +181,9 @@ impl ReentrantLock {
     /// As [`ReentrantLock::try_lock`].
     pub async fn lock(&self, owner: &Owner) -> Result<ReentrantGuard> {
         let pending = self.pending(owner)?;
-        self.lock.wait_for(|_| self.attempt(owner, &pending)).await
+        self.lock
+            .wait_for(&pending.token, |_| self.attempt(owner, &pending))
+            .await
     }
 
     fn pending(&self, owner: &Owner) -> Result<PendingAcquisition> {

@@ -14,7 +14,17 @@ fn bench_runs_every_workload_and_reports_json_relative_to_the_floor() {
     let chart = scratch.path("chart.svg");
     let out = output(
         dlock(&server)
-            .args(["bench", "--json", "--duration", "300ms", "--workers", "4", "--keys", "8", "--svg"])
+            .args([
+                "bench",
+                "--json",
+                "--duration",
+                "300ms",
+                "--workers",
+                "4",
+                "--keys",
+                "8",
+                "--svg",
+            ])
             .arg(&chart),
         Duration::from_secs(60),
     );
@@ -23,20 +33,42 @@ fn bench_runs_every_workload_and_reports_json_relative_to_the_floor() {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    let names: Vec<&str> = rows.iter().map(|r| r["workload"].as_str().unwrap()).collect();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["workload"].as_str().unwrap())
+        .collect();
     assert_eq!(
         names,
-        ["floor-ping", "floor-cycle", "uncontended", "contended", "contended-fair", "many-keys"]
+        [
+            "floor-ping",
+            "floor-cycle",
+            "uncontended",
+            "contended",
+            "contended-fair",
+            "many-keys"
+        ]
     );
     let floor_rtt = rows[0]["p50_us"].as_f64().unwrap();
     assert!(floor_rtt > 0.0);
     for row in &rows {
-        for field in ["workers", "ops_per_sec", "p50_us", "p99_us", "violations", "floor_rtt_us", "rtt_ratio"] {
+        for field in [
+            "workers",
+            "ops_per_sec",
+            "p50_us",
+            "p99_us",
+            "violations",
+            "floor_rtt_us",
+            "rtt_ratio",
+        ] {
             assert!(!row[field].is_null(), "{field} missing in {row}");
         }
         assert!(row["ops_per_sec"].as_f64().unwrap() > 0.0, "{row}");
         assert_eq!(row["violations"], 0, "{row}");
-        assert_eq!(row["floor_rtt_us"].as_f64(), Some(floor_rtt), "one floor per run");
+        assert_eq!(
+            row["floor_rtt_us"].as_f64(),
+            Some(floor_rtt),
+            "one floor per run"
+        );
         let ratio = row["rtt_ratio"].as_f64().unwrap();
         let expected = row["p50_us"].as_f64().unwrap() / floor_rtt;
         assert!((ratio - expected).abs() < 1e-6, "{row}");
@@ -45,7 +77,10 @@ fn bench_runs_every_workload_and_reports_json_relative_to_the_floor() {
     assert_eq!(contended["workers"], 4);
     assert!(contended["min_grants"].as_u64().unwrap() <= contended["max_grants"].as_u64().unwrap());
     let fair = &rows[4];
-    assert!(fair["min_grants"].as_u64().unwrap() > 0, "fair mode starves no worker: {fair}");
+    assert!(
+        fair["min_grants"].as_u64().unwrap() > 0,
+        "fair mode starves no worker: {fair}"
+    );
     assert_eq!(rows[5]["workers"], 8);
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"));

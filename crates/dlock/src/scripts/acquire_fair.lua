@@ -38,8 +38,9 @@ if not current and (not head or head == token) then
   return {1, fence}
 end
 if not current and #expired > 0 then
-  -- The lock is free and the queue moved up: wake the new head.
-  redis.pcall('PUBLISH', ARGV[8], '') -- best effort, as in release.lua
+  -- The lock is free and the queue moved up: wake the new head (best effort, as in
+  -- release.lua).
+  redis.pcall('PUBLISH', ARGV[8], head or '')
 end
 
 local lease = tonumber(ARGV[7])

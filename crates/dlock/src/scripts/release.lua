@@ -3,7 +3,8 @@
 -- script cleans up after a cancelled waiter.
 -- KEYS: per lock, 4 keys: lock, holder info, wait queue, waiter leases
 -- ARGV: per lock, 2 values: token, wake-up channel
--- Returns one 1 (released) or 0 (was not ours) per lock.
+-- Returns one 1 (released) or 0 (was not ours) per lock. The wake-up names the fair queue's
+-- head (only it retries), or is empty (everyone retries) when nobody queues.
 local results = {}
 for i = 1, #ARGV / 2 do
   local lock, info, queue, leases = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
@@ -17,7 +18,7 @@ for i = 1, #ARGV / 2 do
   if released or (withdrew and redis.call('EXISTS', lock) == 0) then
     -- pcall: a user without channel permissions (Redis 7 ACLs) still releases; its waiters
     -- then rely on their timed re-checks.
-    redis.pcall('PUBLISH', channel, '')
+    redis.pcall('PUBLISH', channel, redis.call('LINDEX', queue, 0) or '')
   end
   results[i] = released and 1 or 0
 end

@@ -3,17 +3,22 @@
 
 use std::time::Duration;
 
-use dlock::{LockOptions, Wait};
+use dlock::{Client, ClientOptions, LockOptions, Wait};
 use dlock_test::RedisServer;
 use tokio::runtime::Handle;
-
-use crate::support::client;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_lock_futures_at_random_points_leaves_nothing_behind() {
     let server = RedisServer::start();
-    let c = client(&server).await;
-    let rival = client(&server).await;
+    // No lingering subscription: this test counts tasks, and a lingering one keeps its
+    // connection (a bounded cache, tested in waiting.rs).
+    let no_linger = ClientOptions::new().subscription_linger(Duration::ZERO);
+    let c = Client::connect_with(&server.url(), no_linger.clone())
+        .await
+        .unwrap();
+    let rival = Client::connect_with(&server.url(), no_linger)
+        .await
+        .unwrap();
     let ttl = Duration::from_secs(30);
     let lock = c
         .lock_with("cancel", LockOptions::new().ttl(ttl).wait(Wait::Forever))

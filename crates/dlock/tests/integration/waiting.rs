@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dlock::{Client, LockOptions, Wait};
+use dlock::{Client, ClientOptions, LockOptions, Wait};
 use dlock_test::RedisServer;
 use tokio::runtime::Handle;
 use tokio::time::{sleep, timeout, Instant};
@@ -143,7 +143,11 @@ async fn a_release_that_publishes_nothing_is_caught_by_the_recheck() {
 async fn a_thousand_waiters_share_one_connection_and_leave_nothing_behind_when_dropped() {
     for fair in [false, true] {
         let server = RedisServer::start();
-        let (a, b) = (client(&server).await, client(&server).await);
+        let a = client(&server).await;
+        let no_linger = ClientOptions::new().subscription_linger(Duration::ZERO);
+        let b = Client::connect_with(&server.url(), no_linger)
+            .await
+            .unwrap();
         let holder = silent_holder(&a, "crowded").await;
         let lock = b
             .lock_with("crowded", LockOptions::new().fair(fair).wait(Wait::Forever))
@@ -239,4 +243,64 @@ async fn waiting_still_works_for_a_user_without_pubsub_permissions() {
         .unwrap()
         .unwrap();
     guard.release().await.unwrap();
+}
+
+fn numsub(server: &RedisServer, channel: &str) -> i64 {
+    let reply: Vec<redis::Value> = server.cmd("PUBSUB", &["NUMSUB", channel]);
+    match reply.get(1) {
+        Some(redis::Value::Int(n)) => *n,
+        other => panic!("PUBSUB NUMSUB answered {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_idle_subscription_lingers_for_the_next_waiter_then_goes() {
+    let server = RedisServer::start();
+    let a = client(&server).await;
+    let linger = Duration::from_millis(600);
+    let b = Client::connect_with(
+        &server.url(),
+        ClientOptions::new().subscription_linger(linger),
+    )
+    .await
+    .unwrap();
+    let channel = "{job}:dlock:released:job";
+    for round in 0..3 {
+        let holder = silent_holder(&a, "job").await;
+        let lock = b
+            .lock_with("job", waiting(Duration::from_secs(10)))
+            .unwrap();
+        let waiter = tokio::spawn(async move { lock.lock().await });
+        sleep(Duration::from_millis(100)).await;
+        holder.release().await.unwrap();
+        let guard = timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        guard.release().await.unwrap();
+        assert_eq!(
+            numsub(&server, channel),
+            1,
+            "round {round}: kept for the next waiter"
+        );
+    }
+    assert_eq!(
+        server.command_calls("subscribe"),
+        1,
+        "later waiters reused the subscription"
+    );
+    let gone = timeout(Duration::from_secs(5), async {
+        while numsub(&server, channel) != 0 {
+            sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the idle subscription outlived its linger");
+    let pubsub_clients: String = server.cmd("CLIENT", &["LIST", "TYPE", "pubsub"]);
+    assert_eq!(
+        pubsub_clients.lines().count(),
+        0,
+        "the idle pub/sub connection was closed"
+    );
 }
