@@ -18,3 +18,42 @@
 //! # Limits
 //! Tokens are about 1.7·10¹⁵ today (microseconds since 1970), so they fit a `u64`, an `i64`
 //! and a double exactly. They are not dense: do not count grants with them.
+
+use crate::client::Client;
+use crate::error::Result;
+use crate::key::LockKeys;
+use crate::scripts;
+
+impl Client {
+    /// Writes `value` to the hash `resource` (fields `value` and `fence`) only if `token` is at
+    /// least the largest fencing token written there before: the storage-side half of fencing,
+    /// for resources that live in Redis. Returns `false` when the write was refused because a
+    /// newer holder has written since; the caller's lease is stale and it must stop.
+    ///
+    /// The resource may live on another Redis than the lock: connect a client to it.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for an invalid key name; connection errors.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dlock::Error> {
+    /// let locks = dlock::Client::connect("redis://locks.internal/").await?;
+    /// let storage = dlock::Client::connect("redis://storage.internal/").await?;
+    /// let guard = locks.lock("report")?.lock().await?;
+    /// if !storage.fenced_set("report:latest", guard.fencing_token(), "v42").await? {
+    ///     eprintln!("a newer holder wrote first: our lease is stale, stopping");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn fenced_set(&self, resource: &str, token: u64, value: &str) -> Result<bool> {
+        // Same name rules as a lock key: not empty, bounded.
+        LockKeys::new(resource)?;
+        let mut call = scripts::FENCED_SET.prepare_invoke();
+        call.key(resource).arg(token).arg(value);
+        let node = self.node();
+        let written: i64 = node.eval(&call, node.command_timeout()).await?;
+        Ok(written == 1)
+    }
+}

@@ -57,3 +57,7 @@ pub(crate) fn add_release(
 /// Read (and optionally break) a lock's state (see `inspect.lua`).
 pub(crate) static INSPECT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/inspect.lua")));
+
+/// Write a value only if the writer's fencing token is the largest seen (see `fenced_set.lua`).
+pub(crate) static FENCED_SET: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/fenced_set.lua")));

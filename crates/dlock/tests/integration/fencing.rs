@@ -87,3 +87,40 @@ async fn a_counter_ahead_of_the_clock_still_grows_by_one() {
     );
     guard.release().await.unwrap();
 }
+
+#[tokio::test]
+async fn fenced_storage_rejects_a_paused_old_holders_write() {
+    let lock_server = RedisServer::start();
+    let storage_server = RedisServer::start();
+    let (a, b) = (client(&lock_server).await, client(&lock_server).await);
+    let storage = client(&storage_server).await;
+    // A holder whose lease runs out while it is "paused" (no renewal, short TTL).
+    let short = LockOptions::new()
+        .ttl(Duration::from_millis(200))
+        .renew(false);
+    let old = a.lock_with("res", short).unwrap().try_lock().await.unwrap();
+    assert!(storage
+        .fenced_set("res:data", old.fencing_token(), "old-1")
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await; // the pause outlives the lease
+    let new = b.lock("res").unwrap().try_lock().await.unwrap();
+    assert!(new.fencing_token() > old.fencing_token());
+    assert!(storage
+        .fenced_set("res:data", new.fencing_token(), "new-1")
+        .await
+        .unwrap());
+    // The old holder wakes up and writes with its stale token: refused.
+    assert!(!storage
+        .fenced_set("res:data", old.fencing_token(), "old-2")
+        .await
+        .unwrap());
+    let value: String = storage_server.cmd("HGET", &["res:data", "value"]);
+    assert_eq!(value, "new-1");
+    // The current holder may write again with the same token.
+    assert!(storage
+        .fenced_set("res:data", new.fencing_token(), "new-2")
+        .await
+        .unwrap());
+    new.release().await.unwrap();
+}
