@@ -46,15 +46,18 @@ pub enum Command {
 #[command(next_help_heading = "Connection")]
 pub struct Connection {
     /// Redis URL: redis://[user:password@]host[:port][/db], rediss://… (TLS), or
-    /// unix:///path/to.sock. The password is never printed.
+    /// unix:///path/to.sock. Repeat it (3, 5, … independent masters) for Redlock; in the
+    /// environment, separate several URLs with spaces. The password is never printed.
     #[arg(
         long,
         env = "DLOCK_REDIS_URL",
         default_value = "redis://127.0.0.1:6379",
         hide_env_values = true,
+        value_delimiter = ' ',
+        action = clap::ArgAction::Append,
         value_name = "URL"
     )]
-    pub redis: String,
+    pub redis: Vec<String>,
 
     /// Timeout for each Redis command and for connecting (e.g. 500ms, 2s).
     #[arg(long, default_value = "2s", value_parser = positive_duration, value_name = "DUR")]
@@ -232,6 +235,8 @@ pub enum Workload {
     ContendedFair,
     /// N tasks on distinct keys sharing one client.
     ManyKeys,
+    /// Uncontended cycles on N independent masters (needs --redis repeated, 3 or more).
+    Redlock,
 }
 
 impl Workload {
@@ -243,6 +248,7 @@ impl Workload {
             Workload::Contended => "contended",
             Workload::ContendedFair => "contended-fair",
             Workload::ManyKeys => "many-keys",
+            Workload::Redlock => "redlock",
         }
     }
 }

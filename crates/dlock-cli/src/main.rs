@@ -56,12 +56,19 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Connects to the Redis of `connection`.
+/// Connects to the Redis of `connection`: one URL, or Redlock over several.
 async fn connect(connection: &Connection) -> dlock::Result<Client> {
-    let options = ClientOptions::new()
+    let options = client_options(connection);
+    match connection.redis.as_slice() {
+        [url] => Client::connect_with(url, options).await,
+        urls => Client::redlock_with(urls, options).await,
+    }
+}
+
+fn client_options(connection: &Connection) -> ClientOptions {
+    ClientOptions::new()
         .command_timeout(connection.redis_timeout)
-        .connect_timeout(connection.redis_timeout);
-    Client::connect_with(&connection.redis, options).await
+        .connect_timeout(connection.redis_timeout)
 }
 
 /// Prints a library error for people and returns its exit code. Messages never contain a

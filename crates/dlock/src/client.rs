@@ -14,6 +14,7 @@ use crate::lock::Lock;
 use crate::node::Node;
 use crate::notify::Notifier;
 use crate::options::{ClientOptions, LockOptions};
+use crate::quorum::{check_redlock_size, quorum_error, Nodes};
 use crate::reentrant::ReentrantLock;
 use crate::scripts;
 use crate::watchdog::Watchdog;
@@ -41,7 +42,7 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    node: Node,
+    nodes: Nodes,
     watchdog: Watchdog,
     notifier: Notifier,
     held: Arc<AtomicUsize>,
@@ -79,15 +80,80 @@ impl Client {
     /// As [`Client::connect`], and [`Error::Config`](crate::Error::Config) for invalid options.
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client> {
         let node = Node::connect(url, &options).await?;
-        let watchdog = Watchdog::spawn(node.clone());
+        Ok(Self::from_nodes(Nodes::single(node), &options))
+    }
+
+    /// Connects to N independent Redis masters (N odd, at least 3) for Redlock: every lock,
+    /// renewal and release needs a majority of them. Masters that cannot be reached now are
+    /// retried on every use and join when they are back, as long as a majority answers now.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for a bad URL or an even or too small N;
+    /// [`Error::Auth`](crate::Error::Auth) when a master refuses the credentials;
+    /// [`Error::Unavailable`](crate::Error::Unavailable) naming every unreachable master when
+    /// fewer than a majority answer.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dlock::Error> {
+    /// let client = dlock::Client::redlock(&[
+    ///     "redis://redis-a:6379/",
+    ///     "redis://redis-b:6379/",
+    ///     "redis://redis-c:6379/",
+    /// ])
+    /// .await?;
+    /// let guard = client.lock("billing")?.try_lock().await?;
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn redlock<S: AsRef<str>>(urls: &[S]) -> Result<Client> {
+        Self::redlock_with(urls, ClientOptions::default()).await
+    }
+
+    /// [`Client::redlock`] with explicit [`ClientOptions`]; the command timeout is the
+    /// per-node timeout, so keep it small against the TTL.
+    ///
+    /// # Errors
+    /// As [`Client::redlock`].
+    pub async fn redlock_with<S: AsRef<str>>(urls: &[S], options: ClientOptions) -> Result<Client> {
+        options.validate()?;
+        check_redlock_size(urls.len())?;
+        let attempts = futures_util::future::join_all(
+            urls.iter().map(|url| Node::connect(url.as_ref(), &options)),
+        )
+        .await;
+        let mut nodes = Vec::with_capacity(urls.len());
+        let mut failures = Vec::new();
+        for (index, (url, attempt)) in urls.iter().zip(attempts).enumerate() {
+            match attempt {
+                Ok(node) => nodes.push(node),
+                Err(e) if e.is_unavailable() => {
+                    failures.push((index, e.to_string()));
+                    nodes.push(Node::lazy(url.as_ref(), &options)?);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let nodes = Nodes::redlock(nodes)?;
+        if nodes.len() - failures.len() < nodes.quorum() {
+            return Err(quorum_error(&nodes, "connecting", &failures));
+        }
+        Ok(Self::from_nodes(nodes, &options))
+    }
+
+    fn from_nodes(nodes: Nodes, options: &ClientOptions) -> Client {
+        let watchdog = Watchdog::spawn(nodes.clone());
+        // Wake-ups come from the first node (for Redlock, a release publishes on every node;
+        // if the first is down, waiters rely on their re-checks).
         let notifier = Notifier::spawn(
-            node.redis_client().clone(),
+            nodes.first().redis_client().clone(),
             options.connect_timeout,
             options.subscription_linger,
         );
-        Ok(Client {
+        Client {
             inner: Arc::new(Inner {
-                node,
+                nodes,
                 watchdog,
                 notifier,
                 held: Arc::new(AtomicUsize::new(0)),
@@ -96,7 +162,7 @@ impl Client {
                     pid: std::process::id(),
                 },
             }),
-        })
+        }
     }
 
     /// A lock named `name` with default [`LockOptions`] (30 s lease, renewed; waits of at
@@ -116,6 +182,9 @@ impl Client {
     /// outside [`MIN_TTL`](crate::MIN_TTL)..=[`MAX_TTL`](crate::MAX_TTL)).
     pub fn lock_with(&self, name: &str, options: LockOptions) -> Result<Lock> {
         options.validate()?;
+        if options.fair {
+            self.single_node_only("fair mode")?;
+        }
         let keys = LockKeys::new(name)?;
         Ok(Lock::new(self.clone(), keys, options))
     }
@@ -134,6 +203,7 @@ impl Client {
     /// # Errors
     /// As [`Client::lock_with`], and [`Error::Config`](crate::Error::Config) for fair mode.
     pub fn reentrant_lock_with(&self, name: &str, options: LockOptions) -> Result<ReentrantLock> {
+        self.single_node_only("reentrant locks")?;
         ReentrantLock::new(self.lock_with(name, options)?)
     }
 
@@ -209,13 +279,33 @@ impl Client {
         self.inner.notifier.flush().await;
     }
 
-    /// The server's URL, without its password.
+    /// The server's URL, without its password (the first master's, for Redlock).
     pub fn server(&self) -> &str {
-        self.inner.node.name()
+        self.inner.nodes.first().name()
     }
 
+    /// How many Redis masters this client locks on (1, or N for Redlock).
+    pub fn masters(&self) -> usize {
+        self.inner.nodes.len()
+    }
+
+    /// The node of a single-node client (the first master of a Redlock client).
     pub(crate) fn node(&self) -> &Node {
-        &self.inner.node
+        self.inner.nodes.first()
+    }
+
+    pub(crate) fn nodes(&self) -> &Nodes {
+        &self.inner.nodes
+    }
+
+    /// Refuses a feature that works on one Redis only.
+    pub(crate) fn single_node_only(&self, feature: &str) -> Result<()> {
+        if self.inner.nodes.is_single() {
+            return Ok(());
+        }
+        Err(crate::Error::Config(format!(
+            "{feature} need a single Redis; they are not available with Redlock yet"
+        )))
     }
 
     pub(crate) fn watchdog(&self) -> &Watchdog {
@@ -234,6 +324,8 @@ impl Client {
         &self.inner.identity
     }
 
+    /// Reads (and with `break_it`, deletes) a lock's state on every node. On Redlock the lock
+    /// counts as held when a majority of nodes hold it.
     async fn inspect(&self, name: &str, break_it: bool) -> Result<LockStatus> {
         let keys = LockKeys::new(name)?;
         let mut call = scripts::INSPECT.prepare_invoke();
@@ -241,19 +333,55 @@ impl Client {
             .key(&keys.info)
             .key(&keys.fence)
             .arg(if break_it { "break" } else { "read" });
-        let node = self.node();
-        let reply: Vec<redis::Value> = node.eval(&call, node.command_timeout()).await?;
-        let field = |i: usize| reply.get(i).unwrap_or(&redis::Value::Nil);
-        let held = int(field(0)) == Some(1);
-        let server_now_ms = int(field(3))
-            .and_then(|ms| u64::try_from(ms).ok())
-            .unwrap_or(0);
-        Ok(LockStatus {
-            key: keys.lock,
-            held,
-            ttl_left: pttl(field(1)),
-            holder: HolderInfo::parse(field(2), server_now_ms).filter(|_| held),
-            last_fencing_token: int(field(4)).and_then(|t| u64::try_from(t).ok()),
-        })
+        let nodes = self.nodes();
+        let replies = nodes
+            .all(|node| node.eval::<Vec<redis::Value>>(&call, node.command_timeout()))
+            .await;
+        let mut failures = Vec::new();
+        let mut held_on = 0;
+        let mut status = LockStatus {
+            key: keys.lock.clone(),
+            held: false,
+            ttl_left: None,
+            holder: None,
+            last_fencing_token: None,
+        };
+        for (index, reply) in replies.into_iter().enumerate() {
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(e) if nodes.is_single() => return Err(e),
+                Err(e) => {
+                    failures.push((index, e.to_string()));
+                    continue;
+                }
+            };
+            let field = |i: usize| reply.get(i).unwrap_or(&redis::Value::Nil);
+            let held = int(field(0)) == Some(1);
+            let server_now_ms = int(field(3))
+                .and_then(|ms| u64::try_from(ms).ok())
+                .unwrap_or(0);
+            if held {
+                held_on += 1;
+                let ttl = pttl(field(1));
+                status.ttl_left = match (status.ttl_left, ttl) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                if status.holder.is_none() {
+                    status.holder = HolderInfo::parse(field(2), server_now_ms);
+                }
+            }
+            let fence = int(field(4)).and_then(|t| u64::try_from(t).ok());
+            status.last_fencing_token = status.last_fencing_token.max(fence);
+        }
+        if nodes.len() - failures.len() < nodes.quorum() {
+            return Err(quorum_error(nodes, "reading a lock", &failures));
+        }
+        status.held = held_on >= nodes.quorum();
+        if !status.held {
+            status.ttl_left = None;
+            status.holder = None;
+        }
+        Ok(status)
     }
 }

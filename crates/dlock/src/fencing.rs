@@ -50,6 +50,7 @@ impl Client {
     pub async fn fenced_set(&self, resource: &str, token: u64, value: &str) -> Result<bool> {
         // Same name rules as a lock key: not empty, bounded.
         LockKeys::new(resource)?;
+        self.single_node_only("fenced writes")?;
         let mut call = scripts::FENCED_SET.prepare_invoke();
         call.key(resource).arg(token).arg(value);
         let node = self.node();

@@ -10,6 +10,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseStatus, LossReason};
 use crate::options::validate_ttl;
+use crate::quorum::Tally;
 use crate::scripts;
 
 /// A held lock. Release it with [`LockGuard::release`]; dropping it releases in the background.
@@ -130,15 +131,22 @@ impl LockGuard {
         self.check_held()?;
         let mut call = scripts::EXTEND.prepare_invoke();
         scripts::add_extend(&mut call, &self.lease.keys, &self.lease.token, ttl);
-        let node = self.client.node();
+        let nodes = self.client.nodes();
         let sent_at = Instant::now();
-        let reply: Vec<i64> = node.eval(&call, node.command_timeout()).await?;
-        if reply == [1] {
+        let tally = Tally::of(
+            nodes
+                .all(|node| node.eval(&call, node.command_timeout()))
+                .await,
+        );
+        if tally.agreed(nodes) {
             self.lease.extended(sent_at, ttl);
             return Ok(());
         }
-        self.lease.finish(LeaseStatus::Lost(LossReason::KeyGone));
-        self.check_held()
+        if tally.refused(nodes) {
+            self.lease.finish(LeaseStatus::Lost(LossReason::KeyGone));
+            return self.check_held();
+        }
+        Err(tally.into_error(nodes, "extending a lease"))
     }
 
     /// Releases the lock (one round trip) and reports whether the lease was held all along.
@@ -163,15 +171,23 @@ impl LockGuard {
         self.lease.finish(LeaseStatus::Released);
         let mut call = scripts::RELEASE.prepare_invoke();
         scripts::add_release(&mut call, &self.lease.keys, &self.lease.token);
-        let node = self.client.node();
-        let reply: Vec<i64> = node.eval(&call, node.command_timeout()).await?;
-        self.released = true;
-        match (reply.as_slice(), lost_before) {
-            ([1], None) => Ok(()),
-            (_, reason) => Err(Error::Lost {
-                key: self.lease.keys.lock.clone(),
-                reason: reason.unwrap_or(LossReason::KeyGone),
-            }),
+        let nodes = self.client.nodes();
+        let tally = Tally::of(
+            nodes
+                .all(|node| node.eval(&call, node.command_timeout()))
+                .await,
+        );
+        // Nodes that did not answer get the release again in the background (via Drop).
+        self.released = tally.errors.is_empty();
+        let lost = |reason: Option<LossReason>| Error::Lost {
+            key: self.lease.keys.lock.clone(),
+            reason: reason.unwrap_or(LossReason::KeyGone),
+        };
+        match lost_before {
+            Some(reason) => Err(lost(Some(reason))),
+            None if tally.agreed(nodes) => Ok(()),
+            None if tally.refused(nodes) => Err(lost(None)),
+            None => Err(tally.into_error(nodes, "releasing a lock")),
         }
     }
 

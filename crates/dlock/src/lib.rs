@@ -10,6 +10,8 @@
 //!   freed when its last hold is released.
 //! - [`blocking`]: the same locks for synchronous programs (a private runtime thread).
 //! - `notify`: wake-ups for waiters over one pub/sub connection per client.
+//! - `quorum`: one node or N independent masters (Redlock): concurrent calls, majorities, and
+//!   why fencing tokens stay ordered across nodes.
 //! - `lease`: one granted lease's state and validity arithmetic, shared by guard and watchdog.
 //! - `watchdog`: renews every lease of a client in one round trip per tick, reports lost
 //!   leases, and releases dropped guards in the background.
@@ -78,6 +80,7 @@ mod lock;
 mod node;
 mod notify;
 mod options;
+mod quorum;
 mod reentrant;
 mod scripts;
 mod token;

@@ -28,9 +28,10 @@ use crate::error::{Conflict, Error, Result};
 use crate::guard::LockGuard;
 use crate::holder::{int, pttl, HolderInfo};
 use crate::key::LockKeys;
-use crate::lease::Lease;
+use crate::lease::{validity, Lease};
 use crate::notify::Subscription;
 use crate::options::{LockOptions, Wait, FENCE_RETENTION};
+use crate::quorum::quorum_error;
 use crate::scripts;
 use crate::token::Token;
 use crate::watchdog::millis;
@@ -269,35 +270,108 @@ impl Lock {
             call.arg(queue_for.map_or(0, millis))
                 .arg(&self.keys.channel);
         }
-        let node = self.client.node();
+        let nodes = self.client.nodes();
         pending.sending();
         let sent_at = Instant::now();
-        let reply: Vec<Value> = node.eval(&call, node.command_timeout()).await?;
-        let field = |i: usize| reply.get(i).unwrap_or(&Value::Nil);
-        if int(field(0)) == Some(1) {
-            let fencing_token = int(field(1))
-                .and_then(|t| u64::try_from(t).ok())
-                .ok_or_else(|| Error::Internal(format!("acquire returned {reply:?}")))?;
-            let lease = Arc::new(Lease::new(
-                self.keys.clone(),
-                pending.token.clone(),
-                fencing_token,
-                ttl,
-                sent_at,
-                self.options.renew,
-                self.client.held_counter().clone(),
-            ));
-            self.client.watchdog().track(lease.clone());
-            let guard = LockGuard::new(lease, self.client.clone());
-            pending.settled();
-            return Ok(Attempt::Granted(guard));
+        let granted = |reply: &Result<Vec<Value>>| matches!(reply, Ok(reply) if reply.first().and_then(int) == Some(1));
+        let replies = nodes
+            .until(nodes.quorum(), granted, |node| {
+                node.eval::<Vec<Value>>(&call, node.command_timeout())
+            })
+            .await;
+        let mut fences = Vec::new();
+        let mut busy: Option<Busy> = None;
+        let mut failures = Vec::new();
+        for (index, reply) in replies {
+            match reply {
+                Ok(reply) if reply.first().and_then(int) == Some(1) => {
+                    let fence = reply
+                        .get(1)
+                        .and_then(int)
+                        .and_then(|t| u64::try_from(t).ok());
+                    match fence {
+                        Some(fence) => fences.push((index, fence)),
+                        None => failures.push((index, format!("acquire returned {reply:?}"))),
+                    }
+                }
+                Ok(reply) => {
+                    let answer = self.busy(&reply);
+                    // Prefer an answer that names the holder.
+                    if busy.as_ref().is_none_or(|b| b.conflict.holder.is_none()) {
+                        busy = Some(answer);
+                    }
+                }
+                Err(e) if nodes.is_single() => return Err(e),
+                Err(e) => failures.push((index, e.to_string())),
+            }
         }
-        // A busy answer settles the doubt, unless it put us in the fair queue: that entry
-        // must be withdrawn if we give up.
-        if queue_for.is_none() {
+        if fences.len() >= nodes.quorum() {
+            if let Some(fencing_token) = self.complete_grant(pending, &fences, sent_at).await? {
+                let lease = Arc::new(Lease::new(
+                    self.keys.clone(),
+                    pending.token.clone(),
+                    fencing_token,
+                    ttl,
+                    sent_at,
+                    self.options.renew,
+                    self.client.held_counter().clone(),
+                ));
+                self.client.watchdog().track(lease.clone());
+                let guard = LockGuard::new(lease, self.client.clone());
+                pending.settled();
+                return Ok(Attempt::Granted(guard));
+            }
+            failures.push((fences[0].0, "the grant outlived its validity".into()));
+        }
+        if !nodes.is_single() {
+            // Redlock: undo any partial grant on every node (also those that did not answer:
+            // their SET may still land), then report.
+            self.client
+                .watchdog()
+                .release_in_background(self.keys.clone(), pending.token.clone());
+            pending.settled();
+        } else if queue_for.is_none() {
+            // A busy answer settles the doubt, unless it put us in the fair queue: that entry
+            // must be withdrawn if we give up.
             pending.settled();
         }
-        Ok(Attempt::Busy(self.busy(&reply)))
+        match busy {
+            Some(busy) => Ok(Attempt::Busy(busy)),
+            None => Err(quorum_error(nodes, "acquiring a lock", &failures)),
+        }
+    }
+
+    /// Finishes a grant from a majority: on one node, just the token; on Redlock, the largest
+    /// token of the granting nodes, written back to them (see [`crate::quorum`]), and only if
+    /// the lease is still valid afterwards (`ttl − elapsed − drift > 0`). `None`: too late.
+    async fn complete_grant(
+        &self,
+        pending: &PendingAcquisition,
+        fences: &[(usize, u64)],
+        sent_at: Instant,
+    ) -> Result<Option<u64>> {
+        let nodes = self.client.nodes();
+        let fencing_token = fences.iter().map(|(_, fence)| *fence).max().unwrap_or(0);
+        if !nodes.is_single() {
+            let mut call = scripts::FENCE_RAISE.prepare_invoke();
+            call.key(&self.keys.fence)
+                .key(&self.keys.info)
+                .key(&self.keys.lock)
+                .arg(fencing_token)
+                .arg(millis(FENCE_RETENTION))
+                .arg(pending.token.as_str());
+            let written = futures_util::future::join_all(fences.iter().map(|(index, _)| {
+                let node = nodes.get(*index);
+                node.eval::<i64>(&call, node.command_timeout())
+            }))
+            .await;
+            let confirmed = written.iter().filter(|w| matches!(w, Ok(1))).count();
+            if confirmed < nodes.quorum() {
+                return Ok(None);
+            }
+        }
+        let still_valid = Instant::now() < sent_at + validity(self.options.ttl);
+        Ok(still_valid.then_some(fencing_token))
     }
 
     /// Parses a busy answer: `{0, pttl, holder info, server time ms[, queue head lease ms]}`.

@@ -49,12 +49,7 @@ impl Node {
                 scrub(&e.to_string(), url)
             ))
         })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.command_timeout))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
+        let config = manager_config(options);
         // The manager's own retries each have the connect timeout; bound the whole attempt too.
         let limit =
             options.connect_timeout * (RECONNECT_RETRIES as u32 + 1) + Duration::from_secs(1);
@@ -79,6 +74,29 @@ impl Node {
         // (and accepted our credentials) before handing out a client.
         node.ping().await?;
         Ok(node)
+    }
+
+    /// A node whose connection is opened on first use (and retried on every use after), for a
+    /// Redlock master that is down when the client starts: it joins the quorum when it is back.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a URL that does not parse.
+    pub fn lazy(url: &str, options: &ClientOptions) -> Result<Node> {
+        let name: Arc<str> = redact_url(url).into();
+        let client = redis::Client::open(url).map_err(|e| {
+            Error::Config(format!(
+                "bad Redis URL {name}: {}",
+                scrub(&e.to_string(), url)
+            ))
+        })?;
+        let con = ConnectionManager::new_lazy_with_config(client.clone(), manager_config(options))
+            .map_err(|e| Error::from_redis(&name, e))?;
+        Ok(Node {
+            con,
+            client,
+            name,
+            command_timeout: options.command_timeout,
+        })
     }
 
     /// The node's URL without its password.
@@ -142,6 +160,15 @@ impl Node {
             }),
         }
     }
+}
+
+fn manager_config(options: &ClientOptions) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(options.connect_timeout))
+        .set_response_timeout(Some(options.command_timeout))
+        .set_number_of_retries(RECONNECT_RETRIES)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(1))
 }
 
 /// `url` with any password replaced by `***` (userinfo, or a `pass`/`password` query

@@ -61,3 +61,7 @@ pub(crate) static INSPECT: LazyLock<Script> =
 /// Write a value only if the writer's fencing token is the largest seen (see `fenced_set.lua`).
 pub(crate) static FENCED_SET: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/fenced_set.lua")));
+
+/// Redlock: raise a node's fencing counter to the grant's token (see `fence_raise.lua`).
+pub(crate) static FENCE_RAISE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/fence_raise.lua")));

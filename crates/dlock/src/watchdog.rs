@@ -3,8 +3,10 @@
 //!
 //! # Guarantees
 //! - **Batched renewal.** Every lease due within half an interval of the earliest due one is
-//!   renewed by one `extend` script call, so one tick costs one round trip per node however
-//!   many locks the client holds; leases renewed together stay in step from then on.
+//!   renewed by one `extend` script call per node (all nodes at once, for Redlock), so one tick
+//!   costs one round trip per node however many locks the client holds; leases renewed
+//!   together stay in step from then on. A Redlock lease is renewed when a majority says so,
+//!   and lost when a majority no longer holds it.
 //! - **Loss within one interval.** A renewal that finds the key gone reports the loss at once
 //!   ([`LossReason::KeyGone`]); a Redis that stops answering is retried until the lease's
 //!   conservative validity ends, and the loss is reported then
@@ -23,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::key::LockKeys;
 use crate::lease::{renewal_interval, Lease, LeaseStatus, LossReason};
-use crate::node::Node;
+use crate::quorum::Nodes;
 use crate::scripts;
 use crate::token::Token;
 
@@ -56,10 +58,10 @@ pub(crate) struct Watchdog {
 
 impl Watchdog {
     /// Starts the task on the current tokio runtime.
-    pub fn spawn(node: Node) -> Watchdog {
+    pub fn spawn(nodes: Nodes) -> Watchdog {
         let (jobs, queue) = mpsc::unbounded_channel();
         let task = Task {
-            node,
+            nodes,
             queue,
             leases: Vec::new(),
         };
@@ -120,7 +122,7 @@ impl Tracked {
 
 #[derive(Debug)]
 struct Task {
-    node: Node,
+    nodes: Nodes,
     queue: mpsc::UnboundedReceiver<Job>,
     leases: Vec<Tracked>,
 }
@@ -158,9 +160,10 @@ impl Task {
             }
             self.release(releases).await;
             for (keys, owner, acquisition) in holds {
+                // Reentrant locks are single-node only.
+                let node = self.nodes.first();
                 let call = crate::reentrant::release_call(&keys, &owner, &acquisition);
-                let timeout = self.node.command_timeout();
-                if let Err(error) = self.node.eval::<Vec<i64>>(&call, timeout).await {
+                if let Err(error) = node.eval::<Vec<i64>>(&call, node.command_timeout()).await {
                     tracing::warn!(lock = %keys.lock, %error, "background release of a hold failed");
                 }
             }
@@ -228,33 +231,55 @@ impl Task {
             .map(|t| t.lease.valid_until())
             .min()
             .unwrap_or(sent_at);
-        let timeout = self
-            .node
-            .command_timeout()
-            .min(first_end.saturating_duration_since(sent_at));
-        match self.node.eval::<Vec<i64>>(&call, timeout).await {
-            Ok(results) if results.len() == chunk.len() => {
-                for ((tracked, ttl), result) in chunk.iter_mut().zip(ttls).zip(results) {
-                    if result == 1 {
-                        tracked.lease.extended(sent_at, ttl);
-                        tracked.retry_at = None;
-                        tracked.last_error = None;
-                    } else if tracked.lease.finish(LeaseStatus::Lost(LossReason::KeyGone)) {
-                        tracing::warn!(lock = %tracked.lease.keys.lock, "lease lost: key gone");
+        let until_first_end = first_end.saturating_duration_since(sent_at);
+        let replies = self
+            .nodes
+            .all(|node| {
+                let timeout = node.command_timeout().min(until_first_end);
+                node.eval::<Vec<i64>>(&call, timeout)
+            })
+            .await;
+        // Per lease: how many nodes extended it, and how many no longer hold it.
+        let mut extended = vec![0; chunk.len()];
+        let mut gone = vec![0; chunk.len()];
+        let mut errors = Vec::new();
+        for (index, reply) in replies.into_iter().enumerate() {
+            match reply {
+                Ok(results) if results.len() == chunk.len() => {
+                    for (lease, result) in results.into_iter().enumerate() {
+                        if result == 1 {
+                            extended[lease] += 1;
+                        } else {
+                            gone[lease] += 1;
+                        }
                     }
                 }
+                Ok(results) => errors.push(format!(
+                    "{}: extend returned {} results for {} leases",
+                    self.nodes.name(index),
+                    results.len(),
+                    chunk.len()
+                )),
+                Err(e) if self.nodes.is_single() => errors.push(e.to_string()),
+                Err(e) => errors.push(format!("{}: {e}", self.nodes.name(index))),
             }
-            outcome => {
-                let error = match outcome {
-                    Err(e) => e.to_string(),
-                    Ok(results) => format!("extend returned {} results", results.len()),
-                };
-                tracing::debug!(node = self.node.name(), %error, "renewal failed; will retry");
-                let retry_at = Instant::now() + retry_delay(chunk);
-                for tracked in chunk.iter_mut() {
-                    tracked.retry_at = Some(retry_at);
-                    tracked.last_error = Some(error.clone());
+        }
+        let quorum = self.nodes.quorum();
+        let retry_at = Instant::now() + retry_delay(chunk);
+        for (lease, (tracked, ttl)) in chunk.iter_mut().zip(ttls).enumerate() {
+            if extended[lease] >= quorum {
+                tracked.lease.extended(sent_at, ttl);
+                tracked.retry_at = None;
+                tracked.last_error = None;
+            } else if gone[lease] > self.nodes.len() - quorum {
+                if tracked.lease.finish(LeaseStatus::Lost(LossReason::KeyGone)) {
+                    tracing::warn!(lock = %tracked.lease.keys.lock, "lease lost: key gone");
                 }
+            } else {
+                let error = errors.join("; ");
+                tracing::debug!(%error, "renewal failed; will retry");
+                tracked.retry_at = Some(retry_at);
+                tracked.last_error = Some(error);
             }
         }
     }
@@ -286,17 +311,19 @@ impl Task {
             for (keys, token) in chunk {
                 scripts::add_release(&mut call, keys, token);
             }
-            let outcome = self
-                .node
-                .eval::<Vec<i64>>(&call, self.node.command_timeout())
+            let outcomes = self
+                .nodes
+                .all(|node| node.eval::<Vec<i64>>(&call, node.command_timeout()))
                 .await;
-            if let Err(error) = outcome {
-                tracing::warn!(
-                    node = self.node.name(),
-                    %error,
-                    locks = chunk.len(),
-                    "background release failed; the locks expire with their TTL"
-                );
+            for (index, outcome) in outcomes.into_iter().enumerate() {
+                if let Err(error) = outcome {
+                    tracing::warn!(
+                        node = self.nodes.name(index),
+                        %error,
+                        locks = chunk.len(),
+                        "background release failed; the locks expire with their TTL"
+                    );
+                }
             }
         }
     }

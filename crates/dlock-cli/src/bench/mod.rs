@@ -12,7 +12,7 @@ mod stats;
 mod svg;
 mod workloads;
 
-use crate::cli::{BenchArgs, Workload};
+use crate::cli::{BenchArgs, Connection, Workload};
 use crate::report::to_line;
 use crate::{connect, exit, fail};
 
@@ -21,11 +21,16 @@ const SWEEP: [usize; 6] = [1, 2, 4, 8, 16, 32];
 
 /// Runs the bench; returns dlock's exit code (1 if any run counted a violation).
 pub async fn bench(args: BenchArgs) -> u8 {
-    let client = match connect(&args.connection).await {
+    // Single-node workloads and the floor use the first --redis; the redlock workload all.
+    let first = Connection {
+        redis: args.connection.redis[..1].to_vec(),
+        ..args.connection.clone()
+    };
+    let client = match connect(&first).await {
         Ok(client) => client,
         Err(e) => return fail(&e),
     };
-    let floor = match workloads::floor(&args.connection.redis, args.duration).await {
+    let floor = match workloads::floor(&first.redis[0], args.duration).await {
         Ok(floor) => floor,
         Err(e) => {
             eprintln!("dlock: bench: measuring the round-trip floor failed: {e}");
@@ -54,6 +59,13 @@ pub async fn bench(args: BenchArgs) -> u8 {
     if wanted(Workload::ManyKeys) {
         plan.push((Workload::ManyKeys, usize::from(args.keys)));
     }
+    let masters = args.connection.redis.len();
+    if masters > 1 && wanted(Workload::Redlock) {
+        plan.push((Workload::Redlock, masters));
+    } else if args.workload == Workload::Redlock {
+        eprintln!("dlock: bench: the redlock workload needs --redis repeated (3, 5, … masters)");
+        return exit::USAGE;
+    }
     for (step, (workload, workers)) in plan.iter().enumerate() {
         eprintln!(
             "dlock bench: [{}/{}] {} with {workers} worker(s) for {}",
@@ -66,9 +78,13 @@ pub async fn bench(args: BenchArgs) -> u8 {
             Workload::Uncontended => workloads::uncontended(&client, args.duration).await,
             Workload::Contended | Workload::ContendedFair => {
                 let fair = *workload == Workload::ContendedFair;
-                workloads::contended(&args.connection, *workers, fair, args.duration).await
+                workloads::contended(&first, *workers, fair, args.duration).await
             }
             Workload::ManyKeys => workloads::many_keys(&client, *workers, args.duration).await,
+            Workload::Redlock => match connect(&args.connection).await {
+                Ok(redlock) => workloads::redlock(&redlock, args.duration).await,
+                Err(e) => return fail(&e),
+            },
             Workload::All => unreachable!("All is expanded above"),
         };
         match run {

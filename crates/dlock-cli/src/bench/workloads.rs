@@ -86,6 +86,16 @@ pub async fn uncontended(client: &Client, duration: Duration) -> dlock::Result<R
     Ok(Row::new("uncontended", 1, ops, elapsed, samples))
 }
 
+/// Uncontended cycles on a Redlock client (every master asked at once).
+pub async fn redlock(client: &Client, duration: Duration) -> dlock::Result<Row> {
+    let lock = client.lock(&format!("{PREFIX}redlock"))?;
+    let (ops, elapsed, samples) = timed(duration, || async {
+        lock.try_lock().await?.release().await
+    })
+    .await?;
+    Ok(Row::new("redlock", client.masters(), ops, elapsed, samples))
+}
+
 /// `keys` tasks on distinct keys sharing one client (its one multiplexed connection).
 pub async fn many_keys(client: &Client, keys: usize, duration: Duration) -> dlock::Result<Row> {
     let started = Instant::now();

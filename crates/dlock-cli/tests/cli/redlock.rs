@@ -1,0 +1,131 @@
+//! `dlock run` and friends over Redlock: --redis repeated (or several URLs in the env).
+
+use std::time::Duration;
+
+use dlock_test::{RedisServer, RedisServers};
+
+use crate::support::{code, dlock, finish, output, stderr, stdout, wait_for_file, Scratch};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn redis_args(servers: &RedisServers) -> Vec<String> {
+    servers
+        .urls()
+        .into_iter()
+        .flat_map(|url| ["--redis".to_owned(), url])
+        .collect()
+}
+
+#[test]
+fn run_excludes_across_three_masters_and_survives_one_dead() {
+    let mut servers = RedisServers::start(3);
+    let any = RedisServer::start(); // only for dlock()'s default env; overridden below
+    let scratch = Scratch::new();
+    let job = format!("touch {}; sleep 1", scratch.path("started").display());
+    let first = dlock(&any)
+        .arg("run")
+        .args(redis_args(&servers))
+        .args(["job", "--", "sh", "-c", &job])
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(&scratch.path("started"), LIMIT));
+    // The same masters through the environment, space-separated.
+    let second = output(
+        dlock(&any)
+            .env("DLOCK_REDIS_URL", servers.urls().join(" "))
+            .args(["run", "job", "--", "echo", "duplicate"]),
+        LIMIT,
+    );
+    assert_eq!(code(&second), 75, "{}", stderr(&second));
+    assert_eq!(stdout(&second), "");
+    let status = output(
+        dlock(&any)
+            .arg("status")
+            .args(redis_args(&servers))
+            .arg("job"),
+        LIMIT,
+    );
+    assert!(
+        stdout(&status).starts_with("job: held by"),
+        "{}",
+        stdout(&status)
+    );
+    assert_eq!(code(&finish(first, LIMIT)), 0);
+
+    servers[0].kill();
+    let degraded = output(
+        dlock(&any).arg("run").args(redis_args(&servers)).args([
+            "--redis-timeout",
+            "300ms",
+            "job",
+            "--",
+            "echo",
+            "ran",
+        ]),
+        LIMIT,
+    );
+    assert_eq!(code(&degraded), 0, "{}", stderr(&degraded));
+    assert_eq!(stdout(&degraded), "ran\n");
+}
+
+#[test]
+fn without_a_majority_run_exits_69_and_an_even_count_is_a_usage_error() {
+    let mut servers = RedisServers::start(3);
+    let any = RedisServer::start();
+    servers[0].kill();
+    servers[1].kill();
+    let out = output(
+        dlock(&any).arg("run").args(redis_args(&servers)).args([
+            "--redis-timeout",
+            "300ms",
+            "job",
+            "--",
+            "true",
+        ]),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    let two = output(
+        dlock(&any).args([
+            "run",
+            "--redis",
+            &any.url(),
+            "--redis",
+            &any.url(),
+            "job",
+            "--",
+            "true",
+        ]),
+        LIMIT,
+    );
+    assert_eq!(code(&two), 64, "{}", stderr(&two));
+    assert!(stderr(&two).contains("odd number"), "{}", stderr(&two));
+}
+
+#[test]
+fn bench_measures_redlock_against_the_single_node_floor() {
+    let servers = RedisServers::start(3);
+    let any = RedisServer::start();
+    let out = output(
+        dlock(&any).arg("bench").args(redis_args(&servers)).args([
+            "--json",
+            "--workload",
+            "redlock",
+            "--duration",
+            "300ms",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let redlock = rows
+        .iter()
+        .find(|r| r["workload"] == "redlock")
+        .expect("a redlock row");
+    assert_eq!(redlock["workers"], 3, "the masters");
+    assert!(redlock["ops_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(redlock["floor_cycle_ratio"].as_f64().unwrap() > 0.0);
+}

@@ -1,0 +1,215 @@
+//! The nodes a client locks on: one Redis, or N independent masters for Redlock.
+//!
+//! # Redlock
+//! An operation is sent to every node concurrently, each call bounded by the per-node
+//! (command) timeout, and succeeds when a majority (`N / 2 + 1`) agrees, so one dead or frozen
+//! node of three costs at most that timeout and never stops a grant. The lock, renewal and
+//! release logic is the same as on one node; [`crate::lock`] adds the validity check
+//! (`ttl − elapsed − drift` must still be positive once the grant is complete) and the
+//! fencing write-back.
+//!
+//! # Fencing across nodes
+//! A grant's token is the largest any granting node issued, and it is written back
+//! (raise-to-at-least) to the granting majority before the grant is returned, while the lock
+//! keys on those nodes still exist. Any later grant needs a majority too, and two majorities
+//! share at least one node; that node's counter already holds the earlier token, and it can
+//! only grant again after the earlier key there is gone, so the later grant's token is larger.
+//! This needs each node to keep its counter across restarts, or to restart later than the
+//! largest clock offset between nodes plus a TTL (each node's tokens never go below its own
+//! clock).
+
+use std::future::Future;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use crate::error::{Error, Result};
+use crate::node::Node;
+
+/// One node or a Redlock quorum.
+#[derive(Debug, Clone)]
+pub(crate) struct Nodes {
+    nodes: Vec<Node>,
+}
+
+impl Nodes {
+    pub fn single(node: Node) -> Nodes {
+        Nodes { nodes: vec![node] }
+    }
+
+    /// N independent masters; N must be odd and at least 3.
+    pub fn redlock(nodes: Vec<Node>) -> Result<Nodes> {
+        check_redlock_size(nodes.len())?;
+        Ok(Nodes { nodes })
+    }
+
+    pub fn is_single(&self) -> bool {
+        self.nodes.len() == 1
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// How many nodes must agree.
+    pub fn quorum(&self) -> usize {
+        self.nodes.len() / 2 + 1
+    }
+
+    /// The first node: the only one of a single-node client; wake-ups use it for Redlock.
+    pub fn first(&self) -> &Node {
+        &self.nodes[0]
+    }
+
+    /// The node at `index`.
+    pub fn get(&self, index: usize) -> &Node {
+        &self.nodes[index]
+    }
+
+    /// Runs `call` on every node concurrently; results in node order.
+    pub async fn all<'a, T, F, Fut>(&'a self, call: F) -> Vec<Result<T>>
+    where
+        F: Fn(&'a Node) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        futures_util::future::join_all(self.nodes.iter().map(call)).await
+    }
+
+    /// Runs `call` on every node concurrently and returns as soon as `enough` results satisfy
+    /// `good`, or when that can no longer happen; the rest are abandoned (their requests may
+    /// still land: callers release on every node anyway). Results come as (node index, result).
+    pub async fn until<'a, T, F, Fut>(
+        &'a self,
+        enough: usize,
+        good: impl Fn(&Result<T>) -> bool,
+        call: F,
+    ) -> Vec<(usize, Result<T>)>
+    where
+        F: Fn(&'a Node) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut pending: FuturesUnordered<_> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(index, node)| {
+                let reply = call(node);
+                async move { (index, reply.await) }
+            })
+            .collect();
+        let mut results = Vec::with_capacity(self.nodes.len());
+        let mut good_count = 0;
+        while let Some((index, result)) = pending.next().await {
+            if good(&result) {
+                good_count += 1;
+            }
+            results.push((index, result));
+            let others = pending.len();
+            if good_count >= enough || good_count + others < enough {
+                break;
+            }
+        }
+        results
+    }
+
+    /// The names of the nodes at these indices (URLs without passwords).
+    pub fn name(&self, index: usize) -> &str {
+        self.nodes[index].name()
+    }
+}
+
+/// Per-node answers to a one-lock script (`[1]` yes, `[0]` no) counted.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    pub yes: usize,
+    pub no: usize,
+    pub errors: Vec<(usize, Error)>,
+}
+
+impl Tally {
+    pub fn of(replies: Vec<Result<Vec<i64>>>) -> Tally {
+        let mut tally = Tally {
+            yes: 0,
+            no: 0,
+            errors: Vec::new(),
+        };
+        for (index, reply) in replies.into_iter().enumerate() {
+            match reply {
+                Ok(reply) if reply == [1] => tally.yes += 1,
+                Ok(_) => tally.no += 1,
+                Err(e) => tally.errors.push((index, e)),
+            }
+        }
+        tally
+    }
+
+    /// A majority said yes.
+    pub fn agreed(&self, nodes: &Nodes) -> bool {
+        self.yes >= nodes.quorum()
+    }
+
+    /// So many said no that a majority can no longer say yes.
+    pub fn refused(&self, nodes: &Nodes) -> bool {
+        self.no > nodes.len() - nodes.quorum()
+    }
+
+    /// The error for an undecided outcome: the node's own on one node, else one naming all.
+    pub fn into_error(mut self, nodes: &Nodes, what: &str) -> Error {
+        if nodes.is_single() {
+            if let Some((_, error)) = self.errors.pop() {
+                return error;
+            }
+        }
+        let failures: Vec<(usize, String)> = self
+            .errors
+            .into_iter()
+            .map(|(index, e)| (index, e.to_string()))
+            .collect();
+        quorum_error(nodes, what, &failures)
+    }
+}
+
+/// Redlock needs an odd number (≥ 3) of independent masters.
+pub(crate) fn check_redlock_size(n: usize) -> Result<()> {
+    if n < 3 || n.is_multiple_of(2) {
+        return Err(Error::Config(format!(
+            "Redlock needs an odd number of independent masters, at least 3 (got {n}): with an \
+             even number a split in half grants no one, and one node is a single Redis"
+        )));
+    }
+    Ok(())
+}
+
+/// One error for a failed quorum operation, naming every node that failed and why.
+pub(crate) fn quorum_error(nodes: &Nodes, what: &str, failures: &[(usize, String)]) -> Error {
+    let detail = failures
+        .iter()
+        .map(|(index, reason)| format!("{} ({reason})", nodes.name(*index)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Error::Unavailable {
+        node: format!("{} of {} nodes", failures.len(), nodes.len()),
+        reason: format!(
+            "{what} needs {} of {}; failed: {detail}",
+            nodes.quorum(),
+            nodes.len()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redlock_sizes_are_odd_and_at_least_three() {
+        for bad in [0, 1, 2, 4, 6] {
+            assert!(
+                check_redlock_size(bad).expect_err("bad size").is_config(),
+                "{bad}"
+            );
+        }
+        for good in [3, 5, 7] {
+            assert!(check_redlock_size(good).is_ok());
+        }
+    }
+}

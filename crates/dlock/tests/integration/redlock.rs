@@ -1,0 +1,243 @@
+//! Redlock over independent masters: majorities, dead and frozen nodes, validity, rollback,
+//! and fencing tokens that stay ordered across changing majorities.
+
+use std::time::Duration;
+
+use dlock::{Client, ClientOptions, LockOptions};
+use dlock_test::RedisServers;
+use tokio::time::Instant;
+
+fn options(timeout: Duration) -> ClientOptions {
+    ClientOptions::new()
+        .command_timeout(timeout)
+        .connect_timeout(Duration::from_secs(1))
+}
+
+async fn redlock(servers: &RedisServers, timeout: Duration) -> Client {
+    Client::redlock_with(&servers.urls(), options(timeout))
+        .await
+        .unwrap()
+}
+
+fn holders(servers: &RedisServers, key: &str) -> usize {
+    servers
+        .iter()
+        .filter(|s| s.is_running() && s.cmd::<i64>("EXISTS", &[key]) == 1)
+        .count()
+}
+
+#[tokio::test]
+async fn a_majority_of_three_and_of_five_grants_and_excludes() {
+    for n in [3, 5] {
+        let servers = RedisServers::start(n);
+        let (a, b) = (
+            redlock(&servers, Duration::from_secs(1)).await,
+            redlock(&servers, Duration::from_secs(1)).await,
+        );
+        assert_eq!(a.masters(), n);
+        let guard = a.lock("job").unwrap().try_lock().await.unwrap();
+        // Granted as soon as a majority says yes (the rest may still land).
+        assert!(holders(&servers, "job") > n / 2, "set on a majority");
+        let err = b.lock("job").unwrap().try_lock().await.unwrap_err();
+        assert!(err.is_conflict(), "{err:?}");
+        assert!(err.conflict().unwrap().holder.is_some());
+        let status = b.status("job").await.unwrap();
+        assert!(status.held);
+        guard.release().await.unwrap();
+        assert_eq!(holders(&servers, "job"), 0);
+        b.lock("job")
+            .unwrap()
+            .try_lock()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn one_dead_master_of_three_never_stops_a_grant_or_its_renewal() {
+    let mut servers = RedisServers::start(3);
+    servers[2].kill();
+    // Connecting with one master down works; it would rejoin when back.
+    let c = redlock(&servers, Duration::from_millis(300)).await;
+    let options = LockOptions::new().ttl(Duration::from_secs(1));
+    let guard = c
+        .lock_with("job", options)
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        guard.is_held(),
+        "renewed by the remaining majority: {:?}",
+        guard.status()
+    );
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_dead_masters_of_three_refuse_cleanly_naming_them_and_leave_no_key() {
+    let mut servers = RedisServers::start(3);
+    let c = redlock(&servers, Duration::from_millis(300)).await;
+    let dead: Vec<String> = vec![
+        format!("127.0.0.1:{}", servers[0].port()),
+        format!("127.0.0.1:{}", servers[1].port()),
+    ];
+    servers[0].kill();
+    servers[1].kill();
+    let err = c.lock("job").unwrap().try_lock().await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    let message = err.to_string();
+    for node in &dead {
+        assert!(message.contains(node), "{message} does not name {node}");
+    }
+    c.flush().await;
+    assert_eq!(
+        servers[2].cmd::<i64>("EXISTS", &["job"]),
+        0,
+        "the live master was rolled back"
+    );
+    // Connecting needs a majority too.
+    let err = Client::redlock_with(&servers.urls(), options(Duration::from_millis(300)))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_frozen_master_costs_at_most_the_per_node_timeout() {
+    let mut servers = RedisServers::start(3);
+    let timeout = Duration::from_millis(400);
+    let c = redlock(&servers, timeout).await;
+    c.lock("warm")
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    servers[1].pause();
+    let started = Instant::now();
+    let guard = c.lock("job").unwrap().try_lock().await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took <= timeout + Duration::from_millis(200),
+        "acquire took {took:?}"
+    );
+    let released = Instant::now();
+    guard.release().await.unwrap();
+    assert!(released.elapsed() <= timeout + Duration::from_millis(200));
+    servers[1].resume();
+}
+
+#[tokio::test]
+async fn validity_shrinks_with_elapsed_time_and_a_grant_past_it_is_rolled_back() {
+    let servers = RedisServers::start(3);
+    let c = redlock(&servers, Duration::from_secs(2)).await;
+    c.lock("warm")
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(1);
+    // Two masters answer only after 300 ms: the grant is real, its validity 300 ms shorter.
+    servers[0].client_pause(Duration::from_millis(300));
+    servers[1].client_pause(Duration::from_millis(300));
+    let guard = c
+        .lock_with("slow", LockOptions::new().ttl(ttl))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    assert!(
+        guard.remaining() <= ttl - Duration::from_millis(290),
+        "validity {:?} ignores the time the grant took",
+        guard.remaining()
+    );
+    guard.release().await.unwrap();
+
+    // Now the pause outlasts the whole lease: the grant is refused and undone everywhere.
+    let short = Duration::from_millis(200);
+    servers[0].client_pause(Duration::from_millis(400));
+    servers[1].client_pause(Duration::from_millis(400));
+    let err = c
+        .lock_with("late", LockOptions::new().ttl(short))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_unavailable() && err.to_string().contains("validity"),
+        "{err}"
+    );
+    c.flush().await;
+    assert_eq!(
+        holders(&servers, "late"),
+        0,
+        "the late grant was rolled back"
+    );
+}
+
+#[tokio::test]
+async fn fencing_tokens_increase_across_changing_majorities_and_data_loss() {
+    let mut servers = RedisServers::start(3);
+    let c = redlock(&servers, Duration::from_millis(300)).await;
+    // lock(), not try_lock(): a restarted master fails one call until its connection is
+    // re-established, which a waiting caller rides out.
+    let wait = LockOptions::new().wait(dlock::Wait::Limit(Duration::from_secs(5)));
+    let lock = c.lock_with("fenced", wait).unwrap();
+    // Master 1's counter is far ahead of the others (say its clock was ahead once). Only the
+    // write-back keeps later grants, made without master 1, above it.
+    let ahead = "5000000000000000";
+    let _: () = servers[0].cmd("SET", &["{fenced}:dlock:fence:fenced", ahead]);
+    let mut tokens = Vec::new();
+    // (master down during the grant, restart master 2 with its data lost first)
+    let steps = [(2, false), (0, false), (1, false), (0, true), (2, false)]; // A..E
+    for (down, restart_first) in steps {
+        if restart_first {
+            servers[1].restart_empty();
+        }
+        servers[down].pause();
+        let guard = lock.lock().await.unwrap();
+        tokens.push(guard.fencing_token());
+        let _ = guard.release().await; // the paused master answers late
+        servers[down].resume();
+        c.flush().await;
+    }
+    assert!(
+        tokens[0] > 5_000_000_000_000_000,
+        "A takes master 1's counter: {tokens:?}"
+    );
+    for pair in tokens.windows(2) {
+        assert!(
+            pair[0] < pair[1],
+            "tokens went from {} to {}: {tokens:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
+#[tokio::test]
+async fn redlock_needs_an_odd_number_of_masters_and_refuses_single_node_features() {
+    let servers = RedisServers::start(4);
+    for n in [1, 2, 4] {
+        let urls = &servers.urls()[..n];
+        let err = Client::redlock(urls).await.unwrap_err();
+        assert!(err.is_config(), "{n}: {err:?}");
+    }
+    let three = RedisServers::start(3);
+    let c = redlock(&three, Duration::from_secs(1)).await;
+    assert!(c.reentrant_lock("x").unwrap_err().is_config());
+    assert!(c
+        .lock_with("x", LockOptions::new().fair(true))
+        .unwrap_err()
+        .is_config());
+}
