@@ -59,6 +59,30 @@ pub struct Connection {
     )]
     pub redis: Vec<String>,
 
+    /// Find the master through these sentinels (repeat for each; their own credentials in the
+    /// URL) instead of --redis. Needs --sentinel-master.
+    #[arg(long, value_name = "URL", requires = "sentinel_master", action = clap::ArgAction::Append)]
+    pub sentinel: Vec<String>,
+
+    /// The master name the sentinels monitor.
+    #[arg(
+        long,
+        env = "DLOCK_SENTINEL_MASTER",
+        value_name = "NAME",
+        requires = "sentinel"
+    )]
+    pub sentinel_master: Option<String>,
+
+    /// Password of the master found through Sentinel (not of the sentinels).
+    #[arg(
+        long,
+        env = "DLOCK_SENTINEL_MASTER_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD",
+        requires = "sentinel"
+    )]
+    pub sentinel_master_password: Option<String>,
+
     /// Timeout for each Redis command and for connecting (e.g. 500ms, 2s).
     #[arg(long, default_value = "2s", value_parser = positive_duration, value_name = "DUR")]
     pub redis_timeout: Duration,

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind as ClapErrorKind;
 use clap::Parser;
-use dlock::{Client, ClientOptions};
+use dlock::{Client, ClientOptions, SentinelConfig};
 
 use crate::cli::{Cli, Command, Connection};
 
@@ -56,9 +56,17 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Connects to the Redis of `connection`: one URL, or Redlock over several.
+/// Connects to the Redis of `connection`: a Sentinel-monitored master, one URL, or Redlock
+/// over several.
 async fn connect(connection: &Connection) -> dlock::Result<Client> {
     let options = client_options(connection);
+    if let Some(master) = &connection.sentinel_master {
+        let mut config = SentinelConfig::new(master, &connection.sentinel);
+        if let Some(password) = &connection.sentinel_master_password {
+            config = config.password(password);
+        }
+        return Client::sentinel_with(config, options).await;
+    }
     match connection.redis.as_slice() {
         [url] => Client::connect_with(url, options).await,
         urls => Client::redlock_with(urls, options).await,

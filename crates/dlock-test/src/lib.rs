@@ -7,10 +7,14 @@
 //!   [`RedisServer::restart_empty`] (restart with every key lost), [`RedisServer::debug_sleep`],
 //!   [`RedisServer::client_pause`].
 //! - [`RedisServers`] starts N independent servers (Redlock tests).
+//! - [`RedisServer::start_replica_of`] starts a replica and waits until it has synced;
+//!   [`Sentinels`] starts sentinels monitoring a master, for real failovers.
 //! - [`find_redis_server`] says where the binary comes from: `DLOCK_REDIS_SERVER`, else `PATH`.
 //!
 //! The kit panics on failure (it is for tests) and every panic carries the server's log.
 
+mod sentinel;
 mod server;
 
+pub use sentinel::{Sentinels, MASTER_NAME};
 pub use server::{find_redis_server, RedisServer, RedisServers, ServerOptions};

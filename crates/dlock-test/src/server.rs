@@ -98,6 +98,40 @@ impl RedisServer {
         panic!("redis-server failed to start {PORT_ATTEMPTS} times; last log:\n{last_log}");
     }
 
+    /// Starts a replica of `master` and waits until its replication link is up.
+    ///
+    /// # Panics
+    /// When it cannot start or does not sync within the start-up timeout, with its log.
+    pub fn start_replica_of(master: &RedisServer) -> Self {
+        let mut extra_args = vec![
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            master.port().to_string(),
+        ];
+        if let Some(password) = &master.options.password {
+            extra_args.extend(["--masterauth".to_owned(), password.clone()]);
+        }
+        let replica = RedisServer::start_with(ServerOptions {
+            password: master.options.password.clone(),
+            extra_args,
+            ..ServerOptions::default()
+        });
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let info: String = replica.cmd("INFO", &["replication"]);
+            if info.contains("master_link_status:up") {
+                return replica;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica on port {} never synced:\n{info}\n{}",
+                replica.port(),
+                replica.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `redis://127.0.0.1:<port>/` (with the password when one is set; `rediss://…#insecure`
     /// for a TLS server).
     pub fn url(&self) -> String {
@@ -370,7 +404,7 @@ impl std::ops::DerefMut for RedisServers {
 }
 
 /// A port that was free a moment ago: bind port 0 and let the OS pick.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     listener.local_addr().expect("local address").port()
 }

@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::holder::{int, pttl, HolderInfo, LockStatus};
 use crate::key::{info_scan_pattern, LockKeys};
 use crate::lock::Lock;
-use crate::node::Node;
+use crate::node::{Node, SentinelConfig};
 use crate::notify::Notifier;
 use crate::options::{ClientOptions, LockOptions};
 use crate::quorum::{check_redlock_size, quorum_error, Nodes};
@@ -83,6 +83,28 @@ impl Client {
         Ok(Self::from_nodes(Nodes::single(node), &options))
     }
 
+    /// Connects to the master of a Sentinel-monitored group, and follows failovers: when a
+    /// call fails, the client asks the sentinels again and switches to the master they name.
+    /// Combine with [`LockOptions::min_replicas`](crate::LockOptions::min_replicas) to narrow
+    /// the window in which a failover loses a lock.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for bad sentinel URLs;
+    /// [`Error::Unavailable`](crate::Error::Unavailable) when no sentinel names a reachable
+    /// master; [`Error::Auth`](crate::Error::Auth) when the master refuses the credentials.
+    pub async fn sentinel(config: SentinelConfig) -> Result<Client> {
+        Self::sentinel_with(config, ClientOptions::default()).await
+    }
+
+    /// [`Client::sentinel`] with explicit [`ClientOptions`].
+    ///
+    /// # Errors
+    /// As [`Client::sentinel`].
+    pub async fn sentinel_with(config: SentinelConfig, options: ClientOptions) -> Result<Client> {
+        let node = Node::sentinel(&config, &options).await?;
+        Ok(Self::from_nodes(Nodes::single(node), &options))
+    }
+
     /// Connects to N independent Redis masters (N odd, at least 3) for Redlock: every lock,
     /// renewal and release needs a majority of them. Masters that cannot be reached now are
     /// retried on every use and join when they are back, as long as a majority answers now.
@@ -147,7 +169,7 @@ impl Client {
         // Wake-ups come from the first node (for Redlock, a release publishes on every node;
         // if the first is down, waiters rely on their re-checks).
         let notifier = Notifier::spawn(
-            nodes.first().redis_client().clone(),
+            nodes.first().redis_client(),
             options.connect_timeout,
             options.subscription_linger,
         );
@@ -184,6 +206,9 @@ impl Client {
         options.validate()?;
         if options.fair {
             self.single_node_only("fair mode")?;
+        }
+        if options.min_replicas.is_some() {
+            self.single_node_only("replica guards")?;
         }
         let keys = LockKeys::new(name)?;
         Ok(Lock::new(self.clone(), keys, options))

@@ -174,7 +174,8 @@ impl Error {
             || error.is_timeout()
             || error.is_connection_dropped()
             || error.is_connection_refusal()
-            || matches!(code, "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN")
+            // READONLY: a master that was demoted to replica by a failover.
+            || matches!(code, "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY")
         {
             return Error::Unavailable {
                 node,

@@ -92,6 +92,8 @@ pub(crate) struct Lease {
     pub token: Token,
     pub fencing_token: u64,
     pub renew: bool,
+    /// The replica guard every renewal must pass.
+    pub min_replicas: Option<crate::MinReplicas>,
     timing: Mutex<Timing>,
     status: watch::Sender<LeaseStatus>,
     held_count: Arc<AtomicUsize>,
@@ -115,6 +117,7 @@ impl Lease {
             token,
             fencing_token,
             renew,
+            min_replicas: None,
             timing: Mutex::new(Timing {
                 ttl,
                 sent_at,
@@ -127,6 +130,12 @@ impl Lease {
 
     fn timing(&self) -> Timing {
         *self.timing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Requires every renewal to pass the replica guard.
+    pub fn with_min_replicas(mut self, guard: Option<crate::MinReplicas>) -> Lease {
+        self.min_replicas = guard;
+        self
     }
 
     /// The current lease length.

@@ -94,10 +94,10 @@ pub use holder::{HolderInfo, LockStatus};
 pub use key::MAX_NAME_LEN;
 pub use lease::{LeaseStatus, LossReason};
 pub use lock::Lock;
-pub use node::redact_url;
+pub use node::{redact_url, SentinelConfig};
 pub use options::{
-    ClientOptions, LockOptions, Wait, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_RECHECK, DEFAULT_SUBSCRIPTION_LINGER, DEFAULT_TTL, DEFAULT_WAIT, FENCE_RETENTION,
-    MAX_TTL, MIN_TTL,
+    ClientOptions, LockOptions, MinReplicas, Wait, DEFAULT_COMMAND_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_RECHECK, DEFAULT_SUBSCRIPTION_LINGER, DEFAULT_TTL,
+    DEFAULT_WAIT, FENCE_RETENTION, MAX_TTL, MIN_TTL,
 };
 pub use reentrant::{Owner, ReentrantGuard, ReentrantLock};

@@ -306,16 +306,34 @@ impl Lock {
             }
         }
         if fences.len() >= nodes.quorum() {
-            if let Some(fencing_token) = self.complete_grant(pending, &fences, sent_at).await? {
-                let lease = Arc::new(Lease::new(
-                    self.keys.clone(),
-                    pending.token.clone(),
-                    fencing_token,
-                    ttl,
-                    sent_at,
-                    self.options.renew,
-                    self.client.held_counter().clone(),
-                ));
+            let completed = match self.complete_grant(pending, &fences, sent_at).await {
+                Ok(completed) => completed,
+                Err(error) => {
+                    // Undo the grant now, so the caller's error means "no lock".
+                    let mut release = scripts::RELEASE.prepare_invoke();
+                    scripts::add_release(&mut release, &self.keys, &pending.token);
+                    let undone = nodes
+                        .all(|node| node.eval::<Vec<i64>>(&release, node.command_timeout()))
+                        .await;
+                    if undone.iter().all(Result::is_ok) {
+                        pending.settled();
+                    }
+                    return Err(error);
+                }
+            };
+            if let Some(fencing_token) = completed {
+                let lease = Arc::new(
+                    Lease::new(
+                        self.keys.clone(),
+                        pending.token.clone(),
+                        fencing_token,
+                        ttl,
+                        sent_at,
+                        self.options.renew,
+                        self.client.held_counter().clone(),
+                    )
+                    .with_min_replicas(self.options.min_replicas),
+                );
                 self.client.watchdog().track(lease.clone());
                 let guard = LockGuard::new(lease, self.client.clone());
                 pending.settled();
@@ -368,6 +386,22 @@ impl Lock {
             let confirmed = written.iter().filter(|w| matches!(w, Ok(1))).count();
             if confirmed < nodes.quorum() {
                 return Ok(None);
+            }
+        }
+        if let Some(guard) = &self.options.min_replicas {
+            // The replica guard: the grant counts only once enough replicas have it. If they
+            // do not, our caller's rollback releases it.
+            let node = nodes.first();
+            let acked = node.wait_for_replicas(guard).await?;
+            if acked < guard.replicas {
+                return Err(Error::Unavailable {
+                    node: node.name().to_owned(),
+                    reason: format!(
+                        "only {acked} of {} replicas acknowledged the lock within {}; released it",
+                        guard.replicas,
+                        crate::error::humanize(guard.timeout)
+                    ),
+                });
             }
         }
         let still_valid = Instant::now() < sent_at + validity(self.options.ttl);

@@ -4,7 +4,8 @@
 //! All locks of a client share the node's one connection, so a thousand locks cost one socket.
 //! A node is named by its URL with the password removed; that name is what errors show.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -20,10 +21,52 @@ const RECONNECT_RETRIES: usize = 2;
 /// A connected Redis server.
 #[derive(Clone)]
 pub(crate) struct Node {
-    con: ConnectionManager,
-    client: redis::Client,
+    /// The current connection: fixed for a plain URL, swapped for the newly promoted master
+    /// after a Sentinel failover.
+    current: Arc<RwLock<Current>>,
+    /// Set for a master found through Sentinel.
+    sentinel: Option<Arc<SentinelSource>>,
     name: Arc<str>,
     command_timeout: Duration,
+    options: ClientOptions,
+}
+
+#[derive(Clone)]
+struct Current {
+    con: ConnectionManager,
+    client: redis::Client,
+}
+
+/// How a Sentinel-backed node finds its master again after a failover.
+struct SentinelSource {
+    client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    /// One re-resolution at a time; errors meanwhile do not start another.
+    resolving: AtomicBool,
+}
+
+impl Node {
+    fn fixed(
+        con: ConnectionManager,
+        client: redis::Client,
+        name: Arc<str>,
+        options: &ClientOptions,
+    ) -> Node {
+        Node {
+            current: Arc::new(RwLock::new(Current { con, client })),
+            sentinel: None,
+            name,
+            command_timeout: options.command_timeout,
+            options: options.clone(),
+        }
+    }
+
+    fn con(&self) -> ConnectionManager {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .con
+            .clone()
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -64,12 +107,7 @@ impl Node {
                 })
             }
         };
-        let node = Node {
-            con,
-            client,
-            name,
-            command_timeout: options.command_timeout,
-        };
+        let node = Node::fixed(con, client, name, options);
         // The manager connects lazily on some paths; make sure this server really answers
         // (and accepted our credentials) before handing out a client.
         node.ping().await?;
@@ -91,12 +129,7 @@ impl Node {
         })?;
         let con = ConnectionManager::new_lazy_with_config(client.clone(), manager_config(options))
             .map_err(|e| Error::from_redis(&name, e))?;
-        Ok(Node {
-            con,
-            client,
-            name,
-            command_timeout: options.command_timeout,
-        })
+        Ok(Node::fixed(con, client, name, options))
     }
 
     /// The node's URL without its password.
@@ -104,9 +137,13 @@ impl Node {
         &self.name
     }
 
-    /// The driver's client, for dedicated connections (pub/sub).
-    pub fn redis_client(&self) -> &redis::Client {
-        &self.client
+    /// The driver's client of the current server, for dedicated connections (pub/sub).
+    pub fn redis_client(&self) -> redis::Client {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .client
+            .clone()
     }
 
     /// The per-command timeout.
@@ -116,7 +153,7 @@ impl Node {
 
     /// `PING`, within the command timeout.
     pub async fn ping(&self) -> Result<()> {
-        let mut con = self.con.clone();
+        let mut con = self.con();
         let reply: String = self
             .deadline(
                 self.command_timeout,
@@ -129,9 +166,26 @@ impl Node {
 
     /// Runs one command within the command timeout.
     pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
-        let mut con = self.con.clone();
+        let mut con = self.con();
         self.deadline(self.command_timeout, cmd.query_async(&mut con))
             .await
+    }
+
+    /// `WAIT replicas timeout`: how many replicas acknowledged every write made on this
+    /// connection so far (ours included; the connection is shared, so possibly more).
+    pub async fn wait_for_replicas(&self, guard: &crate::MinReplicas) -> Result<u32> {
+        let mut con = self.con();
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(guard.replicas)
+            .arg(u64::try_from(guard.timeout.as_millis()).unwrap_or(u64::MAX));
+        // The server blocks up to the WAIT timeout; allow that on top of the round trip.
+        let acked: i64 = self
+            .deadline(
+                guard.timeout + self.command_timeout,
+                wait.query_async(&mut con),
+            )
+            .await?;
+        Ok(u32::try_from(acked).unwrap_or(0))
     }
 
     /// Runs a script (EVALSHA, loading it on NOSCRIPT) within `timeout`.
@@ -140,7 +194,7 @@ impl Node {
         invocation: &ScriptInvocation<'_>,
         timeout: Duration,
     ) -> Result<T> {
-        let mut con = self.con.clone();
+        let mut con = self.con();
         self.deadline(timeout, invocation.invoke_async(&mut con))
             .await
     }
@@ -152,13 +206,17 @@ impl Node {
     ) -> Result<T> {
         // At least a millisecond: a zero deadline would fail calls that could have succeeded.
         let timeout = timeout.max(Duration::from_millis(1));
-        match tokio::time::timeout(timeout, call).await {
+        let outcome = match tokio::time::timeout(timeout, call).await {
             Ok(reply) => reply.map_err(|e| Error::from_redis(&self.name, e)),
             Err(_) => Err(Error::Unavailable {
                 node: self.name.to_string(),
                 reason: format!("no reply within {}", humanize(timeout)),
             }),
+        };
+        if outcome.as_ref().is_err_and(Error::is_unavailable) {
+            self.follow_failover();
         }
+        outcome
     }
 }
 
@@ -169,6 +227,220 @@ fn manager_config(options: &ClientOptions) -> ConnectionManagerConfig {
         .set_number_of_retries(RECONNECT_RETRIES)
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_secs(1))
+}
+
+/// A master found through Sentinel: which master, which sentinels, how to log in to it.
+///
+/// ```
+/// let config = dlock::SentinelConfig::new("mymaster", ["redis://sentinel-1:26379/"])
+///     .password("master-secret")
+///     .db(2);
+/// assert_eq!(config.master_name(), "mymaster");
+/// ```
+#[derive(Clone)]
+pub struct SentinelConfig {
+    master_name: String,
+    sentinels: Vec<String>,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+}
+
+impl std::fmt::Debug for SentinelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelConfig")
+            .field("master_name", &self.master_name)
+            .field(
+                "sentinels",
+                &self
+                    .sentinels
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("db", &self.db)
+            .finish()
+    }
+}
+
+impl SentinelConfig {
+    /// The master `master_name` as the sentinels at `sentinels` (their URLs, with their own
+    /// credentials if any) report it.
+    pub fn new<S: AsRef<str>>(master_name: &str, sentinels: impl IntoIterator<Item = S>) -> Self {
+        SentinelConfig {
+            master_name: master_name.to_owned(),
+            sentinels: sentinels
+                .into_iter()
+                .map(|s| s.as_ref().to_owned())
+                .collect(),
+            username: None,
+            password: None,
+            db: 0,
+        }
+    }
+
+    /// The ACL user for the master (not the sentinels).
+    pub fn username(mut self, username: &str) -> Self {
+        self.username = Some(username.to_owned());
+        self
+    }
+
+    /// The password for the master (not the sentinels).
+    pub fn password(mut self, password: &str) -> Self {
+        self.password = Some(password.to_owned());
+        self
+    }
+
+    /// The database number on the master.
+    pub fn db(mut self, db: i64) -> Self {
+        self.db = db;
+        self
+    }
+
+    /// The monitored master's name.
+    pub fn master_name(&self) -> &str {
+        &self.master_name
+    }
+}
+
+impl Node {
+    /// The current master of a Sentinel-monitored group. The node follows failovers: when a
+    /// call fails, it asks the sentinels again and switches to the master they name.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for bad sentinel URLs or no sentinel; [`Error::Unavailable`] when no
+    /// sentinel answers or none knows the master; [`Error::Auth`] when the master refuses.
+    pub async fn sentinel(config: &SentinelConfig, options: &ClientOptions) -> Result<Node> {
+        options.validate()?;
+        if config.sentinels.is_empty() {
+            return Err(Error::Config(
+                "Sentinel needs at least one sentinel URL".into(),
+            ));
+        }
+        let name: Arc<str> = format!(
+            "{} (via sentinels {})",
+            config.master_name,
+            config
+                .sentinels
+                .iter()
+                .map(|u| redact_url(u))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+        .into();
+        let mut master = redis::RedisConnectionInfo::default().set_db(config.db);
+        if let Some(username) = &config.username {
+            master = master.set_username(username);
+        }
+        if let Some(password) = &config.password {
+            master = master.set_password(password);
+        }
+        let node_info = redis::sentinel::SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(master);
+        let mut sentinel = redis::sentinel::SentinelClient::build(
+            config.sentinels.clone(),
+            &config.master_name,
+            Some(node_info),
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .map_err(|e| Error::Config(format!("bad sentinel configuration for {name}: {e}")))?;
+        let client = resolve_master(&mut sentinel, &name, options.connect_timeout).await?;
+        let con = connect_manager(client.clone(), &name, options).await?;
+        let node = Node {
+            current: Arc::new(RwLock::new(Current { con, client })),
+            sentinel: Some(Arc::new(SentinelSource {
+                client: tokio::sync::Mutex::new(sentinel),
+                resolving: AtomicBool::new(false),
+            })),
+            name,
+            command_timeout: options.command_timeout,
+            options: options.clone(),
+        };
+        node.ping().await?;
+        Ok(node)
+    }
+
+    /// After a failed call on a Sentinel-backed node: ask the sentinels for the master in the
+    /// background and switch to it if it moved. The failed call is not retried here; callers
+    /// already retry (waits, renewals).
+    fn follow_failover(&self) {
+        let Some(source) = self.sentinel.clone() else {
+            return;
+        };
+        if source.resolving.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            let moved = async {
+                let mut sentinel = source.client.lock().await;
+                let client =
+                    resolve_master(&mut sentinel, &node.name, node.options.connect_timeout).await?;
+                let unchanged = node
+                    .current
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .client
+                    .get_connection_info()
+                    .addr()
+                    == client.get_connection_info().addr();
+                if unchanged {
+                    return Ok::<_, Error>(false);
+                }
+                let con = connect_manager(client.clone(), &node.name, &node.options).await?;
+                *node.current.write().unwrap_or_else(PoisonError::into_inner) =
+                    Current { con, client };
+                Ok(true)
+            }
+            .await;
+            match moved {
+                Ok(true) => {
+                    tracing::warn!(node = %node.name, "followed a failover to a new master")
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::debug!(node = %node.name, %error, "sentinels could not name a master")
+                }
+            }
+            source.resolving.store(false, Ordering::SeqCst);
+        });
+    }
+}
+
+async fn resolve_master(
+    sentinel: &mut redis::sentinel::SentinelClient,
+    name: &str,
+    timeout: Duration,
+) -> Result<redis::Client> {
+    match tokio::time::timeout(timeout, sentinel.async_get_client()).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(Error::Unavailable {
+            node: name.to_owned(),
+            reason: format!("no sentinel named a master: {e}"),
+        }),
+        Err(_) => Err(Error::Unavailable {
+            node: name.to_owned(),
+            reason: format!("the sentinels did not answer within {}", humanize(timeout)),
+        }),
+    }
+}
+
+async fn connect_manager(
+    client: redis::Client,
+    name: &str,
+    options: &ClientOptions,
+) -> Result<ConnectionManager> {
+    let connecting = ConnectionManager::new_with_config(client, manager_config(options));
+    match tokio::time::timeout(options.connect_timeout * 2, connecting).await {
+        Ok(Ok(con)) => Ok(con),
+        Ok(Err(e)) => Err(Error::from_redis(name, e)),
+        Err(_) => Err(Error::Unavailable {
+            node: name.to_owned(),
+            reason: "could not connect to the master in time".into(),
+        }),
+    }
 }
 
 /// `url` with any password replaced by `***` (userinfo, or a `pass`/`password` query

@@ -67,6 +67,17 @@ pub struct LockOptions {
     pub(crate) backoff: Backoff,
     pub(crate) fair: bool,
     pub(crate) recheck: Duration,
+    pub(crate) min_replicas: Option<MinReplicas>,
+}
+
+/// The replica guard: how many replicas must acknowledge a grant or renewal, and how long to
+/// wait for them (Redis `WAIT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinReplicas {
+    /// Replicas that must have the write.
+    pub replicas: u32,
+    /// How long `WAIT` may block for them.
+    pub timeout: Duration,
 }
 
 impl Default for LockOptions {
@@ -79,6 +90,7 @@ impl Default for LockOptions {
             backoff: Backoff::default(),
             fair: false,
             recheck: DEFAULT_RECHECK,
+            min_replicas: None,
         }
     }
 }
@@ -131,6 +143,22 @@ impl LockOptions {
         self
     }
 
+    /// The replica guard, for a master with replicas (Sentinel deployments): after every grant
+    /// and renewal, `WAIT` until `replicas` replicas acknowledged it, at most `timeout`. A grant
+    /// that too few acknowledge is released and fails with [`Error::Unavailable`] (a waiting
+    /// `lock` retries); a renewal that too few acknowledge counts as failed, so a lease whose
+    /// replicas stay behind is reported lost when its validity ends.
+    ///
+    /// This narrows, but does not close, the failover window in which a promoted replica has
+    /// not seen the lock: `WAIT` does not make Redis strongly consistent (a replica may
+    /// acknowledge and still lose the write in its own crash, and Sentinel may promote a replica
+    /// that did not acknowledge). Use fencing tokens for storage that must never see two
+    /// writers.
+    pub fn min_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.min_replicas = Some(MinReplicas { replicas, timeout });
+        self
+    }
+
     /// The retry delays used after a transient error while waiting, and when no wake-up
     /// connection can be had.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
@@ -146,6 +174,15 @@ impl LockOptions {
     /// Checks every setting; called once when a lock is made.
     pub(crate) fn validate(&self) -> Result<()> {
         validate_ttl(self.ttl)?;
+        if let Some(guard) = self.min_replicas {
+            if guard.replicas == 0 || guard.timeout.is_zero() || guard.timeout >= self.ttl {
+                return Err(Error::Config(format!(
+                    "min_replicas({}, {:?}) is invalid: at least one replica, and a wait longer \
+                     than zero and shorter than the TTL {:?}",
+                    guard.replicas, guard.timeout, self.ttl
+                )));
+            }
+        }
         if self.recheck < Duration::from_millis(10) || self.recheck > Duration::from_secs(3600) {
             return Err(Error::Config(format!(
                 "recheck interval {:?} is out of range (10ms to 1h)",

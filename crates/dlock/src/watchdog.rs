@@ -264,6 +264,7 @@ impl Task {
                 Err(e) => errors.push(format!("{}: {e}", self.nodes.name(index))),
             }
         }
+        self.check_replicas(chunk, &mut extended, &mut errors).await;
         let quorum = self.nodes.quorum();
         let retry_at = Instant::now() + retry_delay(chunk);
         for (lease, (tracked, ttl)) in chunk.iter_mut().zip(ttls).enumerate() {
@@ -280,6 +281,40 @@ impl Task {
                 tracing::debug!(%error, "renewal failed; will retry");
                 tracked.retry_at = Some(retry_at);
                 tracked.last_error = Some(error);
+            }
+        }
+    }
+
+    /// The replica guard on renewal (single node only): one `WAIT` for the strictest guard in
+    /// the chunk; a lease whose guard asks for more replicas than acknowledged does not count
+    /// as renewed this tick.
+    async fn check_replicas(
+        &self,
+        chunk: &[Tracked],
+        extended: &mut [usize],
+        errors: &mut Vec<String>,
+    ) {
+        let strictest = chunk
+            .iter()
+            .filter_map(|t| t.lease.min_replicas)
+            .max_by_key(|guard| (guard.replicas, guard.timeout));
+        let Some(guard) = strictest else { return };
+        let acked = match self.nodes.first().wait_for_replicas(&guard).await {
+            Ok(acked) => acked,
+            Err(e) => {
+                errors.push(format!("WAIT for replicas failed: {e}"));
+                0
+            }
+        };
+        for (tracked, count) in chunk.iter().zip(extended.iter_mut()) {
+            if let Some(required) = tracked.lease.min_replicas {
+                if acked < required.replicas && *count > 0 {
+                    *count = 0;
+                    errors.push(format!(
+                        "only {acked} of {} replicas acknowledged the renewal",
+                        required.replicas
+                    ));
+                }
             }
         }
     }

@@ -34,15 +34,18 @@ pub fn contended_chart(rows: &[Row]) -> String {
         .flat_map(|s| s.2.iter().map(|r| r.workers))
         .max()
         .unwrap_or(1);
+    let floor = rows.first().map_or(0.0, |r| r.floor_cycle_per_sec);
+    // 10% headroom above the highest point and the floor line the rates are judged by.
     let max_rate = series
         .iter()
         .flat_map(|s| s.2.iter().map(|r| r.ops_per_sec))
-        .fold(1.0, f64::max);
+        .fold(floor.max(1.0), f64::max)
+        * 1.1;
     let max_p99 = series
         .iter()
         .flat_map(|s| s.2.iter().map(|r| r.p99_us))
-        .fold(1.0, f64::max);
-    let floor = rows.first().map_or(0.0, |r| r.floor_cycle_per_sec);
+        .fold(1.0, f64::max)
+        * 1.1;
     let x = |workers: usize| {
         MARGIN
             + (workers as f64).log2() / (max_workers as f64).log2().max(1.0)
@@ -68,8 +71,29 @@ pub fn contended_chart(rows: &[Row]) -> String {
         WIDTH / 2.0,
         HEIGHT - 25.0
     );
-    let _ = writeln!(svg, "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {0})\" text-anchor=\"middle\">grants/s (solid), max {max_rate:.0}</text>", HEIGHT / 2.0);
-    let _ = writeln!(svg, "<text x=\"{0}\" y=\"{1}\" transform=\"rotate(90 {0} {1})\" text-anchor=\"middle\">p99 wait µs (dashed), max {max_p99:.0}</text>", WIDTH - 16.0, HEIGHT / 2.0);
+    let _ = writeln!(svg, "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {0})\" text-anchor=\"middle\">grants/s (solid)</text>", HEIGHT / 2.0);
+    let _ = writeln!(svg, "<text x=\"{0}\" y=\"{1}\" transform=\"rotate(90 {0} {1})\" text-anchor=\"middle\">p99 wait, µs (dashed)</text>", WIDTH - 16.0, HEIGHT / 2.0);
+    for step in 0..=4 {
+        let share = f64::from(step) / 4.0;
+        let at = y(share * max_rate, max_rate);
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{at:.1}\" text-anchor=\"end\" fill=\"#555\">{:.0}</text>",
+            MARGIN - 6.0,
+            share * max_rate
+        );
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{at:.1}\" fill=\"#555\">{:.0}</text>",
+            WIDTH - MARGIN + 6.0,
+            share * max_p99
+        );
+        let _ = writeln!(
+            svg,
+            "<path d=\"M{MARGIN},{at:.1} H{}\" stroke=\"#eee\"/>",
+            WIDTH - MARGIN
+        );
+    }
     let mut workers = 1;
     while workers <= max_workers {
         let _ = writeln!(
@@ -99,9 +123,8 @@ pub fn contended_chart(rows: &[Row]) -> String {
         let _ = writeln!(svg, "<polyline points=\"{}\" stroke=\"{color}\" stroke-width=\"2\" stroke-dasharray=\"6 4\" fill=\"none\"/>", line(|r| r.p99_us, max_p99));
         let _ = writeln!(
             svg,
-            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>",
-            MARGIN + 10.0,
-            MARGIN + 16.0 + 16.0 * index as f64
+            "<text x=\"{}\" y=\"52\" fill=\"{color}\">— {name}</text>",
+            MARGIN + 170.0 * index as f64
         );
     }
     svg.push_str("</svg>\n");

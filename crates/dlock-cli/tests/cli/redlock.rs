@@ -129,3 +129,43 @@ fn bench_measures_redlock_against_the_single_node_floor() {
     assert!(redlock["ops_per_sec"].as_f64().unwrap() > 0.0);
     assert!(redlock["floor_cycle_ratio"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn run_finds_the_master_through_sentinel() {
+    let master = RedisServer::start_with(dlock_test::ServerOptions {
+        password: Some("master-pw".into()),
+        ..Default::default()
+    });
+    let replica = RedisServer::start_replica_of(&master);
+    let sentinels = dlock_test::Sentinels::start_with_auth(&master, 3, 1, Some("master-pw"));
+    let mut args = vec!["run".to_owned()];
+    for url in sentinels.urls() {
+        args.extend(["--sentinel".to_owned(), url]);
+    }
+    args.extend(
+        [
+            "--sentinel-master",
+            dlock_test::MASTER_NAME,
+            "job",
+            "--",
+            "echo",
+            "ran",
+        ]
+        .map(String::from),
+    );
+    let out = output(
+        dlock(&replica)
+            .env("DLOCK_SENTINEL_MASTER_PASSWORD", "master-pw")
+            .args(&args),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "ran\n");
+    assert!(!stderr(&out).contains("master-pw"));
+    // --sentinel without a master name is a usage error.
+    let bad = output(
+        dlock(&replica).args(["run", "--sentinel", &sentinels.urls()[0], "k", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(code(&bad), 64);
+}

@@ -13,6 +13,7 @@ mod fencing; // tokens strictly increase, across clients and across data loss
 mod ownership; // non-owners never touch another owner's lock
 mod redlock; // majorities, dead and frozen masters, validity, fencing across nodes
 mod reentrant; // nesting by explicit owner, freed at zero, one fencing token
+mod replicated; // the replica guard (WAIT) and Sentinel failover
 mod support;
 mod waiting; // wake-ups by pub/sub, bounded re-checks, bounded resources
 mod watchdog; // renewal, loss detection, batching, no renewal after release

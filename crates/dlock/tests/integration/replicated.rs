@@ -1,0 +1,131 @@
+//! A master with replicas: the replica guard (WAIT), and following a Sentinel failover.
+
+use std::time::Duration;
+
+use dlock::{Client, ClientOptions, LockOptions, SentinelConfig, Wait};
+use dlock_test::{RedisServer, Sentinels, MASTER_NAME};
+use tokio::time::timeout;
+
+use crate::support::client;
+
+fn guarded() -> LockOptions {
+    LockOptions::new().min_replicas(1, Duration::from_millis(200))
+}
+
+#[tokio::test]
+async fn with_the_replica_up_the_lock_is_on_the_replica_when_the_call_returns() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let c = client(&master).await;
+    let guard = c
+        .lock_with("job", guarded())
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    let on_replica: Option<String> = replica.cmd("GET", &["job"]);
+    assert_eq!(
+        on_replica.map(|t| t.len()),
+        Some(32),
+        "the replica has the lock already"
+    );
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_the_replica_paused_the_guard_fails_cleanly_and_leaves_no_lock() {
+    let master = RedisServer::start();
+    let mut replica = RedisServer::start_replica_of(&master);
+    let c = client(&master).await;
+    replica.pause();
+    let err = c
+        .lock_with("job", guarded())
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap_err();
+    replica.resume();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(err.to_string().contains("0 of 1 replicas"), "{err}");
+    assert_eq!(
+        master.cmd::<i64>("EXISTS", &["job"]),
+        0,
+        "no lock left on the master"
+    );
+    // Without the guard, the same lock is granted (it was the replica, not the lock).
+    c.lock("job")
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_lease_whose_replica_stops_acknowledging_is_reported_lost() {
+    let master = RedisServer::start();
+    let mut replica = RedisServer::start_replica_of(&master);
+    let c = client(&master).await;
+    let options = guarded().ttl(Duration::from_secs(1));
+    let guard = c
+        .lock_with("job", options)
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    replica.pause();
+    let reason = timeout(Duration::from_secs(3), guard.lost()).await;
+    replica.resume();
+    match reason.expect("loss reported within the lease") {
+        dlock::LossReason::Unreachable(why) => assert!(why.contains("replicas"), "{why}"),
+        other => panic!("unexpected loss reason {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_replica_guards_are_config_errors() {
+    let master = RedisServer::start();
+    let c = client(&master).await;
+    let zero = LockOptions::new().min_replicas(0, Duration::from_millis(100));
+    assert!(c.lock_with("job", zero).unwrap_err().is_config());
+    let too_long = LockOptions::new()
+        .ttl(Duration::from_secs(1))
+        .min_replicas(1, Duration::from_secs(2));
+    assert!(c.lock_with("job", too_long).unwrap_err().is_config());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_follows_a_sentinel_failover_and_new_locks_work() {
+    let mut master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let sentinels = Sentinels::start(&master, 3, 1);
+    let options = ClientOptions::new()
+        .command_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_secs(1));
+    let config = SentinelConfig::new(MASTER_NAME, sentinels.urls());
+    let c = Client::sentinel_with(config, options).await.unwrap();
+    let guard = c.lock("before").unwrap().try_lock().await.unwrap();
+    guard.release().await.unwrap();
+
+    let old_port = master.port();
+    master.kill();
+    // The sentinels must outlive the wait: hand them back from the blocking task.
+    let (_sentinels, new_port) = tokio::task::spawn_blocking(move || {
+        let port = sentinels.wait_for_failover(old_port);
+        (sentinels, port)
+    })
+    .await
+    .unwrap();
+    assert_eq!(new_port, replica.port(), "the replica was promoted");
+    // The client follows: a waiting lock() rides out the switch.
+    let waiting = LockOptions::new().wait(Wait::Limit(Duration::from_secs(20)));
+    let guard = c.lock_with("after", waiting).unwrap().lock().await.unwrap();
+    let on_new_master: Option<String> = replica.cmd("GET", &["after"]);
+    assert!(
+        on_new_master.is_some(),
+        "the new lock lives on the promoted master"
+    );
+    guard.release().await.unwrap();
+}
