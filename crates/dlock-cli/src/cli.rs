@@ -59,6 +59,10 @@ pub struct Connection {
     )]
     pub redis: Vec<String>,
 
+    /// The --redis URLs are seed nodes of a Redis Cluster.
+    #[arg(long, env = "DLOCK_CLUSTER", conflicts_with = "sentinel")]
+    pub cluster: bool,
+
     /// Find the master through these sentinels (repeat for each; their own credentials in the
     /// URL) instead of --redis. Needs --sentinel-master.
     #[arg(long, value_name = "URL", requires = "sentinel_master", action = clap::ArgAction::Append)]

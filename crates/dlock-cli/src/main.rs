@@ -56,8 +56,8 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Connects to the Redis of `connection`: a Sentinel-monitored master, one URL, or Redlock
-/// over several.
+/// Connects to the Redis of `connection`: a Sentinel-monitored master, a Cluster, one URL, or
+/// Redlock over several.
 async fn connect(connection: &Connection) -> dlock::Result<Client> {
     let options = client_options(connection);
     if let Some(master) = &connection.sentinel_master {
@@ -66,6 +66,9 @@ async fn connect(connection: &Connection) -> dlock::Result<Client> {
             config = config.password(password);
         }
         return Client::sentinel_with(config, options).await;
+    }
+    if connection.cluster {
+        return Client::cluster_with(&connection.redis, options).await;
     }
     match connection.redis.as_slice() {
         [url] => Client::connect_with(url, options).await,

@@ -9,12 +9,15 @@
 //! - [`RedisServers`] starts N independent servers (Redlock tests).
 //! - [`RedisServer::start_replica_of`] starts a replica and waits until it has synced;
 //!   [`Sentinels`] starts sentinels monitoring a master, for real failovers.
+//! - [`RedisCluster`] starts a small Redis Cluster (N masters, every slot assigned).
 //! - [`find_redis_server`] says where the binary comes from: `DLOCK_REDIS_SERVER`, else `PATH`.
 //!
 //! The kit panics on failure (it is for tests) and every panic carries the server's log.
 
+mod cluster;
 mod sentinel;
 mod server;
 
+pub use cluster::RedisCluster;
 pub use sentinel::{Sentinels, MASTER_NAME};
 pub use server::{find_redis_server, RedisServer, RedisServers, ServerOptions};

@@ -105,6 +105,30 @@ impl Client {
         Ok(Self::from_nodes(Nodes::single(node), &options))
     }
 
+    /// Connects to a Redis Cluster through `seeds` (any of its nodes). Every lock's keys share
+    /// one hash slot, so each lock operation goes to the master of that slot; renewals of many
+    /// locks are batched per slot.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for bad URLs;
+    /// [`Error::Unavailable`](crate::Error::Unavailable) when no seed answers;
+    /// [`Error::Auth`](crate::Error::Auth) when the cluster refuses the credentials.
+    pub async fn cluster<S: AsRef<str>>(seeds: &[S]) -> Result<Client> {
+        Self::cluster_with(seeds, ClientOptions::default()).await
+    }
+
+    /// [`Client::cluster`] with explicit [`ClientOptions`].
+    ///
+    /// # Errors
+    /// As [`Client::cluster`].
+    pub async fn cluster_with<S: AsRef<str>>(
+        seeds: &[S],
+        options: ClientOptions,
+    ) -> Result<Client> {
+        let node = Node::cluster(seeds, &options).await?;
+        Ok(Self::from_nodes(Nodes::single(node), &options))
+    }
+
     /// Connects to N independent Redis masters (N odd, at least 3) for Redlock: every lock,
     /// renewal and release needs a majority of them. Masters that cannot be reached now are
     /// retried on every use and join when they are back, as long as a majority answers now.
@@ -209,6 +233,11 @@ impl Client {
         }
         if options.min_replicas.is_some() {
             self.single_node_only("replica guards")?;
+            if self.node().is_cluster() {
+                return Err(crate::Error::Config(
+                    "replica guards are not available on Redis Cluster".into(),
+                ));
+            }
         }
         let keys = LockKeys::new(name)?;
         Ok(Lock::new(self.clone(), keys, options))
@@ -258,28 +287,15 @@ impl Client {
     /// # Errors
     /// Connection errors.
     pub async fn list(&self, pattern: &str) -> Result<Vec<LockStatus>> {
-        let node = self.node();
-        let pattern = info_scan_pattern(pattern);
-        let mut names = BTreeSet::new();
-        let mut cursor = 0u64;
-        loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT);
-            let (next, keys): (u64, Vec<String>) = node.query(&scan).await?;
-            names.extend(
-                keys.iter()
-                    .filter_map(|key| LockKeys::name_from_info_key(key))
-                    .map(str::to_owned),
-            );
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let keys = self
+            .node()
+            .scan(&info_scan_pattern(pattern), SCAN_COUNT)
+            .await?;
+        let names: BTreeSet<String> = keys
+            .iter()
+            .filter_map(|key| LockKeys::name_from_info_key(key))
+            .map(str::to_owned)
+            .collect();
         let mut held = Vec::with_capacity(names.len());
         for name in names {
             let status = self.status(&name).await?;

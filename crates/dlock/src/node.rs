@@ -33,8 +33,52 @@ pub(crate) struct Node {
 
 #[derive(Clone)]
 struct Current {
-    con: ConnectionManager,
+    con: Conn,
+    /// A plain client of the server (for a cluster, of the first seed node), for dedicated
+    /// connections such as pub/sub: cluster nodes relay every PUBLISH to all nodes.
     client: redis::Client,
+}
+
+/// The connection calls go through.
+#[derive(Clone)]
+enum Conn {
+    /// One server: multiplexed and auto-reconnecting.
+    Single(ConnectionManager),
+    /// Redis Cluster: routes each call to the master of its key's slot, follows MOVED/ASK
+    /// and topology changes.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+/// Delegation, so every call works on either connection.
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(con) => con.req_packed_command(cmd),
+            Conn::Cluster(con) => con.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(con) => con.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(con) => con.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(con) => con.get_db(),
+            Conn::Cluster(con) => con.get_db(),
+        }
+    }
 }
 
 /// How a Sentinel-backed node finds its master again after a failover.
@@ -52,7 +96,10 @@ impl Node {
         options: &ClientOptions,
     ) -> Node {
         Node {
-            current: Arc::new(RwLock::new(Current { con, client })),
+            current: Arc::new(RwLock::new(Current {
+                con: Conn::Single(con),
+                client,
+            })),
             sentinel: None,
             name,
             command_timeout: options.command_timeout,
@@ -60,12 +107,17 @@ impl Node {
         }
     }
 
-    fn con(&self) -> ConnectionManager {
+    fn con(&self) -> Conn {
         self.current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .con
             .clone()
+    }
+
+    /// Whether this node is a Redis Cluster (multi-key scripts must then stay in one slot).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.con(), Conn::Cluster(_))
     }
 }
 
@@ -174,7 +226,11 @@ impl Node {
     /// `WAIT replicas timeout`: how many replicas acknowledged every write made on this
     /// connection so far (ours included; the connection is shared, so possibly more).
     pub async fn wait_for_replicas(&self, guard: &crate::MinReplicas) -> Result<u32> {
-        let mut con = self.con();
+        let Conn::Single(mut con) = self.con() else {
+            return Err(Error::Config(
+                "replica guards are not available on Redis Cluster".into(),
+            ));
+        };
         let mut wait = redis::cmd("WAIT");
         wait.arg(guard.replicas)
             .arg(u64::try_from(guard.timeout.as_millis()).unwrap_or(u64::MAX));
@@ -227,6 +283,127 @@ fn manager_config(options: &ClientOptions) -> ConnectionManagerConfig {
         .set_number_of_retries(RECONNECT_RETRIES)
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_secs(1))
+}
+
+/// Redis Cluster.
+impl Node {
+    /// A Redis Cluster reached through `seeds` (any of its nodes).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for bad URLs or no seed; [`Error::Unavailable`] when no seed answers;
+    /// [`Error::Auth`] when the cluster refuses the credentials.
+    pub async fn cluster<S: AsRef<str>>(seeds: &[S], options: &ClientOptions) -> Result<Node> {
+        options.validate()?;
+        let Some(first) = seeds.first() else {
+            return Err(Error::Config(
+                "Redis Cluster needs at least one seed URL".into(),
+            ));
+        };
+        let names: Vec<String> = seeds.iter().map(|u| redact_url(u.as_ref())).collect();
+        let name: Arc<str> = format!("cluster {}", names.join(", ")).into();
+        let bad = |e: redis::RedisError| {
+            Error::Config(format!("bad cluster configuration for {name}: {e}"))
+        };
+        let urls: Vec<String> = seeds.iter().map(|u| u.as_ref().to_owned()).collect();
+        let cluster = redis::cluster::ClusterClient::builder(urls)
+            .connection_timeout(options.connect_timeout)
+            .response_timeout(options.command_timeout)
+            .retries(RECONNECT_RETRIES as u32)
+            .build()
+            .map_err(bad)?;
+        let client = redis::Client::open(first.as_ref()).map_err(bad)?;
+        let connecting = cluster.get_async_connection();
+        let con = match tokio::time::timeout(options.connect_timeout * 2, connecting).await {
+            Ok(Ok(con)) => con,
+            Ok(Err(e)) => return Err(Error::from_redis(&name, e)),
+            Err(_) => {
+                return Err(Error::Unavailable {
+                    node: name.to_string(),
+                    reason: "no seed node answered in time".into(),
+                })
+            }
+        };
+        let node = Node {
+            current: Arc::new(RwLock::new(Current {
+                con: Conn::Cluster(con),
+                client,
+            })),
+            sentinel: None,
+            name,
+            command_timeout: options.command_timeout,
+            options: options.clone(),
+        };
+        node.ping().await?;
+        Ok(node)
+    }
+
+    /// Every key matching `pattern`, by `SCAN` (never `KEYS`), on every master of a cluster.
+    pub async fn scan(&self, pattern: &str, count: u32) -> Result<Vec<String>> {
+        let step = |cursor: u64| {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(count);
+            scan
+        };
+        let mut keys = Vec::new();
+        let masters = match self.con() {
+            Conn::Single(_) => vec![None],
+            Conn::Cluster(_) => self
+                .cluster_masters()
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        };
+        for master in masters {
+            let mut cursor = 0u64;
+            loop {
+                let (next, found): (u64, Vec<String>) = match (&master, self.con()) {
+                    (Some((host, port)), Conn::Cluster(mut con)) => {
+                        let route = redis::cluster_routing::RoutingInfo::SingleNode(
+                            redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+                                host: host.clone(),
+                                port: *port,
+                            },
+                        );
+                        let reply = self
+                            .deadline(self.command_timeout, con.route_command(step(cursor), route))
+                            .await?;
+                        redis::from_redis_value(reply)
+                            .map_err(|e| Error::from_redis(&self.name, e.into()))?
+                    }
+                    _ => self.query(&step(cursor)).await?,
+                };
+                keys.extend(found);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The live masters of a cluster, from `CLUSTER NODES`.
+    async fn cluster_masters(&self) -> Result<Vec<(String, u16)>> {
+        let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
+        Ok(nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let flags = fields.get(2)?;
+                if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                    return None;
+                }
+                let address = fields.get(1)?.split('@').next()?;
+                let (host, port) = address.rsplit_once(':')?;
+                Some((host.to_owned(), port.parse().ok()?))
+            })
+            .collect())
+    }
 }
 
 /// A master found through Sentinel: which master, which sentinels, how to log in to it.
@@ -349,7 +526,10 @@ impl Node {
         let client = resolve_master(&mut sentinel, &name, options.connect_timeout).await?;
         let con = connect_manager(client.clone(), &name, options).await?;
         let node = Node {
-            current: Arc::new(RwLock::new(Current { con, client })),
+            current: Arc::new(RwLock::new(Current {
+                con: Conn::Single(con),
+                client,
+            })),
             sentinel: Some(Arc::new(SentinelSource {
                 client: tokio::sync::Mutex::new(sentinel),
                 resolving: AtomicBool::new(false),
@@ -390,8 +570,10 @@ impl Node {
                     return Ok::<_, Error>(false);
                 }
                 let con = connect_manager(client.clone(), &node.name, &node.options).await?;
-                *node.current.write().unwrap_or_else(PoisonError::into_inner) =
-                    Current { con, client };
+                *node.current.write().unwrap_or_else(PoisonError::into_inner) = Current {
+                    con: Conn::Single(con),
+                    client,
+                };
                 Ok(true)
             }
             .await;

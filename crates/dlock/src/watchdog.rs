@@ -216,13 +216,16 @@ impl Task {
     }
 
     async fn renew(&self, chunk: &mut [Tracked]) {
-        let mut call = scripts::EXTEND.prepare_invoke();
-        let mut ttls = Vec::with_capacity(chunk.len());
-        for tracked in chunk.iter() {
-            let ttl = tracked.lease.ttl();
-            ttls.push(ttl);
-            scripts::add_extend(&mut call, &tracked.lease.keys, &tracked.lease.token, ttl);
-        }
+        let ttls: Vec<Duration> = chunk.iter().map(|t| t.lease.ttl()).collect();
+        let slots: Vec<&str> = chunk.iter().map(|t| slot_of(&t.lease.keys)).collect();
+        let extend = |leases: &[usize]| {
+            let mut call = scripts::EXTEND.prepare_invoke();
+            for &i in leases {
+                let lease = &chunk[i].lease;
+                scripts::add_extend(&mut call, &lease.keys, &lease.token, ttls[i]);
+            }
+            call
+        };
         // Give up on this try by the time the first lease would become invalid, so the loss is
         // reported on time even while Redis is frozen.
         let sent_at = Instant::now();
@@ -236,7 +239,7 @@ impl Task {
             .nodes
             .all(|node| {
                 let timeout = node.command_timeout().min(until_first_end);
-                node.eval::<Vec<i64>>(&call, timeout)
+                eval_per_slot(node, &slots, timeout, &extend)
             })
             .await;
         // Per lease: how many nodes extended it, and how many no longer hold it.
@@ -342,13 +345,17 @@ impl Task {
     /// such a lock expires with its TTL.
     async fn release(&self, releases: Vec<(Arc<LockKeys>, Token)>) {
         for chunk in releases.chunks(MAX_BATCH) {
-            let mut call = scripts::RELEASE.prepare_invoke();
-            for (keys, token) in chunk {
-                scripts::add_release(&mut call, keys, token);
-            }
+            let slots: Vec<&str> = chunk.iter().map(|(keys, _)| slot_of(keys)).collect();
+            let release = |locks: &[usize]| {
+                let mut call = scripts::RELEASE.prepare_invoke();
+                for &i in locks {
+                    scripts::add_release(&mut call, &chunk[i].0, &chunk[i].1);
+                }
+                call
+            };
             let outcomes = self
                 .nodes
-                .all(|node| node.eval::<Vec<i64>>(&call, node.command_timeout()))
+                .all(|node| eval_per_slot(node, &slots, node.command_timeout(), &release))
                 .await;
             for (index, outcome) in outcomes.into_iter().enumerate() {
                 if let Err(error) = outcome {
@@ -373,6 +380,45 @@ fn retry_delay(chunk: &[Tracked]) -> Duration {
         .min()
         .unwrap_or(Duration::from_secs(1));
     (shortest / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
+}
+
+/// What decides a lock's cluster slot: its hash tag, else its whole name (companion keys
+/// follow it). Locks with equal slot parts surely share a slot.
+fn slot_of(keys: &LockKeys) -> &str {
+    crate::key::hash_tag(&keys.lock).unwrap_or(&keys.lock)
+}
+
+/// Runs a per-lock batch script for locks `0..slots.len()` on `node`: one call, or on a Redis
+/// Cluster one call per slot (all at once, so still one round trip), where a script's keys must
+/// share a slot. `build` makes the call for a set of lock indices; results come back in order.
+async fn eval_per_slot<'s>(
+    node: &crate::node::Node,
+    slots: &[&str],
+    timeout: Duration,
+    build: &impl Fn(&[usize]) -> redis::ScriptInvocation<'s>,
+) -> crate::error::Result<Vec<i64>> {
+    let all: Vec<usize> = (0..slots.len()).collect();
+    if !node.is_cluster() {
+        return node.eval(&build(&all), timeout).await;
+    }
+    let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, slot) in slots.iter().enumerate() {
+        groups.entry(slot).or_default().push(i);
+    }
+    let calls: Vec<_> = groups.values().map(|locks| build(locks)).collect();
+    let replies = futures_util::future::join_all(
+        calls
+            .iter()
+            .map(|call| node.eval::<Vec<i64>>(call, timeout)),
+    )
+    .await;
+    let mut results = vec![0; slots.len()];
+    for (locks, reply) in groups.values().zip(replies) {
+        for (&i, result) in locks.iter().zip(reply?) {
+            results[i] = result;
+        }
+    }
+    Ok(results)
 }
 
 /// Whole milliseconds for `PX`/`PEXPIRE`, never 0 (which Redis rejects).

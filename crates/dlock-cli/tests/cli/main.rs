@@ -3,10 +3,10 @@
 //! Table of contents:
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its location
 mod bench; // dlock bench end to end, JSON checked
+mod deployments; // --redis repeated (Redlock), --sentinel, --cluster: run, status, list, bench
 mod exclusion; // one copy runs, the other is refused; -E, --quiet, --wait, --min-hold
 mod exit_codes; // the child's code, 128+N, 126, 127, 64, 69, 124
 mod inspect; // status, list, release --force, --report json, passwords never shown
 mod loss; // renewal past --ttl; key deleted or Redis frozen: child stopped, exit 76
-mod redlock; // --redis repeated (Redlock) and --sentinel, for run, status and bench
 mod signals; // forwarding, release after the child exits, Ctrl-C while waiting, process groups
 mod support;

@@ -1,4 +1,5 @@
-//! `dlock run` and friends over Redlock: --redis repeated (or several URLs in the env).
+//! `dlock run` and friends on every deployment: Redlock (--redis repeated, or several URLs in
+//! the env), Sentinel (--sentinel) and Redis Cluster (--cluster).
 
 use std::time::Duration;
 
@@ -168,4 +169,34 @@ fn run_finds_the_master_through_sentinel() {
         LIMIT,
     );
     assert_eq!(code(&bad), 64);
+}
+
+#[test]
+fn run_status_and_list_work_on_a_cluster() {
+    let cluster = dlock_test::RedisCluster::start(3);
+    let scratch = Scratch::new();
+    let job = format!("touch {}; sleep 1", scratch.path("started").display());
+    let seed = cluster.urls()[0].clone();
+    let cmd = |args: &[&str]| {
+        let mut cmd = dlock(&cluster[1]);
+        cmd.env("DLOCK_REDIS_URL", &seed)
+            .env("DLOCK_CLUSTER", "true")
+            .args(args);
+        cmd
+    };
+    let holder = cmd(&["run", "nightly", "--", "sh", "-c", &job])
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(&scratch.path("started"), LIMIT));
+    let busy = output(&mut cmd(&["run", "nightly", "--", "true"]), LIMIT);
+    assert_eq!(code(&busy), 75, "{}", stderr(&busy));
+    let listed = output(&mut cmd(&["list", "--json"]), LIMIT);
+    assert_eq!(stdout(&listed).lines().count(), 1, "{}", stdout(&listed));
+    assert_eq!(code(&finish(holder, LIMIT)), 0);
+    let status = output(&mut cmd(&["status", "nightly"]), LIMIT);
+    assert!(
+        stdout(&status).starts_with("nightly: free"),
+        "{}",
+        stdout(&status)
+    );
 }

@@ -1,0 +1,88 @@
+//! A small Redis Cluster on loopback: N masters, every slot assigned.
+
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::server::{RedisServer, ServerOptions};
+
+/// How long a new cluster may take to agree that every slot is served.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// N cluster-enabled masters sharing the 16384 slots (no replicas), killed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    masters: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `n` masters (at least 3, as `redis-cli --cluster create` demands), assigns the
+    /// slots and waits until every node reports `cluster_state:ok`.
+    ///
+    /// # Panics
+    /// When the cluster cannot be formed, with `redis-cli`'s output.
+    pub fn start(n: usize) -> RedisCluster {
+        let masters: Vec<RedisServer> = (0..n)
+            .map(|_| {
+                RedisServer::start_with(ServerOptions {
+                    extra_args: [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                    ..ServerOptions::default()
+                })
+            })
+            .collect();
+        let addresses: Vec<String> = masters
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port()))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("redis-cli (from redis-tools) is needed for clusters: {e}"));
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
+        for master in &masters {
+            loop {
+                let info: String = master.cmd("CLUSTER", &["INFO"]);
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster never became ok:\n{info}"
+                );
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { masters }
+    }
+
+    /// Every master's URL (any works as a seed).
+    pub fn urls(&self) -> Vec<String> {
+        self.masters.iter().map(RedisServer::url).collect()
+    }
+}
+
+impl std::ops::Deref for RedisCluster {
+    type Target = [RedisServer];
+    fn deref(&self) -> &[RedisServer] {
+        &self.masters
+    }
+}
