@@ -1,8 +1,10 @@
 //! Distributed locks on Redis: lease locks with fencing tokens and watchdog renewal.
 //!
 //! # Layout
-//! - [`Client`] (`client`): one connection to Redis (`node`: multiplexed, auto-reconnecting,
-//!   a deadline on every call) and one watchdog task, shared by every lock made from it.
+//! - [`Client`] (`client`): the connection to Redis and one watchdog task, shared by every lock
+//!   made from it. `node` is one server (multiplexed, auto-reconnecting, a deadline on every
+//!   call), a master found through Sentinel ([`SentinelConfig`], following failovers), or a
+//!   Redis Cluster; `quorum` is N independent masters for Redlock ([`Client::redlock`]).
 //! - [`Lock`] (`lock`) and [`LockGuard`] (`guard`): the lease lock. `try_lock` fails at once
 //!   when the lock is busy, `lock` waits within a bound; the guard extends, watches and
 //!   releases the lease.
@@ -23,7 +25,7 @@
 //!
 //! # Guarantees
 //! - **Safety:** while a guard's lease is valid, no other owner holds the same lock on the
-//!   same Redis. Acquire is one atomic `SET`-if-absent with expiry; extend and release are
+//!   same Redis (on Redlock: on a majority of the masters). Acquire is one atomic `SET`-if-absent with expiry; extend and release are
 //!   compare-and-act scripts keyed on a 128-bit token, so they never touch another owner's
 //!   lock.
 //! - **Liveness:** every lock has a TTL. A holder that crashes or is cut off blocks others for
