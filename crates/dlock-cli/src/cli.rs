@@ -265,6 +265,9 @@ pub enum Workload {
     ManyKeys,
     /// Uncontended cycles on N independent masters (needs --redis repeated, 3 or more).
     Redlock,
+    /// What `dlock run KEY -- true` adds over running `true` directly (process start,
+    /// connect, lock, unlock).
+    RunOverhead,
 }
 
 impl Workload {
@@ -277,6 +280,7 @@ impl Workload {
             Workload::ContendedFair => "contended-fair",
             Workload::ManyKeys => "many-keys",
             Workload::Redlock => "redlock",
+            Workload::RunOverhead => "run-overhead",
         }
     }
 }

@@ -59,6 +59,9 @@ pub async fn bench(args: BenchArgs) -> u8 {
     if wanted(Workload::ManyKeys) {
         plan.push((Workload::ManyKeys, usize::from(args.keys)));
     }
+    if wanted(Workload::RunOverhead) {
+        plan.push((Workload::RunOverhead, 1));
+    }
     let masters = args.connection.redis.len();
     if masters > 1 && wanted(Workload::Redlock) {
         plan.push((Workload::Redlock, masters));
@@ -81,6 +84,7 @@ pub async fn bench(args: BenchArgs) -> u8 {
                 workloads::contended(&first, *workers, fair, args.duration).await
             }
             Workload::ManyKeys => workloads::many_keys(&client, *workers, args.duration).await,
+            Workload::RunOverhead => workloads::run_overhead(&first, args.duration).await,
             Workload::Redlock => match connect(&args.connection).await {
                 Ok(redlock) => workloads::redlock(&redlock, args.duration).await,
                 Err(e) => return fail(&e),

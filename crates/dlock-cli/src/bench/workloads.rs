@@ -96,6 +96,44 @@ pub async fn redlock(client: &Client, duration: Duration) -> dlock::Result<Row> 
     Ok(Row::new("redlock", client.masters(), ops, elapsed, samples))
 }
 
+/// `dlock run KEY -- true` against `true` alone, alternately, for `duration`: the row's
+/// latencies are the extra time per run (p50 of the differences of neighbouring pairs).
+pub async fn run_overhead(connection: &Connection, duration: Duration) -> dlock::Result<Row> {
+    let dlock = std::env::current_exe()
+        .map_err(|e| dlock::Error::Internal(format!("cannot find the dlock binary: {e}")))?;
+    let run = |mut cmd: tokio::process::Command| async move {
+        let started = Instant::now();
+        let status = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .map_err(|e| dlock::Error::Internal(format!("cannot start a process: {e}")))?;
+        if !status.success() {
+            return Err(dlock::Error::Internal(format!(
+                "a benchmark run failed: {status}"
+            )));
+        }
+        Ok(started.elapsed())
+    };
+    let started = Instant::now();
+    let mut extra = Samples::default();
+    let mut runs = 0u64;
+    while started.elapsed() < duration {
+        let plain = run(tokio::process::Command::new("true")).await?;
+        let mut locked = tokio::process::Command::new(&dlock);
+        locked.arg("run");
+        for url in &connection.redis {
+            locked.args(["--redis", url]);
+        }
+        locked.args([&format!("{PREFIX}run-overhead"), "--", "true"]);
+        let locked = run(locked).await?;
+        extra.push(locked.saturating_sub(plain));
+        runs += 1;
+    }
+    Ok(Row::new("run-overhead", 1, runs, started.elapsed(), extra))
+}
+
 /// `keys` tasks on distinct keys sharing one client (its one multiplexed connection).
 pub async fn many_keys(client: &Client, keys: usize, duration: Duration) -> dlock::Result<Row> {
     let started = Instant::now();
