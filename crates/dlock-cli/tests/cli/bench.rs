@@ -45,7 +45,8 @@ fn bench_runs_every_workload_and_reports_json_relative_to_the_floor() {
             "uncontended",
             "contended",
             "contended-fair",
-            "many-keys"
+            "many-keys",
+            "run-overhead",
         ]
     );
     let floor_rtt = rows[0]["p50_us"].as_f64().unwrap();
