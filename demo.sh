@@ -10,13 +10,9 @@ echo "== building dlock"
 cargo build --quiet --release -p dlock-cli
 dlock="$PWD/target/release/dlock"
 
-dir=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-  --logfile "$dir/redis.log" --daemonize no &
-redis_pid=$!
-trap 'kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+source scripts/throwaway-redis.sh
+start_throwaway_redis
+port=$REDIS_PORT
 export DLOCK_REDIS_URL="redis://127.0.0.1:$port/"
 
 # The seeds' Rake task: sleep 1 (a long-running task), then print hello, world.

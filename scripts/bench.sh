@@ -5,12 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-redis.sh
 cargo build --quiet --release -p dlock-cli
-dir=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-  --logfile "$dir/redis.log" --daemonize no &
-redis_pid=$!
-trap 'kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+source scripts/throwaway-redis.sh
+start_throwaway_redis
+port=$REDIS_PORT
 echo "dlock bench against redis-server $(redis-server --version | awk '{print $3}') on 127.0.0.1:$port, $(nproc) cores" >&2
 target/release/dlock bench --redis "redis://127.0.0.1:$port/" "$@"

@@ -137,13 +137,7 @@ impl Node {
     /// credentials, [`Error::Unavailable`] when the server cannot be reached in time.
     pub async fn connect(url: &str, options: &ClientOptions) -> Result<Node> {
         options.validate()?;
-        let name: Arc<str> = redact_url(url).into();
-        let client = redis::Client::open(url).map_err(|e| {
-            Error::Config(format!(
-                "bad Redis URL {name}: {}",
-                scrub(&e.to_string(), url)
-            ))
-        })?;
+        let (client, name) = open_client(url)?;
         let config = manager_config(options);
         // The manager's own retries each have the connect timeout; bound the whole attempt too.
         let limit =
@@ -172,13 +166,7 @@ impl Node {
     /// # Errors
     /// [`Error::Config`] for a URL that does not parse.
     pub fn lazy(url: &str, options: &ClientOptions) -> Result<Node> {
-        let name: Arc<str> = redact_url(url).into();
-        let client = redis::Client::open(url).map_err(|e| {
-            Error::Config(format!(
-                "bad Redis URL {name}: {}",
-                scrub(&e.to_string(), url)
-            ))
-        })?;
+        let (client, name) = open_client(url)?;
         let con = ConnectionManager::new_lazy_with_config(client.clone(), manager_config(options))
             .map_err(|e| Error::from_redis(&name, e))?;
         Ok(Node::fixed(con, client, name, options))
@@ -274,6 +262,18 @@ impl Node {
         }
         outcome
     }
+}
+
+/// Parses `url` into a driver client, and names it for messages (without its password).
+fn open_client(url: &str) -> Result<(redis::Client, Arc<str>)> {
+    let name: Arc<str> = redact_url(url).into();
+    let client = redis::Client::open(url).map_err(|e| {
+        Error::Config(format!(
+            "bad Redis URL {name}: {}",
+            scrub(&e.to_string(), url)
+        ))
+    })?;
+    Ok((client, name))
 }
 
 fn manager_config(options: &ClientOptions) -> ConnectionManagerConfig {

@@ -7,12 +7,19 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+/// An acquire script with the shared grant prelude (`grant.lua`) in front, at compile time.
+macro_rules! with_grant {
+    ($script:literal) => {
+        concat!(include_str!("scripts/grant.lua"), include_str!($script))
+    };
+}
+
 /// Take a free lock, grant a fencing token, write holder info (see `acquire.lua`).
 pub(crate) static ACQUIRE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
+    LazyLock::new(|| Script::new(with_grant!("scripts/acquire.lua")));
 /// Fair (FIFO) acquisition with a wait queue (see `acquire_fair.lua`).
 pub(crate) static ACQUIRE_FAIR: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/acquire_fair.lua")));
+    LazyLock::new(|| Script::new(with_grant!("scripts/acquire_fair.lua")));
 /// Extend any number of held leases (see `extend.lua`).
 pub(crate) static EXTEND: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/extend.lua")));
@@ -36,7 +43,7 @@ pub(crate) fn add_extend(
 
 /// Take a reentrant lock, or add a hold to one this owner has (see `reentrant_acquire.lua`).
 pub(crate) static REENTRANT_ACQUIRE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/reentrant_acquire.lua")));
+    LazyLock::new(|| Script::new(with_grant!("scripts/reentrant_acquire.lua")));
 /// Remove one hold from a reentrant lock, freeing it at zero (see `reentrant_release.lua`).
 pub(crate) static REENTRANT_RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/reentrant_release.lua")));

@@ -4,8 +4,7 @@
 --       7 waiter lease ms (0: do not queue, as try_lock), 8 wake-up channel
 -- Returns {1, fence} when granted; otherwise
 -- {0, pttl, holder info fields, server time ms, ms until the queue head's lease ends or -1}.
-local time = redis.call('TIME')
-local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local now_us = server_now_us()
 local now_ms = math.floor(now_us / 1000)
 local token = ARGV[1]
 
@@ -28,14 +27,8 @@ if not current and (not head or head == token) then
     redis.call('LPOP', KEYS[4])
     redis.call('ZREM', KEYS[5], token)
   end
-  redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
-  local fence = math.max(tonumber(redis.call('GET', KEYS[3]) or '0') + 1, now_us)
-  local fence_text = string.format('%.0f', fence)
-  redis.call('SET', KEYS[3], fence_text, 'PX', ARGV[3])
-  redis.call('HSET', KEYS[2], 'host', ARGV[4], 'pid', ARGV[5], 'label', ARGV[6],
-             'since_ms', string.format('%.0f', now_ms), 'fence', fence_text)
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-  return {1, fence}
+  return {1, grant(KEYS[1], KEYS[2], KEYS[3], token, ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+                   ARGV[6], now_us)}
 end
 if not current and #expired > 0 then
   -- The lock is free and the queue moved up: wake the new head (best effort, as in

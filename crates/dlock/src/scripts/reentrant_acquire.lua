@@ -13,19 +13,13 @@ if current == ARGV[1] then
   -- Re-entry keeps the grant's fencing token.
   return {1, tonumber(redis.call('HGET', KEYS[2], 'fence') or '0'), redis.call('SCARD', KEYS[4])}
 end
-local time = redis.call('TIME')
-local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local now_us = server_now_us()
 if current then
   return {0, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
           math.floor(now_us / 1000)}
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-local fence = math.max(tonumber(redis.call('GET', KEYS[3]) or '0') + 1, now_us)
-local fence_text = string.format('%.0f', fence)
-redis.call('SET', KEYS[3], fence_text, 'PX', ARGV[4])
-redis.call('HSET', KEYS[2], 'host', ARGV[5], 'pid', ARGV[6], 'label', ARGV[7],
-           'since_ms', string.format('%.0f', math.floor(now_us / 1000)), 'fence', fence_text)
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local fence = grant(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
+                   ARGV[7], now_us)
 -- A hold set left by an earlier owner whose lease expired is not ours.
 redis.call('DEL', KEYS[4])
 redis.call('SADD', KEYS[4], ARGV[2])

@@ -1,0 +1,23 @@
+-- Prelude shared by every acquire script (prepended at compile time, see scripts.rs): one
+-- place for how a lock is granted and how its fencing token is made.
+
+-- The server's clock in microseconds.
+local function server_now_us()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000000 + tonumber(time[2])
+end
+
+-- Grant `lock` to `token` for `ttl` ms: set the key, issue a fencing token, record the holder.
+-- The token never goes below the server clock in microseconds, so it keeps increasing even
+-- when the counter was lost (restart without persistence) or expired after a long idle spell.
+local function grant(lock, info, fence_key, token, ttl, retention, host, pid, label, now_us)
+  redis.call('SET', lock, token, 'PX', ttl)
+  local fence = math.max(tonumber(redis.call('GET', fence_key) or '0') + 1, now_us)
+  local fence_text = string.format('%.0f', fence)
+  redis.call('SET', fence_key, fence_text, 'PX', retention)
+  redis.call('HSET', info, 'host', host, 'pid', pid, 'label', label,
+             'since_ms', string.format('%.0f', math.floor(now_us / 1000)), 'fence', fence_text)
+  redis.call('PEXPIRE', info, ttl)
+  return fence
+end
+
