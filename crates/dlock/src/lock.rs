@@ -131,10 +131,9 @@ impl Lock {
     /// expires with its waiter lease), and no subscription.
     pub async fn lock(&self) -> Result<LockGuard> {
         let pending = PendingAcquisition::new(self, Cleanup::Release, Token::generate()?);
-        self.wait_for(&pending.token, |queue_for| {
-            self.attempt(&pending, queue_for)
-        })
-        .await
+        let token = pending.token();
+        self.wait_for(&token, |queue_for| self.attempt(&pending, queue_for))
+            .await
     }
 
     /// The waiting loop shared by every lock kind: attempt, subscribe to wake-ups (unless a
@@ -260,7 +259,17 @@ impl Lock {
         if self.options.fair {
             call.key(&self.keys.queue).key(&self.keys.queue_leases);
         }
-        call.arg(pending.token.as_str())
+        // On Redlock every attempt has a fresh token: a failed attempt's rollback runs in the
+        // background and may land after a retry; with its own token it can never delete the
+        // retry's grant (with one token it did, and two owners held the lock: found by the
+        // chaos suite). On one node a busy answer needs no rollback, so the token is kept,
+        // which lets a retry whose first reply was lost find its own grant.
+        let token = if self.client.nodes().is_single() {
+            pending.token()
+        } else {
+            pending.fresh_token()?
+        };
+        call.arg(token.as_str())
             .arg(millis(ttl))
             .arg(millis(FENCE_RETENTION))
             .arg(&identity.host)
@@ -306,12 +315,12 @@ impl Lock {
             }
         }
         if fences.len() >= nodes.quorum() {
-            let completed = match self.complete_grant(pending, &fences, sent_at).await {
+            let completed = match self.complete_grant(&token, &fences, sent_at).await {
                 Ok(completed) => completed,
                 Err(error) => {
                     // Undo the grant now, so the caller's error means "no lock".
                     let mut release = scripts::RELEASE.prepare_invoke();
-                    scripts::add_release(&mut release, &self.keys, &pending.token);
+                    scripts::add_release(&mut release, &self.keys, &token);
                     let undone = nodes
                         .all(|node| node.eval::<Vec<i64>>(&release, node.command_timeout()))
                         .await;
@@ -325,7 +334,7 @@ impl Lock {
                 let lease = Arc::new(
                     Lease::new(
                         self.keys.clone(),
-                        pending.token.clone(),
+                        token.clone(),
                         fencing_token,
                         ttl,
                         sent_at,
@@ -346,7 +355,7 @@ impl Lock {
             // their SET may still land), then report.
             self.client
                 .watchdog()
-                .release_in_background(self.keys.clone(), pending.token.clone());
+                .release_in_background(self.keys.clone(), token.clone());
             pending.settled();
         } else if queue_for.is_none() {
             // A busy answer settles the doubt, unless it put us in the fair queue: that entry
@@ -364,7 +373,7 @@ impl Lock {
     /// the lease is still valid afterwards (`ttl − elapsed − drift > 0`). `None`: too late.
     async fn complete_grant(
         &self,
-        pending: &PendingAcquisition,
+        token: &Token,
         fences: &[(usize, u64)],
         sent_at: Instant,
     ) -> Result<Option<u64>> {
@@ -377,7 +386,7 @@ impl Lock {
                 .key(&self.keys.lock)
                 .arg(fencing_token)
                 .arg(millis(FENCE_RETENTION))
-                .arg(pending.token.as_str());
+                .arg(token.as_str());
             let written = futures_util::future::join_all(fences.iter().map(|(index, _)| {
                 let node = nodes.get(*index);
                 node.eval::<i64>(&call, node.command_timeout())
@@ -441,7 +450,8 @@ impl Lock {
 pub(crate) struct PendingAcquisition {
     keys: Arc<LockKeys>,
     cleanup: Cleanup,
-    pub(crate) token: Token,
+    /// The token of the current (latest) attempt.
+    token: std::sync::Mutex<Token>,
     watchdog: crate::watchdog::Watchdog,
     in_doubt: AtomicBool,
 }
@@ -459,10 +469,28 @@ impl PendingAcquisition {
         PendingAcquisition {
             keys: lock.keys.clone(),
             cleanup,
-            token,
+            token: std::sync::Mutex::new(token),
             watchdog: lock.client.watchdog().clone(),
             in_doubt: AtomicBool::new(false),
         }
+    }
+
+    /// The current attempt's token.
+    pub(crate) fn token(&self) -> Token {
+        self.token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts an attempt with a new token (Redlock); the old one's rollback is the caller's.
+    pub(crate) fn fresh_token(&self) -> Result<Token> {
+        let token = Token::generate()?;
+        *self
+            .token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = token.clone();
+        Ok(token)
     }
 
     /// A request with this token is about to be sent.
@@ -482,15 +510,15 @@ impl Drop for PendingAcquisition {
         if !self.in_doubt.load(Ordering::SeqCst) {
             return;
         }
+        let token = self.token();
         match &self.cleanup {
             Cleanup::Release => self
                 .watchdog
-                .release_in_background(self.keys.clone(), self.token.clone()),
-            Cleanup::ReleaseHold { owner } => self.watchdog.release_hold_in_background(
-                self.keys.clone(),
-                owner.clone(),
-                self.token.clone(),
-            ),
+                .release_in_background(self.keys.clone(), token),
+            Cleanup::ReleaseHold { owner } => {
+                self.watchdog
+                    .release_hold_in_background(self.keys.clone(), owner.clone(), token)
+            }
         }
     }
 }

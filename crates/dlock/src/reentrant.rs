@@ -182,7 +182,7 @@ impl ReentrantLock {
     pub async fn lock(&self, owner: &Owner) -> Result<ReentrantGuard> {
         let pending = self.pending(owner)?;
         self.lock
-            .wait_for(&pending.token, |_| self.attempt(owner, &pending))
+            .wait_for(&pending.token(), |_| self.attempt(owner, &pending))
             .await
     }
 
@@ -212,7 +212,7 @@ impl ReentrantLock {
             .key(&keys.fence)
             .key(&keys.holds)
             .arg(owner.token().as_str())
-            .arg(pending.token.as_str())
+            .arg(pending.token().as_str())
             .arg(millis(options.ttl))
             .arg(millis(FENCE_RETENTION))
             .arg(&identity.host)
@@ -260,7 +260,7 @@ impl ReentrantLock {
             holding,
             lock: self.clone(),
             owner: owner.clone(),
-            acquisition: pending.token.clone(),
+            acquisition: pending.token(),
             released: false,
         };
         pending.settled();

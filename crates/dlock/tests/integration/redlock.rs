@@ -241,3 +241,57 @@ async fn redlock_needs_an_odd_number_of_masters_and_refuses_single_node_features
         .unwrap_err()
         .is_config());
 }
+
+/// Regression: a failed Redlock attempt rolls back in the background, and the retry used to
+/// reuse its token, so a late rollback could delete the retry's fresh grant and let a second
+/// owner in. Eight contenders, a shared "inside" flag: no overlap. The race is narrow: this
+/// test caught the old code in about one run of three; the chaos suite's Redlock run
+/// (`tests/chaos.rs`) caught it in every run and is the guard that matters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contended_redlock_never_grants_twice() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let servers = RedisServers::start(3);
+    let inside = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(AtomicU64::new(0));
+    let grants = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let c = redlock(&servers, Duration::from_secs(1)).await;
+        let lock = c
+            .lock_with(
+                "contended",
+                LockOptions::new().wait(dlock::Wait::Limit(Duration::from_secs(10))),
+            )
+            .unwrap();
+        let (inside, violations, grants) = (inside.clone(), violations.clone(), grants.clone());
+        workers.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let guard = lock.lock().await.unwrap();
+                if inside.swap(true, Ordering::SeqCst) {
+                    violations.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                // Still ours at the end of the critical section, or it was taken from us.
+                assert!(guard.is_held());
+                inside.store(false, Ordering::SeqCst);
+                grants.fetch_add(1, Ordering::SeqCst);
+                let _ = guard.release().await;
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert!(
+        grants.load(Ordering::SeqCst) > 50,
+        "too few grants to mean anything"
+    );
+    assert_eq!(
+        violations.load(Ordering::SeqCst),
+        0,
+        "two owners held the Redlock lock at once"
+    );
+}
