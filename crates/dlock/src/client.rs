@@ -193,7 +193,7 @@ impl Client {
         // Wake-ups come from the first node (for Redlock, a release publishes on every node;
         // if the first is down, waiters rely on their re-checks).
         let notifier = Notifier::spawn(
-            nodes.first().redis_client(),
+            nodes.first().clone(),
             options.connect_timeout,
             options.subscription_linger,
         );

@@ -78,7 +78,7 @@ enum Command {
 
 impl Notifier {
     /// Starts the listener task (it connects lazily, on the first subscription).
-    pub fn spawn(client: redis::Client, timeout: Duration, linger: Duration) -> Notifier {
+    pub fn spawn(node: crate::node::Node, timeout: Duration, linger: Duration) -> Notifier {
         let (commands, queue) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             channels: Mutex::new(HashMap::new()),
@@ -86,7 +86,7 @@ impl Notifier {
             linger,
         });
         let listener = Listener {
-            client,
+            node,
             timeout,
             linger,
             shared: Arc::downgrade(&shared),
@@ -242,7 +242,8 @@ impl Drop for Subscription {
 
 /// The task that owns the pub/sub connection.
 struct Listener {
-    client: redis::Client,
+    /// The node whose current server to subscribe on (it changes after a Sentinel failover).
+    node: crate::node::Node,
     timeout: Duration,
     linger: Duration,
     /// Weak: the task ends when the client and all subscriptions are gone.
@@ -332,7 +333,8 @@ impl Listener {
     /// Connects, subscribes every registered channel, then relays messages and commands until
     /// the connection drops, no channel is left, or the client is gone.
     async fn connect_and_serve(&mut self) -> Serve {
-        let connecting = tokio::time::timeout(self.timeout, self.client.get_async_pubsub());
+        let client = self.node.redis_client();
+        let connecting = tokio::time::timeout(self.timeout, client.get_async_pubsub());
         let Ok(Ok(pubsub)) = connecting.await else {
             tracing::debug!("pub/sub connection failed; waiters fall back to re-checks");
             return Serve::Lost;

@@ -127,5 +127,30 @@ async fn the_client_follows_a_sentinel_failover_and_new_locks_work() {
         on_new_master.is_some(),
         "the new lock lives on the promoted master"
     );
+    // Wake-ups follow too: with a 10 s re-check, only a publish on the new master can hand
+    // the lock to a waiter quickly.
+    let waiter_lock = c
+        .lock_with("after", LockOptions::new().recheck(Duration::from_secs(10)))
+        .unwrap();
+    let waiter = tokio::spawn(async move { waiter_lock.lock().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = replica.command_calls("evalsha");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        replica.command_calls("evalsha"),
+        before,
+        "the waiter polled the new master instead of waiting for a wake-up"
+    );
+    let released = tokio::time::Instant::now();
     guard.release().await.unwrap();
+    let handed = timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        released.elapsed() < Duration::from_secs(3),
+        "the waiter was not woken"
+    );
+    handed.release().await.unwrap();
 }
