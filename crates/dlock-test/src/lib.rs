@@ -10,14 +10,18 @@
 //! - [`RedisServer::start_replica_of`] starts a replica and waits until it has synced;
 //!   [`Sentinels`] starts sentinels monitoring a master, for real failovers.
 //! - [`RedisCluster`] starts a small Redis Cluster (N masters, every slot assigned).
+//! - [`TcpProxy`] forwards a loopback port to a server and can cut or delay that link: a
+//!   partition between one client and Redis while others still reach it.
 //! - [`find_redis_server`] says where the binary comes from: `DLOCK_REDIS_SERVER`, else `PATH`.
 //!
 //! The kit panics on failure (it is for tests) and every panic carries the server's log.
 
 mod cluster;
+mod proxy;
 mod sentinel;
 mod server;
 
 pub use cluster::RedisCluster;
+pub use proxy::TcpProxy;
 pub use sentinel::{Sentinels, MASTER_NAME};
 pub use server::{find_redis_server, RedisServer, RedisServers, ServerOptions};

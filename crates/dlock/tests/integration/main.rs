@@ -12,6 +12,7 @@ mod exclusion; // conflicts, waiting, holder info, status and forced release
 mod fair; // FIFO grants; dead waiters leave the queue when their lease ends
 mod fencing; // tokens strictly increase, across clients and across data loss
 mod ownership; // non-owners never touch another owner's lock
+mod partition; // a partitioned holder knows its lease is over before anyone else has it
 mod redlock; // majorities, dead and frozen masters, validity, fencing across nodes
 mod reentrant; // nesting by explicit owner, freed at zero, one fencing token
 mod replicated; // the replica guard (WAIT) and Sentinel failover
