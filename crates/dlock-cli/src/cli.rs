@@ -111,6 +111,11 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_wait, value_name = "DUR|forever", help_heading = "Waiting")]
     pub wait: Option<WaitLimit>,
 
+    /// With --wait: take the lock in arrival order (FIFO) instead of whoever asks first after a
+    /// release; a waiter that dies leaves the queue within 6 s. Needs one Redis or a Cluster.
+    #[arg(long, requires = "wait", help_heading = "Waiting")]
+    pub fair: bool,
+
     /// Exit code when the lock is busy or the wait runs out (e.g. 0 for cron).
     #[arg(
         short = 'E',

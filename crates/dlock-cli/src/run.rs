@@ -86,6 +86,7 @@ impl Runner<'_> {
     async fn with_client(&mut self, client: &Client, signals: &mut Signals) -> u8 {
         let options = LockOptions::new()
             .ttl(self.args.ttl)
+            .fair(self.args.fair)
             .label(self.label())
             .wait(match self.args.wait {
                 Some(WaitLimit::For(limit)) => Wait::Limit(limit),

@@ -91,6 +91,7 @@ fn now_ms() -> u64 {
 
 fn spawn_holder(
     lock_urls: &[String],
+    fair: bool,
     report: &std::path::Path,
     ttl_ms: u64,
     storage_port: u16,
@@ -111,6 +112,9 @@ fn spawn_holder(
     command
         .args(["--report", "json", "--report-file"])
         .arg(report);
+    if fair {
+        command.arg("--fair");
+    }
     for url in lock_urls {
         command.args(["--redis", url]);
     }
@@ -136,8 +140,19 @@ fn chaos_on_redlock_with_three_masters() {
     chaos(3);
 }
 
+#[test]
+fn chaos_on_one_redis_in_fair_mode() {
+    chaos_with(1, true);
+}
+
 /// One chaos run against `masters` lock servers (1: a single Redis; 3: Redlock).
 fn chaos(masters: usize) {
+    chaos_with(masters, false);
+}
+
+/// One chaos run; `fair`: every holder waits in fair (FIFO) mode, so killed and stopped
+/// waiters also sit in the queue.
+fn chaos_with(masters: usize, fair: bool) {
     let seconds: u64 = std::env::var("DLOCK_CHAOS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -173,7 +188,8 @@ fn chaos(masters: usize) {
                     let long_secs = format!("{:.1}", ttl_ms as f64 * 1.5 / 1000.0);
                     let job_secs = if long { long_secs.as_str() } else { "0.1" };
                     let report = reports.path().join(format!("{w}-{round}.json"));
-                    let mut child = spawn_holder(&urls, &report, ttl_ms, port, &key, job_secs);
+                    let mut child =
+                        spawn_holder(&urls, fair, &report, ttl_ms, port, &key, job_secs);
                     shared.lock().unwrap().running.insert(child.id(), long);
                     // Bounded: --wait 2s + a 0.1 s job + stop timeout; a hung one is killed.
                     let limit = Instant::now() + Duration::from_secs(30);
@@ -356,10 +372,10 @@ fn chaos(masters: usize) {
          stale writes rejected {stale}; overlaps {overlaps} (explained by faults; {starved} of them by \
          a holder starved past its lease, told and fenced); violations \
          {}; exit codes {exit_codes:?}",
-        if redlock {
-            "Redlock, 3 masters"
-        } else {
-            "one Redis"
+        match (redlock, fair) {
+            (true, _) => "Redlock, 3 masters",
+            (false, true) => "one Redis, fair mode",
+            (false, false) => "one Redis",
         },
         elapsed.as_secs_f64(),
         restarts.len(),

@@ -158,3 +158,45 @@ fn the_child_gets_the_key_fencing_token_and_ttl_in_its_environment() {
     assert!(fields[1].parse::<u64>().unwrap() > 1_000_000_000_000_000);
     assert_eq!(fields[2], "12000");
 }
+
+#[test]
+fn fair_waiters_run_in_the_order_they_arrived() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let order = scratch.path("order");
+    let holder_job = format!("touch {}; sleep 1", scratch.path("holding").display());
+    let holder = dlock(&server)
+        .args(["run", "q", "--", "sh", "-c", &holder_job])
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(&scratch.path("holding"), LIMIT));
+    let mut waiters = Vec::new();
+    for i in 0..4 {
+        let job = format!("echo {i} >> {}", order.display());
+        waiters.push(
+            dlock(&server)
+                .args([
+                    "run", "--wait", "10s", "--fair", "q", "--", "sh", "-c", &job,
+                ])
+                .spawn()
+                .unwrap(),
+        );
+        // Each waiter has joined the queue before the next starts.
+        let queued = Instant::now() + LIMIT;
+        while server.cmd::<i64>("LLEN", &["{q}:dlock:queue:q"]) < i + 1 {
+            assert!(Instant::now() < queued, "waiter {i} never queued");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    assert_eq!(code(&finish(holder, LIMIT)), 0);
+    for waiter in waiters {
+        assert_eq!(code(&finish(waiter, LIMIT)), 0);
+    }
+    assert_eq!(std::fs::read_to_string(&order).unwrap(), "0\n1\n2\n3\n");
+    // --fair without --wait is a usage error.
+    let bad = output(
+        dlock(&server).args(["run", "--fair", "q", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(code(&bad), 64);
+}
