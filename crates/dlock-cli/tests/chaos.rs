@@ -151,7 +151,8 @@ fn chaos(masters: usize) {
 }
 
 /// One chaos run; `fair`: every holder waits in fair (FIFO) mode, so killed and stopped
-/// waiters also sit in the queue.
+/// waiters also sit in the queue. Redlock runs grant about half as often (a 2 s lease, three
+/// masters, half-minute faults), so their progress and fault-count floors are lower.
 fn chaos_with(masters: usize, fair: bool) {
     let seconds: u64 = std::env::var("DLOCK_CHAOS_SECS")
         .ok()
@@ -399,11 +400,15 @@ fn chaos_with(masters: usize, fair: bool) {
         "a killed holder's lock outlives one TTL: {kill_checks:?}"
     );
     assert!(
-        grants >= seconds,
+        grants >= if redlock { seconds / 2 } else { seconds },
         "too little progress: {grants} grants in {seconds} s"
     );
     assert!(
-        kills > 0 && stops > 0,
+        if redlock {
+            kills + stops > 0
+        } else {
+            kills > 0 && stops > 0
+        },
         "faults were not injected: {kills} kills, {stops} stops"
     );
     // Holders stopped past their lease inside a long critical section leave a stale writer
