@@ -152,7 +152,7 @@ fn chaos(masters: usize) {
 
 /// One chaos run; `fair`: every holder waits in fair (FIFO) mode, so killed and stopped
 /// waiters also sit in the queue. Redlock runs grant about half as often (a 2 s lease, three
-/// masters, half-minute faults), so their progress and fault-count floors are lower.
+/// masters, longer faults), so their progress and fault-count floors are lower.
 fn chaos_with(masters: usize, fair: bool) {
     let seconds: u64 = std::env::var("DLOCK_CHAOS_SECS")
         .ok()
