@@ -6,7 +6,7 @@ use std::time::Duration;
 use dlock::{Client, ClientOptions, Error, LockOptions};
 use dlock_test::{RedisServer, ServerOptions};
 
-use crate::support::client;
+use crate::support::{client, take_and_release};
 
 #[tokio::test]
 async fn malformed_urls_are_config_errors() {
@@ -101,14 +101,7 @@ async fn wrong_or_missing_passwords_are_auth_errors_without_the_password() {
         .await
         .unwrap();
     assert!(!ok.server().contains("right-pw"), "{}", ok.server());
-    ok.lock("k")
-        .unwrap()
-        .try_lock()
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    take_and_release(&ok, "k").await;
 }
 
 #[tokio::test]
@@ -145,14 +138,7 @@ async fn acl_users_database_numbers_and_unix_sockets_work() {
     let unix = Client::connect(&format!("unix://{}", socket.display()))
         .await
         .unwrap();
-    unix.lock("via-socket")
-        .unwrap()
-        .try_lock()
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    take_and_release(&unix, "via-socket").await;
 
     let denied = Client::connect(&format!("redis://alice:nope@127.0.0.1:{}/", server.port()))
         .await

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::support::take_and_release;
 use dlock::{Client, ClientOptions, LockOptions};
 use dlock_test::RedisServers;
 use tokio::time::Instant;
@@ -45,14 +46,7 @@ async fn a_majority_of_three_and_of_five_grants_and_excludes() {
         assert!(status.held);
         guard.release().await.unwrap();
         assert_eq!(holders(&servers, "job"), 0);
-        b.lock("job")
-            .unwrap()
-            .try_lock()
-            .await
-            .unwrap()
-            .release()
-            .await
-            .unwrap();
+        take_and_release(&b, "job").await;
     }
 }
 
@@ -112,14 +106,7 @@ async fn a_frozen_master_costs_at_most_the_per_node_timeout() {
     let mut servers = RedisServers::start(3);
     let timeout = Duration::from_millis(400);
     let c = redlock(&servers, timeout).await;
-    c.lock("warm")
-        .unwrap()
-        .try_lock()
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    take_and_release(&c, "warm").await;
     servers[1].pause();
     let started = Instant::now();
     let guard = c.lock("job").unwrap().try_lock().await.unwrap();
@@ -138,14 +125,7 @@ async fn a_frozen_master_costs_at_most_the_per_node_timeout() {
 async fn validity_shrinks_with_elapsed_time_and_a_grant_past_it_is_rolled_back() {
     let servers = RedisServers::start(3);
     let c = redlock(&servers, Duration::from_secs(2)).await;
-    c.lock("warm")
-        .unwrap()
-        .try_lock()
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    take_and_release(&c, "warm").await;
     let ttl = Duration::from_secs(1);
     // Two masters answer only after 300 ms: the grant is real, its validity 300 ms shorter.
     servers[0].client_pause(Duration::from_millis(300));

@@ -6,7 +6,7 @@ use dlock::{Client, ClientOptions, LockOptions, SentinelConfig, Wait};
 use dlock_test::{RedisServer, Sentinels, MASTER_NAME};
 use tokio::time::timeout;
 
-use crate::support::client;
+use crate::support::{client, take_and_release};
 
 fn guarded() -> LockOptions {
     LockOptions::new().min_replicas(1, Duration::from_millis(200))
@@ -53,14 +53,7 @@ async fn with_the_replica_paused_the_guard_fails_cleanly_and_leaves_no_lock() {
         "no lock left on the master"
     );
     // Without the guard, the same lock is granted (it was the replica, not the lock).
-    c.lock("job")
-        .unwrap()
-        .try_lock()
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    take_and_release(&c, "job").await;
 }
 
 #[tokio::test]

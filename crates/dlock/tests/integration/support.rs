@@ -19,3 +19,10 @@ pub async fn client(server: &RedisServer) -> Client {
 pub fn ttl(ttl: Duration) -> LockOptions {
     LockOptions::new().ttl(ttl)
 }
+
+/// Takes `name` on `client` (it must be free) and releases it: the "does this lock work at
+/// all" step many tests need.
+pub async fn take_and_release(client: &Client, name: &str) {
+    let guard = client.lock(name).unwrap().try_lock().await.unwrap();
+    guard.release().await.unwrap();
+}
