@@ -357,9 +357,11 @@ impl Lock {
                 .watchdog()
                 .release_in_background(self.keys.clone(), token.clone());
             pending.settled();
-        } else if queue_for.is_none() {
+        } else if busy.is_some() && queue_for.is_none() {
             // A busy answer settles the doubt, unless it put us in the fair queue: that entry
-            // must be withdrawn if we give up.
+            // must be withdrawn if we give up. A grant refused for arriving too late does not:
+            // the key is ours, so it stays in doubt (a retry with this token finds it; giving
+            // up releases it).
             pending.settled();
         }
         match busy {

@@ -85,3 +85,35 @@ async fn releasing_a_held_lock_reports_success_and_frees_it() {
     assert_eq!(exists, 0, "release removes the lock and its holder info");
     assert_eq!(c.held_locks(), 0);
 }
+
+#[tokio::test]
+async fn a_grant_that_arrives_after_its_validity_is_refused_and_leaves_no_lock() {
+    let server = RedisServer::start();
+    let options = dlock::ClientOptions::new().command_timeout(Duration::from_secs(2));
+    let c = dlock::Client::connect_with(&server.url(), options)
+        .await
+        .unwrap();
+    c.lock("warm")
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    // Redis answers only after 500 ms: a 300 ms lease is over before the reply arrives.
+    server.client_pause(Duration::from_millis(500));
+    let short = LockOptions::new().ttl(Duration::from_millis(300));
+    let err = c
+        .lock_with("late", short)
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("validity"), "{err}");
+    c.flush().await;
+    // The key was set (with 300 ms to live) when Redis resumed; it must be gone now, not
+    // left to block others until it expires.
+    let exists: i64 = server.cmd("EXISTS", &["late"]);
+    assert_eq!(exists, 0, "the refused grant was left behind");
+}
