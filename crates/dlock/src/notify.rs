@@ -281,6 +281,9 @@ impl Listener {
                     Serve::Closed => return,
                     Serve::Idle => break,
                     Serve::Lost => {
+                        // Lingering channels nobody waits on go now, or an outage would keep
+                        // this loop reconnecting for them.
+                        self.expire_idle();
                         self.for_each_channel(|_, channel| {
                             channel.ready.send_replace(Some(false));
                             let _ = channel.wake.send(Wake::All);
