@@ -87,6 +87,11 @@ pub struct Connection {
     )]
     pub sentinel_master_password: Option<String>,
 
+    /// Trust this CA certificate (PEM file) for rediss:// servers instead of the system's
+    /// roots, e.g. for a Redis whose certificate a private CA signed.
+    #[arg(long, env = "DLOCK_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
     /// Timeout for each Redis command and for connecting (e.g. 500ms, 2s).
     #[arg(long, default_value = "2s", value_parser = positive_duration, value_name = "DUR")]
     pub redis_timeout: Duration,

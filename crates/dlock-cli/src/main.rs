@@ -59,7 +59,13 @@ fn main() -> ExitCode {
 /// Connects to the Redis of `connection`: a Sentinel-monitored master, a Cluster, one URL, or
 /// Redlock over several.
 async fn connect(connection: &Connection) -> dlock::Result<Client> {
-    let options = client_options(connection);
+    let mut options = client_options(connection);
+    if let Some(path) = &connection.tls_ca {
+        let pem = std::fs::read(path).map_err(|e| {
+            dlock::Error::Config(format!("cannot read --tls-ca {}: {e}", path.display()))
+        })?;
+        options = options.tls_root_cert_pem(pem);
+    }
     if let Some(master) = &connection.sentinel_master {
         let mut config = SentinelConfig::new(master, &connection.sentinel);
         if let Some(password) = &connection.sentinel_master_password {

@@ -142,6 +142,17 @@ impl RedisServer {
         )
     }
 
+    /// A TLS server's CA certificate in PEM, to trust it as a root; and the server's URL
+    /// without `#insecure`, so its certificate is really verified.
+    ///
+    /// # Panics
+    /// For a server started without TLS.
+    pub fn tls_certificate(&self) -> (Vec<u8>, String) {
+        assert!(self.options.tls, "not a TLS server");
+        let pem = fs::read(self.dir.path().join("ca.pem")).expect("the server's CA certificate");
+        (pem, format!("rediss://127.0.0.1:{}/", self.port))
+    }
+
     /// The loopback port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
@@ -256,35 +267,80 @@ impl RedisServer {
         let _: () = self.cmd("CLIENT", &["PAUSE", &ms, "ALL"]);
     }
 
-    /// A throwaway self-signed certificate for 127.0.0.1 in the server's directory.
+    /// A throwaway CA and a server certificate for 127.0.0.1 signed by it, in the server's
+    /// directory: returns (certificate, key). A real chain, so clients that verify it (rustls
+    /// refuses a self-signed CA used as the server's own certificate) can trust the CA.
     fn self_signed_certificate(&self) -> (PathBuf, PathBuf) {
-        let cert = self.dir.path().join("cert.pem");
-        let key = self.dir.path().join("key.pem");
+        let dir = self.dir.path();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         if cert.is_file() && key.is_file() {
             return (cert, key);
         }
-        let status = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args([
+        fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write the certificate extensions");
+        let steps: [&[&str]; 3] = [
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=dlock-test-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
                 "-subj",
                 "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap_or_else(|e| panic!("TLS tests need the openssl command: {e}"));
-        assert!(
-            status.success(),
-            "openssl could not make a certificate: {status}"
-        );
+                "-keyout",
+                "key.pem",
+                "-out",
+                "server.csr",
+            ],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-out",
+                "cert.pem",
+                "-extfile",
+                "server.ext",
+            ],
+        ];
+        for args in steps {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("TLS tests need the openssl command: {e}"));
+            assert!(status.success(), "openssl {args:?} failed: {status}");
+        }
         (cert, key)
     }
 
@@ -330,7 +386,7 @@ impl RedisServer {
                 .arg("--tls-key-file")
                 .arg(&key)
                 .arg("--tls-ca-cert-file")
-                .arg(&cert)
+                .arg(self.dir.path().join("ca.pem"))
                 .args(["--tls-auth-clients", "no"]);
         }
         command.args(&self.options.extra_args);

@@ -214,11 +214,23 @@ pub(crate) fn validate_ttl(ttl: Duration) -> Result<()> {
 }
 
 /// Settings of a [`Client`](crate::Client)'s connections.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
     pub(crate) command_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) subscription_linger: Duration,
+    pub(crate) tls_root_cert: Option<std::sync::Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("subscription_linger", &self.subscription_linger)
+            .field("tls_root_cert", &self.tls_root_cert.as_ref().map(|_| "set"))
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -227,6 +239,7 @@ impl Default for ClientOptions {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             subscription_linger: DEFAULT_SUBSCRIPTION_LINGER,
+            tls_root_cert: None,
         }
     }
 }
@@ -246,6 +259,13 @@ impl ClientOptions {
     /// Upper bound on opening a connection.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Trust this root certificate (PEM) for `rediss://` servers instead of the system's
+    /// roots: for a Redis whose certificate a private CA signed.
+    pub fn tls_root_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_cert = Some(pem.into().into());
         self
     }
 

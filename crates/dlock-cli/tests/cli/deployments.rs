@@ -200,3 +200,57 @@ fn run_status_and_list_work_on_a_cluster() {
         stdout(&status)
     );
 }
+
+#[test]
+fn run_verifies_tls_against_a_private_ca() {
+    let server = RedisServer::start_with(dlock_test::ServerOptions {
+        tls: true,
+        ..Default::default()
+    });
+    let (pem, url) = server.tls_certificate();
+    let scratch = Scratch::new();
+    let ca = scratch.path("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let out = output(
+        dlock(&server)
+            .args(["run", "--redis", &url, "--tls-ca"])
+            .arg(&ca)
+            .args(["k", "--", "echo", "ok"]),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "ok\n");
+    let untrusted = output(
+        dlock(&server).args([
+            "run",
+            "--redis",
+            &url,
+            "--redis-timeout",
+            "1s",
+            "k",
+            "--",
+            "true",
+        ]),
+        LIMIT,
+    );
+    assert_eq!(code(&untrusted), 69, "{}", stderr(&untrusted));
+    let missing = output(
+        dlock(&server).args([
+            "run",
+            "--redis",
+            &url,
+            "--tls-ca",
+            "/nonexistent.pem",
+            "k",
+            "--",
+            "true",
+        ]),
+        LIMIT,
+    );
+    assert_eq!(code(&missing), 64, "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("--tls-ca"),
+        "{}",
+        stderr(&missing)
+    );
+}

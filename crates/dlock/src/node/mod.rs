@@ -141,7 +141,7 @@ impl Node {
     /// credentials, [`Error::Unavailable`] when the server cannot be reached in time.
     pub async fn connect(url: &str, options: &ClientOptions) -> Result<Node> {
         options.validate()?;
-        let (client, name) = open_client(url)?;
+        let (client, name) = open_client(url, options)?;
         let config = manager_config(options);
         // The manager's own retries each have the connect timeout; bound the whole attempt too.
         let limit =
@@ -170,7 +170,7 @@ impl Node {
     /// # Errors
     /// [`Error::Config`] for a URL that does not parse.
     pub fn lazy(url: &str, options: &ClientOptions) -> Result<Node> {
-        let (client, name) = open_client(url)?;
+        let (client, name) = open_client(url, options)?;
         let con = ConnectionManager::new_lazy_with_config(client.clone(), manager_config(options))
             .map_err(|e| Error::from_redis(&name, e))?;
         Ok(Node::fixed(con, client, name, options))
@@ -268,15 +268,31 @@ impl Node {
     }
 }
 
-/// Parses `url` into a driver client, and names it for messages (without its password).
-fn open_client(url: &str) -> Result<(redis::Client, Arc<str>)> {
+/// Parses `url` into a driver client (trusting the options' TLS root certificate, if any),
+/// and names it for messages (without its password).
+fn open_client(url: &str, options: &ClientOptions) -> Result<(redis::Client, Arc<str>)> {
     let name: Arc<str> = redact_url(url).into();
-    let client = redis::Client::open(url).map_err(|e| {
+    let bad = |e: redis::RedisError| {
         Error::Config(format!(
             "bad Redis URL {name}: {}",
             scrub(&e.to_string(), url)
         ))
-    })?;
+    };
+    let client = match &options.tls_root_cert {
+        Some(pem) => {
+            if !url.starts_with("rediss://") {
+                return Err(Error::Config(format!(
+                    "a TLS root certificate was given, but {name} is not a rediss:// URL"
+                )));
+            }
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            };
+            redis::Client::build_with_tls(url, certificates).map_err(bad)?
+        }
+        None => redis::Client::open(url).map_err(bad)?,
+    };
     Ok((client, name))
 }
 

@@ -171,3 +171,30 @@ async fn rediss_urls_speak_tls() {
     let err = Client::connect_with(&plain, options).await.unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_private_ca_is_trusted_when_given_and_refused_otherwise() {
+    let server = RedisServer::start_with(ServerOptions {
+        tls: true,
+        ..ServerOptions::default()
+    });
+    let (pem, verified_url) = server.tls_certificate();
+    let trusted = ClientOptions::new().tls_root_cert_pem(pem.clone());
+    let c = Client::connect_with(&verified_url, trusted).await.unwrap();
+    take_and_release(&c, "tls").await;
+    // Without the CA (and without #insecure) the self-signed certificate is refused.
+    let options = ClientOptions::new().connect_timeout(Duration::from_secs(1));
+    let err = Client::connect_with(&verified_url, options)
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable() || err.is_config(), "{err:?}");
+    // A CA for a plain-text URL is a mistake worth saying.
+    let plain = format!("redis://127.0.0.1:{}/", server.port());
+    let err = Client::connect_with(&plain, ClientOptions::new().tls_root_cert_pem(pem))
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_config() && err.to_string().contains("rediss://"),
+        "{err}"
+    );
+}
