@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use dlock_test::{RedisServer, RedisServers};
 
-use crate::support::{code, dlock, finish, output, stderr, stdout, wait_for_file, Scratch};
+use crate::support::{
+    code, dlock, finish, output, started, stderr, stdout, wait_for_file, Scratch,
+};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -23,13 +25,13 @@ fn run_excludes_across_three_masters_and_survives_one_dead() {
     let any = RedisServer::start(); // only for dlock()'s default env; overridden below
     let scratch = Scratch::new();
     let job = format!("touch {}; sleep 1", scratch.path("started").display());
-    let first = dlock(&any)
-        .arg("run")
-        .args(redis_args(&servers))
-        .args(["job", "--", "sh", "-c", &job])
-        .spawn()
-        .unwrap();
-    assert!(wait_for_file(&scratch.path("started"), LIMIT));
+    let first = started(
+        dlock(&any)
+            .arg("run")
+            .args(redis_args(&servers))
+            .args(["job", "--", "sh", "-c", &job]),
+        &scratch.path("started"),
+    );
     // The same masters through the environment, space-separated.
     let second = output(
         dlock(&any)

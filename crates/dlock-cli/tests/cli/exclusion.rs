@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use dlock_test::RedisServer;
 
-use crate::support::{code, dlock, exists, finish, output, stderr, stdout, wait_for_file, Scratch};
+use crate::support::{
+    code, dlock, exists, finish, output, started, stderr, stdout, wait_for_file, Scratch,
+};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -74,11 +76,10 @@ fn wait_succeeds_when_the_holder_finishes_in_time_and_times_out_with_75_otherwis
     let server = RedisServer::start();
     let scratch = Scratch::new();
     let holder_job = format!("touch {}; sleep 1", scratch.path("holding").display());
-    let holder = dlock(&server)
-        .args(["run", "w", "--", "sh", "-c", &holder_job])
-        .spawn()
-        .unwrap();
-    assert!(wait_for_file(&scratch.path("holding"), LIMIT));
+    let holder = started(
+        dlock(&server).args(["run", "w", "--", "sh", "-c", &holder_job]),
+        &scratch.path("holding"),
+    );
     let waiter = output(
         dlock(&server).args(["run", "--wait", "3s", "w", "--", "echo", "mine"]),
         LIMIT,
@@ -88,11 +89,10 @@ fn wait_succeeds_when_the_holder_finishes_in_time_and_times_out_with_75_otherwis
     assert_eq!(code(&finish(holder, LIMIT)), 0);
 
     let long_job = format!("touch {}; sleep 5", scratch.path("long").display());
-    let holder = dlock(&server)
-        .args(["run", "w", "--", "sh", "-c", &long_job])
-        .spawn()
-        .unwrap();
-    assert!(wait_for_file(&scratch.path("long"), LIMIT));
+    let holder = started(
+        dlock(&server).args(["run", "w", "--", "sh", "-c", &long_job]),
+        &scratch.path("long"),
+    );
     let started = Instant::now();
     let impatient = output(
         dlock(&server).args(["run", "--wait", "1s", "w", "--", "echo", "no"]),
@@ -165,11 +165,10 @@ fn fair_waiters_run_in_the_order_they_arrived() {
     let scratch = Scratch::new();
     let order = scratch.path("order");
     let holder_job = format!("touch {}; sleep 1", scratch.path("holding").display());
-    let holder = dlock(&server)
-        .args(["run", "q", "--", "sh", "-c", &holder_job])
-        .spawn()
-        .unwrap();
-    assert!(wait_for_file(&scratch.path("holding"), LIMIT));
+    let holder = started(
+        dlock(&server).args(["run", "q", "--", "sh", "-c", &holder_job]),
+        &scratch.path("holding"),
+    );
     let mut waiters = Vec::new();
     for i in 0..4 {
         let job = format!("echo {i} >> {}", order.display());

@@ -5,7 +5,7 @@ use std::time::Duration;
 use dlock_test::{RedisServer, ServerOptions};
 use serde_json::Value;
 
-use crate::support::{code, dlock, exists, finish, output, stderr, stdout, wait_for_file, Scratch};
+use crate::support::{code, dlock, exists, finish, output, started, stderr, stdout, Scratch};
 
 const LIMIT: Duration = Duration::from_secs(20);
 const PASSWORD: &str = "pa55-w0rd";
@@ -32,8 +32,8 @@ fn status_list_and_release_describe_a_held_lock() {
     let server = protected();
     let scratch = Scratch::new();
     let job = format!("touch {}; sleep 30", scratch.path("started").display());
-    let holder = dlock(&server)
-        .args([
+    let holder = started(
+        dlock(&server).args([
             "run",
             "--stop-timeout",
             "1s",
@@ -42,10 +42,9 @@ fn status_list_and_release_describe_a_held_lock() {
             "sh",
             "-c",
             &job,
-        ])
-        .spawn()
-        .unwrap();
-    assert!(wait_for_file(&scratch.path("started"), LIMIT));
+        ]),
+        &scratch.path("started"),
+    );
     let pid = holder.id();
 
     let text = output(dlock(&server).args(["status", "nightly:report"]), LIMIT);
@@ -161,11 +160,10 @@ fn report_json_describes_the_run_field_by_field() {
 
     let file = scratch.path("report.jsonl");
     let job = format!("touch {}; sleep 2", scratch.path("started").display());
-    let holder = dlock(&server)
-        .args(["run", "rep", "--", "sh", "-c", &job])
-        .spawn()
-        .unwrap();
-    assert!(wait_for_file(&scratch.path("started"), LIMIT));
+    let holder = started(
+        dlock(&server).args(["run", "rep", "--", "sh", "-c", &job]),
+        &scratch.path("started"),
+    );
     let busy = output(
         dlock(&server)
             .args(["run", "--report", "json", "--report-file"])

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use dlock_test::RedisServer;
 
-use crate::support::{alive, code, dlock, exists, finish, output, stderr, wait_for_file, Scratch};
+use crate::support::{alive, code, dlock, exists, finish, output, started, stderr, Scratch};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -40,8 +40,8 @@ fn a_job_that_outlives_its_ttl_keeps_the_lock() {
 fn a_deleted_key_stops_the_command_and_exits_76() {
     let server = RedisServer::start();
     let scratch = Scratch::new();
-    let job = dlock(&server)
-        .args([
+    let job = started(
+        dlock(&server).args([
             "run",
             "--ttl",
             "1s",
@@ -50,10 +50,9 @@ fn a_deleted_key_stops_the_command_and_exits_76() {
             "sh",
             "-c",
             &stubborn_job(&scratch, true),
-        ])
-        .spawn()
-        .unwrap();
-    assert!(wait_for_file(&scratch.path("started"), LIMIT));
+        ]),
+        &scratch.path("started"),
+    );
     let _: () = server.cmd("DEL", &["k"]);
     let deleted_at = Instant::now();
     let out = finish(job, LIMIT);
@@ -78,22 +77,22 @@ fn a_deleted_key_stops_the_command_and_exits_76() {
 fn a_command_that_ignores_the_stop_signal_is_killed_after_the_stop_timeout() {
     let server = RedisServer::start();
     let scratch = Scratch::new();
-    let job = dlock(&server)
-        .args([
-            "run",
-            "--ttl",
-            "1s",
-            "--stop-timeout",
-            "1s",
-            "k",
-            "--",
-            "sh",
-            "-c",
-        ])
-        .arg(stubborn_job(&scratch, false))
-        .spawn()
-        .unwrap();
-    assert!(wait_for_file(&scratch.path("started"), LIMIT));
+    let job = started(
+        dlock(&server)
+            .args([
+                "run",
+                "--ttl",
+                "1s",
+                "--stop-timeout",
+                "1s",
+                "k",
+                "--",
+                "sh",
+                "-c",
+            ])
+            .arg(stubborn_job(&scratch, false)),
+        &scratch.path("started"),
+    );
     let pid: u32 = scratch.read("pid").trim().parse().unwrap();
     let _: () = server.cmd("DEL", &["k"]);
     let deleted_at = Instant::now();
@@ -111,22 +110,22 @@ fn a_command_that_ignores_the_stop_signal_is_killed_after_the_stop_timeout() {
 fn a_frozen_redis_stops_the_command_and_exits_76() {
     let mut server = RedisServer::start();
     let scratch = Scratch::new();
-    let job = dlock(&server)
-        .args([
-            "run",
-            "--ttl",
-            "1s",
-            "--redis-timeout",
-            "300ms",
-            "k",
-            "--",
-            "sh",
-            "-c",
-        ])
-        .arg(stubborn_job(&scratch, true))
-        .spawn()
-        .unwrap();
-    assert!(wait_for_file(&scratch.path("started"), LIMIT));
+    let job = started(
+        dlock(&server)
+            .args([
+                "run",
+                "--ttl",
+                "1s",
+                "--redis-timeout",
+                "300ms",
+                "k",
+                "--",
+                "sh",
+                "-c",
+            ])
+            .arg(stubborn_job(&scratch, true)),
+        &scratch.path("started"),
+    );
     server.pause();
     let out = finish(job, LIMIT);
     server.resume();

@@ -7,7 +7,7 @@ use dlock_test::RedisServer;
 use nix::sys::signal::Signal;
 
 use crate::support::{
-    alive, code, dlock, exists, finish, output, send, stdout, wait_for_file, Scratch,
+    alive, code, dlock, exists, finish, output, send, started, stdout, wait_for_file, Scratch,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -26,11 +26,10 @@ fn graceful_job(scratch: &Scratch, signal: &str) -> String {
 fn forwards_and_releases_after_the_child(signal: Signal, name: &str) {
     let server = RedisServer::start();
     let scratch = Scratch::new();
-    let job = dlock(&server)
-        .args(["run", "k", "--", "sh", "-c", &graceful_job(&scratch, name)])
-        .spawn()
-        .unwrap();
-    assert!(wait_for_file(&scratch.path("started"), LIMIT));
+    let job = started(
+        dlock(&server).args(["run", "k", "--", "sh", "-c", &graceful_job(&scratch, name)]),
+        &scratch.path("started"),
+    );
     send(job.id(), signal);
     assert!(
         wait_for_file(&scratch.path("log"), LIMIT),
@@ -65,11 +64,10 @@ fn usr1_is_forwarded_without_stopping_anything() {
         log = scratch.path("log").display(),
         started = scratch.path("started").display(),
     );
-    let job = dlock(&server)
-        .args(["run", "k", "--", "sh", "-c", &script])
-        .spawn()
-        .unwrap();
-    assert!(wait_for_file(&scratch.path("started"), LIMIT));
+    let job = started(
+        dlock(&server).args(["run", "k", "--", "sh", "-c", &script]),
+        &scratch.path("started"),
+    );
     send(job.id(), Signal::SIGUSR1);
     let out = finish(job, LIMIT);
     assert_eq!(code(&out), 0);
@@ -81,11 +79,10 @@ fn ctrl_c_while_waiting_exits_cleanly_and_leaves_no_lock() {
     let server = RedisServer::start();
     let scratch = Scratch::new();
     let holder_job = format!("touch {}; sleep 2", scratch.path("holding").display());
-    let holder = dlock(&server)
-        .args(["run", "w", "--", "sh", "-c", &holder_job])
-        .spawn()
-        .unwrap();
-    assert!(wait_for_file(&scratch.path("holding"), LIMIT));
+    let holder = started(
+        dlock(&server).args(["run", "w", "--", "sh", "-c", &holder_job]),
+        &scratch.path("holding"),
+    );
     let waiter = dlock(&server)
         .args(["run", "--wait", "forever", "w", "--", "echo", "waiter ran"])
         .spawn()

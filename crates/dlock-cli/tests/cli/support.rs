@@ -55,6 +55,20 @@ pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Spawns `cmd` and waits until the job it runs creates `marker` (it has the lock and started).
+///
+/// # Panics
+/// When the marker does not appear within 20 s.
+pub fn started(cmd: &mut Command, marker: &Path) -> Child {
+    let child = cmd.spawn().expect("spawn dlock");
+    assert!(
+        wait_for_file(marker, Duration::from_secs(20)),
+        "the job never started (no {})",
+        marker.display()
+    );
+    child
+}
+
 /// Polls until `path` exists, within `limit`.
 pub fn wait_for_file(path: &Path, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;

@@ -5,14 +5,11 @@
 -- whose first reply was lost); otherwise {0, pttl, holder info fields, server time ms}.
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-  return {1, tonumber(redis.call('HGET', KEYS[2], 'fence') or '0')}
+  return {1, regrant(KEYS[1], KEYS[2], ARGV[2])}
 end
 local now_us = server_now_us()
 if current then
-  return {0, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
-          math.floor(now_us / 1000)}
+  return busy(KEYS[1], KEYS[2], math.floor(now_us / 1000))
 end
 return {1, grant(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
                  now_us)}

@@ -17,9 +17,7 @@ end
 
 local current = redis.call('GET', KEYS[1])
 if current == token then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-  return {1, tonumber(redis.call('HGET', KEYS[2], 'fence') or '0')}
+  return {1, regrant(KEYS[1], KEYS[2], ARGV[2])}
 end
 local head = redis.call('LINDEX', KEYS[4], 0)
 if not current and (not head or head == token) then
@@ -57,4 +55,4 @@ if head and head ~= token then
     head_left = tonumber(head_end) - now_ms
   end
 end
-return {0, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[2]), now_ms, head_left}
+return busy(KEYS[1], KEYS[2], now_ms, head_left)

@@ -21,3 +21,17 @@ local function grant(lock, info, fence_key, token, ttl, retention, host, pid, la
   return fence
 end
 
+-- This token already holds `lock` (a retry whose first reply was lost): extend it to `ttl`
+-- and return the grant's fencing token.
+local function regrant(lock, info, ttl)
+  redis.call('PEXPIRE', lock, ttl)
+  redis.call('PEXPIRE', info, ttl)
+  return tonumber(redis.call('HGET', info, 'fence') or '0')
+end
+
+-- The busy answer every acquire script gives (parsed by `Lock::busy`): remaining lease, holder
+-- info, the server's clock, and an optional extra field (fair mode: the queue head's lease).
+local function busy(lock, info, now_ms, extra)
+  return {0, redis.call('PTTL', lock), redis.call('HGETALL', info), now_ms, extra}
+end
+

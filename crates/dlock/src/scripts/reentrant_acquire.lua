@@ -15,8 +15,7 @@ if current == ARGV[1] then
 end
 local now_us = server_now_us()
 if current then
-  return {0, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
-          math.floor(now_us / 1000)}
+  return busy(KEYS[1], KEYS[2], math.floor(now_us / 1000))
 end
 local fence = grant(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
                    ARGV[7], now_us)
