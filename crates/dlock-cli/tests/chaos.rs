@@ -11,6 +11,9 @@
 //! - **no unexplained overlap**: a holder entering its critical section while another was
 //!   still inside happens only when the earlier one was faulted (killed or stopped) or a
 //!   restart lost its lock, and then fencing refused every later write of the earlier one;
+//! - every holder that was overtaken (another entered while it was inside) exits 76, unless it
+//!   was SIGKILLed: a loss is never silent, also when a restart lost the lock during a short
+//!   job;
 //! - accepted fencing tokens never decrease (also across the restarts);
 //! - a killed holder's lock expires within one TTL;
 //! - progress continues after every fault, and the run ends by itself (bounded loops, bounded
@@ -76,6 +79,8 @@ struct Shared {
     running: HashMap<u32, bool>,
     /// dlock pids that were killed or stopped.
     faulted: HashSet<u32>,
+    /// dlock pids that were killed (SIGKILL): the only holders that cannot report a loss.
+    killed: HashSet<u32>,
     exit_codes: HashMap<i32, u64>,
     /// How each dlock process ended: pid → (exit code, when in ms since the epoch, the lease
     /// loss reason from its `--report json`, if it lost the lease).
@@ -251,7 +256,7 @@ fn chaos_with(masters: usize, fair: bool) {
         victims.sort_by_key(|(_, _, long)| !long);
         let victim = victims.first().map(|(pid, key, _)| (*pid, key.clone()));
         match (fault_round % 7, victim) {
-            (3, _) if restarts.len() < 2 => {
+            (3, _) if restarts.len() < if redlock { 2 } else { 3 } => {
                 // One master at a time (on one Redis, the only one) loses everything. On
                 // Redlock it rejoins only after a TTL, as Redlock requires of a master that
                 // lost its data: an immediate empty restart can hand a lock out twice (a
@@ -275,6 +280,7 @@ fn chaos_with(masters: usize, fair: bool) {
             }
             (0 | 2 | 4, Some((pid, key))) => {
                 shared.lock().unwrap().faulted.insert(pid);
+                shared.lock().unwrap().killed.insert(pid);
                 if kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
                     kills += 1;
                     // The killed holder's lock (if it held one) must run out within one TTL.
@@ -309,6 +315,8 @@ fn chaos_with(masters: usize, fair: bool) {
 
     // Check the storage's logs.
     let faulted = shared.lock().unwrap().faulted.clone();
+    let killed = shared.lock().unwrap().killed.clone();
+    let mut overtaken_unreported = Vec::new();
     let (mut grants, mut stale, mut overlaps, mut violations) = (0u64, 0i64, 0u64, Vec::new());
     let mut starved = 0u64;
     for k in 0..KEYS {
@@ -349,6 +357,15 @@ fn chaos_with(masters: usize, fair: bool) {
                                 .as_deref()
                                 .is_some_and(|r| r.contains("could not be reached"))
                     });
+                    // Whatever the cause, a holder that was overtaken must say so: exit 76
+                    // ("lost" or "may have overlapped"), unless it was SIGKILLed.
+                    if !killed.contains(&old_pid)
+                        && old_end.as_ref().is_none_or(|(code, _, _)| *code != 76)
+                    {
+                        overtaken_unreported.push(format!(
+                            "{entry} (old holder ended {old_end:?}; restarts {restarts:?})"
+                        ));
+                    }
                     if partitioned && !faulted.contains(&old_pid) && !restarted {
                         starved += 1;
                     }
@@ -394,6 +411,10 @@ fn chaos_with(masters: usize, fair: bool) {
     assert!(
         violations.is_empty(),
         "unexplained overlaps: {violations:#?}"
+    );
+    assert!(
+        overtaken_unreported.is_empty(),
+        "holders overtaken by another that did not exit 76: {overtaken_unreported:#?}"
     );
     assert!(
         kill_checks.iter().all(|&pttl| pttl <= ttl_ms as i64),
