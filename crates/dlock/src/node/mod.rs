@@ -25,9 +25,11 @@ use redact::{scrub, scrub_error};
 pub use sentinel::SentinelConfig;
 use sentinel::SentinelSource;
 
-/// How often the connection manager retries a failed (re)connect before reporting the failure.
-/// Few, because every caller has its own retry policy and deadline.
-const RECONNECT_RETRIES: usize = 2;
+/// How often the connection manager retries a failed (re)connect before reporting the failure:
+/// never. Every caller has its own retry policy and deadline, and a retry here made every call
+/// to a refused Redlock master wait out the retries' backoff, and every connect to a frozen one
+/// pay the connect timeout once per retry.
+const RECONNECT_RETRIES: usize = 0;
 
 /// A connected Redis server.
 #[derive(Clone)]
@@ -143,9 +145,8 @@ impl Node {
         options.validate()?;
         let (client, name) = open_client(url, options)?;
         let config = manager_config(options);
-        // The manager's own retries each have the connect timeout; bound the whole attempt too.
-        let limit =
-            options.connect_timeout * (RECONNECT_RETRIES as u32 + 1) + Duration::from_secs(1);
+        // One attempt (no retries), bounded by the connect timeout as a whole.
+        let limit = options.connect_timeout;
         let connecting = ConnectionManager::new_with_config(client.clone(), config);
         let con = match tokio::time::timeout(limit, connecting).await {
             Ok(Ok(con)) => con,

@@ -226,7 +226,7 @@ async fn connect_manager(
     options: &ClientOptions,
 ) -> Result<ConnectionManager> {
     let connecting = ConnectionManager::new_with_config(client, manager_config(options));
-    match tokio::time::timeout(options.connect_timeout * 2, connecting).await {
+    match tokio::time::timeout(options.connect_timeout, connecting).await {
         Ok(Ok(con)) => Ok(con),
         Ok(Err(e)) => Err(Error::from_redis(name, e)),
         Err(_) => Err(Error::Unavailable {
