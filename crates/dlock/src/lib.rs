@@ -4,7 +4,8 @@
 //! - [`Client`] (`client`): the connection to Redis and one watchdog task, shared by every lock
 //!   made from it. `node` is one server (multiplexed, auto-reconnecting, a deadline on every
 //!   call), a master found through Sentinel ([`SentinelConfig`], following failovers), or a
-//!   Redis Cluster; `quorum` is N independent masters for Redlock ([`Client::redlock`]).
+//!   Redis Cluster; `quorum` is N independent masters for Redlock ([`Client::redlock`]). A
+//!   replica guard's write and its `WAIT` go on a connection of their own (`node::replica`).
 //! - [`Lock`] (`lock`) and [`LockGuard`] (`guard`): the lease lock. `try_lock` fails at once
 //!   when the lock is busy, `lock` waits within a bound; the guard extends, watches and
 //!   releases the lease.

@@ -29,6 +29,7 @@ use crate::guard::LockGuard;
 use crate::holder::{int, pttl, HolderInfo};
 use crate::key::LockKeys;
 use crate::lease::{validity, Lease};
+use crate::node::ReplicaLink;
 use crate::notify::Subscription;
 use crate::options::{LockOptions, Wait, FENCE_RETENTION};
 use crate::quorum::quorum_error;
@@ -280,14 +281,28 @@ impl Lock {
                 .arg(&self.keys.channel);
         }
         let nodes = self.client.nodes();
+        // A guarded grant and its WAIT go on a link of their own (see `node::replica`); replica
+        // guards are single-node only.
+        let mut link = match self.options.min_replicas {
+            Some(_) => Some(nodes.first().replica_link().await?),
+            None => None,
+        };
         pending.sending();
         let sent_at = Instant::now();
         let granted = |reply: &Result<Vec<Value>>| matches!(reply, Ok(reply) if reply.first().and_then(int) == Some(1));
-        let replies = nodes
-            .until(nodes.quorum(), granted, |node| {
-                node.eval::<Vec<Value>>(&call, node.command_timeout())
-            })
-            .await;
+        let replies = match link.as_mut() {
+            Some(link) => {
+                let node = nodes.first();
+                vec![(0, link.eval(&call, node.command_timeout()).await)]
+            }
+            None => {
+                nodes
+                    .until(nodes.quorum(), granted, |node| {
+                        node.eval::<Vec<Value>>(&call, node.command_timeout())
+                    })
+                    .await
+            }
+        };
         let mut fences = Vec::new();
         let mut busy: Option<Busy> = None;
         let mut failures = Vec::new();
@@ -315,7 +330,10 @@ impl Lock {
             }
         }
         if fences.len() >= nodes.quorum() {
-            let completed = match self.complete_grant(&token, &fences, sent_at).await {
+            let completed = match self
+                .complete_grant(&token, &fences, sent_at, link.as_mut())
+                .await
+            {
                 Ok(completed) => completed,
                 Err(error) => {
                     // Undo the grant now, so the caller's error means "no lock".
@@ -343,7 +361,7 @@ impl Lock {
                     )
                     .with_min_replicas(self.options.min_replicas),
                 );
-                self.client.watchdog().track(lease.clone());
+                self.client.watchdog_for(&lease).track(lease.clone());
                 let guard = LockGuard::new(lease, self.client.clone());
                 pending.settled();
                 return Ok(Attempt::Granted(guard));
@@ -378,6 +396,7 @@ impl Lock {
         token: &Token,
         fences: &[(usize, u64)],
         sent_at: Instant,
+        link: Option<&mut ReplicaLink>,
     ) -> Result<Option<u64>> {
         let nodes = self.client.nodes();
         let fencing_token = fences.iter().map(|(_, fence)| *fence).max().unwrap_or(0);
@@ -403,7 +422,10 @@ impl Lock {
             // The replica guard: the grant counts only once enough replicas have it. If they
             // do not, our caller's rollback releases it.
             let node = nodes.first();
-            let acked = node.wait_for_replicas(guard).await?;
+            let link = link.ok_or_else(|| {
+                Error::Internal("a guarded grant was made without its replica link".into())
+            })?;
+            let acked = link.wait_for_replicas(guard).await?;
             if acked < guard.replicas {
                 return Err(Error::Unavailable {
                     node: node.name().to_owned(),

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::key::LockKeys;
 use crate::lease::{renewal_interval, Lease, LeaseStatus, LossReason};
+use crate::node::ReplicaLink;
 use crate::quorum::Nodes;
 use crate::scripts;
 use crate::token::Token;
@@ -59,11 +60,24 @@ pub(crate) struct Watchdog {
 impl Watchdog {
     /// Starts the task on the current tokio runtime.
     pub fn spawn(nodes: Nodes) -> Watchdog {
+        Self::start(nodes, false)
+    }
+
+    /// Starts a task for leases with a replica guard only: each renewal and its `WAIT` run on
+    /// a link of their own (see [`crate::node::ReplicaLink`]). A task of their own, because a
+    /// `WAIT` may block for the guard's whole timeout, and the renewals of the client's other
+    /// leases must not wait behind it.
+    pub fn spawn_guarded(nodes: Nodes) -> Watchdog {
+        Self::start(nodes, true)
+    }
+
+    fn start(nodes: Nodes, guarded: bool) -> Watchdog {
         let (jobs, queue) = mpsc::unbounded_channel();
         let task = Task {
             nodes,
             queue,
             leases: Vec::new(),
+            guarded,
         };
         tokio::spawn(task.run());
         Watchdog { jobs }
@@ -125,6 +139,8 @@ struct Task {
     nodes: Nodes,
     queue: mpsc::UnboundedReceiver<Job>,
     leases: Vec<Tracked>,
+    /// Renews on a replica link and checks the replica guard (single node only).
+    guarded: bool,
 }
 
 impl Task {
@@ -235,13 +251,25 @@ impl Task {
             .min()
             .unwrap_or(sent_at);
         let until_first_end = first_end.saturating_duration_since(sent_at);
-        let replies = self
-            .nodes
-            .all(|node| {
-                let timeout = node.command_timeout().min(until_first_end);
-                eval_per_slot(node, &slots, timeout, &extend)
-            })
-            .await;
+        let mut link = None;
+        let replies = if self.guarded {
+            // The extend and its WAIT on one link of their own (replica guards are single-node).
+            let node = self.nodes.first();
+            let timeout = node.command_timeout().min(until_first_end);
+            let all: Vec<usize> = (0..chunk.len()).collect();
+            let reply = match node.replica_link().await {
+                Ok(opened) => link.insert(opened).eval(&extend(&all), timeout).await,
+                Err(e) => Err(e),
+            };
+            vec![reply]
+        } else {
+            self.nodes
+                .all(|node| {
+                    let timeout = node.command_timeout().min(until_first_end);
+                    eval_per_slot(node, &slots, timeout, &extend)
+                })
+                .await
+        };
         // Per lease: how many nodes extended it, and how many no longer hold it.
         let mut extended = vec![0; chunk.len()];
         let mut gone = vec![0; chunk.len()];
@@ -267,7 +295,10 @@ impl Task {
                 Err(e) => errors.push(format!("{}: {e}", self.nodes.name(index))),
             }
         }
-        self.check_replicas(chunk, &mut extended, &mut errors).await;
+        if let Some(link) = link.as_mut() {
+            self.check_replicas(link, chunk, &mut extended, &mut errors)
+                .await;
+        }
         let quorum = self.nodes.quorum();
         let retry_at = Instant::now() + retry_delay(chunk);
         for (lease, (tracked, ttl)) in chunk.iter_mut().zip(ttls).enumerate() {
@@ -293,6 +324,7 @@ impl Task {
     /// as renewed this tick.
     async fn check_replicas(
         &self,
+        link: &mut ReplicaLink,
         chunk: &[Tracked],
         extended: &mut [usize],
         errors: &mut Vec<String>,
@@ -302,7 +334,7 @@ impl Task {
             .filter_map(|t| t.lease.min_replicas)
             .max_by_key(|guard| (guard.replicas, guard.timeout));
         let Some(guard) = strictest else { return };
-        let acked = match self.nodes.first().wait_for_replicas(&guard).await {
+        let acked = match link.wait_for_replicas(&guard).await {
             Ok(acked) => acked,
             Err(e) => {
                 errors.push(format!("WAIT for replicas failed: {e}"));

@@ -140,6 +140,7 @@ impl Node {
             current: Arc::new(RwLock::new(Current {
                 con: Conn::Single(con),
                 client,
+                links: Default::default(),
             })),
             sentinel: Some(Arc::new(SentinelSource {
                 client: tokio::sync::Mutex::new(sentinel),
@@ -184,6 +185,7 @@ impl Node {
                 *node.current.write().unwrap_or_else(PoisonError::into_inner) = Current {
                     con: Conn::Single(con),
                     client,
+                    links: Default::default(),
                 };
                 Ok(true)
             }
