@@ -318,6 +318,9 @@ impl Client {
     /// Waits until the releases of guards dropped so far, and the withdrawals of waiters that
     /// gave up, have been sent to Redis. Call it
     /// before a program exits if guards may have been dropped without `release()`.
+    ///
+    /// It never waits for a wake-up subscription's linger, nor for a pub/sub connection that
+    /// is down to come back: a subscription left lingering costs the exit nothing.
     pub async fn flush(&self) {
         self.inner.watchdog.flush().await;
         if let Some(guarded) = self.inner.guarded_watchdog.get() {

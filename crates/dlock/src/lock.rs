@@ -200,11 +200,10 @@ impl Lock {
                 });
                 continue;
             }
-            // Without a working wake-up channel, fall back to backoff polling.
-            let pause = match &wakeups {
-                Some(subscription) if subscription.is_confirmed() => pause,
-                _ => pause.min(self.options.backoff.delay(failures)),
-            };
+            // Without a working wake-up channel (no channel permission, the first Redlock master
+            // down, pub/sub reconnecting), the re-check interval is still the pause: it already
+            // never sleeps past the holder's TTL, and polling faster only loads Redis (it used
+            // to retry every few milliseconds). A reconnect wakes the waiter anyway.
             let until = deadline.map_or(now + pause, |d| d.min(now + pause));
             match wakeups.as_mut() {
                 Some(subscription) => {

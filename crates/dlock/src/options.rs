@@ -159,8 +159,9 @@ impl LockOptions {
         self
     }
 
-    /// The retry delays used after a transient error while waiting, and when no wake-up
-    /// connection can be had.
+    /// The retry delays used after a transient error (Redis unreachable) while waiting. A busy
+    /// lock is re-checked at the [`recheck`](LockOptions::recheck) interval instead, wake-ups
+    /// or not.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
