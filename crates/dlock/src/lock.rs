@@ -148,7 +148,8 @@ impl Lock {
     {
         let started = Instant::now();
         let deadline = match self.options.wait {
-            Wait::Limit(limit) => Some(started + limit),
+            // A limit past the clock's range is no limit (it used to panic).
+            Wait::Limit(limit) => started.checked_add(limit),
             Wait::Forever => None,
         };
         // A subscription another waiter keeps (or one lingering) costs nothing: take it now,
@@ -204,15 +205,18 @@ impl Lock {
             // down, pub/sub reconnecting), the re-check interval is still the pause: it already
             // never sleeps past the holder's TTL, and polling faster only loads Redis (it used
             // to retry every few milliseconds). A reconnect wakes the waiter anyway.
-            let until = deadline.map_or(now + pause, |d| d.min(now + pause));
+            let until = match (now.checked_add(pause), deadline) {
+                (Some(recheck), Some(deadline)) => Some(recheck.min(deadline)),
+                (recheck, deadline) => recheck.or(deadline),
+            };
             match wakeups.as_mut() {
                 Some(subscription) => {
                     tokio::select! {
                         () = subscription.woken(token.as_str()) => {}
-                        () = tokio::time::sleep_until(until) => {}
+                        () = sleep_until(until) => {}
                     }
                 }
-                None => tokio::time::sleep_until(until).await,
+                None => sleep_until(until).await,
             }
         }
     }
@@ -543,5 +547,13 @@ impl Drop for PendingAcquisition {
                     .release_hold_in_background(self.keys.clone(), owner.clone(), token)
             }
         }
+    }
+}
+
+/// Sleeps until `at`; forever when there is no such moment.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

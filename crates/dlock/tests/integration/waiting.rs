@@ -362,3 +362,29 @@ async fn a_waiter_without_wakeups_rechecks_at_its_interval_and_reconnects_with_b
     assert!(reconnects <= 10, "{reconnects} connections in {wait:?}");
     holder.release().await.unwrap();
 }
+
+/// Issue 9: an absurd wait limit means "forever", not a panic on `Instant + Duration`.
+#[tokio::test]
+async fn an_absurd_wait_limit_waits_and_is_granted() {
+    let server = RedisServer::start();
+    let (a, b) = (client(&server).await, client(&server).await);
+    let holder = silent_holder(&a, "job").await;
+    let lock = b
+        .lock_with("job", LockOptions::new().wait(Wait::Limit(Duration::MAX)))
+        .unwrap();
+    let waiter = tokio::spawn(async move { lock.lock().await });
+    let subscribed = timeout(Duration::from_secs(5), async {
+        while numsub(&server, "{job}:dlock:released:job") != 1 {
+            sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(subscribed.is_ok(), "the waiter never subscribed");
+    holder.release().await.unwrap();
+    let guard = timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("granted after the release")
+        .expect("no panic")
+        .unwrap();
+    guard.release().await.unwrap();
+}
