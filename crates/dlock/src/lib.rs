@@ -15,7 +15,8 @@
 //! - `notify`: wake-ups for waiters over one pub/sub connection per client.
 //! - `quorum`: one node or N independent masters (Redlock): concurrent calls, majorities, and
 //!   why fencing tokens stay ordered across nodes.
-//! - `lease`: one granted lease's state and validity arithmetic, shared by guard and watchdog.
+//! - `lease`: one granted lease's state and validity arithmetic, shared by guard and watchdog;
+//!   `clock` counts time the host spent suspended against it.
 //! - `watchdog`: renews every lease of a client in one round trip per tick, reports lost
 //!   leases, and releases dropped guards in the background.
 //! - [`fencing`]: why and how grants carry strictly increasing tokens.
@@ -73,6 +74,7 @@ struct ReadmeDoctests;
 mod backoff;
 pub mod blocking;
 mod client;
+mod clock;
 mod error;
 pub mod fencing;
 mod guard;

@@ -10,7 +10,9 @@
 //!   (from the request's send time, minus 1% + 2 ms of drift). A process paused for longer than
 //!   its lease (GC, VM freeze, SIGSTOP) can wake up believing it still holds the lock: check
 //!   [`LockGuard::is_held`] before acting, and use the fencing token with storage that can
-//!   reject stale writers.
+//!   reject stale writers. A host suspend that the Linux kernel counts in `CLOCK_BOOTTIME`
+//!   (the monotonic clock skips it) is subtracted from the validity, so after such a sleep
+//!   `is_held` is false and the watchdog reports the loss at its next renewal.
 //! - **Failover and restarts.** A replica promoted before it received the lock, or a restart
 //!   that lost data, forgets the lock, and a second owner can get it. Fencing tokens still
 //!   increase (they never go below the server's clock), so fenced storage stays safe.

@@ -361,7 +361,12 @@ impl Task {
             if tracked.lease.valid_until() > now {
                 return tracked.lease.is_held();
             }
+            let suspended = tracked.lease.lost_to_suspension(now);
             let reason = match (&tracked.lease.renew, &tracked.last_error) {
+                (_, _) if suspended.is_some() => LossReason::Unreachable(format!(
+                    "the host was suspended for {} and the lease ran out meanwhile",
+                    crate::error::humanize(suspended.unwrap_or_default())
+                )),
                 (false, _) => LossReason::Expired,
                 (true, Some(error)) => LossReason::Unreachable(error.clone()),
                 (true, None) => LossReason::Unreachable("renewal did not complete in time".into()),
