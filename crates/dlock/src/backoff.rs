@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// Longest accepted backoff cap.
+const MAX_DELAY: Duration = Duration::from_secs(3600);
+
 /// Exponential backoff with full jitter: attempt `n` sleeps a random time in
 /// `[initial·factorⁿ / 2, initial·factorⁿ]`, capped at `max`.
 ///
@@ -63,10 +66,18 @@ impl Backoff {
     /// The un-jittered upper bound for retry number `attempt`.
     pub fn ceiling(&self, attempt: u32) -> Duration {
         let grown = self.initial.as_secs_f64() * self.factor.powi(attempt.min(64) as i32);
-        Duration::from_secs_f64(grown.min(self.max.as_secs_f64()))
+        // Saturates: an absurd cap (`Duration::MAX` rounds up as f64) is the cap, not a panic.
+        Duration::try_from_secs_f64(grown.min(self.max.as_secs_f64()))
+            .map_or(self.max, |ceiling| ceiling.min(self.max))
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
+        if self.max > MAX_DELAY {
+            return Err(Error::Config(format!(
+                "backoff cap {:?} is out of range (at most 1h): a retry that far off is no retry",
+                self.max
+            )));
+        }
         if self.initial.is_zero() || self.max < self.initial {
             return Err(Error::Config(format!(
                 "backoff from {:?} to {:?} is invalid: the first delay must be positive and not \
@@ -103,5 +114,24 @@ mod tests {
         let b = Backoff::new(Duration::from_secs(2), Duration::from_secs(1));
         assert!(b.validate().is_err());
         assert!(Backoff::default().validate().is_ok());
+        let absurd = Backoff::new(Duration::from_millis(1), Duration::MAX);
+        assert!(absurd.validate().expect_err("absurd cap").is_config());
+    }
+
+    #[test]
+    fn absurd_delays_saturate_instead_of_panicking() {
+        for b in [
+            Backoff::new(Duration::MAX, Duration::MAX),
+            Backoff::new(Duration::from_millis(1), Duration::MAX),
+        ] {
+            for attempt in [0, 1, 64, u32::MAX] {
+                assert!(b.ceiling(attempt) <= Duration::MAX);
+                let _ = b.delay(attempt);
+            }
+        }
+        assert_eq!(
+            Backoff::new(Duration::MAX, Duration::MAX).ceiling(3),
+            Duration::MAX
+        );
     }
 }

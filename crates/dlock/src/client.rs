@@ -44,6 +44,8 @@ pub struct Client {
 struct Inner {
     nodes: Nodes,
     watchdog: Watchdog,
+    /// The watchdog of leases with a replica guard, started with the first one.
+    guarded_watchdog: std::sync::OnceLock<Watchdog>,
     notifier: Notifier,
     held: Arc<AtomicUsize>,
     identity: Identity,
@@ -201,6 +203,7 @@ impl Client {
             inner: Arc::new(Inner {
                 nodes,
                 watchdog,
+                guarded_watchdog: std::sync::OnceLock::new(),
                 notifier,
                 held: Arc::new(AtomicUsize::new(0)),
                 identity: Identity {
@@ -315,8 +318,14 @@ impl Client {
     /// Waits until the releases of guards dropped so far, and the withdrawals of waiters that
     /// gave up, have been sent to Redis. Call it
     /// before a program exits if guards may have been dropped without `release()`.
+    ///
+    /// It never waits for a wake-up subscription's linger, nor for a pub/sub connection that
+    /// is down to come back: a subscription left lingering costs the exit nothing.
     pub async fn flush(&self) {
         self.inner.watchdog.flush().await;
+        if let Some(guarded) = self.inner.guarded_watchdog.get() {
+            guarded.flush().await;
+        }
         self.inner.notifier.flush().await;
     }
 
@@ -351,6 +360,17 @@ impl Client {
 
     pub(crate) fn watchdog(&self) -> &Watchdog {
         &self.inner.watchdog
+    }
+
+    /// The watchdog that renews a lease: its own for leases with a replica guard, whose
+    /// renewals may block in `WAIT`.
+    pub(crate) fn watchdog_for(&self, lease: &crate::lease::Lease) -> &Watchdog {
+        if lease.min_replicas.is_none() {
+            return &self.inner.watchdog;
+        }
+        self.inner
+            .guarded_watchdog
+            .get_or_init(|| Watchdog::spawn_guarded(self.inner.nodes.clone()))
     }
 
     pub(crate) fn notifier(&self) -> &Notifier {

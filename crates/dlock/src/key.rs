@@ -9,6 +9,10 @@
 //!   `{user:42}:job` → `{user:42}:dlock:info:{user:42}:job`;
 //! - the full name at the end keeps companions of different names apart (`a` and `{a}` hash
 //!   alike but have different companions) and lets `list` recover names from a `SCAN`.
+//!
+//! Names of the companions' form, `{…}:dlock:…`, are reserved: a lock named
+//! `{x}:dlock:fence:x` would be lock `x`'s fencing counter, and each would overwrite the
+//! other's state.
 
 use crate::error::{Error, Result};
 
@@ -40,8 +44,8 @@ impl LockKeys {
     /// Validates `name` and derives its companion keys.
     ///
     /// # Errors
-    /// [`Error::Config`] for an empty or over-long name, or one whose `}` makes it impossible
-    /// to give its companions the same cluster slot.
+    /// [`Error::Config`] for an empty or over-long name, one whose `}` makes it impossible
+    /// to give its companions the same cluster slot, or one of the companions' reserved form.
     pub fn new(name: &str) -> Result<LockKeys> {
         if name.is_empty() {
             return Err(Error::Config("lock name is empty".into()));
@@ -50,6 +54,12 @@ impl LockKeys {
             return Err(Error::Config(format!(
                 "lock name is {} bytes long; the limit is {MAX_NAME_LEN}",
                 name.len()
+            )));
+        }
+        if is_reserved(name) {
+            return Err(Error::Config(format!(
+                "lock name {name:?} is reserved: names of the form \"{{…}}:dlock:…\" are the \
+                 companion keys (holder info, fencing counter, wait queue) of other locks"
             )));
         }
         let slot = match hash_tag(name) {
@@ -84,6 +94,14 @@ impl LockKeys {
             .strip_prefix(INFO_MARK)?;
         (LockKeys::new(name).ok()?.info == key).then_some(name)
     }
+}
+
+/// Whether `name` has the companions' form `{…}:dlock:…` (any kind, so kinds added later are
+/// covered too).
+fn is_reserved(name: &str) -> bool {
+    name.strip_prefix('{')
+        .and_then(|rest| rest.find('}').map(|close| &rest[close + 1..]))
+        .is_some_and(|after| after.starts_with(":dlock:"))
 }
 
 /// What follows the slot tag in every holder-info key.
@@ -155,6 +173,27 @@ mod tests {
             for companion in [&keys.fence, &keys.queue, &keys.queue_leases, &keys.holds] {
                 assert_eq!(hashed_part(companion), hashed_part(&keys.lock), "{name}");
             }
+        }
+    }
+
+    #[test]
+    fn companion_keys_are_not_valid_names() {
+        let keys = LockKeys::new("x").expect("valid");
+        for companion in [
+            &keys.info,
+            &keys.fence,
+            &keys.queue,
+            &keys.queue_leases,
+            &keys.holds,
+            &keys.channel,
+        ] {
+            let err = LockKeys::new(companion).expect_err(companion);
+            assert!(err.is_config(), "{companion}");
+            assert!(err.to_string().contains("{…}:dlock:"), "{err}");
+        }
+        // The same words elsewhere are fine.
+        for name in ["x:dlock:info:y", "{x}dlock:fence:x", "a{x}:dlock:fence:x"] {
+            assert!(LockKeys::new(name).is_ok(), "{name}");
         }
     }
 

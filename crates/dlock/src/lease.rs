@@ -4,7 +4,8 @@
 //! told its lease is lost can trust that answer. Validity is kept on the monotonic clock and
 //! computed conservatively: from the moment a grant or renewal was *sent* (the server's expiry
 //! is measured from a later moment), minus a drift allowance for clocks that run at slightly
-//! different rates.
+//! different rates, and minus any time the host spent suspended since then (`clock`), which
+//! the monotonic clock does not count.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::clock::Clock;
 use crate::key::LockKeys;
 use crate::token::Token;
 
@@ -91,6 +93,11 @@ struct Timing {
     ttl: Duration,
     sent_at: Instant,
     valid_until: Instant,
+    /// Suspended time read no later than the send: what counts against this validity is the
+    /// growth since (conservative: a suspend just before the send counts too).
+    suspended_at_send: Duration,
+    /// The latest reading, taken when the grant or renewal was recorded.
+    suspended_seen: Duration,
 }
 
 /// One granted lease.
@@ -103,6 +110,8 @@ pub(crate) struct Lease {
     /// The replica guard every renewal must pass.
     pub min_replicas: Option<crate::MinReplicas>,
     timing: Mutex<Timing>,
+    /// Where time spent suspended is read.
+    clock: Clock,
     status: watch::Sender<LeaseStatus>,
     /// Whether the latest renewal attempt failed (cleared by the next success), so a holder
     /// can start winding down before the validity ends (see `LockGuard::renewal_at_risk`).
@@ -123,6 +132,8 @@ impl Lease {
         held_count: Arc<AtomicUsize>,
     ) -> Lease {
         held_count.fetch_add(1, Ordering::SeqCst);
+        let clock = Clock::default();
+        let suspended = clock.suspended();
         Lease {
             keys,
             token,
@@ -133,7 +144,10 @@ impl Lease {
                 ttl,
                 sent_at,
                 valid_until: sent_at + validity(ttl),
+                suspended_at_send: suspended,
+                suspended_seen: suspended,
             }),
+            clock,
             status: watch::channel(LeaseStatus::Held).0,
             renewal_failing: watch::channel(false).0,
             held_count,
@@ -155,9 +169,44 @@ impl Lease {
         self.timing().ttl
     }
 
-    /// Until when the lease is surely valid (monotonic clock).
+    /// Reads suspended time from `clock` (tests inject a fake one).
+    #[cfg(test)]
+    pub fn with_clock(mut self, clock: Clock) -> Lease {
+        let suspended = clock.suspended();
+        let timing = self
+            .timing
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        timing.suspended_at_send = suspended;
+        timing.suspended_seen = suspended;
+        self.clock = clock;
+        self
+    }
+
+    /// Until when the lease is surely valid (monotonic clock), minus the time the host spent
+    /// suspended since the grant or renewal was sent.
     pub fn valid_until(&self) -> Instant {
-        self.timing().valid_until
+        let timing = self.timing();
+        let suspended = self.suspended_since(&timing);
+        // Before `sent_at` is just as past as any earlier moment.
+        timing
+            .valid_until
+            .checked_sub(suspended)
+            .unwrap_or(timing.sent_at)
+    }
+
+    /// How long the host was suspended since the grant or renewal was sent, when that is what
+    /// ended the lease's validity by `now` (it would still be valid without it).
+    pub fn lost_to_suspension(&self, now: Instant) -> Option<Duration> {
+        let timing = self.timing();
+        let suspended = self.suspended_since(&timing);
+        (timing.valid_until > now && self.valid_until() <= now).then_some(suspended)
+    }
+
+    fn suspended_since(&self, timing: &Timing) -> Duration {
+        self.clock
+            .suspended()
+            .saturating_sub(timing.suspended_at_send)
     }
 
     /// When the watchdog should renew next.
@@ -169,12 +218,16 @@ impl Lease {
     /// Records a successful extension sent at `sent_at` to `ttl`. Replies can arrive out of
     /// order (watchdog and `extend` race); the most recently *sent* one wins.
     pub fn extended(&self, sent_at: Instant, ttl: Duration) {
+        let suspended = self.clock.suspended();
         let mut timing = self.timing.lock().unwrap_or_else(PoisonError::into_inner);
         if sent_at >= timing.sent_at {
             *timing = Timing {
                 ttl,
                 sent_at,
                 valid_until: sent_at + validity(ttl),
+                // The last reading before this one was taken before this renewal was sent.
+                suspended_at_send: timing.suspended_seen,
+                suspended_seen: suspended,
             };
         }
     }

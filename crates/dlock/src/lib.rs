@@ -4,7 +4,8 @@
 //! - [`Client`] (`client`): the connection to Redis and one watchdog task, shared by every lock
 //!   made from it. `node` is one server (multiplexed, auto-reconnecting, a deadline on every
 //!   call), a master found through Sentinel ([`SentinelConfig`], following failovers), or a
-//!   Redis Cluster; `quorum` is N independent masters for Redlock ([`Client::redlock`]).
+//!   Redis Cluster; `quorum` is N independent masters for Redlock ([`Client::redlock`]). A
+//!   replica guard's write and its `WAIT` go on a connection of their own (`node::replica`).
 //! - [`Lock`] (`lock`) and [`LockGuard`] (`guard`): the lease lock. `try_lock` fails at once
 //!   when the lock is busy, `lock` waits within a bound; the guard extends, watches and
 //!   releases the lease.
@@ -14,7 +15,8 @@
 //! - `notify`: wake-ups for waiters over one pub/sub connection per client.
 //! - `quorum`: one node or N independent masters (Redlock): concurrent calls, majorities, and
 //!   why fencing tokens stay ordered across nodes.
-//! - `lease`: one granted lease's state and validity arithmetic, shared by guard and watchdog.
+//! - `lease`: one granted lease's state and validity arithmetic, shared by guard and watchdog;
+//!   `clock` counts time the host spent suspended against it.
 //! - `watchdog`: renews every lease of a client in one round trip per tick, reports lost
 //!   leases, and releases dropped guards in the background; `link` tells it at once when a
 //!   node's connection drops, so leases there are re-verified without waiting for a tick.
@@ -73,6 +75,7 @@ struct ReadmeDoctests;
 mod backoff;
 pub mod blocking;
 mod client;
+mod clock;
 mod error;
 pub mod fencing;
 mod guard;

@@ -10,7 +10,9 @@
 //!   (from the request's send time, minus 1% + 2 ms of drift). A process paused for longer than
 //!   its lease (GC, VM freeze, SIGSTOP) can wake up believing it still holds the lock: check
 //!   [`LockGuard::is_held`] before acting, and use the fencing token with storage that can
-//!   reject stale writers.
+//!   reject stale writers. A host suspend that the Linux kernel counts in `CLOCK_BOOTTIME`
+//!   (the monotonic clock skips it) is subtracted from the validity, so after such a sleep
+//!   `is_held` is false and the watchdog reports the loss at its next renewal.
 //! - **Failover and restarts.** A replica promoted before it received the lock, or a restart
 //!   that lost data, forgets the lock, and a second owner can get it. Fencing tokens still
 //!   increase (they never go below the server's clock), so fenced storage stays safe.
@@ -29,6 +31,7 @@ use crate::guard::LockGuard;
 use crate::holder::{int, pttl, HolderInfo};
 use crate::key::LockKeys;
 use crate::lease::{validity, Lease};
+use crate::node::ReplicaLink;
 use crate::notify::Subscription;
 use crate::options::{LockOptions, Wait, FENCE_RETENTION};
 use crate::quorum::quorum_error;
@@ -147,7 +150,8 @@ impl Lock {
     {
         let started = Instant::now();
         let deadline = match self.options.wait {
-            Wait::Limit(limit) => Some(started + limit),
+            // A limit past the clock's range is no limit (it used to panic).
+            Wait::Limit(limit) => started.checked_add(limit),
             Wait::Forever => None,
         };
         // A subscription another waiter keeps (or one lingering) costs nothing: take it now,
@@ -199,20 +203,22 @@ impl Lock {
                 });
                 continue;
             }
-            // Without a working wake-up channel, fall back to backoff polling.
-            let pause = match &wakeups {
-                Some(subscription) if subscription.is_confirmed() => pause,
-                _ => pause.min(self.options.backoff.delay(failures)),
+            // Without a working wake-up channel (no channel permission, the first Redlock master
+            // down, pub/sub reconnecting), the re-check interval is still the pause: it already
+            // never sleeps past the holder's TTL, and polling faster only loads Redis (it used
+            // to retry every few milliseconds). A reconnect wakes the waiter anyway.
+            let until = match (now.checked_add(pause), deadline) {
+                (Some(recheck), Some(deadline)) => Some(recheck.min(deadline)),
+                (recheck, deadline) => recheck.or(deadline),
             };
-            let until = deadline.map_or(now + pause, |d| d.min(now + pause));
             match wakeups.as_mut() {
                 Some(subscription) => {
                     tokio::select! {
                         () = subscription.woken(token.as_str()) => {}
-                        () = tokio::time::sleep_until(until) => {}
+                        () = sleep_until(until) => {}
                     }
                 }
-                None => tokio::time::sleep_until(until).await,
+                None => sleep_until(until).await,
             }
         }
     }
@@ -280,14 +286,28 @@ impl Lock {
                 .arg(&self.keys.channel);
         }
         let nodes = self.client.nodes();
+        // A guarded grant and its WAIT go on a link of their own (see `node::replica`); replica
+        // guards are single-node only.
+        let mut link = match self.options.min_replicas {
+            Some(_) => Some(nodes.first().replica_link().await?),
+            None => None,
+        };
         pending.sending();
         let sent_at = Instant::now();
         let granted = |reply: &Result<Vec<Value>>| matches!(reply, Ok(reply) if reply.first().and_then(int) == Some(1));
-        let replies = nodes
-            .until(nodes.quorum(), granted, |node| {
-                node.eval::<Vec<Value>>(&call, node.command_timeout())
-            })
-            .await;
+        let replies = match link.as_mut() {
+            Some(link) => {
+                let node = nodes.first();
+                vec![(0, link.eval(&call, node.command_timeout()).await)]
+            }
+            None => {
+                nodes
+                    .until(nodes.quorum(), granted, |node| {
+                        node.eval::<Vec<Value>>(&call, node.command_timeout())
+                    })
+                    .await
+            }
+        };
         let mut fences = Vec::new();
         let mut busy: Option<Busy> = None;
         let mut failures = Vec::new();
@@ -315,7 +335,10 @@ impl Lock {
             }
         }
         if fences.len() >= nodes.quorum() {
-            let completed = match self.complete_grant(&token, &fences, sent_at).await {
+            let completed = match self
+                .complete_grant(&token, &fences, sent_at, link.as_mut())
+                .await
+            {
                 Ok(completed) => completed,
                 Err(error) => {
                     // Undo the grant now, so the caller's error means "no lock".
@@ -343,7 +366,7 @@ impl Lock {
                     )
                     .with_min_replicas(self.options.min_replicas),
                 );
-                self.client.watchdog().track(lease.clone());
+                self.client.watchdog_for(&lease).track(lease.clone());
                 let guard = LockGuard::new(lease, self.client.clone());
                 pending.settled();
                 return Ok(Attempt::Granted(guard));
@@ -378,6 +401,7 @@ impl Lock {
         token: &Token,
         fences: &[(usize, u64)],
         sent_at: Instant,
+        link: Option<&mut ReplicaLink>,
     ) -> Result<Option<u64>> {
         let nodes = self.client.nodes();
         let fencing_token = fences.iter().map(|(_, fence)| *fence).max().unwrap_or(0);
@@ -403,7 +427,10 @@ impl Lock {
             // The replica guard: the grant counts only once enough replicas have it. If they
             // do not, our caller's rollback releases it.
             let node = nodes.first();
-            let acked = node.wait_for_replicas(guard).await?;
+            let link = link.ok_or_else(|| {
+                Error::Internal("a guarded grant was made without its replica link".into())
+            })?;
+            let acked = link.wait_for_replicas(guard).await?;
             if acked < guard.replicas {
                 return Err(Error::Unavailable {
                     node: node.name().to_owned(),
@@ -522,5 +549,13 @@ impl Drop for PendingAcquisition {
                     .release_hold_in_background(self.keys.clone(), owner.clone(), token)
             }
         }
+    }
+}
+
+/// Sleeps until `at`; forever when there is no such moment.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

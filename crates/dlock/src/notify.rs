@@ -19,7 +19,10 @@
 //!   after that attempt is never missed while the connection is up.
 //! - Pub/sub is at-most-once: when the connection drops (a network fault, `CLIENT KILL`, a
 //!   server restart), every waiter is woken to re-check as soon as it is back, and while it is
-//!   down they fall back to timed re-checks.
+//!   down they fall back to timed re-checks. Reconnects back off (50 ms doubling to 2 s), so a
+//!   server that is down or a user without channel permission costs a few connections.
+//! - The listener task holds the registry weakly and answers flushes even while disconnected:
+//!   it ends when the client is dropped, and a lingering subscription never delays an exit.
 //! - Releases that publish nothing (a lease that expired, a key deleted by another tool) are
 //!   caught by each waiter's timed re-check ([`LockOptions::recheck`](crate::LockOptions::recheck)),
 //!   which never waits past the holder's remaining TTL.
@@ -32,8 +35,12 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-/// Pause between attempts to (re)open the pub/sub connection.
-const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// First pause before reopening a lost pub/sub connection (or one whose SUBSCRIBE was refused);
+/// doubled after every failed attempt up to [`RECONNECT_MAX`], so a server that is down, or an
+/// ACL user without channel permission, costs a few connections, not dozens a second.
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+/// Longest pause between attempts to reopen the pub/sub connection.
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Wake-ups buffered per waiter; one that falls further behind simply re-checks.
 const WAKE_BUFFER: usize = 64;
 
@@ -109,7 +116,6 @@ impl Notifier {
             channel: channel.to_owned(),
             wake: entry.wake.subscribe(),
             shared: self.shared.clone(),
-            confirmed: true,
         })
     }
 
@@ -134,11 +140,10 @@ impl Notifier {
             let send = entry.ready.borrow().is_none() && entry.waiters == 1;
             (send, entry.wake.subscribe(), entry.ready.subscribe())
         };
-        let mut subscription = Subscription {
+        let subscription = Subscription {
             channel: channel.to_owned(),
             wake,
             shared: self.shared.clone(),
-            confirmed: false,
         };
         if send
             && self
@@ -149,10 +154,8 @@ impl Notifier {
         {
             return subscription;
         }
-        subscription.confirmed = matches!(
-            ready.wait_for(Option::is_some).await.map(|v| *v),
-            Ok(Some(true))
-        );
+        // Whether it took or not: if not, the waiter's re-checks carry it.
+        let _ = ready.wait_for(Option::is_some).await;
         subscription
     }
 
@@ -177,15 +180,9 @@ pub(crate) struct Subscription {
     channel: String,
     wake: broadcast::Receiver<Wake>,
     shared: Arc<Shared>,
-    confirmed: bool,
 }
 
 impl Subscription {
-    /// Whether Redis confirmed the subscription (else only re-checks wake the waiter).
-    pub fn is_confirmed(&self) -> bool {
-        self.confirmed
-    }
-
     /// Drops every wake-up received so far: call it right before an acquisition attempt,
     /// whose answer already reflects them.
     pub fn mark_seen(&mut self) {
@@ -253,8 +250,9 @@ struct Listener {
 
 /// How serving a connection ended.
 enum Serve {
-    /// The connection dropped or could not be made.
-    Lost,
+    /// The connection dropped or could not be made; `subscribed` if it had been serving
+    /// subscriptions (so messages may have been missed).
+    Lost { subscribed: bool },
     /// Nobody is subscribed any more: the connection closes until someone is.
     Idle,
     /// The client is gone.
@@ -276,19 +274,30 @@ impl Listener {
                 // The channel is in the registry: it is subscribed with the rest below.
                 Some(Command::Subscribe(_)) => {}
             }
+            let mut delay = RECONNECT_MIN;
             while self.has_channels() {
                 match self.connect_and_serve().await {
                     Serve::Closed => return,
                     Serve::Idle => break,
-                    Serve::Lost => {
+                    Serve::Lost { subscribed } => {
                         // Lingering channels nobody waits on go now, or an outage would keep
                         // this loop reconnecting for them.
                         self.expire_idle();
+                        // Waiters re-check when messages may have been missed; a failed
+                        // attempt to reconnect missed nothing new.
                         self.for_each_channel(|_, channel| {
                             channel.ready.send_replace(Some(false));
-                            let _ = channel.wake.send(Wake::All);
+                            if subscribed {
+                                let _ = channel.wake.send(Wake::All);
+                            }
                         });
-                        tokio::time::sleep(RECONNECT_DELAY).await;
+                        if subscribed {
+                            delay = RECONNECT_MIN;
+                        }
+                        if self.offline(tokio::time::sleep(delay)).await.is_none() {
+                            return;
+                        }
+                        delay = (delay * 2).min(RECONNECT_MAX);
                     }
                 }
             }
@@ -333,37 +342,81 @@ impl Listener {
         expired
     }
 
+    /// Runs `step` (a pause or a connection attempt) while disconnected, answering commands
+    /// meanwhile: a flush at once (nothing queued before it needs sending: a new connection
+    /// subscribes whatever the registry holds then), a new subscription as not in effect (its
+    /// waiter re-checks on its own until the reconnect wakes it). `None` when the client is
+    /// gone.
+    async fn offline<T>(&mut self, step: impl std::future::Future<Output = T>) -> Option<T> {
+        let mut step = std::pin::pin!(step);
+        loop {
+            tokio::select! {
+                done = &mut step => return Some(done),
+                command = self.queue.recv() => match command {
+                    None => return None,
+                    Some(Command::Flush(done)) => {
+                        let _ = done.send(());
+                    }
+                    Some(Command::Subscribe(name)) => {
+                        if let Some(shared) = self.shared.upgrade() {
+                            if let Some(channel) = shared.channels().get(&name) {
+                                channel.ready.send_if_modified(|ready| {
+                                    let unanswered = ready.is_none();
+                                    if unanswered {
+                                        *ready = Some(false);
+                                    }
+                                    unanswered
+                                });
+                            }
+                        }
+                    }
+                    Some(Command::Unsubscribe(_)) => {}
+                },
+            }
+        }
+    }
+
     /// Connects, subscribes every registered channel, then relays messages and commands until
     /// the connection drops, no channel is left, or the client is gone.
     async fn connect_and_serve(&mut self) -> Serve {
         let client = self.node.redis_client();
         let connecting = tokio::time::timeout(self.timeout, client.get_async_pubsub());
-        let Ok(Ok(pubsub)) = connecting.await else {
+        let Some(connected) = self.offline(connecting).await else {
+            return Serve::Closed;
+        };
+        let Ok(Ok(pubsub)) = connected else {
             tracing::debug!("pub/sub connection failed; waiters fall back to re-checks");
-            return Serve::Lost;
+            return Serve::Lost { subscribed: false };
         };
         let (mut sink, mut stream) = pubsub.split();
+        // Read after connecting: subscriptions made meanwhile are in it.
         let names = self.names();
         if !names.is_empty() && !self.within(sink.subscribe(&names)).await {
-            return Serve::Lost;
+            return Serve::Lost { subscribed: false };
         }
-        // Anything published while we were not subscribed was missed: re-check everyone.
-        self.for_each_channel(|_, channel| {
-            channel.ready.send_replace(Some(true));
-            let _ = channel.wake.send(Wake::All);
-        });
+        // Anything published while we were not subscribed was missed: re-check everyone. Only
+        // the channels just subscribed are in effect; later ones are when their Subscribe is.
+        if let Some(shared) = self.shared.upgrade() {
+            let channels = shared.channels();
+            for name in &names {
+                if let Some(channel) = channels.get(name) {
+                    channel.ready.send_replace(Some(true));
+                    let _ = channel.wake.send(Wake::All);
+                }
+            }
+        }
         let sweep_every = (self.linger / 2).max(Duration::from_millis(50));
         let mut sweep = tokio::time::interval_at(Instant::now() + sweep_every, sweep_every);
         loop {
             tokio::select! {
                 message = stream.next() => match message {
                     Some(message) => self.deliver(&message),
-                    None => return Serve::Lost,
+                    None => return Serve::Lost { subscribed: true },
                 },
                 _ = sweep.tick(), if !self.linger.is_zero() => {
                     let expired = self.expire_idle();
                     if !expired.is_empty() && !self.within(sink.unsubscribe(&expired)).await {
-                        return Serve::Lost;
+                        return Serve::Lost { subscribed: true };
                     }
                     if !self.has_channels() {
                         return Serve::Idle;
@@ -379,12 +432,12 @@ impl Listener {
                             }
                         }
                         if !ok {
-                            return Serve::Lost;
+                            return Serve::Lost { subscribed: true };
                         }
                     }
                     Some(Command::Unsubscribe(name)) => {
                         if !self.within(sink.unsubscribe(&name)).await {
-                            return Serve::Lost;
+                            return Serve::Lost { subscribed: true };
                         }
                         if !self.has_channels() {
                             return Serve::Idle;

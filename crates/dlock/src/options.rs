@@ -39,7 +39,8 @@ pub const FENCE_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// How long [`Lock::lock`](crate::Lock::lock) may wait for a busy lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
-    /// Give up after this long with [`Error::Timeout`].
+    /// Give up after this long with [`Error::Timeout`]. A limit too large for the clock
+    /// (e.g. `Duration::MAX`) waits forever.
     Limit(Duration),
     /// Wait until the lock is ours, however long that takes.
     Forever,
@@ -159,8 +160,9 @@ impl LockOptions {
         self
     }
 
-    /// The retry delays used after a transient error while waiting, and when no wake-up
-    /// connection can be had.
+    /// The retry delays used after a transient error (Redis unreachable) while waiting. A busy
+    /// lock is re-checked at the [`recheck`](LockOptions::recheck) interval instead, wake-ups
+    /// or not. The cap must be at most 1 h.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use crate::key::LockKeys;
 use crate::lease::{renewal_interval, Lease, LeaseStatus, LossReason};
 use crate::link::{LinkEvent, Links};
+use crate::node::ReplicaLink;
 use crate::quorum::Nodes;
 use crate::scripts;
 use crate::token::Token;
@@ -63,6 +64,18 @@ pub(crate) struct Watchdog {
 impl Watchdog {
     /// Starts the task on the current tokio runtime.
     pub fn spawn(nodes: Nodes) -> Watchdog {
+        Self::start(nodes, false)
+    }
+
+    /// Starts a task for leases with a replica guard only: each renewal and its `WAIT` run on
+    /// a link of their own (see [`crate::node::ReplicaLink`]). A task of their own, because a
+    /// `WAIT` may block for the guard's whole timeout, and the renewals of the client's other
+    /// leases must not wait behind it.
+    pub fn spawn_guarded(nodes: Nodes) -> Watchdog {
+        Self::start(nodes, true)
+    }
+
+    fn start(nodes: Nodes, guarded: bool) -> Watchdog {
         let (jobs, queue) = mpsc::unbounded_channel();
         let (link_sender, link_events) = mpsc::unbounded_channel();
         let task = Task {
@@ -74,6 +87,7 @@ impl Watchdog {
             link_events,
             verify: None,
             background: Background::new(),
+            guarded,
         };
         tokio::spawn(task.run());
         Watchdog { jobs }
@@ -143,6 +157,8 @@ struct Task {
     verify: Option<Verify>,
     /// Background releases in flight.
     background: Background,
+    /// Renews on a replica link and checks the replica guard (single node only).
+    guarded: bool,
 }
 
 /// Background work (releases) running beside the watchdog's loop, so a slow node delays only
@@ -391,17 +407,35 @@ impl Task {
             .unwrap_or(sent_at);
         let until_first_end = first_end.saturating_duration_since(sent_at);
         let leases = chunk.len();
-        let (slots, extend) = (&slots, &extend);
-        let replies = self
-            .nodes
-            .decide(leases, |node| {
-                let timeout = node.command_timeout().min(until_first_end);
-                async move {
-                    let results = eval_per_slot(node, slots, timeout, extend).await?;
-                    Ok(results.into_iter().map(|result| result == 1).collect())
+        let mut link = None;
+        let replies = if self.guarded {
+            // The extend and its WAIT on one link of their own (replica guards are single-node).
+            let node = self.nodes.first();
+            let timeout = node.command_timeout().min(until_first_end);
+            let all: Vec<usize> = (0..chunk.len()).collect();
+            let reply = match node.replica_link().await {
+                Ok(opened) => {
+                    link.insert(opened)
+                        .eval::<Vec<i64>>(&extend(&all), timeout)
+                        .await
                 }
-            })
-            .await;
+                Err(e) => Err(e),
+            };
+            vec![Some(reply.map(|results| {
+                results.into_iter().map(|r| r == 1).collect()
+            }))]
+        } else {
+            let (slots, extend) = (&slots, &extend);
+            self.nodes
+                .decide(leases, |node| {
+                    let timeout = node.command_timeout().min(until_first_end);
+                    async move {
+                        let results = eval_per_slot(node, slots, timeout, extend).await?;
+                        Ok(results.into_iter().map(|result| result == 1).collect())
+                    }
+                })
+                .await
+        };
         // Per lease: how many nodes extended it, and how many no longer hold it.
         let mut extended = vec![0; chunk.len()];
         let mut gone = vec![0; chunk.len()];
@@ -430,7 +464,10 @@ impl Task {
                 Err(e) => errors.push(format!("{}: {e}", self.nodes.name(index))),
             }
         }
-        self.check_replicas(chunk, &mut extended, &mut errors).await;
+        if let Some(link) = link.as_mut() {
+            self.check_replicas(link, chunk, &mut extended, &mut errors)
+                .await;
+        }
         let quorum = self.nodes.quorum();
         let retry_at = Instant::now() + retry_delay(chunk);
         for (lease, (tracked, ttl)) in chunk.iter_mut().zip(ttls).enumerate() {
@@ -458,6 +495,7 @@ impl Task {
     /// as renewed this tick.
     async fn check_replicas(
         &self,
+        link: &mut ReplicaLink,
         chunk: &[Tracked],
         extended: &mut [usize],
         errors: &mut Vec<String>,
@@ -467,7 +505,7 @@ impl Task {
             .filter_map(|t| t.lease.min_replicas)
             .max_by_key(|guard| (guard.replicas, guard.timeout));
         let Some(guard) = strictest else { return };
-        let acked = match self.nodes.first().wait_for_replicas(&guard).await {
+        let acked = match link.wait_for_replicas(&guard).await {
             Ok(acked) => acked,
             Err(e) => {
                 errors.push(format!("WAIT for replicas failed: {e}"));
@@ -494,7 +532,12 @@ impl Task {
             if tracked.lease.valid_until() > now {
                 return tracked.lease.is_held();
             }
+            let suspended = tracked.lease.lost_to_suspension(now);
             let reason = match (&tracked.lease.renew, &tracked.last_error) {
+                (_, _) if suspended.is_some() => LossReason::Unreachable(format!(
+                    "the host was suspended for {} and the lease ran out meanwhile",
+                    crate::error::humanize(suspended.unwrap_or_default())
+                )),
                 (false, _) => LossReason::Expired,
                 (true, Some(error)) => LossReason::Unreachable(error.clone()),
                 (true, None) => LossReason::Unreachable("renewal did not complete in time".into()),

@@ -48,6 +48,7 @@ impl Node {
             current: Arc::new(RwLock::new(Current {
                 con: Conn::Cluster(con),
                 client,
+                links: Default::default(),
             })),
             sentinel: None,
             name,

@@ -18,16 +18,20 @@ use crate::options::ClientOptions;
 
 mod cluster;
 mod redact;
+mod replica;
 mod sentinel;
 
 pub use redact::redact_url;
 use redact::{scrub, scrub_error};
+pub(crate) use replica::ReplicaLink;
 pub use sentinel::SentinelConfig;
 use sentinel::SentinelSource;
 
-/// How often the connection manager retries a failed (re)connect before reporting the failure.
-/// Few, because every caller has its own retry policy and deadline.
-const RECONNECT_RETRIES: usize = 2;
+/// How often the connection manager retries a failed (re)connect before reporting the failure:
+/// never. Every caller has its own retry policy and deadline, and a retry here made every call
+/// to a refused Redlock master wait out the retries' backoff, and every connect to a frozen one
+/// pay the connect timeout once per retry.
+const RECONNECT_RETRIES: usize = 0;
 
 /// A connected Redis server.
 #[derive(Clone)]
@@ -48,6 +52,8 @@ struct Current {
     /// A plain client of the server (for a cluster, of the first seed node), for dedicated
     /// connections such as pub/sub: cluster nodes relay every PUBLISH to all nodes.
     client: redis::Client,
+    /// Connections of their own for the replica guard (see `replica`), to this server.
+    links: replica::Idle,
 }
 
 /// The connection calls go through.
@@ -103,6 +109,7 @@ impl Node {
             current: Arc::new(RwLock::new(Current {
                 con: Conn::Single(con),
                 client,
+                links: Default::default(),
             })),
             sentinel: None,
             name,
@@ -143,9 +150,8 @@ impl Node {
         options.validate()?;
         let (client, name) = open_client(url, options)?;
         let config = manager_config(options);
-        // The manager's own retries each have the connect timeout; bound the whole attempt too.
-        let limit =
-            options.connect_timeout * (RECONNECT_RETRIES as u32 + 1) + Duration::from_secs(1);
+        // One attempt (no retries), bounded by the connect timeout as a whole.
+        let limit = options.connect_timeout;
         let connecting = ConnectionManager::new_with_config(client.clone(), config);
         let con = match tokio::time::timeout(limit, connecting).await {
             Ok(Ok(con)) => con,
@@ -218,27 +224,6 @@ impl Node {
         let mut con = self.con();
         self.deadline(self.command_timeout, cmd.query_async(&mut con))
             .await
-    }
-
-    /// `WAIT replicas timeout`: how many replicas acknowledged every write made on this
-    /// connection so far (ours included; the connection is shared, so possibly more).
-    pub async fn wait_for_replicas(&self, guard: &crate::MinReplicas) -> Result<u32> {
-        let Conn::Single(mut con) = self.con() else {
-            return Err(Error::Config(
-                "replica guards are not available on Redis Cluster".into(),
-            ));
-        };
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(guard.replicas)
-            .arg(u64::try_from(guard.timeout.as_millis()).unwrap_or(u64::MAX));
-        // The server blocks up to the WAIT timeout; allow that on top of the round trip.
-        let acked: i64 = self
-            .deadline(
-                guard.timeout + self.command_timeout,
-                wait.query_async(&mut con),
-            )
-            .await?;
-        Ok(u32::try_from(acked).unwrap_or(0))
     }
 
     /// Runs a script (EVALSHA, loading it on NOSCRIPT) within `timeout`.

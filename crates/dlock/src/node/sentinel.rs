@@ -140,6 +140,7 @@ impl Node {
             current: Arc::new(RwLock::new(Current {
                 con: Conn::Single(con),
                 client,
+                links: Default::default(),
             })),
             sentinel: Some(Arc::new(SentinelSource {
                 client: tokio::sync::Mutex::new(sentinel),
@@ -184,6 +185,7 @@ impl Node {
                 *node.current.write().unwrap_or_else(PoisonError::into_inner) = Current {
                     con: Conn::Single(con),
                     client,
+                    links: Default::default(),
                 };
                 Ok(true)
             }
@@ -226,7 +228,7 @@ async fn connect_manager(
     options: &ClientOptions,
 ) -> Result<ConnectionManager> {
     let connecting = ConnectionManager::new_with_config(client, manager_config(options));
-    match tokio::time::timeout(options.connect_timeout * 2, connecting).await {
+    match tokio::time::timeout(options.connect_timeout, connecting).await {
         Ok(Ok(con)) => Ok(con),
         Ok(Err(e)) => Err(Error::from_redis(name, e)),
         Err(_) => Err(Error::Unavailable {

@@ -198,3 +198,26 @@ async fn a_private_ca_is_trusted_when_given_and_refused_otherwise() {
         "{err}"
     );
 }
+
+/// Issue 9: a name equal to another lock's companion key (its fencing counter, holder info,
+/// queue...) would let one lock overwrite the other's state; such names are refused.
+#[tokio::test]
+async fn names_that_are_another_locks_companion_keys_are_config_errors() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let guard = c.lock("x").unwrap().try_lock().await.unwrap();
+    for name in [
+        "{x}:dlock:fence:x",
+        "{x}:dlock:info:x",
+        "{x}:dlock:queue:x",
+        "{x}:dlock:released:x",
+    ] {
+        let err = c.lock(name).unwrap_err();
+        assert!(err.is_config(), "{name}: {err:?}");
+        assert!(err.to_string().contains("{…}:dlock:"), "{err}");
+        assert!(c.status(name).await.unwrap_err().is_config());
+    }
+    // The fencing counter of `x` is untouched, and `x` still works.
+    guard.release().await.unwrap();
+    take_and_release(&c, "x").await;
+}

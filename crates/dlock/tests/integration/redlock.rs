@@ -324,3 +324,64 @@ async fn a_black_holed_master_never_holds_up_renewals_or_releases() {
     assert!(kept.is_held());
     kept.release().await.unwrap();
 }
+
+/// Issue 9: a master that refuses connections used to cost each operation its reconnect
+/// retries and their backoff (a whole `dlock run` took 0.8 s instead of a few milliseconds).
+#[tokio::test]
+async fn a_refused_master_costs_nothing() {
+    for dead in [0, 1] {
+        let mut servers = RedisServers::start(3);
+        servers[dead].kill();
+        let started = Instant::now();
+        let c = redlock(&servers, Duration::from_secs(2)).await;
+        let guard = c.lock("job").unwrap().try_lock().await.unwrap();
+        guard.release().await.unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(300),
+            "master {dead} dead: connect, try_lock and release took {took:?}"
+        );
+    }
+}
+
+/// Issue 9: a frozen master (it accepts connections, then answers nothing) costs at most one
+/// timeout per operation, connecting included; it used to cost the connect timeout once per
+/// reconnect retry.
+#[tokio::test]
+async fn a_master_frozen_before_connecting_costs_one_timeout_per_operation() {
+    let mut servers = RedisServers::start(3);
+    let timeout = Duration::from_millis(500);
+    // The loaded machine's round trip, measured here: a whole healthy connect, try_lock and
+    // release.
+    let started = Instant::now();
+    let warm = redlock(&servers, timeout).await;
+    take_and_release(&warm, "warm").await;
+    let slack = started.elapsed() * 2 + Duration::from_millis(100);
+    drop(warm);
+    servers[1].pause();
+    let options = ClientOptions::new()
+        .command_timeout(timeout)
+        .connect_timeout(timeout);
+    let started = Instant::now();
+    let c = Client::redlock_with(&servers.urls(), options)
+        .await
+        .unwrap();
+    let connect = started.elapsed();
+    let started = Instant::now();
+    let guard = c.lock("job").unwrap().try_lock().await.unwrap();
+    let acquire = started.elapsed();
+    let started = Instant::now();
+    guard.release().await.unwrap();
+    let release = started.elapsed();
+    servers[1].resume();
+    for (what, took) in [
+        ("connect", connect),
+        ("try_lock", acquire),
+        ("release", release),
+    ] {
+        assert!(
+            took <= timeout + slack,
+            "{what} took {took:?} (timeout {timeout:?}, slack {slack:?})"
+        );
+    }
+}

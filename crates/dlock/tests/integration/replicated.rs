@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use dlock::{Client, ClientOptions, LockOptions, SentinelConfig, Wait};
 use dlock_test::{RedisServer, Sentinels, MASTER_NAME};
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
 use crate::support::{client, take_and_release};
 
@@ -146,4 +146,84 @@ async fn the_client_follows_a_sentinel_failover_and_new_locks_work() {
         "the waiter was not woken"
     );
     handed.release().await.unwrap();
+}
+
+/// Polls until a client of `server` is blocked in `WAIT` (the replica guard is stalled).
+async fn until_a_wait_blocks(server: &RedisServer) {
+    let blocked = timeout(Duration::from_secs(10), async {
+        loop {
+            let clients: String = server.cmd("CLIENT", &["LIST"]);
+            if clients.lines().any(|l| l.contains("cmd=wait")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(blocked.is_ok(), "no WAIT ever blocked on the master");
+}
+
+/// Issue 9: a replica guard's `WAIT` used to run on the client's one shared connection, so a
+/// stalled replica froze every other lock of the client behind it (acquires, renewals).
+#[tokio::test]
+async fn a_stalled_replica_guard_never_delays_the_clients_other_locks() {
+    let master = RedisServer::start();
+    let mut replica = RedisServer::start_replica_of(&master);
+    // The default command timeout (2 s) is longer than the guard's WAIT, so nothing but the
+    // WAIT itself bounds the stall.
+    let c = Client::connect(&master.url()).await.unwrap();
+    let wait = Duration::from_millis(1500);
+    let guarded = c
+        .lock_with(
+            "guarded",
+            LockOptions::new()
+                .ttl(Duration::from_millis(1800))
+                .min_replicas(1, wait),
+        )
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    // A short lease renewed every 200 ms: a renewal held up for 1.5 s loses it.
+    let short = c
+        .lock_with("short", LockOptions::new().ttl(Duration::from_millis(600)))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    replica.pause();
+    until_a_wait_blocks(&master).await;
+    let started = Instant::now();
+    let other = c.lock("other").unwrap().try_lock().await.unwrap();
+    let took = started.elapsed();
+    assert!(took < wait / 3, "an unguarded acquire waited {took:?}");
+    other.release().await.unwrap();
+    // Two whole WAITs of the guarded lease's renewals: the short lease is renewed throughout.
+    let lost = timeout(2 * wait, short.lost()).await;
+    assert!(lost.is_err(), "the short lease was lost: {lost:?}");
+    assert!(short.is_held());
+    replica.resume();
+    short.release().await.unwrap();
+    drop(guarded);
+}
+
+/// Issue 9: the guard's `WAIT` may block for its whole timeout; the command timeout used to
+/// cut it short (an "unavailable: timed out" instead of the replica count).
+#[tokio::test]
+async fn a_replica_guard_waits_its_own_timeout_not_the_command_timeout() {
+    let master = RedisServer::start();
+    let mut replica = RedisServer::start_replica_of(&master);
+    let c = client(&master).await; // 500 ms command timeout
+    let wait = Duration::from_millis(1200);
+    let lock = c
+        .lock_with("job", LockOptions::new().min_replicas(1, wait))
+        .unwrap();
+    replica.pause();
+    let started = Instant::now();
+    let err = lock.try_lock().await.unwrap_err();
+    let took = started.elapsed();
+    replica.resume();
+    assert!(err.to_string().contains("0 of 1 replicas"), "{err}");
+    assert!(took >= wait, "gave up after {took:?}");
+    assert_eq!(master.cmd::<i64>("EXISTS", &["job"]), 0, "rolled back");
 }

@@ -309,3 +309,87 @@ async fn an_idle_subscription_lingers_for_the_next_waiter_then_goes() {
         "the idle pub/sub connection was closed"
     );
 }
+
+/// `total_connections_received` from `INFO stats`.
+fn connections_received(server: &RedisServer) -> u64 {
+    let info: String = server.cmd("INFO", &["stats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO stats lists total_connections_received")
+}
+
+/// Issue 9: a waiter whose wake-ups cannot work (an ACL user without channel permission) used
+/// to retry every few milliseconds, and its client reconnected for pub/sub without backing off.
+#[tokio::test]
+async fn a_waiter_without_wakeups_rechecks_at_its_interval_and_reconnects_with_backoff() {
+    let server = RedisServer::start();
+    let _: () = server.cmd(
+        "ACL",
+        &[
+            "SETUSER",
+            "locker",
+            "on",
+            ">pw",
+            "~*",
+            "+@all",
+            "resetchannels",
+        ],
+    );
+    let url = format!("redis://locker:pw@127.0.0.1:{}/", server.port());
+    let (a, b) = (
+        Client::connect(&url).await.unwrap(),
+        Client::connect(&url).await.unwrap(),
+    );
+    let holder = silent_holder(&a, "job").await;
+    let recheck = Duration::from_millis(300);
+    let wait = Duration::from_secs(3);
+    let lock = b
+        .lock_with(
+            "job",
+            LockOptions::new().wait(Wait::Limit(wait)).recheck(recheck),
+        )
+        .unwrap();
+    let (evals, connections) = (
+        server.command_calls("evalsha"),
+        connections_received(&server),
+    );
+    let err = lock.lock().await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    let attempts = server.command_calls("evalsha") - evals;
+    let most = (wait.as_millis() / recheck.as_millis()) as u64 + 4;
+    assert!(
+        attempts <= most,
+        "{attempts} attempts in {wait:?} (at most {most})"
+    );
+    // Reconnects back off from 50 ms to 2 s: 0, 50, 150, 350, 750, 1550, 2950 ms.
+    let reconnects = connections_received(&server) - connections;
+    assert!(reconnects <= 10, "{reconnects} connections in {wait:?}");
+    holder.release().await.unwrap();
+}
+
+/// Issue 9: an absurd wait limit means "forever", not a panic on `Instant + Duration`.
+#[tokio::test]
+async fn an_absurd_wait_limit_waits_and_is_granted() {
+    let server = RedisServer::start();
+    let (a, b) = (client(&server).await, client(&server).await);
+    let holder = silent_holder(&a, "job").await;
+    let lock = b
+        .lock_with("job", LockOptions::new().wait(Wait::Limit(Duration::MAX)))
+        .unwrap();
+    let waiter = tokio::spawn(async move { lock.lock().await });
+    let subscribed = timeout(Duration::from_secs(5), async {
+        while numsub(&server, "{job}:dlock:released:job") != 1 {
+            sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(subscribed.is_ok(), "the waiter never subscribed");
+    holder.release().await.unwrap();
+    let guard = timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("granted after the release")
+        .expect("no panic")
+        .unwrap();
+    guard.release().await.unwrap();
+}

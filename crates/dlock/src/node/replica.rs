@@ -1,0 +1,143 @@
+//! Connections of their own for the replica guard's writes and their `WAIT`.
+//!
+//! `WAIT n timeout` blocks the connection it runs on until `n` replicas acknowledged every
+//! write made *on that connection*. Run on the client's shared connection, it stalled every
+//! other call of the client (other locks' acquires and renewals) for up to the guard's timeout;
+//! run on a connection that made no write, it would return at once and prove nothing. So a
+//! guarded write (the acquire or extend script) and its `WAIT` both go on a [`ReplicaLink`]
+//! that nobody else uses meanwhile: the `WAIT` covers exactly that write, and it may block for
+//! its whole timeout without holding anyone else up.
+//!
+//! Links are kept for reuse (a few per server), and one that failed or timed out is dropped, so
+//! a `WAIT` still blocking on the server never delays the link's next user.
+
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{FromRedisValue, ScriptInvocation};
+
+use super::{Conn, Node};
+use crate::error::{Error, Result};
+
+/// Idle links kept per server; more are opened while more guarded writes run at once.
+const MAX_IDLE: usize = 4;
+
+/// Idle links to one server (a new master after a failover gets a new set).
+pub(super) type Idle = Arc<Mutex<Vec<MultiplexedConnection>>>;
+
+/// A connection checked out for one guarded write and its `WAIT`; back to the idle set on drop
+/// unless a call on it failed.
+pub(crate) struct ReplicaLink {
+    con: Option<MultiplexedConnection>,
+    idle: Weak<Mutex<Vec<MultiplexedConnection>>>,
+    node: Node,
+}
+
+impl std::fmt::Debug for ReplicaLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaLink")
+            .field("node", &self.node.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A link of its own to the current server, for a write the replica guard must confirm.
+    ///
+    /// # Errors
+    /// [`Error::Config`] on Redis Cluster; [`Error::Unavailable`] when no connection can be
+    /// opened within the connect timeout.
+    pub async fn replica_link(&self) -> Result<ReplicaLink> {
+        let (client, idle) = {
+            let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+            if matches!(current.con, Conn::Cluster(_)) {
+                return Err(Error::Config(
+                    "replica guards are not available on Redis Cluster".into(),
+                ));
+            }
+            (current.client.clone(), current.links.clone())
+        };
+        let reused = idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let con = match reused {
+            Some(con) => con,
+            None => {
+                // No response timeout of the driver's: each call here has its own deadline, and
+                // a WAIT's is longer than the command timeout.
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.options.connect_timeout))
+                    .set_response_timeout(None);
+                self.deadline(
+                    self.options.connect_timeout,
+                    client.get_multiplexed_async_connection_with_config(&config),
+                )
+                .await?
+            }
+        };
+        Ok(ReplicaLink {
+            con: Some(con),
+            idle: Arc::downgrade(&idle),
+            node: self.clone(),
+        })
+    }
+}
+
+impl ReplicaLink {
+    /// Runs a script (EVALSHA, loading it on NOSCRIPT) within `timeout`.
+    pub async fn eval<T: FromRedisValue>(
+        &mut self,
+        invocation: &ScriptInvocation<'_>,
+        timeout: Duration,
+    ) -> Result<T> {
+        let mut con = self.take()?;
+        let reply = self
+            .node
+            .deadline(timeout, invocation.invoke_async(&mut con))
+            .await;
+        self.keep_if_ok(con, &reply);
+        reply
+    }
+
+    /// `WAIT replicas timeout`: how many replicas acknowledged every write made on this link,
+    /// within the guard's timeout plus one command timeout for the round trip.
+    pub async fn wait_for_replicas(&mut self, guard: &crate::MinReplicas) -> Result<u32> {
+        let mut con = self.take()?;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(guard.replicas)
+            .arg(u64::try_from(guard.timeout.as_millis()).unwrap_or(u64::MAX));
+        let deadline = guard.timeout.saturating_add(self.node.command_timeout());
+        let acked: Result<i64> = self
+            .node
+            .deadline(deadline, wait.query_async(&mut con))
+            .await;
+        self.keep_if_ok(con, &acked);
+        Ok(u32::try_from(acked?).unwrap_or(0))
+    }
+
+    fn take(&mut self) -> Result<MultiplexedConnection> {
+        self.con.take().ok_or_else(|| Error::Unavailable {
+            node: self.node.name().to_owned(),
+            reason: "the replica guard's connection failed earlier".into(),
+        })
+    }
+
+    /// Keeps `con` for the next call only after a reply: after an error or a timeout the server
+    /// may still be busy with the call (a blocked WAIT) and would delay the next one.
+    fn keep_if_ok<T>(&mut self, con: MultiplexedConnection, reply: &Result<T>) {
+        if reply.is_ok() {
+            self.con = Some(con);
+        }
+    }
+}
+
+impl Drop for ReplicaLink {
+    fn drop(&mut self) {
+        let (Some(con), Some(idle)) = (self.con.take(), self.idle.upgrade()) else {
+            return;
+        };
+        let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(con);
+        }
+    }
+}
