@@ -295,12 +295,26 @@ impl Workload {
     }
 }
 
+/// The longest duration any flag takes. Far beyond any sensible wait, hold or timeout, yet far
+/// from the range where `Instant + duration` overflows and panics (humantime happily parses
+/// `300000000000y`): every deadline dlock computes from a flag stays representable.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// A duration like `30s`, `1m30s`, `500ms`, `2h` (humantime); zero is refused.
 fn positive_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{e} (expected a duration such as 500ms, 30s, 5m or 1h30m)"))?;
+    let duration = bounded_duration(text, "")?;
     if duration.is_zero() {
         return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+/// A duration of at most [`MAX_DURATION`]; `hint` completes the error for a bad one.
+fn bounded_duration(text: &str, hint: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e} (expected a duration such as 500ms, 30s, 5m or 1h30m{hint})"))?;
+    if duration > MAX_DURATION {
+        return Err(format!("too long: at most 365 days{hint}"));
     }
     Ok(duration)
 }
@@ -309,9 +323,7 @@ fn parse_wait(text: &str) -> Result<WaitLimit, String> {
     if text.trim().eq_ignore_ascii_case("forever") {
         return Ok(WaitLimit::Forever);
     }
-    let duration = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{e} (expected a duration such as 10s or 5m, or 'forever')"))?;
-    Ok(WaitLimit::For(duration))
+    bounded_duration(text, ", or 'forever'").map(WaitLimit::For)
 }
 
 fn parse_signal(text: &str) -> Result<Signal, String> {
@@ -348,6 +360,10 @@ mod tests {
         assert!(positive_duration("0s").is_err());
         assert!(positive_duration("soon").is_err());
         assert!(positive_duration("-1s").is_err());
+        assert_eq!(positive_duration("365d"), Ok(MAX_DURATION));
+        let too_long = positive_duration("300000000000y").expect_err("absurd");
+        assert!(too_long.contains("too long"), "{too_long}");
+        assert!(positive_duration("366d").is_err());
     }
 
     #[test]
@@ -355,6 +371,7 @@ mod tests {
         assert_eq!(parse_wait("forever"), Ok(WaitLimit::Forever));
         assert_eq!(parse_wait("2s"), Ok(WaitLimit::For(Duration::from_secs(2))));
         assert!(parse_wait("later").is_err());
+        assert!(parse_wait("300000000000y").is_err());
     }
 
     #[test]

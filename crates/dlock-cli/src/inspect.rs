@@ -15,8 +15,8 @@ pub async fn status(args: StatusArgs) -> u8 {
         Err(e) => return fail(&e),
     };
     match client.status(&args.key).await {
-        Ok(status) if args.json => println!("{}", to_line(&StatusJson::from(&status))),
-        Ok(status) => print!("{}", describe(&status)),
+        Ok(status) if args.json => outln!("{}", to_line(&StatusJson::from(&status))),
+        Ok(status) => out!("{}", describe(&status)),
         Err(e) => return fail(&e),
     }
     0
@@ -34,12 +34,12 @@ pub async fn list(args: ListArgs) -> u8 {
     };
     if args.json {
         for lock in &locks {
-            println!("{}", to_line(&StatusJson::from(lock)));
+            outln!("{}", to_line(&StatusJson::from(lock)));
         }
         return 0;
     }
     if locks.is_empty() {
-        println!("no locks held (pattern {:?})", args.pattern);
+        outln!("no locks held (pattern {:?})", args.pattern);
         return 0;
     }
     let rows: Vec<[String; 5]> = locks
@@ -65,7 +65,7 @@ pub async fn list(args: ListArgs) -> u8 {
 /// `dlock release KEY --force`.
 pub async fn release(args: ReleaseArgs) -> u8 {
     if !args.force {
-        eprintln!(
+        errln!(
             "dlock: refusing to release {} without --force: breaking a lock lets a second copy \
              of the job start while the first may still be running",
             args.key
@@ -81,15 +81,15 @@ pub async fn release(args: ReleaseArgs) -> u8 {
         Err(e) => return fail(&e),
     };
     if args.json {
-        println!("{}", to_line(&StatusJson::from(&broken)));
+        outln!("{}", to_line(&StatusJson::from(&broken)));
     } else if broken.held {
-        print!(
+        out!(
             "released {}; it was {}",
             broken.key,
             describe(&broken).trim_start_matches(&format!("{}: ", broken.key))
         );
     } else {
-        println!("{} was not held; nothing released", broken.key);
+        outln!("{} was not held; nothing released", broken.key);
     }
     0
 }
@@ -154,7 +154,7 @@ fn print_table(header: &[&str; 5], rows: &[[String; 5]]) {
             .zip(widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        outln!("{}", padded.join("  ").trim_end());
     };
     line(header.to_vec());
     for row in rows {

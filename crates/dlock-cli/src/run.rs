@@ -343,7 +343,7 @@ impl Runner<'_> {
     }
 
     fn say(&self, message: String) {
-        eprintln!("dlock: {message}");
+        errln!("dlock: {message}");
     }
 
     /// The holder-info label: --label, or the command line.
@@ -389,6 +389,6 @@ fn write_report(args: &RunArgs, report: &RunReport) {
         None => writeln!(std::io::stderr(), "{line}"),
     };
     if let Err(e) = written {
-        eprintln!("dlock: cannot write the report: {e}");
+        errln!("dlock: cannot write the report: {e}");
     }
 }
