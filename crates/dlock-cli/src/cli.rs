@@ -104,7 +104,10 @@ pub struct RunArgs {
     #[arg(value_name = "KEY")]
     pub key: String,
 
-    /// The command and its arguments, after `--`. Run directly, not through a shell.
+    /// The command and its arguments, after `--`. Run directly, not through a shell, in
+    /// dlock's environment plus DLOCK_KEY (the lock's name), DLOCK_FENCING_TOKEN (this grant's
+    /// token) and DLOCK_TTL_MS (the lease length), minus dlock's secrets: DLOCK_REDIS_URL has
+    /// its passwords replaced by ***, DLOCK_SENTINEL_MASTER_PASSWORD is removed.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 

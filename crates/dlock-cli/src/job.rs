@@ -44,10 +44,18 @@ pub struct Job {
 }
 
 impl Job {
-    /// Starts `command` (program and arguments) with `env` added to dlock's environment.
-    pub fn spawn(command: &[OsString], env: &[(&str, String)]) -> Result<Job, SpawnError> {
+    /// Starts `command` (program and arguments) in dlock's environment with `env` set and
+    /// `remove` removed.
+    pub fn spawn(
+        command: &[OsString],
+        env: &[(&str, String)],
+        remove: &[&str],
+    ) -> Result<Job, SpawnError> {
         let (program, args) = command.split_first().ok_or(SpawnError::NotFound)?;
         let mut cmd = Command::new(program);
+        for name in remove {
+            cmd.env_remove(name);
+        }
         cmd.args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .process_group(0)

@@ -135,13 +135,14 @@ impl Runner<'_> {
         signals: &mut Signals,
         held_since: Instant,
     ) -> u8 {
-        let env = [
+        let (mut env, remove) = scrubbed_env(|name| std::env::var_os(name));
+        env.extend([
             ("DLOCK_KEY", self.args.key.clone()),
             ("DLOCK_FENCING_TOKEN", guard.fencing_token().to_string()),
             ("DLOCK_TTL_MS", ms(self.args.ttl).to_string()),
-        ];
+        ]);
         let program = self.args.command[0].to_string_lossy().into_owned();
-        let mut job = match Job::spawn(&self.args.command, &env) {
+        let mut job = match Job::spawn(&self.args.command, &env, &remove) {
             Ok(job) => job,
             Err(SpawnError::NotFound) => {
                 return self.error(
@@ -371,6 +372,28 @@ fn describe_holder(conflict: &Conflict) -> String {
     }
 }
 
+/// The command inherits dlock's environment, minus dlock's secrets: `DLOCK_REDIS_URL` with
+/// every password replaced by `***` (the command may still want to know which Redis), and no
+/// `DLOCK_SENTINEL_MASTER_PASSWORD`. A nested dlock must get its password another way.
+/// Returns the variables to set and those to remove.
+fn scrubbed_env(
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> (Vec<(&'static str, String)>, Vec<&'static str>) {
+    let mut set = Vec::new();
+    let mut remove = vec!["DLOCK_SENTINEL_MASTER_PASSWORD"];
+    if let Some(urls) = var("DLOCK_REDIS_URL") {
+        match urls.to_str() {
+            Some(urls) => {
+                let redacted: Vec<String> = urls.split(' ').map(dlock::redact_url).collect();
+                set.push(("DLOCK_REDIS_URL", redacted.join(" ")));
+            }
+            // Not text, so not something we can redact: drop it.
+            None => remove.push("DLOCK_REDIS_URL"),
+        }
+    }
+    (set, remove)
+}
+
 async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(at) => sleep_until(at).await,
@@ -390,5 +413,46 @@ fn write_report(args: &RunArgs, report: &RunReport) {
     };
     if let Err(e) = written {
         errln!("dlock: cannot write the report: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use super::*;
+
+    #[test]
+    fn the_commands_environment_carries_no_secret() {
+        let env = |name: &str| match name {
+            "DLOCK_REDIS_URL" => Some(OsString::from(
+                "redis://admin:pw1@a:6379 rediss://:pw2@b:6380/0 redis://c:6379",
+            )),
+            "DLOCK_SENTINEL_MASTER_PASSWORD" => Some(OsString::from("pw3")),
+            _ => None,
+        };
+        let (set, remove) = scrubbed_env(env);
+        assert_eq!(
+            set,
+            [(
+                "DLOCK_REDIS_URL",
+                "redis://admin:***@a:6379 rediss://:***@b:6380/0 redis://c:6379".to_owned()
+            )]
+        );
+        assert_eq!(remove, ["DLOCK_SENTINEL_MASTER_PASSWORD"]);
+
+        let (set, remove) = scrubbed_env(|_| None);
+        assert!(set.is_empty());
+        assert_eq!(remove, ["DLOCK_SENTINEL_MASTER_PASSWORD"]);
+    }
+
+    #[test]
+    fn a_url_that_is_not_text_is_dropped_rather_than_passed_on() {
+        use std::os::unix::ffi::OsStringExt;
+        let (set, remove) = scrubbed_env(|name| {
+            (name == "DLOCK_REDIS_URL").then(|| OsString::from_vec(b"redis://:\xffpw@a".to_vec()))
+        });
+        assert!(set.is_empty());
+        assert!(remove.contains(&"DLOCK_REDIS_URL"));
     }
 }

@@ -199,3 +199,29 @@ fn fair_waiters_run_in_the_order_they_arrived() {
     );
     assert_eq!(code(&bad), 64);
 }
+
+/// Issue 9: the command never sees dlock's credentials.
+#[test]
+fn the_childs_environment_holds_no_password() {
+    let server = RedisServer::start_with(dlock_test::ServerOptions {
+        password: Some("s3cret-pw".into()),
+        ..Default::default()
+    });
+    let out = output(
+        dlock(&server)
+            .env("DLOCK_REDIS_URL", server.url())
+            .args(["run", "env-job", "--", "env"]),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let env = stdout(&out);
+    assert!(env.contains("DLOCK_KEY=env-job"), "{env}");
+    assert!(
+        env.contains("DLOCK_REDIS_URL=redis://:***@127.0.0.1:"),
+        "{env}"
+    );
+    assert!(
+        !env.contains("s3cret-pw"),
+        "the password reached the command: {env}"
+    );
+}
