@@ -39,6 +39,13 @@ pub enum Command {
     /// Measure lock throughput, latency and fairness against your Redis, relative to the
     /// round-trip floor of the same run. Writes only keys under dlock:bench:.
     Bench(BenchArgs),
+    /// Internal: the guardian that KILLs a job's process group if `dlock run` dies (see
+    /// job.rs). Not for people.
+    #[command(name = crate::job::GUARD_COMMAND, hide = true)]
+    Guard {
+        /// The job's process group.
+        group: i32,
+    },
 }
 
 /// Where Redis is.

@@ -1,7 +1,8 @@
 //! The `dlock` command: run any command under a distributed lock on Redis.
 //!
 //! Layout: `cli` (arguments), `exit` (the exit-code table), `run` (the `run` command),
-//! `job` (the supervised child process group), `signals`, `inspect` (`status`, `list`,
+//! `job` (the supervised command, its process group, its descendants and the guardian that
+//! kills them if dlock is SIGKILLed), `signals`, `inspect` (`status`, `list`,
 //! `release`), `report` (JSON output), `bench` (`dlock bench`).
 
 /// Every message dlock prints goes through these: a closed or broken stdout/stderr (EPIPE;
@@ -58,6 +59,10 @@ fn main() -> ExitCode {
             });
         }
     };
+    if let Command::Guard { group } = cli.command {
+        // A guardian stays as small as it can: no runtime, no logging.
+        return ExitCode::from(job::guard(group));
+    }
     init_logging(cli.verbose);
     // One thread is plenty for one lock and one child, and starts fastest.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -77,6 +82,7 @@ fn main() -> ExitCode {
             Command::List(args) => inspect::list(args).await,
             Command::Release(args) => inspect::release(args).await,
             Command::Bench(args) => bench::bench(args).await,
+            Command::Guard { .. } => exit::INTERNAL,
         }
     });
     ExitCode::from(code)

@@ -2,7 +2,9 @@
 //!
 //! # Guarantee
 //! The command starts only after the lock is granted, and the lock is released only after the
-//! command and every process of its group have exited. If the lease is lost meanwhile, the
+//! command and every process of the job have exited (its group and what left it, see `job`).
+//! Ctrl-Z pauses the command, never dlock, so the lease stays renewed while the command holds
+//! the lock. If the lease is lost meanwhile, the
 //! command is stopped (stop signal, then KILL after the stop timeout) and dlock exits 76; if
 //! the final release finds the lease gone, dlock also exits 76 and says the run may have
 //! overlapped another holder.
@@ -12,13 +14,19 @@ use std::time::{Duration, SystemTime};
 
 use dlock::{Client, Conflict, Error, LockGuard, LockOptions, LossReason, Wait};
 use nix::sys::signal::Signal;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::cli::{ReportFormat, RunArgs, WaitLimit};
 use crate::exit;
 use crate::job::{self, Job, SpawnError};
 use crate::report::{ms, to_line, unix_ms, HolderJson, RunReport};
 use crate::signals::{is_terminating, Signals};
+
+/// How often a job whose leader has exited is checked for leftover processes.
+const JOB_POLL: Duration = Duration::from_millis(20);
+/// How long processes get to vanish after SIGKILL before dlock gives up waiting (a process in
+/// uninterruptible sleep cannot die sooner; the lock must not be held forever for it).
+const AFTER_KILL: Duration = Duration::from_secs(5);
 use crate::{connect, fail};
 
 /// Runs `dlock run` and returns dlock's exit code.
@@ -205,7 +213,8 @@ impl Runner<'_> {
     }
 
     /// Waits for the command while forwarding signals, watching the lease and --max-runtime;
-    /// stops the command when needed. Returns once every process of its group is gone.
+    /// stops the command when needed. Returns once no process of the job is left (see
+    /// [`Job::left`]), or processes survived KILL for [`AFTER_KILL`].
     async fn supervise(
         &self,
         job: &mut Job,
@@ -214,11 +223,38 @@ impl Runner<'_> {
     ) -> (std::io::Result<std::process::ExitStatus>, Ending) {
         let max_deadline = self.args.max_runtime.map(|limit| Instant::now() + limit);
         let mut ending = Ending::Exited;
+        let mut status = None;
         let mut kill_at: Option<Instant> = None;
         let mut killed = false;
-        let status = loop {
+        let mut give_up_at: Option<Instant> = None;
+        let mut told_unsignallable = false;
+        loop {
             tokio::select! {
-                status = job.wait() => break status,
+                leader = job.wait(), if status.is_none() => {
+                    status = Some(leader);
+                    if !job.left().any {
+                        break;
+                    }
+                    if kill_at.is_none() {
+                        tracing::info!("stopping processes the command left");
+                        kill_at = Some(self.begin_stop(job, None));
+                    }
+                }
+                // After the leader: poll until the rest of the job is gone too.
+                () = sleep(JOB_POLL), if status.is_some() => {
+                    let left = job.left();
+                    if !left.any {
+                        break;
+                    }
+                    if !left.unsignallable.is_empty() && !told_unsignallable {
+                        told_unsignallable = true;
+                        self.say(format!(
+                            "not permitted to signal process(es) {:?} of the command; keeping \
+                             the lock on {} until they exit",
+                            left.unsignallable, self.args.key
+                        ));
+                    }
+                }
                 reason = guard.lost(), if ending == Ending::Exited => {
                     self.say(format!(
                         "lost the lock on {} while the command ran: {reason}; stopping it",
@@ -236,28 +272,53 @@ impl Runner<'_> {
                     ending = Ending::MaxRuntime;
                     kill_at = Some(self.begin_stop(job, kill_at));
                 }
-                signal = signals.recv() => {
-                    tracing::info!(%signal, "forwarding signal to the command");
-                    job.signal(signal);
-                    if is_terminating(signal) && kill_at.is_none() {
-                        kill_at = Some(Instant::now() + self.args.stop_timeout);
-                    }
-                }
+                signal = signals.recv() => self.forward(job, signal, &mut kill_at),
                 () = sleep_until_some(kill_at), if kill_at.is_some() && !killed => {
                     tracing::info!("stop timeout passed; sending KILL");
-                    job.signal(Signal::SIGKILL);
+                    job.kill();
                     killed = true;
+                    give_up_at = Some(Instant::now() + AFTER_KILL);
+                }
+                () = sleep_until_some(give_up_at), if give_up_at.is_some() && status.is_some() => {
+                    give_up_at = None;
+                    // Processes dlock may not signal are waited for without limit: the lock
+                    // stays held while they run.
+                    if job.left().unsignallable.is_empty() {
+                        self.say("processes of the command survived SIGKILL; releasing the lock anyway".into());
+                        return (status.unwrap_or_else(|| Err(std::io::Error::other("no status"))), ending);
+                    }
                 }
             }
-        };
-        job.finish(self.args.stop_signal, self.args.stop_timeout, kill_at)
-            .await;
+        }
+        job.disarm();
+        let status = status.unwrap_or_else(|| Err(std::io::Error::other("no status")));
         (status, ending)
     }
 
-    /// Sends the stop signal once and returns the KILL deadline.
+    /// Passes a signal dlock received on to the command's process group. Ctrl-Z (TSTP) pauses
+    /// the command while dlock stays awake and keeps the lease renewed; CONT resumes it. A
+    /// terminating signal is followed by CONT, so a paused command can act on it.
+    fn forward(&self, job: &Job, signal: Signal, kill_at: &mut Option<Instant>) {
+        tracing::info!(%signal, "forwarding signal to the command");
+        job.signal(signal);
+        if signal == Signal::SIGTSTP {
+            self.say(format!(
+                "paused the command; the lock on {} stays held. Resume it with: kill -CONT {}",
+                self.args.key,
+                std::process::id()
+            ));
+        }
+        if is_terminating(signal) {
+            job.signal(Signal::SIGCONT);
+            if kill_at.is_none() {
+                *kill_at = Some(Instant::now() + self.args.stop_timeout);
+            }
+        }
+    }
+
+    /// Sends the stop signal once to every process of the job and returns the KILL deadline.
     fn begin_stop(&self, job: &Job, kill_at: Option<Instant>) -> Instant {
-        job.signal(self.args.stop_signal);
+        job.stop(self.args.stop_signal);
         kill_at.unwrap_or_else(|| Instant::now() + self.args.stop_timeout)
     }
 
