@@ -338,7 +338,8 @@ impl Runner<'_> {
         }
     }
 
-    /// Releases the lock; a lease found lost turns any exit code into 76.
+    /// Releases the lock. A lease found lost, or a release that cannot be confirmed, turns any
+    /// exit code into 76: dlock never reports plain success for a run it cannot vouch for.
     async fn release(&mut self, guard: LockGuard, code: u8) -> u8 {
         match guard.release().await {
             Ok(()) => code,
@@ -351,17 +352,24 @@ impl Runner<'_> {
                     ));
                     self.report.lost = true;
                     self.report.loss_reason = Some(reason.to_string());
+                    self.report.outcome = "lost";
                 }
                 exit::LOST
             }
             Err(e) => {
-                // The lease was valid all along (the watchdog would have said otherwise); the
-                // lock now expires with its TTL.
+                // Redis did not answer (the library retried while the lease could still be
+                // valid): whether the lease held to the end is unknown.
                 self.say(format!(
-                    "could not release {} ({e}); it expires with its TTL",
+                    "could not confirm the release of {} ({e}): the lease may have ended before \
+                     the command finished, so the run may have overlapped another holder",
                     self.args.key
                 ));
-                code
+                if !self.report.lost {
+                    self.report.lost = true;
+                    self.report.loss_reason = Some(format!("release not confirmed: {e}"));
+                    self.report.outcome = "unconfirmed";
+                }
+                exit::LOST
             }
         }
     }

@@ -3,9 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use dlock_test::RedisServer;
+use dlock_test::{RedisServer, TcpProxy};
+use serde_json::Value;
 
-use crate::support::{alive, code, dlock, exists, finish, output, started, stderr, Scratch};
+use crate::support::{
+    alive, code, dlock, exists, finish, output, started, stderr, wait_for_file, Scratch,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -136,4 +139,49 @@ fn a_frozen_redis_stops_the_command_and_exits_76() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Issue 9: a release that cannot be confirmed is not a success: exit 76, and the report
+/// says the run may have overlapped another holder.
+#[test]
+fn a_release_that_cannot_reach_redis_exits_76() {
+    let server = RedisServer::start();
+    let proxy = TcpProxy::start(server.port());
+    let scratch = Scratch::new();
+    // The job asks the test to cut dlock's link, waits until it is cut, and exits 0.
+    let script = format!(
+        "touch {cut_me}; while [ ! -e {cut} ]; do sleep 0.01; done; exit 0",
+        cut_me = scratch.path("cut-me").display(),
+        cut = scratch.path("cut").display(),
+    );
+    let job = dlock(&server)
+        .env("DLOCK_REDIS_URL", proxy.url())
+        .args([
+            "run",
+            "--ttl",
+            "1s",
+            "--redis-timeout",
+            "200ms",
+            "--report",
+            "json",
+            "k",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(&scratch.path("cut-me"), LIMIT));
+    proxy.cut();
+    std::fs::write(scratch.path("cut"), "").unwrap();
+    let out = finish(job, LIMIT);
+    assert_eq!(code(&out), 76, "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("may have overlapped"), "{said}");
+    let report: Value = serde_json::from_str(said.lines().last().unwrap()).unwrap();
+    assert_ne!(report["outcome"], "ran", "{report}");
+    assert_eq!(report["exit_code"], 0, "{report}");
+    assert_eq!(report["lost"], true, "{report}");
+    assert_eq!(report["dlock_exit_code"], 76, "{report}");
 }
