@@ -44,6 +44,15 @@ impl Backoff {
         }
     }
 
+    /// As [`Backoff::new`], in a constant.
+    pub(crate) const fn new_const(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max,
+            factor: 2.0,
+        }
+    }
+
     /// The delay before retry number `attempt` (0-based), jittered.
     pub fn delay(&self, attempt: u32) -> Duration {
         let ceiling = self.ceiling(attempt);

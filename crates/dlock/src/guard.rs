@@ -154,11 +154,17 @@ impl LockGuard {
     /// `Ok(())` means the key still held this guard's token, so no other owner held the lock
     /// at any time since it was granted. Renewal stops before the release is sent.
     ///
+    /// A release that fails on a dropped connection (a Redis restart, a network blip) is
+    /// retried on the new connection while the lease can still be valid, so a restart that
+    /// lost the key is reported as a loss rather than as a connection error.
+    ///
     /// # Errors
-    /// [`Error::Lost`] when the lease had been lost (expired, deleted, taken over, or reported
-    /// lost earlier): the critical section may have overlapped another owner's. Connection
-    /// errors: the release was retried in the background and the lock otherwise expires with
-    /// its TTL.
+    /// [`Error::Lost`] when the lease had been lost (expired, deleted, taken over, lost in a
+    /// restart, or reported lost earlier): the critical section may have overlapped another
+    /// owner's. Also [`Error::Lost`] with [`LossReason::Unreachable`] when no answer came
+    /// before the lease's validity ended: nobody can vouch for the lease then. Other errors
+    /// (e.g. an ACL refusing the script) are returned as they are; the release is then retried
+    /// in the background and the lock otherwise expires with its TTL.
     ///
     /// # Cancel safety
     /// If the future is dropped, the guard's drop queues the release in the background.
@@ -171,24 +177,101 @@ impl LockGuard {
         self.lease.finish(LeaseStatus::Released);
         let mut call = scripts::RELEASE.prepare_invoke();
         scripts::add_release(&mut call, &self.lease.keys, &self.lease.token);
-        let nodes = self.client.nodes();
-        let tally = Tally::of(
-            nodes
-                .all(|node| node.eval(&call, node.command_timeout()))
-                .await,
-        );
-        // Nodes that did not answer get the release again in the background (via Drop).
-        self.released = tally.errors.is_empty();
-        let lost = |reason: Option<LossReason>| Error::Lost {
-            key: self.lease.keys.lock.clone(),
-            reason: reason.unwrap_or(LossReason::KeyGone),
-        };
-        match lost_before {
-            Some(reason) => Err(lost(Some(reason))),
-            None if tally.agreed(nodes) => Ok(()),
-            None if tally.refused(nodes) => Err(lost(None)),
-            None => Err(tally.into_error(nodes, "releasing a lock")),
+        let outcome = self.settle(call, lost_before, "releasing a lock").await;
+        // Nodes that never answered get the release again in the background (via Drop).
+        self.released = outcome.1;
+        outcome.0
+    }
+
+    /// Ends the owner's use of the lock but keeps it taken for `keep` more (then it expires),
+    /// so a duplicate of a job that finished quickly is still refused for a while: a
+    /// "minimum hold" that costs no waiting and survives this process's death. Renewal stops;
+    /// [`HolderInfo::finished`](crate::HolderInfo::finished) marks the lock. A zero `keep` is a
+    /// plain [`release`](LockGuard::release).
+    ///
+    /// # Errors
+    /// As [`LockGuard::release`]; [`Error::Config`] when `keep` is longer than
+    /// [`MAX_TTL`](crate::MAX_TTL).
+    ///
+    /// # Cancel safety
+    /// If the future is dropped, the lock is released in the background (without the hold).
+    pub async fn release_after(mut self, keep: Duration) -> Result<()> {
+        if keep.is_zero() {
+            return self.release().await;
         }
+        if keep > crate::MAX_TTL {
+            return Err(Error::Config(format!(
+                "a minimum hold of {} is longer than the longest lease ({})",
+                crate::error::humanize(keep),
+                crate::error::humanize(crate::MAX_TTL)
+            )));
+        }
+        let lost_before = match self.lease.status() {
+            LeaseStatus::Lost(reason) => Some(reason),
+            _ => None,
+        };
+        self.lease.finish(LeaseStatus::Released);
+        let mut call = scripts::KEEP.prepare_invoke();
+        call.key(&self.lease.keys.lock)
+            .key(&self.lease.keys.info)
+            .key(&self.lease.keys.holds)
+            .arg(self.lease.token.as_str())
+            .arg(crate::watchdog::millis(keep));
+        let outcome = self.settle(call, lost_before, "keeping a lock").await;
+        self.released = outcome.1;
+        outcome.0
+    }
+
+    /// Resolves when renewals are failing and at most `margin` of the lease's conservative
+    /// validity is left, or when the lease is no longer held: the moment to start winding
+    /// down work that must be finished (or stopped) before the lease can end. Never resolves
+    /// while renewals succeed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only watches the lease.
+    pub async fn renewal_at_risk(&self, margin: Duration) {
+        self.lease.at_risk(margin).await;
+    }
+
+    /// Sends a one-lock release-like `call` to every node, retried until decided or the lease's
+    /// validity ends; returns the outcome and whether every node answered.
+    async fn settle(
+        &self,
+        call: redis::ScriptInvocation<'_>,
+        lost_before: Option<LossReason>,
+        what: &str,
+    ) -> (Result<()>, bool) {
+        let nodes = self.client.nodes();
+        // A lease already lost has nothing left to confirm: one try, to clean up.
+        let deadline = match lost_before {
+            Some(_) => Instant::now(),
+            None => self.lease.valid_until(),
+        };
+        let (tally, _) = nodes
+            .settle(
+                deadline,
+                |reply: &Vec<i64>| reply.as_slice() == [1],
+                |node, timeout| node.eval::<Vec<i64>>(&call, timeout),
+            )
+            .await;
+        let everyone_answered = tally.errors.is_empty();
+        let lost = |reason: LossReason| Error::Lost {
+            key: self.lease.keys.lock.clone(),
+            reason,
+        };
+        let outcome = match lost_before {
+            Some(reason) => Err(lost(reason)),
+            None if tally.agreed(nodes) => Ok(()),
+            None if tally.refused(nodes) => Err(lost(LossReason::KeyGone)),
+            None if tally.errors.iter().all(|(_, e)| e.is_retryable()) => {
+                // No majority answered before the lease could have ended.
+                Err(lost(LossReason::Unreachable(
+                    tally.into_error(nodes, what).to_string(),
+                )))
+            }
+            None => Err(tally.into_error(nodes, what)),
+        };
+        (outcome, everyone_answered)
     }
 
     fn check_held(&self) -> Result<()> {

@@ -26,6 +26,10 @@ pub struct HolderInfo {
     pub held_for: Duration,
     /// The fencing token of this grant.
     pub fencing_token: u64,
+    /// The holder's work is done and it released the lock with a minimum hold
+    /// ([`LockGuard::release_after`](crate::LockGuard::release_after)): the lock stays taken
+    /// until its TTL ends, and nobody renews it.
+    pub finished: bool,
 }
 
 impl fmt::Display for HolderInfo {
@@ -34,7 +38,11 @@ impl fmt::Display for HolderInfo {
         if let Some(pid) = self.pid {
             write!(f, " pid {pid}")?;
         }
-        write!(f, " for {}", humanize(self.held_for))
+        write!(f, " for {}", humanize(self.held_for))?;
+        if self.finished {
+            write!(f, " (finished; kept for its minimum hold)")?;
+        }
+        Ok(())
     }
 }
 
@@ -50,6 +58,7 @@ impl HolderInfo {
         let mut label = None;
         let mut since_ms = None;
         let mut fence = None;
+        let mut finished = false;
         for pair in items.chunks_exact(2) {
             let (Some(name), Some(value)) = (text(&pair[0]), text(&pair[1])) else {
                 continue;
@@ -60,6 +69,7 @@ impl HolderInfo {
                 "label" => label = Some(value).filter(|l| !l.is_empty()),
                 "since_ms" => since_ms = value.parse::<u64>().ok(),
                 "fence" => fence = value.parse().ok(),
+                "finished" => finished = value == "1",
                 _ => {}
             }
         }
@@ -71,6 +81,7 @@ impl HolderInfo {
             acquired_at: UNIX_EPOCH + Duration::from_millis(since_ms),
             held_for: Duration::from_millis(server_now_ms.saturating_sub(since_ms)),
             fencing_token: fence?,
+            finished,
         })
     }
 }

@@ -28,6 +28,9 @@ pub enum LossReason {
     Unreachable(String),
     /// The lease ran out its TTL without renewal (renewal was off).
     Expired,
+    /// The connection to Redis dropped, and when it came back the lock key no longer held our
+    /// token: the server restarted (without the key) or failed over, or the key was removed.
+    KeyGoneAfterReconnect,
 }
 
 impl fmt::Display for LossReason {
@@ -46,6 +49,11 @@ impl fmt::Display for LossReason {
                 )
             }
             LossReason::Expired => write!(f, "the lease expired (renewal was off)"),
+            LossReason::KeyGoneAfterReconnect => write!(
+                f,
+                "the connection to Redis dropped and, once it was back, the lock key no longer \
+                 held our token (the server restarted or failed over, or the key was removed)"
+            ),
         }
     }
 }
@@ -96,6 +104,9 @@ pub(crate) struct Lease {
     pub min_replicas: Option<crate::MinReplicas>,
     timing: Mutex<Timing>,
     status: watch::Sender<LeaseStatus>,
+    /// Whether the latest renewal attempt failed (cleared by the next success), so a holder
+    /// can start winding down before the validity ends (see `LockGuard::renewal_at_risk`).
+    renewal_failing: watch::Sender<bool>,
     held_count: Arc<AtomicUsize>,
 }
 
@@ -124,6 +135,7 @@ impl Lease {
                 valid_until: sent_at + validity(ttl),
             }),
             status: watch::channel(LeaseStatus::Held).0,
+            renewal_failing: watch::channel(false).0,
             held_count,
         }
     }
@@ -167,6 +179,40 @@ impl Lease {
         }
     }
 
+    /// Records whether the latest renewal attempt failed.
+    pub fn set_renewal_failing(&self, failing: bool) {
+        self.renewal_failing.send_if_modified(|current| {
+            let changed = *current != failing;
+            *current = failing;
+            changed
+        });
+    }
+
+    /// Resolves once the lease is no longer held, or renewals are failing and at most `margin`
+    /// of its conservative validity is left.
+    pub async fn at_risk(&self, margin: Duration) {
+        let mut status = self.subscribe();
+        let mut failing = self.renewal_failing.subscribe();
+        loop {
+            if *status.borrow_and_update() != LeaseStatus::Held {
+                return;
+            }
+            let deadline = (*failing.borrow_and_update()).then(|| {
+                let end = self.valid_until();
+                end.checked_sub(margin).unwrap_or(end.min(Instant::now()))
+            });
+            if deadline.is_some_and(|at| at <= Instant::now()) {
+                return;
+            }
+            // The status sender lives as long as `self`: `changed` cannot fail while we borrow it.
+            tokio::select! {
+                _ = status.changed() => {}
+                _ = failing.changed() => {}
+                () = sleep_until_some(deadline) => return,
+            }
+        }
+    }
+
     pub fn status(&self) -> LeaseStatus {
         self.status.borrow().clone()
     }
@@ -193,6 +239,13 @@ impl Lease {
             self.held_count.fetch_sub(1, Ordering::SeqCst);
         }
         changed
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

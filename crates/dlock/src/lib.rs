@@ -16,7 +16,8 @@
 //!   why fencing tokens stay ordered across nodes.
 //! - `lease`: one granted lease's state and validity arithmetic, shared by guard and watchdog.
 //! - `watchdog`: renews every lease of a client in one round trip per tick, reports lost
-//!   leases, and releases dropped guards in the background.
+//!   leases, and releases dropped guards in the background; `link` tells it at once when a
+//!   node's connection drops, so leases there are re-verified without waiting for a tick.
 //! - [`fencing`]: why and how grants carry strictly increasing tokens.
 //! - `key`, `token`, `scripts`: key layout (cluster-slot safe), 128-bit owner tokens, and the
 //!   Lua scripts that make every operation atomic.
@@ -78,6 +79,7 @@ mod guard;
 mod holder;
 mod key;
 mod lease;
+mod link;
 mod lock;
 mod node;
 mod notify;

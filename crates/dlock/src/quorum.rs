@@ -117,6 +117,83 @@ impl Nodes {
     }
 }
 
+/// How long [`Nodes::settle`] pauses between tries: doubling from 20 ms up to 500 ms, so a
+/// reconnect after a dropped connection is found quickly without hammering a dead server.
+const SETTLE_BACKOFF: crate::Backoff = crate::Backoff::new_const(
+    std::time::Duration::from_millis(20),
+    std::time::Duration::from_millis(500),
+);
+
+impl Nodes {
+    /// Runs a one-lock `call` on every node, retrying the nodes that fail (a dropped connection,
+    /// a restart: the driver reconnects in the background) until the answers decide the
+    /// outcome or `deadline` passes; there is always at least one try. `yes` reads an answer.
+    /// Returns the tally and every node's last answer (`None`: never answered).
+    ///
+    /// A node whose first try failed *after* the command ran there may answer "no" on the retry
+    /// (the first try already did the work): callers treat "no" as "not confirmed", which is the
+    /// conservative reading for a release.
+    pub async fn settle<'a, T, F, Fut>(
+        &'a self,
+        deadline: tokio::time::Instant,
+        yes: impl Fn(&T) -> bool,
+        call: F,
+    ) -> (Tally, Vec<Option<T>>)
+    where
+        F: Fn(&'a Node, std::time::Duration) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut answers: Vec<Option<T>> = (0..self.len()).map(|_| None).collect();
+        let mut errors: Vec<Option<Error>> = (0..self.len()).map(|_| None).collect();
+        let mut attempt = 0;
+        loop {
+            let now = tokio::time::Instant::now();
+            let left = deadline.saturating_duration_since(now);
+            let todo: Vec<usize> = (0..self.len()).filter(|&i| answers[i].is_none()).collect();
+            let replies = futures_util::future::join_all(todo.iter().map(|&i| {
+                let node = &self.nodes[i];
+                // The first try gets a full command timeout even past the deadline, so a
+                // release is always sent once.
+                let timeout = if attempt == 0 {
+                    node.command_timeout()
+                } else {
+                    node.command_timeout().min(left)
+                };
+                call(node, timeout)
+            }))
+            .await;
+            for (&i, reply) in todo.iter().zip(replies) {
+                match reply {
+                    Ok(answer) => {
+                        answers[i] = Some(answer);
+                        errors[i] = None;
+                    }
+                    Err(error) => errors[i] = Some(error),
+                }
+            }
+            let mut tally = Tally {
+                yes: answers.iter().flatten().filter(|a| yes(a)).count(),
+                no: answers.iter().flatten().filter(|a| !yes(a)).count(),
+                errors: Vec::new(),
+            };
+            let unanswered = self.len() - tally.yes - tally.no;
+            let retryable = errors.iter().flatten().all(Error::is_retryable);
+            let pause = SETTLE_BACKOFF.delay(attempt);
+            attempt = attempt.saturating_add(1);
+            let decided = tally.agreed(self) || tally.refused(self) || unanswered == 0;
+            if decided || !retryable || tokio::time::Instant::now() + pause >= deadline {
+                tally.errors = errors
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(index, error)| Some((index, error?)))
+                    .collect();
+                return (tally, answers);
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
 /// Per-node answers to a one-lock script (`[1]` yes, `[0]` no) counted.
 #[derive(Debug)]
 pub(crate) struct Tally {

@@ -231,12 +231,27 @@ impl ReentrantLock {
             .and_then(int)
             .and_then(|t| u64::try_from(t).ok())
             .ok_or_else(|| Error::Internal(format!("reentrant acquire returned {reply:?}")))?;
-        let holding = match owner.holding(&keys.lock) {
-            Some(holding) => {
+        // A fresh grant means the owner's earlier lease on this lock (if this process still
+        // counts one as held) ended without our noticing yet: the key expired, was deleted or
+        // lost in a restart, and someone else may have held the lock since. That lease is lost,
+        // and the new hold gets its own lease and fencing token; extending the old one would
+        // hide the loss and hand out a stale token.
+        let fresh = reply.get(3).and_then(int) == Some(1);
+        let current = owner.holding(&keys.lock);
+        let holding = match current {
+            Some(holding) if !fresh => {
                 holding.lease.extended(sent_at, options.ttl);
                 holding
             }
-            None => {
+            previous => {
+                if let Some(previous) = previous {
+                    if previous
+                        .lease
+                        .finish(LeaseStatus::Lost(LossReason::KeyGone))
+                    {
+                        tracing::warn!(lock = %keys.lock, "lease lost: a re-entry found the key gone");
+                    }
+                }
                 let lease = Arc::new(Lease::new(
                     keys.clone(),
                     owner.token().clone(),
@@ -357,31 +372,57 @@ impl ReentrantGuard {
 
     /// Releases this hold (one round trip); the lock is freed if it was the last.
     ///
+    /// As for [`LockGuard::release`](crate::LockGuard::release), a release that fails on a
+    /// dropped connection is retried on the new one while the lease can still be valid.
+    ///
     /// # Errors
-    /// [`Error::Lost`] when the lease had been lost; connection errors (the hold is then
+    /// [`Error::Lost`] when the lease had been lost, or when no answer came before its
+    /// validity ended ([`LossReason::Unreachable`]); other errors as they are (the hold is then
     /// released in the background).
     ///
     /// # Cancel safety
     /// If the future is dropped, the guard's drop releases the hold in the background.
     pub async fn release(mut self) -> Result<()> {
-        let lost_before = match self.holding.lease.status() {
+        let lease = self.holding.lease.clone();
+        let lost_before = match lease.status() {
             LeaseStatus::Lost(reason) => Some(reason),
             _ => None,
         };
-        let keys = &self.holding.lease.keys;
-        let call = release_call(keys, self.owner.token(), &self.acquisition);
-        let node = self.lock.lock.client().node();
-        let reply: Vec<i64> = node.eval(&call, node.command_timeout()).await?;
-        self.released = true;
-        self.holding.drop_guard();
-        match (reply.as_slice(), lost_before) {
-            ([1, left], None) => {
+        let call = release_call(&lease.keys, self.owner.token(), &self.acquisition);
+        let deadline = match lost_before {
+            Some(_) => Instant::now(),
+            None => lease.valid_until(),
+        };
+        let nodes = self.lock.lock.client().nodes();
+        let (tally, answers) = nodes
+            .settle(
+                deadline,
+                |reply: &Vec<i64>| reply.first() == Some(&1),
+                |node, timeout| node.eval::<Vec<i64>>(&call, timeout),
+            )
+            .await;
+        let answer = answers.into_iter().next().flatten();
+        if answer.is_none() && tally.errors.iter().any(|(_, e)| !e.is_retryable()) {
+            // Not a connection problem (an ACL, a script error): leave the hold to Drop.
+            return Err(tally.into_error(nodes, "releasing a hold"));
+        }
+        if answer.is_some() {
+            self.released = true;
+            self.holding.drop_guard();
+        }
+        // Otherwise Drop drops this guard's count and queues the release in the background.
+        match (answer.as_deref(), lost_before) {
+            (Some([1, left]), None) => {
                 if *left == 0 {
-                    self.holding.lease.finish(LeaseStatus::Released);
+                    lease.finish(LeaseStatus::Released);
                 }
                 Ok(())
             }
-            (_, reason) => Err(self.lost_error(reason.unwrap_or(LossReason::KeyGone))),
+            (_, Some(reason)) => Err(self.lost_error(reason)),
+            (Some(_), None) => Err(self.lost_error(LossReason::KeyGone)),
+            (None, None) => Err(self.lost_error(LossReason::Unreachable(
+                tally.into_error(nodes, "releasing a hold").to_string(),
+            ))),
         }
     }
 

@@ -61,6 +61,10 @@ pub(crate) fn add_release(
         .arg(token.as_str())
         .arg(&keys.channel);
 }
+/// Release with a minimum hold: keep the lock (unrenewed) for a while (see `keep.lua`).
+pub(crate) static KEEP: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/keep.lua")));
+
 /// Read (and optionally break) a lock's state (see `inspect.lua`).
 pub(crate) static INSPECT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/inspect.lua")));

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::key::LockKeys;
 use crate::lease::{renewal_interval, Lease, LeaseStatus, LossReason};
+use crate::link::{LinkEvent, Links};
 use crate::quorum::Nodes;
 use crate::scripts;
 use crate::token::Token;
@@ -32,6 +33,9 @@ use crate::token::Token;
 /// Most leases renewed or released by one script call; larger batches are split (each part is
 /// still one round trip) so no single script blocks Redis for long.
 const MAX_BATCH: usize = 1000;
+
+/// Pause before asking a node that failed a re-verification again.
+const REVERIFY_RETRY: Duration = Duration::from_millis(50);
 
 /// Work for the watchdog.
 #[derive(Debug)]
@@ -60,10 +64,15 @@ impl Watchdog {
     /// Starts the task on the current tokio runtime.
     pub fn spawn(nodes: Nodes) -> Watchdog {
         let (jobs, queue) = mpsc::unbounded_channel();
+        let (link_sender, link_events) = mpsc::unbounded_channel();
         let task = Task {
             nodes,
             queue,
             leases: Vec::new(),
+            links: None,
+            link_sender,
+            link_events,
+            verify: None,
         };
         tokio::spawn(task.run());
         Watchdog { jobs }
@@ -125,6 +134,21 @@ struct Task {
     nodes: Nodes,
     queue: mpsc::UnboundedReceiver<Job>,
     leases: Vec<Tracked>,
+    /// The link monitors, started with the first tracked lease and stopped with the task.
+    links: Option<Links>,
+    link_sender: mpsc::UnboundedSender<LinkEvent>,
+    link_events: mpsc::UnboundedReceiver<LinkEvent>,
+    /// A re-verification of every lease is due (a link event), with its retry schedule.
+    verify: Option<Verify>,
+}
+
+/// A pending re-verification of every held lease.
+#[derive(Debug, Clone, Copy)]
+struct Verify {
+    due: Instant,
+    /// A connection dropped since the last complete check: a key found gone was lost in a
+    /// restart or failover.
+    after_drop: bool,
 }
 
 impl Task {
@@ -137,6 +161,10 @@ impl Task {
                     None => break,
                 },
                 () = sleep_until(wake) => None,
+                Some(event) = self.link_events.recv() => {
+                    self.link_changed(event);
+                    None
+                }
             };
             let mut releases = Vec::new();
             let mut holds = Vec::new();
@@ -144,11 +172,16 @@ impl Task {
             let queued = std::iter::from_fn(|| self.queue.try_recv().ok());
             for job in first.into_iter().chain(queued.collect::<Vec<_>>()) {
                 match job {
-                    Job::Track(lease) => self.leases.push(Tracked {
-                        lease,
-                        retry_at: None,
-                        last_error: None,
-                    }),
+                    Job::Track(lease) => {
+                        if self.links.is_none() {
+                            self.links = Some(Links::start(&self.nodes, self.link_sender.clone()));
+                        }
+                        self.leases.push(Tracked {
+                            lease,
+                            retry_at: None,
+                            last_error: None,
+                        });
+                    }
                     Job::Release { keys, token } => releases.push((keys, token)),
                     Job::ReleaseHold {
                         keys,
@@ -167,6 +200,9 @@ impl Task {
                     tracing::warn!(lock = %keys.lock, %error, "background release of a hold failed");
                 }
             }
+            if self.verify.is_some_and(|v| v.due <= Instant::now()) {
+                self.reverify().await;
+            }
             for done in flushes {
                 let _ = done.send(());
             }
@@ -174,8 +210,76 @@ impl Task {
         }
     }
 
+    /// A node's connection dropped, came back, or was first seen: every held lease is
+    /// re-verified now (a read-only ownership check, retried on failure until each lease's
+    /// validity ends). A key found gone after a drop was lost in a restart or failover.
+    fn link_changed(&mut self, event: LinkEvent) {
+        tracing::debug!(?event, leases = self.leases.len(), "re-verifying leases");
+        let dropped = !matches!(event, LinkEvent::Started(_));
+        self.verify = Some(Verify {
+            due: Instant::now(),
+            after_drop: dropped || self.verify.is_some_and(|v| v.after_drop),
+        });
+    }
+
+    /// Checks that every held lease's key still holds its token (`MGET` per node and slot;
+    /// nothing is written, so it never races an `extend`). A lease a majority no longer holds
+    /// is lost; nodes that fail are asked again shortly.
+    async fn reverify(&mut self) {
+        let Some(verify) = self.verify.take() else {
+            return;
+        };
+        self.leases.retain(|t| t.lease.is_held());
+        let mut undecided = false;
+        for chunk in self.leases.chunks(MAX_BATCH) {
+            let slots: Vec<&str> = chunk.iter().map(|t| slot_of(&t.lease.keys)).collect();
+            let replies = self
+                .nodes
+                .all(|node| owned_per_slot(node, chunk, &slots))
+                .await;
+            let mut owned = vec![0; chunk.len()];
+            let mut gone = vec![0; chunk.len()];
+            for reply in &replies {
+                match reply {
+                    Ok(results) => {
+                        for (lease, &ours) in results.iter().enumerate() {
+                            if ours {
+                                owned[lease] += 1;
+                            } else {
+                                gone[lease] += 1;
+                            }
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "re-verification failed; will retry"),
+                }
+            }
+            for (lease, tracked) in chunk.iter().enumerate() {
+                if gone[lease] > self.nodes.len() - self.nodes.quorum() {
+                    let reason = if verify.after_drop {
+                        LossReason::KeyGoneAfterReconnect
+                    } else {
+                        LossReason::KeyGone
+                    };
+                    if tracked.lease.finish(LeaseStatus::Lost(reason.clone())) {
+                        tracing::warn!(lock = %tracked.lease.keys.lock, %reason, "lease lost");
+                    }
+                } else if owned[lease] < self.nodes.quorum() {
+                    undecided = true;
+                }
+            }
+        }
+        if undecided {
+            // A node is still away; ask again soon (the leases' validity still bounds it).
+            self.verify = Some(Verify {
+                due: Instant::now() + REVERIFY_RETRY,
+                ..verify
+            });
+        }
+    }
+
     /// The earliest moment something is due: a renewal, or the end of a lease's validity.
     fn next_wake(&self) -> Option<Instant> {
+        let verify = self.verify.map(|v| v.due);
         self.leases
             .iter()
             .filter(|t| t.lease.is_held())
@@ -187,6 +291,7 @@ impl Task {
                     end
                 }
             })
+            .chain(verify)
             .min()
     }
 
@@ -275,6 +380,7 @@ impl Task {
                 tracked.lease.extended(sent_at, ttl);
                 tracked.retry_at = None;
                 tracked.last_error = None;
+                tracked.lease.set_renewal_failing(false);
             } else if gone[lease] > self.nodes.len() - quorum {
                 if tracked.lease.finish(LeaseStatus::Lost(LossReason::KeyGone)) {
                     tracing::warn!(lock = %tracked.lease.keys.lock, "lease lost: key gone");
@@ -284,6 +390,7 @@ impl Task {
                 tracing::debug!(%error, "renewal failed; will retry");
                 tracked.retry_at = Some(retry_at);
                 tracked.last_error = Some(error);
+                tracked.lease.set_renewal_failing(true);
             }
         }
     }
@@ -419,6 +526,43 @@ async fn eval_per_slot<'s>(
         }
     }
     Ok(results)
+}
+
+/// Whether each lease's key still holds its token on `node`: one `MGET`, or on a Redis Cluster
+/// one per slot (all at once), where a multi-key command must stay in one slot.
+async fn owned_per_slot(
+    node: &crate::node::Node,
+    leases: &[Tracked],
+    slots: &[&str],
+) -> crate::error::Result<Vec<bool>> {
+    let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, slot) in slots.iter().enumerate() {
+        let group = if node.is_cluster() { slot } else { "" };
+        groups.entry(group).or_default().push(i);
+    }
+    let calls: Vec<redis::Cmd> = groups
+        .values()
+        .map(|indices| {
+            let mut mget = redis::cmd("MGET");
+            for &i in indices {
+                mget.arg(&leases[i].lease.keys.lock);
+            }
+            mget
+        })
+        .collect();
+    let replies = futures_util::future::join_all(
+        calls
+            .iter()
+            .map(|cmd| node.query::<Vec<Option<String>>>(cmd)),
+    )
+    .await;
+    let mut owned = vec![false; leases.len()];
+    for (indices, reply) in groups.values().zip(replies) {
+        for (&i, value) in indices.iter().zip(reply?) {
+            owned[i] = value.as_deref() == Some(leases[i].lease.token.as_str());
+        }
+    }
+    Ok(owned)
 }
 
 /// Whole milliseconds for `PX`/`PEXPIRE`, never 0 (which Redis rejects).

@@ -195,6 +195,11 @@ impl Node {
         self.command_timeout
     }
 
+    /// The timeout for opening a connection.
+    pub fn connect_timeout(&self) -> Duration {
+        self.options.connect_timeout
+    }
+
     /// `PING`, within the command timeout.
     pub async fn ping(&self) -> Result<()> {
         let mut con = self.con();

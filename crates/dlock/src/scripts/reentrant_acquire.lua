@@ -4,14 +4,15 @@
 -- KEYS: 1 lock, 2 holder info, 3 fencing counter, 4 hold set
 -- ARGV: 1 owner token, 2 acquisition id, 3 ttl ms, 4 fencing counter retention ms, 5 host,
 --       6 pid, 7 label
--- Returns {1, fence, holds} when granted; otherwise {0, pttl, holder info fields, server ms}.
+-- Returns {1, fence, holds, fresh} when granted (fresh: 1 for a new grant, 0 for a re-entry of
+-- the owner's current grant); otherwise {0, pttl, holder info fields, server ms}.
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then
   redis.call('SADD', KEYS[4], ARGV[2])
   for k = 1, 2 do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
   redis.call('PEXPIRE', KEYS[4], ARGV[3])
   -- Re-entry keeps the grant's fencing token.
-  return {1, tonumber(redis.call('HGET', KEYS[2], 'fence') or '0'), redis.call('SCARD', KEYS[4])}
+  return {1, tonumber(redis.call('HGET', KEYS[2], 'fence') or '0'), redis.call('SCARD', KEYS[4]), 0}
 end
 local now_us = server_now_us()
 if current then
@@ -23,4 +24,4 @@ local fence = grant(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[4], ARGV[5
 redis.call('DEL', KEYS[4])
 redis.call('SADD', KEYS[4], ARGV[2])
 redis.call('PEXPIRE', KEYS[4], ARGV[3])
-return {1, fence, 1}
+return {1, fence, 1, 1}

@@ -26,8 +26,18 @@ async fn dropping_lock_futures_at_random_points_leaves_nothing_behind() {
     let rival_lock = rival
         .lock_with("cancel", LockOptions::new().ttl(ttl))
         .unwrap();
-    // Warm up (scripts loaded, connections open) before counting tasks.
+    // Warm up (scripts loaded, connections open, each watchdog's link monitors started)
+    // before counting tasks.
     lock.try_lock().await.unwrap().release().await.unwrap();
+    rival_lock
+        .try_lock()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    c.flush().await;
+    rival.flush().await;
     let tasks_before = Handle::current().metrics().num_alive_tasks();
 
     let mut granted = 0;

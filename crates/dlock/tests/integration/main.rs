@@ -16,6 +16,7 @@ mod partition; // a partitioned holder knows its lease is over before anyone els
 mod redlock; // majorities, dead and frozen masters, validity, fencing across nodes
 mod reentrant; // nesting by explicit owner, freed at zero, one fencing token
 mod replicated; // the replica guard (WAIT) and Sentinel failover
+mod restart; // a restart that loses a held lock is reported at once, and at release
 mod support;
 mod waiting; // wake-ups by pub/sub, bounded re-checks, bounded resources
 mod watchdog; // renewal, loss detection, batching, no renewal after release

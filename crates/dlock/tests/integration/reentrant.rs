@@ -152,3 +152,45 @@ async fn fair_reentrant_locks_are_refused_up_front() {
         .unwrap_err();
     assert!(err.is_config(), "{err:?}");
 }
+
+/// Issue: a re-entry after the key was lost (and someone else held the lock meanwhile) must not
+/// extend the old lease: the old guard learns it lost the lease, and the new hold gets a fresh
+/// grant with a token larger than the intermediate holder's.
+#[tokio::test]
+async fn a_reentry_after_the_key_was_lost_reports_the_loss_and_grants_afresh() {
+    let server = RedisServer::start();
+    let (a, b) = (client(&server).await, client(&server).await);
+    // Renewal off, so nothing but the re-entry (no renewal, no re-verification after a
+    // reconnect) can notice what happens to the key.
+    let options = LockOptions::new().ttl(Duration::from_secs(30)).renew(false);
+    let lock = a.reentrant_lock_with("ledger", options.clone()).unwrap();
+    let owner = Owner::new().unwrap();
+    let first = lock.lock(&owner).await.unwrap();
+
+    // The key is removed behind the owner's back, and another owner takes and frees the lock,
+    // all before the watchdog's next tick (10 s away).
+    b.force_release("ledger").await.unwrap();
+    let intruder = b.reentrant_lock_with("ledger", options).unwrap();
+    let theirs = intruder.try_lock(&Owner::new().unwrap()).await.unwrap();
+    let intruder_token = theirs.fencing_token();
+    theirs.release().await.unwrap();
+
+    assert!(first.is_held(), "nothing has noticed the loss yet");
+    let again = first.reenter().await.unwrap();
+    assert!(
+        again.fencing_token() > intruder_token,
+        "a fresh grant carries a fresh token: {} after {intruder_token}",
+        again.fencing_token()
+    );
+    let reason = timeout(Duration::from_millis(100), first.lost())
+        .await
+        .expect("the old hold learns at once that its lease was lost");
+    assert_eq!(reason, dlock::LossReason::KeyGone);
+    assert!(again.is_held());
+    // The stale hold's release reports the loss and leaves the new grant alone.
+    assert!(first.release().await.unwrap_err().is_lost());
+    assert!(again.is_held());
+    assert_eq!(server.cmd::<i64>("EXISTS", &["ledger"]), 1);
+    again.release().await.unwrap();
+    assert_eq!(server.cmd::<i64>("EXISTS", &["ledger"]), 0);
+}

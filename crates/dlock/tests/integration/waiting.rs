@@ -7,7 +7,7 @@ use dlock_test::RedisServer;
 use tokio::runtime::Handle;
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::support::client;
+use crate::support::{client, take_and_release};
 
 fn waiting(recheck: Duration) -> LockOptions {
     LockOptions::new()
@@ -153,6 +153,8 @@ async fn a_thousand_waiters_share_one_connection_and_leave_nothing_behind_when_d
             .lock_with("crowded", LockOptions::new().fair(fair).wait(Wait::Forever))
             .unwrap();
         lock.try_lock().await.unwrap_err(); // scripts loaded, connections open
+        take_and_release(&b, "warm-up").await; // the watchdog's link monitor started
+        b.flush().await;
         let tasks_before = Handle::current().metrics().num_alive_tasks();
         let waiters: Vec<_> = (0..1000)
             .map(|_| {

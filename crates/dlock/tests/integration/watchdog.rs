@@ -191,3 +191,95 @@ async fn without_renewal_the_lease_ends_after_its_ttl_and_is_reported() {
     let exists: i64 = server.cmd("EXISTS", &["plain"]);
     assert!(exists <= 1);
 }
+
+/// `renewal_at_risk` fires once renewals fail and at most the margin of validity is left,
+/// while the lease is still held, so a holder can wind down before the lease can end.
+#[tokio::test]
+async fn renewal_at_risk_fires_before_the_lease_can_end_when_renewals_fail() {
+    let server = dlock_test::RedisServer::start();
+    let proxy = dlock_test::TcpProxy::start(server.port());
+    let holder = dlock::Client::connect_with(
+        &proxy.url(),
+        dlock::ClientOptions::new().command_timeout(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    let guard = holder
+        .lock_with("risky", LockOptions::new().ttl(Duration::from_secs(3)))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    let margin = Duration::from_secs(1);
+    // Healthy renewals never put the lease at risk: two renewals (1 s apart) pass meanwhile.
+    assert!(
+        timeout(Duration::from_millis(2500), guard.renewal_at_risk(margin))
+            .await
+            .is_err(),
+        "at risk while renewals succeed"
+    );
+    proxy.cut();
+    let cut_at = tokio::time::Instant::now();
+    guard.renewal_at_risk(margin).await;
+    let at_risk = tokio::time::Instant::now();
+    assert!(guard.is_held(), "at risk comes before the loss");
+    assert!(
+        guard.remaining() <= margin,
+        "fired with {:?} left, more than the margin",
+        guard.remaining()
+    );
+    let reason = guard.lost().await;
+    assert!(matches!(reason, LossReason::Unreachable(_)), "{reason:?}");
+    let lost_at = tokio::time::Instant::now();
+    assert!(
+        lost_at - at_risk >= margin - Duration::from_millis(50),
+        "at risk {:?} after the cut, lost {:?} after it: the margin was not kept",
+        at_risk - cut_at,
+        lost_at - cut_at
+    );
+}
+
+/// `release_after` keeps the lock, unrenewed, for the given time, marks it finished, and it
+/// then expires by itself.
+#[tokio::test]
+async fn release_after_keeps_the_lock_for_its_minimum_hold_then_it_expires() {
+    let server = dlock_test::RedisServer::start();
+    let (a, b) = (client(&server).await, client(&server).await);
+    let guard = a
+        .lock_with("nightly", LockOptions::new().ttl(Duration::from_secs(30)))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    let keep = Duration::from_millis(1500);
+    let kept_at = tokio::time::Instant::now();
+    guard.release_after(keep).await.unwrap();
+    let pttl: i64 = server.cmd("PTTL", &["nightly"]);
+    assert!(
+        pttl > 0 && pttl <= 1500,
+        "kept for the minimum hold, not the TTL: {pttl}"
+    );
+    let busy = b.lock("nightly").unwrap().try_lock().await.unwrap_err();
+    let holder = busy.conflict().unwrap().holder.clone().unwrap();
+    assert!(holder.finished, "status says the job finished: {holder:?}");
+    assert_eq!(a.held_locks(), 0, "nothing renews it any more");
+    // It expires by itself at the end of the hold (not renewed, not earlier).
+    while server.cmd::<i64>("EXISTS", &["nightly"]) == 1 {
+        assert!(
+            kept_at.elapsed() < keep + Duration::from_millis(500),
+            "renewed past its hold"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert!(kept_at.elapsed() >= keep - Duration::from_millis(100));
+
+    // A lease already gone: the hold is refused as a loss.
+    let guard = a.lock("nightly").unwrap().try_lock().await.unwrap();
+    let _: () = server.cmd("DEL", &["nightly"]);
+    assert!(guard.release_after(keep).await.unwrap_err().is_lost());
+    assert_eq!(
+        server.cmd::<i64>("EXISTS", &["nightly"]),
+        0,
+        "nothing re-created"
+    );
+}

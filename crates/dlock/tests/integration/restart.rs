@@ -1,0 +1,242 @@
+//! A Redis restart (or failover) that loses a held lock is always reported: at once when the
+//! connection drops and comes back, and at the latest by `release()`, which retries on the new
+//! connection instead of giving up with a connection error.
+//!
+//! The restarts block the test's runtime for a moment; the watchdog then finds the dropped
+//! connection as it would after any restart it slept through.
+
+use std::time::Duration;
+
+use dlock::{Client, ClientOptions, Error, LeaseStatus, LockOptions, LossReason, Owner};
+use dlock_test::{RedisServer, RedisServers};
+use tokio::time::{timeout, Instant};
+
+use crate::support::client;
+
+/// Long enough that the watchdog's next regular renewal (a third of it) is far away: a loss
+/// found within a few seconds was found by the reconnect, not by a tick.
+const LONG_TTL: Duration = Duration::from_secs(30);
+/// How long the re-verification after a restart may take: the reconnect plus a few renewal
+/// retries, far below the 10 s renewal interval of `LONG_TTL`.
+const REVERIFY_WITHIN: Duration = Duration::from_secs(3);
+
+/// Waits until `server` has `n` link-monitor connections (the only RESP3 ones dlock opens), so a
+/// restart is seen as a dropped connection rather than found when the monitor first connects.
+async fn monitored(server: &RedisServer, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let clients: String = server.cmd("CLIENT", &["LIST"]);
+        if clients.matches("resp=3").count() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no link monitor connected:\n{clients}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn lost_reason(error: Error) -> LossReason {
+    match error {
+        Error::Lost { reason, .. } => reason,
+        other => panic!("expected Lost, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_lease_lost_to_a_restart_is_reported_at_once() {
+    for fair in [false, true] {
+        let mut server = RedisServer::start();
+        let holder = client(&server).await;
+        let options = LockOptions::new().ttl(LONG_TTL).fair(fair);
+        let guard = holder
+            .lock_with("nightly", options.clone())
+            .unwrap()
+            .try_lock()
+            .await
+            .unwrap();
+        monitored(&server, 1).await;
+        server.restart_empty();
+        let restarted = Instant::now();
+        let other = client(&server).await;
+        let theirs = other
+            .lock_with("nightly", options)
+            .unwrap()
+            .try_lock()
+            .await
+            .expect("the restarted server has no lock");
+        let reason = timeout(REVERIFY_WITHIN, guard.lost())
+            .await
+            .unwrap_or_else(|_| panic!("fair={fair}: the loss was not reported after a restart"));
+        assert_eq!(reason, LossReason::KeyGoneAfterReconnect, "fair={fair}");
+        assert!(restarted.elapsed() < REVERIFY_WITHIN);
+        assert_eq!(
+            lost_reason(guard.release().await.unwrap_err()),
+            LossReason::KeyGoneAfterReconnect
+        );
+        theirs.release().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_restart_between_the_grant_and_the_monitors_start_is_caught_too() {
+    let mut server = RedisServer::start();
+    let holder = client(&server).await;
+    let guard = holder
+        .lock_with("early", LockOptions::new().ttl(LONG_TTL))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    // No await between the grant and the restart: the watchdog has not started its monitors.
+    server.restart_empty();
+    let reason = timeout(REVERIFY_WITHIN, guard.lost())
+        .await
+        .expect("found when the monitor first connects");
+    // The monitor never saw this connection drop: a plain "key gone".
+    assert_eq!(reason, LossReason::KeyGone);
+}
+
+#[tokio::test]
+async fn a_release_after_a_restart_reports_the_loss_instead_of_a_connection_error() {
+    // Renewal off: nothing but the release itself touches the dropped connection.
+    let mut server = RedisServer::start();
+    let holder = client(&server).await;
+    let guard = holder
+        .lock_with("short-job", LockOptions::new().ttl(LONG_TTL).renew(false))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    server.restart_empty();
+    let other = client(&server).await;
+    let theirs = other.lock("short-job").unwrap().try_lock().await.unwrap();
+    theirs.release().await.unwrap();
+    let error = guard.release().await.expect_err("the lease was lost");
+    assert_eq!(lost_reason(error), LossReason::KeyGone);
+}
+
+#[tokio::test]
+async fn a_release_that_cannot_be_confirmed_before_the_lease_ends_is_a_loss() {
+    let mut server = RedisServer::start();
+    let holder = Client::connect_with(
+        &server.url(),
+        ClientOptions::new()
+            .command_timeout(Duration::from_millis(300))
+            .connect_timeout(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let ttl = Duration::from_secs(2);
+    let guard = holder
+        .lock_with("gone", LockOptions::new().ttl(ttl).renew(false))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    server.kill();
+    let started = Instant::now();
+    let error = guard.release().await.expect_err("nobody can vouch for it");
+    assert!(
+        matches!(lost_reason(error), LossReason::Unreachable(_)),
+        "an unconfirmed release is an unreachable-loss"
+    );
+    // Retried until the validity ended, not beyond it by more than one command timeout.
+    assert!(started.elapsed() <= ttl + Duration::from_millis(600));
+}
+
+#[tokio::test]
+async fn redlock_reports_a_loss_when_a_majority_restarts_and_not_when_one_master_does() {
+    let mut servers = RedisServers::start(3);
+    let holder = Client::redlock_with(
+        &servers.urls(),
+        ClientOptions::new().command_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap();
+    let guard = holder
+        .lock_with("quorum", LockOptions::new().ttl(LONG_TTL))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+
+    for server in servers.iter() {
+        monitored(server, 1).await;
+    }
+    // A grant needs only a majority: the third node's SET may have been abandoned. Restart a
+    // node the lease does not need (the non-holder if there is one): the re-verification runs
+    // (the restarted server sees an MGET) and the lease stays held.
+    let holding: Vec<usize> = (0..3)
+        .filter(|&i| servers[i].cmd::<i64>("EXISTS", &["quorum"]) == 1)
+        .collect();
+    let spare = (0..3).find(|i| !holding.contains(i)).unwrap_or(0);
+    servers[spare].restart_empty();
+    // Re-verified at once, not at the next tick in 10 s: the restarted node is asked.
+    let deadline = Instant::now() + REVERIFY_WITHIN;
+    while servers[spare].command_calls("mget") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no re-verification after a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The watchdog handles a flush only after the renewal in progress is tallied.
+    holder.flush().await;
+    assert_eq!(guard.status(), LeaseStatus::Held);
+
+    // A node that holds it restarts too: only one of three is left.
+    let needed = holding.into_iter().find(|&i| i != spare).unwrap();
+    servers[needed].restart_empty();
+    let reason = timeout(REVERIFY_WITHIN, guard.lost())
+        .await
+        .expect("a majority lost the key: reported at once");
+    assert_eq!(reason, LossReason::KeyGoneAfterReconnect);
+}
+
+#[tokio::test]
+async fn a_reentrant_lease_lost_to_a_restart_is_reported_at_once() {
+    let mut server = RedisServer::start();
+    let holder = client(&server).await;
+    let owner = Owner::new().unwrap();
+    let guard = holder
+        .reentrant_lock_with("ledger", LockOptions::new().ttl(LONG_TTL))
+        .unwrap()
+        .try_lock(&owner)
+        .await
+        .unwrap();
+    monitored(&server, 1).await;
+    server.restart_empty();
+    let reason = timeout(REVERIFY_WITHIN, guard.lost())
+        .await
+        .expect("reported after the restart");
+    assert_eq!(reason, LossReason::KeyGoneAfterReconnect);
+    assert!(guard.release().await.unwrap_err().is_lost());
+}
+
+#[tokio::test]
+async fn a_reentrant_release_after_a_restart_reports_the_loss() {
+    let mut server = RedisServer::start();
+    let holder = client(&server).await;
+    let owner = Owner::new().unwrap();
+    let guard = holder
+        .reentrant_lock_with("ledger", LockOptions::new().ttl(LONG_TTL).renew(false))
+        .unwrap()
+        .try_lock(&owner)
+        .await
+        .unwrap();
+    server.restart_empty();
+    let other = client(&server).await;
+    let theirs = other
+        .reentrant_lock("ledger")
+        .unwrap()
+        .try_lock(&Owner::new().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        lost_reason(guard.release().await.unwrap_err()),
+        LossReason::KeyGone
+    );
+    theirs.release().await.unwrap();
+}
