@@ -146,13 +146,17 @@ pub struct RunArgs {
     pub quiet: bool,
 
     /// Lease length. The lease is renewed every TTL/3 while the command runs, so a crashed
-    /// dlock frees the lock within one TTL.
+    /// dlock frees the lock within one TTL. If renewals keep failing (Redis unreachable), the
+    /// command is stopped once at most --stop-timeout + --redis-timeout of the lease is left,
+    /// so it is gone before the lease can end; with a TTL shorter than that sum, the stop
+    /// begins at the first failed renewal.
     #[arg(long, default_value = "30s", value_parser = positive_duration, value_name = "DUR", help_heading = "Lease")]
     pub ttl: Duration,
 
     /// Keep the lock at least DUR after the start, even if the command ends sooner, so a late
-    /// duplicate of a fast job is still refused.
-    #[arg(long, value_parser = positive_duration, value_name = "DUR", help_heading = "Lease")]
+    /// duplicate of a fast job is still refused (at most 24h). dlock does not wait: when the
+    /// command is done it sets the lock to expire when DUR has passed, and exits.
+    #[arg(long, value_parser = min_hold, value_name = "DUR", help_heading = "Lease")]
     pub min_hold: Option<Duration>,
 
     /// Label stored with the lock and shown by `status` (default: the command line).
@@ -168,7 +172,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "TERM", value_parser = parse_signal, value_name = "SIGNAL", help_heading = "Command")]
     pub stop_signal: Signal,
 
-    /// How long the command may take to stop after the stop signal before it gets KILL.
+    /// How long the command may take to stop after the stop signal before it gets KILL. When
+    /// renewals fail, the stop signal goes out this long (plus --redis-timeout) before the
+    /// lease could end, so the KILL lands while the lock is surely still held.
     #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DUR", help_heading = "Command")]
     pub stop_timeout: Duration,
 
@@ -329,6 +335,19 @@ fn bounded_duration(text: &str, hint: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// --min-hold: a positive duration no longer than the longest lease, which is how long the
+/// lock can be left to expire on its own.
+fn min_hold(text: &str) -> Result<Duration, String> {
+    let duration = positive_duration(text)?;
+    if duration > dlock::MAX_TTL {
+        return Err(format!(
+            "too long: at most {}h (the longest lease)",
+            dlock::MAX_TTL.as_secs() / 3600
+        ));
+    }
+    Ok(duration)
+}
+
 fn parse_wait(text: &str) -> Result<WaitLimit, String> {
     if text.trim().eq_ignore_ascii_case("forever") {
         return Ok(WaitLimit::Forever);
@@ -374,6 +393,13 @@ mod tests {
         let too_long = positive_duration("300000000000y").expect_err("absurd");
         assert!(too_long.contains("too long"), "{too_long}");
         assert!(positive_duration("366d").is_err());
+    }
+
+    #[test]
+    fn min_hold_is_at_most_the_longest_lease() {
+        assert_eq!(min_hold("24h"), Ok(dlock::MAX_TTL));
+        assert!(min_hold("25h").expect_err("too long").contains("too long"));
+        assert!(min_hold("0s").is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dlock::LockStatus;
+use dlock::{HolderInfo, LockStatus};
 
 use crate::cli::{ListArgs, ReleaseArgs, StatusArgs};
 use crate::report::{ms, to_line, StatusJson};
@@ -48,9 +48,16 @@ pub async fn list(args: ListArgs) -> u8 {
             let holder = lock.holder.as_ref();
             [
                 lock.key.clone(),
-                holder.map_or("?".into(), |h| match h.pid {
-                    Some(pid) => format!("{} pid {pid}", h.host),
-                    None => h.host.clone(),
+                holder.map_or("?".into(), |h| {
+                    let who = match h.pid {
+                        Some(pid) => format!("{} pid {pid}", h.host),
+                        None => h.host.clone(),
+                    };
+                    if h.finished {
+                        format!("{who} (finished; --min-hold)")
+                    } else {
+                        who
+                    }
                 }),
                 holder.map_or("?".into(), |h| short(h.held_for)),
                 lock.ttl_left.map_or("-".into(), short),
@@ -100,20 +107,26 @@ fn describe(status: &LockStatus) -> String {
     let key = &status.key;
     match (&status.holder, status.held) {
         (_, false) => text.push_str(&format!("{key}: free\n")),
+        (Some(holder), true) if holder.finished => {
+            text.push_str(&format!("{key}: held for --min-hold (the job finished)"));
+            if let Some(ttl) = status.ttl_left {
+                text.push_str(&format!(", {} left", short(ttl)));
+            }
+            text.push('\n');
+            text.push_str(&format!("  ran as:        {}", holder.host));
+            if let Some(pid) = holder.pid {
+                text.push_str(&format!(" pid {pid}"));
+            }
+            text.push('\n');
+            describe_holder(&mut text, holder);
+        }
         (Some(holder), true) => {
             text.push_str(&format!("{key}: held by {holder}"));
             if let Some(ttl) = status.ttl_left {
                 text.push_str(&format!(", lease ends in {}", short(ttl)));
             }
             text.push('\n');
-            if let Some(label) = &holder.label {
-                text.push_str(&format!("  command:       {label}\n"));
-            }
-            text.push_str(&format!(
-                "  acquired at:   {}\n",
-                humantime::format_rfc3339_seconds(holder.acquired_at)
-            ));
-            text.push_str(&format!("  fencing token: {}\n", holder.fencing_token));
+            describe_holder(&mut text, holder);
         }
         (None, true) => {
             text.push_str(&format!("{key}: held by an owner that left no holder info"));
@@ -129,6 +142,18 @@ fn describe(status: &LockStatus) -> String {
         }
     }
     text
+}
+
+/// The holder's details, one per line.
+fn describe_holder(text: &mut String, holder: &HolderInfo) {
+    if let Some(label) = &holder.label {
+        text.push_str(&format!("  command:       {label}\n"));
+    }
+    text.push_str(&format!(
+        "  acquired at:   {}\n",
+        humantime::format_rfc3339_seconds(holder.acquired_at)
+    ));
+    text.push_str(&format!("  fencing token: {}\n", holder.fencing_token));
 }
 
 /// A duration to the millisecond for durations under a minute, to the second above.

@@ -55,6 +55,8 @@ pub struct HolderJson {
     pub acquired_at_ms: u64,
     pub held_for_ms: u64,
     pub fencing_token: u64,
+    /// The job is done; the lock is kept until its --min-hold ends (`ttl_left_ms`).
+    pub finished: bool,
 }
 
 impl From<&HolderInfo> for HolderJson {
@@ -66,6 +68,7 @@ impl From<&HolderInfo> for HolderJson {
             acquired_at_ms: unix_ms(holder.acquired_at),
             held_for_ms: ms(holder.held_for),
             fencing_token: holder.fencing_token,
+            finished: holder.finished,
         }
     }
 }

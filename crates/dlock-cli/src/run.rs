@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use dlock::{Client, Conflict, Error, LockGuard, LockOptions, LossReason, Wait};
+use dlock::{Client, Conflict, Error, LeaseStatus, LockGuard, LockOptions, Wait};
 use nix::sys::signal::Signal;
 use tokio::time::{sleep, sleep_until, Instant};
 
@@ -61,8 +61,11 @@ struct Runner<'a> {
 enum Ending {
     /// It exited by itself (or after a forwarded signal).
     Exited,
-    /// dlock stopped it because the lease was lost.
-    Lost(LossReason),
+    /// dlock stopped it because the lease was lost (why).
+    Lost(String),
+    /// dlock stopped it because renewals kept failing and the lease could end before a
+    /// slower stop would be over.
+    AtRisk,
     /// dlock stopped it because --max-runtime passed.
     MaxRuntime,
 }
@@ -130,19 +133,21 @@ impl Runner<'_> {
         self.report.acquired = true;
         self.report.fencing_token = Some(guard.fencing_token());
         let held_since = Instant::now();
-        let code = self.run_holding(&guard, signals, held_since).await;
-        let code = self.release(guard, code).await;
+        let code = self.run_holding(&guard, signals).await;
+        // --min-hold: what is left of it stays on the key, and dlock exits at once.
+        let keep = match self.args.min_hold {
+            Some(min_hold) if self.report.outcome == "ran" => {
+                min_hold.saturating_sub(held_since.elapsed())
+            }
+            _ => Duration::ZERO,
+        };
+        let code = self.release(guard, code, keep).await;
         self.report.held_ms = Some(ms(held_since.elapsed()));
         code
     }
 
     /// Runs the command under the held lock; returns the exit code before release.
-    async fn run_holding(
-        &mut self,
-        guard: &LockGuard,
-        signals: &mut Signals,
-        held_since: Instant,
-    ) -> u8 {
+    async fn run_holding(&mut self, guard: &LockGuard, signals: &mut Signals) -> u8 {
         let (mut env, remove) = scrubbed_env(|name| std::env::var_os(name));
         env.extend([
             ("DLOCK_KEY", self.args.key.clone()),
@@ -197,7 +202,18 @@ impl Runner<'_> {
             Ending::Lost(reason) => {
                 self.report.outcome = "lost";
                 self.report.lost = true;
-                self.report.loss_reason = Some(reason.to_string());
+                self.report.loss_reason = Some(reason);
+                exit::LOST
+            }
+            Ending::AtRisk => {
+                self.report.outcome = "lost";
+                self.report.lost = true;
+                self.report.loss_reason = Some(match guard.status() {
+                    LeaseStatus::Lost(reason) => reason.to_string(),
+                    _ => {
+                        "renewals failed; the command was stopped before the lease could end".into()
+                    }
+                });
                 exit::LOST
             }
             Ending::MaxRuntime => {
@@ -206,7 +222,6 @@ impl Runner<'_> {
             }
             Ending::Exited => {
                 self.report.outcome = "ran";
-                self.hold_at_least(guard, signals, held_since).await;
                 exit::for_status(status)
             }
         }
@@ -260,7 +275,29 @@ impl Runner<'_> {
                         "lost the lock on {} while the command ran: {reason}; stopping it",
                         self.args.key
                     ));
-                    ending = Ending::Lost(reason);
+                    ending = Ending::Lost(reason.to_string());
+                    kill_at = Some(self.begin_stop(job, kill_at));
+                }
+                // Renewals failing: stop now, so the command is gone, KILL included, before
+                // the lease's conservative validity can end (see --stop-timeout).
+                () = guard.renewal_at_risk(self.stop_margin()), if ending == Ending::Exited => {
+                    ending = match guard.status() {
+                        LeaseStatus::Lost(reason) => {
+                            self.say(format!(
+                                "lost the lock on {} while the command ran: {reason}; stopping it",
+                                self.args.key
+                            ));
+                            Ending::Lost(reason.to_string())
+                        }
+                        _ => {
+                            self.say(format!(
+                                "cannot renew the lock on {} (Redis unreachable or too slow); \
+                                 stopping the command so that it is gone before the lease can end",
+                                self.args.key
+                            ));
+                            Ending::AtRisk
+                        }
+                    };
                     kill_at = Some(self.begin_stop(job, kill_at));
                 }
                 () = sleep_until_some(max_deadline), if ending == Ending::Exited && max_deadline.is_some() => {
@@ -316,32 +353,34 @@ impl Runner<'_> {
         }
     }
 
-    /// Sends the stop signal once to every process of the job and returns the KILL deadline.
+    /// Sends the stop signal to every process of the job and returns the KILL deadline: at
+    /// most --stop-timeout from now, or earlier if a stop was already under way.
     fn begin_stop(&self, job: &Job, kill_at: Option<Instant>) -> Instant {
         job.stop(self.args.stop_signal);
-        kill_at.unwrap_or_else(|| Instant::now() + self.args.stop_timeout)
+        let deadline = Instant::now() + self.args.stop_timeout;
+        kill_at.map_or(deadline, |at| at.min(deadline))
     }
 
-    /// Keeps the lock until --min-hold has passed since the grant (a fast job still refuses a
-    /// late duplicate). A terminating signal ends the hold early.
-    async fn hold_at_least(&self, guard: &LockGuard, signals: &mut Signals, held_since: Instant) {
-        let Some(min_hold) = self.args.min_hold else {
-            return;
-        };
-        let until = held_since + min_hold;
-        tokio::select! {
-            () = sleep_until(until) => {}
-            _ = guard.lost() => {}
-            signal = signals.recv_terminating() => {
-                tracing::info!(%signal, "ending --min-hold early");
-            }
-        }
+    /// How much of the lease's validity must be left when a failing renewal makes dlock stop
+    /// the command: the stop timeout, and one Redis timeout for the KILLed processes to be
+    /// gone and for the renewal in flight. If the lease is shorter than that, the stop begins
+    /// at the first failed renewal.
+    fn stop_margin(&self) -> Duration {
+        self.args
+            .stop_timeout
+            .saturating_add(self.args.connection.redis_timeout)
     }
 
-    /// Releases the lock. A lease found lost, or a release that cannot be confirmed, turns any
+    /// Releases the lock, or, with `keep`, leaves it to expire after `keep` (what is left of
+    /// --min-hold). A lease found lost, or a release that cannot be confirmed, turns any
     /// exit code into 76: dlock never reports plain success for a run it cannot vouch for.
-    async fn release(&mut self, guard: LockGuard, code: u8) -> u8 {
-        match guard.release().await {
+    async fn release(&mut self, guard: LockGuard, code: u8, keep: Duration) -> u8 {
+        let released = if keep.is_zero() {
+            guard.release().await
+        } else {
+            guard.release_after(keep).await
+        };
+        match released {
             Ok(()) => code,
             Err(Error::Lost { reason, .. }) => {
                 if !self.report.lost {
