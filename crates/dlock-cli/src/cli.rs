@@ -42,10 +42,7 @@ pub enum Command {
     /// Internal: the guardian that KILLs a job's process group if `dlock run` dies (see
     /// job.rs). Not for people.
     #[command(name = crate::job::GUARD_COMMAND, hide = true)]
-    Guard {
-        /// The job's process group.
-        group: i32,
-    },
+    Guard,
 }
 
 /// Where Redis is.

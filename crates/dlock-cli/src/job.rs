@@ -10,8 +10,9 @@
 //! gone.
 //!
 //! If dlock itself is SIGKILLed, its **guardian** takes the job's process group down: a tiny
-//! re-exec of dlock (`dlock __guard GROUP`) that reads a pipe from dlock and KILLs the group
-//! when the pipe closes without dlock having said the job is over. The pipe belongs to the
+//! re-exec of dlock (`dlock __guard`), started before the command, that reads the group's
+//! number from a pipe and KILLs the group when the pipe closes without dlock having said the
+//! job is over. The pipe belongs to the
 //! dlock *process*, so its end comes with dlock's death whatever thread is running, unlike
 //! `PR_SET_PDEATHSIG`, which fires when the spawning *thread* exits and would cover the leader
 //! only, not its children. Processes that left the group are not covered by the guardian.
@@ -55,8 +56,9 @@ pub struct Job {
 pub struct Left {
     /// Some process of the job still runs.
     pub any: bool,
-    /// Processes of the job dlock is not allowed to signal (they count as running).
-    pub unsignallable: Vec<Pid>,
+    /// Processes of the job dlock is not allowed to signal (they count as running), for
+    /// people: "process group 42", "pid 43".
+    pub unsignallable: Vec<String>,
 }
 
 impl Job {
@@ -68,6 +70,18 @@ impl Job {
         remove: &[&str],
     ) -> Result<Job, SpawnError> {
         let (program, args) = command.split_first().ok_or(SpawnError::NotFound)?;
+        // The guardian starts first, so it is in place (its exec done) before the command
+        // runs; it learns the group's number a few microseconds after the command's spawn.
+        let guardian = match spawn_guardian() {
+            Ok(guardian) => Some(guardian),
+            Err(e) => {
+                errln!(
+                    "dlock: warning: cannot start the guardian ({e}); if dlock is killed with \
+                     SIGKILL, the command will keep running"
+                );
+                None
+            }
+        };
         let mut cmd = Command::new(program);
         for name in remove {
             cmd.env_remove(name);
@@ -89,19 +103,21 @@ impl Job {
         let group = pid_of(pid).ok_or_else(|| {
             SpawnError::Other(io::Error::other(format!("pid {pid} out of range")))
         })?;
-        // Started right after the command: if dlock is killed in the microseconds between the
-        // two, the command runs unguarded (a window no safe Rust can close: the command would
-        // have to start stopped).
-        let guardian = match spawn_guardian(group) {
-            Ok(guardian) => Some(guardian),
-            Err(e) => {
-                errln!(
-                    "dlock: warning: cannot start the guardian ({e}); if dlock is killed with \
-                     SIGKILL, the command will keep running"
-                );
-                None
+        // If dlock is killed between the spawn and this write, the command runs unguarded: a
+        // window of microseconds that no safe Rust can close (the command would have to start
+        // stopped). Dropping the guardian on a failed spawn above ends it quietly.
+        let guardian = guardian.and_then(|(mut pipe, pid)| {
+            match writeln!(pipe, "{group}").and_then(|()| pipe.flush()) {
+                Ok(()) => Some((pipe, pid)),
+                Err(e) => {
+                    errln!(
+                        "dlock: warning: the guardian is gone ({e}); if dlock is killed with \
+                         SIGKILL, the command will keep running"
+                    );
+                    None
+                }
             }
-        };
+        });
         Ok(Job {
             child,
             group,
@@ -159,17 +175,19 @@ impl Job {
             }
         }
         let mut left = Left::default();
-        let mut note = |result: nix::Result<()>, process: Pid| {
+        let mut note = |result: nix::Result<()>, who: &dyn Fn() -> String| {
             if runs(result) {
                 left.any = true;
                 if result == Err(Errno::EPERM) {
-                    left.unsignallable.push(process);
+                    left.unsignallable.push(who());
                 }
             }
         };
-        note(killpg(self.group, None), self.group);
+        note(killpg(self.group, None), &|| {
+            format!("process group {}", self.group)
+        });
         for process in self.outside_group() {
-            note(kill(process, None), process);
+            note(kill(process, None), &|| format!("pid {process}"));
         }
         left
     }
@@ -283,8 +301,8 @@ fn pid_of(pid: u32) -> Option<Pid> {
     i32::try_from(pid).ok().map(Pid::from_raw)
 }
 
-/// Starts `dlock __guard GROUP` with a pipe on its stdin (see the module doc).
-fn spawn_guardian(group: Pid) -> io::Result<(ChildStdin, Pid)> {
+/// Starts `dlock __guard` with a pipe on its stdin (see the module doc).
+fn spawn_guardian() -> io::Result<(ChildStdin, Pid)> {
     // /proc/self/exe still works if dlock's file was replaced or deleted since it started.
     let exe = if cfg!(target_os = "linux") {
         std::path::PathBuf::from("/proc/self/exe")
@@ -293,7 +311,6 @@ fn spawn_guardian(group: Pid) -> io::Result<(ChildStdin, Pid)> {
     };
     let mut guardian = std::process::Command::new(exe)
         .arg(GUARD_COMMAND)
-        .arg(group.as_raw().to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()?;
@@ -309,9 +326,10 @@ fn spawn_guardian(group: Pid) -> io::Result<(ChildStdin, Pid)> {
 /// The hidden subcommand that runs [`guard`].
 pub const GUARD_COMMAND: &str = "__guard";
 
-/// The guardian's whole life: wait for dlock's pipe to end; KILL the job's process group
-/// unless dlock said first that the job is over. Returns the exit code.
-pub fn guard(group: i32) -> u8 {
+/// The guardian's whole life: read the job's process group from dlock's pipe, wait for the
+/// pipe to end, and KILL the group unless dlock said first that the job is over. Returns the
+/// exit code.
+pub fn guard() -> u8 {
     // Signals meant for dlock (Ctrl-C, Ctrl-Z, a TERM to dlock's process group) must not
     // end or stop the guardian: dlock decides the job's fate while it lives. Blocked (not
     // ignored: that needs unsafe code), they simply stay pending until the guardian exits.
@@ -331,12 +349,27 @@ pub fn guard(group: i32) -> u8 {
         blocked.add(signal);
     }
     let _ = blocked.thread_block();
-    if group <= 1 {
+    let mut stdin = io::stdin().lock();
+    let mut line = String::new();
+    // EOF before a number: dlock never started the command (or died first); nothing to do.
+    if io::BufRead::read_line(&mut stdin, &mut line).is_err() || !line.ends_with('\n') {
+        return 0;
+    }
+    let Ok(group) = line.trim().parse::<i32>() else {
+        errln!("dlock: {GUARD_COMMAND} is internal to dlock run");
+        return crate::exit::USAGE;
+    };
+    // Never group 0 (our own) or 1; and when the group's leader still exists, it must be our
+    // sibling, started by the same dlock: a guardian guards nothing else.
+    let sibling = ProcStat::read(Pid::from_raw(group))
+        .is_none_or(|leader| leader.ppid == nix::unistd::getppid().as_raw());
+    if group <= 1 || !sibling {
+        errln!("dlock: {GUARD_COMMAND} is internal to dlock run");
         return crate::exit::USAGE;
     }
     let mut byte = [0u8; 1];
     let disarmed = loop {
-        match io::stdin().read(&mut byte) {
+        match stdin.read(&mut byte) {
             Ok(n) => break n > 0,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break false,

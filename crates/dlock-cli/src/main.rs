@@ -59,9 +59,9 @@ fn main() -> ExitCode {
             });
         }
     };
-    if let Command::Guard { group } = cli.command {
+    if let Command::Guard = cli.command {
         // A guardian stays as small as it can: no runtime, no logging.
-        return ExitCode::from(job::guard(group));
+        return ExitCode::from(job::guard());
     }
     init_logging(cli.verbose);
     // One thread is plenty for one lock and one child, and starts fastest.
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
             Command::List(args) => inspect::list(args).await,
             Command::Release(args) => inspect::release(args).await,
             Command::Bench(args) => bench::bench(args).await,
-            Command::Guard { .. } => exit::INTERNAL,
+            Command::Guard => exit::INTERNAL,
         }
     });
     ExitCode::from(code)

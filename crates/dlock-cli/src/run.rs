@@ -180,6 +180,12 @@ impl Runner<'_> {
             }
         };
         self.report.ran = true;
+        if self.stop_margin() >= self.args.ttl {
+            tracing::info!(
+                "--stop-timeout + --redis-timeout is not shorter than --ttl: if a renewal fails, \
+                 the command is stopped at once"
+            );
+        }
         let run_started = Instant::now();
         let (status, ending) = self.supervise(&mut job, guard, signals).await;
         self.report.run_ms = Some(ms(run_started.elapsed()));
@@ -264,9 +270,9 @@ impl Runner<'_> {
                     if !left.unsignallable.is_empty() && !told_unsignallable {
                         told_unsignallable = true;
                         self.say(format!(
-                            "not permitted to signal process(es) {:?} of the command; keeping \
-                             the lock on {} until they exit",
-                            left.unsignallable, self.args.key
+                            "not permitted to signal {} of the command; keeping the lock on {} \
+                             until they exit",
+                            left.unsignallable.join(", "), self.args.key
                         ));
                     }
                 }

@@ -359,3 +359,26 @@ fn sigtstp_pauses_the_command_while_dlock_keeps_the_lock() {
     );
     assert!(!exists(&server, "k"));
 }
+
+/// The hidden guardian KILLs only its sibling's group: never group 0 or 1, nor one whose
+/// leader another process started (here: the test itself).
+#[test]
+fn the_guardian_guards_nothing_but_its_siblings_group() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let me = std::process::id().to_string();
+    for group in ["0", "1", me.as_str(), "nonsense"] {
+        let mut guardian = Command::new(env!("CARGO_BIN_EXE_dlock"))
+            .arg("__guard")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = guardian.stdin.take().unwrap();
+        writeln!(pipe, "{group}").unwrap();
+        drop(pipe);
+        let out = finish(guardian, LIMIT);
+        assert_eq!(code(&out), 64, "group {group}: {}", stderr(&out));
+    }
+}
