@@ -4,10 +4,11 @@
 //! The command starts only after the lock is granted, and the lock is released only after the
 //! command and every process of the job have exited (its group and what left it, see `job`).
 //! Ctrl-Z pauses the command, never dlock, so the lease stays renewed while the command holds
-//! the lock. If the lease is lost meanwhile, the
-//! command is stopped (stop signal, then KILL after the stop timeout) and dlock exits 76; if
-//! the final release finds the lease gone, dlock also exits 76 and says the run may have
-//! overlapped another holder.
+//! the lock. If the lease is lost, or renewals fail for so long that the lease could end
+//! before a stop (stop signal, KILL after the stop timeout) is over, the command is stopped and
+//! dlock exits 76; the stop begins early enough for the command to be gone before the lease's
+//! conservative validity ends. If the final release finds the lease gone, or cannot be
+//! confirmed, dlock also exits 76 and says the run may have overlapped another holder.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime};
