@@ -111,6 +111,53 @@ impl Nodes {
         results
     }
 
+    /// Runs a batch `call` (one yes/no per lease) on every node concurrently, and returns as
+    /// soon as every lease is decided (a majority said yes, or so many said no that a majority
+    /// no longer can) or every node answered. A node still silent then is abandoned, so a
+    /// black-holed Redlock master never holds up a decision the others already made (its
+    /// request may still land; batch calls are idempotent). Replies come in node order
+    /// (`None`: abandoned).
+    pub async fn decide<'a, F, Fut>(
+        &'a self,
+        leases: usize,
+        call: F,
+    ) -> Vec<Option<Result<Vec<bool>>>>
+    where
+        F: Fn(&'a Node) -> Fut,
+        Fut: Future<Output = Result<Vec<bool>>>,
+    {
+        let mut pending: FuturesUnordered<_> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(index, node)| {
+                let reply = call(node);
+                async move { (index, reply.await) }
+            })
+            .collect();
+        let mut replies: Vec<Option<Result<Vec<bool>>>> = (0..self.len()).map(|_| None).collect();
+        let mut yes = vec![0; leases];
+        let mut no = vec![0; leases];
+        while let Some((index, reply)) = pending.next().await {
+            if let Ok(answers) = &reply {
+                for (lease, &answer) in answers.iter().enumerate().take(leases) {
+                    if answer {
+                        yes[lease] += 1;
+                    } else {
+                        no[lease] += 1;
+                    }
+                }
+            }
+            replies[index] = Some(reply);
+            let decided = (0..leases)
+                .all(|lease| yes[lease] >= self.quorum() || no[lease] > self.len() - self.quorum());
+            if decided {
+                break;
+            }
+        }
+        replies
+    }
+
     /// The names of the nodes at these indices (URLs without passwords).
     pub fn name(&self, index: usize) -> &str {
         self.nodes[index].name()

@@ -73,6 +73,7 @@ impl Watchdog {
             link_sender,
             link_events,
             verify: None,
+            background: Background::new(),
         };
         tokio::spawn(task.run());
         Watchdog { jobs }
@@ -140,6 +141,47 @@ struct Task {
     link_events: mpsc::UnboundedReceiver<LinkEvent>,
     /// A re-verification of every lease is due (a link event), with its retry schedule.
     verify: Option<Verify>,
+    /// Background releases in flight.
+    background: Background,
+}
+
+/// Background work (releases) running beside the watchdog's loop, so a slow node delays only
+/// that work. Flushes wait for what was started before them: every task holds a clone of the
+/// current epoch's sender, and a flush closes the epoch and waits for its channel to close.
+#[derive(Debug)]
+struct Background {
+    epoch: mpsc::Sender<()>,
+    epoch_closed: mpsc::Receiver<()>,
+}
+
+impl Background {
+    fn new() -> Background {
+        let (epoch, epoch_closed) = mpsc::channel(1);
+        Background {
+            epoch,
+            epoch_closed,
+        }
+    }
+
+    fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let epoch = self.epoch.clone();
+        tokio::spawn(async move {
+            work.await;
+            drop(epoch);
+        });
+    }
+
+    /// Answers `done` once every task spawned so far has finished.
+    fn flush(&mut self, done: oneshot::Sender<()>) {
+        let (epoch, epoch_closed) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.epoch, epoch));
+        let mut closed = std::mem::replace(&mut self.epoch_closed, epoch_closed);
+        tokio::spawn(async move {
+            // Nobody sends: `recv` returns `None` once every sender of the epoch is gone.
+            while closed.recv().await.is_some() {}
+            let _ = done.send(());
+        });
+    }
 }
 
 /// A pending re-verification of every held lease.
@@ -191,20 +233,28 @@ impl Task {
                     Job::Flush(done) => flushes.push(done),
                 }
             }
-            self.release(releases).await;
+            // Releases run beside the watchdog, never in its way: a slow or cut node must
+            // not hold up renewals and loss reports for the leases still held.
+            if !releases.is_empty() {
+                let nodes = self.nodes.clone();
+                self.background
+                    .spawn(async move { release(&nodes, releases).await });
+            }
             for (keys, owner, acquisition) in holds {
                 // Reentrant locks are single-node only.
-                let node = self.nodes.first();
-                let call = crate::reentrant::release_call(&keys, &owner, &acquisition);
-                if let Err(error) = node.eval::<Vec<i64>>(&call, node.command_timeout()).await {
-                    tracing::warn!(lock = %keys.lock, %error, "background release of a hold failed");
-                }
+                let node = self.nodes.first().clone();
+                self.background.spawn(async move {
+                    let call = crate::reentrant::release_call(&keys, &owner, &acquisition);
+                    if let Err(error) = node.eval::<Vec<i64>>(&call, node.command_timeout()).await {
+                        tracing::warn!(lock = %keys.lock, %error, "background release of a hold failed");
+                    }
+                });
+            }
+            for done in flushes {
+                self.background.flush(done);
             }
             if self.verify.is_some_and(|v| v.due <= Instant::now()) {
                 self.reverify().await;
-            }
-            for done in flushes {
-                let _ = done.send(());
             }
             self.tick().await;
         }
@@ -235,11 +285,11 @@ impl Task {
             let slots: Vec<&str> = chunk.iter().map(|t| slot_of(&t.lease.keys)).collect();
             let replies = self
                 .nodes
-                .all(|node| owned_per_slot(node, chunk, &slots))
+                .decide(chunk.len(), |node| owned_per_slot(node, chunk, &slots))
                 .await;
             let mut owned = vec![0; chunk.len()];
             let mut gone = vec![0; chunk.len()];
-            for reply in &replies {
+            for reply in replies.iter().flatten() {
                 match reply {
                     Ok(results) => {
                         for (lease, &ours) in results.iter().enumerate() {
@@ -340,11 +390,16 @@ impl Task {
             .min()
             .unwrap_or(sent_at);
         let until_first_end = first_end.saturating_duration_since(sent_at);
+        let leases = chunk.len();
+        let (slots, extend) = (&slots, &extend);
         let replies = self
             .nodes
-            .all(|node| {
+            .decide(leases, |node| {
                 let timeout = node.command_timeout().min(until_first_end);
-                eval_per_slot(node, &slots, timeout, &extend)
+                async move {
+                    let results = eval_per_slot(node, slots, timeout, extend).await?;
+                    Ok(results.into_iter().map(|result| result == 1).collect())
+                }
             })
             .await;
         // Per lease: how many nodes extended it, and how many no longer hold it.
@@ -352,10 +407,13 @@ impl Task {
         let mut gone = vec![0; chunk.len()];
         let mut errors = Vec::new();
         for (index, reply) in replies.into_iter().enumerate() {
+            let Some(reply) = reply else {
+                continue; // abandoned: the others decided every lease
+            };
             match reply {
                 Ok(results) if results.len() == chunk.len() => {
                     for (lease, result) in results.into_iter().enumerate() {
-                        if result == 1 {
+                        if result {
                             extended[lease] += 1;
                         } else {
                             gone[lease] += 1;
@@ -447,32 +505,31 @@ impl Task {
             false
         });
     }
+}
 
-    /// Compare-and-deletes queued locks, a chunk per call. Failures are logged, not retried:
-    /// such a lock expires with its TTL.
-    async fn release(&self, releases: Vec<(Arc<LockKeys>, Token)>) {
-        for chunk in releases.chunks(MAX_BATCH) {
-            let slots: Vec<&str> = chunk.iter().map(|(keys, _)| slot_of(keys)).collect();
-            let release = |locks: &[usize]| {
-                let mut call = scripts::RELEASE.prepare_invoke();
-                for &i in locks {
-                    scripts::add_release(&mut call, &chunk[i].0, &chunk[i].1);
-                }
-                call
-            };
-            let outcomes = self
-                .nodes
-                .all(|node| eval_per_slot(node, &slots, node.command_timeout(), &release))
-                .await;
-            for (index, outcome) in outcomes.into_iter().enumerate() {
-                if let Err(error) = outcome {
-                    tracing::warn!(
-                        node = self.nodes.name(index),
-                        %error,
-                        locks = chunk.len(),
-                        "background release failed; the locks expire with their TTL"
-                    );
-                }
+/// Compare-and-deletes queued locks, a chunk per call. Failures are logged, not retried:
+/// such a lock expires with its TTL.
+async fn release(nodes: &Nodes, releases: Vec<(Arc<LockKeys>, Token)>) {
+    for chunk in releases.chunks(MAX_BATCH) {
+        let slots: Vec<&str> = chunk.iter().map(|(keys, _)| slot_of(keys)).collect();
+        let release = |locks: &[usize]| {
+            let mut call = scripts::RELEASE.prepare_invoke();
+            for &i in locks {
+                scripts::add_release(&mut call, &chunk[i].0, &chunk[i].1);
+            }
+            call
+        };
+        let outcomes = nodes
+            .all(|node| eval_per_slot(node, &slots, node.command_timeout(), &release))
+            .await;
+        for (index, outcome) in outcomes.into_iter().enumerate() {
+            if let Err(error) = outcome {
+                tracing::warn!(
+                    node = nodes.name(index),
+                    %error,
+                    locks = chunk.len(),
+                    "background release failed; the locks expire with their TTL"
+                );
             }
         }
     }

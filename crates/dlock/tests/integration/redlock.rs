@@ -275,3 +275,52 @@ async fn contended_redlock_never_grants_twice() {
         "two owners held the Redlock lock at once"
     );
 }
+
+/// A black-holed master (its link cut without a reset) delays nothing the other two can
+/// decide: renewals go on, a dropped guard's background release goes out beside them, and no
+/// lease is reported lost because the watchdog was stuck waiting for the silent node.
+#[tokio::test]
+async fn a_black_holed_master_never_holds_up_renewals_or_releases() {
+    let servers = RedisServers::start(3);
+    let proxy = dlock_test::TcpProxy::start(servers[2].port());
+    let urls = [servers[0].url(), servers[1].url(), proxy.url()];
+    // Two seconds per call: longer than the lease's whole validity.
+    let c = Client::redlock_with(&urls, options(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let ttl = Duration::from_millis(1500);
+    let kept = c
+        .lock_with("kept", LockOptions::new().ttl(ttl))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    let dropped = c
+        .lock_with("dropped", LockOptions::new().ttl(Duration::from_secs(30)))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    proxy.cut();
+    drop(dropped);
+    // The background release reaches the two live masters at once.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while servers[0].cmd::<i64>("EXISTS", &["dropped"])
+        + servers[1].cmd::<i64>("EXISTS", &["dropped"])
+        > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the background release waited for the cut node"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Three TTLs later the kept lease is still held: renewals were never stuck.
+    assert!(
+        tokio::time::timeout(ttl * 3, kept.lost()).await.is_err(),
+        "lost while a majority was reachable: {:?}",
+        kept.status()
+    );
+    assert!(kept.is_held());
+    kept.release().await.unwrap();
+}

@@ -240,3 +240,24 @@ async fn a_reentrant_release_after_a_restart_reports_the_loss() {
     );
     theirs.release().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_redlock_release_after_a_majority_restarted_reports_the_loss() {
+    let mut servers = RedisServers::start(3);
+    let holder = Client::redlock_with(
+        &servers.urls(),
+        ClientOptions::new().command_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap();
+    let guard = holder
+        .lock_with("quorum", LockOptions::new().ttl(LONG_TTL).renew(false))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    servers[0].restart_empty();
+    servers[1].restart_empty();
+    let error = guard.release().await.expect_err("a majority lost the key");
+    assert_eq!(lost_reason(error), LossReason::KeyGone);
+}
