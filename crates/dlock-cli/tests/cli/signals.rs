@@ -188,12 +188,15 @@ fn a_sigkilled_dlock_takes_every_process_of_the_job_down_within_a_second() {
     let gone = wait_until(Duration::from_secs(1), || {
         !alive(leader) && !alive(grandchild)
     });
+    let (leader_alive, grandchild_alive) = (alive(leader), alive(grandchild));
+    // A failed run must not leave the job running on this machine.
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(leader as i32), Signal::SIGKILL);
     assert!(
         gone,
         "after {:?}: leader alive {}, grandchild alive {}",
         killed_at.elapsed(),
-        alive(leader),
-        alive(grandchild)
+        leader_alive,
+        grandchild_alive
     );
 }
 
