@@ -39,6 +39,10 @@ pub enum Command {
     /// Measure lock throughput, latency and fairness against your Redis, relative to the
     /// round-trip floor of the same run. Writes only keys under dlock:bench:.
     Bench(BenchArgs),
+    /// Internal: the guardian that KILLs a job's process group if `dlock run` dies (see
+    /// job.rs). Not for people.
+    #[command(name = crate::job::GUARD_COMMAND, hide = true)]
+    Guard,
 }
 
 /// Where Redis is.
@@ -104,7 +108,10 @@ pub struct RunArgs {
     #[arg(value_name = "KEY")]
     pub key: String,
 
-    /// The command and its arguments, after `--`. Run directly, not through a shell.
+    /// The command and its arguments, after `--`. Run directly, not through a shell, in
+    /// dlock's environment plus DLOCK_KEY (the lock's name), DLOCK_FENCING_TOKEN (this grant's
+    /// token) and DLOCK_TTL_MS (the lease length), minus dlock's secrets: DLOCK_REDIS_URL has
+    /// its passwords replaced by ***, DLOCK_SENTINEL_MASTER_PASSWORD is removed.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 
@@ -136,13 +143,17 @@ pub struct RunArgs {
     pub quiet: bool,
 
     /// Lease length. The lease is renewed every TTL/3 while the command runs, so a crashed
-    /// dlock frees the lock within one TTL.
+    /// dlock frees the lock within one TTL. If renewals keep failing (Redis unreachable), the
+    /// command is stopped once at most --stop-timeout + --redis-timeout of the lease is left,
+    /// so it is gone before the lease can end; with a TTL shorter than that sum, the stop
+    /// begins at the first failed renewal.
     #[arg(long, default_value = "30s", value_parser = positive_duration, value_name = "DUR", help_heading = "Lease")]
     pub ttl: Duration,
 
     /// Keep the lock at least DUR after the start, even if the command ends sooner, so a late
-    /// duplicate of a fast job is still refused.
-    #[arg(long, value_parser = positive_duration, value_name = "DUR", help_heading = "Lease")]
+    /// duplicate of a fast job is still refused (at most 24h). dlock does not wait: when the
+    /// command is done it sets the lock to expire when DUR has passed, and exits.
+    #[arg(long, value_parser = min_hold, value_name = "DUR", help_heading = "Lease")]
     pub min_hold: Option<Duration>,
 
     /// Label stored with the lock and shown by `status` (default: the command line).
@@ -158,7 +169,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "TERM", value_parser = parse_signal, value_name = "SIGNAL", help_heading = "Command")]
     pub stop_signal: Signal,
 
-    /// How long the command may take to stop after the stop signal before it gets KILL.
+    /// How long the command may take to stop after the stop signal before it gets KILL. When
+    /// renewals fail, the stop signal goes out this long (plus --redis-timeout) before the
+    /// lease could end, so the KILL lands while the lock is surely still held.
     #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DUR", help_heading = "Command")]
     pub stop_timeout: Duration,
 
@@ -295,12 +308,39 @@ impl Workload {
     }
 }
 
+/// The longest duration any flag takes. Far beyond any sensible wait, hold or timeout, yet far
+/// from the range where `Instant + duration` overflows and panics (humantime happily parses
+/// `300000000000y`): every deadline dlock computes from a flag stays representable.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// A duration like `30s`, `1m30s`, `500ms`, `2h` (humantime); zero is refused.
 fn positive_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{e} (expected a duration such as 500ms, 30s, 5m or 1h30m)"))?;
+    let duration = bounded_duration(text, "")?;
     if duration.is_zero() {
         return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+/// A duration of at most [`MAX_DURATION`]; `hint` completes the error for a bad one.
+fn bounded_duration(text: &str, hint: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e} (expected a duration such as 500ms, 30s, 5m or 1h30m{hint})"))?;
+    if duration > MAX_DURATION {
+        return Err(format!("too long: at most 365 days{hint}"));
+    }
+    Ok(duration)
+}
+
+/// --min-hold: a positive duration no longer than the longest lease, which is how long the
+/// lock can be left to expire on its own.
+fn min_hold(text: &str) -> Result<Duration, String> {
+    let duration = positive_duration(text)?;
+    if duration > dlock::MAX_TTL {
+        return Err(format!(
+            "too long: at most {}h (the longest lease)",
+            dlock::MAX_TTL.as_secs() / 3600
+        ));
     }
     Ok(duration)
 }
@@ -309,9 +349,7 @@ fn parse_wait(text: &str) -> Result<WaitLimit, String> {
     if text.trim().eq_ignore_ascii_case("forever") {
         return Ok(WaitLimit::Forever);
     }
-    let duration = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{e} (expected a duration such as 10s or 5m, or 'forever')"))?;
-    Ok(WaitLimit::For(duration))
+    bounded_duration(text, ", or 'forever'").map(WaitLimit::For)
 }
 
 fn parse_signal(text: &str) -> Result<Signal, String> {
@@ -348,6 +386,17 @@ mod tests {
         assert!(positive_duration("0s").is_err());
         assert!(positive_duration("soon").is_err());
         assert!(positive_duration("-1s").is_err());
+        assert_eq!(positive_duration("365d"), Ok(MAX_DURATION));
+        let too_long = positive_duration("300000000000y").expect_err("absurd");
+        assert!(too_long.contains("too long"), "{too_long}");
+        assert!(positive_duration("366d").is_err());
+    }
+
+    #[test]
+    fn min_hold_is_at_most_the_longest_lease() {
+        assert_eq!(min_hold("24h"), Ok(dlock::MAX_TTL));
+        assert!(min_hold("25h").expect_err("too long").contains("too long"));
+        assert!(min_hold("0s").is_err());
     }
 
     #[test]
@@ -355,6 +404,7 @@ mod tests {
         assert_eq!(parse_wait("forever"), Ok(WaitLimit::Forever));
         assert_eq!(parse_wait("2s"), Ok(WaitLimit::For(Duration::from_secs(2))));
         assert!(parse_wait("later").is_err());
+        assert!(parse_wait("300000000000y").is_err());
     }
 
     #[test]

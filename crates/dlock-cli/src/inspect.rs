@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dlock::LockStatus;
+use dlock::{HolderInfo, LockStatus};
 
 use crate::cli::{ListArgs, ReleaseArgs, StatusArgs};
 use crate::report::{ms, to_line, StatusJson};
@@ -15,8 +15,8 @@ pub async fn status(args: StatusArgs) -> u8 {
         Err(e) => return fail(&e),
     };
     match client.status(&args.key).await {
-        Ok(status) if args.json => println!("{}", to_line(&StatusJson::from(&status))),
-        Ok(status) => print!("{}", describe(&status)),
+        Ok(status) if args.json => outln!("{}", to_line(&StatusJson::from(&status))),
+        Ok(status) => out!("{}", describe(&status)),
         Err(e) => return fail(&e),
     }
     0
@@ -34,12 +34,12 @@ pub async fn list(args: ListArgs) -> u8 {
     };
     if args.json {
         for lock in &locks {
-            println!("{}", to_line(&StatusJson::from(lock)));
+            outln!("{}", to_line(&StatusJson::from(lock)));
         }
         return 0;
     }
     if locks.is_empty() {
-        println!("no locks held (pattern {:?})", args.pattern);
+        outln!("no locks held (pattern {:?})", args.pattern);
         return 0;
     }
     let rows: Vec<[String; 5]> = locks
@@ -48,9 +48,16 @@ pub async fn list(args: ListArgs) -> u8 {
             let holder = lock.holder.as_ref();
             [
                 lock.key.clone(),
-                holder.map_or("?".into(), |h| match h.pid {
-                    Some(pid) => format!("{} pid {pid}", h.host),
-                    None => h.host.clone(),
+                holder.map_or("?".into(), |h| {
+                    let who = match h.pid {
+                        Some(pid) => format!("{} pid {pid}", h.host),
+                        None => h.host.clone(),
+                    };
+                    if h.finished {
+                        format!("{who} (finished; --min-hold)")
+                    } else {
+                        who
+                    }
                 }),
                 holder.map_or("?".into(), |h| short(h.held_for)),
                 lock.ttl_left.map_or("-".into(), short),
@@ -65,7 +72,7 @@ pub async fn list(args: ListArgs) -> u8 {
 /// `dlock release KEY --force`.
 pub async fn release(args: ReleaseArgs) -> u8 {
     if !args.force {
-        eprintln!(
+        errln!(
             "dlock: refusing to release {} without --force: breaking a lock lets a second copy \
              of the job start while the first may still be running",
             args.key
@@ -81,15 +88,15 @@ pub async fn release(args: ReleaseArgs) -> u8 {
         Err(e) => return fail(&e),
     };
     if args.json {
-        println!("{}", to_line(&StatusJson::from(&broken)));
+        outln!("{}", to_line(&StatusJson::from(&broken)));
     } else if broken.held {
-        print!(
+        out!(
             "released {}; it was {}",
             broken.key,
             describe(&broken).trim_start_matches(&format!("{}: ", broken.key))
         );
     } else {
-        println!("{} was not held; nothing released", broken.key);
+        outln!("{} was not held; nothing released", broken.key);
     }
     0
 }
@@ -100,20 +107,26 @@ fn describe(status: &LockStatus) -> String {
     let key = &status.key;
     match (&status.holder, status.held) {
         (_, false) => text.push_str(&format!("{key}: free\n")),
+        (Some(holder), true) if holder.finished => {
+            text.push_str(&format!("{key}: held for --min-hold (the job finished)"));
+            if let Some(ttl) = status.ttl_left {
+                text.push_str(&format!(", {} left", short(ttl)));
+            }
+            text.push('\n');
+            text.push_str(&format!("  ran as:        {}", holder.host));
+            if let Some(pid) = holder.pid {
+                text.push_str(&format!(" pid {pid}"));
+            }
+            text.push('\n');
+            describe_holder(&mut text, holder);
+        }
         (Some(holder), true) => {
             text.push_str(&format!("{key}: held by {holder}"));
             if let Some(ttl) = status.ttl_left {
                 text.push_str(&format!(", lease ends in {}", short(ttl)));
             }
             text.push('\n');
-            if let Some(label) = &holder.label {
-                text.push_str(&format!("  command:       {label}\n"));
-            }
-            text.push_str(&format!(
-                "  acquired at:   {}\n",
-                humantime::format_rfc3339_seconds(holder.acquired_at)
-            ));
-            text.push_str(&format!("  fencing token: {}\n", holder.fencing_token));
+            describe_holder(&mut text, holder);
         }
         (None, true) => {
             text.push_str(&format!("{key}: held by an owner that left no holder info"));
@@ -129,6 +142,18 @@ fn describe(status: &LockStatus) -> String {
         }
     }
     text
+}
+
+/// The holder's details, one per line.
+fn describe_holder(text: &mut String, holder: &HolderInfo) {
+    if let Some(label) = &holder.label {
+        text.push_str(&format!("  command:       {label}\n"));
+    }
+    text.push_str(&format!(
+        "  acquired at:   {}\n",
+        humantime::format_rfc3339_seconds(holder.acquired_at)
+    ));
+    text.push_str(&format!("  fencing token: {}\n", holder.fencing_token));
 }
 
 /// A duration to the millisecond for durations under a minute, to the second above.
@@ -154,7 +179,7 @@ fn print_table(header: &[&str; 5], rows: &[[String; 5]]) {
             .zip(widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        outln!("{}", padded.join("  ").trim_end());
     };
     line(header.to_vec());
     for row in rows {

@@ -1,8 +1,35 @@
 //! The `dlock` command: run any command under a distributed lock on Redis.
 //!
 //! Layout: `cli` (arguments), `exit` (the exit-code table), `run` (the `run` command),
-//! `job` (the supervised child process group), `signals`, `inspect` (`status`, `list`,
+//! `job` (the supervised command, its process group, its descendants and the guardian that
+//! kills them if dlock is SIGKILLed), `signals`, `inspect` (`status`, `list`,
 //! `release`), `report` (JSON output), `bench` (`dlock bench`).
+
+/// Every message dlock prints goes through these: a closed or broken stdout/stderr (EPIPE;
+/// Rust ignores SIGPIPE, so writes fail instead of killing dlock) must never panic dlock the
+/// way `println!` would, because it still has a command to stop and a lock to release.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// A line on stderr, ignoring write errors (see [`out!`]).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 mod bench;
 mod cli;
@@ -32,6 +59,10 @@ fn main() -> ExitCode {
             });
         }
     };
+    if let Command::Guard = cli.command {
+        // A guardian stays as small as it can: no runtime, no logging.
+        return ExitCode::from(job::guard());
+    }
     init_logging(cli.verbose);
     // One thread is plenty for one lock and one child, and starts fastest.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -40,7 +71,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("dlock: cannot start the async runtime: {e}");
+            errln!("dlock: cannot start the async runtime: {e}");
             return ExitCode::from(exit::INTERNAL);
         }
     };
@@ -51,6 +82,7 @@ fn main() -> ExitCode {
             Command::List(args) => inspect::list(args).await,
             Command::Release(args) => inspect::release(args).await,
             Command::Bench(args) => bench::bench(args).await,
+            Command::Guard => exit::INTERNAL,
         }
     });
     ExitCode::from(code)
@@ -91,7 +123,7 @@ fn client_options(connection: &Connection) -> ClientOptions {
 /// Prints a library error for people and returns its exit code. Messages never contain a
 /// password (the library redacts URLs).
 fn fail(error: &dlock::Error) -> u8 {
-    eprintln!("dlock: {error}");
+    errln!("dlock: {error}");
     exit::for_error(error.kind())
 }
 
@@ -104,6 +136,8 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        // A failed write would otherwise be reported with eprintln!, which panics on EPIPE.
+        .log_internal_errors(false)
         .with_target(false)
         .init();
 }

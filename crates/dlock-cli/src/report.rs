@@ -11,7 +11,9 @@ use serde::Serialize;
 pub struct RunReport {
     /// The lock's name.
     pub key: String,
-    /// ran, busy, timeout, lost, max_runtime, not_found, not_executable, interrupted, error.
+    /// ran, busy, timeout, lost, unconfirmed (the final release got no answer, so the run may
+    /// have overlapped another holder), max_runtime, not_found, not_executable, interrupted,
+    /// error.
     pub outcome: &'static str,
     /// Whether the lock was granted.
     pub acquired: bool,
@@ -23,7 +25,8 @@ pub struct RunReport {
     pub exit_code: Option<i32>,
     /// The signal that ended the command, when one did.
     pub signal: Option<i32>,
-    /// Whether the lease was lost (while running, or found lost at release).
+    /// Whether the lease was lost, or may have been: while running, found lost at release, or
+    /// the release could not be confirmed.
     pub lost: bool,
     /// Why it was lost.
     pub loss_reason: Option<String>,
@@ -52,6 +55,8 @@ pub struct HolderJson {
     pub acquired_at_ms: u64,
     pub held_for_ms: u64,
     pub fencing_token: u64,
+    /// The job is done; the lock is kept until its --min-hold ends (`ttl_left_ms`).
+    pub finished: bool,
 }
 
 impl From<&HolderInfo> for HolderJson {
@@ -63,6 +68,7 @@ impl From<&HolderInfo> for HolderJson {
             acquired_at_ms: unix_ms(holder.acquired_at),
             held_for_ms: ms(holder.held_for),
             fencing_token: holder.fencing_token,
+            finished: holder.finished,
         }
     }
 }

@@ -2,23 +2,32 @@
 //!
 //! # Guarantee
 //! The command starts only after the lock is granted, and the lock is released only after the
-//! command and every process of its group have exited. If the lease is lost meanwhile, the
-//! command is stopped (stop signal, then KILL after the stop timeout) and dlock exits 76; if
-//! the final release finds the lease gone, dlock also exits 76 and says the run may have
-//! overlapped another holder.
+//! command and every process of the job have exited (its group and what left it, see `job`).
+//! Ctrl-Z pauses the command, never dlock, so the lease stays renewed while the command holds
+//! the lock. If the lease is lost, or renewals fail for so long that the lease could end
+//! before a stop (stop signal, KILL after the stop timeout) is over, the command is stopped and
+//! dlock exits 76; the stop begins early enough for the command to be gone before the lease's
+//! conservative validity ends. If the final release finds the lease gone, or cannot be
+//! confirmed, dlock also exits 76 and says the run may have overlapped another holder.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use dlock::{Client, Conflict, Error, LockGuard, LockOptions, LossReason, Wait};
+use dlock::{Client, Conflict, Error, LeaseStatus, LockGuard, LockOptions, Wait};
 use nix::sys::signal::Signal;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::cli::{ReportFormat, RunArgs, WaitLimit};
 use crate::exit;
 use crate::job::{self, Job, SpawnError};
 use crate::report::{ms, to_line, unix_ms, HolderJson, RunReport};
 use crate::signals::{is_terminating, Signals};
+
+/// How often a job whose leader has exited is checked for leftover processes.
+const JOB_POLL: Duration = Duration::from_millis(20);
+/// How long processes get to vanish after SIGKILL before dlock gives up waiting (a process in
+/// uninterruptible sleep cannot die sooner; the lock must not be held forever for it).
+const AFTER_KILL: Duration = Duration::from_secs(5);
 use crate::{connect, fail};
 
 /// Runs `dlock run` and returns dlock's exit code.
@@ -53,8 +62,11 @@ struct Runner<'a> {
 enum Ending {
     /// It exited by itself (or after a forwarded signal).
     Exited,
-    /// dlock stopped it because the lease was lost.
-    Lost(LossReason),
+    /// dlock stopped it because the lease was lost (why).
+    Lost(String),
+    /// dlock stopped it because renewals kept failing and the lease could end before a
+    /// slower stop would be over.
+    AtRisk,
     /// dlock stopped it because --max-runtime passed.
     MaxRuntime,
 }
@@ -122,26 +134,29 @@ impl Runner<'_> {
         self.report.acquired = true;
         self.report.fencing_token = Some(guard.fencing_token());
         let held_since = Instant::now();
-        let code = self.run_holding(&guard, signals, held_since).await;
-        let code = self.release(guard, code).await;
+        let code = self.run_holding(&guard, signals).await;
+        // --min-hold: what is left of it stays on the key, and dlock exits at once.
+        let keep = match self.args.min_hold {
+            Some(min_hold) if self.report.outcome == "ran" => {
+                min_hold.saturating_sub(held_since.elapsed())
+            }
+            _ => Duration::ZERO,
+        };
+        let code = self.release(guard, code, keep).await;
         self.report.held_ms = Some(ms(held_since.elapsed()));
         code
     }
 
     /// Runs the command under the held lock; returns the exit code before release.
-    async fn run_holding(
-        &mut self,
-        guard: &LockGuard,
-        signals: &mut Signals,
-        held_since: Instant,
-    ) -> u8 {
-        let env = [
+    async fn run_holding(&mut self, guard: &LockGuard, signals: &mut Signals) -> u8 {
+        let (mut env, remove) = scrubbed_env(|name| std::env::var_os(name));
+        env.extend([
             ("DLOCK_KEY", self.args.key.clone()),
             ("DLOCK_FENCING_TOKEN", guard.fencing_token().to_string()),
             ("DLOCK_TTL_MS", ms(self.args.ttl).to_string()),
-        ];
+        ]);
         let program = self.args.command[0].to_string_lossy().into_owned();
-        let mut job = match Job::spawn(&self.args.command, &env) {
+        let mut job = match Job::spawn(&self.args.command, &env, &remove) {
             Ok(job) => job,
             Err(SpawnError::NotFound) => {
                 return self.error(
@@ -166,6 +181,12 @@ impl Runner<'_> {
             }
         };
         self.report.ran = true;
+        if self.stop_margin() >= self.args.ttl {
+            tracing::info!(
+                "--stop-timeout + --redis-timeout is not shorter than --ttl: if a renewal fails, \
+                 the command is stopped at once"
+            );
+        }
         let run_started = Instant::now();
         let (status, ending) = self.supervise(&mut job, guard, signals).await;
         self.report.run_ms = Some(ms(run_started.elapsed()));
@@ -188,7 +209,18 @@ impl Runner<'_> {
             Ending::Lost(reason) => {
                 self.report.outcome = "lost";
                 self.report.lost = true;
-                self.report.loss_reason = Some(reason.to_string());
+                self.report.loss_reason = Some(reason);
+                exit::LOST
+            }
+            Ending::AtRisk => {
+                self.report.outcome = "lost";
+                self.report.lost = true;
+                self.report.loss_reason = Some(match guard.status() {
+                    LeaseStatus::Lost(reason) => reason.to_string(),
+                    _ => {
+                        "renewals failed; the command was stopped before the lease could end".into()
+                    }
+                });
                 exit::LOST
             }
             Ending::MaxRuntime => {
@@ -197,14 +229,14 @@ impl Runner<'_> {
             }
             Ending::Exited => {
                 self.report.outcome = "ran";
-                self.hold_at_least(guard, signals, held_since).await;
                 exit::for_status(status)
             }
         }
     }
 
     /// Waits for the command while forwarding signals, watching the lease and --max-runtime;
-    /// stops the command when needed. Returns once every process of its group is gone.
+    /// stops the command when needed. Returns once no process of the job is left (see
+    /// [`Job::left`]), or processes survived KILL for [`AFTER_KILL`].
     async fn supervise(
         &self,
         job: &mut Job,
@@ -213,17 +245,66 @@ impl Runner<'_> {
     ) -> (std::io::Result<std::process::ExitStatus>, Ending) {
         let max_deadline = self.args.max_runtime.map(|limit| Instant::now() + limit);
         let mut ending = Ending::Exited;
+        let mut status = None;
         let mut kill_at: Option<Instant> = None;
         let mut killed = false;
-        let status = loop {
+        let mut give_up_at: Option<Instant> = None;
+        let mut told_unsignallable = false;
+        loop {
             tokio::select! {
-                status = job.wait() => break status,
+                leader = job.wait(), if status.is_none() => {
+                    status = Some(leader);
+                    if !job.left().any {
+                        break;
+                    }
+                    if kill_at.is_none() {
+                        tracing::info!("stopping processes the command left");
+                        kill_at = Some(self.begin_stop(job, None));
+                    }
+                }
+                // After the leader: poll until the rest of the job is gone too.
+                () = sleep(JOB_POLL), if status.is_some() => {
+                    let left = job.left();
+                    if !left.any {
+                        break;
+                    }
+                    if !left.unsignallable.is_empty() && !told_unsignallable {
+                        told_unsignallable = true;
+                        self.say(format!(
+                            "not permitted to signal {} of the command; keeping the lock on {} \
+                             until they exit",
+                            left.unsignallable.join(", "), self.args.key
+                        ));
+                    }
+                }
                 reason = guard.lost(), if ending == Ending::Exited => {
                     self.say(format!(
                         "lost the lock on {} while the command ran: {reason}; stopping it",
                         self.args.key
                     ));
-                    ending = Ending::Lost(reason);
+                    ending = Ending::Lost(reason.to_string());
+                    kill_at = Some(self.begin_stop(job, kill_at));
+                }
+                // Renewals failing: stop now, so the command is gone, KILL included, before
+                // the lease's conservative validity can end (see --stop-timeout).
+                () = guard.renewal_at_risk(self.stop_margin()), if ending == Ending::Exited => {
+                    ending = match guard.status() {
+                        LeaseStatus::Lost(reason) => {
+                            self.say(format!(
+                                "lost the lock on {} while the command ran: {reason}; stopping it",
+                                self.args.key
+                            ));
+                            Ending::Lost(reason.to_string())
+                        }
+                        _ => {
+                            self.say(format!(
+                                "cannot renew the lock on {} (Redis unreachable or too slow); \
+                                 stopping the command so that it is gone before the lease can end",
+                                self.args.key
+                            ));
+                            Ending::AtRisk
+                        }
+                    };
                     kill_at = Some(self.begin_stop(job, kill_at));
                 }
                 () = sleep_until_some(max_deadline), if ending == Ending::Exited && max_deadline.is_some() => {
@@ -235,50 +316,78 @@ impl Runner<'_> {
                     ending = Ending::MaxRuntime;
                     kill_at = Some(self.begin_stop(job, kill_at));
                 }
-                signal = signals.recv() => {
-                    tracing::info!(%signal, "forwarding signal to the command");
-                    job.signal(signal);
-                    if is_terminating(signal) && kill_at.is_none() {
-                        kill_at = Some(Instant::now() + self.args.stop_timeout);
-                    }
-                }
+                signal = signals.recv() => self.forward(job, signal, &mut kill_at),
                 () = sleep_until_some(kill_at), if kill_at.is_some() && !killed => {
                     tracing::info!("stop timeout passed; sending KILL");
-                    job.signal(Signal::SIGKILL);
+                    job.kill();
                     killed = true;
+                    give_up_at = Some(Instant::now() + AFTER_KILL);
+                }
+                () = sleep_until_some(give_up_at), if give_up_at.is_some() && status.is_some() => {
+                    give_up_at = None;
+                    // Processes dlock may not signal are waited for without limit: the lock
+                    // stays held while they run.
+                    if job.left().unsignallable.is_empty() {
+                        self.say("processes of the command survived SIGKILL; releasing the lock anyway".into());
+                        return (status.unwrap_or_else(|| Err(std::io::Error::other("no status"))), ending);
+                    }
                 }
             }
-        };
-        job.finish(self.args.stop_signal, self.args.stop_timeout, kill_at)
-            .await;
+        }
+        job.disarm();
+        let status = status.unwrap_or_else(|| Err(std::io::Error::other("no status")));
         (status, ending)
     }
 
-    /// Sends the stop signal once and returns the KILL deadline.
-    fn begin_stop(&self, job: &Job, kill_at: Option<Instant>) -> Instant {
-        job.signal(self.args.stop_signal);
-        kill_at.unwrap_or_else(|| Instant::now() + self.args.stop_timeout)
-    }
-
-    /// Keeps the lock until --min-hold has passed since the grant (a fast job still refuses a
-    /// late duplicate). A terminating signal ends the hold early.
-    async fn hold_at_least(&self, guard: &LockGuard, signals: &mut Signals, held_since: Instant) {
-        let Some(min_hold) = self.args.min_hold else {
-            return;
-        };
-        let until = held_since + min_hold;
-        tokio::select! {
-            () = sleep_until(until) => {}
-            _ = guard.lost() => {}
-            signal = signals.recv_terminating() => {
-                tracing::info!(%signal, "ending --min-hold early");
+    /// Passes a signal dlock received on to the command's process group. Ctrl-Z (TSTP) pauses
+    /// the command while dlock stays awake and keeps the lease renewed; CONT resumes it. A
+    /// terminating signal is followed by CONT, so a paused command can act on it.
+    fn forward(&self, job: &Job, signal: Signal, kill_at: &mut Option<Instant>) {
+        tracing::info!(%signal, "forwarding signal to the command");
+        job.signal(signal);
+        if signal == Signal::SIGTSTP {
+            self.say(format!(
+                "paused the command; the lock on {} stays held. Resume it with: kill -CONT {}",
+                self.args.key,
+                std::process::id()
+            ));
+        }
+        if is_terminating(signal) {
+            job.signal(Signal::SIGCONT);
+            if kill_at.is_none() {
+                *kill_at = Some(Instant::now() + self.args.stop_timeout);
             }
         }
     }
 
-    /// Releases the lock; a lease found lost turns any exit code into 76.
-    async fn release(&mut self, guard: LockGuard, code: u8) -> u8 {
-        match guard.release().await {
+    /// Sends the stop signal to every process of the job and returns the KILL deadline: at
+    /// most --stop-timeout from now, or earlier if a stop was already under way.
+    fn begin_stop(&self, job: &Job, kill_at: Option<Instant>) -> Instant {
+        job.stop(self.args.stop_signal);
+        let deadline = Instant::now() + self.args.stop_timeout;
+        kill_at.map_or(deadline, |at| at.min(deadline))
+    }
+
+    /// How much of the lease's validity must be left when a failing renewal makes dlock stop
+    /// the command: the stop timeout, and one Redis timeout for the KILLed processes to be
+    /// gone and for the renewal in flight. If the lease is shorter than that, the stop begins
+    /// at the first failed renewal.
+    fn stop_margin(&self) -> Duration {
+        self.args
+            .stop_timeout
+            .saturating_add(self.args.connection.redis_timeout)
+    }
+
+    /// Releases the lock, or, with `keep`, leaves it to expire after `keep` (what is left of
+    /// --min-hold). A lease found lost, or a release that cannot be confirmed, turns any
+    /// exit code into 76: dlock never reports plain success for a run it cannot vouch for.
+    async fn release(&mut self, guard: LockGuard, code: u8, keep: Duration) -> u8 {
+        let released = if keep.is_zero() {
+            guard.release().await
+        } else {
+            guard.release_after(keep).await
+        };
+        match released {
             Ok(()) => code,
             Err(Error::Lost { reason, .. }) => {
                 if !self.report.lost {
@@ -289,17 +398,24 @@ impl Runner<'_> {
                     ));
                     self.report.lost = true;
                     self.report.loss_reason = Some(reason.to_string());
+                    self.report.outcome = "lost";
                 }
                 exit::LOST
             }
             Err(e) => {
-                // The lease was valid all along (the watchdog would have said otherwise); the
-                // lock now expires with its TTL.
+                // Redis did not answer (the library retried while the lease could still be
+                // valid): whether the lease held to the end is unknown.
                 self.say(format!(
-                    "could not release {} ({e}); it expires with its TTL",
+                    "could not confirm the release of {} ({e}): the lease may have ended before \
+                     the command finished, so the run may have overlapped another holder",
                     self.args.key
                 ));
-                code
+                if !self.report.lost {
+                    self.report.lost = true;
+                    self.report.loss_reason = Some(format!("release not confirmed: {e}"));
+                    self.report.outcome = "unconfirmed";
+                }
+                exit::LOST
             }
         }
     }
@@ -343,7 +459,7 @@ impl Runner<'_> {
     }
 
     fn say(&self, message: String) {
-        eprintln!("dlock: {message}");
+        errln!("dlock: {message}");
     }
 
     /// The holder-info label: --label, or the command line.
@@ -371,6 +487,28 @@ fn describe_holder(conflict: &Conflict) -> String {
     }
 }
 
+/// The command inherits dlock's environment, minus dlock's secrets: `DLOCK_REDIS_URL` with
+/// every password replaced by `***` (the command may still want to know which Redis), and no
+/// `DLOCK_SENTINEL_MASTER_PASSWORD`. A nested dlock must get its password another way.
+/// Returns the variables to set and those to remove.
+fn scrubbed_env(
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> (Vec<(&'static str, String)>, Vec<&'static str>) {
+    let mut set = Vec::new();
+    let mut remove = vec!["DLOCK_SENTINEL_MASTER_PASSWORD"];
+    if let Some(urls) = var("DLOCK_REDIS_URL") {
+        match urls.to_str() {
+            Some(urls) => {
+                let redacted: Vec<String> = urls.split(' ').map(dlock::redact_url).collect();
+                set.push(("DLOCK_REDIS_URL", redacted.join(" ")));
+            }
+            // Not text, so not something we can redact: drop it.
+            None => remove.push("DLOCK_REDIS_URL"),
+        }
+    }
+    (set, remove)
+}
+
 async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(at) => sleep_until(at).await,
@@ -389,6 +527,47 @@ fn write_report(args: &RunArgs, report: &RunReport) {
         None => writeln!(std::io::stderr(), "{line}"),
     };
     if let Err(e) = written {
-        eprintln!("dlock: cannot write the report: {e}");
+        errln!("dlock: cannot write the report: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use super::*;
+
+    #[test]
+    fn the_commands_environment_carries_no_secret() {
+        let env = |name: &str| match name {
+            "DLOCK_REDIS_URL" => Some(OsString::from(
+                "redis://admin:pw1@a:6379 rediss://:pw2@b:6380/0 redis://c:6379",
+            )),
+            "DLOCK_SENTINEL_MASTER_PASSWORD" => Some(OsString::from("pw3")),
+            _ => None,
+        };
+        let (set, remove) = scrubbed_env(env);
+        assert_eq!(
+            set,
+            [(
+                "DLOCK_REDIS_URL",
+                "redis://admin:***@a:6379 rediss://:***@b:6380/0 redis://c:6379".to_owned()
+            )]
+        );
+        assert_eq!(remove, ["DLOCK_SENTINEL_MASTER_PASSWORD"]);
+
+        let (set, remove) = scrubbed_env(|_| None);
+        assert!(set.is_empty());
+        assert_eq!(remove, ["DLOCK_SENTINEL_MASTER_PASSWORD"]);
+    }
+
+    #[test]
+    fn a_url_that_is_not_text_is_dropped_rather_than_passed_on() {
+        use std::os::unix::ffi::OsStringExt;
+        let (set, remove) = scrubbed_env(|name| {
+            (name == "DLOCK_REDIS_URL").then(|| OsString::from_vec(b"redis://:\xffpw@a".to_vec()))
+        });
+        assert!(set.is_empty());
+        assert!(remove.contains(&"DLOCK_REDIS_URL"));
     }
 }

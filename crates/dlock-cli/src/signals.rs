@@ -5,7 +5,9 @@ use std::io;
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// The signals dlock receives and forwards: TERM, INT, HUP, QUIT, USR1, USR2.
+/// The signals dlock receives and forwards: TERM, INT, HUP, QUIT, USR1, USR2; and TSTP and
+/// CONT, so Ctrl-Z pauses the command while dlock stays awake to renew the lease (a stopped
+/// dlock would let the lease expire under a command that runs on).
 #[derive(Debug)]
 pub struct Signals {
     streams: Vec<(Signal, tokio::signal::unix::Signal)>,
@@ -22,6 +24,14 @@ impl Signals {
             (Signal::SIGQUIT, SignalKind::quit()),
             (Signal::SIGUSR1, SignalKind::user_defined1()),
             (Signal::SIGUSR2, SignalKind::user_defined2()),
+            (
+                Signal::SIGTSTP,
+                SignalKind::from_raw(Signal::SIGTSTP as i32),
+            ),
+            (
+                Signal::SIGCONT,
+                SignalKind::from_raw(Signal::SIGCONT as i32),
+            ),
         ];
         let streams = kinds
             .into_iter()
@@ -46,12 +56,17 @@ impl Signals {
         ready.await
     }
 
-    /// The next signal that asks dlock to end (TERM, INT, HUP, QUIT); others are ignored.
+    /// The next signal that asks dlock to end (TERM, INT, HUP, QUIT), for when no command
+    /// runs: others are ignored, except TSTP, which stops dlock as it would have by default.
     pub async fn recv_terminating(&mut self) -> Signal {
         loop {
             let signal = self.recv().await;
             if is_terminating(signal) {
                 return signal;
+            }
+            if signal == Signal::SIGTSTP {
+                // No lease to keep alive here (or a wait the user wants paused).
+                let _ = nix::sys::signal::raise(Signal::SIGSTOP);
             }
         }
     }

@@ -33,7 +33,7 @@ pub async fn bench(args: BenchArgs) -> u8 {
     let floor = match workloads::floor(&first.redis[0], args.duration).await {
         Ok(floor) => floor,
         Err(e) => {
-            eprintln!("dlock: bench: measuring the round-trip floor failed: {e}");
+            errln!("dlock: bench: measuring the round-trip floor failed: {e}");
             return exit::UNAVAILABLE;
         }
     };
@@ -66,11 +66,11 @@ pub async fn bench(args: BenchArgs) -> u8 {
     if masters > 1 && wanted(Workload::Redlock) {
         plan.push((Workload::Redlock, masters));
     } else if args.workload == Workload::Redlock {
-        eprintln!("dlock: bench: the redlock workload needs --redis repeated (3, 5, … masters)");
+        errln!("dlock: bench: the redlock workload needs --redis repeated (3, 5, … masters)");
         return exit::USAGE;
     }
     for (step, (workload, workers)) in plan.iter().enumerate() {
-        eprintln!(
+        errln!(
             "dlock bench: [{}/{}] {} with {workers} worker(s) for {}",
             step + 1,
             plan.len(),
@@ -98,21 +98,21 @@ pub async fn bench(args: BenchArgs) -> u8 {
     }
     if args.json {
         for row in &rows {
-            println!("{}", to_line(row));
+            outln!("{}", to_line(row));
         }
     } else {
-        print!("{}", stats::table(&rows, &floor));
+        out!("{}", stats::table(&rows, &floor));
     }
     if let Some(path) = &args.svg {
         let chart = svg::contended_chart(&rows);
         if let Err(e) = std::fs::write(path, chart) {
-            eprintln!("dlock: bench: cannot write {}: {e}", path.display());
+            errln!("dlock: bench: cannot write {}: {e}", path.display());
             return exit::INTERNAL;
         }
     }
     client.flush().await;
     if rows.iter().any(|row| row.violations > 0) {
-        eprintln!("dlock: bench: MUTUAL EXCLUSION VIOLATED: see the violations column");
+        errln!("dlock: bench: MUTUAL EXCLUSION VIOLATED: see the violations column");
         return 1;
     }
     0

@@ -151,8 +151,7 @@ fn run_finds_the_master_through_sentinel() {
             dlock_test::MASTER_NAME,
             "job",
             "--",
-            "echo",
-            "ran",
+            "env",
         ]
         .map(String::from),
     );
@@ -163,8 +162,10 @@ fn run_finds_the_master_through_sentinel() {
         LIMIT,
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(stdout(&out), "ran\n");
+    assert!(stdout(&out).contains("DLOCK_KEY=job\n"), "{}", stdout(&out));
+    // Neither dlock's messages nor the command's environment hold the master's password.
     assert!(!stderr(&out).contains("master-pw"));
+    assert!(!stdout(&out).contains("master-pw"), "{}", stdout(&out));
     // --sentinel without a master name is a usage error.
     let bad = output(
         dlock(&replica).args(["run", "--sentinel", &sentinels.urls()[0], "k", "--", "true"]),

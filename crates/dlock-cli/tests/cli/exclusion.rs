@@ -110,27 +110,46 @@ fn wait_succeeds_when_the_holder_finishes_in_time_and_times_out_with_75_otherwis
 }
 
 #[test]
-fn min_hold_refuses_a_late_duplicate_of_a_fast_job() {
+fn min_hold_refuses_a_late_duplicate_of_a_fast_job_without_dlock_staying() {
     let server = RedisServer::start();
     let started = Instant::now();
-    let fast = dlock(&server)
-        .args(["run", "--min-hold", "5s", "fast", "--", "sleep", "1"])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    let fast = output(
+        dlock(&server).args(["run", "--min-hold", "4s", "fast", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(code(&fast), 0, "{}", stderr(&fast));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "dlock exited at once instead of sitting out --min-hold"
+    );
+    let status = output(dlock(&server).args(["status", "fast"]), LIMIT);
+    let said = stdout(&status);
+    assert!(
+        said.contains("held for --min-hold (the job finished)") && said.contains(" left"),
+        "{said}"
+    );
+    let list = stdout(&output(dlock(&server).args(["list"]), LIMIT));
+    assert!(list.contains("(finished; --min-hold)"), "{list}");
+    let json = stdout(&output(
+        dlock(&server).args(["status", "--json", "fast"]),
+        LIMIT,
+    ));
+    assert!(json.contains(r#""finished":true"#), "{json}");
     let late = output(
         dlock(&server).args(["run", "fast", "--", "echo", "duplicate"]),
         LIMIT,
     );
-    assert_eq!(code(&late), 75, "a duplicate 3 s later is refused");
+    assert_eq!(code(&late), 75, "a late duplicate is refused");
     assert_eq!(stdout(&late), "");
-    let fast = finish(fast, LIMIT);
-    assert_eq!(code(&fast), 0);
+    let gone = Instant::now() + LIMIT;
+    while exists(&server, "fast") {
+        assert!(Instant::now() < gone, "the lock never expired");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
-        started.elapsed() >= Duration::from_secs(5),
+        started.elapsed() >= Duration::from_secs(4),
         "held for at least --min-hold"
     );
-    assert!(!exists(&server, "fast"));
     let after = output(dlock(&server).args(["run", "fast", "--", "true"]), LIMIT);
     assert_eq!(code(&after), 0);
 }
@@ -198,4 +217,30 @@ fn fair_waiters_run_in_the_order_they_arrived() {
         LIMIT,
     );
     assert_eq!(code(&bad), 64);
+}
+
+/// Issue 9: the command never sees dlock's credentials.
+#[test]
+fn the_childs_environment_holds_no_password() {
+    let server = RedisServer::start_with(dlock_test::ServerOptions {
+        password: Some("s3cret-pw".into()),
+        ..Default::default()
+    });
+    let out = output(
+        dlock(&server)
+            .env("DLOCK_REDIS_URL", server.url())
+            .args(["run", "env-job", "--", "env"]),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let env = stdout(&out);
+    assert!(env.contains("DLOCK_KEY=env-job"), "{env}");
+    assert!(
+        env.contains("DLOCK_REDIS_URL=redis://:***@127.0.0.1:"),
+        "{env}"
+    );
+    assert!(
+        !env.contains("s3cret-pw"),
+        "the password reached the command: {env}"
+    );
 }

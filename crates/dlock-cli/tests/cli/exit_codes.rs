@@ -189,3 +189,88 @@ fn help_documents_every_exit_code() {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
 }
+
+/// Issue 9: absurd durations are usage errors, never a panic (`Instant + huge` panics).
+#[test]
+fn absurd_durations_are_usage_errors() {
+    let server = RedisServer::start();
+    let huge = "300000000000y";
+    for flag in [
+        "--wait",
+        "--max-runtime",
+        "--min-hold",
+        "--stop-timeout",
+        "--redis-timeout",
+        "--ttl",
+    ] {
+        let out = output(
+            dlock(&server).args(["run", flag, huge, "k", "--", "true"]),
+            LIMIT,
+        );
+        let said = stderr(&out);
+        assert_eq!(code(&out), 64, "{flag} {huge}: {said}");
+        assert!(!said.contains("panicked"), "{flag}: {said}");
+        assert!(
+            said.contains(flag) && said.contains("too long"),
+            "{flag}: {said}"
+        );
+    }
+    let out = output(dlock(&server).args(["bench", "--duration", huge]), LIMIT);
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+    assert!(!exists(&server, "k"));
+}
+
+/// A pipe whose reading end is already closed: every write to it fails with EPIPE.
+fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    writer
+}
+
+/// Issue 9: a closed stderr or stdout never makes dlock panic (exit 101) or abandon its job.
+#[test]
+fn a_closed_stderr_or_stdout_changes_no_exit_code() {
+    let server = RedisServer::start();
+    // Busy: dlock has to say who holds the lock.
+    let _: () = server.cmd("SET", &["busy", "someone", "EX", "60"]);
+    let busy = output(
+        dlock(&server)
+            .stderr(closed_pipe())
+            .args(["run", "busy", "--", "sh", "-c", "exit 3"]),
+        LIMIT,
+    );
+    assert_eq!(code(&busy), 75);
+
+    // A normal run that logs (-v) and reports to the closed stderr.
+    let ran = output(
+        dlock(&server).stderr(closed_pipe()).args([
+            "-v", "run", "--report", "json", "k", "--", "sh", "-c", "exit 3",
+        ]),
+        LIMIT,
+    );
+    assert_eq!(code(&ran), 3);
+    assert!(!exists(&server, "k"), "released");
+
+    // Lost: dlock has to say so while the command runs.
+    let scratch = Scratch::new();
+    let script = format!(
+        "trap 'exit 3' TERM; touch {started}; while :; do sleep 0.05; done",
+        started = scratch.path("started").display()
+    );
+    let lost = crate::support::started(
+        dlock(&server)
+            .stderr(closed_pipe())
+            .args(["run", "--ttl", "1s", "lost", "--", "sh", "-c", &script]),
+        &scratch.path("started"),
+    );
+    let _: () = server.cmd("DEL", &["lost"]);
+    let lost = crate::support::finish(lost, LIMIT);
+    assert_eq!(code(&lost), 76);
+
+    // status and list print to stdout.
+    let _: () = server.cmd("SET", &["k", "someone", "EX", "60"]);
+    for args in [vec!["status", "k"], vec!["list"], vec!["list", "--json"]] {
+        let out = output(dlock(&server).stdout(closed_pipe()).args(&args), LIMIT);
+        assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));
+    }
+}

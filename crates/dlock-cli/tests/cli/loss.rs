@@ -3,9 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use dlock_test::RedisServer;
+use dlock_test::{RedisServer, TcpProxy};
+use serde_json::Value;
 
-use crate::support::{alive, code, dlock, exists, finish, output, started, stderr, Scratch};
+use crate::support::{
+    alive, code, dlock, exists, finish, output, read_pid, started, stderr, stdout, wait_for_file,
+    Scratch,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -131,9 +135,101 @@ fn a_frozen_redis_stops_the_command_and_exits_76() {
     server.resume();
     assert_eq!(code(&out), 76, "{}", stderr(&out));
     assert_eq!(scratch.read("log"), "TERM\n");
+    // Stopped while renewals failed, before the lease could end (issue 9).
     assert!(
-        stderr(&out).contains("could not be reached"),
+        stderr(&out).contains("cannot renew the lock on k (Redis unreachable"),
         "{}",
         stderr(&out)
     );
+}
+
+/// Issue 9: once renewals fail, the command is stopped early enough that it is gone (KILL
+/// included) before the lease can end and another client be granted the lock.
+#[test]
+fn a_partitioned_dlock_kills_a_stubborn_command_before_another_client_gets_the_lock() {
+    let server = RedisServer::start();
+    let proxy = TcpProxy::start(server.port());
+    let scratch = Scratch::new();
+    let job = started(
+        dlock(&server)
+            .env("DLOCK_REDIS_URL", proxy.url())
+            .args([
+                "run",
+                "--ttl",
+                "2s",
+                "--redis-timeout",
+                "200ms",
+                "--stop-timeout",
+                "1s",
+                "k",
+                "--",
+                "sh",
+                "-c",
+            ])
+            .arg(stubborn_job(&scratch, false)),
+        &scratch.path("started"),
+    );
+    let pid = read_pid(&scratch.path("pid"));
+    proxy.cut();
+    // Another client, straight to Redis, takes the lock as soon as it can and records whether
+    // the first command was still running at that moment.
+    let verdict = format!("if kill -0 {pid} 2>/dev/null; then echo alive; else echo gone; fi");
+    let second = output(
+        dlock(&server).args(["run", "--wait", "20s", "k", "--", "sh", "-c", &verdict]),
+        LIMIT,
+    );
+    let first = finish(job, LIMIT);
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert_eq!(
+        stdout(&second),
+        "gone\n",
+        "the first command still ran when the second client got the lock"
+    );
+    assert!(!alive(pid));
+    assert_eq!(code(&first), 76, "{}", stderr(&first));
+}
+
+/// Issue 9: a release that cannot be confirmed is not a success: exit 76, and the report
+/// says the run may have overlapped another holder.
+#[test]
+fn a_release_that_cannot_reach_redis_exits_76() {
+    let server = RedisServer::start();
+    let proxy = TcpProxy::start(server.port());
+    let scratch = Scratch::new();
+    // The job asks the test to cut dlock's link, waits until it is cut, and exits 0.
+    let script = format!(
+        "touch {cut_me}; while [ ! -e {cut} ]; do sleep 0.01; done; exit 0",
+        cut_me = scratch.path("cut-me").display(),
+        cut = scratch.path("cut").display(),
+    );
+    let job = dlock(&server)
+        .env("DLOCK_REDIS_URL", proxy.url())
+        .args([
+            "run",
+            "--ttl",
+            "1s",
+            "--redis-timeout",
+            "200ms",
+            "--report",
+            "json",
+            "k",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(&scratch.path("cut-me"), LIMIT));
+    proxy.cut();
+    std::fs::write(scratch.path("cut"), "").unwrap();
+    let out = finish(job, LIMIT);
+    assert_eq!(code(&out), 76, "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("may have overlapped"), "{said}");
+    let report: Value = serde_json::from_str(said.lines().last().unwrap()).unwrap();
+    assert_ne!(report["outcome"], "ran", "{report}");
+    assert_eq!(report["exit_code"], 0, "{report}");
+    assert_eq!(report["lost"], true, "{report}");
+    assert_eq!(report["dlock_exit_code"], 76, "{report}");
 }

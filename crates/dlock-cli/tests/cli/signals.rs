@@ -7,7 +7,8 @@ use dlock_test::RedisServer;
 use nix::sys::signal::Signal;
 
 use crate::support::{
-    alive, code, dlock, exists, finish, output, send, started, stdout, wait_for_file, Scratch,
+    alive, code, dlock, exists, finish, output, read_pid, send, started, state, stderr, stdout,
+    wait_for_file, wait_until, Scratch,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -163,4 +164,224 @@ fn processes_a_finished_command_left_behind_are_stopped_before_release() {
     let leftover: u32 = scratch.read("grandchild").trim().parse().unwrap();
     assert!(!alive(leftover), "the leftover process survived");
     assert!(!exists(&server, "k"));
+}
+
+/// Issue 9: a SIGKILLed dlock cannot stop its command itself; its guardian does, at once.
+#[test]
+fn a_sigkilled_dlock_takes_every_process_of_the_job_down_within_a_second() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let script = format!(
+        "sh -c 'echo $$ > {gc}; while :; do sleep 0.05; done' & echo $$ > {leader}; wait",
+        gc = scratch.path("grandchild").display(),
+        leader = scratch.path("leader").display(),
+    );
+    let mut job = dlock(&server)
+        .args(["run", "k", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let leader = read_pid(&scratch.path("leader"));
+    let grandchild = read_pid(&scratch.path("grandchild"));
+    send(job.id(), Signal::SIGKILL);
+    let killed_at = Instant::now();
+    job.wait().unwrap();
+    let gone = wait_until(Duration::from_secs(1), || {
+        !alive(leader) && !alive(grandchild)
+    });
+    let (leader_alive, grandchild_alive) = (alive(leader), alive(grandchild));
+    // A failed run must not leave the job running on this machine.
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(leader as i32), Signal::SIGKILL);
+    assert!(
+        gone,
+        "after {:?}: leader alive {}, grandchild alive {}",
+        killed_at.elapsed(),
+        leader_alive,
+        grandchild_alive
+    );
+}
+
+/// Issue 9: a process that left the job's group (setsid, a daemon) still counts as part of
+/// the job: the next holder never starts while it runs.
+#[test]
+fn a_descendant_that_left_the_group_is_stopped_before_the_lock_is_released() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let daemon = scratch.path("daemon");
+    let marker = scratch.path("marker");
+    let script = format!(
+        "setsid sh -c 'echo $$ > {daemon}; sleep 2; touch {marker}' & \
+         while [ ! -s {daemon} ]; do sleep 0.01; done; exit 0",
+        daemon = daemon.display(),
+        marker = marker.display(),
+    );
+    let first = dlock(&server)
+        .args([
+            "run",
+            "--stop-timeout",
+            "1s",
+            "k",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .unwrap();
+    let daemon_pid = read_pid(&daemon);
+    // What the next holder finds when it starts: the daemon's marker, or the daemon gone.
+    let verdict = format!(
+        "if [ -e {marker} ]; then echo marker; elif kill -0 {daemon_pid} 2>/dev/null; \
+         then echo alive; else echo gone; fi",
+        marker = marker.display()
+    );
+    let second = output(
+        dlock(&server).args(["run", "--wait", "20s", "k", "--", "sh", "-c", &verdict]),
+        LIMIT,
+    );
+    assert_eq!(code(&finish(first, LIMIT)), 0);
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert_ne!(
+        stdout(&second),
+        "alive\n",
+        "the next holder started while the daemon still ran"
+    );
+}
+
+/// Issue 9: a process of the group dlock may not signal (EPERM) is alive, not gone.
+#[test]
+fn a_process_dlock_cannot_signal_keeps_the_lock_until_it_exits() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!("skipped: needs root to run dlock and a process of its job as two users");
+        return;
+    }
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let dir = scratch.path("");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let script = format!(
+        "echo $$ > {leader}; while [ ! -e {joined} ]; do sleep 0.05; done",
+        leader = scratch.path("leader").display(),
+        joined = scratch.path("joined").display(),
+    );
+    // dlock runs as nobody...
+    let first = dlock(&server)
+        .uid(65534)
+        .gid(65534)
+        .args([
+            "run",
+            "--stop-timeout",
+            "500ms",
+            "k",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .unwrap();
+    let group = read_pid(&scratch.path("leader"));
+    // ...and another user's process joins its job's group, out of dlock's reach.
+    let intruder_script = format!(
+        "touch {inside}; sleep 2; touch {done}",
+        inside = scratch.path("inside").display(),
+        done = scratch.path("done").display(),
+    );
+    let intruder = std::process::Command::new("sh")
+        .args(["-c", &intruder_script])
+        .uid(1)
+        .gid(1)
+        .process_group(group as i32)
+        .spawn()
+        .unwrap();
+    // Reaped as soon as it exits: its zombie would still count as a process of the group.
+    let intruder = std::thread::spawn(move || {
+        let mut intruder = intruder;
+        intruder.wait()
+    });
+    assert!(wait_for_file(&scratch.path("inside"), LIMIT));
+    std::fs::write(scratch.path("joined"), "").unwrap();
+    let first = finish(first, LIMIT);
+    // Checked before reaping the intruder: dlock must have outwaited it.
+    let done_before_dlock_exited = scratch.path("done").exists();
+    intruder.join().unwrap().unwrap();
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    assert!(
+        done_before_dlock_exited,
+        "dlock released the lock while a process of its job still ran"
+    );
+    assert!(
+        stderr(&first).contains("not permitted to signal"),
+        "{}",
+        stderr(&first)
+    );
+    assert!(!exists(&server, "k"));
+}
+
+/// Issue 9: Ctrl-Z pauses the command, not dlock: the lease stays renewed, so nobody else
+/// gets in, and SIGCONT lets the command finish normally.
+#[test]
+fn sigtstp_pauses_the_command_while_dlock_keeps_the_lock() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let script = format!(
+        "echo $$ > {pid}; i=0; while [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done; \
+         touch {done}",
+        pid = scratch.path("pid").display(),
+        done = scratch.path("done").display(),
+    );
+    let job = dlock(&server)
+        .args(["run", "--ttl", "1s", "k", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let pid = read_pid(&scratch.path("pid"));
+    send(job.id(), Signal::SIGTSTP);
+    assert!(
+        wait_until(Duration::from_secs(5), || state(pid) == Some('T')),
+        "the command was not stopped: state {:?}",
+        state(pid)
+    );
+    // Two lease lengths later the lock is still held (renewed) and the command still paused.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(state(pid), Some('T'), "the command kept running");
+    let other = output(dlock(&server).args(["run", "k", "--", "true"]), LIMIT);
+    assert_eq!(
+        code(&other),
+        75,
+        "another holder got in: {}",
+        stderr(&other)
+    );
+    assert!(!scratch.path("done").exists());
+    send(job.id(), Signal::SIGCONT);
+    let out = finish(job, LIMIT);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        scratch.path("done").exists(),
+        "the command finished normally"
+    );
+    assert!(!exists(&server, "k"));
+}
+
+/// The hidden guardian KILLs only its sibling's group: never group 0 or 1, nor one whose
+/// leader another process started (here: the test itself).
+#[test]
+fn the_guardian_guards_nothing_but_its_siblings_group() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let me = std::process::id().to_string();
+    for group in ["0", "1", me.as_str(), "nonsense"] {
+        let mut guardian = Command::new(env!("CARGO_BIN_EXE_dlock"))
+            .arg("__guard")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = guardian.stdin.take().unwrap();
+        writeln!(pipe, "{group}").unwrap();
+        drop(pipe);
+        let out = finish(guardian, LIMIT);
+        assert_eq!(code(&out), 64, "group {group}: {}", stderr(&out));
+    }
 }
