@@ -35,14 +35,20 @@
 //!   at most one TTL.
 //! - **No silent loss:** when renewal finds the key gone, or cannot reach Redis before the
 //!   lease's conservative validity ends, the guard reports the loss ([`LockGuard::lost`])
-//!   within one renewal interval, and [`LockGuard::release`] says the lease was lost.
+//!   within one renewal interval; when a node's connection drops and comes back (a restart,
+//!   a failover), every lease there is re-verified at once
+//!   ([`LossReason::KeyGoneAfterReconnect`]). [`LockGuard::release`] returns `Ok` only when
+//!   the key still held the guard's token: a release that fails on a dropped connection is
+//!   retried on the new one, and one that gets no answer before the lease's validity ends is
+//!   reported as a loss too.
 //! - **Fencing:** each grant's token is larger than every earlier one for the same name, even
 //!   after a Redis restart that lost the counter.
 //! - **Bounded waits:** `lock` waits 30 s at most unless asked to wait forever.
 //!
 //! These hold under stated assumptions: the holder's process is not paused for longer than its
 //! lease without noticing (check [`LockGuard::is_held`], use fencing), clocks run at nearly the
-//! same rate (1% drift is allowed for), and Redis does not lose a held lock (a failover to a
+//! same rate (1% drift is allowed for; time the host spent suspended is counted on Linux), and
+//! Redis does not lose a held lock (a failover to a
 //! replica that had not received it, or a restart without persistence, can let a second owner
 //! in; fencing tokens still protect storage then).
 //!
