@@ -63,6 +63,7 @@ fn main() -> ExitCode {
         // A guardian stays as small as it can: no runtime, no logging.
         return ExitCode::from(job::guard());
     }
+    block_terminal_stop();
     init_logging(cli.verbose);
     // One thread is plenty for one lock and one child, and starts fastest.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -125,6 +126,20 @@ fn client_options(connection: &Connection) -> ClientOptions {
 fn fail(error: &dlock::Error) -> u8 {
     errln!("dlock: {error}");
     exit::for_error(error.kind())
+}
+
+/// A background dlock that writes to a terminal set to `stty tostop` would be stopped by
+/// `SIGTTOU` (its default action), and a stopped dlock renews nothing while its command runs on:
+/// the job would outlive its lease. With the signal blocked, the kernel lets the write through
+/// instead. Blocked, not ignored: the command starts with an empty signal mask (std resets it
+/// before `exec`), so it still gets the terminal's usual job control, whereas an ignored
+/// disposition would be inherited. Done before any thread exists, so every thread inherits it.
+fn block_terminal_stop() {
+    let mut stop = nix::sys::signal::SigSet::empty();
+    stop.add(nix::sys::signal::Signal::SIGTTOU);
+    if let Err(e) = stop.thread_block() {
+        tracing::debug!(%e, "cannot block SIGTTOU");
+    }
 }
 
 fn init_logging(verbose: u8) {

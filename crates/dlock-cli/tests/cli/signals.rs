@@ -385,3 +385,64 @@ fn the_guardian_guards_nothing_but_its_siblings_group() {
         assert_eq!(code(&out), 64, "group {group}: {}", stderr(&out));
     }
 }
+
+/// A background dlock (job control on) whose stderr is a terminal set to `stty tostop` used to
+/// be stopped by SIGTTOU at its first message, and a stopped dlock renews nothing while its
+/// command runs on. Now it writes and keeps running, and the command still starts with an
+/// empty signal mask (so its own job control is the terminal's usual one).
+#[test]
+fn a_background_dlock_on_a_tostop_terminal_is_not_stopped_by_its_own_messages() {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut termios = tcgetattr(&pty.slave).unwrap();
+    termios.local_flags |= LocalFlags::TOSTOP;
+    tcsetattr(&pty.slave, SetArg::TCSANOW, &termios).unwrap();
+    let (mask, result) = (scratch.path("mask"), scratch.path("result"));
+    // `-v` makes dlock write at once (its early-stop note for a 1 s TTL); the job outlives
+    // several renewals.
+    let script = format!(
+        "set -m; {dlock} run -v --ttl 1s tostop -- sh -c 'grep SigBlk /proc/self/status > {mask}; \
+         sleep 2' & wait $!; echo $? > {result}",
+        dlock = env!("CARGO_BIN_EXE_dlock"),
+        mask = mask.display(),
+        result = result.display(),
+    );
+    let tty = |fd: &std::os::fd::OwnedFd| std::process::Stdio::from(fd.try_clone().unwrap());
+    // `setsid -c`: a new session whose controlling terminal is the pty (stdin).
+    let mut session = std::process::Command::new("setsid")
+        .args(["-c", "sh", "-c", &script])
+        .env("DLOCK_REDIS_URL", server.url())
+        .stdin(tty(&pty.slave))
+        .stdout(tty(&pty.slave))
+        .stderr(tty(&pty.slave))
+        .spawn()
+        .unwrap();
+    drop(pty.slave);
+    // Keep the terminal drained (dlock's messages) until the session ends.
+    let master = std::fs::File::from(pty.master);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut &master, &mut std::io::sink());
+    });
+    assert!(
+        wait_for_file(&result, LIMIT) && {
+            wait_until(Duration::from_secs(2), || {
+                std::fs::read_to_string(&result).is_ok_and(|r| r.ends_with('\n'))
+            })
+        },
+        "the session did not finish"
+    );
+    let _ = session.wait();
+    let status = std::fs::read_to_string(&result).unwrap();
+    assert_eq!(
+        status.trim(),
+        "0",
+        "dlock was stopped (148+ is a stop) or lost its lease"
+    );
+    let mask = std::fs::read_to_string(&mask).unwrap();
+    assert!(
+        mask.trim().ends_with("0000000000000000"),
+        "the command inherited a blocked signal: {mask}"
+    );
+}
