@@ -14,7 +14,9 @@
 //!
 //! # Guarantee
 //! For a plain node or a Sentinel-found master, a closed connection is reported within the time
-//! the kernel takes to deliver the FIN or RST, and again once a new connection is up. A link
+//! the kernel takes to deliver the FIN or RST, and again once a new connection is up. Behind
+//! Sentinel the monitor first asks the sentinels for the current master (Sentinel drops every
+//! client of a demoted master), so the re-verification reads the new master. A link
 //! that silently black-holes (a partition without resets) is not noticed here; renewal and its
 //! deadlines cover that case. Redis Cluster connections are not monitored (the cluster client
 //! follows its topology itself); their leases are re-verified at the next renewal.
@@ -59,6 +61,15 @@ impl Links {
             let node = nodes.get(index).clone();
             if node.is_cluster() {
                 continue;
+            }
+            if let Some((sentinels, master)) = node.sentinel_watch() {
+                tasks.spawn(watch_sentinels(
+                    index,
+                    node.clone(),
+                    sentinels,
+                    master,
+                    events.clone(),
+                ));
             }
             tasks.spawn(monitor(index, node, events.clone()));
         }
@@ -121,6 +132,9 @@ async fn monitor(index: usize, node: Node, events: mpsc::UnboundedSender<LinkEve
         }
         drop(connection);
         tracing::info!(node = node.name(), "connection to Redis dropped");
+        // Behind Sentinel, a drop may be the demotion of the master: find the new one before
+        // the leases are re-verified (a no-op for other nodes).
+        let _ = node.switch_if_moved().await;
         if events.send(LinkEvent::Dropped(index)).is_err() {
             return;
         }
@@ -143,4 +157,52 @@ fn is_connection_trouble(error: &redis::RedisError) -> bool {
         || error.is_timeout()
         || error.is_connection_refusal()
         || error.is_connection_dropped()
+}
+
+/// Behind Sentinel: listens for the sentinels' `+switch-master` announcement of our master and,
+/// when it comes, switches to the new master and reports the old link as dropped, so every
+/// lease is re-verified on the new master at once. Without it, a failover that keeps the old
+/// master up (a manual `SENTINEL FAILOVER`, a partition) goes unnoticed until the old master
+/// is demoted, which Sentinel may do only seconds later; meanwhile the new master may grant
+/// the lock to someone else. One sentinel at a time, the next one when it goes away.
+async fn watch_sentinels(
+    index: usize,
+    node: Node,
+    sentinels: Vec<String>,
+    master: String,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) {
+    use futures_util::StreamExt;
+    let mut failures = 0u32;
+    for url in sentinels.iter().cycle() {
+        let subscribed = async {
+            let mut pubsub = redis::Client::open(url.as_str())?
+                .get_async_pubsub()
+                .await?;
+            pubsub.subscribe("+switch-master").await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = match tokio::time::timeout(node.connect_timeout(), subscribed).await {
+            Ok(Ok(pubsub)) => pubsub,
+            _ => {
+                tokio::time::sleep(RECONNECT.delay(failures)).await;
+                failures = failures.saturating_add(1);
+                continue;
+            }
+        };
+        failures = 0;
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            // "<master name> <old ip> <old port> <new ip> <new port>"
+            let payload: String = message.get_payload().unwrap_or_default();
+            if payload.split(' ').next() != Some(master.as_str()) {
+                continue;
+            }
+            tracing::warn!(node = node.name(), %payload, "sentinels switched the master");
+            let _ = node.switch_if_moved().await;
+            if events.send(LinkEvent::Dropped(index)).is_err() {
+                return;
+            }
+        }
+    }
 }

@@ -35,6 +35,10 @@ use crate::token::Token;
 /// still one round trip) so no single script blocks Redis for long.
 const MAX_BATCH: usize = 1000;
 
+/// How often the watchdog looks at the clocks while leases are held, so a lease that ran out
+/// while the host was suspended is reported within this long of the resume.
+const SUSPEND_CHECK: Duration = Duration::from_secs(1);
+
 /// Pause before asking a node that failed a re-verification again.
 const REVERIFY_RETRY: Duration = Duration::from_millis(50);
 
@@ -299,9 +303,21 @@ impl Task {
         let mut undecided = false;
         for chunk in self.leases.chunks(MAX_BATCH) {
             let slots: Vec<&str> = chunk.iter().map(|t| slot_of(&t.lease.keys)).collect();
+            // Never wait past the first lease's validity: a black-holed link must not delay
+            // that lease's loss report (nor the renewals of the others).
+            let now = Instant::now();
+            let until_first_end = chunk
+                .iter()
+                .map(|t| t.lease.valid_until())
+                .min()
+                .unwrap_or(now)
+                .saturating_duration_since(now);
             let replies = self
                 .nodes
-                .decide(chunk.len(), |node| owned_per_slot(node, chunk, &slots))
+                .decide(chunk.len(), |node| {
+                    let timeout = node.command_timeout().min(until_first_end);
+                    owned_per_slot(node, chunk, &slots, timeout)
+                })
                 .await;
             let mut owned = vec![0; chunk.len()];
             let mut gone = vec![0; chunk.len()];
@@ -346,6 +362,14 @@ impl Task {
     /// The earliest moment something is due: a renewal, or the end of a lease's validity.
     fn next_wake(&self) -> Option<Instant> {
         let verify = self.verify.map(|v| v.due);
+        // While leases are held, look at least every SUSPEND_CHECK: the monotonic clock that
+        // timers run on stands still while the host is suspended, so only a regular look at
+        // the suspended time finds a lease that ran out during a suspend soon after resume.
+        let suspend_check = self
+            .leases
+            .iter()
+            .any(|t| t.lease.is_held())
+            .then(|| Instant::now() + SUSPEND_CHECK);
         self.leases
             .iter()
             .filter(|t| t.lease.is_held())
@@ -358,6 +382,7 @@ impl Task {
                 }
             })
             .chain(verify)
+            .chain(suspend_check)
             .min()
     }
 
@@ -413,7 +438,17 @@ impl Task {
             let node = self.nodes.first();
             let timeout = node.command_timeout().min(until_first_end);
             let all: Vec<usize> = (0..chunk.len()).collect();
-            let reply = match node.replica_link().await {
+            // Opening a link is bounded by the lease's validity too.
+            let opening = tokio::time::timeout(
+                until_first_end.max(Duration::from_millis(1)),
+                node.replica_link(),
+            );
+            let reply = match opening.await.unwrap_or_else(|_| {
+                Err(crate::error::Error::Unavailable {
+                    node: node.name().to_owned(),
+                    reason: "no replica link before the lease ran out".into(),
+                })
+            }) {
                 Ok(opened) => {
                     link.insert(opened)
                         .eval::<Vec<i64>>(&extend(&all), timeout)
@@ -465,7 +500,7 @@ impl Task {
             }
         }
         if let Some(link) = link.as_mut() {
-            self.check_replicas(link, chunk, &mut extended, &mut errors)
+            self.check_replicas(link, chunk, first_end, &mut extended, &mut errors)
                 .await;
         }
         let quorum = self.nodes.quorum();
@@ -497,6 +532,7 @@ impl Task {
         &self,
         link: &mut ReplicaLink,
         chunk: &[Tracked],
+        first_end: Instant,
         extended: &mut [usize],
         errors: &mut Vec<String>,
     ) {
@@ -505,10 +541,17 @@ impl Task {
             .filter_map(|t| t.lease.min_replicas)
             .max_by_key(|guard| (guard.replicas, guard.timeout));
         let Some(guard) = strictest else { return };
-        let acked = match link.wait_for_replicas(&guard).await {
-            Ok(acked) => acked,
-            Err(e) => {
+        // A WAIT past the first lease's validity could not save it, and would delay its loss
+        // report: give up then.
+        let waiting = tokio::time::timeout_at(first_end, link.wait_for_replicas(&guard));
+        let acked = match waiting.await {
+            Ok(Ok(acked)) => acked,
+            Ok(Err(e)) => {
                 errors.push(format!("WAIT for replicas failed: {e}"));
+                0
+            }
+            Err(_) => {
+                errors.push("no replica acknowledged the renewal before the lease ran out".into());
                 0
             }
         };
@@ -634,7 +677,20 @@ async fn owned_per_slot(
     node: &crate::node::Node,
     leases: &[Tracked],
     slots: &[&str],
+    timeout: Duration,
 ) -> crate::error::Result<Vec<bool>> {
+    if node.is_sentinel() {
+        // A demoted master still answers reads, from data the new master may not have: only
+        // a master's answer counts. A replica's sends us after the failover and retries.
+        let role: Vec<redis::Value> = node.query_within(&redis::cmd("ROLE"), timeout).await?;
+        if role.first().and_then(crate::holder::text).as_deref() != Some("master") {
+            node.follow_failover();
+            return Err(crate::error::Error::Unavailable {
+                node: node.name().to_owned(),
+                reason: "a replica answered: a failover is under way".into(),
+            });
+        }
+    }
     let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
     for (i, slot) in slots.iter().enumerate() {
         let group = if node.is_cluster() { slot } else { "" };
@@ -653,7 +709,7 @@ async fn owned_per_slot(
     let replies = futures_util::future::join_all(
         calls
             .iter()
-            .map(|cmd| node.query::<Vec<Option<String>>>(cmd)),
+            .map(|cmd| node.query_within::<Vec<Option<String>>>(cmd, timeout)),
     )
     .await;
     let mut owned = vec![false; leases.len()];

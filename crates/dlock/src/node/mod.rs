@@ -126,6 +126,11 @@ impl Node {
             .clone()
     }
 
+    /// Whether this node is a master found through Sentinel (it may move in a failover).
+    pub fn is_sentinel(&self) -> bool {
+        self.sentinel.is_some()
+    }
+
     /// Whether this node is a Redis Cluster (multi-key scripts must then stay in one slot).
     pub fn is_cluster(&self) -> bool {
         matches!(self.con(), Conn::Cluster(_))
@@ -221,9 +226,17 @@ impl Node {
 
     /// Runs one command within the command timeout.
     pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        self.query_within(cmd, self.command_timeout).await
+    }
+
+    /// Runs one command within `timeout`.
+    pub async fn query_within<T: FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        timeout: Duration,
+    ) -> Result<T> {
         let mut con = self.con();
-        self.deadline(self.command_timeout, cmd.query_async(&mut con))
-            .await
+        self.deadline(timeout, cmd.query_async(&mut con)).await
     }
 
     /// Runs a script (EVALSHA, loading it on NOSCRIPT) within `timeout`.

@@ -15,6 +15,9 @@ pub(super) struct SentinelSource {
     pub(super) client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
     /// One re-resolution at a time; errors meanwhile do not start another.
     pub(super) resolving: AtomicBool,
+    /// The sentinels' URLs and the master's name, for watching `+switch-master` announcements.
+    pub(super) sentinels: Vec<String>,
+    pub(super) master_name: String,
 }
 
 /// A master found through Sentinel: which master, which sentinels, how to log in to it.
@@ -145,6 +148,8 @@ impl Node {
             sentinel: Some(Arc::new(SentinelSource {
                 client: tokio::sync::Mutex::new(sentinel),
                 resolving: AtomicBool::new(false),
+                sentinels: config.sentinels.clone(),
+                master_name: config.master_name.clone(),
             })),
             name,
             command_timeout: options.command_timeout,
@@ -157,7 +162,7 @@ impl Node {
     /// After a failed call on a Sentinel-backed node: ask the sentinels for the master in the
     /// background and switch to it if it moved. The failed call is not retried here; callers
     /// already retry (waits, renewals).
-    pub(super) fn follow_failover(&self) {
+    pub(crate) fn follow_failover(&self) {
         let Some(source) = self.sentinel.clone() else {
             return;
         };
@@ -166,41 +171,57 @@ impl Node {
         }
         let node = self.clone();
         tokio::spawn(async move {
-            let moved = async {
-                let mut sentinel = source.client.lock().await;
-                let client =
-                    resolve_master(&mut sentinel, &node.name, node.options.connect_timeout).await?;
-                let unchanged = node
-                    .current
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .client
-                    .get_connection_info()
-                    .addr()
-                    == client.get_connection_info().addr();
-                if unchanged {
-                    return Ok::<_, Error>(false);
-                }
-                let con = connect_manager(client.clone(), &node.name, &node.options).await?;
-                *node.current.write().unwrap_or_else(PoisonError::into_inner) = Current {
-                    con: Conn::Single(con),
-                    client,
-                    links: Default::default(),
-                };
-                Ok(true)
-            }
-            .await;
-            match moved {
-                Ok(true) => {
-                    tracing::warn!(node = %node.name, "followed a failover to a new master")
-                }
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::debug!(node = %node.name, %error, "sentinels could not name a master")
-                }
-            }
+            let _ = node.switch_if_moved().await;
             source.resolving.store(false, Ordering::SeqCst);
         });
+    }
+
+    /// For a Sentinel-backed node: its sentinels' URLs and the master's name.
+    pub(crate) fn sentinel_watch(&self) -> Option<(Vec<String>, String)> {
+        let source = self.sentinel.as_ref()?;
+        Some((source.sentinels.clone(), source.master_name.clone()))
+    }
+
+    /// For a Sentinel-backed node: asks the sentinels for the master now and switches to it if
+    /// it moved (true). The link monitor calls this when its connection drops, because Sentinel
+    /// drops every client of a demoted master: a re-verification must read the new master, not
+    /// the old one, which still answers reads as a replica. Other nodes: false at once.
+    pub(crate) async fn switch_if_moved(&self) -> Result<bool> {
+        let Some(source) = self.sentinel.clone() else {
+            return Ok(false);
+        };
+        let moved = async {
+            let mut sentinel = source.client.lock().await;
+            let client =
+                resolve_master(&mut sentinel, &self.name, self.options.connect_timeout).await?;
+            let unchanged = self
+                .current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .client
+                .get_connection_info()
+                .addr()
+                == client.get_connection_info().addr();
+            if unchanged {
+                return Ok::<_, Error>(false);
+            }
+            let con = connect_manager(client.clone(), &self.name, &self.options).await?;
+            *self.current.write().unwrap_or_else(PoisonError::into_inner) = Current {
+                con: Conn::Single(con),
+                client,
+                links: Default::default(),
+            };
+            Ok(true)
+        }
+        .await;
+        match &moved {
+            Ok(true) => tracing::warn!(node = %self.name, "followed a failover to a new master"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::debug!(node = %self.name, %error, "sentinels could not name a master")
+            }
+        }
+        moved
     }
 }
 

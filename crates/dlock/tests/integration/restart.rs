@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use dlock::{Client, ClientOptions, Error, LeaseStatus, LockOptions, LossReason, Owner};
-use dlock_test::{RedisServer, RedisServers};
+use dlock_test::{RedisServer, RedisServers, TcpProxy};
 use tokio::time::{timeout, Instant};
 
 use crate::support::client;
@@ -260,4 +260,106 @@ async fn a_redlock_release_after_a_majority_restarted_reports_the_loss() {
     servers[1].restart_empty();
     let error = guard.release().await.expect_err("a majority lost the key");
     assert_eq!(lost_reason(error), LossReason::KeyGone);
+}
+
+#[tokio::test]
+async fn reverify_blocks_loss_reporting_past_validity() {
+    let server = RedisServer::start();
+    let proxy = TcpProxy::start(server.port());
+    let client = Client::connect_with(
+        &proxy.url(),
+        ClientOptions::new()
+            .command_timeout(Duration::from_secs(3))
+            .connect_timeout(Duration::from_secs(3)),
+    )
+    .await
+    .unwrap();
+    let guard = client
+        .lock_with("rv", LockOptions::new().ttl(Duration::from_secs(1)))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    monitored(&server, 1).await;
+    let valid_end = Instant::now() + guard.remaining();
+    // A black hole, then the server drops every client: the monitor sees the drop at once
+    // (the proxy forwards the FIN even while cut) and a re-verification starts.
+    proxy.cut();
+    let _: () = server.cmd("CLIENT", &["KILL", "TYPE", "normal"]);
+    let _ = timeout(Duration::from_secs(10), guard.lost())
+        .await
+        .expect("lost at some point");
+    let late = Instant::now().saturating_duration_since(valid_end);
+    assert!(
+        late < Duration::from_millis(300),
+        "loss reported {late:?} after the lease's validity ended (watchdog blocked in reverify)"
+    );
+}
+
+/// Behind Sentinel, a manual failover keeps the old master up, writable, for seconds (Sentinel
+/// demotes it later: about 10 s here), while the new master may grant the lock to anyone. Here
+/// the promoted replica never had the lock, so the lease is lost: reported as soon as the
+/// sentinels announce the switch (`+switch-master`), with the re-verification reading the new
+/// master. Before, the loss was found only when the old master was demoted 10 s later.
+#[tokio::test]
+async fn behind_sentinel_a_failover_to_a_replica_without_the_lock_is_reported_at_once() {
+    use dlock::SentinelConfig;
+    use dlock_test::{Sentinels, MASTER_NAME};
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let sentinels = Sentinels::start(&master, 3, 1);
+    let config = SentinelConfig::new(MASTER_NAME, sentinels.urls());
+    let holder = Client::sentinel_with(
+        config,
+        ClientOptions::new()
+            .command_timeout(Duration::from_millis(500))
+            .connect_timeout(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    let guard = holder
+        .lock_with("failover", LockOptions::new().ttl(LONG_TTL))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    monitored(&master, 1).await;
+    // The replica loses the lock behind the master's back (a write it never got, in effect).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while replica.cmd::<i64>("EXISTS", &["failover"]) == 0 {
+        assert!(Instant::now() < deadline, "the replica never got the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _: () = replica.cmd("CONFIG", &["SET", "replica-read-only", "no"]);
+    let _: () = replica.cmd("DEL", &["failover"]);
+    let old_port = master.port();
+    let sentinel_port: u16 = sentinels.urls()[0]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let mut sentinel = redis::Client::open(format!("redis://127.0.0.1:{sentinel_port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg(MASTER_NAME)
+        .query(&mut sentinel)
+        .unwrap();
+    let (_sentinels, new_port) = tokio::task::spawn_blocking(move || {
+        let port = sentinels.wait_for_failover(old_port);
+        (sentinels, port)
+    })
+    .await
+    .unwrap();
+    assert_eq!(new_port, replica.port());
+    let switched = Instant::now();
+    let reason = timeout(REVERIFY_WITHIN, guard.lost())
+        .await
+        .expect("the lease lost in the failover is reported at once");
+    assert_eq!(reason, LossReason::KeyGoneAfterReconnect);
+    assert!(switched.elapsed() < REVERIFY_WITHIN);
 }
