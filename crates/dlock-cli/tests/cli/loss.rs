@@ -7,18 +7,20 @@ use dlock_test::{RedisServer, TcpProxy};
 use serde_json::Value;
 
 use crate::support::{
-    alive, code, dlock, exists, finish, output, read_pid, started, stderr, stdout, wait_for_file,
-    Scratch,
+    alive, code, dlock, epsilon, finish, output, read_pid, started, stderr, stdout, wait_for_file,
+    wait_until, Scratch,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// A job that records its pid, records the stop signal, and (if `obey`) exits on it.
+/// A job that records its pid, records the stop signal, and (if `obey`) exits on it. It
+/// waits in `wait`, which a trapped signal interrupts at once, so the log shows when the
+/// signal came.
 fn stubborn_job(scratch: &Scratch, obey: bool) -> String {
     let on_term = if obey { "exit 0" } else { ":" };
     format!(
         "echo $$ > {pid}; trap 'echo TERM >> {log}; {on_term}' TERM; \
-         touch {started}; while :; do sleep 0.05; done",
+         touch {started}; while :; do sleep 1 & wait $!; done",
         pid = scratch.path("pid").display(),
         log = scratch.path("log").display(),
         started = scratch.path("started").display(),
@@ -28,22 +30,40 @@ fn stubborn_job(scratch: &Scratch, obey: bool) -> String {
 #[test]
 fn a_job_that_outlives_its_ttl_keeps_the_lock() {
     let server = RedisServer::start();
-    let job = dlock(&server)
-        .args(["run", "--ttl", "1s", "long", "--", "sleep", "3"])
-        .spawn()
-        .unwrap();
+    let scratch = Scratch::new();
+    // The job runs until the test lets it finish, however slow this machine is.
+    let script = format!(
+        "touch {started}; while [ ! -e {finish} ]; do sleep 0.01; done",
+        started = scratch.path("started").display(),
+        finish = scratch.path("finish").display(),
+    );
+    let job = started(
+        dlock(&server).args(["run", "--ttl", "1s", "long", "--", "sh", "-c", &script]),
+        &scratch.path("started"),
+    );
+    // Time itself is what this test is about: two TTLs and a bit after the grant (the job's
+    // start), the lease is still there, renewed.
     std::thread::sleep(Duration::from_millis(2200));
-    assert!(exists(&server, "long"), "renewed past its 1 s TTL");
+    let pttl: i64 = server.cmd("PTTL", &["long"]);
+    assert!(
+        (1..=1000).contains(&pttl),
+        "renewed past its 1 s TTL: PTTL {pttl}"
+    );
     let duplicate = output(dlock(&server).args(["run", "long", "--", "true"]), LIMIT);
     assert_eq!(code(&duplicate), 75);
+    std::fs::write(scratch.path("finish"), "").unwrap();
     let job = finish(job, LIMIT);
     assert_eq!(code(&job), 0, "{}", stderr(&job));
 }
 
+/// The renewal interval of a 1 s lease (a third of it).
+const INTERVAL_OF_1S: Duration = Duration::from_millis(333);
+
 #[test]
-fn a_deleted_key_stops_the_command_and_exits_76() {
+fn a_deleted_key_stops_the_command_within_one_renewal_interval_and_exits_76() {
     let server = RedisServer::start();
     let scratch = Scratch::new();
+    let epsilon = epsilon(&server);
     let job = started(
         dlock(&server).args([
             "run",
@@ -57,13 +77,20 @@ fn a_deleted_key_stops_the_command_and_exits_76() {
         ]),
         &scratch.path("started"),
     );
-    let _: () = server.cmd("DEL", &["k"]);
+    // Delete the key right after a renewal: the next one, which finds it gone, is a whole
+    // interval away (the worst case).
+    let renewals = server.command_calls("evalsha");
+    assert!(wait_until(LIMIT, || server.command_calls("evalsha") > renewals));
     let deleted_at = Instant::now();
+    let _: () = server.cmd("DEL", &["k"]);
+    assert!(wait_for_file(&scratch.path("log"), LIMIT), "no TERM");
+    let noticed = deleted_at.elapsed();
     let out = finish(job, LIMIT);
     assert_eq!(code(&out), 76, "{}", stderr(&out));
     assert!(
-        deleted_at.elapsed() < Duration::from_secs(3),
-        "noticed within a renewal interval"
+        noticed <= INTERVAL_OF_1S + epsilon,
+        "TERM reached the command {noticed:?} after the DEL (at most {INTERVAL_OF_1S:?} + \
+         {epsilon:?})"
     );
     assert_eq!(
         scratch.read("log"),
