@@ -176,3 +176,13 @@ pub fn epsilon(server: &RedisServer) -> Duration {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     took * 2 + Duration::from_millis(10)
 }
+
+/// How many clients are subscribed to `channel` (`PUBSUB NUMSUB`): a waiting dlock subscribes
+/// to its lock's wake-up channel, `{KEY}:dlock:released:KEY`.
+pub fn numsub(server: &RedisServer, channel: &str) -> i64 {
+    let reply: Vec<redis::Value> = server.cmd("PUBSUB", &["NUMSUB", channel]);
+    match reply.get(1) {
+        Some(redis::Value::Int(n)) => *n,
+        other => panic!("PUBSUB NUMSUB answered {other:?}"),
+    }
+}
