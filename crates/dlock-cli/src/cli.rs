@@ -280,7 +280,8 @@ pub enum Workload {
     All,
     /// One client, one key, lock + unlock back to back.
     Uncontended,
-    /// N clients on one key, empty critical section: grants/s, waits, fairness, violations.
+    /// N clients on one key, a critical section that only yields: grants/s, waits, fairness,
+    /// violations.
     Contended,
     /// As contended, in fair (FIFO) mode.
     ContendedFair,

@@ -1,6 +1,6 @@
 //! The workloads. Each runs for a fixed time and returns a [`Row`].
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -160,8 +160,13 @@ pub async fn many_keys(client: &Client, keys: usize, duration: Duration) -> dloc
 }
 
 /// `workers` clients (each its own connections, as separate processes would have) contend for
-/// one key with an empty critical section. Counts violations: a grant while another worker is
-/// inside.
+/// one key with an almost empty critical section. Counts violations: a grant while another
+/// worker is inside, and a release that finds the lease lost (the worker may have overlapped
+/// the next holder).
+///
+/// The critical section yields once: on dlock's current-thread runtime nothing else runs
+/// between entering and leaving unless the holder awaits, so without the yield no other
+/// worker could ever observe it inside.
 pub async fn contended(
     connection: &Connection,
     workers: usize,
@@ -170,7 +175,7 @@ pub async fn contended(
 ) -> dlock::Result<Row> {
     let name = if fair { "contended-fair" } else { "contended" };
     let key = format!("{PREFIX}{name}");
-    let inside = Arc::new(AtomicBool::new(false));
+    let inside = Arc::new(AtomicU64::new(0));
     let violations = Arc::new(AtomicU64::new(0));
     let options = LockOptions::new()
         .fair(fair)
@@ -193,11 +198,20 @@ pub async fn contended(
                 let guard = lock.lock().await?;
                 waits.push(asked.elapsed());
                 grants += 1;
-                if inside.swap(true, Ordering::SeqCst) {
+                if inside.fetch_add(1, Ordering::SeqCst) > 0 {
                     violations.fetch_add(1, Ordering::SeqCst);
                 }
-                inside.store(false, Ordering::SeqCst);
-                guard.release().await?;
+                // Let every other task run (and every reply that arrived meanwhile be read)
+                // while this worker is inside.
+                tokio::task::yield_now().await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                match guard.release().await {
+                    Ok(()) => {}
+                    Err(e) if e.is_lost() => {
+                        violations.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Ok::<_, dlock::Error>((grants, waits))
         }));

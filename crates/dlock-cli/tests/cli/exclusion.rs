@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use dlock_test::RedisServer;
 
 use crate::support::{
-    code, dlock, exists, finish, output, started, stderr, stdout, wait_for_file, Scratch,
+    code, dlock, epsilon, exists, finish, output, started, stderr, stdout, wait_for_file, Scratch,
 };
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -111,16 +111,22 @@ fn wait_succeeds_when_the_holder_finishes_in_time_and_times_out_with_75_otherwis
 
 #[test]
 fn min_hold_refuses_a_late_duplicate_of_a_fast_job_without_dlock_staying() {
+    const MIN_HOLD: Duration = Duration::from_secs(4);
     let server = RedisServer::start();
-    let started = Instant::now();
+    let scratch = Scratch::new();
+    let epsilon = epsilon(&server);
+    let spawned = Instant::now();
     let fast = output(
         dlock(&server).args(["run", "--min-hold", "4s", "fast", "--", "true"]),
         LIMIT,
     );
+    let exited = Instant::now();
     assert_eq!(code(&fast), 0, "{}", stderr(&fast));
+    // As fast as a plain run: dlock does not sit out --min-hold.
+    let took = exited - spawned;
     assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "dlock exited at once instead of sitting out --min-hold"
+        took <= epsilon,
+        "dlock stayed {took:?} (at most {epsilon:?}) instead of exiting at once"
     );
     let status = output(dlock(&server).args(["status", "fast"]), LIMIT);
     let said = stdout(&status);
@@ -141,17 +147,27 @@ fn min_hold_refuses_a_late_duplicate_of_a_fast_job_without_dlock_staying() {
     );
     assert_eq!(code(&late), 75, "a late duplicate is refused");
     assert_eq!(stdout(&late), "");
-    let gone = Instant::now() + LIMIT;
-    while exists(&server, "fast") {
-        assert!(Instant::now() < gone, "the lock never expired");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // A duplicate that waits is granted when the hold ends (--min-hold after the grant, which
+    // came between the spawn and the exit of the fast job), not before, and promptly.
+    let granted = scratch.path("granted");
+    let waiter = dlock(&server)
+        .args(["run", "--wait", "10s", "fast", "--", "touch"])
+        .arg(&granted)
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(&granted, LIMIT), "the waiter never ran");
+    let ran_at = Instant::now();
+    assert_eq!(code(&finish(waiter, LIMIT)), 0);
     assert!(
-        started.elapsed() >= Duration::from_secs(4),
-        "held for at least --min-hold"
+        ran_at >= spawned + MIN_HOLD,
+        "granted {:?} after the fast job's spawn, before --min-hold ended",
+        ran_at - spawned
     );
-    let after = output(dlock(&server).args(["run", "fast", "--", "true"]), LIMIT);
-    assert_eq!(code(&after), 0);
+    assert!(
+        ran_at <= exited + MIN_HOLD + epsilon,
+        "granted {:?} after the fast job's exit (at most {MIN_HOLD:?} + {epsilon:?})",
+        ran_at - exited
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use dlock_test::RedisServer;
 
-use crate::support::{code, dlock, exists, output, stderr, Scratch};
+use crate::support::{code, dlock, epsilon, exists, finish, output, started, stderr, Scratch};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -152,17 +152,29 @@ fn a_wrong_password_gives_69() {
 
 #[test]
 fn max_runtime_stops_the_command_with_124() {
+    const MAX_RUNTIME: Duration = Duration::from_secs(1);
     let server = RedisServer::start();
-    let started = Instant::now();
-    let out = output(
-        dlock(&server).args(["run", "--max-runtime", "1s", "k", "--", "sleep", "30"]),
-        LIMIT,
+    let scratch = Scratch::new();
+    let epsilon = epsilon(&server);
+    let script = format!(
+        "touch {started}; exec sleep 30",
+        started = scratch.path("started").display()
     );
+    let spawned = Instant::now();
+    let job = started(
+        dlock(&server).args(["run", "--max-runtime", "1s", "k", "--", "sh", "-c", &script]),
+        &scratch.path("started"),
+    );
+    // The command runs from a little before its marker appears.
+    let ran_from = Instant::now();
+    let out = finish(job, LIMIT);
+    let (ran, total) = (ran_from.elapsed(), spawned.elapsed());
     assert_eq!(code(&out), 124, "{}", stderr(&out));
     assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "stopped promptly"
+        ran <= MAX_RUNTIME + epsilon,
+        "stopped {ran:?} after the command started (at most {MAX_RUNTIME:?} + {epsilon:?})"
     );
+    assert!(total >= MAX_RUNTIME, "stopped after {total:?}");
     assert!(stderr(&out).contains("--max-runtime"), "{}", stderr(&out));
     assert!(!exists(&server, "k"));
 }

@@ -1,5 +1,6 @@
 //! The lease while the command runs: renewed past --ttl; when lost, the command is stopped
-//! and dlock exits 76.
+//! and dlock exits 76. A lease found lost only at release (deleted, or lost in a restart, during
+//! a short job) exits 76 too.
 
 use std::time::{Duration, Instant};
 
@@ -7,18 +8,20 @@ use dlock_test::{RedisServer, TcpProxy};
 use serde_json::Value;
 
 use crate::support::{
-    alive, code, dlock, exists, finish, output, read_pid, started, stderr, stdout, wait_for_file,
-    Scratch,
+    alive, code, dlock, epsilon, finish, output, read_pid, started, stderr, stdout, wait_for_file,
+    wait_until, Scratch,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// A job that records its pid, records the stop signal, and (if `obey`) exits on it.
+/// A job that records its pid, records the stop signal, and (if `obey`) exits on it. It
+/// waits in `wait`, which a trapped signal interrupts at once, so the log shows when the
+/// signal came.
 fn stubborn_job(scratch: &Scratch, obey: bool) -> String {
     let on_term = if obey { "exit 0" } else { ":" };
     format!(
         "echo $$ > {pid}; trap 'echo TERM >> {log}; {on_term}' TERM; \
-         touch {started}; while :; do sleep 0.05; done",
+         touch {started}; while :; do sleep 1 & wait $!; done",
         pid = scratch.path("pid").display(),
         log = scratch.path("log").display(),
         started = scratch.path("started").display(),
@@ -28,22 +31,40 @@ fn stubborn_job(scratch: &Scratch, obey: bool) -> String {
 #[test]
 fn a_job_that_outlives_its_ttl_keeps_the_lock() {
     let server = RedisServer::start();
-    let job = dlock(&server)
-        .args(["run", "--ttl", "1s", "long", "--", "sleep", "3"])
-        .spawn()
-        .unwrap();
+    let scratch = Scratch::new();
+    // The job runs until the test lets it finish, however slow this machine is.
+    let script = format!(
+        "touch {started}; while [ ! -e {finish} ]; do sleep 0.01; done",
+        started = scratch.path("started").display(),
+        finish = scratch.path("finish").display(),
+    );
+    let job = started(
+        dlock(&server).args(["run", "--ttl", "1s", "long", "--", "sh", "-c", &script]),
+        &scratch.path("started"),
+    );
+    // Time itself is what this test is about: two TTLs and a bit after the grant (the job's
+    // start), the lease is still there, renewed.
     std::thread::sleep(Duration::from_millis(2200));
-    assert!(exists(&server, "long"), "renewed past its 1 s TTL");
+    let pttl: i64 = server.cmd("PTTL", &["long"]);
+    assert!(
+        (1..=1000).contains(&pttl),
+        "renewed past its 1 s TTL: PTTL {pttl}"
+    );
     let duplicate = output(dlock(&server).args(["run", "long", "--", "true"]), LIMIT);
     assert_eq!(code(&duplicate), 75);
+    std::fs::write(scratch.path("finish"), "").unwrap();
     let job = finish(job, LIMIT);
     assert_eq!(code(&job), 0, "{}", stderr(&job));
 }
 
+/// The renewal interval of a 1 s lease (a third of it).
+const INTERVAL_OF_1S: Duration = Duration::from_millis(333);
+
 #[test]
-fn a_deleted_key_stops_the_command_and_exits_76() {
+fn a_deleted_key_stops_the_command_within_one_renewal_interval_and_exits_76() {
     let server = RedisServer::start();
     let scratch = Scratch::new();
+    let epsilon = epsilon(&server);
     let job = started(
         dlock(&server).args([
             "run",
@@ -57,13 +78,20 @@ fn a_deleted_key_stops_the_command_and_exits_76() {
         ]),
         &scratch.path("started"),
     );
-    let _: () = server.cmd("DEL", &["k"]);
+    // Delete the key right after a renewal: the next one, which finds it gone, is a whole
+    // interval away (the worst case).
+    let renewals = server.command_calls("evalsha");
+    assert!(wait_until(LIMIT, || server.command_calls("evalsha") > renewals));
     let deleted_at = Instant::now();
+    let _: () = server.cmd("DEL", &["k"]);
+    assert!(wait_for_file(&scratch.path("log"), LIMIT), "no TERM");
+    let noticed = deleted_at.elapsed();
     let out = finish(job, LIMIT);
     assert_eq!(code(&out), 76, "{}", stderr(&out));
     assert!(
-        deleted_at.elapsed() < Duration::from_secs(3),
-        "noticed within a renewal interval"
+        noticed <= INTERVAL_OF_1S + epsilon,
+        "TERM reached the command {noticed:?} after the DEL (at most {INTERVAL_OF_1S:?} + \
+         {epsilon:?})"
     );
     assert_eq!(
         scratch.read("log"),
@@ -230,6 +258,144 @@ fn a_release_that_cannot_reach_redis_exits_76() {
     let report: Value = serde_json::from_str(said.lines().last().unwrap()).unwrap();
     assert_ne!(report["outcome"], "ran", "{report}");
     assert_eq!(report["exit_code"], 0, "{report}");
+    assert_eq!(report["lost"], true, "{report}");
+    assert_eq!(report["dlock_exit_code"], 76, "{report}");
+}
+
+/// The JSON report `--report json` printed last on stderr.
+fn report_of(said: &str) -> Value {
+    serde_json::from_str(said.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no JSON report last on stderr ({e}): {said}"))
+}
+
+/// Issue 10: a lease found lost only at release (the command finished before any renewal
+/// could notice) is no success. The job deletes its own lock and exits 0 at once; the next
+/// renewal is 10 s away, so only the release can find the key gone: exit 76, the "may have
+/// overlapped" message, and a report that says lost.
+#[test]
+fn a_key_deleted_during_a_short_job_is_found_at_release_and_exits_76() {
+    let server = RedisServer::start();
+    let script = format!(
+        "exec {dlock} release --force k >/dev/null",
+        dlock = env!("CARGO_BIN_EXE_dlock")
+    );
+    let started = Instant::now();
+    let out = output(
+        dlock(&server).args([
+            "run", "--ttl", "30s", "--report", "json", "k", "--", "sh", "-c", &script,
+        ]),
+        LIMIT,
+    );
+    let said = stderr(&out);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a renewal may have noticed first: the test proves nothing"
+    );
+    assert_eq!(code(&out), 76, "{said}");
+    assert!(
+        said.contains("the lock on k was lost before the command finished")
+            && said.contains("may have overlapped another holder"),
+        "{said}"
+    );
+    assert!(!said.contains("while the command ran"), "{said}");
+    let report = report_of(&said);
+    assert_eq!(
+        report["exit_code"], 0,
+        "the forced release failed: {report}"
+    );
+    assert_eq!(report["outcome"], "lost", "{report}");
+    assert_eq!(report["lost"], true, "{report}");
+    assert!(report["loss_reason"].is_string(), "{report}");
+    assert_eq!(report["dlock_exit_code"], 76, "{report}");
+}
+
+/// Issue 10: the lock lost in a restart of Redis that the short job did not outlast. The job
+/// exits 0 while Redis is down; when Redis is back, empty, the release (or the re-verification
+/// after the reconnect) finds the key gone: exit 76, and the report says lost.
+#[test]
+fn a_lock_lost_in_a_restart_during_a_short_job_is_found_at_release_and_exits_76() {
+    let mut server = RedisServer::start();
+    let scratch = Scratch::new();
+    let script = format!(
+        "echo $$ > {pid}; touch {started}; while [ ! -e {go} ]; do sleep 0.01; done; exit 0",
+        pid = scratch.path("pid").display(),
+        started = scratch.path("started").display(),
+        go = scratch.path("go").display(),
+    );
+    let job = started(
+        dlock(&server).args([
+            "run", "--ttl", "30s", "--report", "json", "k", "--", "sh", "-c", &script,
+        ]),
+        &scratch.path("started"),
+    );
+    let pid = read_pid(&scratch.path("pid"));
+    server.kill();
+    std::fs::write(scratch.path("go"), "").unwrap();
+    assert!(wait_until(LIMIT, || !alive(pid)), "the job never exited");
+    // The command has finished; dlock is releasing (or waiting to) when Redis comes back.
+    server.restart_empty();
+    let out = finish(job, LIMIT);
+    let said = stderr(&out);
+    assert_eq!(code(&out), 76, "{said}");
+    assert!(
+        said.contains("the lock on k was lost before the command finished")
+            && said.contains("may have overlapped another holder"),
+        "{said}"
+    );
+    let report = report_of(&said);
+    assert_eq!(report["exit_code"], 0, "{report}");
+    assert_eq!(report["outcome"], "lost", "{report}");
+    assert_eq!(report["lost"], true, "{report}");
+    assert_eq!(report["dlock_exit_code"], 76, "{report}");
+}
+
+/// Issue 10: Redis restarted empty while the job runs. The restart erased the lock: another
+/// client is granted it at once, while the first dlock still supervises its job, and nothing
+/// dlock does can prevent that overlap. So the first run must exit 76, whether the
+/// re-verification after the reconnect stops the job first, or the job ends first and its
+/// release finds the key gone.
+#[test]
+fn a_restart_of_redis_while_the_job_runs_gives_the_lock_to_another_and_exits_76() {
+    let mut server = RedisServer::start();
+    let scratch = Scratch::new();
+    let script = format!(
+        "trap 'echo TERM >> {log}; exit 0' TERM; touch {started}; \
+         while [ ! -e {go} ]; do sleep 0.01; done; exit 0",
+        log = scratch.path("log").display(),
+        started = scratch.path("started").display(),
+        go = scratch.path("go").display(),
+    );
+    let job = started(
+        dlock(&server).args([
+            "run", "--ttl", "30s", "--report", "json", "k", "--", "sh", "-c", &script,
+        ]),
+        &scratch.path("started"),
+    );
+    server.restart_empty();
+    let second = output(dlock(&server).args(["run", "k", "--", "true"]), LIMIT);
+    assert_eq!(
+        code(&second),
+        0,
+        "the restart erased the lock, yet another client was refused: {}",
+        stderr(&second)
+    );
+    std::fs::write(scratch.path("go"), "").unwrap();
+    let out = finish(job, LIMIT);
+    let said = stderr(&out);
+    assert_eq!(code(&out), 76, "{said}");
+    let stopped = said.contains("lost the lock on k while the command ran");
+    assert_eq!(
+        stopped,
+        scratch.read("log") == "TERM\n",
+        "dlock says it stopped the job exactly when the job got TERM: {said}"
+    );
+    assert!(
+        stopped || said.contains("may have overlapped another holder"),
+        "{said}"
+    );
+    let report = report_of(&said);
+    assert_eq!(report["exit_code"], 0, "{report}");
+    assert_eq!(report["outcome"], "lost", "{report}");
     assert_eq!(report["lost"], true, "{report}");
     assert_eq!(report["dlock_exit_code"], 76, "{report}");
 }

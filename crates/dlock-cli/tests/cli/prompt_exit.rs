@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use dlock_test::{RedisServer, RedisServers};
 use nix::sys::signal::Signal;
 
-use crate::support::{code, dlock, finish, output, send};
+use crate::support::{code, dlock, finish, numsub, output, send};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -34,14 +34,6 @@ fn first_master_down(key: &str) -> (RedisServers, Vec<String>) {
         .flat_map(|url| ["--redis".to_owned(), url])
         .collect();
     (servers, args)
-}
-
-fn numsub(server: &RedisServer, channel: &str) -> i64 {
-    let reply: Vec<redis::Value> = server.cmd("PUBSUB", &["NUMSUB", channel]);
-    match reply.get(1) {
-        Some(redis::Value::Int(n)) => *n,
-        other => panic!("PUBSUB NUMSUB answered {other:?}"),
-    }
 }
 
 /// Polls `ready` every 10 ms for up to 20 s.

@@ -7,8 +7,8 @@ use dlock_test::RedisServer;
 use nix::sys::signal::Signal;
 
 use crate::support::{
-    alive, code, dlock, exists, finish, output, read_pid, send, started, state, stderr, stdout,
-    wait_for_file, wait_until, Scratch,
+    alive, code, dlock, epsilon, exists, finish, numsub, output, read_pid, send, started, state,
+    stderr, stdout, wait_for_file, wait_until, Scratch,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -79,7 +79,13 @@ fn usr1_is_forwarded_without_stopping_anything() {
 fn ctrl_c_while_waiting_exits_cleanly_and_leaves_no_lock() {
     let server = RedisServer::start();
     let scratch = Scratch::new();
-    let holder_job = format!("touch {}; sleep 2", scratch.path("holding").display());
+    let epsilon = epsilon(&server);
+    // The holder keeps the lock until the test is done with the waiter.
+    let holder_job = format!(
+        "touch {holding}; while [ ! -e {done} ]; do sleep 0.01; done",
+        holding = scratch.path("holding").display(),
+        done = scratch.path("done").display(),
+    );
     let holder = started(
         dlock(&server).args(["run", "w", "--", "sh", "-c", &holder_job]),
         &scratch.path("holding"),
@@ -88,16 +94,22 @@ fn ctrl_c_while_waiting_exits_cleanly_and_leaves_no_lock() {
         .args(["run", "--wait", "forever", "w", "--", "echo", "waiter ran"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Waiting: subscribed to the lock's wake-ups.
+    assert!(
+        wait_until(LIMIT, || numsub(&server, "{w}:dlock:released:w") == 1),
+        "the waiter never subscribed"
+    );
     let interrupted_at = Instant::now();
     send(waiter.id(), Signal::SIGINT);
     let waiter = finish(waiter, LIMIT);
-    assert_eq!(code(&waiter), 130, "128 + SIGINT");
+    let took = interrupted_at.elapsed();
+    assert_eq!(code(&waiter), 130, "128 + SIGINT: {}", stderr(&waiter));
     assert!(
-        interrupted_at.elapsed() < Duration::from_secs(2),
-        "exits promptly"
+        took <= epsilon,
+        "exited {took:?} after SIGINT (at most {epsilon:?})"
     );
     assert_eq!(stdout(&waiter), "", "the command never ran");
+    std::fs::write(scratch.path("done"), "").unwrap();
     assert_eq!(code(&finish(holder, LIMIT)), 0);
     assert!(!exists(&server, "w"), "no lock left behind");
     assert!(!exists(&server, "{w}:dlock:info:w"));
@@ -197,6 +209,53 @@ fn a_sigkilled_dlock_takes_every_process_of_the_job_down_within_a_second() {
         killed_at.elapsed(),
         leader_alive,
         grandchild_alive
+    );
+}
+
+/// Issue 10: a SIGKILLed dlock cannot release; its lease ends by itself within one TTL of
+/// the kill (nothing renews it any more), and a dlock waiting for the lock is granted then.
+#[test]
+fn after_a_sigkilled_dlock_the_next_holder_is_granted_within_one_ttl() {
+    const TTL: Duration = Duration::from_secs(1);
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let epsilon = epsilon(&server);
+    let job = format!(
+        "touch {started}; while :; do sleep 1 & wait $!; done",
+        started = scratch.path("started").display()
+    );
+    let mut first = started(
+        dlock(&server).args(["run", "--ttl", "1s", "k", "--", "sh", "-c", &job]),
+        &scratch.path("started"),
+    );
+    let granted = scratch.path("granted");
+    let waiter = dlock(&server)
+        .args(["run", "--wait", "20s", "k", "--", "touch"])
+        .arg(&granted)
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(LIMIT, || numsub(&server, "{k}:dlock:released:k") == 1),
+        "the waiter never subscribed"
+    );
+    // Kill right after a renewal (PTTL goes up), so the lease the kill leaves behind is as
+    // long as it gets: a whole TTL.
+    let pttl = |server: &RedisServer| server.cmd::<i64>("PTTL", &["k"]);
+    let before = pttl(&server);
+    assert!(
+        wait_until(LIMIT, || pttl(&server) > before),
+        "never renewed"
+    );
+    send(first.id(), Signal::SIGKILL);
+    let killed_at = Instant::now();
+    first.wait().unwrap();
+    assert!(wait_for_file(&granted, LIMIT), "the waiter never ran");
+    let after = killed_at.elapsed();
+    let waiter = finish(waiter, LIMIT);
+    assert_eq!(code(&waiter), 0, "{}", stderr(&waiter));
+    assert!(
+        after <= TTL + epsilon,
+        "the next holder ran {after:?} after the kill (at most {TTL:?} + {epsilon:?})"
     );
 }
 

@@ -160,3 +160,29 @@ pub fn read_pid(path: &Path) -> u32 {
     );
     pid.unwrap()
 }
+
+/// The ε of a timing bound, measured now on this (loaded, two-core) machine: one whole
+/// `dlock run KEY -- true` here (process start, connect, grant, the command's spawn and exit,
+/// release, exit), doubled for the machine's noise, plus one 10 ms poll of the test's own.
+/// Whatever a bound allows beyond its named duration (a round trip, a signal, a shell running
+/// its trap, a process start) is no more than such a run.
+pub fn epsilon(server: &RedisServer) -> Duration {
+    let started = Instant::now();
+    let out = output(
+        dlock(server).args(["run", "dlock-test:epsilon", "--", "true"]),
+        Duration::from_secs(20),
+    );
+    let took = started.elapsed();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    took * 2 + Duration::from_millis(10)
+}
+
+/// How many clients are subscribed to `channel` (`PUBSUB NUMSUB`): a waiting dlock subscribes
+/// to its lock's wake-up channel, `{KEY}:dlock:released:KEY`.
+pub fn numsub(server: &RedisServer, channel: &str) -> i64 {
+    let reply: Vec<redis::Value> = server.cmd("PUBSUB", &["NUMSUB", channel]);
+    match reply.get(1) {
+        Some(redis::Value::Int(n)) => *n,
+        other => panic!("PUBSUB NUMSUB answered {other:?}"),
+    }
+}
