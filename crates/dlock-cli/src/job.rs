@@ -20,6 +20,7 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
+use std::os::unix::process::CommandExt as _;
 use std::process::{ChildStdin, ExitStatus, Stdio};
 
 use nix::errno::Errno;
@@ -313,6 +314,10 @@ fn spawn_guardian() -> io::Result<(ChildStdin, Pid)> {
         .arg(GUARD_COMMAND)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
+        // Its own process group: a KILL to dlock's group (`kill -9 %1`, `timeout -s KILL`)
+        // must not take the guardian down with dlock. Being in no foreground group, it gets
+        // no terminal signals either (Ctrl-C, Ctrl-Z go to the foreground group).
+        .process_group(0)
         .spawn()?;
     let pid = pid_of(guardian.id()).ok_or_else(|| io::Error::other("guardian pid"))?;
     let pipe = guardian

@@ -200,6 +200,32 @@ fn a_sigkilled_dlock_takes_every_process_of_the_job_down_within_a_second() {
     );
 }
 
+/// Issue 9: `kill -KILL -- -PGID` on dlock's own process group (a shell's `kill -9 %1`,
+/// `timeout -s KILL`, a supervisor killing the group) used to kill the guardian with dlock,
+/// and the job ran on unlocked.
+#[test]
+fn killing_dlocks_whole_process_group_takes_the_job_down_within_a_second() {
+    use std::os::unix::process::CommandExt;
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let script = format!(
+        "echo $$ > {leader}; exec sleep 60",
+        leader = scratch.path("leader").display()
+    );
+    let mut job = dlock(&server)
+        .args(["run", "--ttl", "3s", "grpkill", "--", "sh", "-c", &script])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let leader = read_pid(&scratch.path("leader"));
+    // dlock leads its own group here: the group holds dlock and whatever dlock put in it.
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(job.id() as i32), Signal::SIGKILL).unwrap();
+    job.wait().unwrap();
+    let gone = wait_until(Duration::from_secs(1), || !alive(leader));
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(leader as i32), Signal::SIGKILL);
+    assert!(gone, "the job outlived dlock's process group");
+}
+
 /// Issue 9: a process that left the job's group (setsid, a daemon) still counts as part of
 /// the job: the next holder never starts while it runs.
 #[test]
