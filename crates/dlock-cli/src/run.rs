@@ -83,7 +83,9 @@ impl Runner<'_> {
                 )
             }
         };
-        job::become_subreaper();
+        if let Err(e) = job::become_subreaper() {
+            tracing::debug!(%e, "could not become a child subreaper");
+        }
         let client = match connect(&self.args.connection).await {
             Ok(client) => client,
             Err(e) => return self.lib_error(&e),
@@ -156,7 +158,7 @@ impl Runner<'_> {
             ("DLOCK_TTL_MS", ms(self.args.ttl).to_string()),
         ]);
         let program = self.args.command[0].to_string_lossy().into_owned();
-        let mut job = match Job::spawn(&self.args.command, &env, &remove) {
+        let mut job = match Job::spawn(&self.args.command, &env, &remove).await {
             Ok(job) => job,
             Err(SpawnError::NotFound) => {
                 return self.error(
