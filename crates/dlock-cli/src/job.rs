@@ -28,8 +28,9 @@
 //! name, and accepts one connection, from the guardian's pid only (SO_PEERCRED). Guardian to
 //! dlock, one line each: `started PID`, or `failed KIND ERRNO MESSAGE` if the command could not
 //! start; then `exited STATUS` (a raw wait status) when the leader exits. dlock to guardian:
-//! `done` (the job is over: reap the leader and exit quietly). The end of the socket without
-//! `done` means dlock died or gave up on the job: the guardian KILLs what is left of it.
+//! `done` (the job is over: reap the leader and exit quietly), or `abandon` (processes survived
+//! SIGKILL and dlock stops waiting: KILL them until they are gone, quietly). The end of the
+//! socket without a word means dlock died: the guardian KILLs what is left of the job.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -323,6 +324,13 @@ impl Job {
         self.guardian.say("done");
     }
 
+    /// Leaves what is left of the job (processes that survived SIGKILL) to the guardian, which
+    /// goes on KILLing them, quietly, until they are gone. It holds the leader's zombie until
+    /// then, so the group's number it signals cannot have been reused.
+    pub fn abandon(&mut self) {
+        self.guardian.say("abandon");
+    }
+
     /// Every live process below dlock but the guardian: the job's processes, in its group or
     /// not. Reaps dlock's own exited children on the way (orphans of a guardian that died).
     fn running(&self) -> Vec<(Pid, ProcStat)> {
@@ -602,13 +610,20 @@ pub fn guard(args: &GuardArgs) -> u8 {
     };
     let _ = writeln!(report, "started {leader}");
     std::thread::spawn(move || reap(leader, &mut report));
-    if dlocks_word(&stream).as_deref() == Some("done") {
-        // The job is over: the leader's zombie has kept the group's number ours until now.
-        let _ = waitpid(leader, Some(WaitPidFlag::WNOHANG));
-        return 0;
-    }
-    if kill_all(leader) {
-        errln!("dlock: dlock died; killed the processes of its command");
+    match dlocks_word(&stream).as_deref() {
+        Some("done") => {
+            // The job is over: the leader's zombie has kept the group's number ours until now.
+            let _ = waitpid(leader, Some(WaitPidFlag::WNOHANG));
+        }
+        // dlock already said why.
+        Some(_) => {
+            kill_all(leader);
+        }
+        None => {
+            if kill_all(leader) {
+                errln!("dlock: dlock died; killed the processes of its command");
+            }
+        }
     }
     0
 }
@@ -678,12 +693,13 @@ fn reap_children_but(leader: Pid) {
     }
 }
 
-/// dlock is gone: KILLs the leader's group and everything below the guardian until nothing of
-/// the job runs, then reaps the leader. Returns whether anything was running.
+/// dlock is gone or gave up: KILLs the leader's group and everything below the guardian until
+/// nothing of the job runs (a process in uninterruptible sleep dies when it wakes), then reaps
+/// the leader. Returns whether anything was running.
 fn kill_all(leader: Pid) -> bool {
     let me = nix::unistd::getpid();
     let mut any = false;
-    loop {
+    for round in 0u32.. {
         // The leader is not reaped yet, so its group's number is still the job's.
         let _ = killpg(leader, Signal::SIGKILL);
         let running: Vec<Pid> = below(me)
@@ -699,7 +715,12 @@ fn kill_all(leader: Pid) -> bool {
             let _ = kill(pid, Signal::SIGKILL);
         }
         reap_children_but(leader);
-        std::thread::sleep(GUARD_POLL);
+        // Quickly at first; a process that outlives a second of this may take hours.
+        std::thread::sleep(if round < 100 {
+            GUARD_POLL
+        } else {
+            GUARD_POLL * 20
+        });
     }
     let _ = waitpid(leader, Some(WaitPidFlag::WNOHANG));
     any
