@@ -256,6 +256,58 @@ fn killing_dlocks_whole_process_group_takes_the_job_down_within_a_second() {
     assert!(gone, "the job outlived dlock's process group");
 }
 
+/// Issue 9: the group's number must not be reused while dlock or its guardian may signal it.
+/// The leader stays an unreaped zombie, which keeps its pid (the group's number) taken, until
+/// nothing of the job is left; it used to be reaped at once.
+#[test]
+fn the_leader_stays_a_zombie_while_processes_of_its_group_remain() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let (leader, leftover, stop) = (
+        scratch.path("leader"),
+        scratch.path("leftover"),
+        scratch.path("stop"),
+    );
+    // The leader exits at once; what it leaves ignores TERM and runs until told to stop.
+    let script = format!(
+        "sh -c 'trap \"\" TERM; echo $$ > {leftover}; \
+         while [ ! -e {stop} ]; do sleep 0.05; done' & \
+         echo $$ > {leader}; while [ ! -s {leftover} ]; do sleep 0.01; done; exit 3",
+        leftover = leftover.display(),
+        stop = stop.display(),
+        leader = leader.display(),
+    );
+    let job = dlock(&server)
+        .args([
+            "run",
+            "--stop-timeout",
+            "20s",
+            "k",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .unwrap();
+    let (leader, leftover) = (read_pid(&leader), read_pid(&leftover));
+    let zombie = wait_until(Duration::from_secs(5), || state(leader) == Some('Z'));
+    std::thread::sleep(Duration::from_millis(300));
+    let (leader_state, leftover_alive) = (state(leader), alive(leftover));
+    std::fs::write(&stop, "").unwrap();
+    let out = finish(job, LIMIT);
+    assert!(
+        zombie && leader_state == Some('Z'),
+        "the leader was reaped while its group still ran: state {leader_state:?}"
+    );
+    assert!(leftover_alive, "the leftover process was stopped");
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        wait_until(Duration::from_secs(1), || state(leader).is_none()),
+        "the leader was never reaped"
+    );
+}
+
 /// Issue 9: a process that left the job's group (setsid, a daemon) still counts as part of
 /// the job: the next holder never starts while it runs.
 #[test]
