@@ -39,10 +39,20 @@ pub enum Command {
     /// Measure lock throughput, latency and fairness against your Redis, relative to the
     /// round-trip floor of the same run. Writes only keys under dlock:bench:.
     Bench(BenchArgs),
-    /// Internal: the guardian that KILLs a job's process group if `dlock run` dies (see
-    /// job.rs). Not for people.
+    /// Internal: the guardian that starts a job's command and KILLs every process of the job
+    /// if `dlock run` dies (see job.rs). Not for people.
     #[command(name = crate::job::GUARD_COMMAND, hide = true)]
-    Guard,
+    Guard(GuardArgs),
+}
+
+/// `dlock __guard SOCKET -- CMD…` (internal, see job.rs).
+#[derive(Debug, Args)]
+pub struct GuardArgs {
+    /// The name of the socket `dlock run` listens on for its guardian.
+    pub socket: String,
+    /// The command to start, after `--`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<OsString>,
 }
 
 /// Where Redis is.

@@ -10,7 +10,8 @@ use dlock::ErrorKind;
 pub const BUSY: u8 = 75;
 /// The lease was lost while the command ran; the command was stopped. Also when the final
 /// release finds the lease already gone, or cannot be confirmed (Redis did not answer): the
-/// run may have overlapped another holder.
+/// run may have overlapped another holder. Also when processes of the job survived SIGKILL and
+/// the lock was released while they may still run.
 pub const LOST: u8 = 76;
 /// `--max-runtime` passed; the command was stopped.
 pub const MAX_RUNTIME: u8 = 124;
@@ -34,7 +35,8 @@ Exit codes:
   128+N the command died of signal N (also: dlock interrupted by signal N while waiting)
   75    lock busy, or --wait timed out (change with -E/--conflict-exit-code, e.g. -E 0 for cron)
   76    lease lost while the command ran (command stopped), or found lost or not confirmed
-        at release: the run may have overlapped another holder
+        at release, or processes of the job survived SIGKILL and the lock was released
+        anyway: the run may have overlapped another holder
   124   --max-runtime reached (command stopped)
   126   command not executable
   127   command not found

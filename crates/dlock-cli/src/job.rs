@@ -1,32 +1,59 @@
-//! The command dlock runs: spawned directly (no shell) as the leader of its own process group,
-//! so every process it starts can be signalled together and none outlives the lock.
+//! The command dlock runs, as the leader of its own process group, under a **guardian**: a tiny
+//! re-exec of dlock (`dlock __guard`) that dlock starts and that starts the command, so that
+//! every process of the job can be signalled together and none outlives the lock.
 //!
 //! # Guarantee
 //! The run ends only when no process of the job is left (see `run.rs`, which polls
 //! [`Job::left`]): the group, and every descendant that left it (`setsid`, a daemonizing
-//! child). dlock makes itself a child subreaper, so such orphans are re-parented to it rather
-//! than to init, found by walking its process tree in /proc, and reaped here. A process dlock
-//! may not signal (EPERM, e.g. another user's) counts as running: only "no such process" is
-//! gone.
+//! child). The guardian is the command's parent and a child subreaper, so such orphans are
+//! re-parented to it rather than to init: they stay below dlock in the process tree, where dlock
+//! finds them by walking /proc, and the guardian reaps them. A process dlock may not signal
+//! (EPERM, e.g. another user's) counts as running: only "no such process" is gone.
 //!
-//! If dlock itself is SIGKILLed, its **guardian** takes the job's process group down: a tiny
-//! re-exec of dlock (`dlock __guard`), started before the command, that reads the group's
-//! number from a pipe and KILLs the group when the pipe closes without dlock having said the
-//! job is over. The pipe belongs to the
-//! dlock *process*, so its end comes with dlock's death whatever thread is running, unlike
-//! `PR_SET_PDEATHSIG`, which fires when the spawning *thread* exits and would cover the leader
-//! only, not its children. Processes that left the group are not covered by the guardian.
+//! If dlock dies, even by SIGKILL, the guardian KILLs every process of the job at once: the
+//! command's group and everything below the guardian, again and again until nothing is left.
+//! It learns of dlock's death from their socket, which belongs to the dlock *process*, so its
+//! end comes with dlock's death whatever thread is running (unlike `PR_SET_PDEATHSIG`, which
+//! fires when the spawning *thread* exits). The guardian runs in a process group of its own, so
+//! a KILL to dlock's group does not reach it, nor do the terminal's signals.
+//!
+//! # The group's number is never reused under us
+//! The guardian reports the leader's exit status to dlock but does not reap the leader until
+//! the job is over: while the leader's zombie exists, no new process can get its pid, so the
+//! group's number still names the job's group whenever dlock or the guardian signals it. Once
+//! dlock has seen the group empty, it does not signal it again ([`Job::signal`]).
+//!
+//! # The guardian's socket
+//! dlock listens on a Unix socket with a random abstract name, starts the guardian with that
+//! name, and accepts one connection, from the guardian's pid only (SO_PEERCRED). Guardian to
+//! dlock, one line each: `started PID`, or `failed KIND ERRNO MESSAGE` if the command could not
+//! start; then `exited STATUS` (a raw wait status) when the leader exits. dlock to guardian:
+//! `done` (the job is over: reap the leader and exit quietly), or `abandon` (processes survived
+//! SIGKILL and dlock stops waiting: KILL them until they are gone, quietly). The end of the
+//! socket without a word means dlock died: the guardian KILLs what is left of the job.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
-use std::process::{ChildStdin, ExitStatus, Stdio};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::process::ExitStatus;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, SigSet, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use tokio::process::{Child, Command};
+use tokio::io::AsyncReadExt as _;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::cli::GuardArgs;
+
+/// How long the guardian may take to start and connect before dlock gives up on it.
+const GUARDIAN_START: Duration = Duration::from_secs(10);
+/// How often the guardian reaps the orphans it inherits after the leader's exit, and re-KILLs
+/// what is left of a job whose dlock died.
+const GUARD_POLL: Duration = Duration::from_millis(10);
 
 /// Why the command could not start.
 #[derive(Debug)]
@@ -35,20 +62,71 @@ pub enum SpawnError {
     NotFound,
     /// The program exists but cannot be executed (exit 126).
     NotExecutable(io::Error),
-    /// Anything else (exit 70).
+    /// Anything else (exit 70), including a guardian that could not start.
     Other(io::Error),
 }
 
 /// A running command, its process group and its guardian.
 #[derive(Debug)]
 pub struct Job {
-    child: Child,
+    /// The command's pid, which is its process group's number.
     group: Pid,
-    /// The leader has been reaped (by tokio): from then on dlock may reap what is left.
-    leader_reaped: bool,
-    /// dlock's end of the guardian's pipe, and the guardian's pid; `None` if it could not
-    /// start.
-    guardian: Option<(ChildStdin, Pid)>,
+    /// The leader has exited (or the guardian died, so its status will never come).
+    leader_done: bool,
+    /// No process of the group is left: its number may belong to someone else now.
+    group_gone: bool,
+    /// How many walks in a row found nothing (see [`Job::left`]).
+    empty_walks: u8,
+    guardian: Guardian,
+}
+
+/// dlock's side of the guardian.
+#[derive(Debug)]
+struct Guardian {
+    pid: Pid,
+    /// Kept so tokio reaps the guardian once it exits; never killed (that would orphan the
+    /// job).
+    _child: tokio::process::Child,
+    events: OwnedReadHalf,
+    /// Bytes read from the guardian that do not make a whole line yet.
+    pending: Vec<u8>,
+    /// `None` once dlock has said its last word; dropping it ends the socket for the guardian.
+    control: Option<OwnedWriteHalf>,
+}
+
+/// What the guardian tells dlock.
+#[derive(Debug, PartialEq)]
+enum Event {
+    Started(Pid),
+    Failed {
+        kind: String,
+        errno: i32,
+        message: String,
+    },
+    /// The leader's raw wait status.
+    Exited(i32),
+    /// The socket ended: the guardian is gone.
+    Closed,
+}
+
+impl Event {
+    fn parse(line: &str) -> Event {
+        let mut words = line.trim_end().splitn(4, ' ');
+        let number = |word: Option<&str>| word.and_then(|w| w.parse::<i32>().ok());
+        match words.next() {
+            Some("started") => match number(words.next()) {
+                Some(pid) if pid > 1 => Event::Started(Pid::from_raw(pid)),
+                _ => Event::Closed,
+            },
+            Some("failed") => Event::Failed {
+                kind: words.next().unwrap_or_default().to_owned(),
+                errno: number(words.next()).unwrap_or(0),
+                message: words.next().unwrap_or_default().to_owned(),
+            },
+            Some("exited") => number(words.next()).map_or(Event::Closed, Event::Exited),
+            _ => Event::Closed,
+        }
+    }
 }
 
 /// What is left of a job whose leader has exited.
@@ -57,79 +135,114 @@ pub struct Left {
     /// Some process of the job still runs.
     pub any: bool,
     /// Processes of the job dlock is not allowed to signal (they count as running), for
-    /// people: "process group 42", "pid 43".
+    /// people: "pid 43".
     pub unsignallable: Vec<String>,
 }
 
 impl Job {
-    /// Starts `command` (program and arguments) in dlock's environment with `env` set and
-    /// `remove` removed, then its guardian.
-    pub fn spawn(
+    /// Starts the guardian, which starts `command` (program and arguments) in dlock's
+    /// environment with `env` set and `remove` removed, with dlock's stdin, stdout and stderr.
+    pub async fn spawn(
         command: &[OsString],
         env: &[(&str, String)],
         remove: &[&str],
     ) -> Result<Job, SpawnError> {
-        let (program, args) = command.split_first().ok_or(SpawnError::NotFound)?;
-        // The guardian starts first, so it is in place (its exec done) before the command
-        // runs; it learns the group's number a few microseconds after the command's spawn.
-        let guardian = match spawn_guardian() {
-            Ok(guardian) => Some(guardian),
-            Err(e) => {
-                errln!(
-                    "dlock: warning: cannot start the guardian ({e}); if dlock is killed with \
-                     SIGKILL, the command will keep running"
-                );
-                None
-            }
+        if command.is_empty() {
+            return Err(SpawnError::NotFound);
+        }
+        let guardian_error = |e: io::Error| {
+            SpawnError::Other(io::Error::new(
+                e.kind(),
+                format!("cannot start the guardian: {e}"),
+            ))
         };
-        let mut cmd = Command::new(program);
+        let (listener, name) = listen().map_err(guardian_error)?;
+        // /proc/self/exe still works if dlock's file was replaced or deleted since it started.
+        let exe = if cfg!(target_os = "linux") {
+            std::path::PathBuf::from("/proc/self/exe")
+        } else {
+            std::env::current_exe().map_err(guardian_error)?
+        };
+        let mut cmd = tokio::process::Command::new(exe);
         for name in remove {
             cmd.env_remove(name);
         }
-        cmd.args(args)
+        cmd.arg(GUARD_COMMAND)
+            .arg(&name)
+            .arg("--")
+            .args(command)
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .process_group(0)
-            // Backstop: if dlock itself unwinds, the command does not run on unlocked.
-            .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => SpawnError::NotFound,
-            io::ErrorKind::PermissionDenied => SpawnError::NotExecutable(e),
-            _ if e.raw_os_error() == Some(Errno::ENOEXEC as i32) => SpawnError::NotExecutable(e),
-            _ => SpawnError::Other(e),
-        })?;
-        let pid = child.id().ok_or_else(|| {
-            SpawnError::Other(io::Error::other("the command exited before it got a pid"))
-        })?;
-        let group = pid_of(pid).ok_or_else(|| {
-            SpawnError::Other(io::Error::other(format!("pid {pid} out of range")))
-        })?;
-        // If dlock is killed between the spawn and this write, the command runs unguarded: a
-        // window of microseconds that no safe Rust can close (the command would have to start
-        // stopped). Dropping the guardian on a failed spawn above ends it quietly.
-        let guardian = guardian.and_then(|(mut pipe, pid)| {
-            match writeln!(pipe, "{group}").and_then(|()| pipe.flush()) {
-                Ok(()) => Some((pipe, pid)),
-                Err(e) => {
-                    errln!(
-                        "dlock: warning: the guardian is gone ({e}); if dlock is killed with \
-                         SIGKILL, the command will keep running"
-                    );
-                    None
-                }
+            // Its own process group: a KILL to dlock's group (`kill -9 %1`, `timeout -s
+            // KILL`) must not take the guardian down with dlock. Being in no foreground group,
+            // it gets no terminal signals either (Ctrl-C, Ctrl-Z go to the foreground group).
+            .process_group(0);
+        let mut child = cmd.spawn().map_err(guardian_error)?;
+        let pid = child
+            .id()
+            .and_then(pid_of)
+            .ok_or_else(|| guardian_error(io::Error::other("it has no pid")))?;
+        let stream = tokio::select! {
+            stream = accept_from(&listener, pid) => stream.map_err(guardian_error)?,
+            status = child.wait() => {
+                return Err(guardian_error(io::Error::other(match status {
+                    Ok(status) => format!("it exited early ({status})"),
+                    Err(e) => e.to_string(),
+                })))
             }
-        });
-        Ok(Job {
-            child,
-            group,
-            leader_reaped: false,
-            guardian,
-        })
+            () = tokio::time::sleep(GUARDIAN_START) => {
+                return Err(guardian_error(io::Error::other("it did not answer")))
+            }
+        };
+        drop(listener);
+        let (events, control) = stream.into_split();
+        let mut job = Job {
+            group: Pid::from_raw(0),
+            leader_done: false,
+            group_gone: false,
+            empty_walks: 0,
+            guardian: Guardian {
+                pid,
+                _child: child,
+                events,
+                pending: Vec::new(),
+                control: Some(control),
+            },
+        };
+        match job.guardian.next_event().await {
+            Event::Started(leader) => {
+                job.group = leader;
+                Ok(job)
+            }
+            Event::Failed {
+                kind,
+                errno,
+                message,
+            } => {
+                job.guardian.say("done");
+                let error = if errno > 0 {
+                    io::Error::from_raw_os_error(errno)
+                } else {
+                    io::Error::other(message)
+                };
+                Err(match kind.as_str() {
+                    "not-found" => SpawnError::NotFound,
+                    "not-executable" => SpawnError::NotExecutable(error),
+                    _ => SpawnError::Other(error),
+                })
+            }
+            Event::Exited(_) | Event::Closed => Err(guardian_error(io::Error::other(
+                "it ended before starting the command",
+            ))),
+        }
     }
 
-    /// Sends `signal` to every process of the command's group (forwarding a signal dlock got).
+    /// Sends `signal` to every process of the command's group (forwarding a signal dlock got),
+    /// unless the group is known to be gone (its number may have been reused since).
     pub fn signal(&self, signal: Signal) {
-        // ESRCH (nobody left) is fine: there is nothing to signal.
-        let _ = killpg(self.group, signal);
+        if !self.group_gone {
+            // ESRCH (nobody left) is fine: there is nothing to signal.
+            let _ = killpg(self.group, signal);
+        }
     }
 
     /// Asks every process of the job to stop: `signal` to the group and to each descendant
@@ -148,86 +261,138 @@ impl Job {
 
     fn signal_everyone(&self, signal: Signal) {
         self.signal(signal);
-        for process in self.outside_group() {
-            let _ = kill(process, signal);
-        }
-    }
-
-    /// Waits for the command (the group leader) to exit.
-    ///
-    /// # Cancel safety
-    /// Cancel safe (tokio's `Child::wait`).
-    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
-        let status = self.child.wait().await;
-        self.leader_reaped = true;
-        status
-    }
-
-    /// After the leader has exited: what is left of the job. Reaps dlock's children that have
-    /// exited first, so a dead process does not count as running.
-    pub fn left(&self) -> Left {
-        debug_assert!(self.leader_reaped, "the leader's status belongs to tokio");
-        // The group's zombies re-parented to dlock.
-        let group = Pid::from_raw(-self.group.as_raw());
-        while let Ok(status) = waitpid(group, Some(WaitPidFlag::WNOHANG)) {
-            if status == WaitStatus::StillAlive {
-                break;
+        for (pid, stat) in self.running() {
+            if stat.pgrp != self.group.as_raw() {
+                let _ = kill(pid, signal);
             }
         }
+    }
+
+    /// Waits for the command (the group leader) to exit. An error means the guardian died
+    /// first: the command's status is unknown.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: what was read of a message is kept for the next call.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            match self.guardian.next_event().await {
+                Event::Exited(raw) => {
+                    self.leader_done = true;
+                    return Ok(ExitStatus::from_raw(raw));
+                }
+                Event::Closed => {
+                    self.leader_done = true;
+                    return Err(io::Error::other("the guardian died"));
+                }
+                Event::Started(_) | Event::Failed { .. } => {}
+            }
+        }
+    }
+
+    /// After the leader has exited: what is left of the job, that is, every live process below
+    /// dlock (except the guardian), and, once there is none, every live member of the job's
+    /// group (a process that joined it from elsewhere). Once nothing is left, the group is gone
+    /// for good: dlock signals it no more.
+    pub fn left(&mut self) -> Left {
+        debug_assert!(
+            self.leader_done,
+            "the leader's status comes from the guardian"
+        );
         let mut left = Left::default();
-        let mut note = |result: nix::Result<()>, who: &dyn Fn() -> String| {
+        let note = |left: &mut Left, pid: Pid| {
+            let result = kill(pid, None);
             if runs(result) {
                 left.any = true;
                 if result == Err(Errno::EPERM) {
-                    left.unsignallable.push(who());
+                    left.unsignallable.push(format!("pid {pid}"));
                 }
             }
         };
-        note(killpg(self.group, None), &|| {
-            format!("process group {}", self.group)
-        });
-        for process in self.outside_group() {
-            note(kill(process, None), &|| format!("pid {process}"));
+        for (pid, _) in self.running() {
+            note(&mut left, pid);
         }
+        if !left.any {
+            // A whole scan of /proc, so only once the tree is empty (usually: once).
+            for pid in group_members(self.group) {
+                note(&mut left, pid);
+            }
+        }
+        // A walk reads one children list after another: an orphan re-parented from a dying
+        // process to its subreaper between two reads is in neither. Such a move happens while
+        // the walk runs, so the next walk sees it: only a second empty walk in a row means
+        // nothing is left.
+        self.empty_walks = if left.any {
+            0
+        } else {
+            self.empty_walks.saturating_add(1)
+        };
+        if !left.any && self.empty_walks < 2 {
+            left.any = true;
+        }
+        self.group_gone = !left.any;
         left
     }
 
-    /// Tells the guardian the job is over, so dlock's exit no longer KILLs its group (whose
-    /// number may be reused by then). Call once nothing of the job is left.
+    /// Tells the guardian the job is over, so it exits without KILLing anything. Call once
+    /// nothing of the job is left.
     pub fn disarm(&mut self) {
-        if let Some((mut pipe, _)) = self.guardian.take() {
-            let _ = pipe.write_all(b"x");
+        self.guardian.say("done");
+    }
+
+    /// Leaves what is left of the job (processes that survived SIGKILL) to the guardian, which
+    /// goes on KILLing them, quietly, until they are gone. It holds the leader's zombie until
+    /// then, so the group's number it signals cannot have been reused.
+    pub fn abandon(&mut self) {
+        self.guardian.say("abandon");
+    }
+
+    /// Every live process below dlock but the guardian: the job's processes, in its group or
+    /// not. Reaps dlock's own exited children on the way (orphans of a guardian that died).
+    fn running(&self) -> Vec<(Pid, ProcStat)> {
+        let me = nix::unistd::getpid();
+        below(me)
+            .into_iter()
+            .filter(|&(pid, stat)| {
+                if pid == self.guardian.pid {
+                    return false;
+                }
+                if stat.is_dead() {
+                    if stat.ppid == me.as_raw() {
+                        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+                    }
+                    return false;
+                }
+                true
+            })
+            .collect()
+    }
+}
+
+impl Guardian {
+    /// The next message from the guardian.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: bytes read are kept in `pending`.
+    async fn next_event(&mut self) -> Event {
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return Event::parse(&String::from_utf8_lossy(&line));
+            }
+            let mut chunk = [0u8; 256];
+            match self.events.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Event::Closed,
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+            }
         }
     }
 
-    /// Running descendants of dlock outside the job's group: processes that left it (setsid,
-    /// daemons), found through re-parenting to dlock (a subreaper) or below the leader.
-    /// Reaps dlock's exited children on the way, except the leader while tokio owns it.
-    fn outside_group(&self) -> Vec<Pid> {
-        let guardian = self.guardian.as_ref().map(|(_, pid)| *pid);
-        let leader = (!self.leader_reaped).then_some(self.group);
-        let mut found = Vec::new();
-        let mut seen = HashSet::new();
-        let mut pending = children(nix::unistd::getpid());
-        while let Some(pid) = pending.pop() {
-            if Some(pid) == guardian || !seen.insert(pid) {
-                continue;
-            }
-            let Some(process) = ProcStat::read(pid) else {
-                continue;
-            };
-            if process.state == 'Z' || process.state == 'X' {
-                if process.ppid == nix::unistd::getpid().as_raw() && Some(pid) != leader {
-                    let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-                }
-                continue;
-            }
-            if process.pgrp != self.group.as_raw() {
-                found.push(pid);
-            }
-            pending.extend(children(pid));
+    /// dlock's last word to the guardian; the socket's end follows.
+    fn say(&mut self, word: &str) {
+        if let Some(control) = self.control.take() {
+            // A few bytes into an empty socket buffer: never blocks.
+            let _ = control.try_write(format!("{word}\n").as_bytes());
         }
-        found
     }
 }
 
@@ -259,6 +424,48 @@ impl ProcStat {
         let pgrp = fields.next()?.parse().ok()?;
         Some(ProcStat { state, ppid, pgrp })
     }
+
+    /// A zombie (or a process being torn down): it runs no more.
+    fn is_dead(self) -> bool {
+        self.state == 'Z' || self.state == 'X'
+    }
+}
+
+/// Every process below `root` in the process tree, dead or alive, with its stat.
+fn below(root: Pid) -> Vec<(Pid, ProcStat)> {
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    let mut pending = children(root);
+    while let Some(pid) = pending.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        let Some(stat) = ProcStat::read(pid) else {
+            continue;
+        };
+        found.push((pid, stat));
+        pending.extend(children(pid));
+    }
+    found
+}
+
+/// The live members of process group `group`, wherever they are in the process tree: a scan of
+/// every process.
+fn group_members(group: Pid) -> Vec<Pid> {
+    all_pids()
+        .filter(|&pid| {
+            ProcStat::read(pid).is_some_and(|stat| stat.pgrp == group.as_raw() && !stat.is_dead())
+        })
+        .collect()
+}
+
+fn all_pids() -> impl Iterator<Item = Pid> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .map(Pid::from_raw)
 }
 
 /// The children of `pid`: from /proc/PID/task/*/children, or, on kernels built without it,
@@ -286,13 +493,7 @@ fn children(pid: Pid) -> Vec<Pid> {
 }
 
 fn children_by_scan(parent: Pid) -> Vec<Pid> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .map(Pid::from_raw)
+    all_pids()
         .filter(|&pid| ProcStat::read(pid).is_some_and(|stat| stat.ppid == parent.as_raw()))
         .collect()
 }
@@ -301,38 +502,67 @@ fn pid_of(pid: u32) -> Option<Pid> {
     i32::try_from(pid).ok().map(Pid::from_raw)
 }
 
-/// Starts `dlock __guard` with a pipe on its stdin (see the module doc).
-fn spawn_guardian() -> io::Result<(ChildStdin, Pid)> {
-    // /proc/self/exe still works if dlock's file was replaced or deleted since it started.
-    let exe = if cfg!(target_os = "linux") {
-        std::path::PathBuf::from("/proc/self/exe")
-    } else {
-        std::env::current_exe()?
-    };
-    let mut guardian = std::process::Command::new(exe)
-        .arg(GUARD_COMMAND)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()?;
-    let pid = pid_of(guardian.id()).ok_or_else(|| io::Error::other("guardian pid"))?;
-    let pipe = guardian
-        .stdin
-        .take()
-        .ok_or_else(|| io::Error::other("no pipe to the guardian"))?;
-    // The guardian is never waited for: it exits with dlock, and init reaps it.
-    Ok((pipe, pid))
+/// The socket's address for `name`: abstract on Linux (nothing to clean up, nothing on disk).
+fn address(name: &str) -> io::Result<SocketAddr> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        #[cfg(target_os = "android")]
+        use std::os::android::net::SocketAddrExt as _;
+        #[cfg(target_os = "linux")]
+        use std::os::linux::net::SocketAddrExt as _;
+        SocketAddr::from_abstract_name(name)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        SocketAddr::from_pathname(std::env::temp_dir().join(name))
+    }
+}
+
+/// A listening socket with a fresh random name, for one guardian.
+fn listen() -> io::Result<(tokio::net::UnixListener, String)> {
+    let mut attempts = 0;
+    loop {
+        let name = format!(
+            "dlock-guard-{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        );
+        match UnixListener::bind_addr(&address(&name)?) {
+            Ok(listener) => {
+                listener.set_nonblocking(true)?;
+                return Ok((tokio::net::UnixListener::from_std(listener)?, name));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && attempts < 3 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The first connection that comes from `pid`; others (anyone may connect to an abstract
+/// socket) are dropped.
+async fn accept_from(
+    listener: &tokio::net::UnixListener,
+    pid: Pid,
+) -> io::Result<tokio::net::UnixStream> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        if stream.peer_cred()?.pid() == Some(pid.as_raw()) {
+            return Ok(stream);
+        }
+    }
 }
 
 /// The hidden subcommand that runs [`guard`].
 pub const GUARD_COMMAND: &str = "__guard";
 
-/// The guardian's whole life: read the job's process group from dlock's pipe, wait for the
-/// pipe to end, and KILL the group unless dlock said first that the job is over. Returns the
-/// exit code.
-pub fn guard() -> u8 {
+/// The guardian's whole life (see the module doc): connect to dlock, start the command, report
+/// its start and its exit, reap the orphans it inherits, and when dlock's socket ends without
+/// `done`, KILL every process of the job until none is left. Returns the exit code.
+pub fn guard(args: &GuardArgs) -> u8 {
     // Signals meant for dlock (Ctrl-C, Ctrl-Z, a TERM to dlock's process group) must not
     // end or stop the guardian: dlock decides the job's fate while it lives. Blocked (not
-    // ignored: that needs unsafe code), they simply stay pending until the guardian exits.
+    // ignored: that needs unsafe code), they simply stay pending until the guardian exits. The
+    // command starts with an empty mask (std resets it before exec).
     let mut blocked = SigSet::empty();
     for signal in [
         Signal::SIGINT,
@@ -349,45 +579,193 @@ pub fn guard() -> u8 {
         blocked.add(signal);
     }
     let _ = blocked.thread_block();
-    let mut stdin = io::stdin().lock();
-    let mut line = String::new();
-    // EOF before a number: dlock never started the command (or died first); nothing to do.
-    if io::BufRead::read_line(&mut stdin, &mut line).is_err() || !line.ends_with('\n') {
-        return 0;
-    }
-    let Ok(group) = line.trim().parse::<i32>() else {
-        errln!("dlock: {GUARD_COMMAND} is internal to dlock run");
-        return crate::exit::USAGE;
-    };
-    // Never group 0 (our own) or 1; and when the group's leader still exists, it must be our
-    // sibling, started by the same dlock: a guardian guards nothing else.
-    let sibling = ProcStat::read(Pid::from_raw(group))
-        .is_none_or(|leader| leader.ppid == nix::unistd::getppid().as_raw());
-    if group <= 1 || !sibling {
-        errln!("dlock: {GUARD_COMMAND} is internal to dlock run");
-        return crate::exit::USAGE;
-    }
-    let mut byte = [0u8; 1];
-    let disarmed = loop {
-        match stdin.read(&mut byte) {
-            Ok(n) => break n > 0,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break false,
+    let stream = match address(&args.socket).and_then(|addr| UnixStream::connect_addr(&addr)) {
+        Ok(stream) => stream,
+        Err(e) => {
+            errln!("dlock: {GUARD_COMMAND} is internal to dlock run ({e})");
+            return crate::exit::USAGE;
         }
     };
-    if !disarmed && killpg(Pid::from_raw(group), Signal::SIGKILL).is_ok() {
-        errln!("dlock: dlock died; killed its command's process group {group}");
+    let Some((program, command_args)) = args.command.split_first() else {
+        return crate::exit::USAGE;
+    };
+    if let Err(e) = become_subreaper() {
+        errln!(
+            "dlock: guardian: cannot become a child subreaper ({e}); if dlock is killed, \
+             processes that left the command's group keep running"
+        );
+    }
+    let mut report = match stream.try_clone() {
+        Ok(report) => report,
+        Err(e) => {
+            errln!("dlock: guardian: {e}");
+            return crate::exit::INTERNAL;
+        }
+    };
+    let leader = match start(program, command_args) {
+        // Dropping a std Child neither kills nor reaps it: the guardian reaps it itself.
+        Ok(child) => pid_of(child.id()),
+        Err(e) => {
+            let kind = match e.kind() {
+                io::ErrorKind::NotFound => "not-found",
+                io::ErrorKind::PermissionDenied => "not-executable",
+                _ if e.raw_os_error() == Some(Errno::ENOEXEC as i32) => "not-executable",
+                _ => "other",
+            };
+            let errno = e.raw_os_error().unwrap_or(0);
+            let message = e.to_string().replace('\n', " ");
+            let _ = writeln!(report, "failed {kind} {errno} {message}");
+            let _ = dlocks_word(&stream);
+            return 0;
+        }
+    };
+    let Some(leader) = leader else {
+        let _ = writeln!(report, "failed other 0 pid out of range");
+        return crate::exit::INTERNAL;
+    };
+    let _ = writeln!(report, "started {leader}");
+    std::thread::spawn(move || reap(leader, &mut report));
+    match dlocks_word(&stream).as_deref() {
+        Some("done") => {
+            // The job is over: the leader's zombie has kept the group's number ours until now.
+            let _ = waitpid(leader, Some(WaitPidFlag::WNOHANG));
+        }
+        // dlock already said why.
+        Some(_) => {
+            kill_all(leader);
+        }
+        None => {
+            if kill_all(leader) {
+                errln!("dlock: dlock died; killed the processes of its command");
+            }
+        }
     }
     0
 }
 
-/// Makes dlock the reaper of its descendants' orphans (Linux), so they stay visible to
-/// [`Job::left`] and are reaped there. Elsewhere orphans go to init as usual.
-pub fn become_subreaper() {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        tracing::debug!(%e, "could not become a child subreaper");
+/// Starts the command as the leader of its own process group, with an empty signal mask. std
+/// passes the spawning thread's mask on to the child, and the guardian's main thread blocks
+/// signals, so the spawn happens in a short-lived thread that blocks nothing. (While it runs, a
+/// signal sent to the guardian's pid could end the guardian: a window of the spawn's duration,
+/// against deliberate kills only, since no terminal or group signal reaches the guardian.)
+fn start(program: &OsString, args: &[OsString]) -> io::Result<std::process::Child> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                SigSet::empty().thread_set_mask()?;
+                std::process::Command::new(program)
+                    .args(args)
+                    .process_group(0)
+                    .spawn()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the spawning thread panicked")))
+    })
+}
+
+/// Waits for dlock's last word; `None` if the socket ended without one.
+fn dlocks_word(stream: &UnixStream) -> Option<String> {
+    let mut line = String::new();
+    match BufReader::new(stream).read_line(&mut line) {
+        Ok(_) if line.ends_with('\n') => Some(line.trim_end().to_owned()),
+        _ => None,
     }
+}
+
+/// The guardian's reaper thread: reaps every child that exits (orphans re-parented to the
+/// guardian), reports the leader's exit to dlock but leaves the leader a zombie, so the group's
+/// number cannot be reused while the guardian lives.
+fn reap(leader: Pid, report: &mut UnixStream) {
+    loop {
+        match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(status) if status.pid() == Some(leader) => {
+                let _ = writeln!(report, "exited {}", raw_status(status));
+                break;
+            }
+            Ok(status) => {
+                if let Some(pid) = status.pid() {
+                    let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+                }
+            }
+            Err(Errno::EINTR) => {}
+            // ECHILD: the leader was reaped (the guardian is ending).
+            Err(_) => return,
+        }
+    }
+    // waitid would now return the leader's zombie every time: poll instead.
+    loop {
+        reap_children_but(leader);
+        std::thread::sleep(GUARD_POLL);
+    }
+}
+
+/// Reaps the guardian's exited children, except `leader`.
+fn reap_children_but(leader: Pid) {
+    for pid in children(nix::unistd::getpid()) {
+        if pid != leader && ProcStat::read(pid).is_some_and(ProcStat::is_dead) {
+            let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+        }
+    }
+}
+
+/// dlock is gone or gave up: KILLs the leader's group and everything below the guardian until
+/// nothing of the job runs (a process in uninterruptible sleep dies when it wakes), then reaps
+/// the leader. Returns whether anything was running.
+fn kill_all(leader: Pid) -> bool {
+    let me = nix::unistd::getpid();
+    let mut any = false;
+    // Two empty walks in a row end it: an orphan moving to the guardian while a walk reads
+    // the children lists can be missed by that walk, never by the next (see `Job::left`).
+    let mut empty_walks = 0;
+    for round in 0u32.. {
+        // The leader is not reaped yet, so its group's number is still the job's.
+        let _ = killpg(leader, Signal::SIGKILL);
+        let running: Vec<Pid> = below(me)
+            .into_iter()
+            .filter(|(_, stat)| !stat.is_dead())
+            .map(|(pid, _)| pid)
+            .collect();
+        if running.is_empty() {
+            empty_walks += 1;
+            if empty_walks >= 2 {
+                break;
+            }
+            std::thread::sleep(GUARD_POLL);
+            continue;
+        }
+        empty_walks = 0;
+        any = true;
+        for pid in running {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        reap_children_but(leader);
+        // Quickly at first; a process that outlives a second of this may take hours.
+        std::thread::sleep(if round < 100 {
+            GUARD_POLL
+        } else {
+            GUARD_POLL * 20
+        });
+    }
+    let _ = waitpid(leader, Some(WaitPidFlag::WNOHANG));
+    any
+}
+
+/// A wait status as the kernel encodes it, for [`ExitStatus::from_raw`].
+fn raw_status(status: WaitStatus) -> i32 {
+    match status {
+        WaitStatus::Exited(_, code) => (code & 0xff) << 8,
+        WaitStatus::Signaled(_, signal, core) => signal as i32 | if core { 0x80 } else { 0 },
+        _ => 0xff << 8,
+    }
+}
+
+/// Makes the calling process the reaper of its descendants' orphans (Linux), so they stay
+/// below it in the process tree, visible to [`Job::left`], rather than going to init. dlock
+/// does it too: if its guardian dies, the job's orphans come to dlock.
+pub fn become_subreaper() -> nix::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    nix::sys::prctl::set_child_subreaper(true)?;
+    Ok(())
 }
 
 #[cfg(test)]

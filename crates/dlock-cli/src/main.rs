@@ -2,8 +2,8 @@
 //!
 //! Layout: `cli` (arguments), `exit` (the exit-code table), `run` (the `run` command),
 //! `job` (the supervised command, its process group, its descendants and the guardian that
-//! kills them if dlock is SIGKILLed), `signals`, `inspect` (`status`, `list`,
-//! `release`), `report` (JSON output), `bench` (`dlock bench`).
+//! starts the command and kills every process of the job if dlock is SIGKILLed), `signals`,
+//! `inspect` (`status`, `list`, `release`), `report` (JSON output), `bench` (`dlock bench`).
 
 /// Every message dlock prints goes through these: a closed or broken stdout/stderr (EPIPE;
 /// Rust ignores SIGPIPE, so writes fail instead of killing dlock) must never panic dlock the
@@ -59,9 +59,9 @@ fn main() -> ExitCode {
             });
         }
     };
-    if let Command::Guard = cli.command {
+    if let Command::Guard(args) = &cli.command {
         // A guardian stays as small as it can: no runtime, no logging.
-        return ExitCode::from(job::guard());
+        return ExitCode::from(job::guard(args));
     }
     block_terminal_stop();
     init_logging(cli.verbose);
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
             Command::List(args) => inspect::list(args).await,
             Command::Release(args) => inspect::release(args).await,
             Command::Bench(args) => bench::bench(args).await,
-            Command::Guard => exit::INTERNAL,
+            Command::Guard(_) => exit::INTERNAL,
         }
     });
     ExitCode::from(code)
@@ -131,9 +131,10 @@ fn fail(error: &dlock::Error) -> u8 {
 /// A background dlock that writes to a terminal set to `stty tostop` would be stopped by
 /// `SIGTTOU` (its default action), and a stopped dlock renews nothing while its command runs on:
 /// the job would outlive its lease. With the signal blocked, the kernel lets the write through
-/// instead. Blocked, not ignored: the command starts with an empty signal mask (std resets it
-/// before `exec`), so it still gets the terminal's usual job control, whereas an ignored
-/// disposition would be inherited. Done before any thread exists, so every thread inherits it.
+/// instead. Blocked, not ignored: the command starts with an empty signal mask (its guardian
+/// spawns it from a thread that blocks nothing; std passes the spawning thread's mask on), so it
+/// still gets the terminal's usual job control, whereas an ignored disposition would be
+/// inherited. Done before any thread exists, so every thread inherits it.
 fn block_terminal_stop() {
     let mut stop = nix::sys::signal::SigSet::empty();
     stop.add(nix::sys::signal::Signal::SIGTTOU);

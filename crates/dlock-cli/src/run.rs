@@ -83,7 +83,9 @@ impl Runner<'_> {
                 )
             }
         };
-        job::become_subreaper();
+        if let Err(e) = job::become_subreaper() {
+            tracing::debug!(%e, "could not become a child subreaper");
+        }
         let client = match connect(&self.args.connection).await {
             Ok(client) => client,
             Err(e) => return self.lib_error(&e),
@@ -156,7 +158,7 @@ impl Runner<'_> {
             ("DLOCK_TTL_MS", ms(self.args.ttl).to_string()),
         ]);
         let program = self.args.command[0].to_string_lossy().into_owned();
-        let mut job = match Job::spawn(&self.args.command, &env, &remove) {
+        let mut job = match Job::spawn(&self.args.command, &env, &remove).await {
             Ok(job) => job,
             Err(SpawnError::NotFound) => {
                 return self.error(
@@ -188,7 +190,7 @@ impl Runner<'_> {
             );
         }
         let run_started = Instant::now();
-        let (status, ending) = self.supervise(&mut job, guard, signals).await;
+        let (status, ending, survived) = self.supervise(&mut job, guard, signals).await;
         self.report.run_ms = Some(ms(run_started.elapsed()));
         let status = match status {
             Ok(status) => status,
@@ -205,12 +207,12 @@ impl Runner<'_> {
             self.report.exit_code = status.code();
             self.report.signal = status.signal();
         }
+        let code = exit_code(&ending, status, survived);
         match ending {
             Ending::Lost(reason) => {
                 self.report.outcome = "lost";
                 self.report.lost = true;
                 self.report.loss_reason = Some(reason);
-                exit::LOST
             }
             Ending::AtRisk => {
                 self.report.outcome = "lost";
@@ -221,28 +223,32 @@ impl Runner<'_> {
                         "renewals failed; the command was stopped before the lease could end".into()
                     }
                 });
-                exit::LOST
             }
-            Ending::MaxRuntime => {
-                self.report.outcome = "max_runtime";
-                exit::MAX_RUNTIME
-            }
-            Ending::Exited => {
-                self.report.outcome = "ran";
-                exit::for_status(status)
-            }
+            Ending::MaxRuntime => self.report.outcome = "max_runtime",
+            Ending::Exited => self.report.outcome = "ran",
         }
+        if survived {
+            self.say(format!(
+                "processes of the command survived SIGKILL for {}; releasing the lock on {} \
+                 while they may still run, so this run cannot be vouched for",
+                humantime::format_duration(AFTER_KILL),
+                self.args.key
+            ));
+            self.report.outcome = "survived_kill";
+        }
+        code
     }
 
     /// Waits for the command while forwarding signals, watching the lease and --max-runtime;
     /// stops the command when needed. Returns once no process of the job is left (see
-    /// [`Job::left`]), or processes survived KILL for [`AFTER_KILL`].
+    /// [`Job::left`]), or processes survived KILL for [`AFTER_KILL`] (then with `true`: the
+    /// guardian goes on KILLing them, dlock stops waiting).
     async fn supervise(
         &self,
         job: &mut Job,
         guard: &LockGuard,
         signals: &mut Signals,
-    ) -> (std::io::Result<std::process::ExitStatus>, Ending) {
+    ) -> (std::io::Result<std::process::ExitStatus>, Ending, bool) {
         let max_deadline = self.args.max_runtime.map(|limit| Instant::now() + limit);
         let mut ending = Ending::Exited;
         let mut status = None;
@@ -328,15 +334,16 @@ impl Runner<'_> {
                     // Processes dlock may not signal are waited for without limit: the lock
                     // stays held while they run.
                     if job.left().unsignallable.is_empty() {
-                        self.say("processes of the command survived SIGKILL; releasing the lock anyway".into());
-                        return (status.unwrap_or_else(|| Err(std::io::Error::other("no status"))), ending);
+                        job.abandon();
+                        let status = status.unwrap_or_else(|| Err(std::io::Error::other("no status")));
+                        return (status, ending, true);
                     }
                 }
             }
         }
         job.disarm();
         let status = status.unwrap_or_else(|| Err(std::io::Error::other("no status")));
-        (status, ending)
+        (status, ending, false)
     }
 
     /// Passes a signal dlock received on to the command's process group. Ctrl-Z (TSTP) pauses
@@ -509,6 +516,21 @@ fn scrubbed_env(
     (set, remove)
 }
 
+/// dlock's exit code for a run that ended as `ending`, the command having exited with `status`.
+/// `survived`: processes of the job outlived SIGKILL for [`AFTER_KILL`] and the lock is being
+/// released while they may still run.
+fn exit_code(ending: &Ending, status: std::process::ExitStatus, survived: bool) -> u8 {
+    if survived {
+        // Whatever the command's own code: dlock cannot vouch for a run that goes on unlocked.
+        return exit::LOST;
+    }
+    match ending {
+        Ending::Lost(_) | Ending::AtRisk => exit::LOST,
+        Ending::MaxRuntime => exit::MAX_RUNTIME,
+        Ending::Exited => exit::for_status(status),
+    }
+}
+
 async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(at) => sleep_until(at).await,
@@ -559,6 +581,29 @@ mod tests {
         let (set, remove) = scrubbed_env(|_| None);
         assert!(set.is_empty());
         assert_eq!(remove, ["DLOCK_SENTINEL_MASTER_PASSWORD"]);
+    }
+
+    /// Issue 9: processes of the job that survive SIGKILL (uninterruptible sleep) make dlock
+    /// release the lock while they may still run: never the command's own code then, not even
+    /// 0. (A seam: an unkillable process cannot be made in a test without root and a hung
+    /// filesystem.)
+    #[test]
+    fn a_run_whose_processes_survived_sigkill_exits_76_whatever_the_commands_code() {
+        use std::os::unix::process::ExitStatusExt;
+        let ok = std::process::ExitStatus::from_raw(0);
+        let killed = std::process::ExitStatus::from_raw(9);
+        for ending in [Ending::Exited, Ending::MaxRuntime, Ending::AtRisk] {
+            for status in [ok, killed] {
+                assert_eq!(exit_code(&ending, status, true), exit::LOST, "{ending:?}");
+            }
+        }
+        assert_eq!(exit_code(&Ending::Exited, ok, false), 0);
+        assert_eq!(exit_code(&Ending::Exited, killed, false), 137);
+        assert_eq!(exit_code(&Ending::MaxRuntime, ok, false), exit::MAX_RUNTIME);
+        assert_eq!(
+            exit_code(&Ending::Lost("gone".into()), ok, false),
+            exit::LOST
+        );
     }
 
     #[test]

@@ -259,6 +259,114 @@ fn after_a_sigkilled_dlock_the_next_holder_is_granted_within_one_ttl() {
     );
 }
 
+/// Issue 9: a SIGKILLed dlock also takes down what left the job's group (`setsid`, daemons),
+/// which used to be re-parented to init and run on unlocked.
+#[test]
+fn a_sigkilled_dlock_takes_down_processes_that_left_the_group_within_a_second() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let script = format!(
+        "setsid sh -c 'echo $$ > {escaped}; exec sleep 61' & echo $$ > {leader}; exec sleep 62",
+        escaped = scratch.path("escaped").display(),
+        leader = scratch.path("leader").display(),
+    );
+    let mut job = dlock(&server)
+        .args(["run", "k", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let leader = read_pid(&scratch.path("leader"));
+    let escaped = read_pid(&scratch.path("escaped"));
+    send(job.id(), Signal::SIGKILL);
+    job.wait().unwrap();
+    let gone = wait_until(Duration::from_secs(1), || !alive(leader) && !alive(escaped));
+    let (leader_alive, escaped_alive) = (alive(leader), alive(escaped));
+    for pid in [leader, escaped] {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    assert!(
+        gone,
+        "leader alive {leader_alive}, process that left the group alive {escaped_alive}"
+    );
+}
+
+/// Issue 9: `kill -KILL -- -PGID` on dlock's own process group (a shell's `kill -9 %1`,
+/// `timeout -s KILL`, a supervisor killing the group) used to kill the guardian with dlock,
+/// and the job ran on unlocked.
+#[test]
+fn killing_dlocks_whole_process_group_takes_the_job_down_within_a_second() {
+    use std::os::unix::process::CommandExt;
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let script = format!(
+        "echo $$ > {leader}; exec sleep 60",
+        leader = scratch.path("leader").display()
+    );
+    let mut job = dlock(&server)
+        .args(["run", "--ttl", "3s", "grpkill", "--", "sh", "-c", &script])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let leader = read_pid(&scratch.path("leader"));
+    // dlock leads its own group here: the group holds dlock and whatever dlock put in it.
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(job.id() as i32), Signal::SIGKILL).unwrap();
+    job.wait().unwrap();
+    let gone = wait_until(Duration::from_secs(1), || !alive(leader));
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(leader as i32), Signal::SIGKILL);
+    assert!(gone, "the job outlived dlock's process group");
+}
+
+/// Issue 9: the group's number must not be reused while dlock or its guardian may signal it.
+/// The leader stays an unreaped zombie, which keeps its pid (the group's number) taken, until
+/// nothing of the job is left; it used to be reaped at once.
+#[test]
+fn the_leader_stays_a_zombie_while_processes_of_its_group_remain() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let (leader, leftover, stop) = (
+        scratch.path("leader"),
+        scratch.path("leftover"),
+        scratch.path("stop"),
+    );
+    // The leader exits at once; what it leaves ignores TERM and runs until told to stop.
+    let script = format!(
+        "sh -c 'trap \"\" TERM; echo $$ > {leftover}; \
+         while [ ! -e {stop} ]; do sleep 0.05; done' & \
+         echo $$ > {leader}; while [ ! -s {leftover} ]; do sleep 0.01; done; exit 3",
+        leftover = leftover.display(),
+        stop = stop.display(),
+        leader = leader.display(),
+    );
+    let job = dlock(&server)
+        .args([
+            "run",
+            "--stop-timeout",
+            "20s",
+            "k",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .unwrap();
+    let (leader, leftover) = (read_pid(&leader), read_pid(&leftover));
+    let zombie = wait_until(Duration::from_secs(5), || state(leader) == Some('Z'));
+    std::thread::sleep(Duration::from_millis(300));
+    let (leader_state, leftover_alive) = (state(leader), alive(leftover));
+    std::fs::write(&stop, "").unwrap();
+    let out = finish(job, LIMIT);
+    assert!(
+        zombie && leader_state == Some('Z'),
+        "the leader was reaped while its group still ran: state {leader_state:?}"
+    );
+    assert!(leftover_alive, "the leftover process was stopped");
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        wait_until(Duration::from_secs(1), || state(leader).is_none()),
+        "the leader was never reaped"
+    );
+}
+
 /// Issue 9: a process that left the job's group (setsid, a daemon) still counts as part of
 /// the job: the next holder never starts while it runs.
 #[test]
@@ -422,27 +530,20 @@ fn sigtstp_pauses_the_command_while_dlock_keeps_the_lock() {
     assert!(!exists(&server, "k"));
 }
 
-/// The hidden guardian KILLs only its sibling's group: never group 0 or 1, nor one whose
-/// leader another process started (here: the test itself).
+/// The hidden guardian runs a command only for the dlock that started it and listens for it:
+/// by hand, with no dlock on the other end, it starts nothing.
 #[test]
-fn the_guardian_guards_nothing_but_its_siblings_group() {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let me = std::process::id().to_string();
-    for group in ["0", "1", me.as_str(), "nonsense"] {
-        let mut guardian = Command::new(env!("CARGO_BIN_EXE_dlock"))
-            .arg("__guard")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut pipe = guardian.stdin.take().unwrap();
-        writeln!(pipe, "{group}").unwrap();
-        drop(pipe);
-        let out = finish(guardian, LIMIT);
-        assert_eq!(code(&out), 64, "group {group}: {}", stderr(&out));
-    }
+fn the_guardian_starts_nothing_without_its_dlock() {
+    let scratch = Scratch::new();
+    let marker = scratch.path("marker");
+    let out = output(
+        std::process::Command::new(env!("CARGO_BIN_EXE_dlock"))
+            .args(["__guard", "no-such-dlock-socket", "--", "touch"])
+            .arg(&marker),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+    assert!(!marker.exists(), "the guardian ran the command");
 }
 
 /// A background dlock (job control on) whose stderr is a terminal set to `stty tostop` used to
