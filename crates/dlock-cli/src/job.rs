@@ -75,8 +75,6 @@ pub struct Job {
     leader_done: bool,
     /// No process of the group is left: its number may belong to someone else now.
     group_gone: bool,
-    /// How many walks in a row found nothing (see [`Job::left`]).
-    empty_walks: u8,
     guardian: Guardian,
 }
 
@@ -199,7 +197,6 @@ impl Job {
             group: Pid::from_raw(0),
             leader_done: false,
             group_gone: false,
-            empty_walks: 0,
             guardian: Guardian {
                 pid,
                 _child: child,
@@ -298,6 +295,22 @@ impl Job {
             self.leader_done,
             "the leader's status comes from the guardian"
         );
+        // A walk reads one children list after another: an orphan re-parented from a dying
+        // process to its subreaper between two reads is in neither. Such a move is over
+        // before the walk ends, so a second walk right after sees it: only two empty walks in
+        // a row mean nothing is left.
+        let first = self.walk();
+        if first.any {
+            return first;
+        }
+        let second = self.walk();
+        self.group_gone = !second.any;
+        second
+    }
+
+    /// One look at what is left of the job: its process tree, then (only if that is empty, as
+    /// it is a whole scan of /proc) any other member of its group.
+    fn walk(&self) -> Left {
         let mut left = Left::default();
         let note = |left: &mut Left, pid: Pid| {
             let result = kill(pid, None);
@@ -312,24 +325,10 @@ impl Job {
             note(&mut left, pid);
         }
         if !left.any {
-            // A whole scan of /proc, so only once the tree is empty (usually: once).
             for pid in group_members(self.group) {
                 note(&mut left, pid);
             }
         }
-        // A walk reads one children list after another: an orphan re-parented from a dying
-        // process to its subreaper between two reads is in neither. Such a move happens while
-        // the walk runs, so the next walk sees it: only a second empty walk in a row means
-        // nothing is left.
-        self.empty_walks = if left.any {
-            0
-        } else {
-            self.empty_walks.saturating_add(1)
-        };
-        if !left.any && self.empty_walks < 2 {
-            left.any = true;
-        }
-        self.group_gone = !left.any;
         left
     }
 

@@ -40,6 +40,17 @@ pub struct RunReport {
     pub held_ms: Option<u64>,
     /// dlock's wall-clock start, in ms since the Unix epoch.
     pub started_at_ms: u64,
+    /// When dlock asked for the lock (after connecting), in ms since the Unix epoch; the grant
+    /// or refusal came `waited_ms` later.
+    pub asked_at_ms: Option<u64>,
+    /// When dlock first sent the command a stop signal (lease lost or at risk, --max-runtime,
+    /// a forwarded terminating signal, leftovers after the leader exited), in ms since the
+    /// Unix epoch; absent when the command ended by itself.
+    pub stop_sent_at_ms: Option<u64>,
+    /// When dlock saw that no process of the command's job was left, in ms since the Unix
+    /// epoch: the job's last moment on the lock is no later than this. Absent when the command
+    /// did not start, or dlock gave up waiting for processes that survived SIGKILL.
+    pub command_ended_at_ms: Option<u64>,
     /// dlock's whole run.
     pub total_ms: u64,
     /// dlock's own exit code.

@@ -57,6 +57,17 @@ struct Runner<'a> {
     report: &'a mut RunReport,
 }
 
+/// What [`Runner::supervise`] saw.
+struct Supervised {
+    /// The command's (the group leader's) exit status.
+    status: std::io::Result<std::process::ExitStatus>,
+    ending: Ending,
+    /// No process of the job is left (false: dlock gave up on processes that survived KILL).
+    all_gone: bool,
+    /// When dlock first sent a stop signal, if it did.
+    stop_sent_at: Option<SystemTime>,
+}
+
 /// How the supervised command ended, beyond its exit status.
 #[derive(Debug, Clone, PartialEq)]
 enum Ending {
@@ -112,6 +123,7 @@ impl Runner<'_> {
             Err(e) => return self.lib_error(&e),
         };
         let asked = Instant::now();
+        self.report.asked_at_ms = Some(unix_ms(SystemTime::now()));
         let acquisition = async {
             match self.args.wait {
                 None => lock.try_lock().await,
@@ -190,7 +202,17 @@ impl Runner<'_> {
             );
         }
         let run_started = Instant::now();
-        let (status, ending, survived) = self.supervise(&mut job, guard, signals).await;
+        let Supervised {
+            status,
+            ending,
+            all_gone,
+            stop_sent_at,
+        } = self.supervise(&mut job, guard, signals).await;
+        if all_gone {
+            self.report.command_ended_at_ms = Some(unix_ms(SystemTime::now()));
+        }
+        self.report.stop_sent_at_ms = stop_sent_at.map(unix_ms);
+        let survived = !all_gone;
         self.report.run_ms = Some(ms(run_started.elapsed()));
         let status = match status {
             Ok(status) => status,
@@ -248,7 +270,7 @@ impl Runner<'_> {
         job: &mut Job,
         guard: &LockGuard,
         signals: &mut Signals,
-    ) -> (std::io::Result<std::process::ExitStatus>, Ending, bool) {
+    ) -> Supervised {
         let max_deadline = self.args.max_runtime.map(|limit| Instant::now() + limit);
         let mut ending = Ending::Exited;
         let mut status = None;
@@ -256,7 +278,13 @@ impl Runner<'_> {
         let mut killed = false;
         let mut give_up_at: Option<Instant> = None;
         let mut told_unsignallable = false;
+        let mut stop_sent_at = None;
         loop {
+            // Every stop sets `kill_at` (the KILL deadline): the first one is the stop's time,
+            // noted right after the branch that sent it.
+            if kill_at.is_some() && stop_sent_at.is_none() {
+                stop_sent_at = Some(SystemTime::now());
+            }
             tokio::select! {
                 leader = job.wait(), if status.is_none() => {
                     status = Some(leader);
@@ -335,15 +363,23 @@ impl Runner<'_> {
                     // stays held while they run.
                     if job.left().unsignallable.is_empty() {
                         job.abandon();
-                        let status = status.unwrap_or_else(|| Err(std::io::Error::other("no status")));
-                        return (status, ending, true);
+                        return Supervised {
+                            status: status.unwrap_or_else(|| Err(std::io::Error::other("no status"))),
+                            ending,
+                            all_gone: false,
+                            stop_sent_at,
+                        };
                     }
                 }
             }
         }
         job.disarm();
-        let status = status.unwrap_or_else(|| Err(std::io::Error::other("no status")));
-        (status, ending, false)
+        Supervised {
+            status: status.unwrap_or_else(|| Err(std::io::Error::other("no status"))),
+            ending,
+            all_gone: true,
+            stop_sent_at,
+        }
     }
 
     /// Passes a signal dlock received on to the command's process group. Ctrl-Z (TSTP) pauses

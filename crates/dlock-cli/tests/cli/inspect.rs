@@ -154,9 +154,19 @@ fn report_json_describes_the_run_field_by_field() {
         "held_ms",
         "total_ms",
         "started_at_ms",
+        "asked_at_ms",
+        "command_ended_at_ms",
     ] {
         assert!(report[field].is_u64(), "{field}: {report}");
     }
+    // Wall-clock times in order: asked, then the command's end; it ended by itself.
+    let at = |field: &str| report[field].as_u64().unwrap();
+    assert!(at("started_at_ms") <= at("asked_at_ms"), "{report}");
+    assert!(
+        at("asked_at_ms") + at("waited_ms") <= at("command_ended_at_ms"),
+        "{report}"
+    );
+    assert_eq!(report["stop_sent_at_ms"], Value::Null);
 
     let file = scratch.path("report.jsonl");
     let job = format!("touch {}; sleep 2", scratch.path("started").display());
@@ -178,6 +188,8 @@ fn report_json_describes_the_run_field_by_field() {
     assert_eq!(report["ran"], false);
     assert_eq!(report["exit_code"], Value::Null);
     assert_eq!(report["holder"]["pid"], holder.id());
+    assert!(report["asked_at_ms"].is_u64(), "{report}");
+    assert_eq!(report["command_ended_at_ms"], Value::Null);
     assert_eq!(report["dlock_exit_code"], 75);
     finish(holder, LIMIT);
     no_password(&[&ran, &busy]);

@@ -117,6 +117,8 @@ fn a_command_that_ignores_the_stop_signal_is_killed_after_the_stop_timeout() {
                 "1s",
                 "--stop-timeout",
                 "1s",
+                "--report",
+                "json",
                 "k",
                 "--",
                 "sh",
@@ -126,9 +128,11 @@ fn a_command_that_ignores_the_stop_signal_is_killed_after_the_stop_timeout() {
         &scratch.path("started"),
     );
     let pid: u32 = scratch.read("pid").trim().parse().unwrap();
+    let before_delete = wall_ms();
     let _: () = server.cmd("DEL", &["k"]);
     let deleted_at = Instant::now();
     let out = finish(job, LIMIT);
+    let seen_ended = wall_ms();
     assert_eq!(code(&out), 76, "{}", stderr(&out));
     assert!(scratch.read("log").starts_with("TERM"), "stop signal first");
     assert!(
@@ -136,6 +140,26 @@ fn a_command_that_ignores_the_stop_signal_is_killed_after_the_stop_timeout() {
         "KILL only after --stop-timeout"
     );
     assert!(!alive(pid), "the command was killed");
+    // The report says when dlock began the stop and when the job was gone: the stop after
+    // the DEL, the end after the stop timeout, both before dlock exited.
+    let report: Value = serde_json::from_str(stderr(&out).lines().last().unwrap()).unwrap();
+    let at = |field: &str| {
+        report[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field}: {report}"))
+    };
+    assert!(before_delete <= at("stop_sent_at_ms"), "{report}");
+    assert!(
+        at("stop_sent_at_ms") + 1000 <= at("command_ended_at_ms"),
+        "{report}"
+    );
+    assert!(at("command_ended_at_ms") <= seen_ended, "{report}");
+}
+
+/// Wall-clock ms since the Unix epoch, as the report's `_at_ms` fields.
+fn wall_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.unwrap().as_millis() as u64
 }
 
 #[test]
