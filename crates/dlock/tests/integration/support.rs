@@ -41,3 +41,26 @@ pub async fn settled_task_count(expected: usize) -> usize {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The slack (ε) for a timing bound, derived from this machine's speed right now rather than
+/// guessed: the slowest of a few warm `status` round trips through `client` (the library's own
+/// path: a script call and its reply), times four, plus 10 ms for timer granularity and a
+/// scheduler turn. On an idle machine that is ~15 ms; on a loaded one it grows with the load
+/// the test itself sees.
+pub async fn epsilon(client: &Client) -> Duration {
+    // The first call loads the script (a NOSCRIPT round trip): not a typical round trip.
+    client.status("epsilon:probe").await.unwrap();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let started = tokio::time::Instant::now();
+        client.status("epsilon:probe").await.unwrap();
+        slowest = slowest.max(started.elapsed());
+    }
+    slowest * 4 + Duration::from_millis(10)
+}
+
+/// The drift allowance the library keeps back from a lease of `ttl` (1% + 2 ms, DESIGN §0):
+/// a lease is surely valid for `ttl - drift(ttl)` after its request was sent.
+pub fn drift(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}
