@@ -6,7 +6,7 @@ mod bad_input; // malformed URLs, TTLs, names; unreachable hosts; wrong password
 mod blocking; // the blocking facade from plain synchronous code
 mod bounds; // guards and futures are Send, guards are 'static
 mod cancel; // dropping lock() futures at any point leaves no lock and no task behind
-mod cluster; // Redis Cluster: spread, single-slot companions, per-slot batches, list
+mod cluster; // Redis Cluster: spread, companions found by SCAN, one call per slot per tick, list
 mod crash; // a vanished holder blocks others for at most one TTL
 mod exclusion; // conflicts, waiting, holder info, status and forced release
 mod fair; // FIFO grants; dead waiters leave the queue when their lease ends
