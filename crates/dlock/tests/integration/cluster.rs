@@ -237,3 +237,59 @@ async fn waiting_fair_and_reentrant_locks_work_on_a_cluster() {
     let replicas = LockOptions::new().min_replicas(1, Duration::from_millis(100));
     assert!(a.lock_with("x", replicas).unwrap_err().is_config());
 }
+
+/// Loss detection on a Cluster (no link monitors there: renewal finds it at its tick): a lock
+/// whose key is deleted is reported lost within one renewal interval (+ ε); one whose slot's
+/// master restarts empty is reported lost by the first renewal after the master serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_key_or_a_restarted_master_is_reported_lost_within_one_interval() {
+    let mut cluster = RedisCluster::start(3);
+    let c = cluster_client(&cluster).await;
+    let epsilon = crate::support::epsilon(&c).await;
+    let ttl = Duration::from_millis(1500);
+    let interval = ttl / 3;
+    let deleted = c.lock_with("deleted", LockOptions::new().ttl(ttl)).unwrap();
+    let deleted = deleted.try_lock().await.unwrap();
+    let on = master_of(&cluster, "deleted");
+    let _: () = cluster[on].cmd("DEL", &["deleted"]);
+    let at = Instant::now();
+    let reason = timeout(ttl, deleted.lost()).await.expect("reported");
+    assert_eq!(reason, dlock::LossReason::KeyGone);
+    assert!(
+        at.elapsed() <= interval + epsilon,
+        "reported {:?} after the deletion (interval {interval:?}, ε {epsilon:?})",
+        at.elapsed()
+    );
+
+    // A restarted cluster node answers CLUSTERDOWN until it has met the others again (about a
+    // second), so this lease is long enough to outlive that: 6 s, renewed every 2 s.
+    let ttl = Duration::from_secs(6);
+    let interval = ttl / 3;
+    let restarted = c
+        .lock_with("restarted", LockOptions::new().ttl(ttl))
+        .unwrap();
+    let restarted = restarted.try_lock().await.unwrap();
+    let on = master_of(&cluster, "restarted");
+    cluster[on].restart_empty();
+    let serving = timeout(ttl, async {
+        loop {
+            let info: String = cluster[on].cmd("CLUSTER", &["INFO"]);
+            if info.contains("cluster_state:ok") {
+                return Instant::now();
+            }
+            sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the restarted master serves again");
+    let reason = timeout(ttl, restarted.lost())
+        .await
+        .expect("a lease lost in its master's restart is reported");
+    assert_eq!(reason, dlock::LossReason::KeyGone);
+    // The next tick, or a renewal retry (at most a quarter interval) after a failed one.
+    assert!(
+        serving.elapsed() <= interval + epsilon,
+        "reported {:?} after the master served again (interval {interval:?}, ε {epsilon:?})",
+        serving.elapsed()
+    );
+}

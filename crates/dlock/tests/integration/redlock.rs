@@ -432,3 +432,57 @@ async fn a_master_frozen_before_connecting_costs_one_timeout_per_operation() {
         );
     }
 }
+
+/// Loss detection on Redlock: a lease whose key one master of three no longer holds is still
+/// held (a majority renews it); once a second master loses it, the guard reports the loss
+/// within one renewal interval (+ ε) of that deletion.
+#[tokio::test]
+async fn a_lease_a_majority_no_longer_holds_is_reported_lost_within_one_interval() {
+    let servers = RedisServers::start(3);
+    let c = redlock(&servers, Duration::from_millis(500)).await;
+    let epsilon = crate::support::epsilon(&c).await;
+    let ttl = Duration::from_millis(1500);
+    let interval = ttl / 3;
+    let guard = c
+        .lock_with("majority", LockOptions::new().ttl(ttl))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    // A grant needs only a majority: make sure all three have it before deleting one.
+    while holders(&servers, "majority") < 3 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let _: () = servers[0].cmd("DEL", &["majority"]);
+    // Two renewals later (seen on master 2), the lease is still held.
+    for _ in 0..2 {
+        let before = servers[1].command_calls("evalsha");
+        while servers[1].command_calls("evalsha") == before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    c.flush().await;
+    assert!(
+        guard.is_held(),
+        "one master of three lost it: {:?}",
+        guard.status()
+    );
+    // And renewed by the majority: the lease's validity was just restored, not running down.
+    let validity = ttl - crate::support::drift(ttl);
+    assert!(
+        guard.remaining() + epsilon >= validity,
+        "{:?} of {validity:?} left right after a renewal: the majority's renewal did not count",
+        guard.remaining()
+    );
+    let _: () = servers[1].cmd("DEL", &["majority"]);
+    let deleted = Instant::now();
+    let reason = tokio::time::timeout(ttl, guard.lost())
+        .await
+        .expect("a majority lost the key");
+    assert_eq!(reason, dlock::LossReason::KeyGone);
+    assert!(
+        deleted.elapsed() <= interval + epsilon,
+        "reported {:?} after the deletion (interval {interval:?}, ε {epsilon:?})",
+        deleted.elapsed()
+    );
+}
