@@ -157,7 +157,7 @@ impl Node {
     /// After a failed call on a Sentinel-backed node: ask the sentinels for the master in the
     /// background and switch to it if it moved. The failed call is not retried here; callers
     /// already retry (waits, renewals).
-    pub(super) fn follow_failover(&self) {
+    pub(crate) fn follow_failover(&self) {
         let Some(source) = self.sentinel.clone() else {
             return;
         };

@@ -15,7 +15,7 @@ mod ownership; // non-owners never touch another owner's lock
 mod partition; // a partitioned holder knows its lease is over before anyone else has it
 mod redlock; // majorities, dead and frozen masters, validity, fencing, loss of a majority
 mod reentrant; // nesting by explicit owner, freed at zero, one fencing token
-mod replicated; // the replica guard (WAIT) and Sentinel failover
+mod replicated; // the replica guard (WAIT) across real Sentinel failovers, loss after a switch
 mod restart; // a restart that loses a held lock is reported at once, and at release
 mod support;
 mod waiting; // wake-ups by pub/sub, bounded re-checks, bounded resources
