@@ -8,6 +8,7 @@ mod bounds; // guards and futures are Send, guards are 'static
 mod cancel; // dropping lock() futures at any point leaves no lock and no task behind
 mod cluster; // Redis Cluster: spread, companions by SCAN, one call per slot per tick, loss
 mod crash; // a vanished holder blocks others for at most one TTL
+mod defaults; // the 30 s wait and 2 s command timeout, at their defaults (paused clock)
 mod exclusion; // conflicts, waiting, holder info, status and forced release
 mod fair; // FIFO grants; dead waiters leave the queue when their lease ends
 mod fencing; // tokens strictly increase, across clients and across data loss
