@@ -94,10 +94,13 @@ impl Lock {
     /// the lock expires with its TTL.
     ///
     /// # Examples
-    /// ```no_run
+    /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), dlock::Error> {
-    /// let client = dlock::Client::connect("redis://127.0.0.1/").await?;
+    /// # let server = dlock_test::RedisServer::start();
+    /// let url = "redis://127.0.0.1/";
+    /// # let url = &server.url();
+    /// let client = dlock::Client::connect(url).await?;
     /// match client.lock("main:hello")?.try_lock().await {
     ///     Ok(guard) => { /* run the job */ guard.release().await?; }
     ///     Err(dlock::Error::Conflict(busy)) => eprintln!("{busy}"),
