@@ -86,3 +86,11 @@ impl std::ops::Deref for RedisCluster {
         &self.masters
     }
 }
+
+/// Faults on one master (`cluster[i].restart_empty()`, `.pause()`, `.kill()`): a restarted
+/// master keeps its `nodes.conf`, so it rejoins with its slots and without its keys.
+impl std::ops::DerefMut for RedisCluster {
+    fn deref_mut(&mut self) -> &mut [RedisServer] {
+        &mut self.masters
+    }
+}

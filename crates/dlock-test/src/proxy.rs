@@ -53,6 +53,11 @@ impl TcpProxy {
         TcpProxy { port, link, stop }
     }
 
+    /// The proxy's loopback port (e.g. for a replica's `--replicaof`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `redis://127.0.0.1:<proxy port>/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)

@@ -7,9 +7,12 @@
 //! Calling it from inside an async runtime returns [`Error::Config`] instead of blocking (or
 //! panicking) the runtime's thread: async code should use [`crate::Client`].
 //!
-//! ```no_run
+//! ```
 //! fn main() -> Result<(), dlock::Error> {
-//!     let client = dlock::blocking::Client::connect("redis://127.0.0.1/")?;
+//! #   let server = dlock_test::RedisServer::start();
+//!     let url = "redis://127.0.0.1/";
+//! #   let url = &server.url();
+//!     let client = dlock::blocking::Client::connect(url)?;
 //!     let guard = client.lock("nightly-report")?.try_lock()?;
 //!     println!("fencing token {}", guard.fencing_token());
 //!     guard.release()

@@ -25,10 +25,13 @@ const SCAN_COUNT: u32 = 1000;
 
 /// A connection to one Redis server, shared by every lock made from it.
 ///
-/// ```no_run
+/// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), dlock::Error> {
-/// let client = dlock::Client::connect("redis://127.0.0.1:6379/").await?;
+/// # let server = dlock_test::RedisServer::start();
+/// let url = "redis://127.0.0.1:6379/";
+/// # let url = &server.url();
+/// let client = dlock::Client::connect(url).await?;
 /// let lock = client.lock("reports:nightly")?;
 /// let guard = lock.try_lock().await?;
 /// println!("fencing token {}", guard.fencing_token());
@@ -142,15 +145,17 @@ impl Client {
     /// fewer than a majority answer.
     ///
     /// # Examples
-    /// ```no_run
+    /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), dlock::Error> {
-    /// let client = dlock::Client::redlock(&[
+    /// # let servers = dlock_test::RedisServers::start(3);
+    /// let masters = [
     ///     "redis://redis-a:6379/",
     ///     "redis://redis-b:6379/",
     ///     "redis://redis-c:6379/",
-    /// ])
-    /// .await?;
+    /// ];
+    /// # let masters = servers.urls();
+    /// let client = dlock::Client::redlock(&masters).await?;
     /// let guard = client.lock("billing")?.try_lock().await?;
     /// guard.release().await?;
     /// # Ok(()) }

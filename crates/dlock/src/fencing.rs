@@ -36,11 +36,15 @@ impl Client {
     /// [`Error::Config`](crate::Error::Config) for an invalid key name; connection errors.
     ///
     /// # Examples
-    /// ```no_run
+    /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), dlock::Error> {
-    /// let locks = dlock::Client::connect("redis://locks.internal/").await?;
-    /// let storage = dlock::Client::connect("redis://storage.internal/").await?;
+    /// # let (lock_server, storage_server) =
+    /// #     (dlock_test::RedisServer::start(), dlock_test::RedisServer::start());
+    /// let (locks_url, storage_url) = ("redis://locks.internal/", "redis://storage.internal/");
+    /// # let (locks_url, storage_url) = (&lock_server.url(), &storage_server.url());
+    /// let locks = dlock::Client::connect(locks_url).await?;
+    /// let storage = dlock::Client::connect(storage_url).await?;
     /// let guard = locks.lock("report")?.lock().await?;
     /// if !storage.fenced_set("report:latest", guard.fencing_token(), "v42").await? {
     ///     eprintln!("a newer holder wrote first: our lease is stale, stopping");

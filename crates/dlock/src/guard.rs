@@ -89,11 +89,12 @@ impl LockGuard {
     /// Cancel safe: it only watches a channel.
     ///
     /// # Examples
-    /// ```no_run
+    /// ```
     /// # async fn job() {}
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), dlock::Error> {
-    /// # let client = dlock::Client::connect("redis://127.0.0.1/").await?;
+    /// # let server = dlock_test::RedisServer::start();
+    /// # let client = dlock::Client::connect(&server.url()).await?;
     /// let guard = client.lock("import")?.lock().await?;
     /// tokio::select! {
     ///     () = job() => guard.release().await?,

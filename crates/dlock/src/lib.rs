@@ -53,13 +53,17 @@
 //! in; fencing tokens still protect storage then).
 //!
 //! # Quick start
-//! ```no_run
+//! ```
 //! use std::time::Duration;
 //! use dlock::{Client, LockOptions};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), dlock::Error> {
-//! let client = Client::connect("redis://127.0.0.1:6379/").await?;
+//! # // A throwaway redis-server on a free port (dlock's test kit), in place of yours.
+//! # let server = dlock_test::RedisServer::start();
+//! let url = "redis://127.0.0.1:6379/";
+//! # let url = &server.url();
+//! let client = Client::connect(url).await?;
 //! let lock = client.lock_with("main:hello", LockOptions::new().ttl(Duration::from_secs(10)))?;
 //! match lock.try_lock().await {
 //!     Ok(guard) => {

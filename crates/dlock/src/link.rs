@@ -104,8 +104,12 @@ async fn monitor(index: usize, node: Node, events: mpsc::UnboundedSender<LinkEve
             }
             Err(error) => {
                 // The server is away (a drop was reported already, or the first connection
-                // is still to come): try again.
+                // is still to come): try again. A Sentinel-found master may have been replaced
+                // meanwhile: ask the sentinels (a no-op for other nodes), or a master that died
+                // before this monitor's first connection is never left, and its leases wait
+                // for the next renewal to be checked.
                 tracing::debug!(node = node.name(), %error, "link monitor cannot connect");
+                node.follow_failover();
                 tokio::time::sleep(RECONNECT.delay(failures)).await;
                 failures = failures.saturating_add(1);
                 continue;

@@ -58,8 +58,8 @@ pub(crate) enum Attempt<G> {
 /// A busy answer.
 pub(crate) struct Busy {
     pub(crate) conflict: Conflict,
-    /// Fair mode: time until the lease of the waiter at the head of the queue ends.
-    head_lease_left: Option<Duration>,
+    /// Fair mode: time until the lease of the waiter just ahead of us in the queue ends.
+    ahead_lease_left: Option<Duration>,
 }
 
 impl Lock {
@@ -94,10 +94,13 @@ impl Lock {
     /// the lock expires with its TTL.
     ///
     /// # Examples
-    /// ```no_run
+    /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), dlock::Error> {
-    /// let client = dlock::Client::connect("redis://127.0.0.1/").await?;
+    /// # let server = dlock_test::RedisServer::start();
+    /// let url = "redis://127.0.0.1/";
+    /// # let url = &server.url();
+    /// let client = dlock::Client::connect(url).await?;
     /// match client.lock("main:hello")?.try_lock().await {
     ///     Ok(guard) => { /* run the job */ guard.release().await?; }
     ///     Err(dlock::Error::Conflict(busy)) => eprintln!("{busy}"),
@@ -225,10 +228,10 @@ impl Lock {
 
     /// How long a waiter may sleep after a busy answer when no wake-up comes: the re-check
     /// interval, but never past the holder's TTL (an expiry publishes nothing) nor, in fair
-    /// mode, past the queue head's waiter lease (a dead head is purged then).
+    /// mode, past the waiter lease of the one just ahead (a dead waiter is purged then).
     fn recheck_after(&self, busy: &Busy) -> Duration {
         let mut pause = self.options.recheck;
-        for bound in [busy.conflict.ttl_left, busy.head_lease_left]
+        for bound in [busy.conflict.ttl_left, busy.ahead_lease_left]
             .into_iter()
             .flatten()
         {
@@ -446,7 +449,7 @@ impl Lock {
         Ok(still_valid.then_some(fencing_token))
     }
 
-    /// Parses a busy answer: `{0, pttl, holder info, server time ms[, queue head lease ms]}`.
+    /// Parses a busy answer: `{0, pttl, holder info, server time ms[, waiter-ahead lease ms]}`.
     pub(crate) fn busy(&self, reply: &[Value]) -> Busy {
         let field = |i: usize| reply.get(i).unwrap_or(&Value::Nil);
         let server_now_ms = int(field(3))
@@ -458,7 +461,7 @@ impl Lock {
                 ttl_left: pttl(field(1)),
                 holder: HolderInfo::parse(field(2), server_now_ms),
             },
-            head_lease_left: pttl(field(4)),
+            ahead_lease_left: pttl(field(4)),
         }
     }
 

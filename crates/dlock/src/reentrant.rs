@@ -121,10 +121,13 @@ impl Holding {
 
 /// A named reentrant lock. Made by [`Client::reentrant_lock`](crate::Client::reentrant_lock).
 ///
-/// ```no_run
+/// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), dlock::Error> {
-/// let client = dlock::Client::connect("redis://127.0.0.1/").await?;
+/// # let server = dlock_test::RedisServer::start();
+/// let url = "redis://127.0.0.1/";
+/// # let url = &server.url();
+/// let client = dlock::Client::connect(url).await?;
 /// let lock = client.reentrant_lock("ledger")?;
 /// let owner = dlock::Owner::new()?;
 /// let outer = lock.lock(&owner).await?;

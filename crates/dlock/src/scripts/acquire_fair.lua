@@ -3,7 +3,8 @@
 -- ARGV: 1 token, 2 ttl ms, 3 fencing counter retention ms, 4 host, 5 pid, 6 label,
 --       7 waiter lease ms (0: do not queue, as try_lock), 8 wake-up channel
 -- Returns {1, fence} when granted; otherwise
--- {0, pttl, holder info fields, server time ms, ms until the queue head's lease ends or -1}.
+-- {0, pttl, holder info fields, server time ms, ms until the lease of the waiter just ahead
+-- ends or -1}.
 local now_us = server_now_us()
 local now_ms = math.floor(now_us / 1000)
 local token = ARGV[1]
@@ -48,11 +49,22 @@ if lease > 0 then
   end
   head = redis.call('LINDEX', KEYS[4], 0)
 end
-local head_left = -1
-if head and head ~= token then
-  local head_end = redis.call('ZSCORE', KEYS[5], head)
-  if head_end then
-    head_left = tonumber(head_end) - now_ms
+-- The caller re-checks no later than the lease of the waiter just ahead of it ends (for a
+-- caller not in the queue, the last waiter's): if that waiter died, its entry is purged then
+-- and the caller moves up at once, even when the dead waiter became the head after the
+-- caller's last look (a release wakes only the head, and a dead head never answers).
+local ahead_left = -1
+local ahead = nil
+for _, waiter in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+  if waiter == token then
+    break
+  end
+  ahead = waiter
+end
+if ahead then
+  local ahead_end = redis.call('ZSCORE', KEYS[5], ahead)
+  if ahead_end then
+    ahead_left = tonumber(ahead_end) - now_ms
   end
 end
-return busy(KEYS[1], KEYS[2], now_ms, head_left)
+return busy(KEYS[1], KEYS[2], now_ms, ahead_left)

@@ -30,7 +30,8 @@ local function regrant(lock, info, ttl)
 end
 
 -- The busy answer every acquire script gives (parsed by `Lock::busy`): remaining lease, holder
--- info, the server's clock, and an optional extra field (fair mode: the queue head's lease).
+-- info, the server's clock, and an optional extra field (fair mode: the lease of the waiter
+-- just ahead).
 local function busy(lock, info, now_ms, extra)
   return {0, redis.call('PTTL', lock), redis.call('HGETALL', info), now_ms, extra}
 end

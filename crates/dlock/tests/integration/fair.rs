@@ -7,9 +7,10 @@ use dlock::{Client, LockOptions, Wait};
 use dlock_test::RedisServer;
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::support::client;
+use crate::support::{client, epsilon};
 
 const QUEUE: &str = "{fair}:dlock:queue:fair";
+const LEASES: &str = "{fair}:dlock:queue-leases:fair";
 
 fn fair(recheck: Duration) -> LockOptions {
     LockOptions::new()
@@ -79,33 +80,74 @@ fn queue_and_die(url: String, options: LockOptions) {
     runtime.shutdown_background();
 }
 
+/// The server's clock in milliseconds (`TIME`).
+fn server_ms(server: &RedisServer) -> i64 {
+    let now: Vec<String> = server.cmd("TIME", &[]);
+    now[0].parse::<i64>().unwrap() * 1000 + now[1].parse::<i64>().unwrap() / 1000
+}
+
+/// When the waiter lease of `member` ends, on this process's clock (read through the server's
+/// clock, so it is right to within one round trip).
+fn lease_end(server: &RedisServer, member: &str) -> Instant {
+    let ends_ms: String = server.cmd("ZSCORE", &[LEASES, member]);
+    let ends_ms: i64 = ends_ms.parse().unwrap();
+    let left = ends_ms - server_ms(server);
+    Instant::now() + Duration::from_millis(u64::try_from(left.max(0)).unwrap())
+}
+
+/// A waiter that dies in the queue holds its place for its waiter lease (3 × recheck) and not
+/// a moment longer: the next live waiter is granted within ε of that lease's end, neither
+/// before it (the dead waiter's turn is honoured while it may be alive) nor at its own next
+/// re-check (the live waiters re-check every 2 s, so waking at the lease's end is what serves
+/// them in time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_waiter_in_the_middle_delays_the_rest_by_at_most_its_lease() {
     let server = RedisServer::start();
     let recheck = Duration::from_millis(300);
     let lease = recheck * 3;
+    let live = fair(Duration::from_secs(2));
     let holder_client = client(&server).await;
+    let epsilon = epsilon(&holder_client).await;
     let holder = holder_client
-        .lock_with("fair", fair(recheck))
+        .lock_with("fair", live.clone())
         .unwrap()
         .try_lock()
         .await
         .unwrap();
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut waiters = Vec::new();
+    let mut dead = None;
     for i in 0..5 {
         if i == 2 {
             // The third in line dies while queued: its cancelled future is "dropped" with its
             // runtime, so nothing withdraws its entry.
             let url = server.url();
             let options = fair(recheck);
-            let _ = tokio::task::spawn_blocking(move || queue_and_die(url, options)).await;
+            let dying = tokio::task::spawn_blocking(move || queue_and_die(url, options));
             queue_length_reaches(&server, 3).await;
+            let member: String = server.cmd("LINDEX", &[QUEUE, "2"]);
+            // Just queued: its lease is one waiter lease from now, not more.
+            let ends = lease_end(&server, &member);
+            assert!(
+                ends <= Instant::now() + lease + epsilon,
+                "a waiter lease of {:?} (promised {lease:?})",
+                ends - Instant::now()
+            );
+            let _ = dying.await;
+            let died = Instant::now();
+            // Its last refresh came before it died.
+            let ends = lease_end(&server, &member);
+            assert!(
+                ends <= died + lease + epsilon,
+                "a waiter lease runs {:?} past the waiter's death (lease {lease:?})",
+                ends - died
+            );
+            dead = Some(ends);
             continue;
         }
         let c = client(&server).await;
         let order = order.clone();
-        let lock = c.lock_with("fair", fair(recheck)).unwrap();
+        let lock = c.lock_with("fair", live.clone()).unwrap();
         waiters.push(tokio::spawn(async move {
             let guard = lock.lock().await.unwrap();
             order.lock().unwrap().push((i, Instant::now()));
@@ -123,10 +165,17 @@ async fn a_dead_waiter_in_the_middle_delays_the_rest_by_at_most_its_lease() {
     let order = order.lock().unwrap();
     let served: Vec<i64> = order.iter().map(|(i, _)| *i).collect();
     assert_eq!(served, [0, 1, 3, 4], "the live waiters keep their order");
-    let gap = order[2].1 - order[1].1;
+    let dead_lease_ends = dead.unwrap();
+    let next = order[2].1;
     assert!(
-        gap <= lease + recheck + Duration::from_millis(300),
-        "the dead waiter held the queue for {gap:?} (lease {lease:?})"
+        next + epsilon >= dead_lease_ends,
+        "waiter 3 jumped the dead waiter {:?} before its lease ended",
+        dead_lease_ends - next
+    );
+    assert!(
+        next <= dead_lease_ends + epsilon,
+        "waiter 3 was served {:?} after the dead waiter's lease ended (ε {epsilon:?})",
+        next - dead_lease_ends
     );
 }
 

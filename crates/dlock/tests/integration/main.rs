@@ -6,16 +6,17 @@ mod bad_input; // malformed URLs, TTLs, names; unreachable hosts; wrong password
 mod blocking; // the blocking facade from plain synchronous code
 mod bounds; // guards and futures are Send, guards are 'static
 mod cancel; // dropping lock() futures at any point leaves no lock and no task behind
-mod cluster; // Redis Cluster: spread, single-slot companions, per-slot batches, list
+mod cluster; // Redis Cluster: spread, companions by SCAN, one call per slot per tick, loss
 mod crash; // a vanished holder blocks others for at most one TTL
+mod defaults; // the 30 s wait and 2 s command timeout, at their defaults (paused clock)
 mod exclusion; // conflicts, waiting, holder info, status and forced release
 mod fair; // FIFO grants; dead waiters leave the queue when their lease ends
 mod fencing; // tokens strictly increase, across clients and across data loss
 mod ownership; // non-owners never touch another owner's lock
 mod partition; // a partitioned holder knows its lease is over before anyone else has it
-mod redlock; // majorities, dead and frozen masters, validity, fencing across nodes
+mod redlock; // majorities, dead and frozen masters, validity, fencing, loss of a majority
 mod reentrant; // nesting by explicit owner, freed at zero, one fencing token
-mod replicated; // the replica guard (WAIT) and Sentinel failover
+mod replicated; // the replica guard (WAIT) across real Sentinel failovers, loss after a switch
 mod restart; // a restart that loses a held lock is reported at once, and at release
 mod support;
 mod waiting; // wake-ups by pub/sub, bounded re-checks, bounded resources

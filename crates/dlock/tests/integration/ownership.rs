@@ -7,44 +7,69 @@ use dlock_test::RedisServer;
 
 use crate::support::client;
 
+/// A holder whose lease ran out on the server before it noticed (renewal off, so no tick
+/// looks) still believes it holds the lock. Its extend and release reach Redis, and the
+/// scripts' token check alone keeps the new owner's lock untouched.
 #[tokio::test]
 async fn an_expired_holder_cannot_release_or_extend_the_new_owners_lock() {
     let server = RedisServer::start();
     let a = client(&server).await;
     let b = client(&server).await;
-    let short = LockOptions::new()
-        .ttl(Duration::from_millis(200))
-        .renew(false);
-    let stale = a.lock_with("k", short).unwrap().try_lock().await.unwrap();
-    let lost = tokio::time::timeout(Duration::from_secs(2), stale.lost()).await;
-    assert_eq!(lost.expect("expiry reported"), dlock::LossReason::Expired);
-    assert!(!stale.is_held());
+    for op in ["extend", "release"] {
+        let name = format!("k-{op}");
+        let unrenewed = LockOptions::new().ttl(Duration::from_secs(10)).renew(false);
+        let mgets = server.command_calls("mget");
+        let stale = a
+            .lock_with(&name, unrenewed)
+            .unwrap()
+            .try_lock()
+            .await
+            .unwrap();
+        // The watchdog checks its leases once when its link monitor first connects (A's first
+        // lease): let that check pass while the key is still ours, so nothing but the stale
+        // call looks again.
+        while op == "extend" && server.command_calls("mget") == mgets {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        a.flush().await;
+        // The lease runs out on the server long before A's clock says so.
+        let _: () = server.cmd("PEXPIRE", &[&name, "1"]);
+        while server.cmd::<i64>("EXISTS", &[&name]) == 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // B takes the lock over; A has not noticed anything.
+        let owner = b
+            .lock_with(&name, LockOptions::new().ttl(Duration::from_secs(10)))
+            .unwrap()
+            .try_lock()
+            .await
+            .unwrap();
+        assert!(stale.is_held(), "{op}: A must not know yet");
+        let token_before: String = server.cmd("GET", &[&name]);
+        let calls = server.command_calls("evalsha");
 
-    // The lease ran out; B takes the lock over.
-    let owner = b
-        .lock_with("k", LockOptions::new().ttl(Duration::from_secs(10)))
-        .unwrap()
-        .lock()
-        .await
-        .unwrap();
-    let token_before: String = server.cmd("GET", &["k"]);
-
-    assert!(stale
-        .extend(Duration::from_secs(60))
-        .await
-        .unwrap_err()
-        .is_lost());
-    assert!(stale.release().await.unwrap_err().is_lost());
-
-    let token_after: String = server.cmd("GET", &["k"]);
-    assert_eq!(token_before, token_after, "B's lock must be untouched");
-    let pttl: i64 = server.cmd("PTTL", &["k"]);
-    assert!(
-        pttl <= 10_000,
-        "A's extend must not have lengthened B's lease: {pttl}"
-    );
-    assert!(owner.is_held());
-    owner.release().await.unwrap();
+        let err = match op {
+            "extend" => stale.extend(Duration::from_secs(60)).await.unwrap_err(),
+            _ => stale.release().await.unwrap_err(),
+        };
+        assert!(err.is_lost(), "{op}: {err:?}");
+        assert!(
+            server.command_calls("evalsha") > calls,
+            "{op}: the stale call must reach Redis, so the script's check is what refused it"
+        );
+        let token_after: String = server.cmd("GET", &[&name]);
+        assert_eq!(
+            token_before, token_after,
+            "{op}: B's lock must be untouched"
+        );
+        let pttl: i64 = server.cmd("PTTL", &[&name]);
+        assert!(
+            pttl > 0 && pttl <= 10_000,
+            "{op}: A must not have lengthened or removed B's lease: {pttl}"
+        );
+        assert!(owner.is_held());
+        owner.release().await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -224,55 +224,102 @@ async fn redlock_needs_an_odd_number_of_masters_and_refuses_single_node_features
 
 /// Regression: a failed Redlock attempt rolls back in the background, and the retry used to
 /// reuse its token, so a late rollback could delete the retry's fresh grant and let a second
-/// owner in. Eight contenders, a shared "inside" flag: no overlap. The race is narrow: this
-/// test caught the old code in about one run of three; the chaos suite's Redlock run
-/// (`tests/chaos.rs`) caught it in every run and is the guard that matters.
+/// owner in. Eight contenders run to 300 grants between them. The race is widened: two masters
+/// are reached through proxies that delay every chunk by 3 ms, and each contender's client
+/// also holds a 150 ms lease, so its watchdog (which sends the rollbacks) is often busy for a
+/// slow renewal round trip while the contender's retry goes out (a 50 ms re-check keeps the
+/// retries coming after split votes). Each of these is a
+/// violation: two owners inside at once, a token not larger than the previous grant's, a
+/// guard not held at the end of its critical section, and a release that reports a loss.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contended_redlock_never_grants_twice() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
+    const GRANTS: u64 = 300;
     let servers = RedisServers::start(3);
+    let proxies = [1, 2].map(|i| dlock_test::TcpProxy::start(servers[i].port()));
+    for proxy in &proxies {
+        proxy.delay(Duration::from_millis(3));
+    }
+    let urls = [servers[0].url(), proxies[0].url(), proxies[1].url()];
     let inside = Arc::new(AtomicBool::new(false));
-    let violations = Arc::new(AtomicU64::new(0));
+    let last_token = Arc::new(Mutex::new(0u64));
+    let violations = Arc::new(Mutex::new(Vec::<String>::new()));
     let grants = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(3);
     let mut workers = Vec::new();
-    for _ in 0..8 {
-        let c = redlock(&servers, Duration::from_secs(1)).await;
+    for worker in 0..8 {
+        let c = Client::redlock_with(&urls, options(Duration::from_secs(1)))
+            .await
+            .unwrap();
         let lock = c
             .lock_with(
                 "contended",
-                LockOptions::new().wait(dlock::Wait::Limit(Duration::from_secs(10))),
+                LockOptions::new()
+                    .wait(dlock::Wait::Limit(Duration::from_secs(10)))
+                    .recheck(Duration::from_millis(50)),
             )
             .unwrap();
-        let (inside, violations, grants) = (inside.clone(), violations.clone(), grants.clone());
+        let ticker = c
+            .lock_with(
+                &format!("ticker-{worker}"),
+                LockOptions::new().ttl(Duration::from_millis(150)),
+            )
+            .unwrap()
+            .try_lock()
+            .await
+            .unwrap();
+        let (inside, last_token, violations, grants) = (
+            inside.clone(),
+            last_token.clone(),
+            violations.clone(),
+            grants.clone(),
+        );
         workers.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
+            let violation = |what: String| violations.lock().unwrap().push(what);
+            while grants.load(Ordering::SeqCst) < GRANTS {
                 let guard = lock.lock().await.unwrap();
+                let token = guard.fencing_token();
                 if inside.swap(true, Ordering::SeqCst) {
-                    violations.fetch_add(1, Ordering::SeqCst);
+                    violation(format!("worker {worker}: granted while another was inside"));
+                }
+                {
+                    let mut last = last_token.lock().unwrap();
+                    if token <= *last {
+                        violation(format!("worker {worker}: token {token} after {}", *last));
+                    }
+                    *last = (*last).max(token);
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
-                // Still ours at the end of the critical section, or it was taken from us.
-                assert!(guard.is_held());
+                if !guard.is_held() {
+                    violation(format!(
+                        "worker {worker}: lost inside: {:?}",
+                        guard.status()
+                    ));
+                }
                 inside.store(false, Ordering::SeqCst);
                 grants.fetch_add(1, Ordering::SeqCst);
-                let _ = guard.release().await;
+                match guard.release().await {
+                    Ok(()) => {}
+                    Err(e) if e.is_lost() => violation(format!("worker {worker}: release: {e}")),
+                    Err(e) => panic!("worker {worker}: release failed: {e}"),
+                }
             }
+            assert!(ticker.is_held(), "worker {worker}: {:?}", ticker.status());
         }));
     }
-    for worker in workers {
-        worker.await.unwrap();
+    let all = futures_util::future::join_all(workers);
+    let finished = tokio::time::timeout(Duration::from_secs(60), all).await;
+    let finished = finished.expect("the grants within a minute");
+    for worker in finished {
+        worker.unwrap();
     }
+    let violations = violations.lock().unwrap();
     assert!(
-        grants.load(Ordering::SeqCst) > 50,
-        "too few grants to mean anything"
-    );
-    assert_eq!(
-        violations.load(Ordering::SeqCst),
-        0,
-        "two owners held the Redlock lock at once"
+        violations.is_empty(),
+        "{} violations in {} grants: {violations:#?}",
+        violations.len(),
+        grants.load(Ordering::SeqCst)
     );
 }
 
@@ -384,4 +431,58 @@ async fn a_master_frozen_before_connecting_costs_one_timeout_per_operation() {
             "{what} took {took:?} (timeout {timeout:?}, slack {slack:?})"
         );
     }
+}
+
+/// Loss detection on Redlock: a lease whose key one master of three no longer holds is still
+/// held (a majority renews it); once a second master loses it, the guard reports the loss
+/// within one renewal interval (+ ε) of that deletion.
+#[tokio::test]
+async fn a_lease_a_majority_no_longer_holds_is_reported_lost_within_one_interval() {
+    let servers = RedisServers::start(3);
+    let c = redlock(&servers, Duration::from_millis(500)).await;
+    let epsilon = crate::support::epsilon(&c).await;
+    let ttl = Duration::from_millis(1500);
+    let interval = ttl / 3;
+    let guard = c
+        .lock_with("majority", LockOptions::new().ttl(ttl))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    // A grant needs only a majority: make sure all three have it before deleting one.
+    while holders(&servers, "majority") < 3 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let _: () = servers[0].cmd("DEL", &["majority"]);
+    // Two renewals later (seen on master 2), the lease is still held.
+    for _ in 0..2 {
+        let before = servers[1].command_calls("evalsha");
+        while servers[1].command_calls("evalsha") == before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    c.flush().await;
+    assert!(
+        guard.is_held(),
+        "one master of three lost it: {:?}",
+        guard.status()
+    );
+    // And renewed by the majority: the lease's validity was just restored, not running down.
+    let validity = ttl - crate::support::drift(ttl);
+    assert!(
+        guard.remaining() + epsilon >= validity,
+        "{:?} of {validity:?} left right after a renewal: the majority's renewal did not count",
+        guard.remaining()
+    );
+    let _: () = servers[1].cmd("DEL", &["majority"]);
+    let deleted = Instant::now();
+    let reason = tokio::time::timeout(ttl, guard.lost())
+        .await
+        .expect("a majority lost the key");
+    assert_eq!(reason, dlock::LossReason::KeyGone);
+    assert!(
+        deleted.elapsed() <= interval + epsilon,
+        "reported {:?} after the deletion (interval {interval:?}, ε {epsilon:?})",
+        deleted.elapsed()
+    );
 }

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use dlock::{Client, ClientOptions, LockOptions, SentinelConfig, Wait};
-use dlock_test::{RedisServer, Sentinels, MASTER_NAME};
-use tokio::time::{timeout, Instant};
+use dlock::{Client, ClientOptions, LockOptions, LossReason, SentinelConfig, Wait};
+use dlock_test::{RedisServer, Sentinels, ServerOptions, TcpProxy, MASTER_NAME};
+use tokio::time::{sleep, timeout, Instant};
 
 use crate::support::{client, take_and_release};
 
@@ -226,4 +226,254 @@ async fn a_replica_guard_waits_its_own_timeout_not_the_command_timeout() {
     assert!(err.to_string().contains("0 of 1 replicas"), "{err}");
     assert!(took >= wait, "gave up after {took:?}");
     assert_eq!(master.cmd::<i64>("EXISTS", &["job"]), 0, "rolled back");
+}
+
+/// How often sentinels tell each other what they know: after the first sentinel names a new
+/// master, the others do within this.
+const SENTINEL_HELLO: Duration = Duration::from_secs(2);
+
+/// The longest pause between a link monitor's connection attempts (`link::RECONNECT`).
+const MONITOR_RETRY_CAP: Duration = Duration::from_secs(2);
+
+/// Waits until a dlock link monitor (the only RESP3 connection dlock opens) is connected to
+/// `server`, so its death is seen as a dropped connection.
+async fn monitored(server: &RedisServer) {
+    let connected = timeout(Duration::from_secs(5), async {
+        while !server.cmd::<String>("CLIENT", &["LIST"]).contains("resp=3") {
+            sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(connected.is_ok(), "no link monitor connected");
+}
+
+/// MGET calls `server` ran, or 0 when it cannot be asked right now (sentinels kill the
+/// clients of instances they reconfigure, so a poll may meet a closed connection).
+fn mget_calls(server: &RedisServer) -> u64 {
+    let info = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .and_then(|mut con| {
+            redis::cmd("INFO")
+                .arg("commandstats")
+                .query::<String>(&mut con)
+        });
+    info.ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("cmdstat_mget:"))?;
+            let calls = line.split("calls=").nth(1)?.split(',').next()?;
+            calls.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The sentinels' failover of `master` (killed here): returns the promoted replica's port,
+/// keeping the sentinels alive (the wait blocks, so it runs on a blocking thread).
+async fn fail_over(master: &mut RedisServer, sentinels: Sentinels) -> (Sentinels, u16) {
+    let old_port = master.port();
+    master.kill();
+    tokio::task::spawn_blocking(move || {
+        let port = sentinels.wait_for_failover(old_port);
+        (sentinels, port)
+    })
+    .await
+    .unwrap()
+}
+
+async fn sentinel_client(sentinels: &Sentinels) -> Client {
+    let options = ClientOptions::new()
+        .command_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_secs(1));
+    let config = SentinelConfig::new(MASTER_NAME, sentinels.urls());
+    Client::sentinel_with(config, options).await.unwrap()
+}
+
+/// The replica guard across a real Sentinel failover: a lock granted with `min_replicas(1, …)`
+/// is on a replica when granted, so after the master dies and a replica is promoted the lock
+/// is still there with the holder's token, a second client is refused, and the holder, which
+/// re-verifies its lease on the new master, keeps it (and releases it cleanly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_lock_survives_a_sentinel_failover_and_keeps_others_out() {
+    let mut master = RedisServer::start();
+    let replicas = [
+        RedisServer::start_replica_of(&master),
+        RedisServer::start_replica_of(&master),
+    ];
+    let sentinels = Sentinels::start(&master, 3, 2);
+    let holder = sentinel_client(&sentinels).await;
+    let options = LockOptions::new()
+        .ttl(Duration::from_secs(20))
+        .min_replicas(1, Duration::from_millis(500));
+    let guard = holder
+        .lock_with("job", options)
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    let token: String = master.cmd("GET", &["job"]);
+
+    let (sentinels, new_port) = fail_over(&mut master, sentinels).await;
+    let promoted = replicas.iter().find(|r| r.port() == new_port).unwrap();
+    let on_new_master: Option<String> = promoted.cmd("GET", &["job"]);
+    assert_eq!(
+        on_new_master.as_ref(),
+        Some(&token),
+        "the promoted replica has the lock"
+    );
+    let other = sentinel_client(&sentinels).await;
+    let waiting = LockOptions::new().wait(Wait::Limit(Duration::from_secs(20)));
+    // try_lock until the second client reaches the new master: then it must be refused.
+    let refused = timeout(Duration::from_secs(20), async {
+        loop {
+            match other
+                .lock_with("job", waiting.clone())
+                .unwrap()
+                .try_lock()
+                .await
+            {
+                Err(e) if e.is_conflict() => return e,
+                Err(e) if e.is_unavailable() => sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("{e:?}"),
+                Ok(_) => panic!("a second owner was granted the lock after the failover"),
+            }
+        }
+    })
+    .await
+    .expect("the second client reaches the new master");
+    assert!(refused.conflict().unwrap().holder.is_some());
+    // The holder re-verifies on the new master (its link dropped with the old one).
+    let reverified = timeout(Duration::from_secs(20), async {
+        while mget_calls(promoted) == 0 {
+            sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        reverified.is_ok(),
+        "the holder never re-verified on the new master"
+    );
+    holder.flush().await;
+    assert!(guard.is_held(), "{:?}", guard.status());
+    guard.release().await.unwrap();
+    assert_eq!(promoted.cmd::<i64>("EXISTS", &["job"]), 0);
+}
+
+/// A master and one replica whose replication link goes through a proxy (cut it, and the
+/// replica misses every later write), synced.
+async fn master_with_a_proxied_replica() -> (RedisServer, TcpProxy, RedisServer) {
+    let master = RedisServer::start();
+    let link = TcpProxy::start(master.port());
+    let replica = RedisServer::start_with(ServerOptions {
+        extra_args: ["--replicaof", "127.0.0.1", &link.port().to_string()]
+            .map(String::from)
+            .to_vec(),
+        ..ServerOptions::default()
+    });
+    let synced = timeout(Duration::from_secs(15), async {
+        while !replica
+            .cmd::<String>("INFO", &["replication"])
+            .contains("master_link_status:up")
+        {
+            sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(synced.is_ok(), "the replica never synced through the proxy");
+    (master, link, replica)
+}
+
+/// What the replica guard is for, made deterministic: the replica's replication link goes
+/// through a proxy that is cut before the grant, so the replica misses the lock. Without the
+/// guard the lock is granted, lost in the failover, reported lost to its holder (a key loss,
+/// found on the new master), and granted to a second client. With the guard it is never
+/// granted while the replica cannot have it, so there is nothing to lose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_replica_guard_a_failover_loses_a_lock_the_replica_missed() {
+    let (mut master, link, replica) = master_with_a_proxied_replica().await;
+    let sentinels = Sentinels::start(&master, 3, 1);
+    let holder = sentinel_client(&sentinels).await;
+    let ttl = Duration::from_secs(30);
+    link.cut();
+
+    let guarded = LockOptions::new()
+        .ttl(ttl)
+        .min_replicas(1, Duration::from_millis(300));
+    let err = holder
+        .lock_with("guarded", guarded)
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("0 of 1 replicas"), "{err}");
+    assert_eq!(master.cmd::<i64>("EXISTS", &["guarded"]), 0);
+    let unguarded = holder
+        .lock_with("job", LockOptions::new().ttl(ttl))
+        .unwrap()
+        .try_lock()
+        .await
+        .expect("without the guard the grant does not wait for the replica");
+
+    // The holder's link monitor is connected to the master, so the master's death is seen.
+    monitored(&master).await;
+    let (sentinels, new_port) = fail_over(&mut master, sentinels).await;
+    assert_eq!(new_port, replica.port());
+    assert_eq!(
+        replica.cmd::<i64>("EXISTS", &["job"]),
+        0,
+        "the replica missed it"
+    );
+    let switched = Instant::now();
+    // Told at once: its link to the old master dropped, so the lease is re-verified until the
+    // new master answers, not at the next renewal (a third of the TTL later). Sentinels other
+    // than the first may name the new master up to one hello period (2 s) later.
+    let reason = timeout(SENTINEL_HELLO, unguarded.lost())
+        .await
+        .expect("the holder is told within the sentinels' hello period of the switch");
+    assert_eq!(reason, LossReason::KeyGoneAfterReconnect);
+    assert!(switched.elapsed() < ttl / 3);
+    let other = sentinel_client(&sentinels).await;
+    let waiting = LockOptions::new().wait(Wait::Limit(Duration::from_secs(10)));
+    let second = other
+        .lock_with("job", waiting)
+        .unwrap()
+        .lock()
+        .await
+        .unwrap();
+    second.release().await.unwrap();
+}
+
+/// A master that dies before the holder's link monitor first connected to it (no await
+/// between the grant and the kill): the monitor must still find the new master once the
+/// sentinels name it, and the lease, which the promoted replica never had, is reported lost
+/// then, not at the next renewal a third of the TTL later.
+#[tokio::test]
+async fn a_master_lost_before_the_link_monitor_connected_is_still_re_verified_at_once() {
+    let (mut master, link, replica) = master_with_a_proxied_replica().await;
+    let sentinels = Sentinels::start(&master, 3, 1);
+    let holder = sentinel_client(&sentinels).await;
+    let ttl = Duration::from_secs(30);
+    link.cut();
+    let guard = holder
+        .lock_with("job", LockOptions::new().ttl(ttl))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    // Nothing ran on this (current-thread) runtime since the grant: no monitor yet.
+    let (_sentinels, new_port) = fail_over(&mut master, sentinels).await;
+    assert_eq!(new_port, replica.port());
+    let switched = Instant::now();
+    // The monitor retries its connection at most 2 s apart (link.rs), asking the sentinels
+    // each time; they all name the new master within a hello period.
+    let bound = SENTINEL_HELLO + MONITOR_RETRY_CAP;
+    let reason = timeout(bound, guard.lost())
+        .await
+        .expect("the holder is told within a hello period and a monitor retry of the switch");
+    assert!(
+        matches!(
+            reason,
+            LossReason::KeyGone | LossReason::KeyGoneAfterReconnect
+        ),
+        "{reason:?}"
+    );
+    assert!(switched.elapsed() < ttl / 3);
 }

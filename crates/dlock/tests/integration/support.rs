@@ -41,3 +41,30 @@ pub async fn settled_task_count(expected: usize) -> usize {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The slack (ε) for a timing bound, derived from this machine's speed right now rather than
+/// guessed: four times the slowest of ten warm `status` round trips through `client` (the
+/// library's own path: a script call and its reply), plus two scheduling periods (CFS targets
+/// 12 ms per period on 2 cores): on a loaded machine a task woken by its timer or by a reply
+/// may wait that long for a core, once in the library and once in the test. On an idle
+/// machine that is ~30 ms; on a loaded one it grows with the round trips the test measures.
+pub async fn epsilon(client: &Client) -> Duration {
+    // The first call loads the script (a NOSCRIPT round trip): not a typical round trip.
+    client.status("epsilon:probe").await.unwrap();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let started = tokio::time::Instant::now();
+        client.status("epsilon:probe").await.unwrap();
+        slowest = slowest.max(started.elapsed());
+    }
+    slowest * 4 + SCHEDULING_PERIOD * 2
+}
+
+/// One period of the kernel's scheduler on a 2-core machine (CFS: 6 ms × (1 + log2 cores)).
+const SCHEDULING_PERIOD: Duration = Duration::from_millis(12);
+
+/// The drift allowance the library keeps back from a lease of `ttl` (1% + 2 ms, DESIGN §0):
+/// a lease is surely valid for `ttl - drift(ttl)` after its request was sent.
+pub fn drift(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}

@@ -7,7 +7,7 @@ use dlock::{LeaseStatus, LockOptions, LossReason};
 use dlock_test::RedisServer;
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::support::{client, ttl};
+use crate::support::{client, drift, epsilon, ttl};
 
 #[tokio::test]
 async fn a_one_second_lease_is_held_through_five_seconds_of_work() {
@@ -167,29 +167,51 @@ async fn renewal_stops_at_release() {
     assert_eq!(c.held_locks(), 0);
 }
 
+/// Without renewal the guard reports `Expired` when its conservative validity ends: not
+/// before `TTL - drift` after the grant's request was sent, and no later than the TTL (plus ε)
+/// after the grant, that is before or just as the server drops the key, which it then does.
 #[tokio::test]
 async fn without_renewal_the_lease_ends_after_its_ttl_and_is_reported() {
     let server = RedisServer::start();
     let c = client(&server).await;
-    let options = LockOptions::new()
-        .ttl(Duration::from_millis(300))
-        .renew(false);
-    let guard = c
-        .lock_with("plain", options)
-        .unwrap()
-        .try_lock()
-        .await
-        .unwrap();
+    let epsilon = epsilon(&c).await;
+    let ttl = Duration::from_millis(300);
+    let options = LockOptions::new().ttl(ttl).renew(false);
+    let lock = c.lock_with("plain", options).unwrap();
+    let sent = Instant::now();
+    let guard = lock.try_lock().await.unwrap();
+    let granted = Instant::now();
     let calls = server.command_calls("evalsha");
-    let reason = timeout(Duration::from_secs(2), guard.lost()).await.unwrap();
+    let reason = timeout(ttl * 3, guard.lost()).await.expect("loss reported");
+    let lost_at = Instant::now();
     assert_eq!(reason, LossReason::Expired);
+    // The lease was surely valid until `sent + TTL - drift`: reported no earlier...
+    assert!(
+        lost_at - sent >= ttl - drift(ttl),
+        "reported lost {:?} after the request, before its validity could end (ε {epsilon:?})",
+        lost_at - sent
+    );
+    // ...and no later than one TTL after the grant: when the server drops the key, the holder
+    // already knows.
+    assert!(
+        lost_at - granted <= ttl + epsilon,
+        "reported lost {:?} after the grant (TTL {ttl:?}, ε {epsilon:?})",
+        lost_at - granted
+    );
     assert_eq!(
         server.command_calls("evalsha"),
         calls,
         "no renewal was sent"
     );
-    let exists: i64 = server.cmd("EXISTS", &["plain"]);
-    assert!(exists <= 1);
+    // The key was not renewed behind the guard's back either: the server drops it one TTL
+    // after the grant.
+    while server.cmd::<i64>("EXISTS", &["plain"]) == 1 {
+        assert!(
+            granted.elapsed() <= ttl + epsilon,
+            "the key outlived its TTL by more than ε ({epsilon:?})"
+        );
+        sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// `renewal_at_risk` fires once renewals fail and at most the margin of validity is left,
