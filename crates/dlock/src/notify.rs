@@ -391,7 +391,12 @@ impl Listener {
         let (mut sink, mut stream) = pubsub.split();
         // Read after connecting: subscriptions made meanwhile are in it.
         let names = self.names();
-        if !names.is_empty() && !self.within(sink.subscribe(&names)).await {
+        if names.is_empty() {
+            // Every waiter left while we connected (their Unsubscribes went by offline): an
+            // idle connection would stay open for nobody.
+            return Serve::Idle;
+        }
+        if !self.within(sink.subscribe(&names)).await {
             return Serve::Lost { subscribed: false };
         }
         // Anything published while we were not subscribed was missed: re-check everyone. Only
