@@ -225,20 +225,32 @@ impl Node {
     }
 }
 
+/// Asks the sentinels for the master, within `timeout`. A sentinel may briefly name no master
+/// (during a failover, or right after it started): such answers are retried until the timeout.
 async fn resolve_master(
     sentinel: &mut redis::sentinel::SentinelClient,
     name: &str,
     timeout: Duration,
 ) -> Result<redis::Client> {
-    match tokio::time::timeout(timeout, sentinel.async_get_client()).await {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(Error::Unavailable {
-            node: name.to_owned(),
-            reason: format!("no sentinel named a master: {e}"),
-        }),
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = None;
+    let asking = async {
+        loop {
+            match sentinel.async_get_client().await {
+                Ok(client) => return client,
+                Err(e) => last_error = Some(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    match tokio::time::timeout_at(deadline, asking).await {
+        Ok(client) => Ok(client),
         Err(_) => Err(Error::Unavailable {
             node: name.to_owned(),
-            reason: format!("the sentinels did not answer within {}", humanize(timeout)),
+            reason: match last_error {
+                Some(e) => format!("no sentinel named a master: {e}"),
+                None => format!("the sentinels did not answer within {}", humanize(timeout)),
+            },
         }),
     }
 }

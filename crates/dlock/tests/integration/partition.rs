@@ -33,7 +33,10 @@ async fn a_partitioned_holder_knows_its_lease_is_over_before_anyone_else_can_hav
     }
     proxy.cut();
     let cut_at = Instant::now();
-    // From here no renewal can reach Redis: A's conservative deadline is fixed.
+    // From here no renewal can reach Redis. The reply to the renewal just seen may still be on
+    // its way into A's watchdog (it came back before the cut): a flush returns only after the
+    // watchdog has handled it, and A's conservative deadline is fixed from then on.
+    a.flush().await;
     let a_deadline = Instant::now() + guard.remaining();
     assert!(guard.is_held());
 
