@@ -131,7 +131,7 @@ impl LockGuard {
         validate_ttl(ttl)?;
         self.check_held()?;
         let mut call = scripts::EXTEND.prepare_invoke();
-        scripts::add_extend(&mut call, &self.lease.keys, &self.lease.token, ttl);
+        scripts::add_extend(&mut call, &self.lease.keys, &self.lease.token, ttl, None);
         let nodes = self.client.nodes();
         let sent_at = Instant::now();
         let tally = Tally::of(

@@ -107,6 +107,9 @@ pub(crate) struct Lease {
     pub token: Token,
     pub fencing_token: u64,
     pub renew: bool,
+    /// A reentrant lease: its key holds the owner's token (the same for every grant to that
+    /// owner), so renewals also check the grant's fencing token in the holder info.
+    pub reentrant: bool,
     /// The replica guard every renewal must pass.
     pub min_replicas: Option<crate::MinReplicas>,
     timing: Mutex<Timing>,
@@ -139,6 +142,7 @@ impl Lease {
             token,
             fencing_token,
             renew,
+            reentrant: false,
             min_replicas: None,
             timing: Mutex::new(Timing {
                 ttl,
@@ -162,6 +166,17 @@ impl Lease {
     pub fn with_min_replicas(mut self, guard: Option<crate::MinReplicas>) -> Lease {
         self.min_replicas = guard;
         self
+    }
+
+    /// Marks a reentrant lease (see [`Lease::reentrant`]).
+    pub fn reentrant(mut self) -> Lease {
+        self.reentrant = true;
+        self
+    }
+
+    /// The grant check for `extend.lua`: the fencing token of a reentrant lease's grant.
+    pub fn grant_check(&self) -> Option<u64> {
+        self.reentrant.then_some(self.fencing_token)
     }
 
     /// The current lease length.

@@ -549,7 +549,9 @@ impl Drop for PendingAcquisition {
                 .release_in_background(self.keys.clone(), token),
             Cleanup::ReleaseHold { owner } => {
                 self.watchdog
-                    .release_hold_in_background(self.keys.clone(), owner.clone(), token)
+                    // The grant is unknown (no reply): any grant of this owner holding this
+                    // acquisition id is the one to undo.
+                    .release_hold_in_background(self.keys.clone(), owner.clone(), token, None)
             }
         }
     }

@@ -255,15 +255,18 @@ impl ReentrantLock {
                         tracing::warn!(lock = %keys.lock, "lease lost: a re-entry found the key gone");
                     }
                 }
-                let lease = Arc::new(Lease::new(
-                    keys.clone(),
-                    owner.token().clone(),
-                    fencing_token,
-                    options.ttl,
-                    sent_at,
-                    options.renew,
-                    client.held_counter().clone(),
-                ));
+                let lease = Arc::new(
+                    Lease::new(
+                        keys.clone(),
+                        owner.token().clone(),
+                        fencing_token,
+                        options.ttl,
+                        sent_at,
+                        options.renew,
+                        client.held_counter().clone(),
+                    )
+                    .reentrant(),
+                );
                 client.watchdog().track(lease.clone());
                 let holding = Arc::new(Holding {
                     lease,
@@ -361,7 +364,13 @@ impl ReentrantGuard {
             return Err(self.lost_error(reason));
         }
         let mut call = scripts::EXTEND.prepare_invoke();
-        scripts::add_extend(&mut call, &lease.keys, &lease.token, ttl);
+        scripts::add_extend(
+            &mut call,
+            &lease.keys,
+            &lease.token,
+            ttl,
+            lease.grant_check(),
+        );
         let node = self.lock.lock.client().node();
         let sent_at = Instant::now();
         let reply: Vec<i64> = node.eval(&call, node.command_timeout()).await?;
@@ -391,7 +400,12 @@ impl ReentrantGuard {
             LeaseStatus::Lost(reason) => Some(reason),
             _ => None,
         };
-        let call = release_call(&lease.keys, self.owner.token(), &self.acquisition);
+        let call = release_call(
+            &lease.keys,
+            self.owner.token(),
+            &self.acquisition,
+            Some(lease.fencing_token),
+        );
         let deadline = match lost_before {
             Some(_) => Instant::now(),
             None => lease.valid_until(),
@@ -449,16 +463,20 @@ impl Drop for ReentrantGuard {
                     self.holding.lease.keys.clone(),
                     self.owner.token().clone(),
                     self.acquisition.clone(),
+                    Some(self.holding.lease.fencing_token),
                 );
         }
     }
 }
 
-/// A `REENTRANT_RELEASE` call removing hold `acquisition` of `owner` from `keys`' lock.
+/// A `REENTRANT_RELEASE` call removing hold `acquisition` of `owner` from `keys`' lock, if
+/// the lock is still the grant with fencing token `grant` (`None`: any grant of `owner`, for
+/// undoing an acquisition whose reply never came).
 pub(crate) fn release_call<'a>(
     keys: &LockKeys,
     owner: &Token,
     acquisition: &Token,
+    grant: Option<u64>,
 ) -> redis::ScriptInvocation<'a> {
     let mut call = scripts::REENTRANT_RELEASE.prepare_invoke();
     call.key(&keys.lock)
@@ -466,6 +484,7 @@ pub(crate) fn release_call<'a>(
         .key(&keys.holds)
         .arg(owner.as_str())
         .arg(acquisition.as_str())
-        .arg(&keys.channel);
+        .arg(&keys.channel)
+        .arg(grant.map(|fence| fence.to_string()).unwrap_or_default());
     call
 }

@@ -27,18 +27,21 @@ pub(crate) static EXTEND: LazyLock<Script> =
 pub(crate) static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
 
-/// Adds one lease to an `EXTEND` call: its three keys, then its token and new TTL.
+/// Adds one lease to an `EXTEND` call: its three keys, then its token, new TTL and, for a
+/// reentrant lease, its grant's fencing token (see `extend.lua`).
 pub(crate) fn add_extend(
     call: &mut redis::ScriptInvocation<'_>,
     keys: &crate::key::LockKeys,
     token: &crate::token::Token,
     ttl: std::time::Duration,
+    grant: Option<u64>,
 ) {
     call.key(&keys.lock)
         .key(&keys.info)
         .key(&keys.holds)
         .arg(token.as_str())
-        .arg(crate::watchdog::millis(ttl));
+        .arg(crate::watchdog::millis(ttl))
+        .arg(grant.map(|fence| fence.to_string()).unwrap_or_default());
 }
 
 /// Take a reentrant lock, or add a hold to one this owner has (see `reentrant_acquire.lua`).

@@ -54,6 +54,8 @@ enum Job {
         keys: Arc<LockKeys>,
         owner: Token,
         acquisition: Token,
+        /// The grant's fencing token, when known (see `reentrant::release_call`).
+        grant: Option<u64>,
     },
     /// Answer once every job queued before this one is done.
     Flush(oneshot::Sender<()>),
@@ -117,11 +119,13 @@ impl Watchdog {
         keys: Arc<LockKeys>,
         owner: Token,
         acquisition: Token,
+        grant: Option<u64>,
     ) {
         let _ = self.jobs.send(Job::ReleaseHold {
             keys,
             owner,
             acquisition,
+            grant,
         });
     }
 
@@ -249,7 +253,8 @@ impl Task {
                         keys,
                         owner,
                         acquisition,
-                    } => holds.push((keys, owner, acquisition)),
+                        grant,
+                    } => holds.push((keys, owner, acquisition, grant)),
                     Job::Flush(done) => flushes.push(done),
                 }
             }
@@ -260,11 +265,11 @@ impl Task {
                 self.background
                     .spawn(async move { release(&nodes, releases).await });
             }
-            for (keys, owner, acquisition) in holds {
+            for (keys, owner, acquisition, grant) in holds {
                 // Reentrant locks are single-node only.
                 let node = self.nodes.first().clone();
                 self.background.spawn(async move {
-                    let call = crate::reentrant::release_call(&keys, &owner, &acquisition);
+                    let call = crate::reentrant::release_call(&keys, &owner, &acquisition, grant);
                     if let Err(error) = node.eval::<Vec<i64>>(&call, node.command_timeout()).await {
                         tracing::warn!(lock = %keys.lock, %error, "background release of a hold failed");
                     }
@@ -418,7 +423,13 @@ impl Task {
             let mut call = scripts::EXTEND.prepare_invoke();
             for &i in leases {
                 let lease = &chunk[i].lease;
-                scripts::add_extend(&mut call, &lease.keys, &lease.token, ttls[i]);
+                scripts::add_extend(
+                    &mut call,
+                    &lease.keys,
+                    &lease.token,
+                    ttls[i],
+                    lease.grant_check(),
+                );
             }
             call
         };

@@ -194,3 +194,52 @@ async fn a_reentry_after_the_key_was_lost_reports_the_loss_and_grants_afresh() {
     again.release().await.unwrap();
     assert_eq!(server.cmd::<i64>("EXISTS", &["ledger"]), 0);
 }
+
+/// A reentrant lock's key holds the owner's token, the same for every grant to that owner.
+/// If the owner's grant is lost and a *later* grant to the same owner appears (a cancelled
+/// re-entry whose undo never arrived: simulated here by writing that grant's state), the old
+/// lease's renewals and release must not take the later grant for their own: only its fencing
+/// token tells them apart. Found by review: the old lease went on renewing the later grant and
+/// its release returned `Ok` although another owner had held the lock in between.
+#[tokio::test]
+async fn a_later_grant_to_the_same_owner_is_not_taken_for_a_lost_one() {
+    let server = RedisServer::start();
+    let (a, b) = (client(&server).await, client(&server).await);
+    let options = LockOptions::new().ttl(Duration::from_millis(900));
+    let owner = Owner::new().unwrap();
+    let first = a
+        .reentrant_lock_with("ledger", options.clone())
+        .unwrap()
+        .lock(&owner)
+        .await
+        .unwrap();
+    let owner_token: String = server.cmd("GET", &["ledger"]);
+    // The grant is lost; someone else holds and frees the lock.
+    b.force_release("ledger").await.unwrap();
+    let theirs = b
+        .reentrant_lock("ledger")
+        .unwrap()
+        .try_lock(&Owner::new().unwrap())
+        .await
+        .unwrap();
+    let their_token = theirs.fencing_token();
+    theirs.release().await.unwrap();
+    // A later grant to the same owner, as a re-entry would have written it.
+    let info = "{ledger}:dlock:info:ledger";
+    let _: () = server.cmd("SET", &["ledger", &owner_token, "PX", "30000"]);
+    let later = (their_token + 1).to_string();
+    let _: () = server.cmd("HSET", &[info, "host", "h", "since_ms", "1", "fence", &later]);
+    let _: () = server.cmd("PEXPIRE", &[info, "30000"]);
+    let _: () = server.cmd("SADD", &[HOLDS, "someone-elses-acquisition"]);
+    // The first lease's next renewal (within a third of its TTL) finds the grant changed.
+    let reason = timeout(Duration::from_secs(2), first.lost())
+        .await
+        .expect("the lost grant is reported, not renewed as the later one");
+    assert_eq!(reason, dlock::LossReason::KeyGone);
+    assert!(first.release().await.unwrap_err().is_lost());
+    assert_eq!(
+        server.cmd::<i64>("SCARD", &[HOLDS]),
+        1,
+        "the later grant's hold is untouched"
+    );
+}
