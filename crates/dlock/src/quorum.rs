@@ -197,25 +197,44 @@ impl Nodes {
             let now = tokio::time::Instant::now();
             let left = deadline.saturating_duration_since(now);
             let todo: Vec<usize> = (0..self.len()).filter(|&i| answers[i].is_none()).collect();
-            let replies = futures_util::future::join_all(todo.iter().map(|&i| {
-                let node = &self.nodes[i];
-                // The first try gets a full command timeout even past the deadline, so a
-                // release is always sent once.
-                let timeout = if attempt == 0 {
-                    node.command_timeout()
-                } else {
-                    node.command_timeout().min(left)
-                };
-                call(node, timeout)
-            }))
-            .await;
-            for (&i, reply) in todo.iter().zip(replies) {
+            let mut pending: FuturesUnordered<_> = todo
+                .iter()
+                .map(|&i| {
+                    let node = &self.nodes[i];
+                    // The first try gets a full command timeout even past the deadline, so a
+                    // release is always sent once.
+                    let timeout = if attempt == 0 {
+                        node.command_timeout()
+                    } else {
+                        node.command_timeout().min(left)
+                    };
+                    let reply = call(node, timeout);
+                    async move { (i, reply.await) }
+                })
+                .collect();
+            while let Some((i, reply)) = pending.next().await {
                 match reply {
                     Ok(answer) => {
                         answers[i] = Some(answer);
                         errors[i] = None;
                     }
                     Err(error) => errors[i] = Some(error),
+                }
+                // A majority decided: a silent (frozen, black-holed) node is not waited for.
+                let yes_count = answers.iter().flatten().filter(|a| yes(a)).count();
+                let no_count = answers.iter().flatten().count() - yes_count;
+                if yes_count >= self.quorum() || no_count > self.len() - self.quorum() {
+                    break;
+                }
+            }
+            drop(pending);
+            // Nodes abandoned above count as failed: the caller retries them (Drop).
+            for &i in &todo {
+                if answers[i].is_none() && errors[i].is_none() {
+                    errors[i] = Some(Error::Unavailable {
+                        node: self.nodes[i].name().to_owned(),
+                        reason: "no answer before the others decided".into(),
+                    });
                 }
             }
             let mut tally = Tally {

@@ -228,7 +228,10 @@ async fn a_later_grant_to_the_same_owner_is_not_taken_for_a_lost_one() {
     let info = "{ledger}:dlock:info:ledger";
     let _: () = server.cmd("SET", &["ledger", &owner_token, "PX", "30000"]);
     let later = (their_token + 1).to_string();
-    let _: () = server.cmd("HSET", &[info, "host", "h", "since_ms", "1", "fence", &later]);
+    let _: () = server.cmd(
+        "HSET",
+        &[info, "host", "h", "since_ms", "1", "fence", &later],
+    );
     let _: () = server.cmd("PEXPIRE", &[info, "30000"]);
     let _: () = server.cmd("SADD", &[HOLDS, "someone-elses-acquisition"]);
     // The first lease's next renewal (within a third of its TTL) finds the grant changed.
