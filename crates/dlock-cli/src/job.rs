@@ -407,6 +407,8 @@ struct ProcStat {
     state: char,
     ppid: i32,
     pgrp: i32,
+    /// Live threads of the process (the kernel's count, which keeps a zombie leader in it).
+    threads: u32,
 }
 
 impl ProcStat {
@@ -421,12 +423,21 @@ impl ProcStat {
         let state = fields.next()?.chars().next()?;
         let ppid = fields.next()?.parse().ok()?;
         let pgrp = fields.next()?.parse().ok()?;
-        Some(ProcStat { state, ppid, pgrp })
+        // num_threads is the 20th field, the 18th after the command name.
+        let threads = fields.nth(14)?.parse().ok()?;
+        Some(ProcStat {
+            state,
+            ppid,
+            pgrp,
+            threads,
+        })
     }
 
-    /// A zombie (or a process being torn down): it runs no more.
+    /// A zombie (or a process being torn down): it runs no more. A leader whose main thread
+    /// exited (`pthread_exit`) also shows `Z`, while its other threads run on: the kernel's
+    /// thread count (which still counts the zombie leader) tells them apart.
     fn is_dead(self) -> bool {
-        self.state == 'Z' || self.state == 'X'
+        self.state == 'X' || (self.state == 'Z' && self.threads <= 1)
     }
 }
 
@@ -439,9 +450,14 @@ fn below(root: Pid) -> Vec<(Pid, ProcStat)> {
         if !seen.insert(pid) {
             continue;
         }
-        let Some(stat) = ProcStat::read(pid) else {
-            continue;
-        };
+        // A stat we may not read (`/proc` mounted with hidepid, a process of another user)
+        // is not a gone process: it counts as running until `kill(pid, 0)` says ESRCH.
+        let stat = ProcStat::read(pid).unwrap_or(ProcStat {
+            state: '?',
+            ppid: 0,
+            pgrp: 0,
+            threads: 1,
+        });
         found.push((pid, stat));
         pending.extend(children(pid));
     }
@@ -781,13 +797,14 @@ mod tests {
 
     #[test]
     fn proc_stat_fields_are_read_after_the_command_name() {
-        let stat = "42 (a (weird) name) S 7 42 42 0 -1 4194560 99";
+        let stat = "42 (a (weird) name) S 7 42 42 0 -1 4194560 99 0 0 0 10 2 0 0 20 0 3 0 1";
         assert_eq!(
             ProcStat::parse(stat),
             Some(ProcStat {
                 state: 'S',
                 ppid: 7,
-                pgrp: 42
+                pgrp: 42,
+                threads: 3,
             })
         );
         assert_eq!(ProcStat::parse("garbage"), None);

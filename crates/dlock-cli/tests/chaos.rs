@@ -24,7 +24,8 @@
 //!   the stop in that window), or, on one Redis only, the server restarted empty (its kill in
 //!   that window). On Redlock restarts and frozen masters excuse nothing. A holder starved past
 //!   its lease and told so (exit 76, "could not be reached before the lease ran out") is
-//!   excused and counted apart (see below).
+//!   excused, and counted apart, only when the new holder entered at least a TTL after the old
+//!   hold began: no lock service may hand the lock on sooner without a fault.
 //! - **Every overtaken holder exits 76**, unless it was SIGKILLed: a loss is never silent, also
 //!   when a restart lost the lock during a short job.
 //! - **Fencing tokens never go back.** The storage refuses any token below the largest it
@@ -52,9 +53,10 @@
 //!   must have been fenced off (a real overlap or a refused write).
 //!
 //! The verdict is computed by `chaos/checks.rs` from the recorded run; its unit tests show each
-//! check failing on a doctored record. The starvation exemption has no window of its own: a
-//! starved dlock and a SIGSTOPped one look alike, so an unrecorded stop would hide behind it;
-//! the summary line counts how many overlaps it excused (so far none in CI).
+//! check failing on a doctored record. The starvation exemption's window starts a TTL after the
+//! old hold began; within it, a starved dlock and a SIGSTOPped one still look alike, so an
+//! unrecorded stop could hide behind it there: the summary line counts how many overlaps it
+//! excused (so far none in CI).
 //!
 //! CI runs the short form (`DLOCK_CHAOS_SECS`, default 20 s); set it higher for a soak.
 #![allow(clippy::unwrap_used)]

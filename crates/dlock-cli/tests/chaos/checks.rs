@@ -217,8 +217,16 @@ impl Run {
     }
 
     /// Whether `pid` exited 76 saying Redis could not be reached before its lease ran out: a
-    /// holder starved (here: of CPU) past its lease, told, and fenced off by its token.
-    fn starved(&self, pid: u32) -> bool {
+    /// holder starved (here: of CPU) past its lease, told, and fenced off by its token. Only
+    /// for what happened at `at` or later than a whole TTL after its hold began: without a
+    /// fault, no server hands the lock on before the lease it granted has run out, so a
+    /// "starved" holder overtaken sooner was robbed by the lock service (found by review: the
+    /// exemption had no window and hid such a double grant).
+    fn starved(&self, pid: u32, at: u64) -> bool {
+        at >= self.hold_start(pid) + self.ttl_ms && self.exited_unreachable(pid)
+    }
+
+    fn exited_unreachable(&self, pid: u32) -> bool {
         self.procs
             .get(&pid)
             .and_then(|p| p.ended.as_ref())
@@ -323,7 +331,7 @@ impl Run {
                 } => {
                     verdict.refused += 1;
                     let from = self.hold_start(pid);
-                    if self.fault_of(pid, from, at).is_none() && !self.starved(pid) {
+                    if self.fault_of(pid, from, at).is_none() && !self.starved(pid, at) {
                         verdict.violations.push(format!(
                             "{key}: write with token {token} refused at {at} (largest {max}) \
                              from a holder not faulted since its grant (from {from}): {}",
@@ -346,7 +354,7 @@ impl Run {
                         continue;
                     }
                     let from = self.hold_start(old_pid).min(old_since);
-                    let starved = self.starved(old_pid);
+                    let starved = self.starved(old_pid, new_at);
                     if self.fault_of(old_pid, from, new_at).is_none() {
                         if starved {
                             verdict.starved += 1;
@@ -547,6 +555,47 @@ mod tests {
             ]),
             logs: vec![("k".into(), log)],
             ..Run::default()
+        }
+    }
+
+    /// Review finding: a double grant 190 ms into a 1 s lease hid behind the old holder's
+    /// later "could not be reached" loss. A starved holder is excused only once its lease
+    /// could have run out (a TTL after its hold began); the same loss later is still excused.
+    #[test]
+    fn starvation_excuses_nothing_before_the_lease_could_have_run_out() {
+        for masters in [1, 3] {
+            let mut run = overtaken(masters);
+            run.logs[0].1 = vec![
+                format!("enter 100 1 {}", T0 + 10),
+                format!("overlap 100 1 {} 200 2 {}", T0 + 10, T0 + 200),
+                format!("enter 200 2 {}", T0 + 200),
+                format!("refused 100 1 {} exit 200", T0 + 5000),
+                format!("exit 200 2 {}", T0 + 300),
+            ];
+            if let Some(r) = run
+                .procs
+                .get_mut(&2)
+                .and_then(|p| p.ended.as_mut())
+                .and_then(|e| e.report.as_mut())
+            {
+                r.waited_ms = 190;
+            }
+            if let Some(r) = run
+                .procs
+                .get_mut(&1)
+                .and_then(|p| p.ended.as_mut())
+                .and_then(|e| e.report.as_mut())
+            {
+                r.loss_reason =
+                    Some("Redis could not be reached before the lease ran out: timed out".into());
+                r.command_ended_at_ms = Some(T0 + 5000);
+            }
+            let verdict = run.check();
+            assert!(
+                !verdict.violations.is_empty(),
+                "masters={masters}: a double grant passed as starvation"
+            );
+            assert_eq!(verdict.starved, 0);
         }
     }
 

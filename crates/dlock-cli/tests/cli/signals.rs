@@ -606,3 +606,35 @@ fn a_background_dlock_on_a_tostop_terminal_is_not_stopped_by_its_own_messages() 
         "the command inherited a blocked signal: {mask}"
     );
 }
+
+/// A job process whose main thread exited (`pthread_exit`) shows as a zombie in /proc while
+/// its other threads run on. It used to count as gone: dlock released at once, the next
+/// holder ran, and the old process kept writing (found by review). It is part of the job
+/// until its last thread ends. (python3 stands in for a C program doing the same.)
+#[test]
+fn a_process_whose_main_thread_exited_still_counts_as_running() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let marker = scratch.path("marker");
+    let program = "import ctypes, threading, time, sys\n\
+                   def work():\n    time.sleep(1.5)\n    open(sys.argv[1], 'w').write('x')\n\
+                   threading.Thread(target=work).start()\n\
+                   time.sleep(0.1)\n\
+                   ctypes.CDLL(None).pthread_exit(None)\n";
+    let script = format!("python3 -c \"$P\" {} & sleep 0.5; exit 0", marker.display());
+    let first = output(
+        dlock(&server)
+            .env("P", program)
+            .args(["run", "k", "--", "sh", "-c", &script]),
+        LIMIT,
+    );
+    // The process was stopped with the rest of the job (the stop signal goes to what the
+    // command left), so it never writes.
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    let second = output(dlock(&server).args(["run", "k", "--", "sleep", "2"]), LIMIT);
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert!(
+        !marker.exists(),
+        "the old job wrote while the next holder held the lock"
+    );
+}
