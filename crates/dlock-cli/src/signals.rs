@@ -15,8 +15,12 @@ pub struct Signals {
 
 impl Signals {
     /// Installs the handlers. From here on these signals no longer kill dlock by default;
-    /// dlock decides what they mean.
+    /// dlock decides what they mean. A terminal signal dlock was started ignoring (HUP under
+    /// `nohup`, INT and QUIT for a job a shell started with `&`) stays ignored, as it would for
+    /// any program, and so it is for the command too (an ignored signal stays ignored across
+    /// `exec`): `nohup dlock run …` survives the hang-up.
     pub fn install() -> io::Result<Signals> {
+        let ignored = ignored_at_start();
         let kinds = [
             (Signal::SIGTERM, SignalKind::terminate()),
             (Signal::SIGINT, SignalKind::interrupt()),
@@ -35,6 +39,7 @@ impl Signals {
         ];
         let streams = kinds
             .into_iter()
+            .filter(|(name, _)| !(is_terminal(*name) && ignored.contains(name)))
             .map(|(name, kind)| Ok((name, signal(kind)?)))
             .collect::<io::Result<_>>()?;
         Ok(Signals { streams })
@@ -78,4 +83,39 @@ pub fn is_terminating(signal: Signal) -> bool {
         signal,
         Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT
     )
+}
+
+/// The signals a shell or `nohup` hands down as ignored, which dlock then leaves ignored.
+fn is_terminal(signal: Signal) -> bool {
+    matches!(signal, Signal::SIGHUP | Signal::SIGINT | Signal::SIGQUIT)
+}
+
+/// The signals this process was started ignoring, from the `SigIgn` mask in
+/// `/proc/self/status` (reading the disposition with `sigaction` would need unsafe code).
+/// Empty where that file does not exist.
+fn ignored_at_start() -> Vec<Signal> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigIgn:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    Signal::iterator()
+        .filter(|&signal| {
+            let bit = signal as i32 - 1;
+            (0..64).contains(&bit) && mask & (1 << bit) != 0
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ignored_mask_is_read() {
+        // Rust ignores SIGPIPE in every program it starts.
+        assert!(ignored_at_start().contains(&Signal::SIGPIPE));
+        assert!(!ignored_at_start().contains(&Signal::SIGTERM));
+    }
 }

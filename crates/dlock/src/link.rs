@@ -35,6 +35,9 @@ use crate::quorum::Nodes;
 const RECONNECT: crate::Backoff =
     crate::Backoff::new_const(Duration::from_millis(50), Duration::from_secs(2));
 
+/// How long a sentinel watcher listens without a message before it subscribes afresh.
+const WATCH_REFRESH: Duration = Duration::from_secs(60);
+
 /// What a monitor saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LinkEvent {
@@ -196,14 +199,28 @@ async fn watch_sentinels(
         };
         failures = 0;
         let mut messages = pubsub.into_on_message();
-        while let Some(message) = messages.next().await {
+        // A sentinel that black-holes (a partition without a reset) would hold the watcher
+        // forever: after a quiet spell, subscribe afresh (on the next sentinel).
+        while let Ok(Some(message)) = tokio::time::timeout(WATCH_REFRESH, messages.next()).await {
             // "<master name> <old ip> <old port> <new ip> <new port>"
             let payload: String = message.get_payload().unwrap_or_default();
             if payload.split(' ').next() != Some(master.as_str()) {
                 continue;
             }
             tracing::warn!(node = node.name(), %payload, "sentinels switched the master");
-            let _ = node.switch_if_moved().await;
+            // The sentinels asked first may lag behind the one announcing: ask again until
+            // they name the announced master (or a connect timeout passes), so the leases are
+            // re-verified on the new master, not the old one, which still answers as a master
+            // until Sentinel demotes it.
+            let announced = payload.split(' ').skip(3).collect::<Vec<_>>().join(":");
+            let deadline = tokio::time::Instant::now() + node.connect_timeout();
+            loop {
+                let _ = node.switch_if_moved().await;
+                if node.current_address() == announced || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             if events.send(LinkEvent::Dropped(index)).is_err() {
                 return;
             }

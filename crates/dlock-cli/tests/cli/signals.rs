@@ -638,3 +638,35 @@ fn a_process_whose_main_thread_exited_still_counts_as_running() {
         "the old job wrote while the next holder held the lock"
     );
 }
+
+/// `nohup dlock run …`: a hang-up dlock was started ignoring stays ignored, for dlock and for
+/// its command, instead of being caught and forwarded (found by review: the job died of the
+/// HUP and dlock exited 129).
+#[test]
+fn a_hangup_ignored_at_start_stays_ignored_for_dlock_and_its_command() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let done = scratch.path("done");
+    let job = format!(
+        "touch {started}; sleep 1; touch {done}",
+        started = scratch.path("started").display(),
+        done = done.display()
+    );
+    let script = format!(
+        "trap '' HUP; exec {dlock} run k -- sh -c \"$JOB\"",
+        dlock = env!("CARGO_BIN_EXE_dlock")
+    );
+    let mut sh = std::process::Command::new("sh");
+    sh.args(["-c", &script])
+        .env("JOB", &job)
+        .env("DLOCK_REDIS_URL", server.url())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // `exec`: the child's pid is dlock's.
+    let child = started(&mut sh, &scratch.path("started"));
+    send(child.id(), Signal::SIGHUP);
+    let out = finish(child, LIMIT);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(done.exists(), "the command finished despite the hang-up");
+}

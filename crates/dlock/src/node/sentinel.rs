@@ -176,6 +176,17 @@ impl Node {
         });
     }
 
+    /// The current master's address, `host:port`.
+    pub(crate) fn current_address(&self) -> String {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .client
+            .get_connection_info()
+            .addr()
+            .to_string()
+    }
+
     /// For a Sentinel-backed node: its sentinels' URLs and the master's name.
     pub(crate) fn sentinel_watch(&self) -> Option<(Vec<String>, String)> {
         let source = self.sentinel.as_ref()?;
