@@ -40,19 +40,7 @@ async fn dropping_lock_futures_at_random_points_leaves_nothing_behind() {
     rival.flush().await;
     // Each watchdog's link monitor connects in the background (its connection's driver is a
     // task too): count only once both are up.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while server
-        .cmd::<String>("CLIENT", &["LIST"])
-        .matches("resp=3")
-        .count()
-        < 2
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "link monitors never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::support::monitored(&server, 2).await;
     let tasks_before = Handle::current().metrics().num_alive_tasks();
 
     let mut granted = 0;

@@ -235,18 +235,6 @@ const SENTINEL_HELLO: Duration = Duration::from_secs(2);
 /// The longest pause between a link monitor's connection attempts (`link::RECONNECT`).
 const MONITOR_RETRY_CAP: Duration = Duration::from_secs(2);
 
-/// Waits until a dlock link monitor (the only RESP3 connection dlock opens) is connected to
-/// `server`, so its death is seen as a dropped connection.
-async fn monitored(server: &RedisServer) {
-    let connected = timeout(Duration::from_secs(5), async {
-        while !server.cmd::<String>("CLIENT", &["LIST"]).contains("resp=3") {
-            sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(connected.is_ok(), "no link monitor connected");
-}
-
 /// MGET calls `server` ran, or 0 when it cannot be asked right now (sentinels kill the
 /// clients of instances they reconfigure, so a poll may meet a closed connection).
 fn mget_calls(server: &RedisServer) -> u64 {
@@ -413,7 +401,7 @@ async fn without_the_replica_guard_a_failover_loses_a_lock_the_replica_missed() 
         .expect("without the guard the grant does not wait for the replica");
 
     // The holder's link monitor is connected to the master, so the master's death is seen.
-    monitored(&master).await;
+    crate::support::monitored(&master, 1).await;
     let (sentinels, new_port) = fail_over(&mut master, sentinels).await;
     assert_eq!(new_port, replica.port());
     assert_eq!(

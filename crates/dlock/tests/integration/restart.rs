@@ -11,7 +11,7 @@ use dlock::{Client, ClientOptions, Error, LeaseStatus, LockOptions, LossReason, 
 use dlock_test::{RedisServer, RedisServers, TcpProxy};
 use tokio::time::{timeout, Instant};
 
-use crate::support::client;
+use crate::support::{client, monitored};
 
 /// Long enough that the watchdog's next regular renewal (a third of it) is far away: a loss
 /// found within a few seconds was found by the reconnect, not by a tick.
@@ -19,23 +19,6 @@ const LONG_TTL: Duration = Duration::from_secs(30);
 /// How long the re-verification after a restart may take: the reconnect plus a few renewal
 /// retries, far below the 10 s renewal interval of `LONG_TTL`.
 const REVERIFY_WITHIN: Duration = Duration::from_secs(3);
-
-/// Waits until `server` has `n` link-monitor connections (the only RESP3 ones dlock opens), so a
-/// restart is seen as a dropped connection rather than found when the monitor first connects.
-async fn monitored(server: &RedisServer, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let clients: String = server.cmd("CLIENT", &["LIST"]);
-        if clients.matches("resp=3").count() >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no link monitor connected:\n{clients}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 fn lost_reason(error: Error) -> LossReason {
     match error {

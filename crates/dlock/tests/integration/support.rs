@@ -68,3 +68,20 @@ const SCHEDULING_PERIOD: Duration = Duration::from_millis(12);
 pub fn drift(ttl: Duration) -> Duration {
     ttl / 100 + Duration::from_millis(2)
 }
+
+/// Waits until `server` has `n` link-monitor connections (the only RESP3 ones dlock opens), so a
+/// restart is seen as a dropped connection rather than found when the monitor first connects.
+pub async fn monitored(server: &RedisServer, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let clients: String = server.cmd("CLIENT", &["LIST"]);
+        if clients.matches("resp=3").count() >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no link monitor connected:\n{clients}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

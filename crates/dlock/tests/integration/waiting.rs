@@ -156,19 +156,7 @@ async fn a_thousand_waiters_share_one_connection_and_leave_nothing_behind_when_d
         take_and_release(&b, "warm-up").await; // the watchdog's link monitor started
         b.flush().await;
         // Both clients' link monitors connected (their connections' drivers are tasks too).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while server
-            .cmd::<String>("CLIENT", &["LIST"])
-            .matches("resp=3")
-            .count()
-            < 2
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "link monitors never connected"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        crate::support::monitored(&server, 2).await;
         let tasks_before = Handle::current().metrics().num_alive_tasks();
         let waiters: Vec<_> = (0..1000)
             .map(|_| {
