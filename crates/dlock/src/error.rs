@@ -174,8 +174,12 @@ impl Error {
             || error.is_timeout()
             || error.is_connection_dropped()
             || error.is_connection_refusal()
-            // READONLY: a master that was demoted to replica by a failover.
-            || matches!(code, "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY")
+            // READONLY: a master that was demoted to replica by a failover. CLUSTERDOWN: a
+            // cluster node that (re)started and has not met the others yet.
+            || matches!(
+                code,
+                "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN"
+            )
         {
             return Error::Unavailable {
                 node,

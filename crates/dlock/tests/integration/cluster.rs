@@ -293,3 +293,30 @@ async fn a_deleted_key_or_a_restarted_master_is_reported_lost_within_one_interva
         serving.elapsed()
     );
 }
+
+/// A restarted cluster node answers CLUSTERDOWN until it has met the others again: a waiting
+/// `lock()` rides that out like any brief outage (backoff, retry) instead of failing at once
+/// with a Redis error.
+#[tokio::test]
+async fn a_waiting_lock_rides_out_a_restarting_cluster_node() {
+    let mut cluster = RedisCluster::start(3);
+    let c = cluster_client(&cluster).await;
+    let on = master_of(&cluster, "riding");
+    cluster[on].restart_empty();
+    let info: String = cluster[on].cmd("CLUSTER", &["INFO"]);
+    assert!(
+        !info.contains("cluster_state:ok"),
+        "the node must still be rejoining for this test to mean anything"
+    );
+    let lock = c
+        .lock_with(
+            "riding",
+            LockOptions::new().wait(dlock::Wait::Limit(Duration::from_secs(10))),
+        )
+        .unwrap();
+    let guard = lock
+        .lock()
+        .await
+        .expect("granted once the node serves again, not a CLUSTERDOWN error");
+    guard.release().await.unwrap();
+}
