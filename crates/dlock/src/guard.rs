@@ -196,6 +196,22 @@ impl LockGuard {
     ///
     /// # Cancel safety
     /// If the future is dropped, the lock is released in the background (without the hold).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dlock::Error> {
+    /// # let server = dlock_test::RedisServer::start();
+    /// # let client = dlock::Client::connect(&server.url()).await?;
+    /// let guard = client.lock("nightly-report")?.try_lock().await?;
+    /// // ... the job, done in seconds ...
+    /// // A duplicate started in the next 5 minutes is still refused.
+    /// guard.release_after(Duration::from_secs(300)).await?;
+    /// let late = client.lock("nightly-report")?.try_lock().await.unwrap_err();
+    /// assert!(late.conflict().and_then(|c| c.holder.as_ref()).is_some_and(|h| h.finished));
+    /// # Ok(()) }
+    /// ```
     pub async fn release_after(mut self, keep: Duration) -> Result<()> {
         if keep.is_zero() {
             return self.release().await;
@@ -230,6 +246,25 @@ impl LockGuard {
     ///
     /// # Cancel safety
     /// Cancel safe: it only watches the lease.
+    ///
+    /// # Examples
+    /// Stop work early enough to finish cleanly before the lease can end:
+    /// ```
+    /// use std::time::Duration;
+    /// # async fn work() {}
+    /// # async fn wind_down() {}
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dlock::Error> {
+    /// # let server = dlock_test::RedisServer::start();
+    /// # let client = dlock::Client::connect(&server.url()).await?;
+    /// let guard = client.lock("import")?.lock().await?;
+    /// tokio::select! {
+    ///     () = work() => {}
+    ///     () = guard.renewal_at_risk(Duration::from_secs(5)) => wind_down().await,
+    /// }
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn renewal_at_risk(&self, margin: Duration) {
         self.lease.at_risk(margin).await;
     }
