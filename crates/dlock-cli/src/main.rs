@@ -1,8 +1,9 @@
 //! The `dlock` command: run any command under a distributed lock on Redis.
 //!
 //! Layout: `cli` (arguments), `exit` (the exit-code table), `run` (the `run` command),
-//! `job` (the supervised command, its process group, its descendants and the guardian that
-//! starts the command and kills every process of the job if dlock is SIGKILLed), `signals`,
+//! `job` (the supervised command, its process group and its descendants; `job::guardian`, the
+//! process that starts the command and kills every process of the job if dlock is SIGKILLed;
+//! `job::proc`, the job as /proc shows it), `signals`,
 //! `inspect` (`status`, `list`, `release`), `report` (JSON output), `bench` (`dlock bench`).
 
 /// Every message dlock prints goes through these: a closed or broken stdout/stderr (EPIPE;

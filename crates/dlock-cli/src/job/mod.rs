@@ -32,28 +32,32 @@
 //! SIGKILL and dlock stops waiting: KILL them until they are gone, quietly). The end of the
 //! socket without a word means dlock died: the guardian KILLs what is left of the job.
 
-use std::collections::HashSet;
 use std::ffi::OsString;
-use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::io;
+use std::os::unix::net::{SocketAddr, UnixListener};
+use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::signal::{kill, killpg, SigSet, Signal};
-use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt as _;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::cli::GuardArgs;
+mod guardian;
+mod proc;
+
+pub use guardian::{guard, GUARD_COMMAND};
+pub use proc::become_subreaper;
+use proc::{below, group_members, pid_of, runs, ProcStat};
 
 /// How long the guardian may take to start and connect before dlock gives up on it.
 const GUARDIAN_START: Duration = Duration::from_secs(10);
 /// How often the guardian reaps the orphans it inherits after the leader's exit, and re-KILLs
 /// what is left of a job whose dlock died.
-const GUARD_POLL: Duration = Duration::from_millis(10);
+pub(super) const GUARD_POLL: Duration = Duration::from_millis(10);
 
 /// Why the command could not start.
 #[derive(Debug)]
@@ -395,130 +399,8 @@ impl Guardian {
     }
 }
 
-/// Whether the answer to "signal 0 to this process (group)" means something still runs:
-/// anything but ESRCH (no such process). EPERM means it runs but is not ours to signal.
-fn runs(result: nix::Result<()>) -> bool {
-    result != Err(Errno::ESRCH)
-}
-
-/// The fields of /proc/PID/stat dlock needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ProcStat {
-    state: char,
-    ppid: i32,
-    pgrp: i32,
-    /// Live threads of the process (the kernel's count, which keeps a zombie leader in it).
-    threads: u32,
-}
-
-impl ProcStat {
-    fn read(pid: Pid) -> Option<ProcStat> {
-        ProcStat::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-    }
-
-    /// `pid (comm) state ppid pgrp …`; comm may hold spaces and parentheses, so the fields
-    /// start after the last ')'.
-    fn parse(stat: &str) -> Option<ProcStat> {
-        let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-        let state = fields.next()?.chars().next()?;
-        let ppid = fields.next()?.parse().ok()?;
-        let pgrp = fields.next()?.parse().ok()?;
-        // num_threads is the 20th field, the 18th after the command name.
-        let threads = fields.nth(14)?.parse().ok()?;
-        Some(ProcStat {
-            state,
-            ppid,
-            pgrp,
-            threads,
-        })
-    }
-
-    /// A zombie (or a process being torn down): it runs no more. A leader whose main thread
-    /// exited (`pthread_exit`) also shows `Z`, while its other threads run on: the kernel's
-    /// thread count (which still counts the zombie leader) tells them apart.
-    fn is_dead(self) -> bool {
-        self.state == 'X' || (self.state == 'Z' && self.threads <= 1)
-    }
-}
-
-/// Every process below `root` in the process tree, dead or alive, with its stat.
-fn below(root: Pid) -> Vec<(Pid, ProcStat)> {
-    let mut found = Vec::new();
-    let mut seen = HashSet::new();
-    let mut pending = children(root);
-    while let Some(pid) = pending.pop() {
-        if !seen.insert(pid) {
-            continue;
-        }
-        // A stat we may not read (`/proc` mounted with hidepid, a process of another user)
-        // is not a gone process: it counts as running until `kill(pid, 0)` says ESRCH.
-        let stat = ProcStat::read(pid).unwrap_or(ProcStat {
-            state: '?',
-            ppid: 0,
-            pgrp: 0,
-            threads: 1,
-        });
-        found.push((pid, stat));
-        pending.extend(children(pid));
-    }
-    found
-}
-
-/// The live members of process group `group`, wherever they are in the process tree: a scan of
-/// every process.
-fn group_members(group: Pid) -> Vec<Pid> {
-    all_pids()
-        .filter(|&pid| {
-            ProcStat::read(pid).is_some_and(|stat| stat.pgrp == group.as_raw() && !stat.is_dead())
-        })
-        .collect()
-}
-
-fn all_pids() -> impl Iterator<Item = Pid> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .map(Pid::from_raw)
-}
-
-/// The children of `pid`: from /proc/PID/task/*/children, or, on kernels built without it,
-/// from every process's parent in /proc/*/stat.
-fn children(pid: Pid) -> Vec<Pid> {
-    let mut found = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return found;
-    };
-    for task in tasks.flatten() {
-        match std::fs::read_to_string(task.path().join("children")) {
-            Ok(list) => found.extend(
-                list.split_whitespace()
-                    .filter_map(|n| n.parse().ok())
-                    .map(Pid::from_raw),
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && task.path().exists() => {
-                return children_by_scan(pid);
-            }
-            // The task ended meanwhile.
-            Err(_) => {}
-        }
-    }
-    found
-}
-
-fn children_by_scan(parent: Pid) -> Vec<Pid> {
-    all_pids()
-        .filter(|&pid| ProcStat::read(pid).is_some_and(|stat| stat.ppid == parent.as_raw()))
-        .collect()
-}
-
-fn pid_of(pid: u32) -> Option<Pid> {
-    i32::try_from(pid).ok().map(Pid::from_raw)
-}
-
 /// The socket's address for `name`: abstract on Linux (nothing to clean up, nothing on disk).
-fn address(name: &str) -> io::Result<SocketAddr> {
+pub(super) fn address(name: &str) -> io::Result<SocketAddr> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         #[cfg(target_os = "android")]
@@ -564,265 +446,5 @@ async fn accept_from(
         if stream.peer_cred()?.pid() == Some(pid.as_raw()) {
             return Ok(stream);
         }
-    }
-}
-
-/// The hidden subcommand that runs [`guard`].
-pub const GUARD_COMMAND: &str = "__guard";
-
-/// The guardian's whole life (see the module doc): connect to dlock, start the command, report
-/// its start and its exit, reap the orphans it inherits, and when dlock's socket ends without
-/// `done`, KILL every process of the job until none is left. Returns the exit code.
-pub fn guard(args: &GuardArgs) -> u8 {
-    // Signals meant for dlock (Ctrl-C, Ctrl-Z, a TERM to dlock's process group) must not
-    // end or stop the guardian: dlock decides the job's fate while it lives. Blocked (not
-    // ignored: that needs unsafe code), they simply stay pending until the guardian exits. The
-    // command starts with an empty mask (std resets it before exec).
-    let mut blocked = SigSet::empty();
-    for signal in [
-        Signal::SIGINT,
-        Signal::SIGQUIT,
-        Signal::SIGHUP,
-        Signal::SIGTERM,
-        Signal::SIGTSTP,
-        Signal::SIGTTIN,
-        Signal::SIGTTOU,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGPIPE,
-    ] {
-        blocked.add(signal);
-    }
-    let _ = blocked.thread_block();
-    let stream = match address(&args.socket).and_then(|addr| UnixStream::connect_addr(&addr)) {
-        Ok(stream) => stream,
-        Err(e) => {
-            errln!("dlock: {GUARD_COMMAND} is internal to dlock run ({e})");
-            return crate::exit::USAGE;
-        }
-    };
-    let Some((program, command_args)) = args.command.split_first() else {
-        return crate::exit::USAGE;
-    };
-    if let Err(e) = become_subreaper() {
-        errln!(
-            "dlock: guardian: cannot become a child subreaper ({e}); if dlock is killed, \
-             processes that left the command's group keep running"
-        );
-    }
-    let mut report = match stream.try_clone() {
-        Ok(report) => report,
-        Err(e) => {
-            errln!("dlock: guardian: {e}");
-            return crate::exit::INTERNAL;
-        }
-    };
-    let leader = match start(program, command_args) {
-        // Dropping a std Child neither kills nor reaps it: the guardian reaps it itself.
-        Ok(child) => pid_of(child.id()),
-        Err(e) => {
-            let kind = match e.kind() {
-                io::ErrorKind::NotFound => "not-found",
-                io::ErrorKind::PermissionDenied => "not-executable",
-                _ if e.raw_os_error() == Some(Errno::ENOEXEC as i32) => "not-executable",
-                _ => "other",
-            };
-            let errno = e.raw_os_error().unwrap_or(0);
-            let message = e.to_string().replace('\n', " ");
-            let _ = writeln!(report, "failed {kind} {errno} {message}");
-            let _ = dlocks_word(&stream);
-            return 0;
-        }
-    };
-    let Some(leader) = leader else {
-        let _ = writeln!(report, "failed other 0 pid out of range");
-        return crate::exit::INTERNAL;
-    };
-    let _ = writeln!(report, "started {leader}");
-    std::thread::spawn(move || reap(leader, &mut report));
-    match dlocks_word(&stream).as_deref() {
-        Some("done") => {
-            // The job is over: the leader's zombie has kept the group's number ours until now.
-            let _ = waitpid(leader, Some(WaitPidFlag::WNOHANG));
-        }
-        // dlock already said why.
-        Some(_) => {
-            kill_all(leader);
-        }
-        None => {
-            if kill_all(leader) {
-                errln!("dlock: dlock died; killed the processes of its command");
-            }
-        }
-    }
-    0
-}
-
-/// Starts the command as the leader of its own process group, with an empty signal mask. std
-/// passes the spawning thread's mask on to the child, and the guardian's main thread blocks
-/// signals, so the spawn happens in a short-lived thread that blocks nothing. (While it runs, a
-/// signal sent to the guardian's pid could end the guardian: a window of the spawn's duration,
-/// against deliberate kills only, since no terminal or group signal reaches the guardian.)
-fn start(program: &OsString, args: &[OsString]) -> io::Result<std::process::Child> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                SigSet::empty().thread_set_mask()?;
-                std::process::Command::new(program)
-                    .args(args)
-                    .process_group(0)
-                    .spawn()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the spawning thread panicked")))
-    })
-}
-
-/// Waits for dlock's last word; `None` if the socket ended without one.
-fn dlocks_word(stream: &UnixStream) -> Option<String> {
-    let mut line = String::new();
-    match BufReader::new(stream).read_line(&mut line) {
-        Ok(_) if line.ends_with('\n') => Some(line.trim_end().to_owned()),
-        _ => None,
-    }
-}
-
-/// The guardian's reaper thread: reaps every child that exits (orphans re-parented to the
-/// guardian), reports the leader's exit to dlock but leaves the leader a zombie, so the group's
-/// number cannot be reused while the guardian lives.
-fn reap(leader: Pid, report: &mut UnixStream) {
-    loop {
-        match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-            Ok(status) if status.pid() == Some(leader) => {
-                let _ = writeln!(report, "exited {}", raw_status(status));
-                break;
-            }
-            Ok(status) => {
-                if let Some(pid) = status.pid() {
-                    let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-                }
-            }
-            Err(Errno::EINTR) => {}
-            // ECHILD: the leader was reaped (the guardian is ending).
-            Err(_) => return,
-        }
-    }
-    // waitid would now return the leader's zombie every time: poll instead.
-    loop {
-        reap_children_but(leader);
-        std::thread::sleep(GUARD_POLL);
-    }
-}
-
-/// Reaps the guardian's exited children, except `leader`.
-fn reap_children_but(leader: Pid) {
-    for pid in children(nix::unistd::getpid()) {
-        if pid != leader && ProcStat::read(pid).is_some_and(ProcStat::is_dead) {
-            let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-        }
-    }
-}
-
-/// dlock is gone or gave up: KILLs the leader's group and everything below the guardian until
-/// nothing of the job runs (a process in uninterruptible sleep dies when it wakes), then reaps
-/// the leader. Returns whether anything was running.
-fn kill_all(leader: Pid) -> bool {
-    let me = nix::unistd::getpid();
-    let mut any = false;
-    // Two empty walks in a row end it: an orphan moving to the guardian while a walk reads
-    // the children lists can be missed by that walk, never by the next (see `Job::left`).
-    let mut empty_walks = 0;
-    for round in 0u32.. {
-        // The leader is not reaped yet, so its group's number is still the job's.
-        let _ = killpg(leader, Signal::SIGKILL);
-        let running: Vec<Pid> = below(me)
-            .into_iter()
-            .filter(|(_, stat)| !stat.is_dead())
-            .map(|(pid, _)| pid)
-            .collect();
-        if running.is_empty() {
-            empty_walks += 1;
-            if empty_walks >= 2 {
-                break;
-            }
-            std::thread::sleep(GUARD_POLL);
-            continue;
-        }
-        empty_walks = 0;
-        any = true;
-        for pid in running {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        reap_children_but(leader);
-        // Quickly at first; a process that outlives a second of this may take hours.
-        std::thread::sleep(if round < 100 {
-            GUARD_POLL
-        } else {
-            GUARD_POLL * 20
-        });
-    }
-    let _ = waitpid(leader, Some(WaitPidFlag::WNOHANG));
-    any
-}
-
-/// A wait status as the kernel encodes it, for [`ExitStatus::from_raw`].
-fn raw_status(status: WaitStatus) -> i32 {
-    match status {
-        WaitStatus::Exited(_, code) => (code & 0xff) << 8,
-        WaitStatus::Signaled(_, signal, core) => signal as i32 | if core { 0x80 } else { 0 },
-        _ => 0xff << 8,
-    }
-}
-
-/// Makes the calling process the reaper of its descendants' orphans (Linux), so they stay
-/// below it in the process tree, visible to [`Job::left`], rather than going to init. dlock
-/// does it too: if its guardian dies, the job's orphans come to dlock.
-pub fn become_subreaper() -> nix::Result<()> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    nix::sys::prctl::set_child_subreaper(true)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_no_such_process_means_gone() {
-        assert!(runs(Ok(())));
-        assert!(runs(Err(Errno::EPERM)), "not ours to signal, but running");
-        assert!(runs(Err(Errno::EINVAL)));
-        assert!(!runs(Err(Errno::ESRCH)));
-    }
-
-    #[test]
-    fn proc_stat_fields_are_read_after_the_command_name() {
-        let stat = "42 (a (weird) name) S 7 42 42 0 -1 4194560 99 0 0 0 10 2 0 0 20 0 3 0 1";
-        assert_eq!(
-            ProcStat::parse(stat),
-            Some(ProcStat {
-                state: 'S',
-                ppid: 7,
-                pgrp: 42,
-                threads: 3,
-            })
-        );
-        assert_eq!(ProcStat::parse("garbage"), None);
-        let own = ProcStat::read(nix::unistd::getpid()).expect("our own stat");
-        assert_eq!(own.ppid, nix::unistd::getppid().as_raw());
-    }
-
-    #[test]
-    fn children_are_found_in_proc() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .expect("spawn sleep");
-        let pid = pid_of(child.id()).expect("pid");
-        let me = nix::unistd::getpid();
-        assert!(children(me).contains(&pid));
-        assert!(children_by_scan(me).contains(&pid));
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
