@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure what dlock's tests and demo need is installed: redis-server (they start their own
-# servers; redis-cli comes with it) and openssl (the TLS test makes a throwaway certificate).
+# servers; redis-cli comes with it), openssl (the TLS test makes a throwaway certificate),
+# python3 (a CLI test's job uses it to exit its main thread) and setsid (util-linux; the
+# terminal test starts a session with it).
 # Installs Debian's packages when something is missing (as root, or with sudo).
 set -euo pipefail
 missing=()
@@ -10,6 +12,8 @@ if ! { [ -n "${DLOCK_REDIS_SERVER:-}" ] && [ -x "$DLOCK_REDIS_SERVER" ]; } &&
 fi
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v setsid >/dev/null 2>&1 || missing+=(util-linux)
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing ${missing[*]} with apt-get" >&2
 if ! command -v apt-get >/dev/null 2>&1; then
