@@ -11,6 +11,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Sleeps until `at`, or forever when there is no deadline (a `select!` arm that is off).
+pub(crate) async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Where suspended time is read from: the system, or (in tests) a fake.
 #[derive(Clone, Default)]
 pub(crate) struct Clock {
@@ -156,20 +164,6 @@ mod tests {
             other => panic!("unexpected status {other:?}"),
         }
     }
-}
-
-#[cfg(test)]
-mod suspend_at_resume {
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use tokio::time::Instant;
-
-    use super::Clock;
-    use crate::key::LockKeys;
-    use crate::lease::{Lease, LeaseStatus};
-    use crate::token::Token;
 
     /// Issue 9: "a host that sleeps longer than the TTL must find its leases lost at resume".
     /// The watchdog used to sleep on the monotonic clock until the next renewal, so after a
@@ -178,22 +172,8 @@ mod suspend_at_resume {
     // would need the runtime idle to advance, which the link monitor's connecting prevents).
     #[tokio::test]
     async fn a_suspend_is_reported_at_resume() {
-        let knob = Arc::new(AtomicU64::new(0));
-        let k = knob.clone();
-        let clock = Clock::fake(move || Duration::from_millis(k.load(Ordering::SeqCst)));
-        let ttl = Duration::from_secs(30);
-        let lease = Arc::new(
-            Lease::new(
-                Arc::new(LockKeys::new("k").expect("valid")),
-                Token::generate().expect("random"),
-                1,
-                ttl,
-                Instant::now(),
-                true,
-                Arc::new(AtomicUsize::new(0)),
-            )
-            .with_clock(clock),
-        );
+        let (clock, knob) = fake();
+        let lease = Arc::new(lease(Duration::from_secs(30), clock));
         let node = crate::node::Node::lazy("redis://127.0.0.1:1/", &Default::default())
             .expect("valid URL");
         let watchdog = crate::watchdog::Watchdog::spawn(crate::quorum::Nodes::single(node));

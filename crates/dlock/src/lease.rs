@@ -276,7 +276,7 @@ impl Lease {
             tokio::select! {
                 _ = status.changed() => {}
                 _ = failing.changed() => {}
-                () = sleep_until_some(deadline) => return,
+                () = crate::clock::sleep_until(deadline) => return,
             }
         }
     }
@@ -307,13 +307,6 @@ impl Lease {
             self.held_count.fetch_sub(1, Ordering::SeqCst);
         }
         changed
-    }
-}
-
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -218,10 +218,10 @@ impl Lock {
                 Some(subscription) => {
                     tokio::select! {
                         () = subscription.woken(token.as_str()) => {}
-                        () = sleep_until(until) => {}
+                        () = crate::clock::sleep_until(until) => {}
                     }
                 }
-                None => sleep_until(until).await,
+                None => crate::clock::sleep_until(until).await,
             }
         }
     }
@@ -554,13 +554,5 @@ impl Drop for PendingAcquisition {
                     .release_hold_in_background(self.keys.clone(), owner.clone(), token, None)
             }
         }
-    }
-}
-
-/// Sleeps until `at`; forever when there is no such moment.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

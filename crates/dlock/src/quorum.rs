@@ -74,6 +74,26 @@ impl Nodes {
         futures_util::future::join_all(self.nodes.iter().map(call)).await
     }
 
+    /// Starts `call` on the nodes at `indices`, all at once; their replies arrive tagged with
+    /// the node's index, in the order they come.
+    fn each<'a, T, F, Fut>(
+        &'a self,
+        indices: impl IntoIterator<Item = usize>,
+        call: F,
+    ) -> FuturesUnordered<impl Future<Output = (usize, Result<T>)>>
+    where
+        F: Fn(&'a Node) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        indices
+            .into_iter()
+            .map(|index| {
+                let reply = call(&self.nodes[index]);
+                async move { (index, reply.await) }
+            })
+            .collect()
+    }
+
     /// Runs `call` on every node concurrently and returns as soon as `enough` results satisfy
     /// `good`, or when that can no longer happen; the rest are abandoned (their requests may
     /// still land: callers release on every node anyway). Results come as (node index, result).
@@ -87,15 +107,7 @@ impl Nodes {
         F: Fn(&'a Node) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let mut pending: FuturesUnordered<_> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(index, node)| {
-                let reply = call(node);
-                async move { (index, reply.await) }
-            })
-            .collect();
+        let mut pending = self.each(0..self.len(), call);
         let mut results = Vec::with_capacity(self.nodes.len());
         let mut good_count = 0;
         while let Some((index, result)) = pending.next().await {
@@ -126,15 +138,7 @@ impl Nodes {
         F: Fn(&'a Node) -> Fut,
         Fut: Future<Output = Result<Vec<bool>>>,
     {
-        let mut pending: FuturesUnordered<_> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(index, node)| {
-                let reply = call(node);
-                async move { (index, reply.await) }
-            })
-            .collect();
+        let mut pending = self.each(0..self.len(), call);
         let mut replies: Vec<Option<Result<Vec<bool>>>> = (0..self.len()).map(|_| None).collect();
         let mut yes = vec![0; leases];
         let mut no = vec![0; leases];
@@ -197,21 +201,16 @@ impl Nodes {
             let now = tokio::time::Instant::now();
             let left = deadline.saturating_duration_since(now);
             let todo: Vec<usize> = (0..self.len()).filter(|&i| answers[i].is_none()).collect();
-            let mut pending: FuturesUnordered<_> = todo
-                .iter()
-                .map(|&i| {
-                    let node = &self.nodes[i];
-                    // The first try gets a full command timeout even past the deadline, so a
-                    // release is always sent once.
-                    let timeout = if attempt == 0 {
-                        node.command_timeout()
-                    } else {
-                        node.command_timeout().min(left)
-                    };
-                    let reply = call(node, timeout);
-                    async move { (i, reply.await) }
-                })
-                .collect();
+            let mut pending = self.each(todo.iter().copied(), |node| {
+                // The first try gets a full command timeout even past the deadline, so a
+                // release is always sent once.
+                let timeout = if attempt == 0 {
+                    node.command_timeout()
+                } else {
+                    node.command_timeout().min(left)
+                };
+                call(node, timeout)
+            });
             while let Some((i, reply)) = pending.next().await {
                 match reply {
                     Ok(answer) => {

@@ -226,7 +226,7 @@ impl Task {
                     Some(job) => Some(job),
                     None => break,
                 },
-                () = sleep_until(wake) => None,
+                () = crate::clock::sleep_until(wake) => None,
                 Some(event) = self.link_events.recv() => {
                     self.link_changed(event);
                     None
@@ -737,11 +737,4 @@ pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
         .max(1)
-}
-
-async fn sleep_until(wake: Option<Instant>) {
-    match wake {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
