@@ -169,19 +169,10 @@ impl LockGuard {
     ///
     /// # Cancel safety
     /// If the future is dropped, the guard's drop queues the release in the background.
-    pub async fn release(mut self) -> Result<()> {
-        let lost_before = match self.lease.status() {
-            LeaseStatus::Lost(reason) => Some(reason),
-            _ => None,
-        };
-        // Leave `Held` first: from here on the watchdog sends no renewal for this lease.
-        self.lease.finish(LeaseStatus::Released);
+    pub async fn release(self) -> Result<()> {
         let mut call = scripts::RELEASE.prepare_invoke();
         scripts::add_release(&mut call, &self.lease.keys, &self.lease.token);
-        let outcome = self.settle(call, lost_before, "releasing a lock").await;
-        // Nodes that never answered get the release again in the background (via Drop).
-        self.released = outcome.1;
-        outcome.0
+        self.end(call, "releasing a lock").await
     }
 
     /// Ends the owner's use of the lock but keeps it taken for `keep` more (then it expires),
@@ -212,7 +203,7 @@ impl LockGuard {
     /// assert!(late.conflict().and_then(|c| c.holder.as_ref()).is_some_and(|h| h.finished));
     /// # Ok(()) }
     /// ```
-    pub async fn release_after(mut self, keep: Duration) -> Result<()> {
+    pub async fn release_after(self, keep: Duration) -> Result<()> {
         if keep.is_zero() {
             return self.release().await;
         }
@@ -223,20 +214,13 @@ impl LockGuard {
                 crate::error::humanize(crate::MAX_TTL)
             )));
         }
-        let lost_before = match self.lease.status() {
-            LeaseStatus::Lost(reason) => Some(reason),
-            _ => None,
-        };
-        self.lease.finish(LeaseStatus::Released);
         let mut call = scripts::KEEP.prepare_invoke();
         call.key(&self.lease.keys.lock)
             .key(&self.lease.keys.info)
             .key(&self.lease.keys.holds)
             .arg(self.lease.token.as_str())
             .arg(crate::watchdog::millis(keep));
-        let outcome = self.settle(call, lost_before, "keeping a lock").await;
-        self.released = outcome.1;
-        outcome.0
+        self.end(call, "keeping a lock").await
     }
 
     /// Resolves when renewals are failing and at most `margin` of the lease's conservative
@@ -269,14 +253,13 @@ impl LockGuard {
         self.lease.at_risk(margin).await;
     }
 
-    /// Sends a one-lock release-like `call` to every node, retried until decided or the lease's
-    /// validity ends; returns the outcome and whether every node answered.
-    async fn settle(
-        &self,
-        call: redis::ScriptInvocation<'_>,
-        lost_before: Option<LossReason>,
-        what: &str,
-    ) -> (Result<()>, bool) {
+    /// Ends the lease with a one-lock release-like `call` (release, keep): renewal stops first,
+    /// then the call goes to every node, retried until decided or the lease's validity ends.
+    /// Nodes that never answered get a release in the background (via Drop).
+    async fn end(mut self, call: redis::ScriptInvocation<'_>, what: &str) -> Result<()> {
+        let lost_before = self.lease.lost_reason();
+        // Leave `Held` first: from here on the watchdog sends no renewal for this lease.
+        self.lease.finish(LeaseStatus::Released);
         let nodes = self.client.nodes();
         // A lease already lost has nothing left to confirm: one try, to clean up.
         let deadline = match lost_before {
@@ -290,12 +273,12 @@ impl LockGuard {
                 |node, timeout| node.eval::<Vec<i64>>(&call, timeout),
             )
             .await;
-        let everyone_answered = tally.errors.is_empty();
+        self.released = tally.errors.is_empty();
         let lost = |reason: LossReason| Error::Lost {
             key: self.lease.keys.lock.clone(),
             reason,
         };
-        let outcome = match lost_before {
+        match lost_before {
             Some(reason) => Err(lost(reason)),
             None if tally.agreed(nodes) => Ok(()),
             None if tally.refused(nodes) => Err(lost(LossReason::KeyGone)),
@@ -306,8 +289,7 @@ impl LockGuard {
                 )))
             }
             None => Err(tally.into_error(nodes, what)),
-        };
-        (outcome, everyone_answered)
+        }
     }
 
     fn check_held(&self) -> Result<()> {

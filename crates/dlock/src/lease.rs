@@ -285,6 +285,14 @@ impl Lease {
         self.status.borrow().clone()
     }
 
+    /// Why the lease was lost, if it was.
+    pub fn lost_reason(&self) -> Option<LossReason> {
+        match &*self.status.borrow() {
+            LeaseStatus::Lost(reason) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
     pub fn is_held(&self) -> bool {
         *self.status.borrow() == LeaseStatus::Held
     }

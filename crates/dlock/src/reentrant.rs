@@ -396,10 +396,7 @@ impl ReentrantGuard {
     /// If the future is dropped, the guard's drop releases the hold in the background.
     pub async fn release(mut self) -> Result<()> {
         let lease = self.holding.lease.clone();
-        let lost_before = match lease.status() {
-            LeaseStatus::Lost(reason) => Some(reason),
-            _ => None,
-        };
+        let lost_before = lease.lost_reason();
         let call = release_call(
             &lease.keys,
             self.owner.token(),

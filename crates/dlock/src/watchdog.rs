@@ -208,6 +208,14 @@ impl Background {
     }
 }
 
+/// Per lease of a batch: how many nodes said yes (extended, or still ours) and no; and what
+/// went wrong on the others.
+struct Counted {
+    yes: Vec<usize>,
+    no: Vec<usize>,
+    errors: Vec<String>,
+}
+
 /// A pending re-verification of every held lease.
 #[derive(Debug, Clone, Copy)]
 struct Verify {
@@ -285,6 +293,45 @@ impl Task {
         }
     }
 
+    /// Counts a batch call's per-node answers (from [`Nodes::decide`]) per lease; abandoned
+    /// nodes (the others decided every lease) count for nothing.
+    fn count(
+        &self,
+        replies: Vec<Option<crate::error::Result<Vec<bool>>>>,
+        leases: usize,
+        what: &str,
+    ) -> Counted {
+        let mut counted = Counted {
+            yes: vec![0; leases],
+            no: vec![0; leases],
+            errors: Vec::new(),
+        };
+        for (index, reply) in replies.into_iter().enumerate() {
+            match reply {
+                None => {}
+                Some(Ok(answers)) if answers.len() == leases => {
+                    for (lease, yes) in answers.into_iter().enumerate() {
+                        if yes {
+                            counted.yes[lease] += 1;
+                        } else {
+                            counted.no[lease] += 1;
+                        }
+                    }
+                }
+                Some(Ok(answers)) => counted.errors.push(format!(
+                    "{}: {what} returned {} results for {leases} leases",
+                    self.nodes.name(index),
+                    answers.len(),
+                )),
+                Some(Err(e)) if self.nodes.is_single() => counted.errors.push(e.to_string()),
+                Some(Err(e)) => counted
+                    .errors
+                    .push(format!("{}: {e}", self.nodes.name(index))),
+            }
+        }
+        counted
+    }
+
     /// A node's connection dropped, came back, or was first seen: every held lease is
     /// re-verified now (a read-only ownership check, retried on failure until each lease's
     /// validity ends). A key found gone after a drop was lost in a restart or failover.
@@ -324,21 +371,13 @@ impl Task {
                     owned_per_slot(node, chunk, &slots, timeout)
                 })
                 .await;
-            let mut owned = vec![0; chunk.len()];
-            let mut gone = vec![0; chunk.len()];
-            for reply in replies.iter().flatten() {
-                match reply {
-                    Ok(results) => {
-                        for (lease, &ours) in results.iter().enumerate() {
-                            if ours {
-                                owned[lease] += 1;
-                            } else {
-                                gone[lease] += 1;
-                            }
-                        }
-                    }
-                    Err(error) => tracing::debug!(%error, "re-verification failed; will retry"),
-                }
+            let Counted {
+                yes: owned,
+                no: gone,
+                errors,
+            } = self.count(replies, chunk.len(), "MGET");
+            if !errors.is_empty() {
+                tracing::debug!(errors = %errors.join("; "), "re-verification failed; will retry");
             }
             for (lease, tracked) in chunk.iter().enumerate() {
                 if gone[lease] > self.nodes.len() - self.nodes.quorum() {
@@ -483,33 +522,11 @@ impl Task {
                 .await
         };
         // Per lease: how many nodes extended it, and how many no longer hold it.
-        let mut extended = vec![0; chunk.len()];
-        let mut gone = vec![0; chunk.len()];
-        let mut errors = Vec::new();
-        for (index, reply) in replies.into_iter().enumerate() {
-            let Some(reply) = reply else {
-                continue; // abandoned: the others decided every lease
-            };
-            match reply {
-                Ok(results) if results.len() == chunk.len() => {
-                    for (lease, result) in results.into_iter().enumerate() {
-                        if result {
-                            extended[lease] += 1;
-                        } else {
-                            gone[lease] += 1;
-                        }
-                    }
-                }
-                Ok(results) => errors.push(format!(
-                    "{}: extend returned {} results for {} leases",
-                    self.nodes.name(index),
-                    results.len(),
-                    chunk.len()
-                )),
-                Err(e) if self.nodes.is_single() => errors.push(e.to_string()),
-                Err(e) => errors.push(format!("{}: {e}", self.nodes.name(index))),
-            }
-        }
+        let Counted {
+            yes: mut extended,
+            no: gone,
+            mut errors,
+        } = self.count(replies, chunk.len(), "extend");
         if let Some(link) = link.as_mut() {
             self.check_replicas(link, chunk, first_end, &mut extended, &mut errors)
                 .await;
