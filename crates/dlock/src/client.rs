@@ -3,25 +3,17 @@
 //! One client holds one multiplexed, auto-reconnecting connection and one watchdog task.
 //! Clone it freely (it is a handle); every clone, lock and guard shares both.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::connection::node::{Node, SentinelConfig};
+use crate::connection::quorum::{check_redlock_size, quorum_error, Nodes};
+use crate::engine::Core;
 use crate::error::Result;
-use crate::holder::{int, pttl, HolderInfo, LockStatus};
-use crate::key::{info_scan_pattern, LockKeys};
-use crate::lock::Lock;
-use crate::node::{Node, SentinelConfig};
-use crate::notify::Notifier;
+use crate::holder::LockStatus;
+use crate::key::LockKeys;
 use crate::options::{ClientOptions, LockOptions};
-use crate::quorum::{check_redlock_size, quorum_error, Nodes};
-use crate::reentrant::ReentrantLock;
-use crate::scripts;
-use crate::watchdog::Watchdog;
-
-/// Keys asked for per `SCAN` step: large enough to walk a big keyspace in few round trips,
-/// small enough that no step blocks Redis noticeably.
-const SCAN_COUNT: u32 = 1000;
+use crate::primitive::lock::{inspect, Lock};
+use crate::primitive::reentrant::ReentrantLock;
 
 /// A connection to one Redis server, shared by every lock made from it.
 ///
@@ -40,25 +32,7 @@ const SCAN_COUNT: u32 = 1000;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    nodes: Nodes,
-    watchdog: Watchdog,
-    /// The watchdog of leases with a replica guard, started with the first one.
-    guarded_watchdog: std::sync::OnceLock<Watchdog>,
-    notifier: Notifier,
-    held: Arc<AtomicUsize>,
-    identity: Identity,
-}
-
-/// What a lock records about its holder beyond the label: who we are.
-#[derive(Debug, Clone)]
-pub(crate) struct Identity {
-    pub host: String,
-    pub pid: u32,
+    core: Arc<Core>,
 }
 
 impl Client {
@@ -182,7 +156,7 @@ impl Client {
             match attempt {
                 Ok(node) => nodes.push(node),
                 Err(e) if e.is_unavailable() => {
-                    failures.push((index, e.to_string()));
+                    failures.push((index, e));
                     nodes.push(Node::lazy(url.as_ref(), &options)?);
                 }
                 Err(e) => return Err(e),
@@ -190,32 +164,14 @@ impl Client {
         }
         let nodes = Nodes::redlock(nodes)?;
         if nodes.len() - failures.len() < nodes.quorum() {
-            return Err(quorum_error(&nodes, "connecting", &failures));
+            return Err(quorum_error(&nodes, "connecting", failures));
         }
         Ok(Self::from_nodes(nodes, &options))
     }
 
     fn from_nodes(nodes: Nodes, options: &ClientOptions) -> Client {
-        let watchdog = Watchdog::spawn(nodes.clone());
-        // Wake-ups come from the first node (for Redlock, a release publishes on every node;
-        // if the first is down, waiters rely on their re-checks).
-        let notifier = Notifier::spawn(
-            nodes.first().clone(),
-            options.connect_timeout,
-            options.subscription_linger,
-        );
         Client {
-            inner: Arc::new(Inner {
-                nodes,
-                watchdog,
-                guarded_watchdog: std::sync::OnceLock::new(),
-                notifier,
-                held: Arc::new(AtomicUsize::new(0)),
-                identity: Identity {
-                    host: gethostname::gethostname().to_string_lossy().into_owned(),
-                    pid: std::process::id(),
-                },
-            }),
+            core: Core::start(nodes, options),
         }
     }
 
@@ -237,10 +193,10 @@ impl Client {
     pub fn lock_with(&self, name: &str, options: LockOptions) -> Result<Lock> {
         options.validate()?;
         if options.fair {
-            self.single_node_only("fair mode")?;
+            self.core.single_node_only("fair mode")?;
         }
         if options.min_replicas.is_some() {
-            self.single_node_only("replica guards")?;
+            self.core.single_node_only("replica guards")?;
             if self.node().is_cluster() {
                 return Err(crate::Error::Config(
                     "replica guards are not available on Redis Cluster".into(),
@@ -248,7 +204,7 @@ impl Client {
             }
         }
         let keys = LockKeys::new(name)?;
-        Ok(Lock::new(self.clone(), keys, options))
+        Ok(Lock::new(self.core.clone(), keys, options))
     }
 
     /// A reentrant lock named `name` with default options: an [`Owner`](crate::Owner) may
@@ -265,7 +221,7 @@ impl Client {
     /// # Errors
     /// As [`Client::lock_with`], and [`Error::Config`](crate::Error::Config) for fair mode.
     pub fn reentrant_lock_with(&self, name: &str, options: LockOptions) -> Result<ReentrantLock> {
-        self.single_node_only("reentrant locks")?;
+        self.core.single_node_only("reentrant locks")?;
         ReentrantLock::new(self.lock_with(name, options)?)
     }
 
@@ -275,7 +231,7 @@ impl Client {
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) for an invalid name; connection errors.
     pub async fn status(&self, name: &str) -> Result<LockStatus> {
-        self.inspect(name, false).await
+        inspect::inspect(&self.core, &LockKeys::new(name)?, false).await
     }
 
     /// Breaks a lock whoever holds it (an operator's tool for a stale lock), and returns what
@@ -284,7 +240,7 @@ impl Client {
     /// # Errors
     /// As [`Client::status`].
     pub async fn force_release(&self, name: &str) -> Result<LockStatus> {
-        self.inspect(name, true).await
+        inspect::inspect(&self.core, &LockKeys::new(name)?, true).await
     }
 
     /// Every lock held right now through dlock whose name matches `pattern` (a Redis glob:
@@ -295,29 +251,12 @@ impl Client {
     /// # Errors
     /// Connection errors.
     pub async fn list(&self, pattern: &str) -> Result<Vec<LockStatus>> {
-        let keys = self
-            .node()
-            .scan(&info_scan_pattern(pattern), SCAN_COUNT)
-            .await?;
-        let names: BTreeSet<String> = keys
-            .iter()
-            .filter_map(|key| LockKeys::name_from_info_key(key))
-            .map(str::to_owned)
-            .collect();
-        let mut held = Vec::with_capacity(names.len());
-        for name in names {
-            let status = self.status(&name).await?;
-            // A lease may have ended between the scan and the read.
-            if status.held {
-                held.push(status);
-            }
-        }
-        Ok(held)
+        inspect::list(&self.core, pattern).await
     }
 
     /// How many leases this client holds right now (granted, not yet released or lost).
     pub fn held_locks(&self) -> usize {
-        self.inner.held.load(Ordering::SeqCst)
+        self.core.held()
     }
 
     /// Waits until the releases of guards dropped so far, and the withdrawals of waiters that
@@ -327,127 +266,26 @@ impl Client {
     /// It never waits for a wake-up subscription's linger, nor for a pub/sub connection that
     /// is down to come back: a subscription left lingering costs the exit nothing.
     pub async fn flush(&self) {
-        self.inner.watchdog.flush().await;
-        if let Some(guarded) = self.inner.guarded_watchdog.get() {
-            guarded.flush().await;
-        }
-        self.inner.notifier.flush().await;
+        self.core.flush().await;
     }
 
     /// The server's URL, without its password (the first master's, for Redlock).
     pub fn server(&self) -> &str {
-        self.inner.nodes.first().name()
+        self.core.nodes().first().name()
     }
 
     /// How many Redis masters this client locks on (1, or N for Redlock).
     pub fn masters(&self) -> usize {
-        self.inner.nodes.len()
+        self.core.nodes().len()
     }
 
     /// The node of a single-node client (the first master of a Redlock client).
     pub(crate) fn node(&self) -> &Node {
-        self.inner.nodes.first()
-    }
-
-    pub(crate) fn nodes(&self) -> &Nodes {
-        &self.inner.nodes
+        self.core.nodes().first()
     }
 
     /// Refuses a feature that works on one Redis only.
     pub(crate) fn single_node_only(&self, feature: &str) -> Result<()> {
-        if self.inner.nodes.is_single() {
-            return Ok(());
-        }
-        Err(crate::Error::Config(format!(
-            "{feature} need a single Redis; they are not available with Redlock yet"
-        )))
-    }
-
-    pub(crate) fn watchdog(&self) -> &Watchdog {
-        &self.inner.watchdog
-    }
-
-    /// The watchdog that renews a lease: its own for leases with a replica guard, whose
-    /// renewals may block in `WAIT`.
-    pub(crate) fn watchdog_for(&self, lease: &crate::lease::Lease) -> &Watchdog {
-        if lease.min_replicas.is_none() {
-            return &self.inner.watchdog;
-        }
-        self.inner
-            .guarded_watchdog
-            .get_or_init(|| Watchdog::spawn_guarded(self.inner.nodes.clone()))
-    }
-
-    pub(crate) fn notifier(&self) -> &Notifier {
-        &self.inner.notifier
-    }
-
-    pub(crate) fn held_counter(&self) -> &Arc<AtomicUsize> {
-        &self.inner.held
-    }
-
-    pub(crate) fn identity(&self) -> &Identity {
-        &self.inner.identity
-    }
-
-    /// Reads (and with `break_it`, deletes) a lock's state on every node. On Redlock the lock
-    /// counts as held when a majority of nodes hold it.
-    async fn inspect(&self, name: &str, break_it: bool) -> Result<LockStatus> {
-        let keys = LockKeys::new(name)?;
-        let mut call = scripts::INSPECT.prepare_invoke();
-        call.key(&keys.lock)
-            .key(&keys.info)
-            .key(&keys.fence)
-            .arg(if break_it { "break" } else { "read" });
-        let nodes = self.nodes();
-        let replies = nodes
-            .all(|node| node.eval::<Vec<redis::Value>>(&call, node.command_timeout()))
-            .await;
-        let mut failures = Vec::new();
-        let mut held_on = 0;
-        let mut status = LockStatus {
-            key: keys.lock.clone(),
-            held: false,
-            ttl_left: None,
-            holder: None,
-            last_fencing_token: None,
-        };
-        for (index, reply) in replies.into_iter().enumerate() {
-            let reply = match reply {
-                Ok(reply) => reply,
-                Err(e) if nodes.is_single() => return Err(e),
-                Err(e) => {
-                    failures.push((index, e.to_string()));
-                    continue;
-                }
-            };
-            let field = |i: usize| reply.get(i).unwrap_or(&redis::Value::Nil);
-            let held = int(field(0)) == Some(1);
-            let server_now_ms = int(field(3))
-                .and_then(|ms| u64::try_from(ms).ok())
-                .unwrap_or(0);
-            if held {
-                held_on += 1;
-                let ttl = pttl(field(1));
-                status.ttl_left = match (status.ttl_left, ttl) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                if status.holder.is_none() {
-                    status.holder = HolderInfo::parse(field(2), server_now_ms);
-                }
-            }
-            let fence = int(field(4)).and_then(|t| u64::try_from(t).ok());
-            status.last_fencing_token = status.last_fencing_token.max(fence);
-        }
-        if nodes.len() - failures.len() < nodes.quorum() {
-            return Err(quorum_error(nodes, "reading a lock", &failures));
-        }
-        status.held = held_on >= nodes.quorum();
-        if !status.held {
-            status.ttl_left = None;
-            status.holder = None;
-        }
-        Ok(status)
+        self.core.single_node_only(feature)
     }
 }

@@ -9,7 +9,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::holder::HolderInfo;
-use crate::lease::LossReason;
+use crate::status::LossReason;
+use crate::units::humanize;
 
 /// Result type of every fallible dlock call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -54,6 +55,23 @@ pub enum Error {
         /// What went wrong, for people.
         reason: String,
     },
+    /// Too few of a Redlock client's masters answered for an operation that needs a majority;
+    /// each failure keeps its own cause. Its kind is [`ErrorKind::Unavailable`].
+    #[error(
+        "Redis unavailable at {} of {of} nodes: {what} needs {needed} of {of}; failed: {}",
+        failures.len(),
+        NodeFailure::list(failures)
+    )]
+    Quorum {
+        /// The operation, for people ("acquiring a lock").
+        what: String,
+        /// How many masters must agree.
+        needed: usize,
+        /// How many masters there are.
+        of: usize,
+        /// The masters that failed, and why.
+        failures: Vec<NodeFailure>,
+    },
     /// Redis refused the credentials (wrong user or password, or none given).
     #[error("Redis at {node} refused authentication: {reason}")]
     Auth {
@@ -77,6 +95,25 @@ pub enum Error {
     /// Something that should not happen did (e.g. the OS random source failed).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// One master's failure within an [`Error::Quorum`].
+#[derive(Debug)]
+pub struct NodeFailure {
+    /// The master, as a URL without its password.
+    pub node: String,
+    /// What went wrong there.
+    pub error: Box<Error>,
+}
+
+impl NodeFailure {
+    fn list(failures: &[NodeFailure]) -> String {
+        failures
+            .iter()
+            .map(|f| format!("{} ({})", f.node, f.error))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// The kind of an [`Error`], without its data: for `match` and exit-code tables.
@@ -111,7 +148,7 @@ impl Error {
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::Lost { .. } => ErrorKind::Lost,
             Error::NotOwner { .. } => ErrorKind::NotOwner,
-            Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::Unavailable { .. } | Error::Quorum { .. } => ErrorKind::Unavailable,
             Error::Auth { .. } => ErrorKind::Auth,
             Error::Config(_) => ErrorKind::Config,
             Error::Redis { .. } => ErrorKind::Redis,
@@ -193,46 +230,49 @@ impl Error {
     }
 }
 
-/// A lock held by another owner: who, and for how much longer.
+/// A lock held by another owner (or a semaphore with no permit left): who, and for how much
+/// longer.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Conflict {
-    /// The lock's key.
+    /// The lock's (or semaphore's) key.
     pub key: String,
     /// How long the current lease still runs (`None` when the key has no expiry: a lock set by
-    /// another tool without a TTL, which only a forced release frees).
+    /// another tool without a TTL, which only a forced release frees). For a semaphore: until
+    /// the first permit's lease ends.
     pub ttl_left: Option<Duration>,
-    /// Who holds it, when the holder wrote holder info (dlock does; other tools do not).
+    /// Who holds it, when the holder wrote holder info (dlock does; other tools do not). For a
+    /// semaphore: the holder whose lease ends first.
     pub holder: Option<HolderInfo>,
+    /// Every holder that wrote holder info: the lock's one, or each permit holder of a
+    /// semaphore.
+    pub holders: Vec<HolderInfo>,
+    /// A semaphore's permit limit (`None` for a lock).
+    pub limit: Option<u32>,
 }
 
 impl fmt::Display for Conflict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "lock {:?} is held", self.key)?;
-        if let Some(holder) = &self.holder {
+        match self.limit {
+            None => write!(f, "lock {:?} is held", self.key)?,
+            Some(limit) => write!(
+                f,
+                "no permit of semaphore {:?} is free ({limit} in all)",
+                self.key
+            )?,
+        }
+        if self.limit.is_some() && !self.holders.is_empty() {
+            let holders: Vec<String> = self.holders.iter().map(ToString::to_string).collect();
+            write!(f, ", held by {}", holders.join(", "))?;
+        } else if let Some(holder) = &self.holder {
             write!(f, " by {holder}")?;
         }
-        match self.ttl_left {
-            Some(ttl) => write!(f, " (lease ends in {})", humanize(ttl)),
-            None => write!(f, " (no expiry)"),
+        match (self.ttl_left, self.limit) {
+            (Some(ttl), None) => write!(f, " (lease ends in {})", humanize(ttl)),
+            (Some(ttl), Some(_)) => write!(f, " (the first lease ends in {})", humanize(ttl)),
+            (None, None) => write!(f, " (no expiry)"),
+            (None, Some(_)) => Ok(()),
         }
-    }
-}
-
-/// Durations for people: whole milliseconds, so `1.5s` rather than `1.500321987s`.
-pub(crate) fn humanize(duration: Duration) -> String {
-    let ms = Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
-    humantime_like(ms)
-}
-
-fn humantime_like(duration: Duration) -> String {
-    let ms = duration.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", duration.as_secs_f64())
-    } else {
-        let secs = duration.as_secs();
-        format!("{}m{:02}s", secs / 60, secs % 60)
     }
 }
 
@@ -241,18 +281,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_read_well() {
-        assert_eq!(humanize(Duration::from_micros(1500)), "1ms");
-        assert_eq!(humanize(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(humanize(Duration::from_secs(125)), "2m05s");
-    }
-
-    #[test]
     fn kinds_and_predicates_agree() {
         let conflict = Conflict {
             key: "k".into(),
             ttl_left: Some(Duration::from_secs(3)),
             holder: None,
+            holders: Vec::new(),
+            limit: None,
         };
         let err = Error::Conflict(Box::new(conflict.clone()));
         assert!(err.is_conflict() && err.is_retryable());

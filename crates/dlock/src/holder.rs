@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Value;
 
-use crate::error::humanize;
+use crate::units::humanize;
 
 /// The holder of a lock, as recorded when it was granted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct HolderInfo {
     /// ([`LockGuard::release_after`](crate::LockGuard::release_after)): the lock stays taken
     /// until its TTL ends, and nobody renews it.
     pub finished: bool,
+    /// How many permits this holder has (1 for a lock; a semaphore's holder may take more).
+    pub permits: u32,
 }
 
 impl fmt::Display for HolderInfo {
@@ -37,6 +39,9 @@ impl fmt::Display for HolderInfo {
         write!(f, "{}", self.host)?;
         if let Some(pid) = self.pid {
             write!(f, " pid {pid}")?;
+        }
+        if self.permits > 1 {
+            write!(f, " ({} permits)", self.permits)?;
         }
         write!(f, " for {}", humanize(self.held_for))?;
         if self.finished {
@@ -82,6 +87,7 @@ impl HolderInfo {
             held_for: Duration::from_millis(server_now_ms.saturating_sub(since_ms)),
             fencing_token: fence?,
             finished,
+            permits: 1,
         })
     }
 }

@@ -85,6 +85,12 @@ impl LockKeys {
         })
     }
 
+    /// The part of the name Redis Cluster hashes (its hash tag, else the whole name): every key
+    /// of this lock lives in that slot.
+    pub fn slot(&self) -> &str {
+        hash_tag(&self.lock).unwrap_or(&self.lock)
+    }
+
     /// The lock name behind a holder-info key, as `SCAN` finds them; `None` for other keys.
     pub fn name_from_info_key(key: &str) -> Option<&str> {
         let rest = key.strip_prefix('{')?;

@@ -86,35 +86,30 @@ mod backoff;
 pub mod blocking;
 mod client;
 mod clock;
+mod connection;
+mod engine;
 mod error;
 pub mod fencing;
-mod guard;
 mod holder;
 mod key;
-mod lease;
-mod link;
-mod lock;
-mod node;
-mod notify;
 mod options;
-mod quorum;
-mod reentrant;
+mod primitive;
 mod scripts;
+mod status;
 mod token;
-mod watchdog;
+mod units;
 
 pub use backoff::Backoff;
 pub use client::Client;
-pub use error::{Conflict, Error, ErrorKind, Result};
-pub use guard::LockGuard;
+pub use connection::node::{redact_url, SentinelConfig};
+pub use error::{Conflict, Error, ErrorKind, NodeFailure, Result};
 pub use holder::{HolderInfo, LockStatus};
 pub use key::MAX_NAME_LEN;
-pub use lease::{LeaseStatus, LossReason};
-pub use lock::Lock;
-pub use node::{redact_url, SentinelConfig};
 pub use options::{
     ClientOptions, LockOptions, MinReplicas, Wait, DEFAULT_COMMAND_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_RECHECK, DEFAULT_SUBSCRIPTION_LINGER, DEFAULT_TTL,
     DEFAULT_WAIT, FENCE_RETENTION, MAX_TTL, MIN_TTL,
 };
-pub use reentrant::{Owner, ReentrantGuard, ReentrantLock};
+pub use primitive::lock::{Lock, LockGuard};
+pub use primitive::reentrant::{Owner, ReentrantGuard, ReentrantLock};
+pub use status::{LeaseStatus, LossReason};

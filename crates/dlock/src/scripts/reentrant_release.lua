@@ -1,19 +1,26 @@
--- Remove one hold from a reentrant lock owned by ARGV[1]; free the lock when none is left.
--- KEYS: 1 lock, 2 holder info, 3 hold set
--- ARGV: 1 owner token, 2 acquisition id, 3 wake-up channel, 4 the grant's fencing token ('' to
---       skip the check: undoing an acquisition whose grant is unknown). The owner's token is
---       the same for every grant to it, so the fencing token is what tells the grant this hold
---       belongs to from a later one (after this one was lost).
--- Returns {1, holds left} when the lock was ours, {0, 0} when it was not (then nothing of the
--- current owner's is touched: acquisition ids are unique, so removing ours is harmless).
-if redis.call('GET', KEYS[1]) ~= ARGV[1]
-   or (ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'fence') ~= ARGV[4]) then
-  return {0, 0}
+-- Remove holds from reentrant locks; free each lock when none of its holds is left.
+-- KEYS: per hold, 3 keys: lock, holder info, hold set
+-- ARGV: per hold, 4 values: owner token, acquisition id, wake-up channel, the grant's fencing
+--       token ('' to skip the check: undoing an acquisition whose grant is unknown). The owner's
+--       token is the same for every grant to it, so the fencing token is what tells the grant
+--       this hold belongs to from a later one (after this one was lost).
+-- Returns one 1 (the lock was ours: the hold is gone) or 0 (it was not; nothing of the current
+-- owner's is touched) per hold. Acquisition ids are unique, so removing ours is harmless.
+local results = {}
+for i = 1, #ARGV / 4 do
+  local lock, info, holds = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local owner, acquisition = ARGV[4 * i - 3], ARGV[4 * i - 2]
+  local channel, fence = ARGV[4 * i - 1], ARGV[4 * i]
+  if redis.call('GET', lock) ~= owner
+     or (fence ~= '' and redis.call('HGET', info, 'fence') ~= fence) then
+    results[i] = 0
+  else
+    redis.call('SREM', holds, acquisition)
+    if redis.call('SCARD', holds) == 0 then
+      redis.call('DEL', lock, info, holds)
+      redis.pcall('PUBLISH', channel, '') -- best effort, as in release.lua
+    end
+    results[i] = 1
+  end
 end
-redis.call('SREM', KEYS[3], ARGV[2])
-local left = redis.call('SCARD', KEYS[3])
-if left == 0 then
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-  redis.pcall('PUBLISH', ARGV[3], '') -- best effort, as in release.lua
-end
-return {1, left}
+return results

@@ -4,7 +4,7 @@
 //! An operation is sent to every node concurrently, each call bounded by the per-node
 //! (command) timeout, and succeeds when a majority (`N / 2 + 1`) agrees, so one dead or frozen
 //! node of three costs at most that timeout and never stops a grant. The lock, renewal and
-//! release logic is the same as on one node; [`crate::lock`] adds the validity check
+//! release logic is the same as on one node; the acquisition engine adds the validity check
 //! (`ttl − elapsed − drift` must still be positive once the grant is complete) and the
 //! fencing write-back.
 //!
@@ -22,8 +22,8 @@ use std::future::Future;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
-use crate::error::{Error, Result};
-use crate::node::Node;
+use crate::connection::node::Node;
+use crate::error::{Error, NodeFailure, Result};
 
 /// One node or a Redlock quorum.
 #[derive(Debug, Clone)]
@@ -154,7 +154,7 @@ impl Nodes {
             }
             replies[index] = Some(reply);
             let decided = (0..leases)
-                .all(|lease| yes[lease] >= self.quorum() || no[lease] > self.len() - self.quorum());
+                .all(|lease| Verdict::of(yes[lease], no[lease], self) != Verdict::Undecided);
             if decided {
                 break;
             }
@@ -222,7 +222,7 @@ impl Nodes {
                 // A majority decided: a silent (frozen, black-holed) node is not waited for.
                 let yes_count = answers.iter().flatten().filter(|a| yes(a)).count();
                 let no_count = answers.iter().flatten().count() - yes_count;
-                if yes_count >= self.quorum() || no_count > self.len() - self.quorum() {
+                if Verdict::of(yes_count, no_count, self) != Verdict::Undecided {
                     break;
                 }
             }
@@ -245,7 +245,7 @@ impl Nodes {
             let retryable = errors.iter().flatten().all(Error::is_retryable);
             let pause = SETTLE_BACKOFF.delay(attempt);
             attempt = attempt.saturating_add(1);
-            let decided = tally.agreed(self) || tally.refused(self) || unanswered == 0;
+            let decided = tally.verdict(self) != Verdict::Undecided || unanswered == 0;
             if decided || !retryable || tokio::time::Instant::now() + pause >= deadline {
                 tally.errors = errors
                     .into_iter()
@@ -259,7 +259,31 @@ impl Nodes {
     }
 }
 
-/// Per-node answers to a one-lock script (`[1]` yes, `[0]` no) counted.
+/// What a majority decided about one lease (or one request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// A majority said yes.
+    Agreed,
+    /// So many said no that a majority can no longer say yes.
+    Refused,
+    /// Neither, yet: too many nodes failed or were not asked.
+    Undecided,
+}
+
+impl Verdict {
+    /// The one decision rule for `yes` and `no` answers out of `nodes`.
+    pub fn of(yes: usize, no: usize, nodes: &Nodes) -> Verdict {
+        if yes >= nodes.quorum() {
+            Verdict::Agreed
+        } else if no > nodes.len() - nodes.quorum() {
+            Verdict::Refused
+        } else {
+            Verdict::Undecided
+        }
+    }
+}
+
+/// Per-node yes/no answers about one lease, counted, with the failures.
 #[derive(Debug)]
 pub(crate) struct Tally {
     pub yes: usize,
@@ -268,6 +292,7 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
+    /// Counts one-lease batch replies (`[1]` yes, anything else no), in node order.
     pub fn of(replies: Vec<Result<Vec<i64>>>) -> Tally {
         let mut tally = Tally {
             yes: 0,
@@ -284,14 +309,8 @@ impl Tally {
         tally
     }
 
-    /// A majority said yes.
-    pub fn agreed(&self, nodes: &Nodes) -> bool {
-        self.yes >= nodes.quorum()
-    }
-
-    /// So many said no that a majority can no longer say yes.
-    pub fn refused(&self, nodes: &Nodes) -> bool {
-        self.no > nodes.len() - nodes.quorum()
+    pub fn verdict(&self, nodes: &Nodes) -> Verdict {
+        Verdict::of(self.yes, self.no, nodes)
     }
 
     /// The error for an undecided outcome: the node's own on one node, else one naming all.
@@ -301,12 +320,67 @@ impl Tally {
                 return error;
             }
         }
-        let failures: Vec<(usize, String)> = self
-            .errors
-            .into_iter()
-            .map(|(index, e)| (index, e.to_string()))
-            .collect();
-        quorum_error(nodes, what, &failures)
+        quorum_error(nodes, what, self.errors)
+    }
+}
+
+/// Per-lease yes/no answers of a batch call on every node, with the failed nodes.
+#[derive(Debug)]
+pub(crate) struct BatchTally {
+    pub yes: Vec<usize>,
+    pub no: Vec<usize>,
+    pub errors: Vec<(usize, Error)>,
+}
+
+impl BatchTally {
+    /// Counts [`Nodes::decide`]'s replies for `leases` leases; abandoned nodes (`None`: the
+    /// others decided every lease) count for nothing.
+    pub fn of(replies: Vec<Option<Result<Vec<bool>>>>, leases: usize, nodes: &Nodes) -> BatchTally {
+        let mut tally = BatchTally {
+            yes: vec![0; leases],
+            no: vec![0; leases],
+            errors: Vec::new(),
+        };
+        for (index, reply) in replies.into_iter().enumerate() {
+            match reply {
+                None => {}
+                Some(Ok(answers)) if answers.len() == leases => {
+                    for (lease, yes) in answers.into_iter().enumerate() {
+                        if yes {
+                            tally.yes[lease] += 1;
+                        } else {
+                            tally.no[lease] += 1;
+                        }
+                    }
+                }
+                Some(Ok(answers)) => tally.errors.push((
+                    index,
+                    Error::Internal(format!(
+                        "{}: a batch call returned {} results for {leases} leases",
+                        nodes.name(index),
+                        answers.len()
+                    )),
+                )),
+                Some(Err(e)) => tally.errors.push((index, e)),
+            }
+        }
+        tally
+    }
+
+    pub fn verdict(&self, lease: usize, nodes: &Nodes) -> Verdict {
+        Verdict::of(self.yes[lease], self.no[lease], nodes)
+    }
+
+    /// The failures, for logs and loss reasons.
+    pub fn describe_errors(&self, nodes: &Nodes) -> String {
+        self.errors
+            .iter()
+            .map(|(index, e)| match nodes.is_single() {
+                true => e.to_string(),
+                false => format!("{}: {e}", nodes.name(*index)),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -321,20 +395,19 @@ pub(crate) fn check_redlock_size(n: usize) -> Result<()> {
     Ok(())
 }
 
-/// One error for a failed quorum operation, naming every node that failed and why.
-pub(crate) fn quorum_error(nodes: &Nodes, what: &str, failures: &[(usize, String)]) -> Error {
-    let detail = failures
-        .iter()
-        .map(|(index, reason)| format!("{} ({reason})", nodes.name(*index)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    Error::Unavailable {
-        node: format!("{} of {} nodes", failures.len(), nodes.len()),
-        reason: format!(
-            "{what} needs {} of {}; failed: {detail}",
-            nodes.quorum(),
-            nodes.len()
-        ),
+/// One error for a failed quorum operation, keeping every failed node's own error.
+pub(crate) fn quorum_error(nodes: &Nodes, what: &str, failures: Vec<(usize, Error)>) -> Error {
+    Error::Quorum {
+        what: what.to_owned(),
+        needed: nodes.quorum(),
+        of: nodes.len(),
+        failures: failures
+            .into_iter()
+            .map(|(index, error)| NodeFailure {
+                node: nodes.name(index).to_owned(),
+                error: Box::new(error),
+            })
+            .collect(),
     }
 }
 

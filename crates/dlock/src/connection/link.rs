@@ -27,8 +27,8 @@ use redis::{AsyncConnectionConfig, PushKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::node::Node;
-use crate::quorum::Nodes;
+use crate::connection::node::Node;
+use crate::connection::quorum::Nodes;
 
 /// Reconnect pauses for a monitor whose server is down: doubling from 50 ms to 2 s, so a
 /// restarted server is seen quickly and a dead one is not hammered.

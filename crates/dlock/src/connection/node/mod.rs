@@ -13,8 +13,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, ScriptInvocation};
 
-use crate::error::{humanize, Error, Result};
+use crate::error::{Error, Result};
 use crate::options::ClientOptions;
+use crate::units::humanize;
 
 mod cluster;
 mod redact;

@@ -98,6 +98,11 @@ impl ReplicaLink {
         reply
     }
 
+    /// The server's name (its URL without a password).
+    pub fn name(&self) -> &str {
+        self.node.name()
+    }
+
     /// `WAIT replicas timeout`: how many replicas acknowledged every write made on this link,
     /// within the guard's timeout plus one command timeout for the round trip.
     pub async fn wait_for_replicas(&mut self, guard: &crate::MinReplicas) -> Result<u32> {

@@ -7,7 +7,6 @@
 //! different rates, and minus any time the host spent suspended since then (`clock`), which
 //! the monotonic clock does not count.
 
-use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -16,60 +15,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use crate::key::LockKeys;
-use crate::token::Token;
-
-/// Why a lease was lost.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LossReason {
-    /// The lock key no longer holds this owner's token: it expired, was deleted (e.g. a forced
-    /// release), or another owner took it after it expired, or Redis lost it in a restart.
-    KeyGone,
-    /// Renewal could not reach Redis before the lease's validity ran out; the error says why.
-    Unreachable(String),
-    /// The lease ran out its TTL without renewal (renewal was off).
-    Expired,
-    /// The connection to Redis dropped, and when it came back the lock key no longer held our
-    /// token: the server restarted (without the key) or failed over, or the key was removed.
-    KeyGoneAfterReconnect,
-}
-
-impl fmt::Display for LossReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LossReason::KeyGone => {
-                write!(
-                    f,
-                    "the lock key no longer holds our token (expired, deleted or taken)"
-                )
-            }
-            LossReason::Unreachable(error) => {
-                write!(
-                    f,
-                    "Redis could not be reached before the lease ran out: {error}"
-                )
-            }
-            LossReason::Expired => write!(f, "the lease expired (renewal was off)"),
-            LossReason::KeyGoneAfterReconnect => write!(
-                f,
-                "the connection to Redis dropped and, once it was back, the lock key no longer \
-                 held our token (the server restarted or failed over, or the key was removed)"
-            ),
-        }
-    }
-}
-
-/// Where a lease stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseStatus {
-    /// Held and valid, as far as this client can tell.
-    Held,
-    /// Lost; once lost, always lost.
-    Lost(LossReason),
-    /// Released by its owner (or by dropping its guard).
-    Released,
-}
+use crate::engine::ops::LeaseOps;
+pub(crate) use crate::status::{LeaseStatus, LossReason};
 
 /// The share of the TTL kept back for clock-rate drift between client and server, as in the
 /// Redlock paper: 1% plus 2 ms.
@@ -103,13 +50,10 @@ struct Timing {
 /// One granted lease.
 #[derive(Debug)]
 pub(crate) struct Lease {
-    pub keys: Arc<LockKeys>,
-    pub token: Token,
+    /// How the watchdog renews and checks this lease (the primitive's scripts).
+    pub ops: Arc<dyn LeaseOps>,
     pub fencing_token: u64,
     pub renew: bool,
-    /// A reentrant lease: its key holds the owner's token (the same for every grant to that
-    /// owner), so renewals also check the grant's fencing token in the holder info.
-    pub reentrant: bool,
     /// The replica guard every renewal must pass.
     pub min_replicas: Option<crate::MinReplicas>,
     timing: Mutex<Timing>,
@@ -126,8 +70,7 @@ impl Lease {
     /// A lease granted by a request sent at `sent_at`. `held_count` is the client's count of
     /// held leases, kept exact by this type.
     pub fn new(
-        keys: Arc<LockKeys>,
-        token: Token,
+        ops: Arc<dyn LeaseOps>,
         fencing_token: u64,
         ttl: Duration,
         sent_at: Instant,
@@ -138,11 +81,9 @@ impl Lease {
         let clock = Clock::default();
         let suspended = clock.suspended();
         Lease {
-            keys,
-            token,
+            ops,
             fencing_token,
             renew,
-            reentrant: false,
             min_replicas: None,
             timing: Mutex::new(Timing {
                 ttl,
@@ -168,15 +109,9 @@ impl Lease {
         self
     }
 
-    /// Marks a reentrant lease (see [`Lease::reentrant`]).
-    pub fn reentrant(mut self) -> Lease {
-        self.reentrant = true;
-        self
-    }
-
-    /// The grant check for `extend.lua`: the fencing token of a reentrant lease's grant.
-    pub fn grant_check(&self) -> Option<u64> {
-        self.reentrant.then_some(self.fencing_token)
+    /// What is held (a lock's or semaphore's name), for logs and errors.
+    pub fn name(&self) -> &str {
+        self.ops.name()
     }
 
     /// The current lease length.
@@ -331,8 +266,7 @@ mod tests {
 
     fn lease(ttl: Duration, counter: &Arc<AtomicUsize>) -> Lease {
         Lease::new(
-            Arc::new(LockKeys::new("k").expect("valid")),
-            Token::generate().expect("random"),
+            Arc::new(crate::engine::ops::testing::Noop),
             1,
             ttl,
             Instant::now(),

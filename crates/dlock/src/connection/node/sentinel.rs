@@ -7,8 +7,9 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 use super::{manager_config, redact_url, Conn, Current, Node};
-use crate::error::{humanize, Error, Result};
+use crate::error::{Error, Result};
 use crate::options::ClientOptions;
+use crate::units::humanize;
 
 /// How a Sentinel-backed node finds its master again after a failover.
 pub(super) struct SentinelSource {

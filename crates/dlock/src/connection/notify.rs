@@ -85,7 +85,11 @@ enum Command {
 
 impl Notifier {
     /// Starts the listener task (it connects lazily, on the first subscription).
-    pub fn spawn(node: crate::node::Node, timeout: Duration, linger: Duration) -> Notifier {
+    pub fn spawn(
+        node: crate::connection::node::Node,
+        timeout: Duration,
+        linger: Duration,
+    ) -> Notifier {
         let (commands, queue) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             channels: Mutex::new(HashMap::new()),
@@ -240,7 +244,7 @@ impl Drop for Subscription {
 /// The task that owns the pub/sub connection.
 struct Listener {
     /// The node whose current server to subscribe on (it changes after a Sentinel failover).
-    node: crate::node::Node,
+    node: crate::connection::node::Node,
     timeout: Duration,
     linger: Duration,
     /// Weak: the task ends when the client and all subscriptions are gone.

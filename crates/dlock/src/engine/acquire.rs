@@ -1,0 +1,274 @@
+//! One acquisition attempt, for any primitive: the token policy, the fan-out to a majority, the
+//! fencing write-back on Redlock, the replica guard, the validity check and the rollback.
+//!
+//! A primitive implements [`Acquire`]: its acquire call, how to read a node's answer, its
+//! Redlock fencing write-back, and how to make its guard from a grant. [`attempt`] does the
+//! rest, the same way for every primitive.
+
+use std::time::Duration;
+
+use redis::{ScriptInvocation, Value};
+use tokio::time::Instant;
+
+use crate::connection::node::ReplicaLink;
+use crate::connection::quorum::{quorum_error, Nodes};
+use crate::engine::lease::validity;
+use crate::engine::pending::Pending;
+use crate::engine::Core;
+use crate::error::{Conflict, Error, Result};
+use crate::options::LockOptions;
+use crate::token::Token;
+use crate::units::humanize;
+
+/// The outcome of one acquisition attempt.
+pub(crate) enum Attempt<G> {
+    Granted(G),
+    Busy(Busy),
+}
+
+/// A busy answer: who holds it, and when to look again.
+#[derive(Debug)]
+pub(crate) struct Busy {
+    pub conflict: Box<Conflict>,
+    /// Fair mode: time until the lease of the waiter just ahead of us in the queue ends.
+    pub ahead_lease_left: Option<Duration>,
+}
+
+/// One node's answer to an acquire call.
+pub(crate) enum Answer {
+    /// Granted with this fencing token; `fresh` is false when the token already held it (a
+    /// retry whose first reply was lost, or a reentrant owner's re-entry).
+    Granted {
+        fence: u64,
+        fresh: bool,
+    },
+    Busy(Busy),
+}
+
+/// A grant a majority made, complete (fenced, guarded, still valid).
+pub(crate) struct Grant {
+    pub token: Token,
+    pub fencing_token: u64,
+    /// When the acquire call was sent: the lease's validity counts from here.
+    pub sent_at: Instant,
+    pub fresh: bool,
+}
+
+/// What a primitive supplies to the engine to acquire one hold.
+pub(crate) trait Acquire: Sync {
+    /// The primitive's guard.
+    type Guard;
+    /// The primitive's settings (TTL, renewal, replica guard, waiting).
+    fn options(&self) -> &LockOptions;
+    /// The acquire call for `token`; `queue_for` is the fair-mode waiter lease to queue with
+    /// (`None`: do not queue).
+    fn call(&self, token: &Token, queue_for: Option<Duration>) -> ScriptInvocation<'static>;
+    /// Reads one node's reply.
+    ///
+    /// # Errors
+    /// A malformed reply, or a refusal that is not "busy" (a semaphore's limit mismatch).
+    fn parse(&self, reply: &[Value]) -> Result<Answer>;
+    /// Redlock's fencing write-back: raise a node's counter to `fence` and record it as the
+    /// grant's; the script answers 1 when the hold on that node is still `token`'s.
+    fn raise_fence(&self, token: &Token, fence: u64) -> ScriptInvocation<'static>;
+    /// The guard for a complete grant.
+    fn granted(&self, grant: Grant) -> Self::Guard;
+}
+
+/// What the nodes answered, sorted.
+#[derive(Default)]
+struct Answers {
+    grants: Vec<(usize, u64, bool)>,
+    busy: Option<Busy>,
+    failures: Vec<(usize, Error)>,
+}
+
+/// One acquisition attempt with `pending`'s token (one script call per node).
+pub(crate) async fn attempt<A: Acquire>(
+    core: &Core,
+    primitive: &A,
+    pending: &Pending,
+    queue_for: Option<Duration>,
+) -> Result<Attempt<A::Guard>> {
+    let nodes = core.nodes();
+    // On Redlock every attempt has a fresh token: a failed attempt's rollback runs in the
+    // background and may land after a retry; with its own token it can never delete the
+    // retry's grant (with one token it did, and two owners held the lock: found by the chaos
+    // suite). On one node a busy answer needs no rollback, so the token is kept, which lets a
+    // retry whose first reply was lost find its own grant.
+    let token = match nodes.is_single() {
+        true => pending.token(),
+        false => pending.fresh_token()?,
+    };
+    let call = primitive.call(&token, queue_for);
+    // A guarded grant and its WAIT go on a link of their own (see `node::replica`); replica
+    // guards are single-node only.
+    let mut link = match primitive.options().min_replicas {
+        Some(_) => Some(nodes.first().replica_link().await?),
+        None => None,
+    };
+    pending.sending();
+    let sent_at = Instant::now();
+    let mut answers = send(nodes, primitive, &call, link.as_mut()).await?;
+    if answers.grants.len() >= nodes.quorum() {
+        let fences: Vec<(usize, u64)> = answers.grants.iter().map(|g| (g.0, g.1)).collect();
+        match complete(nodes, primitive, &token, &fences, sent_at, link.as_mut()).await {
+            Ok(Some(fencing_token)) => {
+                let fresh = answers.grants.iter().any(|g| g.2);
+                let grant = Grant {
+                    token,
+                    fencing_token,
+                    sent_at,
+                    fresh,
+                };
+                let guard = primitive.granted(grant);
+                pending.settled();
+                return Ok(Attempt::Granted(guard));
+            }
+            Ok(None) => answers.failures.push((
+                fences[0].0,
+                Error::Unavailable {
+                    node: nodes.name(fences[0].0).to_owned(),
+                    reason: "the grant outlived its validity".into(),
+                },
+            )),
+            Err(error) => {
+                roll_back(core, pending, token).await;
+                return Err(error);
+            }
+        }
+    }
+    if !nodes.is_single() {
+        // Redlock: undo any partial grant on every node (also those that did not answer:
+        // their write may still land), then report.
+        core.watchdog().release_in_background(pending.undo(token));
+        pending.settled();
+    } else if answers.busy.is_some() && queue_for.is_none() {
+        // A busy answer settles the doubt, unless it put us in the fair queue: that entry must
+        // be withdrawn if we give up. A grant refused for arriving too late does not: the hold
+        // is ours, so it stays in doubt (a retry with this token finds it; giving up
+        // releases it).
+        pending.settled();
+    }
+    match answers.busy {
+        Some(busy) => Ok(Attempt::Busy(busy)),
+        None => Err(refusal(nodes, answers.failures)),
+    }
+}
+
+/// Sends the acquire call to every node (on the replica link, when guarded) and sorts the
+/// answers; returns as soon as a majority granted or can no longer grant. On one node, a
+/// failure is returned as it is.
+async fn send<A: Acquire>(
+    nodes: &Nodes,
+    primitive: &A,
+    call: &ScriptInvocation<'static>,
+    link: Option<&mut ReplicaLink>,
+) -> Result<Answers> {
+    let granted = |answer: &Result<Answer>| matches!(answer, Ok(Answer::Granted { .. }));
+    let replies = match link {
+        Some(link) => {
+            let node = nodes.first();
+            let reply = link.eval::<Vec<Value>>(call, node.command_timeout()).await;
+            vec![(0, reply.and_then(|r| primitive.parse(r.as_slice())))]
+        }
+        None => {
+            nodes
+                .until(nodes.quorum(), granted, |node| async move {
+                    let reply = node.eval::<Vec<Value>>(call, node.command_timeout()).await;
+                    reply.and_then(|r| primitive.parse(r.as_slice()))
+                })
+                .await
+        }
+    };
+    let mut answers = Answers::default();
+    for (index, reply) in replies {
+        match reply {
+            Ok(Answer::Granted { fence, fresh }) => answers.grants.push((index, fence, fresh)),
+            Ok(Answer::Busy(busy)) => {
+                // Prefer an answer that names the holder.
+                if answers
+                    .busy
+                    .as_ref()
+                    .is_none_or(|b| b.conflict.holder.is_none())
+                {
+                    answers.busy = Some(busy);
+                }
+            }
+            Err(e) if nodes.is_single() => return Err(e),
+            Err(e) => answers.failures.push((index, e)),
+        }
+    }
+    Ok(answers)
+}
+
+/// Finishes a grant from a majority: on one node, just the token; on Redlock, the largest
+/// token of the granting nodes, written back to them (see [`crate::connection::quorum`]);
+/// then the replica guard; and only if the lease is still valid afterwards
+/// (`ttl − elapsed − drift > 0`). `None`: too late.
+async fn complete<A: Acquire>(
+    nodes: &Nodes,
+    primitive: &A,
+    token: &Token,
+    fences: &[(usize, u64)],
+    sent_at: Instant,
+    link: Option<&mut ReplicaLink>,
+) -> Result<Option<u64>> {
+    let fencing_token = fences.iter().map(|(_, fence)| *fence).max().unwrap_or(0);
+    if !nodes.is_single() {
+        let call = primitive.raise_fence(token, fencing_token);
+        let written = futures_util::future::join_all(fences.iter().map(|(index, _)| {
+            let node = nodes.get(*index);
+            node.eval::<i64>(&call, node.command_timeout())
+        }))
+        .await;
+        let confirmed = written.iter().filter(|w| matches!(w, Ok(1))).count();
+        if confirmed < nodes.quorum() {
+            return Ok(None);
+        }
+    }
+    if let Some(guard) = &primitive.options().min_replicas {
+        // The replica guard: the grant counts only once enough replicas have it. If they do
+        // not, our caller's rollback releases it.
+        let link = link.ok_or_else(|| {
+            Error::Internal("a guarded grant was made without its replica link".into())
+        })?;
+        let acked = link.wait_for_replicas(guard).await?;
+        if acked < guard.replicas {
+            return Err(Error::Unavailable {
+                node: nodes.first().name().to_owned(),
+                reason: format!(
+                    "only {acked} of {} replicas acknowledged the grant within {}; released it",
+                    guard.replicas,
+                    humanize(guard.timeout)
+                ),
+            });
+        }
+    }
+    let still_valid = Instant::now() < sent_at + validity(primitive.options().ttl);
+    Ok(still_valid.then_some(fencing_token))
+}
+
+/// Undoes a grant now, so the caller's error means "no hold"; if a node cannot confirm, the
+/// acquisition stays in doubt and `pending` undoes it again in the background.
+async fn roll_back(core: &Core, pending: &Pending, token: Token) {
+    let undo = pending.undo(token);
+    let call = crate::engine::ops::one(undo.release_script(), |call| undo.add_release(call));
+    let nodes = core.nodes();
+    let undone = nodes
+        .all(|node| node.eval::<Vec<i64>>(&call, node.command_timeout()))
+        .await;
+    if undone.iter().all(Result::is_ok) {
+        pending.settled();
+    }
+}
+
+/// The error when no majority granted and nobody said busy: a refusal every node agrees on
+/// (such as a semaphore's limit mismatch) as it is, otherwise one naming every failed node.
+fn refusal(nodes: &Nodes, mut failures: Vec<(usize, Error)>) -> Error {
+    let all_config = !failures.is_empty() && failures.iter().all(|(_, e)| e.is_config());
+    if all_config {
+        return failures.swap_remove(0).1;
+    }
+    quorum_error(nodes, "acquiring", failures)
+}

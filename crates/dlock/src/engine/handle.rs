@@ -1,0 +1,313 @@
+//! One granted lease as its guard sees it: written once for every primitive's guard.
+//!
+//! A [`LeaseHandle`] is the guard's share of a lease: `lost`, `watch`, `is_held`, `remaining`,
+//! `extend` and the end of the hold (`release`, or a primitive's own ending script) live here.
+//! Several handles may share one lease (the holds of a reentrant lock): the lease stops being
+//! renewed when the last of them ends, and each handle ends its own hold.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::connection::quorum::Verdict;
+use crate::engine::lease::{Lease, LeaseStatus, LossReason};
+use crate::engine::ops::{self, ReleaseOp};
+use crate::engine::Core;
+use crate::error::{Error, Result};
+use crate::options::validate_ttl;
+
+/// A lease with a count of the handles (guards) that hold it in this process.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub lease: Arc<Lease>,
+    handles: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(lease: Arc<Lease>) -> Arc<Shared> {
+        Arc::new(Shared {
+            lease,
+            handles: AtomicUsize::new(0),
+        })
+    }
+
+    /// One handle fewer; the last one stops renewal.
+    fn leave(&self) {
+        if self.handles.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.lease.finish(LeaseStatus::Released);
+        }
+    }
+}
+
+/// A guard's handle on its lease. Dropping it without ending the hold releases the hold in the
+/// background.
+#[derive(Debug)]
+pub(crate) struct LeaseHandle {
+    shared: Arc<Shared>,
+    core: Arc<Core>,
+    /// How to end this handle's hold.
+    hold: Arc<dyn ReleaseOp>,
+    /// This handle no longer counts among the lease's holders.
+    left: bool,
+    /// The hold's end was answered by Redis; `Drop` has nothing to send.
+    ended: bool,
+}
+
+impl LeaseHandle {
+    pub fn new(shared: Arc<Shared>, core: Arc<Core>, hold: Arc<dyn ReleaseOp>) -> LeaseHandle {
+        shared.handles.fetch_add(1, Ordering::SeqCst);
+        LeaseHandle {
+            shared,
+            core,
+            hold,
+            left: false,
+            ended: false,
+        }
+    }
+
+    fn lease(&self) -> &Lease {
+        &self.shared.lease
+    }
+
+    pub fn name(&self) -> &str {
+        self.lease().name()
+    }
+
+    pub fn fencing_token(&self) -> u64 {
+        self.lease().fencing_token
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.lease().ttl()
+    }
+
+    pub fn remaining(&self) -> Duration {
+        if self.lease().is_held() {
+            self.lease()
+                .valid_until()
+                .saturating_duration_since(Instant::now())
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.lease().is_held() && self.lease().valid_until() > Instant::now()
+    }
+
+    pub fn status(&self) -> LeaseStatus {
+        self.lease().status()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<LeaseStatus> {
+        self.lease().subscribe()
+    }
+
+    pub async fn lost(&self) -> LossReason {
+        let mut status = self.lease().subscribe();
+        loop {
+            if let LeaseStatus::Lost(reason) = &*status.borrow_and_update() {
+                return reason.clone();
+            }
+            if status.changed().await.is_err() {
+                // The lease (and its sender) lives as long as this handle: unreachable, but
+                // pending forever is the honest answer if it ever happened.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    pub async fn renewal_at_risk(&self, margin: Duration) {
+        self.lease().at_risk(margin).await;
+    }
+
+    /// Sets the lease to `ttl` from now, on a majority (one round trip).
+    pub async fn extend(&self, ttl: Duration) -> Result<()> {
+        validate_ttl(ttl)?;
+        self.check_held()?;
+        let lease = self.lease();
+        let call = ops::one(lease.ops.renew_script(), |call| {
+            lease.ops.add_renew(call, ttl)
+        });
+        let nodes = self.core.nodes();
+        let sent_at = Instant::now();
+        let replies = nodes
+            .all(|node| node.eval(&call, node.command_timeout()))
+            .await;
+        let tally = crate::connection::quorum::Tally::of(replies);
+        match tally.verdict(nodes) {
+            Verdict::Agreed => {
+                lease.extended(sent_at, ttl);
+                Ok(())
+            }
+            Verdict::Refused => {
+                lease.finish(LeaseStatus::Lost(LossReason::KeyGone));
+                self.check_held()
+            }
+            Verdict::Undecided => Err(tally.into_error(nodes, "extending a lease")),
+        }
+    }
+
+    /// Releases this handle's hold (see `LockGuard::release` for the contract).
+    pub async fn release(self) -> Result<()> {
+        let hold = self.hold.clone();
+        let call = ops::one(hold.release_script(), |call| hold.add_release(call));
+        self.end(call, "releasing").await
+    }
+
+    /// Ends the hold with a one-lease `call` answered by `[1]` (ours) or `[0]`: this handle
+    /// leaves the lease first (the last one out stops renewal), then the call goes to every
+    /// node, retried until decided or the lease's validity ends. Nodes that never answered
+    /// get the hold's release in the background (via Drop).
+    pub async fn end(mut self, call: redis::ScriptInvocation<'_>, what: &str) -> Result<()> {
+        let lost_before = self.lease().lost_reason();
+        self.left = true;
+        self.shared.leave();
+        let nodes = self.core.nodes();
+        // A lease already lost has nothing left to confirm: one try, to clean up.
+        let deadline = match lost_before {
+            Some(_) => Instant::now(),
+            None => self.lease().valid_until(),
+        };
+        let (tally, _) = nodes
+            .settle(
+                deadline,
+                |reply: &Vec<i64>| reply.as_slice() == [1],
+                |node, timeout| node.eval::<Vec<i64>>(&call, timeout),
+            )
+            .await;
+        self.ended = tally.errors.is_empty();
+        let lost = |reason: LossReason| Error::Lost {
+            key: self.name().to_owned(),
+            reason,
+        };
+        if let Some(reason) = lost_before {
+            return Err(lost(reason));
+        }
+        match tally.verdict(nodes) {
+            Verdict::Agreed => Ok(()),
+            Verdict::Refused => Err(lost(LossReason::KeyGone)),
+            Verdict::Undecided if tally.errors.iter().all(|(_, e)| e.is_retryable()) => {
+                // No majority answered before the lease could have ended.
+                Err(lost(LossReason::Unreachable(
+                    tally.into_error(nodes, what).to_string(),
+                )))
+            }
+            Verdict::Undecided => Err(tally.into_error(nodes, what)),
+        }
+    }
+
+    fn check_held(&self) -> Result<()> {
+        match self.lease().status() {
+            LeaseStatus::Held => Ok(()),
+            LeaseStatus::Lost(reason) => Err(Error::Lost {
+                key: self.name().to_owned(),
+                reason,
+            }),
+            LeaseStatus::Released => Err(Error::NotOwner {
+                key: self.name().to_owned(),
+            }),
+        }
+    }
+}
+
+impl Drop for LeaseHandle {
+    fn drop(&mut self) {
+        if !self.left {
+            self.shared.leave();
+        }
+        if !self.ended {
+            // Never block in Drop: the lease no longer counts this handle (no more renewals
+            // once the last one is gone), and the watchdog sends the release. It runs even if
+            // the lease was lost, in case the key still holds our token (e.g. renewal replies
+            // were lost), so others need not wait out the TTL.
+            self.core
+                .watchdog()
+                .release_in_background(self.hold.clone());
+        }
+    }
+}
+
+/// The lease methods every guard has, forwarded to its [`LeaseHandle`] field `$handle`, with
+/// their docs written once. `$what` names what the guard holds in the docs ("lock", "permit").
+macro_rules! lease_methods {
+    ($handle:ident, $what:literal) => {
+        #[doc = concat!("The ", $what, "'s name.")]
+        pub fn name(&self) -> &str {
+            self.$handle.name()
+        }
+
+        /// This grant's fencing token: larger than every earlier grant's token for the same
+        /// name, even across a Redis restart that lost the counter. Pass it to storage that
+        /// rejects writes carrying a token smaller than one it has already seen.
+        pub fn fencing_token(&self) -> u64 {
+            self.$handle.fencing_token()
+        }
+
+        /// The current lease length.
+        pub fn ttl(&self) -> std::time::Duration {
+            self.$handle.ttl()
+        }
+
+        /// How much longer the lease is surely valid by this process's clock: zero once lost.
+        pub fn remaining(&self) -> std::time::Duration {
+            self.$handle.remaining()
+        }
+
+        /// Whether the lease is still held as far as this client knows: not lost, and within
+        /// its conservative validity.
+        pub fn is_held(&self) -> bool {
+            self.$handle.is_held()
+        }
+
+        /// Where the lease stands (held or lost, with the reason).
+        pub fn status(&self) -> $crate::LeaseStatus {
+            self.$handle.status()
+        }
+
+        /// A channel that flips when the lease is lost, for `select!` loops that outlive a
+        /// borrow.
+        pub fn watch(&self) -> tokio::sync::watch::Receiver<$crate::LeaseStatus> {
+            self.$handle.watch()
+        }
+
+        /// Resolves when the lease is lost, with the reason; never resolves while it is held.
+        ///
+        /// # Cancel safety
+        /// Cancel safe: it only watches a channel.
+        pub async fn lost(&self) -> $crate::LossReason {
+            self.$handle.lost().await
+        }
+
+        /// Sets the lease to `ttl` from now (one round trip). With renewal on, the watchdog
+        /// keeps renewing to the new length.
+        ///
+        /// # Errors
+        /// [`Error::Config`](crate::Error::Config) for a TTL out of range;
+        /// [`Error::Lost`](crate::Error::Lost) when the lease is no longer ours (the guard
+        /// then reports the loss too); connection errors, after which the lease keeps its old
+        /// expiry.
+        ///
+        /// # Cancel safety
+        /// Cancel safe: the lease is either extended or not, and the guard's view stays
+        /// conservative.
+        pub async fn extend(&self, ttl: std::time::Duration) -> $crate::Result<()> {
+            self.$handle.extend(ttl).await
+        }
+
+        /// Resolves when renewals are failing and at most `margin` of the lease's conservative
+        /// validity is left, or when the lease is no longer held: the moment to start winding
+        /// down work that must be finished (or stopped) before the lease can end. Never
+        /// resolves while renewals succeed.
+        ///
+        /// # Cancel safety
+        /// Cancel safe: it only watches the lease.
+        pub async fn renewal_at_risk(&self, margin: std::time::Duration) {
+            self.$handle.renewal_at_risk(margin).await
+        }
+    };
+}
+pub(crate) use lease_methods;

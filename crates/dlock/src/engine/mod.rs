@@ -1,0 +1,161 @@
+//! The acquisition engine: everything a primitive (lock, reentrant lock, semaphore) shares.
+//!
+//! A primitive supplies its scripts, reply parsing and guard; the engine owns the rest:
+//! - [`Core`]: the nodes, the watchdog(s), the notifier, the holder's identity and the count of
+//!   held leases; one per client, shared by every primitive and guard made from it.
+//! - `acquire`: one attempt (token policy, fan-out to a majority, fencing write-back on
+//!   Redlock, the replica guard's `WAIT`, the validity check, rollback) and `wait` the waiting
+//!   loop (wake-ups, re-checks, backoff, the wait limit); `pending` undoes an acquisition that
+//!   may have happened when the caller gives up.
+//! - `lease` (one lease's state and validity), `handle` (what every guard does with it:
+//!   `lost`, `watch`, `is_held`, `remaining`, `extend`, `release`), `ops` (the batched
+//!   script operations a primitive gives the engine), `watchdog` (renewal, loss, background
+//!   releases, for any primitive).
+//!
+//! Nothing here knows which primitive it serves, and nothing below it (`connection`) calls up.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::connection::notify::Notifier;
+use crate::connection::quorum::Nodes;
+use crate::error::{Error, Result};
+use crate::options::ClientOptions;
+
+pub(crate) mod acquire;
+pub(crate) mod handle;
+pub(crate) mod lease;
+pub(crate) mod ops;
+pub(crate) mod pending;
+pub(crate) mod wait;
+pub(crate) mod watchdog;
+
+use lease::Lease;
+use ops::LeaseOps;
+use watchdog::Watchdog;
+
+/// What a lock records about its holder beyond the label: who we are.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub host: String,
+    pub pid: u32,
+}
+
+/// One client's shared machinery.
+#[derive(Debug)]
+pub(crate) struct Core {
+    nodes: Nodes,
+    watchdog: Watchdog,
+    /// The watchdog of leases with a replica guard, started with the first one.
+    guarded_watchdog: OnceLock<Watchdog>,
+    notifier: Notifier,
+    held: Arc<AtomicUsize>,
+    identity: Identity,
+}
+
+/// A new lease's terms, as the primitive asked for them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Terms {
+    pub ttl: Duration,
+    pub renew: bool,
+    pub min_replicas: Option<crate::MinReplicas>,
+}
+
+impl Core {
+    /// Starts the watchdog and the notifier for `nodes` (on the current tokio runtime).
+    pub fn start(nodes: Nodes, options: &ClientOptions) -> Arc<Core> {
+        let watchdog = Watchdog::spawn(nodes.clone());
+        // Wake-ups come from the first node (for Redlock, a release publishes on every node;
+        // if the first is down, waiters rely on their re-checks).
+        let notifier = Notifier::spawn(
+            nodes.first().clone(),
+            options.connect_timeout,
+            options.subscription_linger,
+        );
+        Arc::new(Core {
+            nodes,
+            watchdog,
+            guarded_watchdog: OnceLock::new(),
+            notifier,
+            held: Arc::new(AtomicUsize::new(0)),
+            identity: Identity {
+                host: gethostname::gethostname().to_string_lossy().into_owned(),
+                pid: std::process::id(),
+            },
+        })
+    }
+
+    pub fn nodes(&self) -> &Nodes {
+        &self.nodes
+    }
+
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The watchdog that sends background releases (and renews unguarded leases).
+    pub fn watchdog(&self) -> &Watchdog {
+        &self.watchdog
+    }
+
+    /// How many leases are held right now through this core.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// A granted lease, counted and handed to the watchdog that renews it: its own watchdog
+    /// for a lease with a replica guard, whose renewals may block in `WAIT`.
+    pub fn track(
+        &self,
+        ops: Arc<dyn LeaseOps>,
+        fencing_token: u64,
+        terms: Terms,
+        sent_at: Instant,
+    ) -> Arc<Lease> {
+        let lease = Arc::new(
+            Lease::new(
+                ops,
+                fencing_token,
+                terms.ttl,
+                sent_at,
+                terms.renew,
+                self.held.clone(),
+            )
+            .with_min_replicas(terms.min_replicas),
+        );
+        let watchdog = match terms.min_replicas {
+            None => &self.watchdog,
+            Some(_) => self
+                .guarded_watchdog
+                .get_or_init(|| Watchdog::spawn_guarded(self.nodes.clone())),
+        };
+        watchdog.track(lease.clone());
+        lease
+    }
+
+    /// Refuses a feature that works on one Redis only.
+    pub fn single_node_only(&self, feature: &str) -> Result<()> {
+        if self.nodes.is_single() {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "{feature} need a single Redis; they are not available with Redlock yet"
+        )))
+    }
+
+    /// Waits until queued background releases and waiter withdrawals have been sent.
+    pub async fn flush(&self) {
+        self.watchdog.flush().await;
+        if let Some(guarded) = self.guarded_watchdog.get() {
+            guarded.flush().await;
+        }
+        self.notifier.flush().await;
+    }
+}

@@ -1,0 +1,233 @@
+//! Renewal: every due lease (and those due soon, so they stay in step) in one batched call per
+//! node; loss when a majority no longer holds a lease or its validity ends first.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::batch::{self, MAX_BATCH};
+use super::{Task, Tracked};
+use crate::connection::node::{Node, ReplicaLink};
+use crate::connection::quorum::{BatchTally, Verdict};
+use crate::engine::lease::{renewal_interval, LeaseStatus, LossReason};
+use crate::error::{Error, Result};
+
+impl Task {
+    /// Expires leases past their validity, then renews every lease that is due (and those due
+    /// soon, so they stay batched) in one call per chunk.
+    pub(super) async fn tick(&mut self) {
+        self.leases.retain(|t| t.lease.is_held());
+        self.expire_invalid();
+        let now = Instant::now();
+        if !self
+            .leases
+            .iter()
+            .any(|t| t.lease.renew && t.due_at() <= now)
+        {
+            return;
+        }
+        let (mut batch, rest): (Vec<Tracked>, Vec<Tracked>) =
+            std::mem::take(&mut self.leases).into_iter().partition(|t| {
+                t.lease.renew && t.due_at() <= now + renewal_interval(t.lease.ttl()) / 2
+            });
+        self.leases = rest;
+        for chunk in batch.chunks_mut(MAX_BATCH) {
+            self.renew(chunk).await;
+        }
+        self.leases.append(&mut batch);
+        self.expire_invalid();
+    }
+
+    async fn renew(&self, chunk: &mut [Tracked]) {
+        let ttls: Vec<Duration> = chunk.iter().map(|t| t.lease.ttl()).collect();
+        // Give up on this try by the time the first lease would become invalid, so the loss is
+        // reported on time even while Redis is frozen.
+        let sent_at = Instant::now();
+        let first_end = chunk
+            .iter()
+            .map(|t| t.lease.valid_until())
+            .min()
+            .unwrap_or(sent_at);
+        let until_first_end = first_end.saturating_duration_since(sent_at);
+        let mut link = None;
+        let replies = if self.guarded {
+            let reply =
+                renew_on_link(self.nodes.first(), chunk, &ttls, until_first_end, &mut link).await;
+            vec![Some(reply)]
+        } else {
+            let (leases, ttls) = (&*chunk, &ttls);
+            self.nodes
+                .decide(chunk.len(), |node| {
+                    let timeout = node.command_timeout().min(until_first_end);
+                    batch::run(
+                        node,
+                        leases.len(),
+                        timeout,
+                        |i| leases[i].lease.ops.renew_script(),
+                        |i| leases[i].lease.ops.slot(),
+                        |i, call| leases[i].lease.ops.add_renew(call, ttls[i]),
+                    )
+                })
+                .await
+        };
+        let mut tally = BatchTally::of(replies, chunk.len(), &self.nodes);
+        if let Some(link) = link.as_mut() {
+            check_replicas(link, chunk, first_end, &mut tally).await;
+        }
+        let retry_at = Instant::now() + retry_delay(chunk);
+        for (lease, (tracked, ttl)) in chunk.iter_mut().zip(ttls).enumerate() {
+            match tally.verdict(lease, &self.nodes) {
+                Verdict::Agreed => {
+                    tracked.lease.extended(sent_at, ttl);
+                    tracked.retry_at = None;
+                    tracked.last_error = None;
+                    tracked.lease.set_renewal_failing(false);
+                }
+                Verdict::Refused => {
+                    if tracked.lease.finish(LeaseStatus::Lost(LossReason::KeyGone)) {
+                        tracing::warn!(lock = %tracked.lease.name(), "lease lost: key gone");
+                    }
+                }
+                Verdict::Undecided => {
+                    let error = tally.describe_errors(&self.nodes);
+                    tracing::debug!(%error, "renewal failed; will retry");
+                    tracked.retry_at = Some(retry_at);
+                    tracked.last_error = Some(error);
+                    tracked.lease.set_renewal_failing(true);
+                }
+            }
+        }
+    }
+
+    /// Declares every lease whose validity has ended lost.
+    pub(super) fn expire_invalid(&mut self) {
+        let now = Instant::now();
+        self.leases.retain(|tracked| {
+            if tracked.lease.valid_until() > now {
+                return tracked.lease.is_held();
+            }
+            let suspended = tracked.lease.lost_to_suspension(now);
+            let reason = match (&tracked.lease.renew, &tracked.last_error) {
+                (_, _) if suspended.is_some() => LossReason::Unreachable(format!(
+                    "the host was suspended for {} and the lease ran out meanwhile",
+                    crate::units::humanize(suspended.unwrap_or_default())
+                )),
+                (false, _) => LossReason::Expired,
+                (true, Some(error)) => LossReason::Unreachable(error.clone()),
+                (true, None) => LossReason::Unreachable("renewal did not complete in time".into()),
+            };
+            if tracked.lease.finish(LeaseStatus::Lost(reason.clone())) {
+                tracing::warn!(lock = %tracked.lease.name(), %reason, "lease lost");
+            }
+            false
+        });
+    }
+}
+
+/// A guarded renewal: the extend and its `WAIT` on one link of their own (replica guards are
+/// single-node); opening the link is bounded by the first lease's validity too.
+async fn renew_on_link(
+    node: &Node,
+    chunk: &[Tracked],
+    ttls: &[Duration],
+    until_first_end: Duration,
+    link: &mut Option<ReplicaLink>,
+) -> Result<Vec<bool>> {
+    let timeout = node.command_timeout().min(until_first_end);
+    let opening = tokio::time::timeout(
+        until_first_end.max(Duration::from_millis(1)),
+        node.replica_link(),
+    );
+    let opened = opening.await.unwrap_or_else(|_| {
+        Err(Error::Unavailable {
+            node: node.name().to_owned(),
+            reason: "no replica link before the lease ran out".into(),
+        })
+    })?;
+    let link = link.insert(opened);
+    // Leases with a replica guard are plain single-node leases of one kind at a time; one
+    // call per script keeps the link's single request in flight.
+    let mut answers = vec![false; chunk.len()];
+    let mut by_script: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, tracked) in chunk.iter().enumerate() {
+        by_script
+            .entry(tracked.lease.ops.renew_script().get_hash())
+            .or_default()
+            .push(i);
+    }
+    for members in by_script.values() {
+        let mut call = chunk[members[0]].lease.ops.renew_script().prepare_invoke();
+        for &i in members {
+            chunk[i].lease.ops.add_renew(&mut call, ttls[i]);
+        }
+        let results: Vec<i64> = link.eval(&call, timeout).await?;
+        for (&i, result) in members.iter().zip(results) {
+            answers[i] = result == 1;
+        }
+    }
+    Ok(answers)
+}
+
+/// The replica guard on renewal (single node only): one `WAIT` for the strictest guard in the
+/// chunk; a lease whose guard asks for more replicas than acknowledged does not count as
+/// renewed this tick.
+async fn check_replicas(
+    link: &mut ReplicaLink,
+    chunk: &[Tracked],
+    first_end: Instant,
+    tally: &mut BatchTally,
+) {
+    let strictest = chunk
+        .iter()
+        .filter_map(|t| t.lease.min_replicas)
+        .max_by_key(|guard| (guard.replicas, guard.timeout));
+    let Some(guard) = strictest else { return };
+    // A WAIT past the first lease's validity could not save it, and would delay its loss
+    // report: give up then.
+    let waiting = tokio::time::timeout_at(first_end, link.wait_for_replicas(&guard));
+    let acked = match waiting.await {
+        Ok(Ok(acked)) => acked,
+        Ok(Err(e)) => {
+            tally.errors.push((0, e));
+            0
+        }
+        Err(_) => {
+            tally.errors.push((
+                0,
+                Error::Unavailable {
+                    node: link.name().to_owned(),
+                    reason: "no replica acknowledged the renewal before the lease ran out".into(),
+                },
+            ));
+            0
+        }
+    };
+    for (tracked, count) in chunk.iter().zip(tally.yes.iter_mut()) {
+        if let Some(required) = tracked.lease.min_replicas {
+            if acked < required.replicas && *count > 0 {
+                *count = 0;
+                tally.errors.push((
+                    0,
+                    Error::Unavailable {
+                        node: link.name().to_owned(),
+                        reason: format!(
+                            "only {acked} of {} replicas acknowledged the renewal",
+                            required.replicas
+                        ),
+                    },
+                ));
+            }
+        }
+    }
+}
+
+/// Pause before retrying a failed renewal: a quarter interval of the shortest lease in the
+/// chunk, within 10-250 ms, so a short lease still gets several tries before it runs out.
+fn retry_delay(chunk: &[Tracked]) -> Duration {
+    let shortest = chunk
+        .iter()
+        .map(|t| renewal_interval(t.lease.ttl()))
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+    (shortest / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
+}

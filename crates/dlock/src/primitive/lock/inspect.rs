@@ -1,0 +1,105 @@
+//! Reading a lock's state for people and tools: `status`, `list`, and the forced release.
+
+use crate::engine::Core;
+use crate::error::Result;
+use crate::holder::{int, pttl, HolderInfo, LockStatus};
+use crate::key::{info_scan_pattern, LockKeys};
+use crate::scripts;
+
+/// Keys asked for per `SCAN` step: large enough to walk a big keyspace in few round trips,
+/// small enough that no step blocks Redis noticeably.
+pub(crate) const SCAN_COUNT: u32 = 1000;
+
+/// Reads (and with `break_it`, deletes) a lock's state on every node. On Redlock the lock
+/// counts as held when a majority of nodes hold it.
+pub(crate) async fn inspect(core: &Core, keys: &LockKeys, break_it: bool) -> Result<LockStatus> {
+    let mut call = scripts::INSPECT.prepare_invoke();
+    call.key(&keys.lock)
+        .key(&keys.info)
+        .key(&keys.fence)
+        .arg(if break_it { "break" } else { "read" });
+    let nodes = core.nodes();
+    let replies = nodes
+        .all(|node| node.eval::<Vec<redis::Value>>(&call, node.command_timeout()))
+        .await;
+    let mut failures = Vec::new();
+    let mut held_on = 0;
+    let mut status = LockStatus {
+        key: keys.lock.clone(),
+        held: false,
+        ttl_left: None,
+        holder: None,
+        last_fencing_token: None,
+    };
+    for (index, reply) in replies.into_iter().enumerate() {
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) if nodes.is_single() => return Err(e),
+            Err(e) => {
+                failures.push((index, e));
+                continue;
+            }
+        };
+        if merge(&mut status, &reply) {
+            held_on += 1;
+        }
+    }
+    if nodes.len() - failures.len() < nodes.quorum() {
+        return Err(crate::connection::quorum::quorum_error(
+            nodes,
+            "reading a lock",
+            failures,
+        ));
+    }
+    status.held = held_on >= nodes.quorum();
+    if !status.held {
+        status.ttl_left = None;
+        status.holder = None;
+    }
+    Ok(status)
+}
+
+/// Merges one node's `inspect.lua` reply into `status`; true when that node holds the lock.
+fn merge(status: &mut LockStatus, reply: &[redis::Value]) -> bool {
+    let field = |i: usize| reply.get(i).unwrap_or(&redis::Value::Nil);
+    let held = int(field(0)) == Some(1);
+    let server_now_ms = int(field(3))
+        .and_then(|ms| u64::try_from(ms).ok())
+        .unwrap_or(0);
+    if held {
+        let ttl = pttl(field(1));
+        status.ttl_left = match (status.ttl_left, ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if status.holder.is_none() {
+            status.holder = HolderInfo::parse(field(2), server_now_ms);
+        }
+    }
+    let fence = int(field(4)).and_then(|t| u64::try_from(t).ok());
+    status.last_fencing_token = status.last_fencing_token.max(fence);
+    held
+}
+
+/// Every lock held right now through dlock whose name matches `pattern`, sorted by name.
+pub(crate) async fn list(core: &Core, pattern: &str) -> Result<Vec<LockStatus>> {
+    let keys = core
+        .nodes()
+        .first()
+        .scan(&info_scan_pattern(pattern), SCAN_COUNT)
+        .await?;
+    let names: std::collections::BTreeSet<String> = keys
+        .iter()
+        .filter_map(|key| LockKeys::name_from_info_key(key))
+        .map(str::to_owned)
+        .collect();
+    let mut held = Vec::with_capacity(names.len());
+    for name in names {
+        let status = inspect(core, &LockKeys::new(&name)?, false).await?;
+        // A lease may have ended between the scan and the read.
+        if status.held {
+            held.push(status);
+        }
+    }
+    Ok(held)
+}

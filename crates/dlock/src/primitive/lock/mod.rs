@@ -1,0 +1,342 @@
+//! [`Lock`]: a named lease lock, and the operations its leases give the engine.
+//!
+//! # Guarantee
+//! While a [`LockGuard`] is held (its lease valid), no other owner holds the same name on the
+//! same Redis: the key is set only when absent, holds a 128-bit owner token, and is extended or
+//! deleted only by a script that checks that token.
+//!
+//! # Limits
+//! - **Clocks.** The guard's validity runs on this process's monotonic clock, conservatively
+//!   (from the request's send time, minus 1% + 2 ms of drift). A process paused for longer than
+//!   its lease (GC, VM freeze, SIGSTOP) can wake up believing it still holds the lock: check
+//!   [`LockGuard::is_held`] before acting, and use the fencing token with storage that can
+//!   reject stale writers. A host suspend that the Linux kernel counts in `CLOCK_BOOTTIME`
+//!   (the monotonic clock skips it) is subtracted from the validity, so after such a sleep
+//!   `is_held` is false and the watchdog reports the loss at its next renewal.
+//! - **Failover and restarts.** A replica promoted before it received the lock, or a restart
+//!   that lost data, forgets the lock, and a second owner can get it. Fencing tokens still
+//!   increase (they never go below the server's clock), so fenced storage stays safe.
+//! - **Crash.** A holder that dies without releasing blocks others for at most one TTL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{Script, ScriptInvocation, Value};
+
+use crate::engine::acquire::{self, Acquire, Answer, Attempt, Busy, Grant};
+use crate::engine::handle::{LeaseHandle, Shared};
+use crate::engine::ops::{LeaseOps, ReleaseOp, Verify};
+use crate::engine::pending::Pending;
+use crate::engine::wait::Waiting;
+use crate::engine::{Core, Terms};
+use crate::error::{Conflict, Error, Result};
+use crate::holder::{int, pttl, HolderInfo};
+use crate::key::LockKeys;
+use crate::options::{LockOptions, FENCE_RETENTION};
+use crate::scripts;
+use crate::token::Token;
+use crate::units::millis;
+
+mod guard;
+pub(crate) mod inspect;
+
+pub use guard::LockGuard;
+
+/// A named lease lock. Cheap to clone; made by [`Client::lock`](crate::Client::lock) or
+/// [`Client::lock_with`](crate::Client::lock_with).
+///
+/// The lock is not reentrant: a holder that locks it again waits (or fails) like anyone else.
+#[derive(Debug, Clone)]
+pub struct Lock {
+    core: Arc<Core>,
+    keys: Arc<LockKeys>,
+    options: Arc<LockOptions>,
+}
+
+impl Lock {
+    pub(crate) fn new(core: Arc<Core>, keys: LockKeys, options: LockOptions) -> Lock {
+        Lock {
+            core,
+            keys: Arc::new(keys),
+            options: Arc::new(options),
+        }
+    }
+
+    /// The lock's name (its Redis key).
+    pub fn name(&self) -> &str {
+        &self.keys.lock
+    }
+
+    /// The lock's settings.
+    pub fn options(&self) -> &LockOptions {
+        &self.options
+    }
+
+    /// Takes the lock if it is free, in one round trip; fails at once if it is held.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when another owner holds it, with the holder and its remaining TTL;
+    /// [`Error::Unavailable`], [`Error::Auth`] or [`Error::Redis`] when Redis fails.
+    ///
+    /// # Cancel safety
+    /// Dropping the future leaves no lock behind: if the request may already have reached
+    /// Redis, a compare-and-delete with this attempt's token is sent in the background (it
+    /// touches nothing if the lock was never set). At worst, if Redis is unreachable then too,
+    /// the lock expires with its TTL.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dlock::Error> {
+    /// # let server = dlock_test::RedisServer::start();
+    /// let url = "redis://127.0.0.1/";
+    /// # let url = &server.url();
+    /// let client = dlock::Client::connect(url).await?;
+    /// match client.lock("main:hello")?.try_lock().await {
+    ///     Ok(guard) => { /* run the job */ guard.release().await?; }
+    ///     Err(dlock::Error::Conflict(busy)) => eprintln!("{busy}"),
+    ///     Err(other) => return Err(other),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn try_lock(&self) -> Result<LockGuard> {
+        let pending = self.pending()?;
+        match acquire::attempt(&self.core, self, &pending, None).await? {
+            Attempt::Granted(guard) => Ok(guard),
+            Attempt::Busy(busy) => Err(Error::Conflict(busy.conflict)),
+        }
+    }
+
+    /// Takes the lock, waiting while it is held, up to the wait limit of its options
+    /// ([`LockOptions::wait`], 30 s by default).
+    ///
+    /// Waiting does not poll: after one busy answer the waiter subscribes to the lock's release
+    /// channel and retries the moment a release is published, so a released lock is handed on
+    /// in about one round trip. A timed re-check ([`LockOptions::recheck`], never later than
+    /// the holder's remaining TTL) catches releases that publish nothing, such as a crashed
+    /// holder's lease running out. In fair mode ([`LockOptions::fair`]) waiters are served in
+    /// arrival order. Brief Redis outages are ridden out with backoff.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when the wait limit passes (naming the last holder seen);
+    /// [`Error::Unavailable`] when Redis was unreachable at the end of the wait;
+    /// [`Error::Auth`] or [`Error::Redis`] at once.
+    ///
+    /// # Cancel safety
+    /// A dropped future leaves no lock behind (at worst one that expires with its TTL when
+    /// Redis is unreachable), no fair-queue entry (withdrawn in the background; at worst it
+    /// expires with its waiter lease), and no subscription.
+    pub async fn lock(&self) -> Result<LockGuard> {
+        let pending = self.pending()?;
+        self.waiting()
+            .wait_for(&pending.token(), |queue_for| {
+                acquire::attempt(&self.core, self, &pending, queue_for)
+            })
+            .await
+    }
+
+    /// This lock's state (see [`Client::status`](crate::Client::status)).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn status(&self) -> Result<crate::LockStatus> {
+        inspect::inspect(&self.core, &self.keys, false).await
+    }
+
+    fn pending(&self) -> Result<Pending> {
+        let keys = self.keys.clone();
+        Pending::new(
+            self.core.watchdog().clone(),
+            Box::new(move |token| Arc::new(Held::new(keys.clone(), token))),
+        )
+    }
+
+    /// Where this lock's waiters wait.
+    pub(crate) fn waiting(&self) -> Waiting<'_> {
+        Waiting {
+            core: &self.core,
+            name: &self.keys.lock,
+            channel: &self.keys.channel,
+            options: &self.options,
+        }
+    }
+
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    pub(crate) fn keys(&self) -> &Arc<LockKeys> {
+        &self.keys
+    }
+
+    /// The new lease's terms.
+    pub(crate) fn terms(&self) -> Terms {
+        Terms {
+            ttl: self.options.ttl,
+            renew: self.options.renew,
+            min_replicas: self.options.min_replicas,
+        }
+    }
+}
+
+impl Acquire for Lock {
+    type Guard = LockGuard;
+
+    fn options(&self) -> &LockOptions {
+        &self.options
+    }
+
+    fn call(&self, token: &Token, queue_for: Option<Duration>) -> ScriptInvocation<'static> {
+        let identity = self.core.identity();
+        let fair = self.options.fair;
+        let script: &'static Script = if fair {
+            &scripts::ACQUIRE_FAIR
+        } else {
+            &scripts::ACQUIRE
+        };
+        let mut call = script.prepare_invoke();
+        call.key(&self.keys.lock)
+            .key(&self.keys.info)
+            .key(&self.keys.fence);
+        if fair {
+            call.key(&self.keys.queue).key(&self.keys.queue_leases);
+        }
+        call.arg(token.as_str())
+            .arg(millis(self.options.ttl))
+            .arg(millis(FENCE_RETENTION))
+            .arg(&identity.host)
+            .arg(identity.pid)
+            .arg(self.options.label.as_deref().unwrap_or(""));
+        if fair {
+            call.arg(queue_for.map_or(0, millis))
+                .arg(&self.keys.channel);
+        }
+        call
+    }
+
+    fn parse(&self, reply: &[Value]) -> Result<Answer> {
+        if reply.first().and_then(int) != Some(1) {
+            return Ok(Answer::Busy(busy(&self.keys, reply)));
+        }
+        let fence = reply
+            .get(1)
+            .and_then(int)
+            .and_then(|t| u64::try_from(t).ok())
+            .ok_or_else(|| Error::Internal(format!("acquire returned {reply:?}")))?;
+        Ok(Answer::Granted { fence, fresh: true })
+    }
+
+    fn raise_fence(&self, token: &Token, fence: u64) -> ScriptInvocation<'static> {
+        let mut call = scripts::FENCE_RAISE.prepare_invoke();
+        call.key(&self.keys.fence)
+            .key(&self.keys.info)
+            .key(&self.keys.lock)
+            .arg(fence)
+            .arg(millis(FENCE_RETENTION))
+            .arg(token.as_str());
+        call
+    }
+
+    fn granted(&self, grant: Grant) -> LockGuard {
+        let held = Arc::new(Held::new(self.keys.clone(), grant.token));
+        let lease = self.core.track(
+            held.clone(),
+            grant.fencing_token,
+            self.terms(),
+            grant.sent_at,
+        );
+        let handle = LeaseHandle::new(Shared::new(lease), self.core.clone(), held.clone());
+        LockGuard::new(handle, held)
+    }
+}
+
+/// Parses a busy answer: `{0, pttl, holder info, server time ms[, waiter-ahead lease ms]}`.
+pub(crate) fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
+    let field = |i: usize| reply.get(i).unwrap_or(&Value::Nil);
+    let server_now_ms = int(field(3))
+        .and_then(|ms| u64::try_from(ms).ok())
+        .unwrap_or(0);
+    let holder = HolderInfo::parse(field(2), server_now_ms);
+    Busy {
+        conflict: Box::new(Conflict {
+            key: keys.lock.clone(),
+            ttl_left: pttl(field(1)),
+            holders: holder.iter().cloned().collect(),
+            holder,
+            limit: None,
+        }),
+        ahead_lease_left: pttl(field(4)),
+    }
+}
+
+/// A plain lock's lease: its keys and token. How the engine renews, checks and releases it.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(super) keys: Arc<LockKeys>,
+    pub(super) token: Token,
+}
+
+impl Held {
+    pub(crate) fn new(keys: Arc<LockKeys>, token: Token) -> Held {
+        Held { keys, token }
+    }
+}
+
+impl LeaseOps for Held {
+    fn name(&self) -> &str {
+        &self.keys.lock
+    }
+    fn slot(&self) -> &str {
+        self.keys.slot()
+    }
+    fn renew_script(&self) -> &'static Script {
+        &scripts::EXTEND
+    }
+    fn add_renew(&self, call: &mut ScriptInvocation<'_>, ttl: Duration) {
+        add_extend(call, &self.keys, &self.token, ttl, None);
+    }
+    fn verify(&self) -> Verify<'_> {
+        Verify::KeyHolds {
+            key: &self.keys.lock,
+            value: self.token.as_str(),
+        }
+    }
+}
+
+impl ReleaseOp for Held {
+    fn name(&self) -> &str {
+        &self.keys.lock
+    }
+    fn slot(&self) -> &str {
+        self.keys.slot()
+    }
+    fn release_script(&self) -> &'static Script {
+        &scripts::RELEASE
+    }
+    fn add_release(&self, call: &mut ScriptInvocation<'_>) {
+        // Also withdraws the token from the fair queue: the same call undoes a waiter.
+        call.key(&self.keys.lock)
+            .key(&self.keys.info)
+            .key(&self.keys.queue)
+            .key(&self.keys.queue_leases)
+            .arg(self.token.as_str())
+            .arg(&self.keys.channel);
+    }
+}
+
+/// Adds one lease to an `EXTEND` call: its three keys, then its token, new TTL and, for a
+/// reentrant lease, its grant's fencing token (see `extend.lua`).
+pub(crate) fn add_extend(
+    call: &mut ScriptInvocation<'_>,
+    keys: &LockKeys,
+    token: &Token,
+    ttl: Duration,
+    grant: Option<u64>,
+) {
+    call.key(&keys.lock)
+        .key(&keys.info)
+        .key(&keys.holds)
+        .arg(token.as_str())
+        .arg(millis(ttl))
+        .arg(grant.map(|fence| fence.to_string()).unwrap_or_default());
+}

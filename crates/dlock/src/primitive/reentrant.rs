@@ -1,0 +1,414 @@
+//! Reentrant locks: an owner may take a lock it already holds; it is freed when every hold is
+//! released.
+//!
+//! # Guarantee
+//! Mutual exclusion between owners, as for [`Lock`](crate::Lock). Reentrancy is by explicit
+//! [`Owner`], not by thread: async tasks move between threads, so a thread id would let two
+//! tasks share a lock by accident (or refuse one task its own lock). Holds are counted in
+//! Redis, as a set of acquisition ids, so a cancelled acquisition is undone exactly; the lock
+//! is freed when the set is empty; every hold shares the grant's fencing token and lease, and
+//! the watchdog renews it once.
+//!
+//! # Limits
+//! As for [`Lock`](crate::Lock) (clocks, failover). Fair mode is not available for reentrant
+//! locks. An [`Owner`] lives in one process; it cannot be handed to another.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use redis::{Script, ScriptInvocation, Value};
+
+use crate::engine::acquire::{self, Acquire, Answer, Attempt, Grant};
+use crate::engine::handle::{lease_methods, LeaseHandle, Shared};
+use crate::engine::lease::{LeaseStatus, LossReason};
+use crate::engine::ops::{LeaseOps, ReleaseOp, Verify};
+use crate::engine::pending::Pending;
+use crate::error::{Error, Result};
+use crate::holder::int;
+use crate::key::LockKeys;
+use crate::options::{LockOptions, FENCE_RETENTION};
+use crate::primitive::lock::{add_extend, busy, Lock};
+use crate::scripts;
+use crate::token::Token;
+use crate::units::millis;
+
+/// The identity reentrancy is keyed on. Clones are the same owner; hand a clone to every task
+/// that may re-enter the lock.
+///
+/// ```
+/// let owner = dlock::Owner::new()?;
+/// let same = owner.clone();
+/// assert_eq!(owner, same);
+/// assert_ne!(owner, dlock::Owner::new()?);
+/// # Ok::<(), dlock::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Owner {
+    inner: Arc<OwnerInner>,
+}
+
+#[derive(Debug)]
+struct OwnerInner {
+    token: Token,
+    /// The owner's live holdings by lock name, so nested holds share one lease.
+    holdings: Mutex<HashMap<String, Weak<Shared>>>,
+}
+
+impl Owner {
+    /// A new owner with a fresh 128-bit identity.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] if the OS random source fails.
+    pub fn new() -> Result<Owner> {
+        Ok(Owner {
+            inner: Arc::new(OwnerInner {
+                token: Token::generate()?,
+                holdings: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    fn token(&self) -> &Token {
+        &self.inner.token
+    }
+
+    /// The live holding of `name` with a held lease, if any.
+    fn holding(&self, name: &str) -> Option<Arc<Shared>> {
+        let holdings = self
+            .inner
+            .holdings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        holdings
+            .get(name)
+            .and_then(Weak::upgrade)
+            .filter(|holding| holding.lease.is_held())
+    }
+
+    fn remember(&self, name: &str, holding: &Arc<Shared>) {
+        let mut holdings = self
+            .inner
+            .holdings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        holdings.retain(|_, held| held.strong_count() > 0);
+        holdings.insert(name.to_owned(), Arc::downgrade(holding));
+    }
+}
+
+impl PartialEq for Owner {
+    fn eq(&self, other: &Owner) -> bool {
+        self.inner.token == other.inner.token
+    }
+}
+
+impl Eq for Owner {}
+
+/// A named reentrant lock. Made by [`Client::reentrant_lock`](crate::Client::reentrant_lock).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dlock::Error> {
+/// # let server = dlock_test::RedisServer::start();
+/// let url = "redis://127.0.0.1/";
+/// # let url = &server.url();
+/// let client = dlock::Client::connect(url).await?;
+/// let lock = client.reentrant_lock("ledger")?;
+/// let owner = dlock::Owner::new()?;
+/// let outer = lock.lock(&owner).await?;
+/// let inner = outer.reenter().await?; // same owner: granted at once, same fencing token
+/// assert_eq!(inner.fencing_token(), outer.fencing_token());
+/// inner.release().await?; // still held by `outer`
+/// outer.release().await?; // freed
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ReentrantLock {
+    lock: Lock,
+}
+
+impl ReentrantLock {
+    pub(crate) fn new(lock: Lock) -> Result<ReentrantLock> {
+        if lock.options().fair {
+            return Err(Error::Config(
+                "fair mode is not available for reentrant locks".into(),
+            ));
+        }
+        Ok(ReentrantLock { lock })
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        self.lock.name()
+    }
+
+    /// Takes the lock for `owner` if it is free or already `owner`'s; fails at once otherwise.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when another owner holds it; connection errors.
+    ///
+    /// # Cancel safety
+    /// Dropping the future leaves no hold behind: an acquisition that may have reached Redis
+    /// is undone in the background (exactly that hold; the owner's others are untouched).
+    pub async fn try_lock(&self, owner: &Owner) -> Result<ReentrantGuard> {
+        let pending = self.pending(owner)?;
+        let attempt = ForOwner { lock: self, owner };
+        match acquire::attempt(self.lock.core(), &attempt, &pending, None).await? {
+            Attempt::Granted(guard) => Ok(guard),
+            Attempt::Busy(busy) => Err(Error::Conflict(busy.conflict)),
+        }
+    }
+
+    /// Takes the lock for `owner`, waiting while another owner holds it, as
+    /// [`Lock::lock`](crate::Lock::lock) does (wake-ups, re-checks, the wait limit of the
+    /// lock's options).
+    ///
+    /// # Errors
+    /// As [`Lock::lock`](crate::Lock::lock).
+    ///
+    /// # Cancel safety
+    /// As [`ReentrantLock::try_lock`].
+    pub async fn lock(&self, owner: &Owner) -> Result<ReentrantGuard> {
+        let pending = self.pending(owner)?;
+        let attempt = ForOwner { lock: self, owner };
+        self.lock
+            .waiting()
+            .wait_for(&pending.token(), |_| {
+                acquire::attempt(self.lock.core(), &attempt, &pending, None)
+            })
+            .await
+    }
+
+    /// The acquisition's token is its hold's id; undoing it removes exactly that hold.
+    fn pending(&self, owner: &Owner) -> Result<Pending> {
+        let keys = self.lock.keys().clone();
+        let owner = owner.token().clone();
+        Pending::new(
+            self.lock.core().watchdog().clone(),
+            Box::new(move |acquisition| {
+                Arc::new(Hold {
+                    keys: keys.clone(),
+                    owner: owner.clone(),
+                    acquisition,
+                    // The grant is unknown (no reply): any grant of this owner holding this
+                    // acquisition id is the one to undo.
+                    grant: None,
+                })
+            }),
+        )
+    }
+}
+
+/// One acquisition of a reentrant lock for one owner: what the engine drives.
+struct ForOwner<'a> {
+    lock: &'a ReentrantLock,
+    owner: &'a Owner,
+}
+
+impl Acquire for ForOwner<'_> {
+    type Guard = ReentrantGuard;
+
+    fn options(&self) -> &LockOptions {
+        self.lock.lock.options()
+    }
+
+    fn call(&self, acquisition: &Token, _queue_for: Option<Duration>) -> ScriptInvocation<'static> {
+        let keys = self.lock.lock.keys();
+        let options = self.options();
+        let identity = self.lock.lock.core().identity();
+        let mut call = scripts::REENTRANT_ACQUIRE.prepare_invoke();
+        call.key(&keys.lock)
+            .key(&keys.info)
+            .key(&keys.fence)
+            .key(&keys.holds)
+            .arg(self.owner.token().as_str())
+            .arg(acquisition.as_str())
+            .arg(millis(options.ttl))
+            .arg(millis(FENCE_RETENTION))
+            .arg(&identity.host)
+            .arg(identity.pid)
+            .arg(options.label.as_deref().unwrap_or(""));
+        call
+    }
+
+    fn parse(&self, reply: &[Value]) -> Result<Answer> {
+        if int(reply.first().unwrap_or(&Value::Nil)) != Some(1) {
+            return Ok(Answer::Busy(busy(self.lock.lock.keys(), reply)));
+        }
+        let fence = reply
+            .get(1)
+            .and_then(int)
+            .and_then(|t| u64::try_from(t).ok())
+            .ok_or_else(|| Error::Internal(format!("reentrant acquire returned {reply:?}")))?;
+        let fresh = reply.get(3).and_then(int) == Some(1);
+        Ok(Answer::Granted { fence, fresh })
+    }
+
+    fn raise_fence(&self, _token: &Token, _fence: u64) -> ScriptInvocation<'static> {
+        // Reentrant locks are single-node only (refused on Redlock): never called.
+        scripts::FENCE_RAISE.prepare_invoke()
+    }
+
+    fn granted(&self, grant: Grant) -> ReentrantGuard {
+        let lock = &self.lock.lock;
+        let keys = lock.keys();
+        // A fresh grant means the owner's earlier lease on this lock (if this process still
+        // counts one as held) ended without our noticing yet: the key expired, was deleted or
+        // lost in a restart, and someone else may have held the lock since. That lease is lost,
+        // and the new hold gets its own lease and fencing token; extending the old one would
+        // hide the loss and hand out a stale token.
+        let shared = match self.owner.holding(&keys.lock) {
+            Some(shared) if !grant.fresh => {
+                shared.lease.extended(grant.sent_at, lock.options().ttl);
+                shared
+            }
+            previous => {
+                if let Some(previous) = previous {
+                    if previous
+                        .lease
+                        .finish(LeaseStatus::Lost(LossReason::KeyGone))
+                    {
+                        tracing::warn!(lock = %keys.lock, "lease lost: a re-entry found the key gone");
+                    }
+                }
+                let ops = Arc::new(OwnerLease {
+                    keys: keys.clone(),
+                    owner: self.owner.token().clone(),
+                    grant: grant.fencing_token,
+                });
+                let lease =
+                    lock.core()
+                        .track(ops, grant.fencing_token, lock.terms(), grant.sent_at);
+                let shared = Shared::new(lease);
+                self.owner.remember(&keys.lock, &shared);
+                shared
+            }
+        };
+        let hold = Arc::new(Hold {
+            keys: keys.clone(),
+            owner: self.owner.token().clone(),
+            acquisition: grant.token,
+            grant: Some(shared.lease.fencing_token),
+        });
+        ReentrantGuard {
+            handle: LeaseHandle::new(shared, lock.core().clone(), hold),
+            lock: self.lock.clone(),
+            owner: self.owner.clone(),
+        }
+    }
+}
+
+/// One hold on a reentrant lock. Release it with [`ReentrantGuard::release`]; dropping it
+/// releases the hold in the background. The lock is freed when its last hold goes. Every hold
+/// of one grant shares its lease and fencing token.
+#[must_use = "dropping the guard releases this hold at once (in the background)"]
+#[derive(Debug)]
+pub struct ReentrantGuard {
+    handle: LeaseHandle,
+    lock: ReentrantLock,
+    owner: Owner,
+}
+
+impl ReentrantGuard {
+    lease_methods!(handle, "lock");
+
+    /// The owner this hold belongs to.
+    pub fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    /// Takes another hold for the same owner (one round trip; never waits, since the owner
+    /// holds the lock).
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if the lease was lost and another owner took the lock meanwhile;
+    /// connection errors.
+    pub async fn reenter(&self) -> Result<ReentrantGuard> {
+        self.lock.try_lock(&self.owner).await
+    }
+
+    /// Releases this hold (one round trip); the lock is freed if it was the last.
+    ///
+    /// As for [`LockGuard::release`](crate::LockGuard::release), a release that fails on a
+    /// dropped connection is retried on the new one while the lease can still be valid.
+    ///
+    /// # Errors
+    /// [`Error::Lost`] when the lease had been lost, or when no answer came before its
+    /// validity ended ([`LossReason::Unreachable`]); other errors as they are (the hold is then
+    /// released in the background).
+    ///
+    /// # Cancel safety
+    /// If the future is dropped, the guard's drop releases the hold in the background.
+    pub async fn release(self) -> Result<()> {
+        self.handle.release().await
+    }
+}
+
+/// A reentrant grant's lease: the key holds the owner's token (the same for every grant to that
+/// owner), so renewal and checks also compare the grant's fencing token in the holder info.
+#[derive(Debug)]
+struct OwnerLease {
+    keys: Arc<LockKeys>,
+    owner: Token,
+    grant: u64,
+}
+
+impl LeaseOps for OwnerLease {
+    fn name(&self) -> &str {
+        &self.keys.lock
+    }
+    fn slot(&self) -> &str {
+        self.keys.slot()
+    }
+    fn renew_script(&self) -> &'static Script {
+        &scripts::EXTEND
+    }
+    fn add_renew(&self, call: &mut ScriptInvocation<'_>, ttl: Duration) {
+        add_extend(call, &self.keys, &self.owner, ttl, Some(self.grant));
+    }
+    fn verify(&self) -> Verify<'_> {
+        // The key holds the owner's token; a later grant to the same owner is told apart at
+        // the next renewal (which checks the fencing token too).
+        Verify::KeyHolds {
+            key: &self.keys.lock,
+            value: self.owner.as_str(),
+        }
+    }
+}
+
+/// One hold (acquisition id) of an owner's grant, and how to remove it.
+#[derive(Debug)]
+struct Hold {
+    keys: Arc<LockKeys>,
+    owner: Token,
+    acquisition: Token,
+    /// The grant's fencing token, when known (`None`: undoing an acquisition whose reply never
+    /// came).
+    grant: Option<u64>,
+}
+
+impl ReleaseOp for Hold {
+    fn name(&self) -> &str {
+        &self.keys.lock
+    }
+    fn slot(&self) -> &str {
+        self.keys.slot()
+    }
+    fn release_script(&self) -> &'static Script {
+        &scripts::REENTRANT_RELEASE
+    }
+    fn add_release(&self, call: &mut ScriptInvocation<'_>) {
+        call.key(&self.keys.lock)
+            .key(&self.keys.info)
+            .key(&self.keys.holds)
+            .arg(self.owner.as_str())
+            .arg(self.acquisition.as_str())
+            .arg(&self.keys.channel)
+            .arg(
+                self.grant
+                    .map(|fence| fence.to_string())
+                    .unwrap_or_default(),
+            );
+    }
+}
