@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::{ClientOptions, LeaseStatus, LockOptions, LockStatus};
+use crate::{ClientOptions, LeaseStatus, LockOptions, LockStatus, SentinelConfig};
 
 /// A blocking client: see the [module docs](self).
 #[derive(Debug, Clone)]
@@ -90,11 +90,123 @@ impl Client {
         Self::connect_with(url, ClientOptions::default())
     }
 
-    /// Connects with explicit [`ClientOptions`].
+    /// Connects with explicit [`ClientOptions`], as [`crate::Client::connect_with`].
     ///
     /// # Errors
-    /// As [`Client::connect`].
+    /// As [`Client::connect`], and [`Error::Config`] for invalid options.
     pub fn connect_with(url: &str, options: ClientOptions) -> Result<Client> {
+        Self::start(crate::Client::connect_with(url, options))
+    }
+
+    /// Connects to the master of a Sentinel-monitored group and follows failovers, as
+    /// [`crate::Client::sentinel`]: when a call fails, the client asks the sentinels again and
+    /// switches to the master they name. Combine with
+    /// [`LockOptions::min_replicas`] to narrow the window in which a failover loses a lock.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), dlock::Error> {
+    /// let config = dlock::SentinelConfig::new(
+    ///     "mymaster",
+    ///     ["redis://sentinel-a:26379/", "redis://sentinel-b:26379/"],
+    /// );
+    /// let client = dlock::blocking::Client::sentinel(config)?;
+    /// let guard = client.lock("billing")?.try_lock()?;
+    /// guard.release()
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`crate::Client::sentinel`]: [`Error::Config`] for bad sentinel URLs,
+    /// [`Error::Unavailable`] when no sentinel names a reachable master, [`Error::Auth`] when
+    /// the master refuses the credentials. Also [`Error::Config`] inside an async runtime;
+    /// [`Error::Internal`] if the runtime cannot start.
+    pub fn sentinel(config: SentinelConfig) -> Result<Client> {
+        Self::sentinel_with(config, ClientOptions::default())
+    }
+
+    /// [`Client::sentinel`] with explicit [`ClientOptions`], as
+    /// [`crate::Client::sentinel_with`].
+    ///
+    /// # Errors
+    /// As [`Client::sentinel`].
+    pub fn sentinel_with(config: SentinelConfig, options: ClientOptions) -> Result<Client> {
+        Self::start(crate::Client::sentinel_with(config, options))
+    }
+
+    /// Connects to a Redis Cluster through `seeds` (any of its nodes), as
+    /// [`crate::Client::cluster`]. Every lock's keys share one hash slot, so each lock
+    /// operation goes to the master of that slot; renewals of many locks are batched per slot.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), dlock::Error> {
+    /// let seeds = ["redis://cluster-a:6379/", "redis://cluster-b:6379/"];
+    /// let client = dlock::blocking::Client::cluster(&seeds)?;
+    /// let guard = client.lock("billing")?.try_lock()?;
+    /// guard.release()
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`crate::Client::cluster`]: [`Error::Config`] for bad URLs, [`Error::Unavailable`]
+    /// when no seed answers, [`Error::Auth`] when the cluster refuses the credentials. Also
+    /// [`Error::Config`] inside an async runtime; [`Error::Internal`] if the runtime cannot
+    /// start.
+    pub fn cluster<S: AsRef<str>>(seeds: &[S]) -> Result<Client> {
+        Self::cluster_with(seeds, ClientOptions::default())
+    }
+
+    /// [`Client::cluster`] with explicit [`ClientOptions`], as
+    /// [`crate::Client::cluster_with`].
+    ///
+    /// # Errors
+    /// As [`Client::cluster`].
+    pub fn cluster_with<S: AsRef<str>>(seeds: &[S], options: ClientOptions) -> Result<Client> {
+        Self::start(crate::Client::cluster_with(seeds, options))
+    }
+
+    /// Connects to N independent Redis masters (N odd, at least 3) for Redlock, as
+    /// [`crate::Client::redlock`]: every lock, renewal and release needs a majority of them.
+    /// Masters that cannot be reached now are retried on every use and join when they are
+    /// back, as long as a majority answers now.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), dlock::Error> {
+    /// # let servers = dlock_test::RedisServers::start(3);
+    /// let masters = [
+    ///     "redis://redis-a:6379/",
+    ///     "redis://redis-b:6379/",
+    ///     "redis://redis-c:6379/",
+    /// ];
+    /// # let masters = servers.urls();
+    /// let client = dlock::blocking::Client::redlock(&masters)?;
+    /// assert_eq!(client.masters(), 3);
+    /// let guard = client.lock("billing")?.try_lock()?;
+    /// guard.release()
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`crate::Client::redlock`]: [`Error::Config`] for a bad URL or an even or too small
+    /// N, [`Error::Auth`] when a master refuses the credentials, [`Error::Unavailable`] naming
+    /// every unreachable master when fewer than a majority answer. Also [`Error::Config`]
+    /// inside an async runtime; [`Error::Internal`] if the runtime cannot start.
+    pub fn redlock<S: AsRef<str>>(urls: &[S]) -> Result<Client> {
+        Self::redlock_with(urls, ClientOptions::default())
+    }
+
+    /// [`Client::redlock`] with explicit [`ClientOptions`], as
+    /// [`crate::Client::redlock_with`]; the command timeout is the per-node timeout, so keep
+    /// it small against the TTL.
+    ///
+    /// # Errors
+    /// As [`Client::redlock`].
+    pub fn redlock_with<S: AsRef<str>>(urls: &[S], options: ClientOptions) -> Result<Client> {
+        Self::start(crate::Client::redlock_with(urls, options))
+    }
+
+    /// Starts the client's runtime and runs `connect` on it. Nothing of `connect` runs before
+    /// the async-runtime check (an async fn's future does nothing until polled).
+    fn start(connect: impl Future<Output = Result<crate::Client>>) -> Result<Client> {
         outside_async()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -102,7 +214,7 @@ impl Client {
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(format!("cannot start dlock's runtime: {e}")))?;
-        let client = runtime.block_on(crate::Client::connect_with(url, options))?;
+        let client = runtime.block_on(connect)?;
         Ok(Client {
             shared: Arc::new(Shared {
                 runtime: Some(runtime),
@@ -138,9 +250,21 @@ impl Client {
         self.shared.block_on(self.shared.client.status(name))?
     }
 
-    /// How many leases this client holds.
+    /// How many leases this client holds right now, as [`crate::Client::held_locks`].
     pub fn held_locks(&self) -> usize {
         self.shared.client.held_locks()
+    }
+
+    /// How many Redis masters this client locks on (1, or N for Redlock), as
+    /// [`crate::Client::masters`].
+    pub fn masters(&self) -> usize {
+        self.shared.client.masters()
+    }
+
+    /// The server's URL without its password (the first master's, for Redlock), as
+    /// [`crate::Client::server`].
+    pub fn server(&self) -> &str {
+        self.shared.client.server()
     }
 }
 

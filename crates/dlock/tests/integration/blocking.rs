@@ -1,10 +1,19 @@
-//! The blocking API from plain synchronous code: no tokio in the caller.
+//! The blocking API from plain synchronous code: no tokio in the caller. Every deployment's
+//! connector (one server, Redlock, Cluster, Sentinel) and the whole guard API.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use dlock::blocking::Client;
-use dlock::{LockOptions, Wait};
-use dlock_test::RedisServer;
+use dlock::{ClientOptions, LockOptions, SentinelConfig, Wait};
+use dlock_test::{RedisCluster, RedisServer, RedisServers, Sentinels, MASTER_NAME};
+
+/// Options with a short command timeout, so a dead node costs the test little.
+fn quick() -> ClientOptions {
+    ClientOptions::new()
+        .command_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_secs(1))
+}
 
 #[test]
 fn the_blocking_api_works_from_plain_synchronous_code() {
@@ -73,9 +82,145 @@ fn bad_input_is_an_error_not_a_panic() {
 #[tokio::test]
 async fn calling_it_from_inside_an_async_runtime_is_a_config_error() {
     let server = RedisServer::start();
-    let err = Client::connect(&server.url()).unwrap_err();
-    assert!(err.is_config(), "{err:?}");
-    assert!(err.to_string().contains("dlock::Client"), "{err}");
+    let url = server.url();
+    let urls = [url.clone(), url.clone(), url.clone()];
+    let sentinel = SentinelConfig::new(MASTER_NAME, [url.clone()]);
+    let refusals = [
+        ("connect", Client::connect(&url).unwrap_err()),
+        ("sentinel", Client::sentinel(sentinel).unwrap_err()),
+        ("cluster", Client::cluster(&urls[..1]).unwrap_err()),
+        ("redlock", Client::redlock(&urls).unwrap_err()),
+    ];
+    for (connector, err) in refusals {
+        assert!(err.is_config(), "{connector}: {err:?}");
+        assert!(
+            err.to_string().contains("dlock::Client"),
+            "{connector}: {err}"
+        );
+    }
+}
+
+/// The names of the locks `names` whose key exists on `server`.
+fn present_on(server: &RedisServer, names: &[&str]) -> BTreeSet<String> {
+    names
+        .iter()
+        .filter(|name| server.cmd::<i64>("EXISTS", &[name]) == 1)
+        .map(|name| (*name).to_owned())
+        .collect()
+}
+
+#[test]
+fn the_redlock_connector_locks_on_a_majority_and_survives_a_dead_master() {
+    let mut servers = RedisServers::start(3);
+    let a = Client::redlock_with(&servers.urls(), quick()).unwrap();
+    let b = Client::redlock_with(&servers.urls(), quick()).unwrap();
+    assert_eq!(a.masters(), 3);
+    assert!(Client::redlock(&servers.urls()[..2])
+        .unwrap_err()
+        .is_config());
+
+    let guard = a.lock("job").unwrap().try_lock().unwrap();
+    // Granted once a majority said yes; the last master's write may still be landing.
+    let holding = servers
+        .iter()
+        .filter(|s| !present_on(s, &["job"]).is_empty())
+        .count();
+    assert!(holding >= 2, "the lock is on {holding} of 3 masters");
+    assert!(b.lock("job").unwrap().try_lock().unwrap_err().is_conflict());
+    guard.release().unwrap();
+    for server in servers.iter() {
+        assert!(
+            present_on(server, &["job"]).is_empty(),
+            "released everywhere"
+        );
+    }
+
+    // A single-server client of the first URL would fail now; a Redlock client does not.
+    servers[0].kill();
+    let guard = b.lock("after").unwrap().try_lock().unwrap();
+    for server in &servers[1..] {
+        assert_eq!(
+            present_on(server, &["after"]).len(),
+            1,
+            "on both live masters"
+        );
+    }
+    assert!(a
+        .lock("after")
+        .unwrap()
+        .try_lock()
+        .unwrap_err()
+        .is_conflict());
+    guard.release().unwrap();
+}
+
+/// The locks of `names` whose key a cluster master holds itself (`KEYS` answers from the
+/// master's own keyspace, where `EXISTS` would be redirected).
+fn local_locks(master: &RedisServer, names: &[&str]) -> BTreeSet<String> {
+    let keys: Vec<String> = master.cmd("KEYS", &["job-*"]);
+    keys.into_iter()
+        .filter(|key| names.contains(&key.as_str()))
+        .collect()
+}
+
+#[test]
+fn the_cluster_connector_routes_each_lock_to_its_slots_master() {
+    let cluster = RedisCluster::start(3);
+    let a = Client::cluster_with(&cluster.urls()[..1], quick()).unwrap();
+    let b = Client::cluster_with(&cluster.urls()[1..2], quick()).unwrap();
+    let names = [
+        "job-a", "job-b", "job-c", "job-d", "job-e", "job-f", "job-g", "job-h",
+    ];
+    let guards: Vec<_> = names
+        .iter()
+        .map(|name| a.lock(name).unwrap().try_lock().unwrap())
+        .collect();
+    // Each lock lives on exactly one master, and not all on the seed: the client followed
+    // the slot map rather than sending everything to the one server it was given.
+    let per_master: Vec<BTreeSet<String>> =
+        cluster.iter().map(|m| local_locks(m, &names)).collect();
+    let placed: usize = per_master.iter().map(BTreeSet::len).sum();
+    assert_eq!(placed, names.len(), "{per_master:?}");
+    assert!(
+        per_master.iter().filter(|on| !on.is_empty()).count() > 1,
+        "eight names all hashed to one master? {per_master:?}"
+    );
+    for name in names {
+        assert!(b.lock(name).unwrap().try_lock().unwrap_err().is_conflict());
+        assert!(b.status(name).unwrap().held);
+    }
+    for guard in guards {
+        guard.release().unwrap();
+    }
+    for master in cluster.iter() {
+        assert!(local_locks(master, &names).is_empty(), "released");
+    }
+}
+
+#[test]
+fn the_sentinel_connector_finds_the_master_through_the_sentinels() {
+    let master = RedisServer::start();
+    let sentinels = Sentinels::start(&master, 3, 0);
+    // Only the sentinels' URLs are given: the master's address comes from them.
+    let config = SentinelConfig::new(MASTER_NAME, sentinels.urls());
+    let a = Client::sentinel_with(config.clone(), quick()).unwrap();
+    let b = Client::sentinel(config).unwrap();
+    assert_eq!(a.masters(), 1);
+    assert!(a.server().contains("via sentinels"), "{}", a.server());
+
+    let guard = a.lock("job").unwrap().try_lock().unwrap();
+    assert_eq!(
+        present_on(&master, &["job"]).len(),
+        1,
+        "the lock is on the master"
+    );
+    assert!(b.lock("job").unwrap().try_lock().unwrap_err().is_conflict());
+    guard.release().unwrap();
+    assert!(present_on(&master, &["job"]).is_empty());
+
+    let unknown = SentinelConfig::new("no-such-master", sentinels.urls());
+    let err = Client::sentinel_with(unknown, quick()).unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
 }
 
 #[test]
