@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use dlock::blocking::Client;
-use dlock::{ClientOptions, LockOptions, SentinelConfig, Wait};
+use dlock::{ClientOptions, LeaseStatus, LockOptions, LossReason, SentinelConfig, Wait};
 use dlock_test::{RedisCluster, RedisServer, RedisServers, Sentinels, MASTER_NAME};
 
 /// Options with a short command timeout, so a dead node costs the test little.
@@ -43,8 +43,9 @@ fn the_blocking_api_works_from_plain_synchronous_code() {
             LockOptions::new().wait(Wait::Limit(Duration::from_secs(10))),
         )
         .unwrap();
+    // Timed from before the spawn: the waiter's grant cannot come before the release below.
+    let started = Instant::now();
     let handle = std::thread::spawn(move || {
-        let started = Instant::now();
         let guard = waiter.lock().unwrap();
         (started.elapsed(), guard.fencing_token(), guard.release())
     });
@@ -224,6 +225,128 @@ fn the_sentinel_connector_finds_the_master_through_the_sentinels() {
 }
 
 #[test]
+fn lost_timeout_is_none_while_held_and_the_reason_once_the_key_is_deleted() {
+    let server = RedisServer::start();
+    let client = Client::connect_with(&server.url(), quick()).unwrap();
+    let ttl = Duration::from_secs(2);
+    let guard = client
+        .lock_with("job", LockOptions::new().ttl(ttl))
+        .unwrap()
+        .try_lock()
+        .unwrap();
+    assert_eq!(guard.name(), "job");
+    assert_eq!(guard.ttl(), ttl);
+    let watch = guard.watch();
+    assert_eq!(*watch.borrow(), LeaseStatus::Held);
+
+    // Held: it waits out the whole timeout (the lease outlives it) and says so.
+    let started = Instant::now();
+    assert_eq!(
+        guard.lost_timeout(Duration::from_millis(300)).unwrap(),
+        None
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "it did wait"
+    );
+    assert_eq!(guard.lost_timeout(Duration::ZERO).unwrap(), None);
+    let margin = Duration::from_millis(500);
+    assert!(!guard
+        .renewal_at_risk_timeout(margin, Duration::from_millis(100))
+        .unwrap());
+    assert!(!watch.has_changed().unwrap());
+
+    // Another connection deletes the key: the next renewal finds it gone.
+    assert_eq!(server.cmd::<i64>("DEL", &["job"]), 1);
+    let reason = guard.lost_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(reason, Some(LossReason::KeyGone), "{:?}", guard.status());
+
+    // Every view agrees, and none of them waits now.
+    assert_eq!(
+        guard.lost_timeout(Duration::ZERO).unwrap(),
+        Some(LossReason::KeyGone)
+    );
+    assert_eq!(guard.lost().unwrap(), LossReason::KeyGone);
+    assert!(watch.has_changed().unwrap());
+    assert_eq!(*watch.borrow(), LeaseStatus::Lost(LossReason::KeyGone));
+    assert!(guard
+        .renewal_at_risk_timeout(margin, Duration::ZERO)
+        .unwrap());
+    assert!(!guard.is_held());
+    assert_eq!(guard.remaining(), Duration::ZERO);
+    assert!(guard.release().unwrap_err().is_lost());
+}
+
+#[test]
+fn release_after_keeps_the_lock_taken_and_marked_finished() {
+    let server = RedisServer::start();
+    let a = Client::connect(&server.url()).unwrap();
+    let b = Client::connect(&server.url()).unwrap();
+    let guard = a.lock("report").unwrap().try_lock().unwrap();
+    guard.release_after(Duration::from_secs(60)).unwrap();
+    assert_eq!(a.held_locks(), 0, "the owner is done with it");
+
+    let late = b.lock("report").unwrap().try_lock().unwrap_err();
+    let holder = late.conflict().and_then(|c| c.holder.clone());
+    assert!(holder.is_some_and(|h| h.finished), "{late:?}");
+    let status = b.status("report").unwrap();
+    assert!(status.held);
+    assert!(status
+        .ttl_left
+        .is_some_and(|left| left <= Duration::from_secs(60)));
+
+    // An operator can still break the hold early.
+    assert!(b.force_release("report").unwrap().held);
+    b.lock("report")
+        .unwrap()
+        .try_lock()
+        .unwrap()
+        .release()
+        .unwrap();
+}
+
+#[test]
+fn list_force_release_and_flush_from_plain_synchronous_code() {
+    let server = RedisServer::start();
+    let client = Client::connect(&server.url()).unwrap();
+    let lock = client
+        .lock_with("jobs:b", LockOptions::new().ttl(Duration::from_secs(7)))
+        .unwrap();
+    assert_eq!(lock.name(), "jobs:b");
+    assert_eq!(lock.options().ttl_value(), Duration::from_secs(7));
+    let b = lock.try_lock().unwrap();
+    let a = client.lock("jobs:a").unwrap().try_lock().unwrap();
+    let other = client.lock("other").unwrap().try_lock().unwrap();
+    let listed: Vec<String> = client
+        .list("jobs:*")
+        .unwrap()
+        .into_iter()
+        .map(|status| status.key)
+        .collect();
+    assert_eq!(listed, ["jobs:a", "jobs:b"]);
+
+    let broken = client.force_release("jobs:a").unwrap();
+    assert!(broken.held);
+    assert!(broken.holder.is_some(), "{broken:?}");
+    assert!(!client.status("jobs:a").unwrap().held);
+    assert!(a.release().unwrap_err().is_lost());
+
+    // A dropped guard is released in the background; flush waits until that was done. With
+    // writes paused for a while, the releases are still pending when flush is called.
+    let _: () = server.cmd("CLIENT", &["PAUSE", "1000", "WRITE"]);
+    drop(b);
+    drop(other);
+    assert_eq!(
+        server.cmd::<i64>("EXISTS", &["jobs:b", "other"]),
+        2,
+        "not yet"
+    );
+    client.flush().unwrap();
+    assert_eq!(server.cmd::<i64>("EXISTS", &["jobs:b", "other"]), 0);
+    assert!(client.list("*").unwrap().is_empty());
+}
+
+#[test]
 fn a_blocking_client_dropped_inside_an_async_runtime_does_not_panic() {
     let server = RedisServer::start();
     let client = Client::connect(&server.url()).unwrap();
@@ -237,6 +360,12 @@ fn a_blocking_client_dropped_inside_an_async_runtime_does_not_panic() {
             .extend(Duration::from_secs(5))
             .unwrap_err()
             .is_config());
+        assert!(guard.lost().unwrap_err().is_config());
+        assert!(guard.lost_timeout(Duration::ZERO).unwrap_err().is_config());
+        assert!(client.flush().unwrap_err().is_config());
+        // What needs no waiting still answers.
+        assert!(guard.is_held());
+        assert_eq!(*guard.watch().borrow(), LeaseStatus::Held);
         drop(guard);
         drop(client);
     });
