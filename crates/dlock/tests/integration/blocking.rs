@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use dlock::blocking::Client;
-use dlock::{ClientOptions, LeaseStatus, LockOptions, LossReason, SentinelConfig, Wait};
+use dlock::{ClientOptions, LeaseStatus, LockOptions, LossReason, Owner, SentinelConfig, Wait};
 use dlock_test::{RedisCluster, RedisServer, RedisServers, Sentinels, MASTER_NAME};
 
 /// Options with a short command timeout, so a dead node costs the test little.
@@ -116,6 +116,10 @@ fn the_redlock_connector_locks_on_a_majority_and_survives_a_dead_master() {
     let a = Client::redlock_with(&servers.urls(), quick()).unwrap();
     let b = Client::redlock_with(&servers.urls(), quick()).unwrap();
     assert_eq!(a.masters(), 3);
+    assert!(
+        a.reentrant_lock("job").unwrap_err().is_config(),
+        "single Redis only"
+    );
     assert!(Client::redlock(&servers.urls()[..2])
         .unwrap_err()
         .is_config());
@@ -344,6 +348,74 @@ fn list_force_release_and_flush_from_plain_synchronous_code() {
     client.flush().unwrap();
     assert_eq!(server.cmd::<i64>("EXISTS", &["jobs:b", "other"]), 0);
     assert!(client.list("*").unwrap().is_empty());
+}
+
+#[test]
+fn a_reentrant_lock_is_taken_again_by_its_owner_on_any_thread_and_freed_by_the_last_hold() {
+    let server = RedisServer::start();
+    let a = Client::connect(&server.url()).unwrap();
+    let b = Client::connect(&server.url()).unwrap();
+    let lock = a.reentrant_lock("ledger").unwrap();
+    assert_eq!(lock.name(), "ledger");
+    let owner = Owner::new().unwrap();
+    let outer = lock.lock(&owner).unwrap();
+    assert_eq!(outer.name(), "ledger");
+    assert_eq!(outer.owner(), &owner);
+
+    // The same owner on another thread (a clone of it) re-enters at once.
+    let (same, other_thread) = {
+        let (lock, owner) = (lock.clone(), owner.clone());
+        std::thread::spawn(move || {
+            let guard = lock.try_lock(&owner).unwrap();
+            let token = guard.fencing_token();
+            (token, guard)
+        })
+        .join()
+        .unwrap()
+    };
+    assert_eq!(same, outer.fencing_token());
+    let inner = outer.reenter().unwrap();
+    assert_eq!(inner.fencing_token(), outer.fencing_token());
+
+    // Another owner is refused, here and on another client.
+    let stranger = Owner::new().unwrap();
+    assert!(lock.try_lock(&stranger).unwrap_err().is_conflict());
+    let elsewhere = b.reentrant_lock("ledger").unwrap();
+    assert!(elsewhere.try_lock(&stranger).unwrap_err().is_conflict());
+
+    inner.extend(Duration::from_secs(60)).unwrap();
+    assert!(inner.is_held());
+    assert_eq!(inner.status(), LeaseStatus::Held);
+    assert_eq!(inner.lost_timeout(Duration::from_millis(50)).unwrap(), None);
+    inner.release().unwrap();
+    other_thread.release().unwrap();
+    assert!(b.status("ledger").unwrap().held, "the outer hold remains");
+    outer.release().unwrap();
+    assert!(!b.status("ledger").unwrap().held, "freed by the last hold");
+    elsewhere.try_lock(&stranger).unwrap().release().unwrap();
+}
+
+#[test]
+fn a_reentrant_guard_reports_the_loss_of_its_shared_lease() {
+    let server = RedisServer::start();
+    let client = Client::connect_with(&server.url(), quick()).unwrap();
+    let lock = client
+        .reentrant_lock_with("ledger", LockOptions::new().ttl(Duration::from_secs(2)))
+        .unwrap();
+    let owner = Owner::new().unwrap();
+    let outer = lock.try_lock(&owner).unwrap();
+    let inner = outer.reenter().unwrap();
+    assert_eq!(server.cmd::<i64>("DEL", &["ledger"]), 1);
+    let reason = inner.lost_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(reason, Some(LossReason::KeyGone), "{:?}", inner.status());
+    assert_eq!(
+        outer.lost().unwrap(),
+        LossReason::KeyGone,
+        "one lease, both holds"
+    );
+    assert!(!outer.is_held());
+    assert!(inner.release().unwrap_err().is_lost());
+    assert!(outer.release().unwrap_err().is_lost());
 }
 
 #[test]
