@@ -31,9 +31,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+// Only the crate's public API, so the facade keeps working when internals move.
 use crate::{
-    ClientOptions, LeaseStatus, LockOptions, LockStatus, LossReason, Owner, SentinelConfig,
+    ClientOptions, Error, LeaseStatus, LockOptions, LockStatus, LossReason, Owner, Result,
+    SentinelConfig,
 };
 
 /// A blocking client: see the [module docs](self).
