@@ -14,6 +14,7 @@ use crate::key::LockKeys;
 use crate::options::{ClientOptions, LockOptions};
 use crate::primitive::lock::{inspect, Lock};
 use crate::primitive::reentrant::ReentrantLock;
+use crate::primitive::semaphore::{self, Semaphore, SemaphoreStatus};
 
 /// A connection to one Redis server, shared by every lock made from it.
 ///
@@ -191,6 +192,13 @@ impl Client {
     /// [`Error::Config`](crate::Error::Config) for an invalid name or options (e.g. a TTL
     /// outside [`MIN_TTL`](crate::MIN_TTL)..=[`MAX_TTL`](crate::MAX_TTL)).
     pub fn lock_with(&self, name: &str, options: LockOptions) -> Result<Lock> {
+        self.check_options(&options)?;
+        let keys = LockKeys::new(name)?;
+        Ok(Lock::new(self.core.clone(), keys, options))
+    }
+
+    /// Validates options and refuses those this deployment cannot honour.
+    fn check_options(&self, options: &LockOptions) -> Result<()> {
         options.validate()?;
         if options.fair {
             self.core.single_node_only("fair mode")?;
@@ -203,8 +211,7 @@ impl Client {
                 ));
             }
         }
-        let keys = LockKeys::new(name)?;
-        Ok(Lock::new(self.core.clone(), keys, options))
+        Ok(())
     }
 
     /// A reentrant lock named `name` with default options: an [`Owner`](crate::Owner) may
@@ -223,6 +230,70 @@ impl Client {
     pub fn reentrant_lock_with(&self, name: &str, options: LockOptions) -> Result<ReentrantLock> {
         self.core.single_node_only("reentrant locks")?;
         ReentrantLock::new(self.lock_with(name, options)?)
+    }
+
+    /// A counting semaphore named `name` with `permits` permits and default options (30 s
+    /// leases, renewed; waits of at most 30 s). See [`Semaphore`].
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for an invalid name or a zero limit.
+    pub fn semaphore(&self, name: &str, permits: u32) -> Result<Semaphore> {
+        self.semaphore_with(name, permits, LockOptions::default())
+    }
+
+    /// A counting semaphore with `options` (TTL, renewal, wait limit, fair mode, label, replica
+    /// guard), which mean for each permit what they mean for a lock.
+    ///
+    /// # Errors
+    /// As [`Client::lock_with`], and [`Error::Config`](crate::Error::Config) for a zero limit.
+    pub fn semaphore_with(
+        &self,
+        name: &str,
+        permits: u32,
+        options: LockOptions,
+    ) -> Result<Semaphore> {
+        self.check_options(&options)?;
+        Semaphore::new(self.core.clone(), LockKeys::new(name)?, permits, options)
+    }
+
+    /// Reads a semaphore's state (stored limit, holders, permits free) without knowing its
+    /// limit. One round trip.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for an invalid name; connection errors.
+    pub async fn semaphore_status(&self, name: &str) -> Result<SemaphoreStatus> {
+        let keys = LockKeys::new(name)?;
+        semaphore::inspect::read(&self.core, &keys, semaphore::inspect::Break::None).await
+    }
+
+    /// Frees a semaphore's permits whoever holds them (an operator's tool for stale holders):
+    /// every holder's, or with `holder` only the grant with that fencing token (as
+    /// [`Client::semaphore_status`] shows it). Returns the state before, with how many holders
+    /// were freed. A freed holder, if alive, learns of the loss at its next renewal.
+    ///
+    /// # Errors
+    /// As [`Client::semaphore_status`]; [`Error::Config`](crate::Error::Config) for a zero
+    /// fencing token.
+    pub async fn force_release_permits(
+        &self,
+        name: &str,
+        holder: Option<u64>,
+    ) -> Result<SemaphoreStatus> {
+        let keys = LockKeys::new(name)?;
+        let action = match holder {
+            None => semaphore::inspect::Break::All,
+            Some(fence) => semaphore::inspect::Break::One(semaphore::inspect::holder_fence(fence)?),
+        };
+        semaphore::inspect::read(&self.core, &keys, action).await
+    }
+
+    /// Every semaphore in use (held or waited for) whose name matches `pattern` (a Redis
+    /// glob), sorted by name. Walks the keyspace with `SCAN`, as [`Client::list`] does.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn list_semaphores(&self, pattern: &str) -> Result<Vec<SemaphoreStatus>> {
+        semaphore::inspect::list(&self.core, pattern).await
     }
 
     /// Reads a lock's state: held or free, time left, holder, last fencing token. One round

@@ -36,6 +36,9 @@ pub(crate) struct LockKeys {
     pub queue_leases: String,
     /// Reentrant mode's hold count.
     pub holds: String,
+    /// A semaphore's hash: its stored permit limit and each holder's info (the name itself
+    /// is then the zset of holders and their lease ends).
+    pub semaphore: String,
     /// The pub/sub channel a release publishes on to wake waiters.
     pub channel: String,
 }
@@ -81,6 +84,7 @@ impl LockKeys {
             queue: companion("queue"),
             queue_leases: companion("queue-leases"),
             holds: companion("holds"),
+            semaphore: companion("sem"),
             channel: companion("released"),
         })
     }

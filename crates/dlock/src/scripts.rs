@@ -56,3 +56,22 @@ pub(crate) static REENTRANT_RELEASE: LazyLock<Script> = script!("scripts/reentra
 // Storage-side fencing (`fencing`).
 /// Write a value only if the writer's fencing token is the largest seen (see `fenced_set.lua`).
 pub(crate) static FENCED_SET: LazyLock<Script> = script!("scripts/fenced_set.lua");
+
+// The semaphore (`primitive::semaphore`).
+/// Take permits, fair or not (see `semaphore/acquire.lua`).
+pub(crate) static SEMAPHORE_ACQUIRE: LazyLock<Script> =
+    with_grant!("scripts/semaphore/acquire.lua");
+/// Renew permits (see `semaphore/renew.lua`).
+pub(crate) static SEMAPHORE_RENEW: LazyLock<Script> = script!("scripts/semaphore/renew.lua");
+/// Check, read-only, that permits are still held (see `semaphore/verify.lua`).
+pub(crate) static SEMAPHORE_VERIFY: LazyLock<Script> = script!("scripts/semaphore/verify.lua");
+/// Give back permits and wake waiters (see `semaphore/release.lua`).
+pub(crate) static SEMAPHORE_RELEASE: LazyLock<Script> = script!("scripts/semaphore/release.lua");
+/// Read (and optionally break) a semaphore's state (see `semaphore/inspect.lua`).
+pub(crate) static SEMAPHORE_INSPECT: LazyLock<Script> = script!("scripts/semaphore/inspect.lua");
+/// Change a semaphore's limit (see `semaphore/set_limit.lua`).
+pub(crate) static SEMAPHORE_SET_LIMIT: LazyLock<Script> =
+    script!("scripts/semaphore/set_limit.lua");
+/// Redlock: raise a node's fencing counter to a permit's token (see `semaphore/fence_raise.lua`).
+pub(crate) static SEMAPHORE_FENCE_RAISE: LazyLock<Script> =
+    script!("scripts/semaphore/fence_raise.lua");

@@ -49,7 +49,6 @@ pub(crate) enum Verify<'a> {
     /// Ours while `key` holds `value`: a plain read, batched with others into one `MGET`.
     KeyHolds { key: &'a str, value: &'a str },
     /// Ask this batched, read-only script (arguments from `add_verify`).
-    #[allow(dead_code)] // the semaphore, next
     Script(&'static Script),
 }
 

@@ -10,3 +10,4 @@
 
 pub(crate) mod lock;
 pub(crate) mod reentrant;
+pub(crate) mod semaphore;

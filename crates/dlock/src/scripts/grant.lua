@@ -7,14 +7,22 @@ local function server_now_us()
   return tonumber(time[1]) * 1000000 + tonumber(time[2])
 end
 
+-- Issue the next fencing token: bump the counter at `fence_key` (kept `retention` ms) and
+-- return the new token. It never goes below the server clock in microseconds, so it keeps
+-- increasing even when the counter was lost (restart without persistence) or expired after a
+-- long idle spell. Written with '%.0f': Lua numbers are doubles, and the default '%.14g'
+-- would round a 16-digit token.
+local function next_fence(fence_key, retention, now_us)
+  local fence = math.max(tonumber(redis.call('GET', fence_key) or '0') + 1, now_us)
+  redis.call('SET', fence_key, string.format('%.0f', fence), 'PX', retention)
+  return fence
+end
+
 -- Grant `lock` to `token` for `ttl` ms: set the key, issue a fencing token, record the holder.
--- The token never goes below the server clock in microseconds, so it keeps increasing even
--- when the counter was lost (restart without persistence) or expired after a long idle spell.
 local function grant(lock, info, fence_key, token, ttl, retention, host, pid, label, now_us)
   redis.call('SET', lock, token, 'PX', ttl)
-  local fence = math.max(tonumber(redis.call('GET', fence_key) or '0') + 1, now_us)
+  local fence = next_fence(fence_key, retention, now_us)
   local fence_text = string.format('%.0f', fence)
-  redis.call('SET', fence_key, fence_text, 'PX', retention)
   redis.call('HSET', info, 'host', host, 'pid', pid, 'label', label,
              'since_ms', string.format('%.0f', math.floor(now_us / 1000)), 'fence', fence_text)
   redis.call('PEXPIRE', info, ttl)

@@ -1,0 +1,165 @@
+-- Take `n` permits of a counting semaphore, each grant with its own lease and fencing token.
+-- Atomic; grant.lua is prepended (server_now_us, next_fence).
+-- KEYS: 1 holders (zset: holder token -> lease end, server ms), 2 semaphore hash ('limit' ->
+--       the stored limit, holder token -> holder info json), 3 fencing counter, 4 wait queue
+--       (list), 5 waiter leases (zset: waiter token -> end of its queue entry, server ms)
+-- ARGV: 1 token, 2 permits wanted (n >= 1), 3 limit, 4 ttl ms, 5 fencing counter retention
+--       ms, 6 host, 7 pid, 8 label, 9 mode (-1: not fair; 0: fair, do not queue (try);
+--       > 0: fair, join or refresh the queue with this waiter lease in ms), 10 wake-up channel
+-- Returns
+--   {1, fence} granted, or this very token already holds a live permit (a retry whose first
+--              reply was lost: its lease restarts at ttl and its grant's fence comes back,
+--              whatever limit the retry names, so the permit is never left unknown to its
+--              owner);
+--   {-1, stored limit} the semaphore is stored with another limit; nothing was granted or
+--              queued (only dead holders and waiters were purged);
+--   {0, ms until the earliest live holder's lease ends or -1, {holder info json with
+--    "expires_in_ms", ...} by lease end, server time ms, ms until the lease of the waiter just
+--    ahead ends or -1, limit} busy.
+-- Holder info json: every value a string: host, pid, label, since_ms, fence, permits. Tokens
+-- never leave the script (a token is what releases a permit).
+-- Raises an error when n is not a whole number in 1..limit: such a caller could never be
+-- granted, and as a fair queue's head it would stall every waiter behind it.
+local now_us = server_now_us()
+local now_ms = math.floor(now_us / 1000)
+local holders, sem, fence_key, queue, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local token, ttl, channel = ARGV[1], ARGV[4], ARGV[10]
+local wanted, limit, mode = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[9])
+
+if not (wanted and limit and mode and wanted == math.floor(wanted)
+        and limit == math.floor(limit) and wanted >= 1 and wanted <= limit) then
+  return redis.error_reply('ERR dlock semaphore: permits must be a whole number in 1..limit, '
+                           .. 'got ' .. ARGV[2] .. ' of ' .. ARGV[3] .. ' (mode ' .. ARGV[9] .. ')')
+end
+
+local fair = mode >= 0
+
+-- Never shorten a key's life: it must outlast its longest lease.
+local function keep(key, ms)
+  if redis.call('PTTL', key) < tonumber(ms) then
+    redis.call('PEXPIRE', key, ms)
+  end
+end
+
+-- Dead holders (lease over) give their permits back; dead waiters leave the queue.
+local purged = 0
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', holders, '-inf', now_ms)) do
+  redis.call('ZREM', holders, dead)
+  redis.call('HDEL', sem, dead)
+  purged = purged + 1
+end
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now_ms)) do
+  redis.call('LREM', queue, 0, dead)
+  redis.call('ZREM', leases, dead)
+  purged = purged + 1
+end
+-- The stored limit lives as long as the semaphore has holders or waiters.
+if purged > 0 and redis.call('ZCARD', holders) == 0 and redis.call('LLEN', queue) == 0 then
+  redis.call('DEL', holders, sem)
+end
+
+local stored = tonumber(redis.call('HGET', sem, 'limit') or '')
+local capacity = stored or limit
+
+-- Permits in use, and the live holders' info (by lease end) for a busy answer.
+local used = 0
+local infos = {}
+local live = redis.call('ZRANGE', holders, 0, -1, 'WITHSCORES')
+for i = 1, #live, 2 do
+  local json = redis.call('HGET', sem, live[i])
+  local info = json and cjson.decode(json) or {}
+  -- A holder without info (never written by these scripts) still holds at least one permit.
+  used = used + (tonumber(info.permits) or 1)
+  info.expires_in_ms = string.format('%.0f', tonumber(live[i + 1]) - now_ms)
+  infos[#infos + 1] = cjson.encode(info)
+end
+
+-- Wake the queue's head (or everyone, when nobody queues and a purge gave permits back) when
+-- permits are free and `moved` (the queue moved up, or a purge gave permits back). Never the
+-- caller itself: it is answered right now.
+local function wake(moved)
+  if used >= capacity or not moved then
+    return
+  end
+  local head = redis.call('LINDEX', queue, 0)
+  if head ~= token and (head or purged > 0) then
+    -- pcall: a user without channel permissions (Redis 7 ACLs) still acquires; waiters then
+    -- rely on their timed re-checks.
+    redis.pcall('PUBLISH', channel, head or '')
+  end
+end
+
+local expiry = string.format('%.0f', now_ms + tonumber(ttl))
+if redis.call('ZSCORE', holders, token) then
+  redis.call('ZADD', holders, expiry, token)
+  keep(holders, ttl)
+  keep(sem, ttl)
+  wake(purged > 0)
+  local info = redis.call('HGET', sem, token)
+  return {1, info and tonumber(cjson.decode(info).fence) or 0}
+end
+
+if capacity ~= limit then
+  wake(purged > 0)
+  return {-1, stored}
+end
+
+local head = redis.call('LINDEX', queue, 0)
+if used + wanted <= limit and (not fair or not head or head == token) then
+  -- Granted waiters leave the queue (in fair mode, the caller is its head).
+  if redis.call('ZREM', leases, token) > 0 then
+    redis.call('LREM', queue, 0, token)
+  end
+  redis.call('ZADD', holders, expiry, token)
+  local fence = next_fence(fence_key, ARGV[5], now_us)
+  redis.call('HSET', sem, token, cjson.encode({
+    host = ARGV[6], pid = ARGV[7], label = ARGV[8], since_ms = string.format('%.0f', now_ms),
+    fence = string.format('%.0f', fence), permits = string.format('%.0f', wanted)}))
+  if not stored then
+    redis.call('HSET', sem, 'limit', string.format('%.0f', limit))
+  end
+  keep(holders, ttl)
+  keep(sem, ttl)
+  used = used + wanted
+  -- Fair mode: permits left over may fit the next waiter, which does not know yet.
+  wake(fair or purged > 0)
+  return {1, fence}
+end
+wake(purged > 0)
+
+if mode > 0 then
+  if not redis.call('ZSCORE', leases, token) then
+    redis.call('RPUSH', queue, token)
+  end
+  redis.call('ZADD', leases, string.format('%.0f', now_ms + mode), token)
+  -- The queue never outlives its longest waiter lease; the stored limit lives at least as
+  -- long as the queue.
+  keep(queue, ARGV[9])
+  keep(leases, ARGV[9])
+  if not stored then
+    redis.call('HSET', sem, 'limit', string.format('%.0f', limit))
+  end
+  keep(sem, ARGV[9])
+end
+
+local earliest = -1
+if #live > 0 then
+  earliest = tonumber(live[2]) - now_ms
+end
+-- The caller re-checks no later than the lease of the waiter just ahead of it ends (for a
+-- caller not in the queue, the last waiter's), as in acquire_fair.lua.
+local ahead_left = -1
+local ahead = nil
+for _, waiter in ipairs(redis.call('LRANGE', queue, 0, -1)) do
+  if waiter == token then
+    break
+  end
+  ahead = waiter
+end
+if ahead then
+  local ahead_end = redis.call('ZSCORE', leases, ahead)
+  if ahead_end then
+    ahead_left = tonumber(ahead_end) - now_ms
+  end
+end
+return {0, earliest, infos, now_ms, ahead_left, limit}

@@ -1,0 +1,33 @@
+-- Change a semaphore's permit limit. Holders above a smaller limit keep their permits; no
+-- new grant is made until the permits in use leave room under it. Callers naming the old
+-- limit are answered with the new one (see acquire.lua).
+-- KEYS: 1 holders (zset), 2 semaphore hash, 3 wait queue
+-- ARGV: 1 new limit (whole number >= 1), 2 ttl ms: how long the hash (and so the limit) is
+--       kept at least, for a semaphore nobody holds or waits for, 3 wake-up channel
+-- Returns the previous stored limit, or -1 when none was stored. When the limit grew, the
+-- queue's head is woken (or everyone, '', when nobody queues): it may fit now.
+local time = redis.call('TIME')
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local holders, sem = KEYS[1], KEYS[2]
+local limit = tonumber(ARGV[1])
+if not (limit and limit >= 1 and limit == math.floor(limit)) then
+  return redis.error_reply('ERR dlock semaphore: the limit must be a whole number >= 1, got '
+                           .. ARGV[1])
+end
+
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', holders, '-inf', now_ms)) do
+  redis.call('ZREM', holders, dead)
+  redis.call('HDEL', sem, dead)
+end
+
+local previous = tonumber(redis.call('HGET', sem, 'limit') or '-1')
+redis.call('HSET', sem, 'limit', string.format('%.0f', limit))
+-- Never shorten the hash's life: it must outlast its holders' leases and its waiters.
+if redis.call('PTTL', sem) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', sem, ARGV[2])
+end
+if previous >= 0 and limit > previous then
+  -- Best effort, as in release.lua.
+  redis.pcall('PUBLISH', ARGV[3], redis.call('LINDEX', KEYS[3], 0) or '')
+end
+return previous
