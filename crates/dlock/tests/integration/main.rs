@@ -18,6 +18,7 @@ mod redlock; // majorities, dead and frozen masters, validity, fencing, loss of 
 mod reentrant; // nesting by explicit owner, freed at zero, one fencing token
 mod replicated; // the replica guard (WAIT) across real Sentinel failovers, loss after a switch
 mod restart; // a restart that loses a held lock is reported at once, and at release
+mod semaphore; // at most N permits out; expiry by the server's clock; limit; fair; deployments
 mod support;
 mod waiting; // wake-ups by pub/sub, bounded re-checks, bounded resources
 mod watchdog; // renewal, loss detection, batching, no renewal after release
