@@ -116,7 +116,8 @@ impl Client {
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) for a bad URL or an even or too small N;
     /// [`Error::Auth`](crate::Error::Auth) when a master refuses the credentials;
-    /// [`Error::Unavailable`](crate::Error::Unavailable) naming every unreachable master when
+    /// [`Error::Quorum`](crate::Error::Quorum) (kind `Unavailable`) naming every unreachable
+    /// master, with its own error, when
     /// fewer than a majority answer.
     ///
     /// # Examples

@@ -83,42 +83,10 @@ impl Links {
 /// Keeps one idle connection to `node` open and reports when it closes and when it is up.
 async fn monitor(index: usize, node: Node, events: mpsc::UnboundedSender<LinkEvent>) {
     let mut started = false;
-    let mut failures = 0u32;
     loop {
-        let (push, mut notices) = mpsc::unbounded_channel();
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(node.connect_timeout()))
-            .set_response_timeout(Some(node.command_timeout()))
-            .set_push_sender(push);
-        // The current server's client (after a Sentinel failover, the new master's).
-        let Some(client) = resp3_client(&node.redis_client()) else {
+        let Some((connection, mut notices)) = connect(&node).await else {
             return;
         };
-        let connection = match client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
-            Ok(connection) => connection,
-            Err(error) if !is_connection_trouble(&error) => {
-                // Credentials or protocol (no RESP3): monitoring cannot work here; renewal
-                // still finds any loss at its next tick.
-                tracing::info!(node = node.name(), %error, "not monitoring the connection");
-                return;
-            }
-            Err(error) => {
-                // The server is away (a drop was reported already, or the first connection
-                // is still to come): try again. A Sentinel-found master may have been replaced
-                // meanwhile: ask the sentinels (a no-op for other nodes), or a master that died
-                // before this monitor's first connection is never left, and its leases wait
-                // for the next renewal to be checked.
-                tracing::debug!(node = node.name(), %error, "link monitor cannot connect");
-                node.follow_failover();
-                tokio::time::sleep(RECONNECT.delay(failures)).await;
-                failures = failures.saturating_add(1);
-                continue;
-            }
-        };
-        failures = 0;
         let event = if started {
             LinkEvent::Restored(index)
         } else {
@@ -144,6 +112,49 @@ async fn monitor(index: usize, node: Node, events: mpsc::UnboundedSender<LinkEve
         let _ = node.switch_if_moved().await;
         if events.send(LinkEvent::Dropped(index)).is_err() {
             return;
+        }
+    }
+}
+
+/// Opens the monitor's RESP3 connection to the current server, retrying while it is away;
+/// `None` when monitoring cannot work there.
+async fn connect(
+    node: &Node,
+) -> Option<(
+    redis::aio::MultiplexedConnection,
+    mpsc::UnboundedReceiver<redis::PushInfo>,
+)> {
+    let mut failures = 0u32;
+    loop {
+        let (push, notices) = mpsc::unbounded_channel();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(node.connect_timeout()))
+            .set_response_timeout(Some(node.command_timeout()))
+            .set_push_sender(push);
+        // The current server's client (after a Sentinel failover, the new master's).
+        let client = resp3_client(&node.redis_client())?;
+        match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(connection) => return Some((connection, notices)),
+            Err(error) if !is_connection_trouble(&error) => {
+                // Credentials or protocol (no RESP3): monitoring cannot work here; renewal
+                // still finds any loss at its next tick.
+                tracing::info!(node = node.name(), %error, "not monitoring the connection");
+                return None;
+            }
+            Err(error) => {
+                // The server is away (a drop was reported already, or the first connection
+                // is still to come): try again. A Sentinel-found master may have been replaced
+                // meanwhile: ask the sentinels (a no-op for other nodes), or a master that died
+                // before this monitor's first connection is never left, and its leases wait
+                // for the next renewal to be checked.
+                tracing::debug!(node = node.name(), %error, "link monitor cannot connect");
+                node.follow_failover();
+                tokio::time::sleep(RECONNECT.delay(failures)).await;
+                failures = failures.saturating_add(1);
+            }
         }
     }
 }

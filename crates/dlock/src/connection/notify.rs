@@ -392,7 +392,7 @@ impl Listener {
             tracing::debug!("pub/sub connection failed; waiters fall back to re-checks");
             return Serve::Lost { subscribed: false };
         };
-        let (mut sink, mut stream) = pubsub.split();
+        let (mut sink, stream) = pubsub.split();
         // Read after connecting: subscriptions made meanwhile are in it.
         let names = self.names();
         if names.is_empty() {
@@ -414,6 +414,16 @@ impl Listener {
                 }
             }
         }
+        self.serve(sink, stream).await
+    }
+
+    /// Relays messages and commands over a subscribed connection until it drops, no channel
+    /// is left, or the client is gone.
+    async fn serve(
+        &mut self,
+        mut sink: redis::aio::PubSubSink,
+        mut stream: redis::aio::PubSubStream,
+    ) -> Serve {
         let sweep_every = (self.linger / 2).max(Duration::from_millis(50));
         let mut sweep = tokio::time::interval_at(Instant::now() + sweep_every, sweep_every);
         loop {

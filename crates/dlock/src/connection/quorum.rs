@@ -198,44 +198,14 @@ impl Nodes {
         let mut errors: Vec<Option<Error>> = (0..self.len()).map(|_| None).collect();
         let mut attempt = 0;
         loop {
-            let now = tokio::time::Instant::now();
-            let left = deadline.saturating_duration_since(now);
-            let todo: Vec<usize> = (0..self.len()).filter(|&i| answers[i].is_none()).collect();
-            let mut pending = self.each(todo.iter().copied(), |node| {
-                // The first try gets a full command timeout even past the deadline, so a
-                // release is always sent once.
-                let timeout = if attempt == 0 {
-                    node.command_timeout()
-                } else {
-                    node.command_timeout().min(left)
-                };
-                call(node, timeout)
-            });
-            while let Some((i, reply)) = pending.next().await {
-                match reply {
-                    Ok(answer) => {
-                        answers[i] = Some(answer);
-                        errors[i] = None;
-                    }
-                    Err(error) => errors[i] = Some(error),
-                }
-                // A majority decided: a silent (frozen, black-holed) node is not waited for.
-                let yes_count = answers.iter().flatten().filter(|a| yes(a)).count();
-                let no_count = answers.iter().flatten().count() - yes_count;
-                if Verdict::of(yes_count, no_count, self) != Verdict::Undecided {
-                    break;
-                }
-            }
-            drop(pending);
-            // Nodes abandoned above count as failed: the caller retries them (Drop).
-            for &i in &todo {
-                if answers[i].is_none() && errors[i].is_none() {
-                    errors[i] = Some(Error::Unavailable {
-                        node: self.nodes[i].name().to_owned(),
-                        reason: "no answer before the others decided".into(),
-                    });
-                }
-            }
+            // The first try gets a full command timeout even past the deadline, so a release
+            // is always sent once.
+            let left = match attempt {
+                0 => None,
+                _ => Some(deadline.saturating_duration_since(tokio::time::Instant::now())),
+            };
+            self.settle_round(left, &yes, &call, &mut answers, &mut errors)
+                .await;
             let mut tally = Tally {
                 yes: answers.iter().flatten().filter(|a| yes(a)).count(),
                 no: answers.iter().flatten().filter(|a| !yes(a)).count(),
@@ -255,6 +225,54 @@ impl Nodes {
                 return (tally, answers);
             }
             tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// One round of [`Nodes::settle`]: asks every node without an answer yet (each call
+    /// bounded by `left`, when given), until a majority decided; nodes abandoned then count
+    /// as failed (the caller retries them).
+    async fn settle_round<'a, T, F, Fut>(
+        &'a self,
+        left: Option<std::time::Duration>,
+        yes: &impl Fn(&T) -> bool,
+        call: &F,
+        answers: &mut [Option<T>],
+        errors: &mut [Option<Error>],
+    ) where
+        F: Fn(&'a Node, std::time::Duration) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let todo: Vec<usize> = (0..self.len()).filter(|&i| answers[i].is_none()).collect();
+        let mut pending = self.each(todo.iter().copied(), |node| {
+            let timeout = match left {
+                None => node.command_timeout(),
+                Some(left) => node.command_timeout().min(left),
+            };
+            call(node, timeout)
+        });
+        while let Some((i, reply)) = pending.next().await {
+            match reply {
+                Ok(answer) => {
+                    answers[i] = Some(answer);
+                    errors[i] = None;
+                }
+                Err(error) => errors[i] = Some(error),
+            }
+            // A majority decided: a silent (frozen, black-holed) node is not waited for.
+            let yes_count = answers.iter().flatten().filter(|a| yes(a)).count();
+            let no_count = answers.iter().flatten().count() - yes_count;
+            if Verdict::of(yes_count, no_count, self) != Verdict::Undecided {
+                break;
+            }
+        }
+        drop(pending);
+        for &i in &todo {
+            if answers[i].is_none() && errors[i].is_none() {
+                errors[i] = Some(Error::Unavailable {
+                    node: self.nodes[i].name().to_owned(),
+                    reason: "no answer before the others decided".into(),
+                });
+            }
         }
     }
 }

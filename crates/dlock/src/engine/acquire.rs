@@ -91,15 +91,7 @@ pub(crate) async fn attempt<A: Acquire>(
     queue_for: Option<Duration>,
 ) -> Result<Attempt<A::Guard>> {
     let nodes = core.nodes();
-    // On Redlock every attempt has a fresh token: a failed attempt's rollback runs in the
-    // background and may land after a retry; with its own token it can never delete the
-    // retry's grant (with one token it did, and two owners held the lock: found by the chaos
-    // suite). On one node a busy answer needs no rollback, so the token is kept, which lets a
-    // retry whose first reply was lost find its own grant.
-    let token = match nodes.is_single() {
-        true => pending.token(),
-        false => pending.fresh_token()?,
-    };
+    let token = attempt_token(nodes, pending)?;
     let call = primitive.call(&token, queue_for);
     // A guarded grant and its WAIT go on a link of their own (see `node::replica`); replica
     // guards are single-node only.
@@ -111,31 +103,15 @@ pub(crate) async fn attempt<A: Acquire>(
     let sent_at = Instant::now();
     let mut answers = send(nodes, primitive, &call, link.as_mut()).await?;
     if answers.grants.len() >= nodes.quorum() {
-        let fences: Vec<(usize, u64)> = answers.grants.iter().map(|g| (g.0, g.1)).collect();
-        match complete(nodes, primitive, &token, &fences, sent_at, link.as_mut()).await {
-            Ok(Some(fencing_token)) => {
-                let fresh = answers.grants.iter().any(|g| g.2);
-                let grant = Grant {
-                    token,
-                    fencing_token,
-                    sent_at,
-                    fresh,
-                };
-                let guard = primitive.granted(grant);
-                pending.settled();
-                return Ok(Attempt::Granted(guard));
-            }
-            Ok(None) => answers.failures.push((
-                fences[0].0,
-                Error::Unavailable {
-                    node: nodes.name(fences[0].0).to_owned(),
-                    reason: "the grant outlived its validity".into(),
-                },
-            )),
-            Err(error) => {
-                roll_back(core, pending, token).await;
-                return Err(error);
-            }
+        let granted = Granted {
+            core,
+            pending,
+            token: &token,
+            sent_at,
+        };
+        match granted.finish(primitive, &answers, link.as_mut()).await? {
+            Some(guard) => return Ok(Attempt::Granted(guard)),
+            None => answers.failures.push(too_late(nodes, answers.grants[0].0)),
         }
     }
     if !nodes.is_single() {
@@ -153,6 +129,66 @@ pub(crate) async fn attempt<A: Acquire>(
     match answers.busy {
         Some(busy) => Ok(Attempt::Busy(busy)),
         None => Err(refusal(nodes, answers.failures)),
+    }
+}
+
+/// The token of an attempt. On Redlock every attempt has a fresh token: a failed attempt's
+/// rollback runs in the background and may land after a retry; with its own token it can
+/// never delete the retry's grant (with one token it did, and two owners held the lock: found
+/// by the chaos suite). On one node a busy answer needs no rollback, so the token is kept,
+/// which lets a retry whose first reply was lost find its own grant.
+fn attempt_token(nodes: &Nodes, pending: &Pending) -> Result<Token> {
+    match nodes.is_single() {
+        true => Ok(pending.token()),
+        false => pending.fresh_token(),
+    }
+}
+
+/// The failure of a grant that completed after its validity had ended.
+fn too_late(nodes: &Nodes, index: usize) -> (usize, Error) {
+    let error = Error::Unavailable {
+        node: nodes.name(index).to_owned(),
+        reason: "the grant outlived its validity".into(),
+    };
+    (index, error)
+}
+
+/// A majority granted: what finishing the grant needs.
+struct Granted<'a> {
+    core: &'a Core,
+    pending: &'a Pending,
+    token: &'a Token,
+    sent_at: Instant,
+}
+
+impl Granted<'_> {
+    /// Completes the grant (fencing write-back, replica guard, validity) and makes the guard;
+    /// `None` when it completed too late. A failure rolls the grant back before it returns.
+    async fn finish<A: Acquire>(
+        self,
+        primitive: &A,
+        answers: &Answers,
+        link: Option<&mut ReplicaLink>,
+    ) -> Result<Option<A::Guard>> {
+        let nodes = self.core.nodes();
+        let fences: Vec<(usize, u64)> = answers.grants.iter().map(|g| (g.0, g.1)).collect();
+        let completed = complete(nodes, primitive, self.token, &fences, self.sent_at, link).await;
+        let fencing_token = match completed {
+            Ok(Some(fencing_token)) => fencing_token,
+            Ok(None) => return Ok(None),
+            Err(error) => {
+                roll_back(self.core, self.pending, self.token.clone()).await;
+                return Err(error);
+            }
+        };
+        let guard = primitive.granted(Grant {
+            token: self.token.clone(),
+            fencing_token,
+            sent_at: self.sent_at,
+            fresh: answers.grants.iter().any(|g| g.2),
+        });
+        self.pending.settled();
+        Ok(Some(guard))
     }
 }
 
@@ -263,11 +299,12 @@ async fn roll_back(core: &Core, pending: &Pending, token: Token) {
     }
 }
 
-/// The error when no majority granted and nobody said busy: a refusal every node agrees on
-/// (such as a semaphore's limit mismatch) as it is, otherwise one naming every failed node.
+/// The error when no majority granted and nobody said busy: a refusal that every node that
+/// answered gave (a semaphore's limit mismatch: enough nodes said so that no majority can
+/// grant) as it is; on one node its own error; otherwise one naming every failed node.
 fn refusal(nodes: &Nodes, mut failures: Vec<(usize, Error)>) -> Error {
     let all_config = !failures.is_empty() && failures.iter().all(|(_, e)| e.is_config());
-    if all_config {
+    if all_config || (nodes.is_single() && failures.len() == 1) {
         return failures.swap_remove(0).1;
     }
     quorum_error(nodes, "acquiring", failures)

@@ -27,11 +27,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A lease with its first handle counted (the one about to be made from it).
     pub fn new(lease: Arc<Lease>) -> Arc<Shared> {
         Arc::new(Shared {
             lease,
-            handles: AtomicUsize::new(0),
+            handles: AtomicUsize::new(1),
         })
+    }
+
+    /// Counts one more handle, unless the last one has left (the lease is then ending, and
+    /// a new handle must get a lease of its own): `false` then. A count that reached zero
+    /// never rises again, so the last one out can end the lease without a race.
+    pub fn try_join(&self) -> bool {
+        self.handles
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n > 0).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     /// One handle fewer; the last one stops renewal.
@@ -57,8 +69,9 @@ pub(crate) struct LeaseHandle {
 }
 
 impl LeaseHandle {
+    /// A handle on `shared`, which has already counted it ([`Shared::new`] or
+    /// [`Shared::try_join`]).
     pub fn new(shared: Arc<Shared>, core: Arc<Core>, hold: Arc<dyn ReleaseOp>) -> LeaseHandle {
-        shared.handles.fetch_add(1, Ordering::SeqCst);
         LeaseHandle {
             shared,
             core,
@@ -311,3 +324,41 @@ macro_rules! lease_methods {
     };
 }
 pub(crate) use lease_methods;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ops::testing::Noop;
+
+    fn shared() -> Arc<Shared> {
+        let lease = Lease::new(
+            Arc::new(Noop),
+            1,
+            Duration::from_secs(1),
+            Instant::now(),
+            false,
+            Arc::new(AtomicUsize::new(0)),
+        );
+        Shared::new(Arc::new(lease))
+    }
+
+    /// The reentrant race the review found: a re-entry joining a lease whose last handle is
+    /// just leaving would have sat on a released lease, never renewed. A count that reached
+    /// zero now refuses new members, so the re-entry gets a lease of its own.
+    #[test]
+    fn the_last_handle_out_ends_the_lease_and_nobody_joins_it_after() {
+        let shared = shared();
+        assert!(
+            shared.try_join(),
+            "a held lease with a handle takes another"
+        );
+        shared.leave();
+        assert!(shared.lease.is_held(), "one handle is left");
+        shared.leave();
+        assert_eq!(shared.lease.status(), LeaseStatus::Released);
+        assert!(
+            !shared.try_join(),
+            "joined a lease whose last handle had left"
+        );
+    }
+}

@@ -66,24 +66,14 @@ impl Waiting<'_> {
             if wakeups.is_none() && outcome.is_conflict() {
                 // Subscribe, then retry at once: a release published before the subscription
                 // was in effect would otherwise be missed.
-                let subscribing = self.core.notifier().subscribe(self.channel);
-                wakeups = Some(match deadline {
-                    Some(d) => match tokio::time::timeout_at(d, subscribing).await {
-                        Ok(subscription) => subscription,
-                        Err(_) => continue,
-                    },
-                    None => subscribing.await,
-                });
+                wakeups = self.subscribe(deadline).await;
                 continue;
             }
             // Without a working wake-up channel (no channel permission, the first Redlock
             // master down, pub/sub reconnecting), the re-check interval is still the pause: it
             // already never sleeps past the holder's TTL, and polling faster only loads Redis
             // (it used to retry every few milliseconds). A reconnect wakes the waiter anyway.
-            let until = match (now.checked_add(pause), deadline) {
-                (Some(recheck), Some(deadline)) => Some(recheck.min(deadline)),
-                (recheck, deadline) => recheck.or(deadline),
-            };
+            let until = earliest(now.checked_add(pause), deadline);
             match wakeups.as_mut() {
                 Some(subscription) => {
                     tokio::select! {
@@ -93,6 +83,16 @@ impl Waiting<'_> {
                 }
                 None => crate::clock::sleep_until(until).await,
             }
+        }
+    }
+
+    /// Subscribes to the wake-up channel, giving up at `deadline` (`None`: the caller retries
+    /// and asks again).
+    async fn subscribe(&self, deadline: Option<Instant>) -> Option<Subscription> {
+        let subscribing = self.core.notifier().subscribe(self.channel);
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d, subscribing).await.ok(),
+            None => Some(subscribing.await),
         }
     }
 
@@ -121,5 +121,13 @@ impl Waiting<'_> {
             pause = pause.min(bound + Duration::from_millis(1));
         }
         pause
+    }
+}
+
+/// The earlier of two optional moments (`None`: never).
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }

@@ -259,12 +259,22 @@ impl Acquire for ForOwner<'_> {
         // and the new hold gets its own lease and fencing token; extending the old one would
         // hide the loss and hand out a stale token.
         let shared = match self.owner.holding(&keys.lock) {
-            Some(shared) if !grant.fresh => {
+            // Join the lease this process holds for the same grant (same fencing token), if
+            // its last handle has not just left.
+            Some(shared)
+                if !grant.fresh
+                    && shared.lease.fencing_token == grant.fencing_token
+                    && shared.try_join() =>
+            {
                 shared.lease.extended(grant.sent_at, lock.options().ttl);
                 shared
             }
             previous => {
-                if let Some(previous) = previous {
+                // A fresh grant, or a grant with another fencing token, means the lease this
+                // process held for the owner is gone on the server.
+                let gone =
+                    |p: &Arc<Shared>| grant.fresh || p.lease.fencing_token != grant.fencing_token;
+                if let Some(previous) = previous.filter(gone) {
                     if previous
                         .lease
                         .finish(LeaseStatus::Lost(LossReason::KeyGone))
@@ -289,7 +299,7 @@ impl Acquire for ForOwner<'_> {
             keys: keys.clone(),
             owner: self.owner.token().clone(),
             acquisition: grant.token,
-            grant: Some(shared.lease.fencing_token),
+            grant: Some(grant.fencing_token),
         });
         ReentrantGuard {
             handle: LeaseHandle::new(shared, lock.core().clone(), hold),

@@ -12,6 +12,7 @@ mod defaults; // the 30 s wait and 2 s command timeout, at their defaults (pause
 mod exclusion; // conflicts, waiting, holder info, status and forced release
 mod fair; // FIFO grants; dead waiters leave the queue when their lease ends
 mod fencing; // tokens strictly increase, across clients and across data loss
+mod layout; // no import circles between modules, layers point down, small files and functions
 mod ownership; // non-owners never touch another owner's lock
 mod partition; // a partitioned holder knows its lease is over before anyone else has it
 mod redlock; // majorities, dead and frozen masters, validity, fencing, loss of a majority
@@ -19,6 +20,7 @@ mod reentrant; // nesting by explicit owner, freed at zero, one fencing token
 mod replicated; // the replica guard (WAIT) across real Sentinel failovers, loss after a switch
 mod restart; // a restart that loses a held lock is reported at once, and at release
 mod semaphore; // at most N permits out; expiry by the server's clock; limit; fair; deployments
+mod semaphore_scripts; // the semaphore's Lua scripts, called directly: limits, leases, queue
 mod support;
 mod waiting; // wake-ups by pub/sub, bounded re-checks, bounded resources
 mod watchdog; // renewal, loss detection, batching, no renewal after release

@@ -56,6 +56,35 @@ async fn with_the_replica_paused_the_guard_fails_cleanly_and_leaves_no_lock() {
     take_and_release(&c, "job").await;
 }
 
+/// The replica guard holds for reentrant locks and semaphores too (a reentrant lock used to
+/// ignore it silently): with the replica paused, nothing is granted and nothing is left.
+#[tokio::test]
+async fn every_primitive_honours_the_replica_guard() {
+    let master = RedisServer::start();
+    let mut replica = RedisServer::start_replica_of(&master);
+    let c = client(&master).await;
+    let owner = dlock::Owner::new().unwrap();
+    let reentrant = c.reentrant_lock_with("held", guarded()).unwrap();
+    let semaphore = c.semaphore_with("pool", 2, guarded()).unwrap();
+    let outer = reentrant.try_lock(&owner).await.unwrap();
+    let permit = semaphore.try_acquire().await.unwrap();
+    let on_replica: i64 = replica.cmd("EXISTS", &["held"]);
+    assert_eq!(on_replica, 1, "the replica has the reentrant lock already");
+    permit.release().await.unwrap();
+    replica.pause();
+    let err = outer.reenter().await.unwrap_err();
+    assert!(err.to_string().contains("0 of 1 replicas"), "{err}");
+    let err = semaphore.try_acquire().await.unwrap_err();
+    assert!(err.to_string().contains("0 of 1 replicas"), "{err}");
+    replica.resume();
+    let status = c.semaphore_status("pool").await.unwrap();
+    assert!(
+        status.holders.is_empty(),
+        "a refused permit was left: {status:?}"
+    );
+    outer.release().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_lease_whose_replica_stops_acknowledging_is_reported_lost() {
     let master = RedisServer::start();

@@ -25,9 +25,10 @@ pub(super) async fn run<'s>(
     add: impl Fn(usize, &mut ScriptInvocation<'s>),
 ) -> Result<Vec<bool>> {
     let mut groups: BTreeMap<(&str, &str), (&Script, Vec<usize>)> = BTreeMap::new();
+    let cluster = node.is_cluster();
     for i in 0..count {
         let script = script(i);
-        let slot = if node.is_cluster() { slot(i) } else { "" };
+        let slot = if cluster { slot(i) } else { "" };
         groups
             .entry((script.get_hash(), slot))
             .or_insert_with(|| (script, Vec::new()))

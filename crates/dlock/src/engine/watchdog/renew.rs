@@ -161,6 +161,14 @@ async fn renew_on_link(
             chunk[i].lease.ops.add_renew(&mut call, ttls[i]);
         }
         let results: Vec<i64> = link.eval(&call, timeout).await?;
+        if results.len() != members.len() {
+            return Err(Error::Internal(format!(
+                "{}: a renewal answered {} times for {} leases",
+                node.name(),
+                results.len(),
+                members.len()
+            )));
+        }
         for (&i, result) in members.iter().zip(results) {
             answers[i] = result == 1;
         }

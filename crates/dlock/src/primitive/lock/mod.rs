@@ -76,7 +76,8 @@ impl Lock {
     ///
     /// # Errors
     /// [`Error::Conflict`] when another owner holds it, with the holder and its remaining TTL;
-    /// [`Error::Unavailable`], [`Error::Auth`] or [`Error::Redis`] when Redis fails.
+    /// [`Error::Unavailable`] (on Redlock [`Error::Quorum`], naming each master's failure),
+    /// [`Error::Auth`] or [`Error::Redis`] when Redis fails.
     ///
     /// # Cancel safety
     /// Dropping the future leaves no lock behind: if the request may already have reached
@@ -119,7 +120,8 @@ impl Lock {
     ///
     /// # Errors
     /// [`Error::Timeout`] when the wait limit passes (naming the last holder seen);
-    /// [`Error::Unavailable`] when Redis was unreachable at the end of the wait;
+    /// [`Error::Unavailable`] (on Redlock [`Error::Quorum`]) when Redis was unreachable at the
+    /// end of the wait;
     /// [`Error::Auth`] or [`Error::Redis`] at once.
     ///
     /// # Cancel safety

@@ -8,9 +8,9 @@
 --       > 0: fair, join or refresh the queue with this waiter lease in ms), 10 wake-up channel
 -- Returns
 --   {1, fence} granted, or this very token already holds a live permit (a retry whose first
---              reply was lost: its lease restarts at ttl and its grant's fence comes back,
---              whatever limit the retry names, so the permit is never left unknown to its
---              owner);
+--              reply was lost: its lease restarts at ttl, it keeps the permits first
+--              granted, and its grant's fence comes back, whatever limit the retry names, so
+--              a permit is never left held without its owner knowing);
 --   {-1, stored limit} the semaphore is stored with another limit; nothing was granted or
 --              queued (only dead holders and waiters were purged);
 --   {0, ms until the earliest live holder's lease ends or -1, {holder info json with
