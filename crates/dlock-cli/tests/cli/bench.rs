@@ -45,6 +45,7 @@ fn bench_runs_every_workload_and_reports_json_relative_to_the_floor() {
             "uncontended",
             "contended",
             "contended-fair",
+            "semaphore",
             "many-keys",
             "run-overhead",
         ]
@@ -82,7 +83,18 @@ fn bench_runs_every_workload_and_reports_json_relative_to_the_floor() {
         fair["min_grants"].as_u64().unwrap() > 0,
         "fair mode starves no worker: {fair}"
     );
-    assert_eq!(rows[5]["workers"], 8);
+    let semaphore = &rows[5];
+    assert_eq!(semaphore["workers"], 4);
+    assert_eq!(semaphore["permits"], 3, "the default");
+    assert!(
+        semaphore["max_holders"].as_u64().unwrap() <= 3,
+        "{semaphore}"
+    );
+    assert!(
+        contended.get("max_holders").is_none(),
+        "only the semaphore row has it"
+    );
+    assert_eq!(rows[6]["workers"], 8);
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
     let leftovers: Vec<String> = server.cmd("KEYS", &["dlock:bench:*"]);
