@@ -268,8 +268,12 @@ pub struct BenchArgs {
     #[arg(long, default_value = "5s", value_parser = positive_duration, value_name = "DUR")]
     pub duration: Duration,
     /// Contended workloads: run only with this many workers (default: 1, 2, 4, 8, 16, 32).
+    /// semaphore: this many workers (default: 8).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024), value_name = "N")]
     pub workers: Option<u16>,
+    /// semaphore: how many permits the workers share (at least 1).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub permits: u32,
     /// many-keys: how many tasks, each on its own key, share one client.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096), value_name = "N")]
     pub keys: u16,
@@ -295,6 +299,9 @@ pub enum Workload {
     Contended,
     /// As contended, in fair (FIFO) mode.
     ContendedFair,
+    /// W clients (--workers, default 8) share one semaphore of --permits permits, a critical
+    /// section that only yields: grants/s, waits, fairness, most holders at once, violations.
+    Semaphore,
     /// N tasks on distinct keys sharing one client.
     ManyKeys,
     /// Uncontended cycles on N independent masters (needs --redis repeated, 3 or more).
@@ -312,6 +319,7 @@ impl Workload {
             Workload::Uncontended => "uncontended",
             Workload::Contended => "contended",
             Workload::ContendedFair => "contended-fair",
+            Workload::Semaphore => "semaphore",
             Workload::ManyKeys => "many-keys",
             Workload::Redlock => "redlock",
             Workload::RunOverhead => "run-overhead",

@@ -4,10 +4,13 @@
 //! Every workload is reported with the round-trip floor measured in the same run (`PING`, and a
 //! raw `SET NX PX` + compare-and-delete `EVALSHA` cycle), so figures from different machines
 //! compare as ratios. Contended runs count mutual-exclusion violations (must be 0), and report
-//! each worker's grants (fairness) and the wait for every grant.
+//! each worker's grants (fairness) and the wait for every grant. The semaphore run does the same
+//! for a semaphore of N permits, and also reports the most holders seen at once (never above N:
+//! more counts as a violation).
 //!
 //! The bench writes only keys under `dlock:bench:` and frees them when done.
 
+mod occupancy;
 mod stats;
 mod svg;
 mod workloads;
@@ -18,6 +21,9 @@ use crate::{connect, exit, fail};
 
 /// Worker counts of the contended sweep when `--workers` is not given.
 const SWEEP: [usize; 6] = [1, 2, 4, 8, 16, 32];
+
+/// Workers of the semaphore workload when `--workers` is not given.
+const SEMAPHORE_WORKERS: usize = 8;
 
 /// Runs the bench; returns dlock's exit code (1 if any run counted a violation).
 pub async fn bench(args: BenchArgs) -> u8 {
@@ -56,6 +62,10 @@ pub async fn bench(args: BenchArgs) -> u8 {
             plan.extend(sweep.iter().map(|&w| (workload, w)));
         }
     }
+    if wanted(Workload::Semaphore) {
+        let workers = args.workers.map_or(SEMAPHORE_WORKERS, usize::from);
+        plan.push((Workload::Semaphore, workers));
+    }
     if wanted(Workload::ManyKeys) {
         plan.push((Workload::ManyKeys, usize::from(args.keys)));
     }
@@ -82,6 +92,9 @@ pub async fn bench(args: BenchArgs) -> u8 {
             Workload::Contended | Workload::ContendedFair => {
                 let fair = *workload == Workload::ContendedFair;
                 workloads::contended(&first, *workers, fair, args.duration).await
+            }
+            Workload::Semaphore => {
+                workloads::semaphore(&first, *workers, args.permits, args.duration).await
             }
             Workload::ManyKeys => workloads::many_keys(&client, *workers, args.duration).await,
             Workload::RunOverhead => workloads::run_overhead(&first, args.duration).await,

@@ -49,6 +49,12 @@ pub struct Row {
     /// Contended: the fewest and most grants any worker got (fairness).
     pub min_grants: Option<u64>,
     pub max_grants: Option<u64>,
+    /// Semaphore: how many permits there are, and the most holders seen at once (never more
+    /// than the permits, or it counts as a violation). Absent for other workloads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permits: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_holders: Option<u64>,
     /// The floor of this run: one PING round trip (p50).
     pub floor_rtt_us: f64,
     /// The floor cycle rate of this run: raw SET NX PX + EVALSHA by one client.
@@ -80,6 +86,8 @@ impl Row {
             violations: 0,
             min_grants: None,
             max_grants: None,
+            permits: None,
+            max_holders: None,
             floor_rtt_us: 0.0,
             floor_cycle_per_sec: 0.0,
             rtt_ratio: 0.0,
@@ -149,7 +157,7 @@ pub fn table(rows: &[Row], floor: &Floor) -> String {
         floor.rtt_us, floor.cycle_per_sec
     );
     out.push_str(&format!(
-        "{:<16} {:>7} {:>10} {:>9} {:>9} {:>10} {:>8} {:>9} {:>10} {:>10}\n",
+        "{:<16} {:>7} {:>10} {:>9} {:>9} {:>10} {:>8} {:>9} {:>10} {:>10} {:>8}\n",
         "workload",
         "workers",
         "ops/s",
@@ -159,15 +167,20 @@ pub fn table(rows: &[Row], floor: &Floor) -> String {
         "x RTT",
         "x cycle",
         "violations",
-        "grants"
+        "grants",
+        "holders"
     ));
     for row in rows {
         let grants = match (row.min_grants, row.max_grants) {
             (Some(min), Some(max)) => format!("{min}-{max}"),
             _ => "-".into(),
         };
+        let holders = match (row.max_holders, row.permits) {
+            (Some(most), Some(permits)) => format!("{most}/{permits}"),
+            _ => "-".into(),
+        };
         out.push_str(&format!(
-            "{:<16} {:>7} {:>10.0} {:>9.0} {:>9.0} {:>10.0} {:>8.2} {:>9.2} {:>10} {:>10}\n",
+            "{:<16} {:>7} {:>10.0} {:>9.0} {:>9.0} {:>10.0} {:>8.2} {:>9.2} {:>10} {:>10} {:>8}\n",
             row.workload,
             row.workers,
             row.ops_per_sec,
@@ -177,13 +190,15 @@ pub fn table(rows: &[Row], floor: &Floor) -> String {
             row.rtt_ratio,
             row.floor_cycle_ratio,
             row.violations,
-            grants
+            grants,
+            holders
         ));
     }
     out.push_str(
         "\np50/p99/max: cycle latency (floor, uncontended, many-keys) or wait for a grant \
-         (contended).\nx RTT: p50 / one round trip. x cycle: ops/s / raw cycle rate. grants: \
-         fewest-most grants of one worker.\n",
+         (contended, semaphore).\nx RTT: p50 / one round trip. x cycle: ops/s / raw cycle rate. \
+         grants: fewest-most grants of one worker.\nholders (semaphore): most holders at once / \
+         permits; more than the permits counts as a violation.\n",
     );
     out
 }

@@ -8,6 +8,7 @@ use dlock::{Client, LockOptions, Wait};
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
+use super::occupancy::Occupancy;
 use super::stats::{Floor, Row, Samples};
 use crate::cli::Connection;
 
@@ -230,5 +231,73 @@ pub async fn contended(
     row.violations = violations.load(Ordering::SeqCst);
     row.min_grants = per_worker.iter().min().copied();
     row.max_grants = per_worker.iter().max().copied();
+    Ok(row)
+}
+
+/// `workers` clients (each its own connections, as for `contended`) share one semaphore of
+/// `permits` permits; each acquires (waiting), holds an almost empty critical section and
+/// releases. Records the most holders at once, counted in this process from the moment an
+/// acquire returns until just before the release is sent; a count above `permits` is a
+/// violation, and so is a release that finds the lease lost.
+///
+/// The critical section yields once, as in [`contended`]: otherwise no other worker could run
+/// while one holds a permit, and the count could never exceed 1.
+pub async fn semaphore(
+    connection: &Connection,
+    workers: usize,
+    permits: u32,
+    duration: Duration,
+) -> dlock::Result<Row> {
+    let key = format!("{PREFIX}semaphore");
+    let seen = Arc::new(Occupancy::new(permits));
+    let options = LockOptions::new()
+        .fair(false)
+        .wait(Wait::Limit(duration + Duration::from_secs(10)));
+    let mut semaphores = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let client = crate::connect(connection).await?;
+        semaphores.push(client.semaphore_with(&key, permits, options.clone())?);
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::with_capacity(workers);
+    for semaphore in semaphores {
+        let seen = seen.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut waits = Samples::default();
+            let mut grants = 0u64;
+            while Instant::now() < deadline {
+                let asked = Instant::now();
+                let permit = semaphore.acquire().await?;
+                waits.push(asked.elapsed());
+                grants += 1;
+                seen.enter();
+                tokio::task::yield_now().await;
+                seen.leave();
+                match permit.release().await {
+                    Ok(()) => {}
+                    Err(e) if e.is_lost() => seen.violation(),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok::<_, dlock::Error>((grants, waits))
+        }));
+    }
+    let mut per_worker = Vec::with_capacity(workers);
+    let mut all = Samples::default();
+    for task in tasks {
+        let (grants, waits) = task
+            .await
+            .map_err(|e| dlock::Error::Internal(format!("bench task failed: {e}")))??;
+        per_worker.push(grants);
+        all.extend(waits);
+    }
+    let ops = per_worker.iter().sum();
+    let mut row = Row::new("semaphore", workers, ops, started.elapsed(), all);
+    row.violations = seen.violations();
+    row.min_grants = per_worker.iter().min().copied();
+    row.max_grants = per_worker.iter().max().copied();
+    row.permits = Some(permits);
+    row.max_holders = Some(seen.max_holders());
     Ok(row)
 }

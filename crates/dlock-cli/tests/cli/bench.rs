@@ -45,6 +45,7 @@ fn bench_runs_every_workload_and_reports_json_relative_to_the_floor() {
             "uncontended",
             "contended",
             "contended-fair",
+            "semaphore",
             "many-keys",
             "run-overhead",
         ]
@@ -82,10 +83,74 @@ fn bench_runs_every_workload_and_reports_json_relative_to_the_floor() {
         fair["min_grants"].as_u64().unwrap() > 0,
         "fair mode starves no worker: {fair}"
     );
-    assert_eq!(rows[5]["workers"], 8);
+    let semaphore = &rows[5];
+    assert_eq!(semaphore["workers"], 4);
+    assert_eq!(semaphore["permits"], 3, "the default");
+    assert!(
+        semaphore["max_holders"].as_u64().unwrap() <= 3,
+        "{semaphore}"
+    );
+    assert!(
+        contended.get("max_holders").is_none(),
+        "only the semaphore row has it"
+    );
+    assert_eq!(rows[6]["workers"], 8);
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
     let leftovers: Vec<String> = server.cmd("KEYS", &["dlock:bench:*"]);
     assert!(leftovers.is_empty(), "the bench cleans up: {leftovers:?}");
     assert!(stderr(&out).contains("[1/"), "progress lines on stderr");
+}
+
+#[test]
+fn bench_semaphore_never_sees_more_holders_than_permits() {
+    let server = RedisServer::start();
+    let out = output(
+        dlock(&server).args([
+            "bench",
+            "--workload",
+            "semaphore",
+            "--duration",
+            "1s",
+            "--permits",
+            "2",
+            "--json",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let rows: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["floor-ping", "floor-cycle", "semaphore"]);
+    let row = &rows[2];
+    assert_eq!(row["workers"], 8, "the default: {row}");
+    assert_eq!(row["permits"], 2, "{row}");
+    let most = row["max_holders"].as_u64().unwrap();
+    assert!(
+        (1..=2).contains(&most),
+        "max_holders {most} out of 1..=2: {row}"
+    );
+    assert_eq!(row["violations"], 0, "{row}");
+    assert!(row["ops"].as_u64().unwrap() > 0, "{row}");
+    assert!(row["ops_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+    assert!(row["min_grants"].as_u64().unwrap() <= row["max_grants"].as_u64().unwrap());
+    let leftovers: Vec<String> = server.cmd("KEYS", &["dlock:bench:*"]);
+    assert!(leftovers.is_empty(), "the bench cleans up: {leftovers:?}");
+}
+
+#[test]
+fn bench_refuses_zero_permits_as_a_usage_error() {
+    let server = RedisServer::start();
+    let out = output(
+        dlock(&server).args(["bench", "--workload", "semaphore", "--permits", "0"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--permits"), "{}", stderr(&out));
 }
