@@ -168,9 +168,7 @@ impl LockGuard {
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) inside an async runtime.
     pub fn lost_timeout(&self, timeout: Duration) -> Result<Option<LossReason>> {
-        // `timeout` starts its timer when called, so it must be called on the runtime.
-        let lost = async { tokio::time::timeout(timeout, self.guard().lost()).await };
-        self.shared.block_on(lost).map(std::result::Result::ok)
+        self.shared.block_on_within(timeout, self.guard().lost())
     }
 
     /// Waits up to `timeout` for the moment to wind down, as
@@ -181,9 +179,8 @@ impl LockGuard {
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) inside an async runtime.
     pub fn renewal_at_risk_timeout(&self, margin: Duration, timeout: Duration) -> Result<bool> {
-        let at_risk =
-            async { tokio::time::timeout(timeout, self.guard().renewal_at_risk(margin)).await };
-        self.shared.block_on(at_risk).map(|at_risk| at_risk.is_ok())
+        let at_risk = self.guard().renewal_at_risk(margin);
+        Ok(self.shared.block_on_within(timeout, at_risk)?.is_some())
     }
 
     /// See [`crate::LockGuard::extend`].

@@ -81,6 +81,18 @@ impl Shared {
             None => Err(Error::Internal("dlock's runtime is gone".into())),
         }
     }
+
+    /// Runs `future` for at most `timeout`: `None` if it had not finished by then. A zero
+    /// `timeout` polls it once.
+    fn block_on_within<F: Future>(
+        &self,
+        timeout: Duration,
+        future: F,
+    ) -> Result<Option<F::Output>> {
+        // `timeout` starts its timer when called, so it must be called on the runtime.
+        let bounded = async { tokio::time::timeout(timeout, future).await.ok() };
+        self.block_on(bounded)
+    }
 }
 
 /// Blocking calls are refused inside an async runtime, where they would stall (or panic) it.

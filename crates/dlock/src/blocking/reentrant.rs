@@ -120,6 +120,24 @@ impl ReentrantGuard {
         self.guard().status()
     }
 
+    /// The shared lease's current length, as [`crate::ReentrantGuard::ttl`].
+    pub fn ttl(&self) -> Duration {
+        self.guard().ttl()
+    }
+
+    /// How much longer the shared lease is surely valid by this process's clock (zero once
+    /// lost), as [`crate::ReentrantGuard::remaining`].
+    pub fn remaining(&self) -> Duration {
+        self.guard().remaining()
+    }
+
+    /// A channel that flips when the shared lease is lost, as [`crate::ReentrantGuard::watch`].
+    /// Synchronous code reads it without a runtime, as
+    /// [`LockGuard::watch`](super::LockGuard::watch) shows.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<LeaseStatus> {
+        self.guard().watch()
+    }
+
     /// Blocks the calling thread until the shared lease is lost, and returns why, as
     /// [`crate::ReentrantGuard::lost`]. **While the lease is held it never returns**; see
     /// [`ReentrantGuard::lost_timeout`] for the bounded wait.
@@ -137,8 +155,20 @@ impl ReentrantGuard {
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) inside an async runtime.
     pub fn lost_timeout(&self, timeout: Duration) -> Result<Option<LossReason>> {
-        let lost = async { tokio::time::timeout(timeout, self.guard().lost()).await };
-        self.shared.block_on(lost).map(std::result::Result::ok)
+        self.shared.block_on_within(timeout, self.guard().lost())
+    }
+
+    /// Waits up to `timeout` for the moment to wind down, as
+    /// [`crate::ReentrantGuard::renewal_at_risk`]: `true` once renewals of the shared lease are
+    /// failing and at most `margin` of its conservative validity is left, or once it is no
+    /// longer held; `false` if neither happened within `timeout`. As
+    /// [`LockGuard::renewal_at_risk_timeout`](super::LockGuard::renewal_at_risk_timeout).
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) inside an async runtime.
+    pub fn renewal_at_risk_timeout(&self, margin: Duration, timeout: Duration) -> Result<bool> {
+        let at_risk = self.guard().renewal_at_risk(margin);
+        Ok(self.shared.block_on_within(timeout, at_risk)?.is_some())
     }
 
     /// Takes another hold for the same owner (one round trip; never waits), as

@@ -384,6 +384,16 @@ fn a_reentrant_lock_is_taken_again_by_its_owner_on_any_thread_and_freed_by_the_l
     assert!(elsewhere.try_lock(&stranger).unwrap_err().is_conflict());
 
     inner.extend(Duration::from_secs(60)).unwrap();
+    assert_eq!(
+        outer.ttl(),
+        Duration::from_secs(60),
+        "one lease for every hold"
+    );
+    assert!(
+        outer.remaining() > Duration::from_secs(30),
+        "{:?}",
+        outer.remaining()
+    );
     assert!(inner.is_held());
     assert_eq!(inner.status(), LeaseStatus::Held);
     assert_eq!(inner.lost_timeout(Duration::from_millis(50)).unwrap(), None);
@@ -405,9 +415,28 @@ fn a_reentrant_guard_reports_the_loss_of_its_shared_lease() {
     let owner = Owner::new().unwrap();
     let outer = lock.try_lock(&owner).unwrap();
     let inner = outer.reenter().unwrap();
+    assert_eq!(inner.ttl(), Duration::from_secs(2));
+    let remaining = inner.remaining();
+    assert!(remaining > Duration::ZERO && remaining <= Duration::from_secs(2));
+    let watch = outer.watch();
+    assert_eq!(*watch.borrow(), LeaseStatus::Held);
+    let margin = Duration::from_millis(500);
+    assert!(!inner
+        .renewal_at_risk_timeout(margin, Duration::from_millis(100))
+        .unwrap());
+
     assert_eq!(server.cmd::<i64>("DEL", &["ledger"]), 1);
     let reason = inner.lost_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(reason, Some(LossReason::KeyGone), "{:?}", inner.status());
+    assert!(
+        watch.has_changed().unwrap(),
+        "the outer hold's channel flipped too"
+    );
+    assert_eq!(*watch.borrow(), LeaseStatus::Lost(LossReason::KeyGone));
+    assert_eq!(outer.remaining(), Duration::ZERO);
+    assert!(outer
+        .renewal_at_risk_timeout(margin, Duration::ZERO)
+        .unwrap());
     assert_eq!(
         outer.lost().unwrap(),
         LossReason::KeyGone,
