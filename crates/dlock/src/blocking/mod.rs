@@ -1,4 +1,5 @@
-//! A blocking facade for synchronous programs: the same locks, no `async` in the caller.
+//! A blocking facade for synchronous programs: the same locks and semaphores, no `async` in
+//! the caller.
 //!
 //! Each [`blocking::Client`](Client) owns a small tokio runtime (one worker thread) that runs
 //! the connection and the watchdog, so leases are renewed while the caller's thread is busy or
@@ -6,10 +7,10 @@
 //!
 //! Every deployment of [`crate::Client`] has its connector here ([`Client::connect`],
 //! [`Client::sentinel`], [`Client::cluster`], [`Client::redlock`]), and [`Lock`],
-//! [`LockGuard`], [`ReentrantLock`] and [`ReentrantGuard`] mirror their async namesakes; where
-//! an async method is a future to `select!` on ([`crate::LockGuard::lost`],
-//! [`crate::LockGuard::renewal_at_risk`]), the blocking one also comes with a timeout
-//! ([`LockGuard::lost_timeout`], [`LockGuard::renewal_at_risk_timeout`]).
+//! [`LockGuard`], [`ReentrantLock`], [`ReentrantGuard`], [`Semaphore`] and [`SemaphorePermit`]
+//! mirror their async namesakes; where an async method is a future to `select!` on
+//! ([`crate::LockGuard::lost`], [`crate::LockGuard::renewal_at_risk`]), the blocking one also
+//! comes with a timeout ([`LockGuard::lost_timeout`], [`LockGuard::renewal_at_risk_timeout`]).
 //!
 //! Calling it from inside an async runtime returns [`Error::Config`] instead of blocking (or
 //! panicking) the runtime's thread: async code should use [`crate::Client`]. What never waits
@@ -36,9 +37,11 @@ use crate::{ClientOptions, Error, LockOptions, LockStatus, Result, SentinelConfi
 
 mod lock;
 mod reentrant;
+mod semaphore;
 
 pub use lock::{Lock, LockGuard};
 pub use reentrant::{ReentrantGuard, ReentrantLock};
+pub use semaphore::{Semaphore, SemaphorePermit};
 
 /// A blocking client: see the [module docs](self).
 #[derive(Debug, Clone)]
