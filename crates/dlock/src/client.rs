@@ -288,8 +288,8 @@ impl Client {
         semaphore::inspect::read(&self.core, &keys, action).await
     }
 
-    /// Every semaphore in use (held or waited for) whose name matches `pattern` (a Redis
-    /// glob), sorted by name. Walks the keyspace with `SCAN`, as [`Client::list`] does.
+    /// Every semaphore with a stored limit (held or waited for, or freed by a forced release
+    /// and not touched since) whose name matches `pattern` (a Redis glob), sorted by name. Walks the keyspace with `SCAN`, as [`Client::list`] does.
     ///
     /// # Errors
     /// Connection errors.

@@ -1,30 +1,33 @@
 //! Distributed locks on Redis: lease locks with fencing tokens and watchdog renewal.
 //!
 //! # Layout
-//! - [`Client`] (`client`): the connection to Redis and one watchdog task, shared by every lock
-//!   made from it. `node` is one server (multiplexed, auto-reconnecting, a deadline on every
-//!   call), a master found through Sentinel ([`SentinelConfig`], following failovers), or a
-//!   Redis Cluster; `quorum` is N independent masters for Redlock ([`Client::redlock`]). A
-//!   replica guard's write and its `WAIT` go on a connection of their own (`node::replica`).
-//! - [`Lock`] (`lock`) and [`LockGuard`] (`guard`): the lease lock. `try_lock` fails at once
-//!   when the lock is busy, `lock` waits within a bound; the guard extends, watches and
-//!   releases the lease.
-//! - [`ReentrantLock`] (`reentrant`): a lock an [`Owner`] may take again while holding it;
-//!   freed when its last hold is released.
-//! - [`blocking`]: the same locks for synchronous programs (a private runtime thread).
-//! - `notify`: wake-ups for waiters over one pub/sub connection per client.
-//! - `quorum`: one node or N independent masters (Redlock): concurrent calls, majorities, and
-//!   why fencing tokens stay ordered across nodes.
-//! - `lease`: one granted lease's state and validity arithmetic, shared by guard and watchdog;
-//!   `clock` counts time the host spent suspended against it.
-//! - `watchdog`: renews every lease of a client in one round trip per tick, reports lost
-//!   leases, and releases dropped guards in the background; `link` tells it at once when a
-//!   node's connection drops, so leases there are re-verified without waiting for a tick.
+//! Three layers; each imports only those below it (checked by a test), and a primitive is one
+//! module plus its scripts. `docs/architecture.md` follows a call through them.
+//! - [`Client`] (`client`): connects to a deployment and makes primitives; `status`, `list`
+//!   and forced releases for operators.
+//! - **Primitives** (`primitive`): [`Lock`] and [`LockGuard`] (the lease lock);
+//!   [`ReentrantLock`] (an [`Owner`] may take it again while holding it); [`Semaphore`] and
+//!   [`SemaphorePermit`] (at most N permits out, each with its own lease). Each supplies its
+//!   acquire script and reply parsing, how its leases are renewed, checked and released, and
+//!   its guard.
+//! - **Engine** (`engine`): what every primitive shares. `acquire` runs one attempt (token
+//!   policy, fan-out to a majority, Redlock fencing write-back, the replica guard's `WAIT`,
+//!   validity, rollback) and `wait` the waiting loop (wake-ups, re-checks, backoff); `pending`
+//!   undoes an acquisition left in doubt; `lease` is one lease's state and validity (`clock`
+//!   counts suspended time against it) and `handle` what a guard does with it (`lost`,
+//!   `watch`, `extend`, `release`, written once); `ops` are the batched scripts a primitive
+//!   gives the `watchdog`, which renews, re-verifies and releases any primitive's leases in
+//!   one round trip per node and tick.
+//! - **Connection** (`connection`): `node` is one server (multiplexed, auto-reconnecting, a
+//!   deadline on every call), a master found through Sentinel ([`SentinelConfig`], following
+//!   failovers), or a Redis Cluster; `quorum` is N independent masters for Redlock
+//!   ([`Client::redlock`]) and the one majority rule; `link` reports dropped connections at
+//!   once; `notify` carries wake-ups over one pub/sub connection per client.
+//! - [`blocking`]: the same primitives for synchronous programs (a private runtime thread).
 //! - [`fencing`]: why and how grants carry strictly increasing tokens.
-//! - `key`, `token`, `scripts`: key layout (cluster-slot safe), 128-bit owner tokens, and the
-//!   Lua scripts that make every operation atomic.
-//! - [`HolderInfo`], [`LockStatus`] (`holder`): who holds a lock, for people and tools.
-//! - [`Error`] (`error`), [`LockOptions`] and [`ClientOptions`] (`options`), [`Backoff`].
+//! - Shared leaves: [`Error`] (`error`), [`LockOptions`] and [`ClientOptions`] (`options`),
+//!   [`HolderInfo`] and [`LockStatus`] (`holder`), `key` (key layout, cluster-slot safe),
+//!   `token` (128-bit owner tokens), `scripts` (the Lua scripts), `units`, [`Backoff`].
 //!
 //! # Guarantees
 //! - **Safety:** while a guard's lease is valid, no other owner holds the same lock on the

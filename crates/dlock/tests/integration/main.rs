@@ -3,7 +3,7 @@
 //! Table of contents:
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its location
 mod bad_input; // malformed URLs, TTLs, names; unreachable hosts; wrong passwords
-mod blocking; // the blocking facade from plain synchronous code
+mod blocking; // the blocking facade from plain synchronous code: locks, reentrant locks, semaphores, every connector
 mod bounds; // guards and futures are Send, guards are 'static
 mod cancel; // dropping lock() futures at any point leaves no lock and no task behind
 mod cluster; // Redis Cluster: spread, companions by SCAN, one call per slot per tick, loss
