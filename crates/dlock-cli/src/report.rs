@@ -11,9 +11,13 @@ use serde::Serialize;
 pub struct RunReport {
     /// The lock's name.
     pub key: String,
+    /// `--limit N`: how many copies may run at once (absent for a plain lock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
     /// ran, busy, timeout, lost, unconfirmed (the final release got no answer, so the run may
     /// have overlapped another holder), max_runtime, not_found, not_executable, interrupted,
-    /// error.
+    /// mismatch (KEY is in use with another --limit, or as a lock where a semaphore was asked
+    /// for, or the reverse), error.
     pub outcome: &'static str,
     /// Whether the lock was granted.
     pub acquired: bool,
@@ -32,8 +36,11 @@ pub struct RunReport {
     pub loss_reason: Option<String>,
     /// The grant's fencing token.
     pub fencing_token: Option<u64>,
-    /// Who held the lock, when it was busy.
+    /// Who held the lock, when it was busy (with --limit: the holder whose lease ends first).
     pub holder: Option<HolderJson>,
+    /// With --limit, when every permit was taken: every holder (absent without --limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holders: Option<Vec<HolderJson>>,
     /// How long the command ran.
     pub run_ms: Option<u64>,
     /// How long the lock was held (grant to release).
@@ -68,6 +75,8 @@ pub struct HolderJson {
     pub fencing_token: u64,
     /// The job is done; the lock is kept until its --min-hold ends (`ttl_left_ms`).
     pub finished: bool,
+    /// How many permits the holder has (1 for a lock).
+    pub permits: u32,
 }
 
 impl From<&HolderInfo> for HolderJson {
@@ -80,6 +89,7 @@ impl From<&HolderInfo> for HolderJson {
             held_for_ms: ms(holder.held_for),
             fencing_token: holder.fencing_token,
             finished: holder.finished,
+            permits: holder.permits,
         }
     }
 }
