@@ -31,11 +31,13 @@ pub enum Command {
     /// refuse (exit 75) if another process holds it.
     #[command(after_help = exit::HELP)]
     Run(RunArgs),
-    /// Show whether KEY is held, by whom, for how long, and its fencing token.
+    /// Show whether KEY is held, by whom, for how long, and its fencing token; for a
+    /// semaphore (--limit), its limit, permits free and every holder.
     Status(StatusArgs),
-    /// List the locks currently held through dlock (uses SCAN, never KEYS).
+    /// List the locks held and the semaphores in use through dlock (uses SCAN, never KEYS).
     List(ListArgs),
-    /// Break a lock whoever holds it (e.g. a stale lock); prints what it broke.
+    /// Break a lock whoever holds it (e.g. a stale lock), or free a semaphore's permits (all,
+    /// or one holder's with --holder); prints what it broke.
     Release(ReleaseArgs),
     /// Measure lock throughput, latency and fairness against your Redis, relative to the
     /// round-trip floor of the same run. Writes only keys under dlock:bench:.
@@ -259,13 +261,17 @@ pub struct ListArgs {
 /// `dlock release`.
 #[derive(Debug, Args)]
 pub struct ReleaseArgs {
-    /// The lock's name.
+    /// The lock's (or semaphore's) name.
     #[arg(value_name = "KEY")]
     pub key: String,
-    /// Required: breaking a lock lets a second copy of the job start while the first may
-    /// still run.
+    /// Required: breaking a lock (or freeing a permit) lets another copy of the job start
+    /// while the first may still run.
     #[arg(long)]
     pub force: bool,
+    /// For a semaphore: free only the permits of the holder whose grant has this fencing
+    /// token (as `dlock status KEY` shows it), not every holder's.
+    #[arg(long, value_name = "FENCING_TOKEN", value_parser = clap::value_parser!(u64).range(1..))]
+    pub holder: Option<u64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
