@@ -27,14 +27,17 @@ pub struct Cli {
 /// dlock's commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run CMD only while holding the lock KEY; refuse (exit 75) if another process holds it.
+    /// Run CMD only while holding the lock KEY (or, with --limit N, one of N permits);
+    /// refuse (exit 75) if another process holds it.
     #[command(after_help = exit::HELP)]
     Run(RunArgs),
-    /// Show whether KEY is held, by whom, for how long, and its fencing token.
+    /// Show whether KEY is held, by whom, for how long, and its fencing token; for a
+    /// semaphore (--limit), its limit, permits free and every holder.
     Status(StatusArgs),
-    /// List the locks currently held through dlock (uses SCAN, never KEYS).
+    /// List the locks held and the semaphores in use through dlock (uses SCAN, never KEYS).
     List(ListArgs),
-    /// Break a lock whoever holds it (e.g. a stale lock); prints what it broke.
+    /// Break a lock whoever holds it (e.g. a stale lock), or free a semaphore's permits (all,
+    /// or one holder's with --holder); prints what it broke.
     Release(ReleaseArgs),
     /// Measure lock throughput, latency and fairness against your Redis, relative to the
     /// round-trip floor of the same run. Writes only keys under dlock:bench:.
@@ -120,8 +123,9 @@ pub struct RunArgs {
 
     /// The command and its arguments, after `--`. Run directly, not through a shell, in
     /// dlock's environment plus DLOCK_KEY (the lock's name), DLOCK_FENCING_TOKEN (this grant's
-    /// token) and DLOCK_TTL_MS (the lease length), minus dlock's secrets: DLOCK_REDIS_URL has
-    /// its passwords replaced by ***, DLOCK_SENTINEL_MASTER_PASSWORD is removed.
+    /// token), DLOCK_TTL_MS (the lease length) and, with --limit, DLOCK_LIMIT (N), minus
+    /// dlock's secrets: DLOCK_REDIS_URL has its passwords replaced by ***,
+    /// DLOCK_SENTINEL_MASTER_PASSWORD is removed.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 
@@ -165,6 +169,19 @@ pub struct RunArgs {
     /// command is done it sets the lock to expire when DUR has passed, and exits.
     #[arg(long, value_parser = min_hold, value_name = "DUR", help_heading = "Lease")]
     pub min_hold: Option<Duration>,
+
+    /// Let up to N copies run at once (across every host) instead of one: KEY is then a
+    /// counting semaphore, and each copy holds one of its N permits, with its own lease,
+    /// renewal, loss and fencing token as a lock's. Every copy must name the same N: a copy
+    /// naming another N while the semaphore is in use is a usage error (64), as is a KEY in
+    /// use as a plain lock. Not with --min-hold (a permit cannot be kept after the command).
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..),
+        help_heading = "Lease"
+    )]
+    pub limit: Option<u32>,
 
     /// Label stored with the lock and shown by `status` (default: the command line).
     #[arg(long, value_name = "TEXT", help_heading = "Lease")]
@@ -244,13 +261,17 @@ pub struct ListArgs {
 /// `dlock release`.
 #[derive(Debug, Args)]
 pub struct ReleaseArgs {
-    /// The lock's name.
+    /// The lock's (or semaphore's) name.
     #[arg(value_name = "KEY")]
     pub key: String,
-    /// Required: breaking a lock lets a second copy of the job start while the first may
-    /// still run.
+    /// Required: breaking a lock (or freeing a permit) lets another copy of the job start
+    /// while the first may still run.
     #[arg(long)]
     pub force: bool,
+    /// For a semaphore: free only the permits of the holder whose grant has this fencing
+    /// token (as `dlock status KEY` shows it), not every holder's.
+    #[arg(long, value_name = "FENCING_TOKEN", value_parser = clap::value_parser!(u64).range(1..))]
+    pub holder: Option<u64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -436,6 +457,29 @@ mod tests {
     }
 
     #[test]
+    fn limit_is_a_positive_count() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(
+                ["dlock", "run"]
+                    .iter()
+                    .chain(args)
+                    .chain(&["k", "--", "true"]),
+            )
+        };
+        let Command::Run(run) = parse(&["--limit", "3"]).expect("valid").command else {
+            panic!("run")
+        };
+        assert_eq!(run.limit, Some(3));
+        for bad in [
+            &["--limit", "0"][..],
+            &["--limit", "-1"],
+            &["--limit", "many"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn run_takes_key_then_command_after_double_dash() {
         let cli = Cli::try_parse_from([
             "dlock",
@@ -458,6 +502,7 @@ mod tests {
         assert_eq!(run.wait, None);
         assert_eq!(run.conflict_exit_code, exit::BUSY);
         assert_eq!(run.stop_signal, Signal::SIGTERM);
+        assert_eq!(run.limit, None);
         assert!(
             Cli::try_parse_from(["dlock", "run", "k"]).is_err(),
             "a command is required"

@@ -6,7 +6,8 @@
 
 use dlock::ErrorKind;
 
-/// The lock is held by another process, or `--wait` ran out (override with `-E`).
+/// The lock is held by another process (with `--limit`: every permit is taken), or `--wait`
+/// ran out (override with `-E`).
 pub const BUSY: u8 = 75;
 /// The lease was lost while the command ran; the command was stopped. Also when the final
 /// release finds the lease already gone, or cannot be confirmed (Redis did not answer): the
@@ -19,7 +20,9 @@ pub const MAX_RUNTIME: u8 = 124;
 pub const NOT_EXECUTABLE: u8 = 126;
 /// The command was not found.
 pub const NOT_FOUND: u8 = 127;
-/// Bad usage: unknown flag, bad duration, URL or key name.
+/// Bad usage: unknown flag, bad duration, URL or key name; also a `--limit` that disagrees
+/// with the copies already running (another N, or none where they use one, or the reverse):
+/// a configuration error, which no retry heals.
 pub const USAGE: u8 = 64;
 /// Redis unreachable, or it refused our credentials.
 pub const UNAVAILABLE: u8 = 69;
@@ -33,14 +36,16 @@ pub const HELP: &str = "\
 Exit codes:
   <n>   the command's own exit code
   128+N the command died of signal N (also: dlock interrupted by signal N while waiting)
-  75    lock busy, or --wait timed out (change with -E/--conflict-exit-code, e.g. -E 0 for cron)
+  75    lock busy (with --limit: every permit taken), or --wait timed out
+        (change with -E/--conflict-exit-code, e.g. -E 0 for cron)
   76    lease lost while the command ran (command stopped), or found lost or not confirmed
         at release, or processes of the job survived SIGKILL and the lock was released
         anyway: the run may have overlapped another holder
   124   --max-runtime reached (command stopped)
   126   command not executable
   127   command not found
-  64    usage error (bad flag, duration, URL or key)
+  64    usage error (bad flag, duration, URL or key), or --limit differs from the running
+        copies' (another N, or a lock where they use a semaphore, or the reverse)
   69    Redis unavailable or authentication failed
   70    internal error";
 

@@ -1,6 +1,7 @@
 //! The `dlock` command: run any command under a distributed lock on Redis.
 //!
 //! Layout: `cli` (arguments), `exit` (the exit-code table), `run` (the `run` command),
+//! `lease` (what `run` holds: a lock, or a semaphore's permit with `--limit`),
 //! `job` (the supervised command, its process group and its descendants; `job::guardian`, the
 //! process that starts the command and kills every process of the job if dlock is SIGKILLed;
 //! `job::proc`, the job as /proc shows it), `signals`,
@@ -37,6 +38,7 @@ mod cli;
 mod exit;
 mod inspect;
 mod job;
+mod lease;
 mod report;
 mod run;
 mod signals;

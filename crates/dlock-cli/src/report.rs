@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dlock::{HolderInfo, LockStatus};
+use dlock::{HolderInfo, LockStatus, SemaphoreHolder, SemaphoreStatus};
 use serde::Serialize;
 
 /// What happened in one `dlock run`, written once at exit.
@@ -11,9 +11,13 @@ use serde::Serialize;
 pub struct RunReport {
     /// The lock's name.
     pub key: String,
+    /// `--limit N`: how many copies may run at once (absent for a plain lock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
     /// ran, busy, timeout, lost, unconfirmed (the final release got no answer, so the run may
     /// have overlapped another holder), max_runtime, not_found, not_executable, interrupted,
-    /// error.
+    /// mismatch (KEY is in use with another --limit, or as a lock where a semaphore was asked
+    /// for, or the reverse), error.
     pub outcome: &'static str,
     /// Whether the lock was granted.
     pub acquired: bool,
@@ -32,8 +36,11 @@ pub struct RunReport {
     pub loss_reason: Option<String>,
     /// The grant's fencing token.
     pub fencing_token: Option<u64>,
-    /// Who held the lock, when it was busy.
+    /// Who held the lock, when it was busy (with --limit: the holder whose lease ends first).
     pub holder: Option<HolderJson>,
+    /// With --limit, when every permit was taken: every holder (absent without --limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holders: Option<Vec<HolderJson>>,
     /// How long the command ran.
     pub run_ms: Option<u64>,
     /// How long the lock was held (grant to release).
@@ -68,6 +75,8 @@ pub struct HolderJson {
     pub fencing_token: u64,
     /// The job is done; the lock is kept until its --min-hold ends (`ttl_left_ms`).
     pub finished: bool,
+    /// How many permits the holder has (1 for a lock).
+    pub permits: u32,
 }
 
 impl From<&HolderInfo> for HolderJson {
@@ -80,6 +89,7 @@ impl From<&HolderInfo> for HolderJson {
             held_for_ms: ms(holder.held_for),
             fencing_token: holder.fencing_token,
             finished: holder.finished,
+            permits: holder.permits,
         }
     }
 }
@@ -88,6 +98,8 @@ impl From<&HolderInfo> for HolderJson {
 #[derive(Debug, Serialize)]
 pub struct StatusJson {
     pub key: String,
+    /// Always "lock" (a semaphore's state is a [`SemaphoreJson`]).
+    pub kind: &'static str,
     pub held: bool,
     pub ttl_left_ms: Option<u64>,
     pub holder: Option<HolderJson>,
@@ -98,10 +110,64 @@ impl From<&LockStatus> for StatusJson {
     fn from(status: &LockStatus) -> Self {
         StatusJson {
             key: status.key.clone(),
+            kind: "lock",
             held: status.held,
             ttl_left_ms: status.ttl_left.map(ms),
             holder: status.holder.as_ref().map(HolderJson::from),
             last_fencing_token: status.last_fencing_token,
+        }
+    }
+}
+
+/// A semaphore's state, as JSON (`dlock status`, `list`, `release` of a semaphore key).
+#[derive(Debug, Serialize)]
+pub struct SemaphoreJson {
+    pub key: String,
+    /// Always "semaphore".
+    pub kind: &'static str,
+    /// Some permit is taken.
+    pub held: bool,
+    /// The stored limit (`--limit N`); null when the semaphore is not in use.
+    pub limit: Option<u32>,
+    /// Permits free right now.
+    pub free: u32,
+    /// Every holder, the first lease to end first (`release`: before the release).
+    pub holders: Vec<PermitHolderJson>,
+    pub last_fencing_token: Option<u64>,
+    /// `release` only: the holders it freed (all of `holders`, or the one --holder named).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub released: Option<Vec<PermitHolderJson>>,
+}
+
+/// One holder of a semaphore's permits, as JSON.
+#[derive(Debug, Serialize)]
+pub struct PermitHolderJson {
+    #[serde(flatten)]
+    pub holder: HolderJson,
+    /// How long its lease still runs, by the server's clock.
+    pub ttl_left_ms: u64,
+}
+
+impl From<&SemaphoreHolder> for PermitHolderJson {
+    fn from(holder: &SemaphoreHolder) -> Self {
+        PermitHolderJson {
+            holder: HolderJson::from(&holder.info),
+            ttl_left_ms: ms(holder.ttl_left),
+        }
+    }
+}
+
+impl From<&SemaphoreStatus> for SemaphoreJson {
+    fn from(status: &SemaphoreStatus) -> Self {
+        SemaphoreJson {
+            key: status.key.clone(),
+            kind: "semaphore",
+            held: !status.holders.is_empty(),
+            limit: status.limit,
+            free: status.free,
+            holders: status.holders.iter().map(PermitHolderJson::from).collect(),
+            last_fencing_token: status.last_fencing_token,
+            released: None,
         }
     }
 }

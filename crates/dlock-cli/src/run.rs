@@ -1,4 +1,5 @@
-//! `dlock run KEY -- CMD…`: run a command only while holding a lock.
+//! `dlock run KEY -- CMD…`: run a command only while holding a lock (or, with `--limit N`, one
+//! of N permits: see `lease`, which makes both one kind of lease for the supervision here).
 //!
 //! # Guarantee
 //! The command starts only after the lock is granted, and the lock is released only after the
@@ -8,18 +9,20 @@
 //! before a stop (stop signal, KILL after the stop timeout) is over, the command is stopped and
 //! dlock exits 76; the stop begins early enough for the command to be gone before the lease's
 //! conservative validity ends. If the final release finds the lease gone, or cannot be
-//! confirmed, dlock also exits 76 and says the run may have overlapped another holder.
+//! confirmed, dlock also exits 76 and says the run may have overlapped another holder. With
+//! `--limit N`, all of this holds for the command's permit, and at most N commands run at once.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use dlock::{Client, Conflict, Error, LeaseStatus, LockGuard, LockOptions, Wait};
+use dlock::{Client, Conflict, Error, HolderInfo, LeaseStatus, LockOptions, Wait};
 use nix::sys::signal::Signal;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::cli::{ReportFormat, RunArgs, WaitLimit};
 use crate::exit;
 use crate::job::{self, Job, SpawnError};
+use crate::lease::{is_wrong_type, Lease, Target};
 use crate::report::{ms, to_line, unix_ms, HolderJson, RunReport};
 use crate::signals::{is_terminating, Signals};
 
@@ -32,9 +35,20 @@ use crate::{connect, fail};
 
 /// Runs `dlock run` and returns dlock's exit code.
 pub async fn run(args: RunArgs) -> u8 {
+    if args.limit.is_some() && args.min_hold.is_some() {
+        // A permit has no minimum hold: the library cannot leave one to expire after its
+        // command, and keeping dlock alive to hold it would defeat --min-hold's promise that
+        // dlock exits at once.
+        errln!(
+            "dlock: --min-hold cannot be used with --limit: a semaphore permit cannot be kept \
+             after its command ends"
+        );
+        return exit::USAGE;
+    }
     let started = Instant::now();
     let mut report = RunReport {
         key: args.key.clone(),
+        limit: args.limit,
         started_at_ms: unix_ms(SystemTime::now()),
         ..RunReport::default()
     };
@@ -118,16 +132,16 @@ impl Runner<'_> {
                 Some(WaitLimit::Forever) => Wait::Forever,
                 None => Wait::Limit(Duration::ZERO),
             });
-        let lock = match client.lock_with(&self.args.key, options) {
-            Ok(lock) => lock,
+        let target = match Target::new(client, &self.args.key, self.args.limit, options) {
+            Ok(target) => target,
             Err(e) => return self.lib_error(&e),
         };
         let asked = Instant::now();
         self.report.asked_at_ms = Some(unix_ms(SystemTime::now()));
         let acquisition = async {
             match self.args.wait {
-                None => lock.try_lock().await,
-                Some(_) => lock.lock().await,
+                None => target.try_take().await,
+                Some(_) => target.take().await,
             }
         };
         let granted = tokio::select! {
@@ -141,14 +155,14 @@ impl Runner<'_> {
             }
         };
         self.report.waited_ms = ms(asked.elapsed());
-        let guard = match granted {
-            Ok(guard) => guard,
-            Err(e) => return self.refused(&e),
+        let lease = match granted {
+            Ok(lease) => lease,
+            Err(e) => return self.refused(client, &e).await,
         };
         self.report.acquired = true;
-        self.report.fencing_token = Some(guard.fencing_token());
+        self.report.fencing_token = Some(lease.fencing_token());
         let held_since = Instant::now();
-        let code = self.run_holding(&guard, signals).await;
+        let code = self.run_holding(&lease, signals).await;
         // --min-hold: what is left of it stays on the key, and dlock exits at once.
         let keep = match self.args.min_hold {
             Some(min_hold) if self.report.outcome == "ran" => {
@@ -156,19 +170,22 @@ impl Runner<'_> {
             }
             _ => Duration::ZERO,
         };
-        let code = self.release(guard, code, keep).await;
+        let code = self.release(lease, code, keep).await;
         self.report.held_ms = Some(ms(held_since.elapsed()));
         code
     }
 
-    /// Runs the command under the held lock; returns the exit code before release.
-    async fn run_holding(&mut self, guard: &LockGuard, signals: &mut Signals) -> u8 {
+    /// Runs the command under the held lease; returns the exit code before release.
+    async fn run_holding(&mut self, lease: &Lease, signals: &mut Signals) -> u8 {
         let (mut env, remove) = scrubbed_env(|name| std::env::var_os(name));
         env.extend([
             ("DLOCK_KEY", self.args.key.clone()),
-            ("DLOCK_FENCING_TOKEN", guard.fencing_token().to_string()),
+            ("DLOCK_FENCING_TOKEN", lease.fencing_token().to_string()),
             ("DLOCK_TTL_MS", ms(self.args.ttl).to_string()),
         ]);
+        if let Some(limit) = self.args.limit {
+            env.push(("DLOCK_LIMIT", limit.to_string()));
+        }
         let program = self.args.command[0].to_string_lossy().into_owned();
         let mut job = match Job::spawn(&self.args.command, &env, &remove).await {
             Ok(job) => job,
@@ -207,7 +224,7 @@ impl Runner<'_> {
             ending,
             all_gone,
             stop_sent_at,
-        } = self.supervise(&mut job, guard, signals).await;
+        } = self.supervise(&mut job, lease, signals).await;
         if all_gone {
             self.report.command_ended_at_ms = Some(unix_ms(SystemTime::now()));
         }
@@ -239,7 +256,7 @@ impl Runner<'_> {
             Ending::AtRisk => {
                 self.report.outcome = "lost";
                 self.report.lost = true;
-                self.report.loss_reason = Some(match guard.status() {
+                self.report.loss_reason = Some(match lease.status() {
                     LeaseStatus::Lost(reason) => reason.to_string(),
                     _ => {
                         "renewals failed; the command was stopped before the lease could end".into()
@@ -251,10 +268,10 @@ impl Runner<'_> {
         }
         if survived {
             self.say(format!(
-                "processes of the command survived SIGKILL for {}; releasing the lock on {} \
-                 while they may still run, so this run cannot be vouched for",
+                "processes of the command survived SIGKILL for {}; releasing {} while they \
+                 may still run, so this run cannot be vouched for",
                 humantime::format_duration(AFTER_KILL),
-                self.args.key
+                self.held()
             ));
             self.report.outcome = "survived_kill";
         }
@@ -265,12 +282,7 @@ impl Runner<'_> {
     /// stops the command when needed. Returns once no process of the job is left (see
     /// [`Job::left`]), or processes survived KILL for [`AFTER_KILL`] (then with `true`: the
     /// guardian goes on KILLing them, dlock stops waiting).
-    async fn supervise(
-        &self,
-        job: &mut Job,
-        guard: &LockGuard,
-        signals: &mut Signals,
-    ) -> Supervised {
+    async fn supervise(&self, job: &mut Job, lease: &Lease, signals: &mut Signals) -> Supervised {
         let max_deadline = self.args.max_runtime.map(|limit| Instant::now() + limit);
         let mut ending = Ending::Exited;
         let mut status = None;
@@ -305,36 +317,36 @@ impl Runner<'_> {
                     if !left.unsignallable.is_empty() && !told_unsignallable {
                         told_unsignallable = true;
                         self.say(format!(
-                            "not permitted to signal {} of the command; keeping the lock on {} \
-                             until they exit",
-                            left.unsignallable.join(", "), self.args.key
+                            "not permitted to signal {} of the command; keeping {} until they \
+                             exit",
+                            left.unsignallable.join(", "), self.held()
                         ));
                     }
                 }
-                reason = guard.lost(), if ending == Ending::Exited => {
+                reason = lease.lost(), if ending == Ending::Exited => {
                     self.say(format!(
-                        "lost the lock on {} while the command ran: {reason}; stopping it",
-                        self.args.key
+                        "lost {} while the command ran: {reason}; stopping it",
+                        self.held()
                     ));
                     ending = Ending::Lost(reason.to_string());
                     kill_at = Some(self.begin_stop(job, kill_at));
                 }
                 // Renewals failing: stop now, so the command is gone, KILL included, before
                 // the lease's conservative validity can end (see --stop-timeout).
-                () = guard.renewal_at_risk(self.stop_margin()), if ending == Ending::Exited => {
-                    ending = match guard.status() {
+                () = lease.renewal_at_risk(self.stop_margin()), if ending == Ending::Exited => {
+                    ending = match lease.status() {
                         LeaseStatus::Lost(reason) => {
                             self.say(format!(
-                                "lost the lock on {} while the command ran: {reason}; stopping it",
-                                self.args.key
+                                "lost {} while the command ran: {reason}; stopping it",
+                                self.held()
                             ));
                             Ending::Lost(reason.to_string())
                         }
                         _ => {
                             self.say(format!(
-                                "cannot renew the lock on {} (Redis unreachable or too slow); \
-                                 stopping the command so that it is gone before the lease can end",
-                                self.args.key
+                                "cannot renew {} (Redis unreachable or too slow); stopping the \
+                                 command so that it is gone before the lease can end",
+                                self.held()
                             ));
                             Ending::AtRisk
                         }
@@ -390,8 +402,8 @@ impl Runner<'_> {
         job.signal(signal);
         if signal == Signal::SIGTSTP {
             self.say(format!(
-                "paused the command; the lock on {} stays held. Resume it with: kill -CONT {}",
-                self.args.key,
+                "paused the command; {} stays held. Resume it with: kill -CONT {}",
+                self.held(),
                 std::process::id()
             ));
         }
@@ -421,23 +433,18 @@ impl Runner<'_> {
             .saturating_add(self.args.connection.redis_timeout)
     }
 
-    /// Releases the lock, or, with `keep`, leaves it to expire after `keep` (what is left of
-    /// --min-hold). A lease found lost, or a release that cannot be confirmed, turns any
-    /// exit code into 76: dlock never reports plain success for a run it cannot vouch for.
-    async fn release(&mut self, guard: LockGuard, code: u8, keep: Duration) -> u8 {
-        let released = if keep.is_zero() {
-            guard.release().await
-        } else {
-            guard.release_after(keep).await
-        };
-        match released {
+    /// Releases the lease, or, with `keep`, leaves the lock to expire after `keep` (what is
+    /// left of --min-hold). A lease found lost, or a release that cannot be confirmed, turns
+    /// any exit code into 76: dlock never reports plain success for a run it cannot vouch for.
+    async fn release(&mut self, lease: Lease, code: u8, keep: Duration) -> u8 {
+        match lease.end(keep).await {
             Ok(()) => code,
             Err(Error::Lost { reason, .. }) => {
                 if !self.report.lost {
                     self.say(format!(
-                        "the lock on {} was lost before the command finished ({reason}); it may \
-                         have overlapped another holder",
-                        self.args.key
+                        "{} was lost before the command finished ({reason}); it may have \
+                         overlapped another holder",
+                        self.held()
                     ));
                     self.report.lost = true;
                     self.report.loss_reason = Some(reason.to_string());
@@ -463,31 +470,81 @@ impl Runner<'_> {
         }
     }
 
-    /// The lock was busy, the wait ran out, or acquisition failed.
-    fn refused(&mut self, error: &Error) -> u8 {
+    /// The lock (or every permit) was busy, the wait ran out, or acquisition failed.
+    async fn refused(&mut self, client: &Client, error: &Error) -> u8 {
         let Some(conflict) = error.conflict() else {
-            return self.lib_error(error);
+            return self.mismatch(client, error).await;
         };
         self.report.holder = conflict.holder.as_ref().map(HolderJson::from);
+        if self.args.limit.is_some() {
+            self.report.holders = Some(conflict.holders.iter().map(HolderJson::from).collect());
+        }
         let timed_out = error.is_timeout();
         self.report.outcome = if timed_out { "timeout" } else { "busy" };
         if !self.args.quiet {
-            let holder = describe_holder(conflict);
-            let message = if timed_out {
-                format!(
-                    "gave up waiting after {}: another process is still running {} ({holder})",
-                    humantime::format_duration(Duration::from_millis(self.report.waited_ms)),
-                    self.args.key
-                )
-            } else {
-                format!(
-                    "another process is already running {} ({holder})",
-                    self.args.key
-                )
+            let waited = || {
+                humantime::format_duration(Duration::from_millis(self.report.waited_ms)).to_string()
+            };
+            let key = &self.args.key;
+            let message = match (conflict.limit, timed_out) {
+                (None, false) => format!(
+                    "another process is already running {key} ({})",
+                    describe_holder(conflict)
+                ),
+                (None, true) => format!(
+                    "gave up waiting after {}: another process is still running {key} ({})",
+                    waited(),
+                    describe_holder(conflict)
+                ),
+                (Some(limit), false) => describe_taken(key, limit, &conflict.holders, ""),
+                (Some(limit), true) => format!(
+                    "gave up waiting after {}: {}",
+                    waited(),
+                    describe_taken(key, limit, &conflict.holders, " still")
+                ),
             };
             self.say(message);
         }
         self.args.conflict_exit_code
+    }
+
+    /// An acquisition error that is no conflict. A KEY in use with another --limit, or as
+    /// the other kind (a lock where a semaphore is asked for, or the reverse), is the caller's
+    /// configuration disagreeing with another copy's: a usage error (64), said plainly.
+    async fn mismatch(&mut self, client: &Client, error: &Error) -> u8 {
+        let key = &self.args.key;
+        let message = if is_wrong_type(error) {
+            Some(match self.args.limit {
+                Some(_) => format!(
+                    "{key} is in use as a lock (dlock run without --limit), not as a \
+                     semaphore: every copy must name the same --limit, or none"
+                ),
+                None => format!(
+                    "{key} is in use as a semaphore (dlock run --limit N), not as a lock: \
+                     every copy must name the same --limit, or none"
+                ),
+            })
+        } else if let (Some(limit), true) = (self.args.limit, error.is_config()) {
+            // The library refuses a limit other than the stored one; say which it is.
+            match client.semaphore_status(key).await {
+                Ok(status) => status
+                    .limit
+                    .filter(|&stored| stored != limit)
+                    .map(|stored| {
+                        format!(
+                        "{key} is in use with --limit {stored}, not --limit {limit}: every copy \
+                         must name the same limit"
+                    )
+                    }),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        match message {
+            Some(message) => self.error("mismatch", exit::USAGE, message),
+            None => self.lib_error(error),
+        }
     }
 
     fn lib_error(&mut self, error: &Error) -> u8 {
@@ -503,6 +560,14 @@ impl Runner<'_> {
 
     fn say(&self, message: String) {
         errln!("dlock: {message}");
+    }
+
+    /// What this run holds, for messages: "the lock on KEY" or "the permit of KEY".
+    fn held(&self) -> String {
+        match self.args.limit {
+            None => format!("the lock on {}", self.args.key),
+            Some(_) => format!("the permit of {}", self.args.key),
+        }
     }
 
     /// The holder-info label: --label, or the command line.
@@ -528,6 +593,45 @@ fn describe_holder(conflict: &Conflict) -> String {
         ),
         (None, None) => "held by an unknown owner, without expiry".into(),
     }
+}
+
+/// How many holders a refusal names before it says "and N more".
+const NAMED_HOLDERS: usize = 5;
+
+/// A semaphore with no permit for us: "all 3 permits of KEY are taken (held by web-1 pid 42
+/// for 3.2s, web-2 pid 7 for 1.0s, web-3 pid 9 for 0.2s)". `still` goes after the verb for a
+/// wait that ran out.
+fn describe_taken(key: &str, limit: u32, holders: &[HolderInfo], still: &str) -> String {
+    if holders.is_empty() {
+        // Holders that left no holder info (written by another tool): nothing to count.
+        return format!(
+            "no permit of {key} is{still} free ({limit} in all, held by owners that left no \
+             holder info)"
+        );
+    }
+    let taken: u32 = holders.iter().map(|h| h.permits).sum();
+    let what = if taken < limit {
+        // Fair mode: permits are free, but promised to earlier waiters.
+        let verb = if taken == 1 { "is" } else { "are" };
+        format!(
+            "{taken} of the {limit} permits of {key} {verb}{still} taken and the rest are \
+             promised to earlier waiters"
+        )
+    } else if limit == 1 {
+        format!("the only permit of {key} is{still} taken")
+    } else {
+        format!("all {limit} permits of {key} are{still} taken")
+    };
+    let mut named: Vec<String> = holders
+        .iter()
+        .take(NAMED_HOLDERS)
+        .map(ToString::to_string)
+        .collect();
+    let more = holders.len().saturating_sub(NAMED_HOLDERS);
+    if more > 0 {
+        named.push(format!("and {more} more"));
+    }
+    format!("{what} (held by {})", named.join(", "))
 }
 
 /// The command inherits dlock's environment, minus dlock's secrets: `DLOCK_REDIS_URL` with
@@ -639,6 +743,46 @@ mod tests {
         assert_eq!(
             exit_code(&Ending::Lost("gone".into()), ok, false),
             exit::LOST
+        );
+    }
+
+    fn holder(pid: u32, permits: u32) -> HolderInfo {
+        HolderInfo {
+            host: "web-1".into(),
+            pid: Some(pid),
+            label: None,
+            acquired_at: SystemTime::UNIX_EPOCH,
+            held_for: Duration::from_millis(3200),
+            fencing_token: 1,
+            finished: false,
+            permits,
+        }
+    }
+
+    #[test]
+    fn a_refusal_says_how_many_permits_are_taken_and_by_whom() {
+        let two = [holder(42, 1), holder(7, 2)];
+        assert_eq!(
+            describe_taken("k", 3, &two, ""),
+            "all 3 permits of k are taken (held by web-1 pid 42 for 3.2s, web-1 pid 7 \
+             (2 permits) for 3.2s)"
+        );
+        assert_eq!(
+            describe_taken("k", 1, &two[..1], " still"),
+            "the only permit of k is still taken (held by web-1 pid 42 for 3.2s)"
+        );
+        assert_eq!(
+            describe_taken("k", 3, &two[..1], ""),
+            "1 of the 3 permits of k is taken and the rest are promised to earlier waiters \
+             (held by web-1 pid 42 for 3.2s)"
+        );
+        let many: Vec<HolderInfo> = (1..=7).map(|pid| holder(pid, 1)).collect();
+        let said = describe_taken("k", 7, &many, "");
+        assert!(said.ends_with("pid 5 for 3.2s, and 2 more)"), "{said}");
+        assert!(!said.contains("pid 6"), "{said}");
+        assert_eq!(
+            describe_taken("k", 2, &[], ""),
+            "no permit of k is free (2 in all, held by owners that left no holder info)"
         );
     }
 
