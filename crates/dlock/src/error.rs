@@ -184,7 +184,11 @@ impl Error {
     /// Whether trying the same call again later may succeed: the lock was busy or Redis was
     /// briefly unreachable. Bad input, refused credentials and lost leases never heal by retrying.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind(), ErrorKind::Conflict | ErrorKind::Unavailable)
+        match self {
+            // A majority failed: worth retrying only if some master's failure may heal.
+            Error::Quorum { failures, .. } => failures.iter().any(|f| f.error.is_retryable()),
+            _ => matches!(self.kind(), ErrorKind::Conflict | ErrorKind::Unavailable),
+        }
     }
 
     /// Who held the lock, when the error is a conflict or a wait that ran out.

@@ -13,7 +13,6 @@ use crate::units::humanize;
 
 /// The holder of a lock, as recorded when it was granted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct HolderInfo {
     /// Host name of the holder's machine.
     pub host: String,

@@ -6,8 +6,9 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LossReason {
-    /// The lock key no longer holds this owner's token: it expired, was deleted (e.g. a forced
-    /// release), or another owner took it after it expired, or Redis lost it in a restart.
+    /// The key no longer holds this owner's token (a lock's key, or a semaphore's set of
+    /// permits): it expired, was deleted (e.g. a forced release), or another owner took it
+    /// after it expired, or Redis lost it in a restart.
     KeyGone,
     /// Renewal could not reach Redis before the lease's validity ran out; the error says why.
     Unreachable(String),
@@ -24,7 +25,7 @@ impl fmt::Display for LossReason {
             LossReason::KeyGone => {
                 write!(
                     f,
-                    "the lock key no longer holds our token (expired, deleted or taken)"
+                    "the key no longer holds our token (expired, deleted or taken)"
                 )
             }
             LossReason::Unreachable(error) => {

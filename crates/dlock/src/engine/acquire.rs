@@ -299,12 +299,13 @@ async fn roll_back(core: &Core, pending: &Pending, token: Token) {
     }
 }
 
-/// The error when no majority granted and nobody said busy: a refusal that every node that
-/// answered gave (a semaphore's limit mismatch: enough nodes said so that no majority can
-/// grant) as it is; on one node its own error; otherwise one naming every failed node.
+/// The error when no majority granted and nobody said busy: a refusal that retrying cannot
+/// heal, given by every node that failed (a semaphore's limit mismatch, a key of another
+/// type: enough nodes said so that no majority can grant), as it is; on one node its own
+/// error; otherwise one naming every failed node.
 fn refusal(nodes: &Nodes, mut failures: Vec<(usize, Error)>) -> Error {
-    let all_config = !failures.is_empty() && failures.iter().all(|(_, e)| e.is_config());
-    if all_config || (nodes.is_single() && failures.len() == 1) {
+    let permanent = !failures.is_empty() && failures.iter().all(|(_, e)| !e.is_retryable());
+    if permanent || (nodes.is_single() && failures.len() == 1) {
         return failures.swap_remove(0).1;
     }
     quorum_error(nodes, "acquiring", failures)

@@ -446,3 +446,24 @@ async fn on_a_cluster_each_semaphore_lives_in_its_slot() {
         assert_eq!(c.semaphore_status(name).await.unwrap().limit, None);
     }
 }
+
+/// A name taken by a lock is refused at once on Redlock too: every master's refusal is
+/// permanent, so waiting does not retry it until the wait limit (it used to, as a quorum
+/// "unavailable" error).
+#[tokio::test]
+async fn on_redlock_a_name_held_by_a_lock_is_refused_at_once_not_waited_for() {
+    let servers = RedisServers::start(3);
+    let c = Client::redlock(&servers.urls()).await.unwrap();
+    let lock = c.lock("taken").unwrap().try_lock().await.unwrap();
+    let semaphore = c
+        .semaphore_with("taken", 2, waiting(Duration::from_secs(10)))
+        .unwrap();
+    let asked = Instant::now();
+    let err = timeout(Duration::from_secs(5), semaphore.acquire())
+        .await
+        .expect("refused long before the 10 s wait limit")
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(asked.elapsed() < Duration::from_secs(2));
+    lock.release().await.unwrap();
+}

@@ -223,7 +223,11 @@ pub(crate) async fn list(core: &Core, pattern: &str) -> Result<Vec<SemaphoreStat
     let names: BTreeSet<&str> = found.iter().filter_map(|key| name_of(key)).collect();
     let mut in_use = Vec::with_capacity(names.len());
     for name in names {
-        let status = read(core, &LockKeys::new(name)?, Break::None).await?;
+        let status = match read(core, &LockKeys::new(name)?, Break::None).await {
+            // The name became a lock since the scan (a key of another type): not ours.
+            Err(error) if error.kind() == crate::ErrorKind::Redis => continue,
+            other => other?,
+        };
         // It may have gone idle between the scan and the read.
         if status.limit.is_some() {
             in_use.push(status);
