@@ -166,7 +166,7 @@ impl Client {
         }
         let nodes = Nodes::redlock(nodes)?;
         if nodes.len() - failures.len() < nodes.quorum() {
-            return Err(quorum_error(&nodes, "connecting", failures));
+            return Err(quorum_error(&nodes, nodes.quorum(), "connecting", failures));
         }
         Ok(Self::from_nodes(nodes, &options))
     }

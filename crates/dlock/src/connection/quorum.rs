@@ -50,9 +50,19 @@ impl Nodes {
         self.nodes.len()
     }
 
-    /// How many nodes must agree.
+    /// How many nodes must agree for a lock: a majority.
     pub fn quorum(&self) -> usize {
-        self.nodes.len() / 2 + 1
+        self.quorum_for(1)
+    }
+
+    /// How many nodes must hold a grant of a primitive that lets up to `holders` hold at once
+    /// (1 for a lock, N for a semaphore of N permits): more than `M·N/(N+1)` of the M nodes.
+    /// Then N+1 grants, each on that many nodes, would put N+1 holders on some node, which no
+    /// node allows; a bare majority only does that for N = 1 (three holders of a 2-permit
+    /// semaphore can each sit on a different two of three masters). The price: fewer masters
+    /// may be down (for N ≥ 2 on three masters, none).
+    pub fn quorum_for(&self, holders: u32) -> usize {
+        quorum_for(self.nodes.len(), holders)
     }
 
     /// The first node: the only one of a single-node client; wake-ups use it for Redlock.
@@ -131,7 +141,7 @@ impl Nodes {
     /// (`None`: abandoned).
     pub async fn decide<'a, F, Fut>(
         &'a self,
-        leases: usize,
+        quorums: &[usize],
         call: F,
     ) -> Vec<Option<Result<Vec<bool>>>>
     where
@@ -140,6 +150,7 @@ impl Nodes {
     {
         let mut pending = self.each(0..self.len(), call);
         let mut replies: Vec<Option<Result<Vec<bool>>>> = (0..self.len()).map(|_| None).collect();
+        let leases = quorums.len();
         let mut yes = vec![0; leases];
         let mut no = vec![0; leases];
         while let Some((index, reply)) = pending.next().await {
@@ -153,8 +164,9 @@ impl Nodes {
                 }
             }
             replies[index] = Some(reply);
-            let decided = (0..leases)
-                .all(|lease| Verdict::of(yes[lease], no[lease], self) != Verdict::Undecided);
+            let decided = (0..leases).all(|lease| {
+                Verdict::of(yes[lease], no[lease], self.len(), quorums[lease]) != Verdict::Undecided
+            });
             if decided {
                 break;
             }
@@ -186,6 +198,7 @@ impl Nodes {
     /// conservative reading for a release.
     pub async fn settle<'a, T, F, Fut>(
         &'a self,
+        quorum: usize,
         deadline: tokio::time::Instant,
         yes: impl Fn(&T) -> bool,
         call: F,
@@ -204,7 +217,7 @@ impl Nodes {
                 0 => None,
                 _ => Some(deadline.saturating_duration_since(tokio::time::Instant::now())),
             };
-            self.settle_round(left, &yes, &call, &mut answers, &mut errors)
+            self.settle_round(quorum, left, &yes, &call, &mut answers, &mut errors)
                 .await;
             let mut tally = Tally {
                 yes: answers.iter().flatten().filter(|a| yes(a)).count(),
@@ -215,7 +228,7 @@ impl Nodes {
             let retryable = errors.iter().flatten().all(Error::is_retryable);
             let pause = SETTLE_BACKOFF.delay(attempt);
             attempt = attempt.saturating_add(1);
-            let decided = tally.verdict(self) != Verdict::Undecided || unanswered == 0;
+            let decided = tally.verdict(self, quorum) != Verdict::Undecided || unanswered == 0;
             if decided || !retryable || tokio::time::Instant::now() + pause >= deadline {
                 tally.errors = errors
                     .into_iter()
@@ -233,6 +246,7 @@ impl Nodes {
     /// as failed (the caller retries them).
     async fn settle_round<'a, T, F, Fut>(
         &'a self,
+        quorum: usize,
         left: Option<std::time::Duration>,
         yes: &impl Fn(&T) -> bool,
         call: &F,
@@ -261,7 +275,7 @@ impl Nodes {
             // A majority decided: a silent (frozen, black-holed) node is not waited for.
             let yes_count = answers.iter().flatten().filter(|a| yes(a)).count();
             let no_count = answers.iter().flatten().count() - yes_count;
-            if Verdict::of(yes_count, no_count, self) != Verdict::Undecided {
+            if Verdict::of(yes_count, no_count, self.len(), quorum) != Verdict::Undecided {
                 break;
             }
         }
@@ -289,11 +303,12 @@ pub(crate) enum Verdict {
 }
 
 impl Verdict {
-    /// The one decision rule for `yes` and `no` answers out of `nodes`.
-    pub fn of(yes: usize, no: usize, nodes: &Nodes) -> Verdict {
-        if yes >= nodes.quorum() {
+    /// The one decision rule for `yes` and `no` answers out of `nodes` nodes, `quorum` of
+    /// which must say yes (a majority for a lock, see [`Nodes::quorum_for`]).
+    pub fn of(yes: usize, no: usize, nodes: usize, quorum: usize) -> Verdict {
+        if yes >= quorum {
             Verdict::Agreed
-        } else if no > nodes.len() - nodes.quorum() {
+        } else if no > nodes.saturating_sub(quorum) {
             Verdict::Refused
         } else {
             Verdict::Undecided
@@ -327,18 +342,18 @@ impl Tally {
         tally
     }
 
-    pub fn verdict(&self, nodes: &Nodes) -> Verdict {
-        Verdict::of(self.yes, self.no, nodes)
+    pub fn verdict(&self, nodes: &Nodes, quorum: usize) -> Verdict {
+        Verdict::of(self.yes, self.no, nodes.len(), quorum)
     }
 
     /// The error for an undecided outcome: the node's own on one node, else one naming all.
-    pub fn into_error(mut self, nodes: &Nodes, what: &str) -> Error {
+    pub fn into_error(mut self, nodes: &Nodes, quorum: usize, what: &str) -> Error {
         if nodes.is_single() {
             if let Some((_, error)) = self.errors.pop() {
                 return error;
             }
         }
-        quorum_error(nodes, what, self.errors)
+        quorum_error(nodes, quorum, what, self.errors)
     }
 }
 
@@ -385,8 +400,8 @@ impl BatchTally {
         tally
     }
 
-    pub fn verdict(&self, lease: usize, nodes: &Nodes) -> Verdict {
-        Verdict::of(self.yes[lease], self.no[lease], nodes)
+    pub fn verdict(&self, lease: usize, nodes: &Nodes, quorum: usize) -> Verdict {
+        Verdict::of(self.yes[lease], self.no[lease], nodes.len(), quorum)
     }
 
     /// The failures, for logs and loss reasons.
@@ -402,6 +417,14 @@ impl BatchTally {
     }
 }
 
+/// How many of `nodes` must grant when up to `holders` may hold at once: see
+/// [`Nodes::quorum_for`].
+fn quorum_for(nodes: usize, holders: u32) -> usize {
+    let (m, n) = (nodes as u128, u128::from(holders.max(1)));
+    let needed = (m * n / (n + 1) + 1).min(m);
+    usize::try_from(needed).unwrap_or(nodes)
+}
+
 /// Redlock needs an odd number (≥ 3) of independent masters.
 pub(crate) fn check_redlock_size(n: usize) -> Result<()> {
     if n < 3 || n.is_multiple_of(2) {
@@ -413,11 +436,17 @@ pub(crate) fn check_redlock_size(n: usize) -> Result<()> {
     Ok(())
 }
 
-/// One error for a failed quorum operation, keeping every failed node's own error.
-pub(crate) fn quorum_error(nodes: &Nodes, what: &str, failures: Vec<(usize, Error)>) -> Error {
+/// One error for a failed quorum operation (`quorum` nodes needed), keeping every failed
+/// node's own error.
+pub(crate) fn quorum_error(
+    nodes: &Nodes,
+    quorum: usize,
+    what: &str,
+    failures: Vec<(usize, Error)>,
+) -> Error {
     Error::Quorum {
         what: what.to_owned(),
-        needed: nodes.quorum(),
+        needed: quorum,
         of: nodes.len(),
         failures: failures
             .into_iter()
@@ -443,6 +472,30 @@ mod tests {
         }
         for good in [3, 5, 7] {
             assert!(check_redlock_size(good).is_ok());
+        }
+    }
+
+    /// More than M·N/(N+1) nodes: N+1 grants on that many nodes each cannot fit on M nodes that
+    /// hold at most N each (pigeonhole), so no more than N are ever held.
+    #[test]
+    fn a_grant_for_n_holders_needs_more_than_m_n_over_n_plus_one_nodes() {
+        assert_eq!(quorum_for(3, 1), 2);
+        assert_eq!(quorum_for(5, 1), 3);
+        assert_eq!(quorum_for(3, 2), 3);
+        assert_eq!(quorum_for(5, 2), 4);
+        assert_eq!(quorum_for(5, 3), 4);
+        assert_eq!(quorum_for(5, 4), 5);
+        assert_eq!(quorum_for(7, 2), 5);
+        assert_eq!(quorum_for(1, u32::MAX), 1);
+        assert_eq!(quorum_for(7, u32::MAX), 7);
+        for m in [1usize, 3, 5, 7, 9] {
+            for n in 1u32..=12 {
+                let q = quorum_for(m, n);
+                let holders = usize::try_from(n).unwrap() + 1;
+                // N+1 holders on q nodes each need more than M·N node slots.
+                assert!(holders * q > m * (holders - 1), "M={m} N={n} q={q}");
+                assert!(q <= m);
+            }
         }
     }
 }

@@ -60,6 +60,11 @@ pub(crate) trait Acquire: Sync {
     type Guard;
     /// The primitive's settings (TTL, renewal, replica guard, waiting).
     fn options(&self) -> &LockOptions;
+    /// How many may hold at once: 1 for a lock, the limit for a semaphore. On Redlock it sets
+    /// how many masters must grant ([`Nodes::quorum_for`]).
+    fn holders(&self) -> u32 {
+        1
+    }
     /// The acquire call for `token`; `queue_for` is the fair-mode waiter lease to queue with
     /// (`None`: do not queue).
     fn call(&self, token: &Token, queue_for: Option<Duration>) -> ScriptInvocation<'static>;
@@ -101,8 +106,9 @@ pub(crate) async fn attempt<A: Acquire>(
     };
     pending.sending();
     let sent_at = Instant::now();
-    let mut answers = send(nodes, primitive, &call, link.as_mut()).await?;
-    if answers.grants.len() >= nodes.quorum() {
+    let quorum = nodes.quorum_for(primitive.holders());
+    let mut answers = send(nodes, quorum, primitive, &call, link.as_mut()).await?;
+    if answers.grants.len() >= quorum {
         let granted = Granted {
             core,
             pending,
@@ -128,7 +134,7 @@ pub(crate) async fn attempt<A: Acquire>(
     }
     match answers.busy {
         Some(busy) => Ok(Attempt::Busy(busy)),
-        None => Err(refusal(nodes, answers.failures)),
+        None => Err(refusal(nodes, quorum, answers.failures)),
     }
 }
 
@@ -172,7 +178,17 @@ impl Granted<'_> {
     ) -> Result<Option<A::Guard>> {
         let nodes = self.core.nodes();
         let fences: Vec<(usize, u64)> = answers.grants.iter().map(|g| (g.0, g.1)).collect();
-        let completed = complete(nodes, primitive, self.token, &fences, self.sent_at, link).await;
+        let quorum = nodes.quorum_for(primitive.holders());
+        let completed = complete(
+            nodes,
+            quorum,
+            primitive,
+            self.token,
+            &fences,
+            self.sent_at,
+            link,
+        );
+        let completed = completed.await;
         let fencing_token = match completed {
             Ok(Some(fencing_token)) => fencing_token,
             Ok(None) => return Ok(None),
@@ -197,6 +213,7 @@ impl Granted<'_> {
 /// failure is returned as it is.
 async fn send<A: Acquire>(
     nodes: &Nodes,
+    quorum: usize,
     primitive: &A,
     call: &ScriptInvocation<'static>,
     link: Option<&mut ReplicaLink>,
@@ -210,7 +227,7 @@ async fn send<A: Acquire>(
         }
         None => {
             nodes
-                .until(nodes.quorum(), granted, |node| async move {
+                .until(quorum, granted, |node| async move {
                     let reply = node.eval::<Vec<Value>>(call, node.command_timeout()).await;
                     reply.and_then(|r| primitive.parse(r.as_slice()))
                 })
@@ -244,6 +261,7 @@ async fn send<A: Acquire>(
 /// (`ttl − elapsed − drift > 0`). `None`: too late.
 async fn complete<A: Acquire>(
     nodes: &Nodes,
+    quorum: usize,
     primitive: &A,
     token: &Token,
     fences: &[(usize, u64)],
@@ -259,7 +277,7 @@ async fn complete<A: Acquire>(
         }))
         .await;
         let confirmed = written.iter().filter(|w| matches!(w, Ok(1))).count();
-        if confirmed < nodes.quorum() {
+        if confirmed < quorum {
             return Ok(None);
         }
     }
@@ -303,10 +321,10 @@ async fn roll_back(core: &Core, pending: &Pending, token: Token) {
 /// heal, given by every node that failed (a semaphore's limit mismatch, a key of another
 /// type: enough nodes said so that no majority can grant), as it is; on one node its own
 /// error; otherwise one naming every failed node.
-fn refusal(nodes: &Nodes, mut failures: Vec<(usize, Error)>) -> Error {
+fn refusal(nodes: &Nodes, quorum: usize, mut failures: Vec<(usize, Error)>) -> Error {
     let permanent = !failures.is_empty() && failures.iter().all(|(_, e)| !e.is_retryable());
     if permanent || (nodes.is_single() && failures.len() == 1) {
         return failures.swap_remove(0).1;
     }
-    quorum_error(nodes, "acquiring", failures)
+    quorum_error(nodes, quorum, "acquiring", failures)
 }

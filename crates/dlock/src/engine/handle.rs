@@ -151,7 +151,7 @@ impl LeaseHandle {
             .all(|node| node.eval(&call, node.command_timeout()))
             .await;
         let tally = crate::connection::quorum::Tally::of(replies);
-        match tally.verdict(nodes) {
+        match tally.verdict(nodes, lease.quorum) {
             Verdict::Agreed => {
                 lease.extended(sent_at, ttl);
                 Ok(())
@@ -160,7 +160,7 @@ impl LeaseHandle {
                 lease.finish(LeaseStatus::Lost(LossReason::KeyGone));
                 self.check_held()
             }
-            Verdict::Undecided => Err(tally.into_error(nodes, "extending a lease")),
+            Verdict::Undecided => Err(tally.into_error(nodes, lease.quorum, "extending a lease")),
         }
     }
 
@@ -185,8 +185,10 @@ impl LeaseHandle {
             Some(_) => Instant::now(),
             None => self.lease().valid_until(),
         };
+        let quorum = self.lease().quorum;
         let (tally, _) = nodes
             .settle(
+                quorum,
                 deadline,
                 |reply: &Vec<i64>| reply.as_slice() == [1],
                 |node, timeout| node.eval::<Vec<i64>>(&call, timeout),
@@ -200,16 +202,16 @@ impl LeaseHandle {
         if let Some(reason) = lost_before {
             return Err(lost(reason));
         }
-        match tally.verdict(nodes) {
+        match tally.verdict(nodes, quorum) {
             Verdict::Agreed => Ok(()),
             Verdict::Refused => Err(lost(LossReason::KeyGone)),
             Verdict::Undecided if tally.errors.iter().all(|(_, e)| e.is_retryable()) => {
                 // No majority answered before the lease could have ended.
                 Err(lost(LossReason::Unreachable(
-                    tally.into_error(nodes, what).to_string(),
+                    tally.into_error(nodes, quorum, what).to_string(),
                 )))
             }
-            Verdict::Undecided => Err(tally.into_error(nodes, what)),
+            Verdict::Undecided => Err(tally.into_error(nodes, quorum, what)),
         }
     }
 

@@ -54,6 +54,9 @@ pub(crate) struct Lease {
     pub ops: Arc<dyn LeaseOps>,
     pub fencing_token: u64,
     pub renew: bool,
+    /// How many nodes must hold the lease (a majority for a lock; see
+    /// `Nodes::quorum_for`). 1 on a single node.
+    pub quorum: usize,
     /// The replica guard every renewal must pass.
     pub min_replicas: Option<crate::MinReplicas>,
     timing: Mutex<Timing>,
@@ -84,6 +87,7 @@ impl Lease {
             ops,
             fencing_token,
             renew,
+            quorum: 1,
             min_replicas: None,
             timing: Mutex::new(Timing {
                 ttl,
@@ -101,6 +105,12 @@ impl Lease {
 
     fn timing(&self) -> Timing {
         *self.timing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Needs `quorum` nodes to hold it (Redlock).
+    pub fn with_quorum(mut self, quorum: usize) -> Lease {
+        self.quorum = quorum;
+        self
     }
 
     /// Requires every renewal to pass the replica guard.

@@ -62,6 +62,9 @@ pub(crate) struct Terms {
     pub ttl: Duration,
     pub renew: bool,
     pub min_replicas: Option<crate::MinReplicas>,
+    /// How many may hold at once (1 for a lock, the limit for a semaphore): on Redlock it
+    /// sets how many masters must hold the lease (`Nodes::quorum_for`).
+    pub holders: u32,
 }
 
 impl Core {
@@ -128,7 +131,8 @@ impl Core {
                 terms.renew,
                 self.held.clone(),
             )
-            .with_min_replicas(terms.min_replicas),
+            .with_min_replicas(terms.min_replicas)
+            .with_quorum(self.nodes.quorum_for(terms.holders)),
         );
         let watchdog = match terms.min_replicas {
             None => &self.watchdog,

@@ -380,11 +380,11 @@ async fn a_lock_and_a_semaphore_cannot_share_a_name() {
     lock.release().await.unwrap();
 }
 
-/// Redlock: a permit needs a majority; one dead master changes nothing; fencing tokens keep
-/// increasing across the masters.
+/// Redlock: a permit of a 2-permit semaphore needs more than M·N/(N+1) masters (4 of 5), so
+/// one dead master of five changes nothing; fencing tokens keep increasing across the masters.
 #[tokio::test]
-async fn on_redlock_permits_need_a_majority_and_survive_a_dead_master() {
-    let mut servers = RedisServers::start(3);
+async fn on_redlock_permits_survive_a_dead_master_of_five() {
+    let mut servers = RedisServers::start(5);
     let options = ClientOptions::new().command_timeout(Duration::from_millis(300));
     let c = Client::redlock_with(&servers.urls(), options)
         .await
@@ -398,8 +398,8 @@ async fn on_redlock_permits_need_a_majority_and_survive_a_dead_master() {
     let c2 = semaphore.try_acquire().await.unwrap();
     assert!(c2.fencing_token() > b.fencing_token());
     assert!(semaphore.try_acquire().await.unwrap_err().is_conflict());
-    // A holder counts where a majority of the masters has it: `c2` was granted on both live
-    // ones (`b` may have landed on the dead master and one other only).
+    // A holder counts where a majority of the masters has it: `c2` was granted on every live
+    // one.
     let status = c.semaphore_status("rl").await.unwrap();
     assert!(
         status
@@ -414,6 +414,48 @@ async fn on_redlock_permits_need_a_majority_and_survive_a_dead_master() {
         .is_config());
     b.release().await.unwrap();
     c2.release().await.unwrap();
+}
+
+/// The review's counter-example to a bare majority: on three masters with 2 permits, holders
+/// A on masters {0, 1} and B on {1, 2} leave masters 0 and 2 one permit each. A majority rule
+/// would grant C on {0, 2}: three permits out of two. Needing more than M·N/(N+1) = 2 masters
+/// refuses it (master 1 is full).
+#[tokio::test]
+async fn on_redlock_a_permit_needs_enough_masters_that_no_node_can_hold_n_plus_one() {
+    let servers = RedisServers::start(3);
+    let urls = servers.urls();
+    let mut placed = Vec::new();
+    for master in [0, 1, 1, 2] {
+        let single = Client::connect(&urls[master]).await.unwrap();
+        let permit = single
+            .semaphore("split", 2)
+            .unwrap()
+            .try_acquire()
+            .await
+            .unwrap();
+        placed.push((single, permit));
+    }
+    let c = Client::redlock(&urls).await.unwrap();
+    let refused = c
+        .semaphore("split", 2)
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap_err();
+    assert!(
+        refused.is_conflict(),
+        "a third permit was granted: {refused:?}"
+    );
+    for (_, permit) in placed {
+        permit.release().await.unwrap();
+    }
+    let granted = c
+        .semaphore("split", 2)
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap();
+    granted.release().await.unwrap();
 }
 
 /// Cluster: each semaphore's keys live in one slot, on that slot's master; renewal and release

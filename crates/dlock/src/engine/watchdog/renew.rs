@@ -40,6 +40,7 @@ impl Task {
 
     async fn renew(&self, chunk: &mut [Tracked]) {
         let ttls: Vec<Duration> = chunk.iter().map(|t| t.lease.ttl()).collect();
+        let quorums: Vec<usize> = chunk.iter().map(|t| t.lease.quorum).collect();
         // Give up on this try by the time the first lease would become invalid, so the loss is
         // reported on time even while Redis is frozen.
         let sent_at = Instant::now();
@@ -57,7 +58,7 @@ impl Task {
         } else {
             let (leases, ttls) = (&*chunk, &ttls);
             self.nodes
-                .decide(chunk.len(), |node| {
+                .decide(&quorums, |node| {
                     let timeout = node.command_timeout().min(until_first_end);
                     batch::run(
                         node,
@@ -76,7 +77,7 @@ impl Task {
         }
         let retry_at = Instant::now() + retry_delay(chunk);
         for (lease, (tracked, ttl)) in chunk.iter_mut().zip(ttls).enumerate() {
-            match tally.verdict(lease, &self.nodes) {
+            match tally.verdict(lease, &self.nodes, quorums[lease]) {
                 Verdict::Agreed => {
                     tracked.lease.extended(sent_at, ttl);
                     tracked.retry_at = None;

@@ -50,6 +50,7 @@ impl Task {
         self.leases.retain(|t| t.lease.is_held());
         let mut undecided = false;
         for chunk in self.leases.chunks(MAX_BATCH) {
+            let quorums: Vec<usize> = chunk.iter().map(|t| t.lease.quorum).collect();
             // Never wait past the first lease's validity: a black-holed link must not delay
             // that lease's loss report (nor the renewals of the others).
             let now = Instant::now();
@@ -61,7 +62,7 @@ impl Task {
                 .saturating_duration_since(now);
             let replies = self
                 .nodes
-                .decide(chunk.len(), |node| {
+                .decide(&quorums, |node| {
                     let timeout = node.command_timeout().min(until_first_end);
                     owned(node, chunk, timeout)
                 })
@@ -72,7 +73,7 @@ impl Task {
                 tracing::debug!(%errors, "re-verification failed; will retry");
             }
             for (lease, tracked) in chunk.iter().enumerate() {
-                match tally.verdict(lease, &self.nodes) {
+                match tally.verdict(lease, &self.nodes, quorums[lease]) {
                     Verdict::Refused => {
                         let reason = if verify.after_drop {
                             LossReason::KeyGoneAfterReconnect

@@ -47,6 +47,7 @@ pub(crate) async fn inspect(core: &Core, keys: &LockKeys, break_it: bool) -> Res
     if nodes.len() - failures.len() < nodes.quorum() {
         return Err(crate::connection::quorum::quorum_error(
             nodes,
+            nodes.quorum(),
             "reading a lock",
             failures,
         ));

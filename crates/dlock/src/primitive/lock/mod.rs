@@ -177,6 +177,7 @@ impl Lock {
             ttl: self.options.ttl,
             renew: self.options.renew,
             min_replicas: self.options.min_replicas,
+            holders: 1,
         }
     }
 }

@@ -83,7 +83,12 @@ pub(crate) async fn read(core: &Core, keys: &LockKeys, action: Break) -> Result<
         }
     }
     if views.len() < nodes.quorum() {
-        return Err(quorum_error(nodes, "reading a semaphore", failures));
+        return Err(quorum_error(
+            nodes,
+            nodes.quorum(),
+            "reading a semaphore",
+            failures,
+        ));
     }
     Ok(merge(&keys.lock, views, nodes.quorum()))
 }
@@ -203,6 +208,7 @@ pub(crate) async fn set_limit(
     if nodes.len() - failures.len() < nodes.quorum() {
         return Err(quorum_error(
             nodes,
+            nodes.quorum(),
             "changing a semaphore's limit",
             failures,
         ));

@@ -254,6 +254,10 @@ impl Acquire for ForPermits<'_> {
         &self.semaphore.options
     }
 
+    fn holders(&self) -> u32 {
+        self.limit
+    }
+
     fn call(&self, token: &Token, queue_for: Option<Duration>) -> ScriptInvocation<'static> {
         let (keys, options) = (&self.semaphore.keys, &self.semaphore.options);
         let identity = self.semaphore.core.identity();
@@ -321,6 +325,7 @@ impl Acquire for ForPermits<'_> {
             ttl: semaphore.options.ttl,
             renew: semaphore.options.renew,
             min_replicas: semaphore.options.min_replicas,
+            holders: self.limit,
         };
         let lease = semaphore
             .core
