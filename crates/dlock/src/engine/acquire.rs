@@ -107,7 +107,17 @@ pub(crate) async fn attempt<A: Acquire>(
     pending.sending();
     let sent_at = Instant::now();
     let quorum = nodes.quorum_for(primitive.holders());
-    let mut answers = send(nodes, quorum, primitive, &call, link.as_mut()).await?;
+    let mut answers = match send(nodes, quorum, primitive, &call, link.as_mut()).await {
+        Ok(answers) => answers,
+        Err(error) => {
+            // The server answered with an error (a key of another type, an ACL): the script
+            // granted nothing, so there is nothing to undo.
+            if error.kind() == crate::ErrorKind::Redis {
+                pending.settled();
+            }
+            return Err(error);
+        }
+    };
     if answers.grants.len() >= quorum {
         let granted = Granted {
             core,
@@ -303,8 +313,10 @@ async fn complete<A: Acquire>(
     Ok(still_valid.then_some(fencing_token))
 }
 
-/// Undoes a grant now, so the caller's error means "no hold"; if a node cannot confirm, the
-/// acquisition stays in doubt and `pending` undoes it again in the background.
+/// Undoes a grant now, so the caller's error means "no hold". If a node cannot confirm, the
+/// undo is queued in the background and the next attempt takes a fresh token: with the old
+/// one, that late undo could delete the retry's grant (the retry finds its own grant again on
+/// one node), leaving a guard that believes it holds what nobody holds.
 async fn roll_back(core: &Core, pending: &Pending, token: Token) {
     let undo = pending.undo(token);
     let call = crate::engine::ops::one(undo.release_script(), |call| undo.add_release(call));
@@ -312,9 +324,15 @@ async fn roll_back(core: &Core, pending: &Pending, token: Token) {
     let undone = nodes
         .all(|node| node.eval::<Vec<i64>>(&call, node.command_timeout()))
         .await;
-    if undone.iter().all(Result::is_ok) {
-        pending.settled();
+    if !undone.iter().all(Result::is_ok) {
+        core.watchdog().release_in_background(undo.clone());
+        if pending.fresh_token().is_err() {
+            // No fresh token (the OS random source failed): stay in doubt, so the undo is
+            // sent again when the caller gives up.
+            return;
+        }
     }
+    pending.settled();
 }
 
 /// The error when no majority granted and nobody said busy: a refusal that retrying cannot

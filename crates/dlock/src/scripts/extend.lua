@@ -6,11 +6,13 @@
 --       grant (after this one was lost) from this one.
 -- Returns one 1 (extended) or 0 (not ours any more) per lease. The watchdog renews every lease
 -- of a node in one call, so renewal costs one round trip per tick however many locks are held.
+-- pcall: a key of another type (a semaphore's name reused for a lock, or the reverse) answers
+-- "not ours" for that item instead of failing every lease batched with it.
 local results = {}
 for i = 1, #ARGV / 3 do
   local lock = KEYS[3 * i - 2]
   local token, ttl, fence = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
-  if redis.call('GET', lock) == token
+  if redis.pcall('GET', lock) == token
      and (fence == '' or redis.call('HGET', KEYS[3 * i - 1], 'fence') == fence) then
     redis.call('PEXPIRE', lock, ttl)
     redis.call('PEXPIRE', KEYS[3 * i - 1], ttl)

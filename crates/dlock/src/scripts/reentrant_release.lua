@@ -6,12 +6,14 @@
 --       this hold belongs to from a later one (after this one was lost).
 -- Returns one 1 (the lock was ours: the hold is gone) or 0 (it was not; nothing of the current
 -- owner's is touched) per hold. Acquisition ids are unique, so removing ours is harmless.
+-- pcall: a key of another type (a semaphore's name reused for a lock, or the reverse) answers
+-- "not ours" for that item instead of failing every lease batched with it.
 local results = {}
 for i = 1, #ARGV / 4 do
   local lock, info, holds = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local owner, acquisition = ARGV[4 * i - 3], ARGV[4 * i - 2]
   local channel, fence = ARGV[4 * i - 1], ARGV[4 * i]
-  if redis.call('GET', lock) ~= owner
+  if redis.pcall('GET', lock) ~= owner
      or (fence ~= '' and redis.call('HGET', info, 'fence') ~= fence) then
     results[i] = 0
   else

@@ -5,11 +5,13 @@
 -- ARGV: per lock, 2 values: token, wake-up channel
 -- Returns one 1 (released) or 0 (was not ours) per lock. The wake-up names the fair queue's
 -- head (only it retries), or is empty (everyone retries) when nobody queues.
+-- pcall: a key of another type (a semaphore's name reused for a lock, or the reverse) answers
+-- "not ours" for that item instead of failing every lease batched with it.
 local results = {}
 for i = 1, #ARGV / 2 do
   local lock, info, queue, leases = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
   local token, channel = ARGV[2 * i - 1], ARGV[2 * i]
-  local released = redis.call('GET', lock) == token
+  local released = redis.pcall('GET', lock) == token
   if released then
     redis.call('DEL', lock, info)
   end

@@ -509,3 +509,40 @@ async fn on_redlock_a_name_held_by_a_lock_is_refused_at_once_not_waited_for() {
     assert!(asked.elapsed() < Duration::from_secs(2));
     lock.release().await.unwrap();
 }
+
+/// A lock's forced release refuses a semaphore's name (it used to wipe every permit behind
+/// the holders' backs), and a name that changed type under a held lease fails that lease
+/// alone: the other leases batched with it keep being renewed.
+#[tokio::test]
+async fn a_name_that_changes_type_harms_only_its_own_leases() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let ttl = Duration::from_millis(600);
+    let permit = c
+        .semaphore_with("switch", 2, LockOptions::new().ttl(ttl))
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap();
+    let err = c.force_release("switch").await.unwrap_err();
+    assert!(err.to_string().contains("not a lock"), "{err}");
+    assert_eq!(c.semaphore_status("switch").await.unwrap().holders.len(), 1);
+    let lock = c
+        .lock_with("steady", LockOptions::new().ttl(ttl))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    // An operator frees the permits, and a lock takes the name while the permit's holder
+    // still believes in its lease.
+    c.force_release_permits("switch", None).await.unwrap();
+    let _: () = server.cmd("SET", &["switch", "someone-else", "PX", "60000"]);
+    let reason = timeout(ttl * 2, permit.lost())
+        .await
+        .expect("the permit's loss is reported");
+    assert_eq!(reason, LossReason::KeyGone);
+    // Renewals of the lock batched with it went on: it is held two TTLs later.
+    sleep(ttl * 2).await;
+    assert!(lock.is_held(), "{:?}", lock.status());
+    lock.release().await.unwrap();
+}

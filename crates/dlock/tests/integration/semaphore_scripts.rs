@@ -1057,3 +1057,60 @@ async fn impossible_permit_counts_are_refused() {
     assert!(keys.is_empty(), "a refused call wrote {keys:?}");
     assert!(sem.set_limit_err("0").await.contains("whole number"));
 }
+
+/// Review finding: on Redlock two permits can each take the largest fence of their own
+/// masters and end up with the same token. The write-back refuses a fence another live holder
+/// on that master already has, so one of them fails and retries.
+#[tokio::test]
+async fn fence_raise_refuses_a_fence_another_live_holder_has() {
+    let server = RedisServer::start();
+    let sem = Sem::open(&server, "twin").await;
+    let (a, b) = (token(1), token(2));
+    let fa = sem.acquire(&a, ask(1, 2)).await.fence();
+    sem.acquire(&b, ask(1, 2)).await;
+    assert_eq!(sem.fence_raise(fa, &b).await, 0, "b took a's fence");
+    assert_ne!(number(&sem.info(&b).await.unwrap(), "fence") as u64, fa);
+    // Its own fence, or a fresh one, is fine.
+    assert_eq!(sem.fence_raise(fa + 7, &b).await, 1);
+}
+
+/// Review finding: a caller naming another limit used to stay at the head of the fair queue,
+/// so the next waiter waited out its lease. It now leaves and wakes the next one.
+#[tokio::test]
+async fn a_mismatched_caller_leaves_the_queue_and_wakes_the_next() {
+    let server = RedisServer::start();
+    let sem = Sem::open(&server, "mismatch").await;
+    let (holder, head, next) = (token(1), token(2), token(3));
+    sem.acquire(&holder, ask(1, 1)).await;
+    let lease = LONG_MS as i64;
+    sem.acquire(&head, ask(1, 1).fair(lease)).await;
+    sem.acquire(&next, ask(1, 1).fair(lease)).await;
+    sem.release(&[&holder]).await;
+    let mut wakeups = sem.subscribe(&server).await;
+    assert!(matches!(
+        sem.try_acquire(&head, ask(1, 2).fair(lease)).await.unwrap(),
+        Reply::Mismatch(1)
+    ));
+    let queue: Vec<String> = sem.cmd("LRANGE", &[&sem.queue, "0", "-1"]).await;
+    assert_eq!(queue, [next.clone()], "the mismatched head left the queue");
+    assert_eq!(wakeups.next().await, next, "the new head was woken");
+}
+
+/// Review finding: holder info of holders whose zset expired with their lease (while waiters
+/// kept the hash alive) was never removed. With no live holder, only the limit is kept.
+#[tokio::test]
+async fn holder_info_of_expired_holders_does_not_pile_up() {
+    let server = RedisServer::start();
+    let sem = Sem::open(&server, "leak").await;
+    let (h, w) = (token(1), token(2));
+    sem.acquire(&h, ask(1, 1).ttl(SHORT_MS)).await;
+    sem.acquire(&w, ask(1, 1).fair(LONG_MS as i64)).await;
+    // The holders key expires with its only lease: no script purges `h` one by one.
+    let _: i64 = sem.cmd("DEL", &[&sem.holders]).await;
+    sem.acquire(&w, ask(1, 1).fair(LONG_MS as i64))
+        .await
+        .fence();
+    let fields: Vec<String> = sem.cmd("HKEYS", &[&sem.sem]).await;
+    assert!(!fields.contains(&h), "{fields:?}");
+    assert!(fields.contains(&"limit".to_owned()) && fields.contains(&w));
+}

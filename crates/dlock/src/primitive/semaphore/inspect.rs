@@ -145,10 +145,11 @@ fn merge(key: &str, views: Vec<View>, quorum: usize) -> SemaphoreStatus {
         }
     }
     holders.sort_by_key(|h| h.ttl_left);
-    let used: u32 = holders.iter().map(|h| h.info.permits).sum();
+    let used: u64 = holders.iter().map(|h| u64::from(h.info.permits)).sum();
+    let free = u64::from(limit.unwrap_or(0)).saturating_sub(used);
     SemaphoreStatus {
         key: key.to_owned(),
-        free: limit.unwrap_or(0).saturating_sub(used),
+        free: u32::try_from(free).unwrap_or(u32::MAX),
         limit,
         holders,
         last_fencing_token,

@@ -178,8 +178,13 @@ impl Semaphore {
 
     /// Changes the stored limit to `limit` on purpose, and makes this handle (and its clones)
     /// name it. Holders above a smaller limit keep their permits; no new permit goes out until
-    /// there is room under it. Other programs must then name the new limit (they are refused
-    /// with [`Error::Config`] until they do). Returns the previous stored limit, if any.
+    /// there is room under it. While the semaphore stays in use (holders or fair waiters),
+    /// programs naming another limit are refused with [`Error::Config`]; once it is idle (and
+    /// at least one TTL after this call), the stored limit is gone and the next caller's limit
+    /// is stored, as for a new semaphore. Returns the previous stored limit, if any.
+    ///
+    /// On Redlock, change the limit only while nobody holds a permit: a lease granted under
+    /// one limit was granted on as many masters as that limit needed.
     ///
     /// # Errors
     /// [`Error::Config`] for a zero limit; connection errors.
@@ -207,11 +212,7 @@ impl Semaphore {
                 self.name()
             )));
         }
-        Ok(ForPermits {
-            semaphore: self,
-            n,
-            limit,
-        })
+        Ok(ForPermits { semaphore: self, n })
     }
 
     fn pending(&self) -> Result<Pending> {
@@ -240,11 +241,11 @@ fn check_limit(limit: u32) -> Result<()> {
     Ok(())
 }
 
-/// One acquisition of `n` permits: what the engine drives.
+/// One acquisition of `n` permits: what the engine drives. Each attempt names the limit the
+/// semaphore handle names then (a `set_limit` from a clone during a wait is followed).
 struct ForPermits<'a> {
     semaphore: &'a Semaphore,
     n: u32,
-    limit: u32,
 }
 
 impl Acquire for ForPermits<'_> {
@@ -255,7 +256,7 @@ impl Acquire for ForPermits<'_> {
     }
 
     fn holders(&self) -> u32 {
-        self.limit
+        self.semaphore.permits()
     }
 
     fn call(&self, token: &Token, queue_for: Option<Duration>) -> ScriptInvocation<'static> {
@@ -275,7 +276,7 @@ impl Acquire for ForPermits<'_> {
             .key(&keys.queue_leases)
             .arg(token.as_str())
             .arg(self.n)
-            .arg(self.limit)
+            .arg(self.semaphore.permits())
             .arg(millis(options.ttl))
             .arg(millis(FENCE_RETENTION))
             .arg(&identity.host)
@@ -300,9 +301,13 @@ impl Acquire for ForPermits<'_> {
                  everywhere, or change it on purpose with Semaphore::set_limit",
                 self.semaphore.name(),
                 int(field(1)).unwrap_or(-1),
-                self.limit
+                self.semaphore.permits()
             ))),
-            _ => Ok(Answer::Busy(busy(&self.semaphore.keys, reply, self.limit))),
+            _ => Ok(Answer::Busy(busy(
+                &self.semaphore.keys,
+                reply,
+                self.semaphore.permits(),
+            ))),
         }
     }
 
@@ -325,7 +330,7 @@ impl Acquire for ForPermits<'_> {
             ttl: semaphore.options.ttl,
             renew: semaphore.options.renew,
             min_replicas: semaphore.options.min_replicas,
-            holders: self.limit,
+            holders: self.semaphore.permits(),
         };
         let lease = semaphore
             .core

@@ -56,6 +56,14 @@ end
 -- The stored limit lives as long as the semaphore has holders or waiters.
 if purged > 0 and redis.call('ZCARD', holders) == 0 and redis.call('LLEN', queue) == 0 then
   redis.call('DEL', holders, sem)
+elseif redis.call('ZCARD', holders) == 0 and redis.call('HLEN', sem) > 1 then
+  -- No holder left, yet holder info remains: holders whose zset expired with their lease
+  -- (never purged one by one) while waiters kept the hash alive. Keep only the limit.
+  for _, field in ipairs(redis.call('HKEYS', sem)) do
+    if field ~= 'limit' then
+      redis.call('HDEL', sem, field)
+    end
+  end
 end
 
 local stored = tonumber(redis.call('HGET', sem, 'limit') or '')
@@ -100,7 +108,13 @@ if redis.call('ZSCORE', holders, token) then
 end
 
 if capacity ~= limit then
-  wake(purged > 0)
+  -- A caller naming another limit gives up: it leaves the queue, and if it was the head the
+  -- next waiter is woken now rather than after its waiter lease.
+  local was_head = redis.call('LINDEX', queue, 0) == token
+  if redis.call('ZREM', leases, token) > 0 then
+    redis.call('LREM', queue, 0, token)
+  end
+  wake(purged > 0 or was_head)
   return {-1, stored}
 end
 

@@ -16,6 +16,17 @@ local json = redis.call('HGET', KEYS[2], ARGV[3])
 if not (lease_end and lease_end > now_ms and json) then
   return 0
 end
+-- Two permits of one semaphore may both win on Redlock (unlike a lock's grants), and each
+-- takes the largest fence of its own masters: they could end up with the same token. Refuse
+-- a fence another live holder here already has; two grants' masters always share one, so one
+-- of them fails its write-back and retries with a fresh token.
+local live = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now_ms, '+inf')
+for _, other in ipairs(live) do
+  local other_json = other ~= ARGV[3] and redis.call('HGET', KEYS[2], other)
+  if other_json and cjson.decode(other_json).fence == ARGV[1] then
+    return 0
+  end
+end
 local info = cjson.decode(json)
 -- Kept as the caller's text: a fence is an integer too large for '%.14g'.
 info.fence = ARGV[1]

@@ -11,9 +11,14 @@
 -- its fencing counter and queue keys, which expire by themselves.
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local results = {}
-for i = 1, #ARGV / 2 do
+-- One permit; 0 without touching anything when the name holds another type now (a lock took
+-- it after a forced release): one such item must not fail every release batched with it.
+local function release(i)
   local holders, sem = KEYS[4 * i - 3], KEYS[4 * i - 2]
+  local kind = redis.call('TYPE', holders)['ok']
+  if kind ~= 'zset' and kind ~= 'none' then
+    return 0
+  end
   local queue, leases = KEYS[4 * i - 1], KEYS[4 * i]
   local token, channel = ARGV[2 * i - 1], ARGV[2 * i]
   local lease_end = tonumber(redis.call('ZSCORE', holders, token) or '')
@@ -32,6 +37,11 @@ for i = 1, #ARGV / 2 do
      and redis.call('ZCOUNT', leases, bound, '+inf') == 0 then
     redis.call('DEL', holders, sem)
   end
-  results[i] = released and 1 or 0
+  return released and 1 or 0
+end
+
+local results = {}
+for i = 1, #ARGV / 2 do
+  results[i] = release(i)
 end
 return results

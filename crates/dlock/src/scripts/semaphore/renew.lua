@@ -8,11 +8,13 @@
 -- one call.
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+-- pcall: a key of another type (a semaphore's name reused for a lock, or the reverse) answers
+-- "not ours" for that item instead of failing every lease batched with it.
 local results = {}
 for i = 1, #ARGV / 2 do
   local holders, sem = KEYS[2 * i - 1], KEYS[2 * i]
   local token, ttl = ARGV[2 * i - 1], ARGV[2 * i]
-  local lease_end = tonumber(redis.call('ZSCORE', holders, token) or '')
+  local lease_end = tonumber(redis.pcall('ZSCORE', holders, token) or '')
   if lease_end and lease_end > now_ms then
     redis.call('ZADD', holders, 'XX', string.format('%.0f', now_ms + tonumber(ttl)), token)
     for _, key in ipairs({holders, sem}) do
