@@ -511,38 +511,54 @@ async fn on_redlock_a_name_held_by_a_lock_is_refused_at_once_not_waited_for() {
 }
 
 /// A lock's forced release refuses a semaphore's name (it used to wipe every permit behind
-/// the holders' backs), and a name that changed type under a held lease fails that lease
-/// alone: the other leases batched with it keep being renewed.
+/// the holders' backs), and a name that changes type under a held lease fails that lease
+/// alone: the other leases renewed in the same batched call keep being renewed (a permit
+/// beside a permit, a lock beside a lock).
 #[tokio::test]
 async fn a_name_that_changes_type_harms_only_its_own_leases() {
     let server = RedisServer::start();
     let c = client(&server).await;
+    let other = client(&server).await;
     let ttl = Duration::from_millis(600);
-    let permit = c
-        .semaphore_with("switch", 2, LockOptions::new().ttl(ttl))
+    let options = LockOptions::new().ttl(ttl);
+    let permit = |name: &'static str| {
+        let semaphore = c.semaphore_with(name, 2, options.clone()).unwrap();
+        async move { semaphore.try_acquire().await.unwrap() }
+    };
+    let lock = |name: &'static str| {
+        let lock = c.lock_with(name, options.clone()).unwrap();
+        async move { lock.try_lock().await.unwrap() }
+    };
+    let (doomed_permit, steady_permit) = (permit("switch-p").await, permit("steady-p").await);
+    let (doomed_lock, steady_lock) = (lock("switch-l").await, lock("steady-l").await);
+    let err = c.force_release("switch-p").await.unwrap_err();
+    assert!(err.to_string().contains("not a lock"), "{err}");
+    assert_eq!(
+        c.semaphore_status("switch-p").await.unwrap().holders.len(),
+        1
+    );
+    // An operator frees both, and the names change type while their holders still believe
+    // in their leases.
+    c.force_release_permits("switch-p", None).await.unwrap();
+    c.force_release("switch-l").await.unwrap();
+    let _: () = server.cmd("SET", &["switch-p", "someone-else", "PX", "60000"]);
+    let theirs = other
+        .semaphore("switch-l", 1)
         .unwrap()
         .try_acquire()
         .await
         .unwrap();
-    let err = c.force_release("switch").await.unwrap_err();
-    assert!(err.to_string().contains("not a lock"), "{err}");
-    assert_eq!(c.semaphore_status("switch").await.unwrap().holders.len(), 1);
-    let lock = c
-        .lock_with("steady", LockOptions::new().ttl(ttl))
-        .unwrap()
-        .try_lock()
-        .await
-        .unwrap();
-    // An operator frees the permits, and a lock takes the name while the permit's holder
-    // still believes in its lease.
-    c.force_release_permits("switch", None).await.unwrap();
-    let _: () = server.cmd("SET", &["switch", "someone-else", "PX", "60000"]);
-    let reason = timeout(ttl * 2, permit.lost())
-        .await
-        .expect("the permit's loss is reported");
-    assert_eq!(reason, LossReason::KeyGone);
-    // Renewals of the lock batched with it went on: it is held two TTLs later.
+    for (what, lost) in [
+        ("permit", timeout(ttl * 2, doomed_permit.lost()).await),
+        ("lock", timeout(ttl * 2, doomed_lock.lost()).await),
+    ] {
+        assert_eq!(lost.expect(what), LossReason::KeyGone, "{what}");
+    }
+    // The leases batched with them were renewed all along: held two TTLs later.
     sleep(ttl * 2).await;
-    assert!(lock.is_held(), "{:?}", lock.status());
-    lock.release().await.unwrap();
+    assert!(steady_permit.is_held(), "{:?}", steady_permit.status());
+    assert!(steady_lock.is_held(), "{:?}", steady_lock.status());
+    steady_permit.release().await.unwrap();
+    steady_lock.release().await.unwrap();
+    theirs.release().await.unwrap();
 }
