@@ -1092,7 +1092,11 @@ async fn a_mismatched_caller_leaves_the_queue_and_wakes_the_next() {
         Reply::Mismatch(1)
     ));
     let queue: Vec<String> = sem.cmd("LRANGE", &[&sem.queue, "0", "-1"]).await;
-    assert_eq!(queue, [next.clone()], "the mismatched head left the queue");
+    assert_eq!(
+        queue,
+        std::slice::from_ref(&next),
+        "the mismatched head left the queue"
+    );
     assert_eq!(wakeups.next().await, next, "the new head was woken");
 }
 

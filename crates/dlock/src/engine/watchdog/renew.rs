@@ -75,9 +75,20 @@ impl Task {
         if let Some(link) = link.as_mut() {
             check_replicas(link, chunk, first_end, &mut tally).await;
         }
+        self.record(chunk, &tally, sent_at, &ttls);
+    }
+
+    /// Records each lease's renewal outcome: renewed (from `sent_at`), lost, or to retry.
+    fn record(
+        &self,
+        chunk: &mut [Tracked],
+        tally: &BatchTally,
+        sent_at: Instant,
+        ttls: &[Duration],
+    ) {
         let retry_at = Instant::now() + retry_delay(chunk);
-        for (lease, (tracked, ttl)) in chunk.iter_mut().zip(ttls).enumerate() {
-            match tally.verdict(lease, &self.nodes, quorums[lease]) {
+        for (lease, (tracked, &ttl)) in chunk.iter_mut().zip(ttls).enumerate() {
+            match tally.verdict(lease, &self.nodes, tracked.lease.quorum) {
                 Verdict::Agreed => {
                     tracked.lease.extended(sent_at, ttl);
                     tracked.retry_at = None;
