@@ -327,11 +327,24 @@ async fn behind_sentinel_a_failover_to_a_replica_without_the_lock_is_reported_at
         .unwrap()
         .get_connection()
         .unwrap();
-    let _: () = redis::cmd("SENTINEL")
-        .arg("FAILOVER")
-        .arg(MASTER_NAME)
-        .query(&mut sentinel)
-        .unwrap();
+    // A sentinel may not count the replica as promotable yet (NOGOODSLAVE) right after it
+    // (re)connected: ask again until it does.
+    let asked = Instant::now();
+    loop {
+        let reply: redis::RedisResult<()> = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(MASTER_NAME)
+            .query(&mut sentinel);
+        match reply {
+            Ok(()) => break,
+            Err(e)
+                if e.code() == Some("NOGOODSLAVE") && asked.elapsed() < Duration::from_secs(20) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("SENTINEL FAILOVER: {e}"),
+        }
+    }
     let (_sentinels, new_port) = tokio::task::spawn_blocking(move || {
         let port = sentinels.wait_for_failover(old_port);
         (sentinels, port)
