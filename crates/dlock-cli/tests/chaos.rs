@@ -402,6 +402,7 @@ fn chaos_with(masters: usize, fair: bool) {
     };
     let run = Run {
         masters,
+        limit: None,
         ttl_ms,
         redis_timeout_ms: REDIS_TIMEOUT_MS,
         procs,
