@@ -4,7 +4,8 @@
 //! largest accepted: "refused", with the writer's pid), and records an "overlap" when a holder
 //! enters while another's "enter" has no "exit" yet.
 //!
-//! Three runs: one Redis, one Redis in fair mode, and Redlock over three masters. Faults, each
+//! Four runs: one Redis, one Redis in fair mode, Redlock over three masters, and
+//! `dlock run --limit 3` on one Redis (a semaphore; its checks are at the end). Faults, each
 //! recorded with its time window: holder processes SIGKILLed (the kill's time); holders
 //! SIGSTOPped past their lease (from SIGSTOP to SIGCONT); on one Redis the server restarted
 //! with all data lost (from its kill to its return); on Redlock one master at a time frozen
@@ -16,7 +17,7 @@
 //! the spawn of a holder SIGKILLed before it could report. All times are this machine's wall
 //! clock in ms, which the storage's `TIME` shares.
 //!
-//! Checks, each with the only exemptions it allows:
+//! Checks of the lock runs, each with the only exemptions it allows:
 //! - **No unexplained overlap.** An overlap whose old holder's command dlock had already ended
 //!   (`command_ended_at_ms` ≤ the new holder's entry; a command dlock stops never writes its
 //!   "exit") is none. Any other is a violation unless, between the old holder's hold beginning
@@ -52,6 +53,42 @@
 //!   bounded time), with enough grants and faults injected; on one Redis some stale holder
 //!   must have been fenced off (a real overlap or a refused write).
 //!
+//! **The `--limit` run**: `dlock run --limit 3` on one Redis, one semaphore key that all six
+//! workers contend for (about three hold while three wait), the one-Redis run's faults (victims
+//! drawn among the holders inside). Up to N holders are inside at once, each with its own
+//! token, so its storage does no fencing and only logs "enter" and "exit": a semaphore's tokens
+//! tell in which order permits were granted, not which holder is stale (a small token may hold
+//! its permit validly long after larger ones, so "refuse below the N largest" refuses valid
+//! holders; `chaos/limit.rs` says more). Its checks, with the same fault windows and exemptions:
+//! - **At most N inside, unless a fault explains the excess.** At each "enter" (the count only
+//!   grows there), the holders inside are those that entered and wrote no "exit", less those
+//!   SIGKILLed by then (the job never writes "exit"; the kill explains any excess after it) and,
+//!   when more than N remain, those whose command dlock had already ended
+//!   (`command_ended_at_ms`). Of these, the ones not SIGKILLed, SIGSTOPped or hit by an empty
+//!   restart between their hold's beginning and this entry, and not starved and told (only a
+//!   TTL into their hold), may number N at most. The new holder counts like the others: one
+//!   stopped between its grant and its "enter" may enter on a permit that ran out.
+//! - **The excess is told.** With k > N inside, at least k − N of them hold no valid permit, so
+//!   at least k − N must have been SIGKILLed or have exited 76 (which ones lost their permits
+//!   is not in the record).
+//! - **Fencing per permit.** A token belongs to one holder, and a holder to one token (its
+//!   report and its job's "enter" agree); of two grants whose order is certain (one run asked
+//!   after the other had seen its grant or entered), the later has the larger token. No
+//!   exemption: a token is the larger of the server's clock in µs and the counter + 1, so tokens
+//!   increase across an empty restart too.
+//! - **A killed holder's permit runs out within one TTL.** Right after the kill, the killed
+//!   pid's entry in the holders zset has at most a TTL left on the server's clock (or is gone);
+//!   and, as for a lock, the next grant comes within TTL + ε of the kill when someone waited:
+//!   the next one dlock saw (`asked_at_ms` + `waited_ms`), or the next "enter" if earlier. ε
+//!   is still measured from "exit" to "enter", and so also covers the job's start, the noisiest
+//!   part of a hand-over, which an expiry's regrant does not need before dlock sees it (to the
+//!   "enter", a kill just after a renewal overshot a quiet run's ε by a few ms once in 47
+//!   runs). With N permits the next grant may be on another permit: this bound says less than
+//!   the lock's.
+//! - **Progress after every fault**: when someone asked for the key after a fault ended, some
+//!   holder entered after it; 2 grants per second of run at least; and some excess over N was
+//!   seen and explained by a fault (the faults were not just avoided).
+//!
 //! The verdict is computed by `chaos/checks.rs` from the recorded run; its unit tests show each
 //! check failing on a doctored record. The starvation exemption's window starts a TTL after the
 //! old hold began; within it, a starved dlock and a SIGSTOPped one still look alike, so an
@@ -76,6 +113,10 @@ use nix::unistd::Pid;
 
 const KEYS: usize = 2;
 const WORKERS: usize = 6;
+/// The `--limit` run's N: at most this many copies of the job run at once, on one semaphore
+/// key (all six workers contend for it, so about three wait while three hold).
+const LIMIT: u32 = 3;
+const LIMIT_KEYS: usize = 1;
 /// The lease on one Redis. Redlock gets twice as long: its renewals need a majority of three
 /// masters under the same 300 ms per-node timeout, and on a loaded 2-core CI machine a 1 s
 /// lease can run out by starvation alone. Such a holder is told (exit 76) and fenced off, which
@@ -122,9 +163,41 @@ redis-cli -p "$STORAGE_PORT" EVAL "$STORAGE_LUA" 2 "res:$DLOCK_KEY" "log:$DLOCK_
 sleep "$JOB_SECS"
 redis-cli -p "$STORAGE_PORT" EVAL "$STORAGE_LUA" 2 "res:$DLOCK_KEY" "log:$DLOCK_KEY" "$DLOCK_FENCING_TOKEN" "$DLOCK" exit >/dev/null"#;
 
+/// The `--limit` run's storage: logs "enter" and "exit" of `KEYS[2]`'s semaphore, and keeps
+/// who is inside (token → dlock pid) in `KEYS[1]` for the fault injector. No fencing: a
+/// semaphore's tokens do not tell which holder is stale (see `chaos/limit.rs`).
+const STORAGE_LIMIT_LUA: &str = r#"
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[3] == 'enter' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('RPUSH', KEYS[2], table.concat({ARGV[3], ARGV[1], ARGV[2], now_ms}, ' '))
+return 1
+"#;
+
 /// Reads a lock's PTTL and its holder's pid on one master, atomically.
 const PROBE_LUA: &str =
     r#"return {redis.call('PTTL', KEYS[1]), redis.call('HGET', KEYS[2], 'pid')}"#;
+
+/// Reads how long the permit of dlock pid `ARGV[1]` has left on the server's clock (its score
+/// in the holders zset `KEYS[1]` less `TIME`; holder info in the semaphore hash `KEYS[2]`), or
+/// −2 when that pid holds no live permit. Atomic.
+const PROBE_LIMIT_LUA: &str = r#"
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #live, 2 do
+  local left = tonumber(live[i + 1]) - now_ms
+  local info = redis.call('HGET', KEYS[2], live[i])
+  if left > 0 and info and cjson.decode(info).pid == ARGV[1] then
+    return left
+  end
+end
+return -2
+"#;
 
 #[derive(Default)]
 struct Shared {
@@ -143,46 +216,58 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn spawn_holder(
-    lock_urls: &[String],
+/// How every worker runs `dlock run`.
+#[derive(Clone)]
+struct Holders {
+    lock_urls: Vec<String>,
     fair: bool,
-    report: &std::path::Path,
     ttl_ms: u64,
     storage_port: u16,
-    key: &str,
-    job_secs: &str,
-) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dlock"));
-    command.args([
-        "run",
-        "--quiet",
-        "--wait",
-        "2s",
-        "--ttl",
-        &format!("{ttl_ms}ms"),
-        "--stop-timeout",
-        "300ms",
-    ]);
-    command
-        .args(["--report", "json", "--report-file"])
-        .arg(report);
-    if fair {
-        command.arg("--fair");
+    /// `--limit N`: hold one of N permits of a semaphore instead of a lock.
+    limit: Option<u32>,
+}
+
+impl Holders {
+    fn spawn(&self, report: &std::path::Path, key: &str, job_secs: &str) -> Child {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dlock"));
+        command.args([
+            "run",
+            "--quiet",
+            "--wait",
+            "2s",
+            "--ttl",
+            &format!("{}ms", self.ttl_ms),
+            "--stop-timeout",
+            "300ms",
+        ]);
+        command
+            .args(["--report", "json", "--report-file"])
+            .arg(report);
+        if self.fair {
+            command.arg("--fair");
+        }
+        if let Some(limit) = self.limit {
+            command.args(["--limit", &limit.to_string()]);
+        }
+        for url in &self.lock_urls {
+            command.args(["--redis", url]);
+        }
+        let storage_lua = match self.limit {
+            None => STORAGE_LUA,
+            Some(_) => STORAGE_LIMIT_LUA,
+        };
+        command
+            .args(["--redis-timeout", &format!("{REDIS_TIMEOUT_MS}ms")])
+            .args([key, "--", "sh", "-c", JOB])
+            .env("STORAGE_PORT", self.storage_port.to_string())
+            .env("STORAGE_LUA", storage_lua)
+            .env("JOB_SECS", job_secs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
     }
-    for url in lock_urls {
-        command.args(["--redis", url]);
-    }
-    command
-        .args(["--redis-timeout", &format!("{REDIS_TIMEOUT_MS}ms")])
-        .args([key, "--", "sh", "-c", JOB])
-        .env("STORAGE_PORT", storage_port.to_string())
-        .env("STORAGE_LUA", STORAGE_LUA)
-        .env("JOB_SECS", job_secs)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 #[test]
@@ -197,18 +282,24 @@ fn chaos_on_redlock_with_three_masters() {
 
 #[test]
 fn chaos_on_one_redis_in_fair_mode() {
-    chaos_with(1, true);
+    chaos_with(1, true, None);
+}
+
+#[test]
+fn chaos_on_one_redis_with_limit_3() {
+    chaos_with(1, false, Some(LIMIT));
 }
 
 /// One chaos run against `masters` lock servers (1: a single Redis; 3: Redlock).
 fn chaos(masters: usize) {
-    chaos_with(masters, false);
+    chaos_with(masters, false, None);
 }
 
 /// One chaos run; `fair`: every holder waits in fair (FIFO) mode, so killed and stopped
-/// waiters also sit in the queue. Redlock runs grant about half as often (a 2 s lease, three
-/// masters, longer faults), so their progress and fault-count floors are lower.
-fn chaos_with(masters: usize, fair: bool) {
+/// waiters also sit in the queue; `limit`: `dlock run --limit N` on semaphores instead of
+/// locks. Redlock runs grant about half as often (a 2 s lease, three masters, longer faults),
+/// so their progress and fault-count floors are lower.
+fn chaos_with(masters: usize, fair: bool, limit: Option<u32>) {
     let seconds: u64 = std::env::var("DLOCK_CHAOS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -216,6 +307,7 @@ fn chaos_with(masters: usize, fair: bool) {
     let run_for = Duration::from_secs(seconds);
     let redlock = masters > 1;
     let ttl_ms = if redlock { 2 * TTL_MS } else { TTL_MS };
+    let keys = if limit.is_some() { LIMIT_KEYS } else { KEYS };
     let lock_servers: Vec<Arc<Mutex<RedisServer>>> = (0..masters)
         .map(|_| Arc::new(Mutex::new(RedisServer::start())))
         .collect();
@@ -229,14 +321,21 @@ fn chaos_with(masters: usize, fair: bool) {
     let started = Instant::now();
     let deadline = started + run_for;
 
+    let holders = Holders {
+        lock_urls: lock_urls.clone(),
+        fair,
+        ttl_ms,
+        storage_port: storage.port(),
+        limit,
+    };
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
-            let (shared, urls, port) = (shared.clone(), lock_urls.clone(), storage.port());
+            let (shared, holders) = (shared.clone(), holders.clone());
             let reports = reports.clone();
             std::thread::spawn(move || {
                 let mut round = 0;
                 while Instant::now() < deadline {
-                    let key = format!("chaos:{}", (w + round) % KEYS);
+                    let key = format!("chaos:{}", (w + round) % keys);
                     round += 1;
                     // Every third job outlasts the lease (1.5 × TTL): renewal must carry it, and a fault
                     // during it leaves a stale holder that fencing must stop.
@@ -245,8 +344,7 @@ fn chaos_with(masters: usize, fair: bool) {
                     let job_secs = if long { long_secs.as_str() } else { "0.1" };
                     let report = reports.path().join(format!("{w}-{round}.json"));
                     let spawned_ms = now_ms();
-                    let mut child =
-                        spawn_holder(&urls, fair, &report, ttl_ms, port, &key, job_secs);
+                    let mut child = holders.spawn(&report, &key, job_secs);
                     {
                         let mut shared = shared.lock().unwrap();
                         shared.running.insert(child.id(), (key.clone(), long));
@@ -295,21 +393,29 @@ fn chaos_with(masters: usize, fair: bool) {
         std::thread::sleep(Duration::from_millis(fastrand::u64(300..900)));
         fault_round += 1;
         // The victim: a dlock process inside a critical section right now (per the storage),
-        // preferably a long one, whose fault leaves a stale writer for fencing to stop.
-        let mut victims: Vec<(u32, String, bool)> = Vec::new();
-        for k in 0..KEYS {
+        // preferably a long one, whose fault leaves a stale writer for fencing to stop, and
+        // among those the youngest: a stop early in a long job leaves it running well past the
+        // lease (with --limit, one of several inside).
+        let mut victims: Vec<(u32, String, bool, u64)> = Vec::new();
+        for k in 0..keys {
             let key = format!("chaos:{k}");
-            let inside: Option<String> =
-                storage.cmd("HGET", &[&format!("res:{key}"), "inside_pid"]);
-            let Some(pid) = inside.and_then(|pid| pid.parse::<u32>().ok()) else {
-                continue;
+            let inside: Vec<String> = match limit {
+                None => storage
+                    .cmd::<Option<String>>("HGET", &[&format!("res:{key}"), "inside_pid"])
+                    .into_iter()
+                    .collect(),
+                Some(_) => storage.cmd("HVALS", &[&format!("res:{key}")]),
             };
-            if let Some((_, long)) = shared.lock().unwrap().running.get(&pid) {
-                victims.push((pid, key, *long));
+            let shared = shared.lock().unwrap();
+            for pid in inside.iter().filter_map(|pid| pid.parse::<u32>().ok()) {
+                if let Some((_, long)) = shared.running.get(&pid) {
+                    let spawned = shared.procs.get(&pid).map_or(0, |p| p.spawned_ms);
+                    victims.push((pid, key.clone(), *long, spawned));
+                }
             }
         }
-        victims.sort_by_key(|(_, _, long)| !long);
-        let victim = victims.first().map(|(pid, key, _)| (*pid, key.clone()));
+        victims.sort_by_key(|&(_, _, long, spawned)| (!long, std::cmp::Reverse(spawned)));
+        let victim = victims.first().map(|(pid, key, ..)| (*pid, key.clone()));
         match (fault_round % 7, victim) {
             (3, _) if restarts < if redlock { 2 } else { 3 } => {
                 // One master at a time (on one Redis, the only one) loses everything. On
@@ -341,17 +447,23 @@ fn chaos_with(masters: usize, fair: bool) {
                 if kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
                     faults.push(Fault::Kill { pid, at });
                     kills += 1;
-                    // The killed holder's lock (if it still held one): its expiry and holder
-                    // on every running master.
+                    // The killed holder's lock or permit (if it still held one): its expiry
+                    // and holder on every running master.
                     let info = format!("{{{key}}}:dlock:info:{key}");
+                    let sem = format!("{{{key}}}:dlock:sem:{key}");
                     let masters = lock_servers
                         .iter()
                         .filter_map(|server| {
                             let server = server.lock().unwrap();
-                            server.is_running().then(|| {
-                                let (pttl, holder): (i64, Option<u32>) =
-                                    server.cmd("EVAL", &[PROBE_LUA, "2", &key, &info]);
-                                (pttl, holder)
+                            server.is_running().then(|| match limit {
+                                None => server.cmd("EVAL", &[PROBE_LUA, "2", &key, &info]),
+                                Some(_) => {
+                                    let left: i64 = server.cmd(
+                                        "EVAL",
+                                        &[PROBE_LIMIT_LUA, "2", &key, &sem, &pid.to_string()],
+                                    );
+                                    (left, (left != -2).then_some(pid))
+                                }
                             })
                         })
                         .collect();
@@ -389,7 +501,7 @@ fn chaos_with(masters: usize, fair: bool) {
         "the run must end by itself"
     );
 
-    let logs: Vec<(String, Vec<String>)> = (0..KEYS)
+    let logs: Vec<(String, Vec<String>)> = (0..keys)
         .map(|k| {
             let key = format!("chaos:{k}");
             let log = storage.cmd("LRANGE", &[&format!("log:{key}"), "0", "-1"]);
@@ -402,6 +514,7 @@ fn chaos_with(masters: usize, fair: bool) {
     };
     let run = Run {
         masters,
+        limit,
         ttl_ms,
         redis_timeout_ms: REDIS_TIMEOUT_MS,
         procs,
@@ -410,33 +523,62 @@ fn chaos_with(masters: usize, fair: bool) {
         kills: kill_probes,
     };
     let verdict = run.check();
-    let kill_grant_max = verdict.kill_grants.iter().max();
-    println!(
-        "chaos ({}): {:.0}s, {KEYS} keys, {WORKERS} workers: grants {}, faults: SIGKILL \
-         {kills}, SIGSTOP {stops}, restarts with data loss {restarts}, masters paused \
-         {master_pauses}; stale writes refused {} (each from a faulted writer); overlaps {} \
-         ({} none: dlock had ended the old command; {} by a holder starved past its lease, \
-         told and fenced; the rest by a fault in the old holder's hold); killed holders' locks \
-         regranted {} times within TTL {ttl_ms} + ε {} ms (slowest {kill_grant_max:?} ms; ε: \
-         slowest of {} hand-overs; {} kills not bounded); violations {}; exit codes \
-         {exit_codes:?}",
-        match (redlock, fair) {
-            (true, _) => "Redlock, 3 masters",
-            (false, true) => "one Redis, fair mode",
-            (false, false) => "one Redis",
+    let faults_done = format!(
+        "faults: SIGKILL {kills}, SIGSTOP {stops}, restarts with data loss {restarts}, masters \
+         paused {master_pauses}"
+    );
+    // With N permits the next grant after a kill may be on another permit: the bound says
+    // less there than for a lock (the permit's own expiry is what the probe checks).
+    let kills_bounded = format!(
+        "{} {} times within TTL {ttl_ms} + ε {} ms (slowest {:?} ms; ε: slowest of {} \
+         hand-overs; {} kills not bounded)",
+        match limit {
+            None => "killed holders' locks regranted",
+            Some(_) => "after killed holders, the next grant came",
         },
-        elapsed.as_secs_f64(),
-        verdict.grants,
-        verdict.refused,
-        verdict.overlaps,
-        verdict.ended_before,
-        verdict.starved,
         verdict.kill_grants.len(),
         verdict.epsilon_ms,
+        verdict.kill_grants.iter().max(),
         verdict.handoffs,
         verdict.kills_unchecked,
-        verdict.violations.len()
     );
+    match limit {
+        None => println!(
+            "chaos ({}): {:.0}s, {keys} keys, {WORKERS} workers: grants {}, {faults_done}; \
+             stale writes refused {} (each from a faulted writer); overlaps {} ({} none: dlock \
+             had ended the old command; {} by a holder starved past its lease, told and fenced; \
+             the rest by a fault in the old holder's hold); {kills_bounded}; violations {}; exit \
+             codes {exit_codes:?}",
+            match (redlock, fair) {
+                (true, _) => "Redlock, 3 masters",
+                (false, true) => "one Redis, fair mode",
+                (false, false) => "one Redis",
+            },
+            elapsed.as_secs_f64(),
+            verdict.grants,
+            verdict.refused,
+            verdict.overlaps,
+            verdict.ended_before,
+            verdict.starved,
+            verdict.violations.len()
+        ),
+        Some(n) => println!(
+            "chaos (one Redis, --limit {n}): {:.0}s, {keys} key, {WORKERS} workers: grants {}, \
+             {faults_done}; more than {n} inside {} times ({} none: dlock had ended commands; {} \
+             by holders starved past their lease and told; the rest by faults in the holds); \
+             tokens unique, and increasing over {} pairs of grants in certain order; \
+             {kills_bounded}; progress checked after {} faults; violations {}; exit codes \
+             {exit_codes:?}",
+            elapsed.as_secs_f64(),
+            verdict.grants,
+            verdict.crowded,
+            verdict.ended_before,
+            verdict.starved,
+            verdict.ordered_grants,
+            verdict.progress_checked,
+            verdict.violations.len()
+        ),
+    }
     if !verdict.violations.is_empty() {
         for (key, log) in &run.logs {
             eprintln!("log of {key}:\n{}", log.join("\n"));
@@ -448,8 +590,13 @@ fn chaos_with(masters: usize, fair: bool) {
         "violations: {:#?}",
         verdict.violations
     );
+    let floor = match (redlock, limit) {
+        (true, _) => seconds / 2,
+        (false, None) => seconds,
+        (false, Some(_)) => 2 * seconds,
+    };
     assert!(
-        verdict.grants >= if redlock { seconds / 2 } else { seconds },
+        verdict.grants >= floor,
         "too little progress: {} grants in {seconds} s",
         verdict.grants
     );
@@ -461,6 +608,16 @@ fn chaos_with(masters: usize, fair: bool) {
         },
         "faults were not injected: {kills} kills, {stops} stops"
     );
+    if limit.is_some() {
+        // Holders stopped past their lease, or cut off by a restart, stay inside after their
+        // permits went to others: the run must have seen more than N inside, each time
+        // explained, not just avoided it.
+        assert!(
+            verdict.crowded > verdict.ended_before + verdict.starved,
+            "never more than {LIMIT} inside by a fault"
+        );
+        return;
+    }
     // Holders stopped past their lease inside a long critical section leave a stale writer
     // behind: the run must have exercised fencing, not just avoided it. On one Redis that
     // happens many times a run; Redlock runs grant less (a longer lease, three masters), so

@@ -5,6 +5,12 @@
 //!
 //! All times are wall-clock milliseconds since the Unix epoch on this one machine: the
 //! storage's `TIME`, dlock's reports and the fault injector read the same clock.
+//!
+//! The `--limit` run (a semaphore) shares the records, the fault windows and the kill check;
+//! its own checks are in `limit.rs`.
+
+#[path = "limit.rs"]
+mod limit;
 
 use std::collections::HashMap;
 
@@ -36,6 +42,7 @@ pub struct Report {
     pub acquired: bool,
     pub loss_reason: Option<String>,
     pub command_ended_at_ms: Option<u64>,
+    pub fencing_token: Option<u64>,
 }
 
 impl Report {
@@ -47,6 +54,7 @@ impl Report {
             acquired: value["acquired"].as_bool()?,
             loss_reason: value["loss_reason"].as_str().map(str::to_owned),
             command_ended_at_ms: value["command_ended_at_ms"].as_u64(),
+            fencing_token: value["fencing_token"].as_u64(),
         })
     }
 }
@@ -70,7 +78,9 @@ pub struct KillProbe {
     pub pid: u32,
     pub key: String,
     pub at: u64,
-    /// Per master: the lock key's PTTL, and the pid in its holder info.
+    /// Per master: the lock key's PTTL, and the pid in its holder info. For a semaphore: the
+    /// ms left of the killed holder's permit on the server's clock (its score in the holders
+    /// zset less the server's now; −2 when no live permit of that pid is there), and the pid.
     pub masters: Vec<(i64, Option<u32>)>,
 }
 
@@ -78,6 +88,8 @@ pub struct KillProbe {
 #[derive(Debug, Default)]
 pub struct Run {
     pub masters: usize,
+    /// `--limit N`: the keys are semaphores of N permits; `None`: locks.
+    pub limit: Option<u32>,
     pub ttl_ms: u64,
     /// The workers' `--redis-timeout`: a grant's reply reaches dlock at most this long after
     /// Redis granted it, so a hold begins no earlier than this before dlock saw the grant.
@@ -112,6 +124,15 @@ pub struct Verdict {
     pub epsilon_ms: u64,
     /// How many hand-overs ε was measured from.
     pub handoffs: usize,
+    /// `--limit` run: entries at which more than N holders were inside by the storage's log
+    /// (SIGKILLed holders left out); `ended_before` and `starved` count those that dlock had
+    /// ended commands enough to be none, and those excused by starvation.
+    pub crowded: u64,
+    /// `--limit` run: pairs of grants on one key whose order is certain (one was seen before
+    /// the other was asked for), checked for increasing tokens.
+    pub ordered_grants: u64,
+    /// `--limit` run: faults after which someone asked for the key, checked for a grant.
+    pub progress_checked: u64,
     pub violations: Vec<String>,
 }
 
@@ -286,8 +307,13 @@ impl Run {
             .map(|(key, lines)| (key.as_str(), lines.iter().map(|l| parse(l)).collect()))
             .collect();
         self.check_handoffs(&logs, &mut verdict);
-        for (key, log) in &logs {
-            self.check_log(key, log, &mut verdict);
+        match self.limit {
+            None => {
+                for (key, log) in &logs {
+                    self.check_log(key, log, &mut verdict);
+                }
+            }
+            Some(limit) => self.check_semaphore(limit, &logs, &mut verdict),
         }
         self.check_kills(&logs, &mut verdict);
         verdict
@@ -476,7 +502,7 @@ impl Run {
                 verdict.kills_unchecked += 1;
                 continue;
             }
-            let next = logs
+            let mut next = logs
                 .iter()
                 .filter(|(k, _)| k == key)
                 .flat_map(|(_, log)| log)
@@ -488,6 +514,13 @@ impl Run {
                     } if entered > at => Some(entered),
                     _ => None,
                 });
+            if self.limit.is_some() {
+                // A semaphore: the next grant dlock saw, if earlier (see `limit.rs`).
+                next = match (next, self.first_grant_after(key, at)) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
             // Someone asked before the lease could have run out and was still waiting at
             // TTL + ε (it timed out later, or was granted later).
             let waiter = self.procs.iter().find(|(&other, proc)| {
@@ -531,6 +564,7 @@ mod tests {
                     acquired: true,
                     loss_reason: (code == 76).then(|| "the lock key no longer holds".into()),
                     command_ended_at_ms: ended,
+                    fencing_token: None,
                 }),
             }),
         }
@@ -708,6 +742,7 @@ mod tests {
     fn killed(next_enter: u64) -> Run {
         let mut run = Run {
             masters: 1,
+            limit: None,
             ttl_ms: 1000,
             redis_timeout_ms: 300,
             procs: HashMap::from([
