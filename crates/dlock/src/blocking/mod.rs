@@ -35,6 +35,7 @@ use std::time::Duration;
 // Only the crate's public API, so the facade keeps working when internals move.
 use crate::{ClientOptions, Error, LockOptions, LockStatus, Result, SentinelConfig};
 
+mod guard;
 mod lock;
 mod reentrant;
 mod semaphore;

@@ -2,11 +2,10 @@
 //! semaphore methods.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{Client, Shared};
 // Only the crate's public API, so the facade keeps working when internals move.
-use crate::{LeaseStatus, LockOptions, LossReason, Result, SemaphoreStatus};
+use crate::{LockOptions, Result, SemaphoreStatus};
 
 impl Client {
     /// A counting semaphore named `name` with `permits` permits and default options, as
@@ -227,107 +226,16 @@ pub struct SemaphorePermit {
 }
 
 impl SemaphorePermit {
-    fn permit(&self) -> &crate::SemaphorePermit {
+    fn guard(&self) -> &crate::SemaphorePermit {
         self.inner
             .as_ref()
             .unwrap_or_else(|| unreachable!("only release() takes the permit, consuming self"))
     }
 
-    /// The semaphore's name, as [`crate::SemaphorePermit::name`].
-    pub fn name(&self) -> &str {
-        self.permit().name()
-    }
-
-    /// This grant's fencing token (it also names the holder to
-    /// [`Client::force_release_permits`]), as [`crate::SemaphorePermit::fencing_token`].
-    pub fn fencing_token(&self) -> u64 {
-        self.permit().fencing_token()
-    }
+    super::guard::blocking_lease_methods!("crate::SemaphorePermit", "semaphore");
 
     /// How many permits this grant holds, as [`crate::SemaphorePermit::permits`].
     pub fn permits(&self) -> u32 {
-        self.permit().permits()
-    }
-
-    /// The current lease length, as [`crate::SemaphorePermit::ttl`].
-    pub fn ttl(&self) -> Duration {
-        self.permit().ttl()
-    }
-
-    /// See [`crate::SemaphorePermit::remaining`].
-    pub fn remaining(&self) -> Duration {
-        self.permit().remaining()
-    }
-
-    /// See [`crate::SemaphorePermit::is_held`].
-    pub fn is_held(&self) -> bool {
-        self.permit().is_held()
-    }
-
-    /// See [`crate::SemaphorePermit::status`].
-    pub fn status(&self) -> LeaseStatus {
-        self.permit().status()
-    }
-
-    /// A channel that flips when the lease is lost, as [`crate::SemaphorePermit::watch`].
-    /// Synchronous code reads it without a runtime, as
-    /// [`LockGuard::watch`](super::LockGuard::watch) shows.
-    pub fn watch(&self) -> tokio::sync::watch::Receiver<LeaseStatus> {
-        self.permit().watch()
-    }
-
-    /// Blocks the calling thread until the lease is lost, and returns why, as
-    /// [`crate::SemaphorePermit::lost`]. **While the lease is held it never returns**; see
-    /// [`SemaphorePermit::lost_timeout`] for the bounded wait.
-    ///
-    /// # Errors
-    /// [`Error::Config`](crate::Error::Config) inside an async runtime.
-    pub fn lost(&self) -> Result<LossReason> {
-        self.shared.block_on(self.permit().lost())
-    }
-
-    /// Waits up to `timeout` for the lease to be lost: `Some(reason)` as soon as it is (at
-    /// once if it already was), `None` if it was still held when `timeout` passed. As
-    /// [`LockGuard::lost_timeout`](super::LockGuard::lost_timeout).
-    ///
-    /// # Errors
-    /// [`Error::Config`](crate::Error::Config) inside an async runtime.
-    pub fn lost_timeout(&self, timeout: Duration) -> Result<Option<LossReason>> {
-        self.shared.block_on_within(timeout, self.permit().lost())
-    }
-
-    /// Waits up to `timeout` for the moment to wind down, as
-    /// [`crate::SemaphorePermit::renewal_at_risk`]: `true` once renewals are failing and at
-    /// most `margin` of the lease's conservative validity is left, or once the lease is no
-    /// longer held; `false` if neither happened within `timeout`.
-    ///
-    /// # Errors
-    /// [`Error::Config`](crate::Error::Config) inside an async runtime.
-    pub fn renewal_at_risk_timeout(&self, margin: Duration, timeout: Duration) -> Result<bool> {
-        let at_risk = self.permit().renewal_at_risk(margin);
-        Ok(self.shared.block_on_within(timeout, at_risk)?.is_some())
-    }
-
-    /// Sets the lease to `ttl` from now, as [`crate::SemaphorePermit::extend`].
-    ///
-    /// # Errors
-    /// As [`crate::SemaphorePermit::extend`]; [`Error::Config`](crate::Error::Config) inside
-    /// an async runtime.
-    pub fn extend(&self, ttl: Duration) -> Result<()> {
-        self.shared.block_on(self.permit().extend(ttl))?
-    }
-
-    /// Gives the permits back (one round trip), reporting whether the lease was held all
-    /// along, as [`crate::SemaphorePermit::release`].
-    ///
-    /// # Errors
-    /// As [`crate::SemaphorePermit::release`]; [`Error::Config`](crate::Error::Config) inside
-    /// an async runtime (the permits are then given back in the background).
-    pub fn release(mut self) -> Result<()> {
-        let permit = self
-            .inner
-            .take()
-            .unwrap_or_else(|| unreachable!("release consumes the permit"));
-        self.shared.block_on(permit.release())?
+        self.guard().permits()
     }
 }
