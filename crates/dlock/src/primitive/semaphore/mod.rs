@@ -2,7 +2,12 @@
 //!
 //! # Guarantee
 //! While a [`SemaphorePermit`]'s lease is valid, the permits held by valid leases never add up
-//! to more than the semaphore's limit (on Redlock: on a majority of the masters). Each permit
+//! to more than the semaphore's limit. On Redlock a permit of an N-permit semaphore is granted
+//! on more than `M·N/(N+1)` of the M masters, not on a bare majority: three holders of a
+//! 2-permit semaphore could each sit on a different two of three masters, while no master
+//! holds more than two. With that many, N+1 grants cannot fit (each master holds at most N).
+//! The price is fewer masters that may be down (none for N ≥ 2 on three masters; one of five
+//! for N ≤ 3). Each permit
 //! is a member of a sorted set scored by its lease's end **on the server's clock** (`TIME`
 //! inside every script), so a crashed holder's permit is free again within one TTL, and a
 //! paused holder whose lease ran out loses its permit and is told so at its next renewal, as
