@@ -107,17 +107,10 @@ pub(crate) async fn attempt<A: Acquire>(
     pending.sending();
     let sent_at = Instant::now();
     let quorum = nodes.quorum_for(primitive.holders());
-    let mut answers = match send(nodes, quorum, primitive, &call, link.as_mut()).await {
-        Ok(answers) => answers,
-        Err(error) => {
-            // The server answered with an error (a key of another type, an ACL): the script
-            // granted nothing, so there is nothing to undo.
-            if error.kind() == crate::ErrorKind::Redis {
-                pending.settled();
-            }
-            return Err(error);
-        }
-    };
+    // An error answer leaves the acquisition in doubt: this call granted nothing, but an
+    // earlier attempt with the same token may have (or queued it), and the undo scripts
+    // tolerate a key of another type, so undoing costs nothing.
+    let mut answers = send(nodes, quorum, primitive, &call, link.as_mut()).await?;
     if answers.grants.len() >= quorum {
         let granted = Granted {
             core,
@@ -325,12 +318,13 @@ async fn roll_back(core: &Core, pending: &Pending, token: Token) {
         .all(|node| node.eval::<Vec<i64>>(&call, node.command_timeout()))
         .await;
     if !undone.iter().all(Result::is_ok) {
-        core.watchdog().release_in_background(undo.clone());
         if pending.fresh_token().is_err() {
-            // No fresh token (the OS random source failed): stay in doubt, so the undo is
-            // sent again when the caller gives up.
+            // No fresh token (the OS random source failed): stay in doubt with the old one,
+            // whose undo is then sent when the caller gives up (never before a retry that
+            // reuses it).
             return;
         }
+        core.watchdog().release_in_background(undo.clone());
     }
     pending.settled();
 }

@@ -562,3 +562,30 @@ async fn a_name_that_changes_type_harms_only_its_own_leases() {
     steady_lock.release().await.unwrap();
     theirs.release().await.unwrap();
 }
+
+/// Review finding: raising the limit on Redlock while permits are out let permits granted
+/// on fewer masters (under the old limit) add up to more than the new one. A raise now waits
+/// for the holders to leave; lowering is always allowed.
+#[tokio::test]
+async fn on_redlock_the_limit_is_raised_only_while_nobody_holds_a_permit() {
+    let servers = RedisServers::start(5);
+    let c = Client::redlock(&servers.urls()).await.unwrap();
+    let semaphore = c.semaphore("grow", 1).unwrap();
+    let held = semaphore.try_acquire().await.unwrap();
+    let refused = semaphore.set_limit(3).await.unwrap_err();
+    assert!(refused.is_config(), "{refused:?}");
+    assert_eq!(semaphore.permits(), 1, "the handle kept its limit");
+    held.release().await.unwrap();
+    assert_eq!(
+        semaphore.set_limit(3).await.unwrap(),
+        None,
+        "idle: nothing stored"
+    );
+    let a = semaphore.try_acquire_many(2).await.unwrap();
+    assert_eq!(
+        semaphore.set_limit(2).await.unwrap(),
+        Some(3),
+        "lowering is allowed"
+    );
+    a.release().await.unwrap();
+}

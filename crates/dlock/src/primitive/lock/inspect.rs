@@ -96,11 +96,24 @@ pub(crate) async fn list(core: &Core, pattern: &str) -> Result<Vec<LockStatus>> 
         .collect();
     let mut held = Vec::with_capacity(names.len());
     for name in names {
-        let status = inspect(core, &LockKeys::new(&name)?, false).await?;
+        let status = match inspect(core, &LockKeys::new(&name)?, false).await {
+            // The name became a semaphore since the scan (a key of another type): not a lock.
+            Err(error) if changed_type(&error) => continue,
+            other => other?,
+        };
         // A lease may have ended between the scan and the read.
         if status.held {
             held.push(status);
         }
     }
     Ok(held)
+}
+
+/// Whether `error` says a key holds another type than expected (on one node a server error,
+/// on Redlock a quorum of them): what a name that changed kind since a `SCAN` answers.
+pub(crate) fn changed_type(error: &crate::Error) -> bool {
+    match error {
+        crate::Error::Quorum { .. } => !error.is_retryable(),
+        _ => error.kind() == crate::ErrorKind::Redis,
+    }
 }

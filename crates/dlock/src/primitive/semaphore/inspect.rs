@@ -90,7 +90,9 @@ pub(crate) async fn read(core: &Core, keys: &LockKeys, action: Break) -> Result<
             failures,
         ));
     }
-    Ok(merge(&keys.lock, views, nodes.quorum()))
+    // A holder counts where as many masters hold it as a grant under the stored limit needs.
+    let limit = views.iter().filter_map(|v| v.limit).max().unwrap_or(1);
+    Ok(merge(&keys.lock, views, nodes.quorum_for(limit)))
 }
 
 /// One node's answer.
@@ -194,6 +196,8 @@ pub(crate) async fn set_limit(
         .arg(millis(keep))
         .arg(&keys.channel);
     let nodes = core.nodes();
+    // On Redlock a raise must wait for the holders granted under the old limit to leave.
+    call.arg(if nodes.is_single() { "0" } else { "1" });
     let replies = nodes
         .all(|node| node.eval::<i64>(&call, node.command_timeout()))
         .await;
@@ -201,6 +205,14 @@ pub(crate) async fn set_limit(
     let mut failures = Vec::new();
     for (index, reply) in replies.into_iter().enumerate() {
         match reply {
+            Ok(-2) => {
+                return Err(Error::Config(format!(
+                    "semaphore {:?} has holders: on Redlock its limit can only be raised while \
+                     nobody holds a permit (permits granted under the old limit sit on fewer \
+                     masters than the new one needs); lowering it is always allowed",
+                    keys.lock
+                )))
+            }
             Ok(stored) => previous = previous.max(u32::try_from(stored).ok()),
             Err(e) if nodes.is_single() => return Err(e),
             Err(e) => failures.push((index, e)),
@@ -232,7 +244,7 @@ pub(crate) async fn list(core: &Core, pattern: &str) -> Result<Vec<SemaphoreStat
     for name in names {
         let status = match read(core, &LockKeys::new(name)?, Break::None).await {
             // The name became a lock since the scan (a key of another type): not ours.
-            Err(error) if error.kind() == crate::ErrorKind::Redis => continue,
+            Err(error) if crate::primitive::lock::inspect::changed_type(&error) => continue,
             other => other?,
         };
         // It may have gone idle between the scan and the read.

@@ -188,8 +188,10 @@ impl Semaphore {
     /// at least one TTL after this call), the stored limit is gone and the next caller's limit
     /// is stored, as for a new semaphore. Returns the previous stored limit, if any.
     ///
-    /// On Redlock, change the limit only while nobody holds a permit: a lease granted under
-    /// one limit was granted on as many masters as that limit needed.
+    /// On Redlock a raise is refused with [`Error::Config`] while anyone holds a permit: a
+    /// permit granted under one limit sits on as many masters as that limit needed, and a
+    /// larger limit needs more (old grants on fewer masters could add up to more than the new
+    /// limit). Lowering is always allowed.
     ///
     /// # Errors
     /// [`Error::Config`] for a zero limit; connection errors.
@@ -217,7 +219,11 @@ impl Semaphore {
                 self.name()
             )));
         }
-        Ok(ForPermits { semaphore: self, n })
+        Ok(ForPermits {
+            semaphore: self,
+            n,
+            limit: AtomicU32::new(limit),
+        })
     }
 
     fn pending(&self) -> Result<Pending> {
@@ -247,10 +253,19 @@ fn check_limit(limit: u32) -> Result<()> {
 }
 
 /// One acquisition of `n` permits: what the engine drives. Each attempt names the limit the
-/// semaphore handle names then (a `set_limit` from a clone during a wait is followed).
+/// semaphore handle names then (a `set_limit` from a clone during a wait is followed), read
+/// once per attempt (`call`) so the grant's quorum and lease agree with what was asked.
 struct ForPermits<'a> {
     semaphore: &'a Semaphore,
     n: u32,
+    /// The limit the current attempt names.
+    limit: AtomicU32,
+}
+
+impl ForPermits<'_> {
+    fn limit(&self) -> u32 {
+        self.limit.load(Ordering::SeqCst)
+    }
 }
 
 impl Acquire for ForPermits<'_> {
@@ -261,12 +276,13 @@ impl Acquire for ForPermits<'_> {
     }
 
     fn holders(&self) -> u32 {
-        self.semaphore.permits()
+        self.limit()
     }
 
     fn call(&self, token: &Token, queue_for: Option<Duration>) -> ScriptInvocation<'static> {
         let (keys, options) = (&self.semaphore.keys, &self.semaphore.options);
         let identity = self.semaphore.core.identity();
+        self.limit.store(self.semaphore.permits(), Ordering::SeqCst);
         // -1: not fair; 0: fair, without queueing; > 0: fair, queued with this waiter lease.
         let mode: i64 = match (options.fair, queue_for) {
             (false, _) => -1,
@@ -281,7 +297,7 @@ impl Acquire for ForPermits<'_> {
             .key(&keys.queue_leases)
             .arg(token.as_str())
             .arg(self.n)
-            .arg(self.semaphore.permits())
+            .arg(self.limit())
             .arg(millis(options.ttl))
             .arg(millis(FENCE_RETENTION))
             .arg(&identity.host)
@@ -335,7 +351,7 @@ impl Acquire for ForPermits<'_> {
             ttl: semaphore.options.ttl,
             renew: semaphore.options.renew,
             min_replicas: semaphore.options.min_replicas,
-            holders: self.semaphore.permits(),
+            holders: self.limit(),
         };
         let lease = semaphore
             .core

@@ -15,12 +15,15 @@ local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 -- it after a forced release): one such item must not fail every release batched with it.
 local function release(i)
   local holders, sem = KEYS[4 * i - 3], KEYS[4 * i - 2]
-  local kind = redis.call('TYPE', holders)['ok']
-  if kind ~= 'zset' and kind ~= 'none' then
-    return 0
-  end
   local queue, leases = KEYS[4 * i - 1], KEYS[4 * i]
   local token, channel = ARGV[2 * i - 1], ARGV[2 * i]
+  local kind = redis.call('TYPE', holders)['ok']
+  if kind ~= 'zset' and kind ~= 'none' then
+    -- The queue keys outlive the name's change of type (a fair lock shares them): withdraw.
+    redis.call('LREM', queue, 0, token)
+    redis.call('ZREM', leases, token)
+    return 0
+  end
   local lease_end = tonumber(redis.call('ZSCORE', holders, token) or '')
   local released = lease_end ~= nil and lease_end > now_ms
   local removed = redis.call('ZREM', holders, token) > 0

@@ -3,7 +3,10 @@
 -- limit are answered with the new one (see acquire.lua).
 -- KEYS: 1 holders (zset), 2 semaphore hash, 3 wait queue
 -- ARGV: 1 new limit (whole number >= 1), 2 ttl ms: how long the hash (and so the limit) is
---       kept at least, for a semaphore nobody holds or waits for, 3 wake-up channel
+--       kept at least, for a semaphore nobody holds or waits for, 3 wake-up channel,
+--       4 '1' on Redlock: refuse to raise the limit while live holders remain (-2, nothing
+--       changed). A permit granted under N sits on the masters N needs; a larger N needs more,
+--       and old grants on fewer masters could then add up to more than the new N.
 -- Returns the previous stored limit, or -1 when none was stored. When the limit grew, the
 -- queue's head is woken (or everyone, '', when nobody queues): it may fit now.
 local time = redis.call('TIME')
@@ -21,6 +24,10 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', holders, '-inf', now_ms)) do
 end
 
 local previous = tonumber(redis.call('HGET', sem, 'limit') or '-1')
+if ARGV[4] == '1' and previous >= 0 and limit > previous
+   and redis.call('ZCOUNT', holders, '(' .. string.format('%.0f', now_ms), '+inf') > 0 then
+  return -2
+end
 redis.call('HSET', sem, 'limit', string.format('%.0f', limit))
 -- Never shorten the hash's life: it must outlast its holders' leases and its waiters.
 if redis.call('PTTL', sem) < tonumber(ARGV[2]) then
