@@ -188,31 +188,23 @@ pub(crate) async fn set_limit(
     limit: u32,
     keep: Duration,
 ) -> Result<Option<u32>> {
-    let mut call = scripts::SEMAPHORE_SET_LIMIT.prepare_invoke();
-    call.key(&keys.lock)
-        .key(&keys.semaphore)
-        .key(&keys.queue)
-        .arg(limit)
-        .arg(millis(keep))
-        .arg(&keys.channel);
     let nodes = core.nodes();
     // On Redlock a raise must wait for the holders granted under the old limit to leave.
-    call.arg(if nodes.is_single() { "0" } else { "1" });
-    let replies = nodes
-        .all(|node| node.eval::<i64>(&call, node.command_timeout()))
-        .await;
+    let strict = !nodes.is_single();
+    let replies = store_limit(core, keys, &limit.to_string(), keep, strict).await;
+    if replies.iter().any(|reply| matches!(reply, Ok(-2))) {
+        restore(core, keys, keep, &replies).await;
+        return Err(Error::Config(format!(
+            "semaphore {:?} has holders: on Redlock its limit can only be raised while nobody \
+             holds a permit (permits granted under the old limit sit on fewer masters than the \
+             new one needs); lowering it is always allowed",
+            keys.lock
+        )));
+    }
     let mut previous = None;
     let mut failures = Vec::new();
     for (index, reply) in replies.into_iter().enumerate() {
         match reply {
-            Ok(-2) => {
-                return Err(Error::Config(format!(
-                    "semaphore {:?} has holders: on Redlock its limit can only be raised while \
-                     nobody holds a permit (permits granted under the old limit sit on fewer \
-                     masters than the new one needs); lowering it is always allowed",
-                    keys.lock
-                )))
-            }
             Ok(stored) => previous = previous.max(u32::try_from(stored).ok()),
             Err(e) if nodes.is_single() => return Err(e),
             Err(e) => failures.push((index, e)),
@@ -227,6 +219,53 @@ pub(crate) async fn set_limit(
         ));
     }
     Ok(previous)
+}
+
+/// Runs `set_limit.lua` with `limit` (a number, or `unset`) on every node.
+async fn store_limit(
+    core: &Core,
+    keys: &LockKeys,
+    limit: &str,
+    keep: Duration,
+    strict: bool,
+) -> Vec<Result<i64>> {
+    let mut call = scripts::SEMAPHORE_SET_LIMIT.prepare_invoke();
+    call.key(&keys.lock)
+        .key(&keys.semaphore)
+        .key(&keys.queue)
+        .arg(limit)
+        .arg(millis(keep))
+        .arg(&keys.channel)
+        .arg(if strict { "1" } else { "0" });
+    core.nodes()
+        .all(|node| node.eval::<i64>(&call, node.command_timeout()))
+        .await
+}
+
+/// A raise refused on some masters: puts back what the others had (their previous limit, or
+/// none), so the masters never disagree on the limit. Best effort; a master that cannot be
+/// reached keeps the new limit until the semaphore is idle there (callers naming the old one
+/// are refused by it, which is safe).
+async fn restore(core: &Core, keys: &LockKeys, keep: Duration, replies: &[Result<i64>]) {
+    for (index, reply) in replies.iter().enumerate() {
+        let previous = match reply {
+            Ok(-2) | Err(_) => continue,
+            Ok(-1) => "unset".to_owned(),
+            Ok(limit) => limit.to_string(),
+        };
+        let node = core.nodes().get(index);
+        let mut call = scripts::SEMAPHORE_SET_LIMIT.prepare_invoke();
+        call.key(&keys.lock)
+            .key(&keys.semaphore)
+            .key(&keys.queue)
+            .arg(&previous)
+            .arg(millis(keep))
+            .arg(&keys.channel)
+            .arg("0");
+        if let Err(error) = node.eval::<i64>(&call, node.command_timeout()).await {
+            tracing::warn!(node = node.name(), %error, "could not put a semaphore's limit back");
+        }
+    }
 }
 
 /// Every semaphore in use whose name matches `pattern`, sorted by name.

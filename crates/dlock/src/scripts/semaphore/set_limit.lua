@@ -7,11 +7,21 @@
 --       4 '1' on Redlock: refuse to raise the limit while live holders remain (-2, nothing
 --       changed). A permit granted under N sits on the masters N needs; a larger N needs more,
 --       and old grants on fewer masters could then add up to more than the new N.
+-- ARGV 1 may also be 'unset': drop the stored limit if nobody holds a permit (see below).
 -- Returns the previous stored limit, or -1 when none was stored. When the limit grew, the
 -- queue's head is woken (or everyone, '', when nobody queues): it may fit now.
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local holders, sem = KEYS[1], KEYS[2]
+-- 'unset' (putting back a refused raise where no limit was stored): drop the stored limit,
+-- only while nobody holds a permit here.
+if ARGV[1] == 'unset' then
+  local previous = tonumber(redis.call('HGET', sem, 'limit') or '-1')
+  if redis.call('ZCOUNT', holders, '(' .. string.format('%.0f', now_ms), '+inf') == 0 then
+    redis.call('HDEL', sem, 'limit')
+  end
+  return previous
+end
 local limit = tonumber(ARGV[1])
 if not (limit and limit >= 1 and limit == math.floor(limit)) then
   return redis.error_reply('ERR dlock semaphore: the limit must be a whole number >= 1, got '
