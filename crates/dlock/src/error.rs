@@ -216,10 +216,18 @@ impl Error {
             || error.is_connection_dropped()
             || error.is_connection_refusal()
             // READONLY: a master that was demoted to replica by a failover. CLUSTERDOWN: a
-            // cluster node that (re)started and has not met the others yet.
+            // cluster node that (re)started and has not met the others yet. MOVED/ASK left
+            // after the cluster client's own redirects: slots still moving (a node rejoining).
             || matches!(
                 code,
-                "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN"
+                "LOADING"
+                    | "BUSY"
+                    | "TRYAGAIN"
+                    | "MASTERDOWN"
+                    | "READONLY"
+                    | "CLUSTERDOWN"
+                    | "MOVED"
+                    | "ASK"
             )
         {
             return Error::Unavailable {
