@@ -37,6 +37,10 @@ pub(crate) static ACQUIRE: LazyLock<Script> = with_grant!("scripts/acquire.lua")
 pub(crate) static ACQUIRE_FAIR: LazyLock<Script> = with_grant!("scripts/acquire_fair.lua");
 /// Extend held leases (see `extend.lua`); reentrant leases too.
 pub(crate) static EXTEND: LazyLock<Script> = script!("scripts/extend.lua");
+/// Extend plain locks: only the lock and its holder info (see `extend_plain.lua`).
+pub(crate) static EXTEND_PLAIN: LazyLock<Script> = script!("scripts/extend_plain.lua");
+/// Release plain (non-fair) locks: only the lock and its holder info (see `release_plain.lua`).
+pub(crate) static RELEASE_PLAIN: LazyLock<Script> = script!("scripts/release_plain.lua");
 /// Release held locks and wake their waiters (see `release.lua`).
 pub(crate) static RELEASE: LazyLock<Script> = script!("scripts/release.lua");
 /// Release with a minimum hold: keep the lock (unrenewed) for a while (see `keep.lua`).

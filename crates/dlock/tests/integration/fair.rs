@@ -207,3 +207,40 @@ async fn try_lock_never_jumps_the_queue() {
     assert_eq!(queue_len, 0);
     guard.release().await.unwrap();
 }
+
+/// Issue 12's lean hot path: a plain lock's renewal and release touch only the lock and its
+/// holder info (no queue or hold keys); a fair lock's release still withdraws from its queue.
+#[tokio::test]
+async fn only_a_fair_lock_pays_for_the_queue() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let ttl = Duration::from_millis(300);
+    let plain = c
+        .lock_with("plain", LockOptions::new().ttl(ttl))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    // A renewal or two, then the release.
+    sleep(ttl).await;
+    assert!(plain.is_held());
+    plain.release().await.unwrap();
+    for queue_work in ["lrem", "zrem", "lindex"] {
+        assert_eq!(
+            server.command_calls(queue_work),
+            0,
+            "{queue_work} for a plain lock"
+        );
+    }
+    let fair = c
+        .lock_with("fair", LockOptions::new().fair(true))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    fair.release().await.unwrap();
+    assert!(
+        server.command_calls("lrem") > 0,
+        "a fair release withdraws from its queue"
+    );
+}

@@ -147,9 +147,10 @@ impl Lock {
 
     fn pending(&self) -> Result<Pending> {
         let keys = self.keys.clone();
+        let fair = self.options.fair;
         Pending::new(
             self.core.watchdog().clone(),
-            Box::new(move |token| Arc::new(Held::new(keys.clone(), token))),
+            Box::new(move |token| Arc::new(Held::new(keys.clone(), token, fair))),
         )
     }
 
@@ -241,7 +242,7 @@ impl Acquire for Lock {
     }
 
     fn granted(&self, grant: Grant) -> LockGuard {
-        let held = Arc::new(Held::new(self.keys.clone(), grant.token));
+        let held = Arc::new(Held::new(self.keys.clone(), grant.token, self.options.fair));
         let lease = self.core.track(
             held.clone(),
             grant.fencing_token,
@@ -277,11 +278,14 @@ pub(crate) fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
 pub(crate) struct Held {
     pub(super) keys: Arc<LockKeys>,
     pub(super) token: Token,
+    /// A fair lock's release also withdraws the token from the wait queue and wakes its head;
+    /// a plain lock's touches only the lock and its holder info.
+    fair: bool,
 }
 
 impl Held {
-    pub(crate) fn new(keys: Arc<LockKeys>, token: Token) -> Held {
-        Held { keys, token }
+    pub(crate) fn new(keys: Arc<LockKeys>, token: Token, fair: bool) -> Held {
+        Held { keys, token, fair }
     }
 }
 
@@ -293,10 +297,13 @@ impl LeaseOps for Held {
         self.keys.slot()
     }
     fn renew_script(&self) -> &'static Script {
-        &scripts::EXTEND
+        &scripts::EXTEND_PLAIN
     }
     fn add_renew(&self, call: &mut ScriptInvocation<'_>, ttl: Duration) {
-        add_extend(call, &self.keys, &self.token, ttl, None);
+        call.key(&self.keys.lock)
+            .key(&self.keys.info)
+            .arg(self.token.as_str())
+            .arg(millis(ttl));
     }
     fn verify(&self) -> Verify<'_> {
         Verify::KeyHolds {
@@ -314,9 +321,20 @@ impl ReleaseOp for Held {
         self.keys.slot()
     }
     fn release_script(&self) -> &'static Script {
-        &scripts::RELEASE
+        if self.fair {
+            &scripts::RELEASE
+        } else {
+            &scripts::RELEASE_PLAIN
+        }
     }
     fn add_release(&self, call: &mut ScriptInvocation<'_>) {
+        if !self.fair {
+            call.key(&self.keys.lock)
+                .key(&self.keys.info)
+                .arg(self.token.as_str())
+                .arg(&self.keys.channel);
+            return;
+        }
         // Also withdraws the token from the fair queue: the same call undoes a waiter.
         call.key(&self.keys.lock)
             .key(&self.keys.info)
