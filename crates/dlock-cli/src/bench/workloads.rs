@@ -217,15 +217,7 @@ pub async fn contended(
             Ok::<_, dlock::Error>((grants, waits))
         }));
     }
-    let mut per_worker = Vec::with_capacity(workers);
-    let mut all = Samples::default();
-    for task in tasks {
-        let (grants, waits) = task
-            .await
-            .map_err(|e| dlock::Error::Internal(format!("bench task failed: {e}")))??;
-        per_worker.push(grants);
-        all.extend(waits);
-    }
+    let (per_worker, all) = gather(tasks).await?;
     let ops = per_worker.iter().sum();
     let mut row = Row::new(name, workers, ops, started.elapsed(), all);
     row.violations = violations.load(Ordering::SeqCst);
@@ -283,15 +275,7 @@ pub async fn semaphore(
             Ok::<_, dlock::Error>((grants, waits))
         }));
     }
-    let mut per_worker = Vec::with_capacity(workers);
-    let mut all = Samples::default();
-    for task in tasks {
-        let (grants, waits) = task
-            .await
-            .map_err(|e| dlock::Error::Internal(format!("bench task failed: {e}")))??;
-        per_worker.push(grants);
-        all.extend(waits);
-    }
+    let (per_worker, all) = gather(tasks).await?;
     let ops = per_worker.iter().sum();
     let mut row = Row::new("semaphore", workers, ops, started.elapsed(), all);
     row.violations = seen.violations();
@@ -300,4 +284,21 @@ pub async fn semaphore(
     row.permits = Some(permits);
     row.max_holders = Some(seen.max_holders());
     Ok(row)
+}
+
+/// Waits for contending workers; each reports its grants and its waits. Returns the grants
+/// per worker and every wait.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<dlock::Result<(u64, Samples)>>>,
+) -> dlock::Result<(Vec<u64>, Samples)> {
+    let mut per_worker = Vec::with_capacity(tasks.len());
+    let mut all = Samples::default();
+    for task in tasks {
+        let (grants, waits) = task
+            .await
+            .map_err(|e| dlock::Error::Internal(format!("bench task failed: {e}")))??;
+        per_worker.push(grants);
+        all.extend(waits);
+    }
+    Ok((per_worker, all))
 }

@@ -117,6 +117,7 @@ pub(crate) async fn attempt<A: Acquire>(
             pending,
             token: &token,
             sent_at,
+            quorum,
         };
         match granted.finish(primitive, &answers, link.as_mut()).await? {
             Some(guard) => return Ok(Attempt::Granted(guard)),
@@ -168,6 +169,8 @@ struct Granted<'a> {
     pending: &'a Pending,
     token: &'a Token,
     sent_at: Instant,
+    /// How many nodes must grant (and confirm the fence write-back).
+    quorum: usize,
 }
 
 impl Granted<'_> {
@@ -181,10 +184,9 @@ impl Granted<'_> {
     ) -> Result<Option<A::Guard>> {
         let nodes = self.core.nodes();
         let fences: Vec<(usize, u64)> = answers.grants.iter().map(|g| (g.0, g.1)).collect();
-        let quorum = nodes.quorum_for(primitive.holders());
         let completed = complete(
             nodes,
-            quorum,
+            self.quorum,
             primitive,
             self.token,
             &fences,

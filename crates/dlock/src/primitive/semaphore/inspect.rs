@@ -229,6 +229,20 @@ async fn store_limit(
     keep: Duration,
     strict: bool,
 ) -> Vec<Result<i64>> {
+    let call = limit_call(keys, limit, keep, strict);
+    core.nodes()
+        .all(|node| node.eval::<i64>(&call, node.command_timeout()))
+        .await
+}
+
+/// A `set_limit.lua` call: `limit` is a number or `unset`; `strict` refuses a raise while
+/// permits are out (Redlock).
+fn limit_call(
+    keys: &LockKeys,
+    limit: &str,
+    keep: Duration,
+    strict: bool,
+) -> redis::ScriptInvocation<'static> {
     let mut call = scripts::SEMAPHORE_SET_LIMIT.prepare_invoke();
     call.key(&keys.lock)
         .key(&keys.semaphore)
@@ -237,9 +251,7 @@ async fn store_limit(
         .arg(millis(keep))
         .arg(&keys.channel)
         .arg(if strict { "1" } else { "0" });
-    core.nodes()
-        .all(|node| node.eval::<i64>(&call, node.command_timeout()))
-        .await
+    call
 }
 
 /// A raise refused on some masters: puts back what the others had (their previous limit, or
@@ -254,14 +266,7 @@ async fn restore(core: &Core, keys: &LockKeys, keep: Duration, replies: &[Result
             Ok(limit) => limit.to_string(),
         };
         let node = core.nodes().get(index);
-        let mut call = scripts::SEMAPHORE_SET_LIMIT.prepare_invoke();
-        call.key(&keys.lock)
-            .key(&keys.semaphore)
-            .key(&keys.queue)
-            .arg(&previous)
-            .arg(millis(keep))
-            .arg(&keys.channel)
-            .arg("0");
+        let call = limit_call(keys, &previous, keep, false);
         if let Err(error) = node.eval::<i64>(&call, node.command_timeout()).await {
             tracing::warn!(node = node.name(), %error, "could not put a semaphore's limit back");
         }
