@@ -34,6 +34,9 @@ pub(crate) struct LockKeys {
     pub queue: String,
     /// Fair mode's waiter leases: token → server time (ms) when the entry expires (a zset).
     pub queue_leases: String,
+    /// The hand-off terms of queued waiters that accept one: token → JSON of host, pid,
+    /// label and claim lease (a hash).
+    pub waiters: String,
     /// Reentrant mode's hold count.
     pub holds: String,
     /// A semaphore's hash: its stored permit limit and each holder's info (the name itself
@@ -83,6 +86,7 @@ impl LockKeys {
             fence: companion("fence"),
             queue: companion("queue"),
             queue_leases: companion("queue-leases"),
+            waiters: companion("waiters"),
             holds: companion("holds"),
             semaphore: companion("sem"),
             channel: companion("released"),
@@ -180,7 +184,13 @@ mod tests {
         for name in ["main:hello", "{user:42}:job", "a{b", "{a}{b}", "tag{"] {
             let keys = LockKeys::new(name).expect(name);
             assert_eq!(hashed_part(&keys.info), hashed_part(&keys.lock), "{name}");
-            for companion in [&keys.fence, &keys.queue, &keys.queue_leases, &keys.holds] {
+            for companion in [
+                &keys.fence,
+                &keys.queue,
+                &keys.queue_leases,
+                &keys.waiters,
+                &keys.holds,
+            ] {
                 assert_eq!(hashed_part(companion), hashed_part(&keys.lock), "{name}");
             }
         }
@@ -194,6 +204,7 @@ mod tests {
             &keys.fence,
             &keys.queue,
             &keys.queue_leases,
+            &keys.waiters,
             &keys.holds,
             &keys.channel,
         ] {

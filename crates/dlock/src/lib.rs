@@ -109,7 +109,7 @@ pub use error::{Conflict, Error, ErrorKind, NodeFailure, Result};
 pub use holder::{HolderInfo, LockStatus};
 pub use key::MAX_NAME_LEN;
 pub use options::{
-    ClientOptions, LockOptions, MinReplicas, Wait, DEFAULT_COMMAND_TIMEOUT,
+    ClientOptions, LockOptions, MinReplicas, Wait, DEFAULT_CLAIM, DEFAULT_COMMAND_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_RECHECK, DEFAULT_SUBSCRIPTION_LINGER, DEFAULT_TTL,
     DEFAULT_WAIT, FENCE_RETENTION, MAX_TTL, MIN_TTL,
 };

@@ -24,6 +24,10 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// once by pub/sub; the re-check only catches what publishes nothing (a holder that crashed and
 /// whose lease expired, a key deleted by another tool, a lost message), so it can be slow.
 pub const DEFAULT_RECHECK: Duration = Duration::from_secs(2);
+/// Default claim lease of a hand-off: a lock handed to a waiter is first granted for this long
+/// and renewed to its full TTL once the new holder runs, so a waiter that died just before its
+/// turn holds the queue up for at most this long.
+pub const DEFAULT_CLAIM: Duration = Duration::from_secs(1);
 /// Default time a wake-up subscription nobody waits on is kept for the next waiter: a job that
 /// waits for the same lock again soon skips the `SUBSCRIBE` round trip.
 pub const DEFAULT_SUBSCRIPTION_LINGER: Duration = Duration::from_secs(10);
@@ -67,6 +71,8 @@ pub struct LockOptions {
     pub(crate) label: Option<String>,
     pub(crate) backoff: Backoff,
     pub(crate) fair: bool,
+    pub(crate) handoff: bool,
+    pub(crate) claim: Duration,
     pub(crate) recheck: Duration,
     pub(crate) min_replicas: Option<MinReplicas>,
 }
@@ -90,6 +96,8 @@ impl Default for LockOptions {
             label: None,
             backoff: Backoff::default(),
             fair: false,
+            handoff: true,
+            claim: DEFAULT_CLAIM,
             recheck: DEFAULT_RECHECK,
             min_replicas: None,
         }
@@ -133,6 +141,31 @@ impl LockOptions {
     /// waiter lease ends: `3 × recheck`, or its remaining wait if shorter.
     pub fn fair(mut self, fair: bool) -> Self {
         self.fair = fair;
+        self
+    }
+
+    /// Hand-off (default on): a waiting [`lock`](crate::Lock::lock) joins the lock's wait queue,
+    /// and the holder's release grants the lock to the queue's head in the same script call and
+    /// tells it so in the wake-up message, so the next holder starts without a round trip of its
+    /// own and waiters are served in arrival order. Off: waiters do not queue; a release wakes
+    /// all of them and the fastest retry wins (barging), which is how most Redis locks wait.
+    ///
+    /// A handed-off grant first lasts the [`claim`](LockOptions::claim) lease and is renewed to
+    /// the full TTL by the watchdog once the new holder runs. Hand-off needs one Redis (or
+    /// Sentinel, or Cluster) and the watchdog: on Redlock, or with renewal off or a replica
+    /// guard, waiters are woken to retry instead. `try_lock` never queues; outside fair mode it
+    /// takes a lock that is free even when others queue.
+    pub fn handoff(mut self, handoff: bool) -> Self {
+        self.handoff = handoff;
+        self
+    }
+
+    /// The claim lease of a hand-off (default [`DEFAULT_CLAIM`], at most the TTL): how long a
+    /// lock handed to a waiter that died just before its turn keeps the others waiting. A
+    /// handed-off holder renews to its full TTL within a third of it, so keep it well above a
+    /// round trip (10 ms at least).
+    pub fn claim(mut self, claim: Duration) -> Self {
+        self.claim = claim;
         self
     }
 
@@ -191,7 +224,18 @@ impl LockOptions {
                 self.recheck
             )));
         }
+        if self.claim < Duration::from_millis(10) || self.claim > MAX_TTL {
+            return Err(Error::Config(format!(
+                "claim lease {:?} is out of range (10ms to the TTL)",
+                self.claim
+            )));
+        }
         self.backoff.validate()
+    }
+
+    /// The claim lease a hand-off grants: the configured one, never longer than the TTL.
+    pub(crate) fn claim_lease(&self) -> Duration {
+        self.claim.min(self.ttl)
     }
 
     /// How long a fair-mode waiter's queue entry lives without a refresh, given the time it has

@@ -23,6 +23,20 @@ macro_rules! with_grant {
     };
 }
 
+/// A lock script with both preludes in front: `grant.lua`, then `handoff.lua` (the wait queue
+/// and the hand-off of a freed lock to its head).
+macro_rules! with_handoff {
+    ($script:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("scripts/grant.lua"),
+                include_str!("scripts/handoff.lua"),
+                include_str!($script)
+            ))
+        })
+    };
+}
+
 /// A script from `scripts/`.
 macro_rules! script {
     ($script:literal) => {
@@ -31,18 +45,15 @@ macro_rules! script {
 }
 
 // The lock (`primitive::lock`).
-/// Take a free lock, grant a fencing token, write holder info (see `acquire.lua`).
-pub(crate) static ACQUIRE: LazyLock<Script> = with_grant!("scripts/acquire.lua");
-/// Fair (FIFO) acquisition with a wait queue (see `acquire_fair.lua`).
-pub(crate) static ACQUIRE_FAIR: LazyLock<Script> = with_grant!("scripts/acquire_fair.lua");
+/// Take a free lock (fencing token, holder info), or join its wait queue (see `acquire.lua`).
+pub(crate) static ACQUIRE: LazyLock<Script> = with_handoff!("scripts/acquire.lua");
 /// Extend held leases (see `extend.lua`); reentrant leases too.
 pub(crate) static EXTEND: LazyLock<Script> = script!("scripts/extend.lua");
 /// Extend plain locks: only the lock and its holder info (see `extend_plain.lua`).
 pub(crate) static EXTEND_PLAIN: LazyLock<Script> = script!("scripts/extend_plain.lua");
-/// Release plain (non-fair) locks: only the lock and its holder info (see `release_plain.lua`).
-pub(crate) static RELEASE_PLAIN: LazyLock<Script> = script!("scripts/release_plain.lua");
-/// Release held locks and wake their waiters (see `release.lua`).
-pub(crate) static RELEASE: LazyLock<Script> = script!("scripts/release.lua");
+/// Release held locks and pass each on: handed to its queue's head, or waiters woken (see
+/// `release.lua`).
+pub(crate) static RELEASE: LazyLock<Script> = with_handoff!("scripts/release.lua");
 /// Release with a minimum hold: keep the lock (unrenewed) for a while (see `keep.lua`).
 pub(crate) static KEEP: LazyLock<Script> = script!("scripts/keep.lua");
 /// Read (and optionally break) a lock's state (see `inspect.lua`).

@@ -32,6 +32,9 @@ pub(crate) struct Busy {
     pub conflict: Box<Conflict>,
     /// Fair mode: time until the lease of the waiter just ahead of us in the queue ends.
     pub ahead_lease_left: Option<Duration>,
+    /// When the attempt that answered was sent (set by [`attempt`]): it reached Redis before any
+    /// later hand-off to this waiter, so a handed grant's claim lease counts from no earlier.
+    pub sent_at: Option<Instant>,
 }
 
 /// One node's answer to an acquire call.
@@ -137,7 +140,10 @@ pub(crate) async fn attempt<A: Acquire>(
         pending.settled();
     }
     match answers.busy {
-        Some(busy) => Ok(Attempt::Busy(busy)),
+        Some(busy) => Ok(Attempt::Busy(Busy {
+            sent_at: Some(sent_at),
+            ..busy
+        })),
         None => Err(refusal(nodes, quorum, answers.failures)),
     }
 }

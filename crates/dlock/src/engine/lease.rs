@@ -37,7 +37,11 @@ pub(crate) fn renewal_interval(ttl: Duration) -> Duration {
 
 #[derive(Debug, Clone, Copy)]
 struct Timing {
+    /// The lease length renewals ask for.
     ttl: Duration,
+    /// The length of the latest grant or renewal: `ttl`, except for a handed-off grant's claim
+    /// lease until its first renewal.
+    term: Duration,
     sent_at: Instant,
     valid_until: Instant,
     /// Suspended time read no later than the send: what counts against this validity is the
@@ -91,6 +95,7 @@ impl Lease {
             min_replicas: None,
             timing: Mutex::new(Timing {
                 ttl,
+                term: ttl,
                 sent_at,
                 valid_until: sent_at + validity(ttl),
                 suspended_at_send: suspended,
@@ -105,6 +110,17 @@ impl Lease {
 
     fn timing(&self) -> Timing {
         *self.timing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Granted for `term` (a hand-off's claim lease), not the full TTL: valid and due for
+    /// renewal accordingly until the first renewal.
+    pub fn with_first_term(self, term: Duration) -> Lease {
+        {
+            let mut timing = self.timing.lock().unwrap_or_else(PoisonError::into_inner);
+            timing.term = term;
+            timing.valid_until = timing.sent_at + validity(term);
+        }
+        self
     }
 
     /// Needs `quorum` nodes to hold it (Redlock).
@@ -172,7 +188,7 @@ impl Lease {
     /// When the watchdog should renew next.
     pub fn next_renewal(&self) -> Instant {
         let timing = self.timing();
-        timing.sent_at + renewal_interval(timing.ttl)
+        timing.sent_at + renewal_interval(timing.term)
     }
 
     /// Records a successful extension sent at `sent_at` to `ttl`. Replies can arrive out of
@@ -183,6 +199,7 @@ impl Lease {
         if sent_at >= timing.sent_at {
             *timing = Timing {
                 ttl,
+                term: ttl,
                 sent_at,
                 valid_until: sent_at + validity(ttl),
                 // The last reading before this one was taken before this renewal was sent.

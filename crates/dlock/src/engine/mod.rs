@@ -122,18 +122,38 @@ impl Core {
         terms: Terms,
         sent_at: Instant,
     ) -> Arc<Lease> {
-        let lease = Arc::new(
-            Lease::new(
-                ops,
-                fencing_token,
-                terms.ttl,
-                sent_at,
-                terms.renew,
-                self.held.clone(),
-            )
-            .with_min_replicas(terms.min_replicas)
-            .with_quorum(self.nodes.quorum_for(terms.holders)),
-        );
+        self.watch(self.lease(ops, fencing_token, terms, sent_at), terms)
+    }
+
+    /// A lease a release handed over (see `handoff.lua`): granted for `claim` from no earlier
+    /// than `since`, and renewed to its full TTL by the watchdog within a third of that.
+    pub fn track_handed(
+        &self,
+        ops: Arc<dyn LeaseOps>,
+        fencing_token: u64,
+        terms: Terms,
+        since: Instant,
+        claim: Duration,
+    ) -> Arc<Lease> {
+        let lease = self.lease(ops, fencing_token, terms, since);
+        self.watch(lease.with_first_term(claim), terms)
+    }
+
+    fn lease(&self, ops: Arc<dyn LeaseOps>, fence: u64, terms: Terms, sent_at: Instant) -> Lease {
+        Lease::new(
+            ops,
+            fence,
+            terms.ttl,
+            sent_at,
+            terms.renew,
+            self.held.clone(),
+        )
+        .with_min_replicas(terms.min_replicas)
+        .with_quorum(self.nodes.quorum_for(terms.holders))
+    }
+
+    fn watch(&self, lease: Lease, terms: Terms) -> Arc<Lease> {
+        let lease = Arc::new(lease);
         let watchdog = match terms.min_replicas {
             None => &self.watchdog,
             Some(_) => self

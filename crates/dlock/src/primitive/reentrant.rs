@@ -174,9 +174,11 @@ impl ReentrantLock {
         let attempt = ForOwner { lock: self, owner };
         self.lock
             .waiting()
-            .wait_for(&pending.token(), |_| {
-                acquire::attempt(self.lock.core(), &attempt, &pending, None)
-            })
+            .wait_for(
+                &pending.token(),
+                |_| acquire::attempt(self.lock.core(), &attempt, &pending, None),
+                |_| None,
+            )
             .await
     }
 

@@ -1,26 +1,38 @@
--- Release locks still held by their tokens and wake their waiters; never touches another
--- owner's lock. Also withdraws each token from the lock's fair-mode wait queue, so the same
--- script cleans up after a cancelled waiter.
--- KEYS: per lock, 4 keys: lock, holder info, wait queue, waiter leases
--- ARGV: per lock, 2 values: token, wake-up channel
--- Returns one 1 (released) or 0 (was not ours) per lock. The wake-up names the fair queue's
--- head (only it retries), or is empty (everyone retries) when nobody queues.
+-- Release locks still held by their tokens and pass each on: to the live head of its wait
+-- queue if that waiter takes hand-offs (granted in this same call, see handoff.lua), else by
+-- a wake-up (the head's id, or empty: everyone retries). Never touches another owner's lock.
+-- A token that does not hold its lock is withdrawn from the queue instead, so the same script
+-- undoes a cancelled waiter (and passes on a lock that was handed to it meanwhile).
+-- KEYS: per lock, 6 keys: lock, holder info, fencing counter, wait queue, waiter leases,
+--       waiters' hand-off terms
+-- ARGV: per lock, 3 values: token, wake-up channel, fencing counter retention ms
+-- Returns one 1 (released) or 0 (was not ours) per lock.
 -- pcall: a key of another type (a semaphore's name reused for a lock, or the reverse) answers
 -- "not ours" for that item instead of failing every lease batched with it.
 local results = {}
-for i = 1, #ARGV / 2 do
-  local lock, info, queue, leases = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
-  local token, channel = ARGV[2 * i - 1], ARGV[2 * i]
+for i = 1, #ARGV / 3 do
+  local k = 6 * (i - 1)
+  local lock, info, fence = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local q = {KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]}
+  local token, channel, retention = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
   local released = redis.pcall('GET', lock) == token
-  if released then
-    redis.call('DEL', lock, info)
-  end
-  local withdrew = redis.call('LREM', queue, 0, token) > 0
-  redis.call('ZREM', leases, token)
+  local withdrew = not released and withdraw(q, token)
   if released or (withdrew and redis.call('EXISTS', lock) == 0) then
-    -- pcall: a user without channel permissions (Redis 7 ACLs) still releases; its waiters
-    -- then rely on their timed re-checks.
-    redis.pcall('PUBLISH', channel, redis.call('LINDEX', queue, 0) or '')
+    -- Lean when nobody queues: one LINDEX, no clock read.
+    local head = redis.call('LINDEX', q[1], 0)
+    local now_us
+    if head then
+      now_us = server_now_us()
+      head = live_head(q, math.floor(now_us / 1000))
+    end
+    if not (head and hand_to(lock, info, fence, q, head, channel, retention, now_us)) then
+      redis.call('DEL', lock, info)
+      if not head then
+        -- pcall: a user without channel permissions (Redis 7 ACLs) still releases; its
+        -- waiters then rely on their timed re-checks.
+        redis.pcall('PUBLISH', channel, '')
+      end
+    end
   end
   results[i] = released and 1 or 0
 end

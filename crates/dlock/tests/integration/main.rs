@@ -12,6 +12,7 @@ mod defaults; // the 30 s wait and 2 s command timeout, at their defaults (pause
 mod exclusion; // conflicts, waiting, holder info, status and forced release
 mod fair; // FIFO grants; dead waiters leave the queue when their lease ends
 mod fencing; // tokens strictly increase, across clients and across data loss
+mod handoff; // a release grants the lock to the queue's head: one round trip, dead heads, lost messages
 mod layout; // no import circles between modules, layers point down, small files and functions
 mod ownership; // non-owners never touch another owner's lock
 mod partition; // a partitioned holder knows its lease is over before anyone else has it

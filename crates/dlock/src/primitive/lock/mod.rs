@@ -27,7 +27,7 @@ use crate::engine::acquire::{self, Acquire, Answer, Attempt, Busy, Grant};
 use crate::engine::handle::{LeaseHandle, Shared};
 use crate::engine::ops::{LeaseOps, ReleaseOp, Verify};
 use crate::engine::pending::Pending;
-use crate::engine::wait::Waiting;
+use crate::engine::wait::{Handoff, Waiting};
 use crate::engine::{Core, Terms};
 use crate::error::{Conflict, Error, Result};
 use crate::holder::{int, pttl, HolderInfo};
@@ -130,10 +130,16 @@ impl Lock {
     /// expires with its waiter lease), and no subscription.
     pub async fn lock(&self) -> Result<LockGuard> {
         let pending = self.pending()?;
+        let handed = |handoff: Handoff| {
+            pending.settled();
+            Some(self.handed(pending.token(), handoff))
+        };
         self.waiting()
-            .wait_for(&pending.token(), |queue_for| {
-                acquire::attempt(&self.core, self, &pending, queue_for)
-            })
+            .wait_for(
+                &pending.token(),
+                |queue_for| acquire::attempt(&self.core, self, &pending, queue_for),
+                handed,
+            )
             .await
     }
 
@@ -147,11 +153,35 @@ impl Lock {
 
     fn pending(&self) -> Result<Pending> {
         let keys = self.keys.clone();
-        let fair = self.options.fair;
         Pending::new(
             self.core.watchdog().clone(),
-            Box::new(move |token| Arc::new(Held::new(keys.clone(), token, fair))),
+            Box::new(move |token| Arc::new(Held::new(keys.clone(), token))),
         )
+    }
+
+    /// Whether this lock's waiters take hand-offs: on one Redis, with the watchdog to renew
+    /// the claim lease and no replica guard (a handed grant skips the guard's `WAIT`).
+    fn hands_off(&self) -> bool {
+        let options = &self.options;
+        options.handoff
+            && options.renew
+            && options.min_replicas.is_none()
+            && self.core.nodes().is_single()
+    }
+
+    /// The guard for a grant a release handed to `token` (see `handoff.lua`): valid for the
+    /// claim lease from the last busy answer's send, renewed to the full TTL by the watchdog.
+    fn handed(&self, token: Token, handoff: Handoff) -> LockGuard {
+        let held = Arc::new(Held::new(self.keys.clone(), token));
+        let lease = self.core.track_handed(
+            held.clone(),
+            handoff.fence,
+            self.terms(),
+            handoff.since,
+            handoff.claim,
+        );
+        let handle = LeaseHandle::new(Shared::new(lease), self.core.clone(), held.clone());
+        LockGuard::new(handle, held)
     }
 
     /// Where this lock's waiters wait.
@@ -161,6 +191,7 @@ impl Lock {
             name: &self.keys.lock,
             channel: &self.keys.channel,
             options: &self.options,
+            queue: self.options.fair || self.hands_off(),
         }
     }
 
@@ -192,29 +223,28 @@ impl Acquire for Lock {
 
     fn call(&self, token: &Token, queue_for: Option<Duration>) -> ScriptInvocation<'static> {
         let identity = self.core.identity();
-        let fair = self.options.fair;
-        let script: &'static Script = if fair {
-            &scripts::ACQUIRE_FAIR
-        } else {
-            &scripts::ACQUIRE
+        let options = &self.options;
+        let claim = match self.hands_off() {
+            true => millis(options.claim_lease()),
+            false => 0,
         };
-        let mut call = script.prepare_invoke();
+        let mut call = scripts::ACQUIRE.prepare_invoke();
         call.key(&self.keys.lock)
             .key(&self.keys.info)
-            .key(&self.keys.fence);
-        if fair {
-            call.key(&self.keys.queue).key(&self.keys.queue_leases);
-        }
-        call.arg(token.as_str())
-            .arg(millis(self.options.ttl))
+            .key(&self.keys.fence)
+            .key(&self.keys.queue)
+            .key(&self.keys.queue_leases)
+            .key(&self.keys.waiters)
+            .arg(token.as_str())
+            .arg(millis(options.ttl))
             .arg(millis(FENCE_RETENTION))
             .arg(&identity.host)
             .arg(identity.pid)
-            .arg(self.options.label.as_deref().unwrap_or(""));
-        if fair {
-            call.arg(queue_for.map_or(0, millis))
-                .arg(&self.keys.channel);
-        }
+            .arg(options.label.as_deref().unwrap_or(""))
+            .arg(if options.fair { "fair" } else { "plain" })
+            .arg(queue_for.map_or(0, millis))
+            .arg(&self.keys.channel)
+            .arg(claim);
         call
     }
 
@@ -242,7 +272,7 @@ impl Acquire for Lock {
     }
 
     fn granted(&self, grant: Grant) -> LockGuard {
-        let held = Arc::new(Held::new(self.keys.clone(), grant.token, self.options.fair));
+        let held = Arc::new(Held::new(self.keys.clone(), grant.token));
         let lease = self.core.track(
             held.clone(),
             grant.fencing_token,
@@ -270,6 +300,7 @@ pub(crate) fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
             limit: None,
         }),
         ahead_lease_left: pttl(field(4)),
+        sent_at: None,
     }
 }
 
@@ -278,14 +309,11 @@ pub(crate) fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
 pub(crate) struct Held {
     pub(super) keys: Arc<LockKeys>,
     pub(super) token: Token,
-    /// A fair lock's release also withdraws the token from the wait queue and wakes its head;
-    /// a plain lock's touches only the lock and its holder info.
-    fair: bool,
 }
 
 impl Held {
-    pub(crate) fn new(keys: Arc<LockKeys>, token: Token, fair: bool) -> Held {
-        Held { keys, token, fair }
+    pub(crate) fn new(keys: Arc<LockKeys>, token: Token) -> Held {
+        Held { keys, token }
     }
 }
 
@@ -321,27 +349,20 @@ impl ReleaseOp for Held {
         self.keys.slot()
     }
     fn release_script(&self) -> &'static Script {
-        if self.fair {
-            &scripts::RELEASE
-        } else {
-            &scripts::RELEASE_PLAIN
-        }
+        &scripts::RELEASE
     }
+    /// Also withdraws the token from the wait queue: the same call undoes a waiter, and passes
+    /// on a lock handed to it meanwhile.
     fn add_release(&self, call: &mut ScriptInvocation<'_>) {
-        if !self.fair {
-            call.key(&self.keys.lock)
-                .key(&self.keys.info)
-                .arg(self.token.as_str())
-                .arg(&self.keys.channel);
-            return;
-        }
-        // Also withdraws the token from the fair queue: the same call undoes a waiter.
         call.key(&self.keys.lock)
             .key(&self.keys.info)
+            .key(&self.keys.fence)
             .key(&self.keys.queue)
             .key(&self.keys.queue_leases)
+            .key(&self.keys.waiters)
             .arg(self.token.as_str())
-            .arg(&self.keys.channel);
+            .arg(&self.keys.channel)
+            .arg(millis(FENCE_RETENTION));
     }
 }
 

@@ -175,9 +175,11 @@ impl Semaphore {
         let attempt = self.for_permits(n)?;
         let pending = self.pending()?;
         self.waiting()
-            .wait_for(&pending.token(), |queue_for| {
-                acquire::attempt(&self.core, &attempt, &pending, queue_for)
-            })
+            .wait_for(
+                &pending.token(),
+                |queue_for| acquire::attempt(&self.core, &attempt, &pending, queue_for),
+                |_| None,
+            )
             .await
     }
 
@@ -240,6 +242,7 @@ impl Semaphore {
             name: &self.keys.lock,
             channel: &self.keys.channel,
             options: &self.options,
+            queue: self.options.fair,
         }
     }
 }
@@ -386,6 +389,7 @@ fn busy(keys: &LockKeys, reply: &[Value], asked: u32) -> Busy {
             limit: Some(limit.unwrap_or(asked)),
         }),
         ahead_lease_left: pttl(field(4)),
+        sent_at: None,
     }
 }
 

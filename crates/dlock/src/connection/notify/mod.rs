@@ -11,8 +11,10 @@
 //! job that waits for the same lock again and again does not pay a `SUBSCRIBE` each time; the
 //! connection closes once no subscription is left.
 //!
-//! A message carries who should retry: empty for everyone, or (fair mode) the token of the
-//! waiter at the head of the queue, so a release wakes one waiter, not a herd.
+//! A message carries who it is for: empty for everyone (retry), a waiter's id (the first 16
+//! hex digits of its token: only that waiter retries, so a release wakes one waiter, not a
+//! herd), or a waiter's id with the fencing token and claim lease of a grant the release
+//! handed to it (the waiter holds the lock without a round trip of its own).
 //!
 //! # Guarantees and limits
 //! - A waiter is subscribed before an attempt whose busy answer it sleeps on, so a release
@@ -35,6 +37,11 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+mod wake;
+
+pub(crate) use wake::Woken;
+use wake::{names, Wake};
+
 /// First pause before reopening a lost pub/sub connection (or one whose SUBSCRIBE was refused);
 /// doubled after every failed attempt up to [`RECONNECT_MAX`], so a server that is down, or an
 /// ACL user without channel permission, costs a few connections, not dozens a second.
@@ -43,15 +50,6 @@ const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Wake-ups buffered per waiter; one that falls further behind simply re-checks.
 const WAKE_BUFFER: usize = 64;
-
-/// Who a wake-up is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Wake {
-    /// Everyone: a plain release, or a reconnect after which messages may have been missed.
-    All,
-    /// Only the waiter with this token (fair mode's queue head).
-    Only(Arc<str>),
-}
 
 /// The client's pub/sub side: shared registry plus a task that owns the connection.
 #[derive(Debug, Clone)]
@@ -199,15 +197,20 @@ impl Subscription {
     }
 
     /// Resolves at the next wake-up for `token` (or for everyone) after the last
-    /// [`Subscription::mark_seen`].
+    /// [`Subscription::mark_seen`]. A hand-off to `token` that arrives among missed messages
+    /// (the buffer lagged) is a retry: the retry finds the grant.
     ///
     /// # Cancel safety
     /// Cancel safe: wake-ups that arrive meanwhile stay buffered.
-    pub async fn woken(&mut self, token: &str) {
+    pub async fn woken(&mut self, token: &str) -> Woken {
         loop {
             match self.wake.recv().await {
-                Ok(Wake::All) | Err(broadcast::error::RecvError::Lagged(_)) => return,
-                Ok(Wake::Only(who)) if &*who == token => return,
+                Ok(Wake::All) | Err(broadcast::error::RecvError::Lagged(_)) => return Woken::Retry,
+                Ok(Wake::Only(id)) if names(&id, token) => return Woken::Retry,
+                Ok(Wake::Handed { id, fence, claim }) if names(&id, token) => {
+                    return Woken::Handed { fence, claim }
+                }
+                Ok(Wake::Handed { claim, .. }) => return Woken::HandedElsewhere { claim },
                 Ok(Wake::Only(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
             }
@@ -472,11 +475,7 @@ impl Listener {
 
     fn deliver(&self, message: &redis::Msg) {
         let payload: String = message.get_payload().unwrap_or_default();
-        let wake = if payload.is_empty() {
-            Wake::All
-        } else {
-            Wake::Only(payload.into())
-        };
+        let wake = Wake::parse(&payload);
         if let Some(shared) = self.shared.upgrade() {
             if let Some(channel) = shared.channels().get(message.get_channel_name()) {
                 let _ = channel.wake.send(wake);

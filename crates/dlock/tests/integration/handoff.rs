@@ -1,0 +1,343 @@
+//! Hand-off: a release grants the lock to the head of the wait queue in the same script call,
+//! and the wake-up carries the grant, so a contended lock changes hands in one round trip.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dlock::{Client, LockOptions, Wait};
+use dlock_test::RedisServer;
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::support::{client, epsilon};
+
+const QUEUE: &str = "{job}:dlock:queue:job";
+const LEASES: &str = "{job}:dlock:queue-leases:job";
+const WAITERS: &str = "{job}:dlock:waiters:job";
+
+/// Waiting options: a long re-check, so only a hand-off or a wake-up explains a quick grant.
+fn waiting(claim: Duration) -> LockOptions {
+    LockOptions::new()
+        .claim(claim)
+        .recheck(Duration::from_secs(10))
+        .wait(Wait::Limit(Duration::from_secs(30)))
+}
+
+async fn queue_length_reaches(server: &RedisServer, n: i64) {
+    let reached = timeout(Duration::from_secs(10), async {
+        while server.cmd::<i64>("LLEN", &[QUEUE]) < n {
+            sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "the queue never reached {n}");
+}
+
+/// Script calls (EVALSHA and EVAL) the server ran so far.
+fn script_calls(server: &RedisServer) -> u64 {
+    server.command_calls("evalsha") + server.command_calls("eval")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contended_handoff_costs_the_release_alone() {
+    let server = RedisServer::start();
+    let a = client(&server).await;
+    let b = client(&server).await;
+    let claim = Duration::from_millis(600);
+    let lock = b.lock_with("job", waiting(claim)).unwrap();
+    // A first wait leaves b's wake-up subscription lingering, so the measured wait below is
+    // one attempt (a first wait attempts, subscribes, and attempts again).
+    let holder = a
+        .lock_with("job", waiting(claim))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.lock().await }
+    });
+    queue_length_reaches(&server, 1).await;
+    holder.release().await.unwrap();
+    first.await.unwrap().unwrap().release().await.unwrap();
+    let holder = a
+        .lock_with("job", waiting(claim))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    let waiter = tokio::spawn(async move { lock.lock().await });
+    queue_length_reaches(&server, 1).await;
+    let before = script_calls(&server);
+    let released_at = Instant::now();
+    let holder_fence = holder.fencing_token();
+    holder.release().await.unwrap();
+    let guard = timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let calls = script_calls(&server) - before;
+    // Before hand-off: the release, then the waiter's own acquire (2).
+    assert_eq!(calls, 1, "script calls from the release to the new holder");
+    assert!(guard.is_held());
+    assert!(guard.fencing_token() > holder_fence);
+    let pttl: i64 = server.cmd("PTTL", &["job"]);
+    assert!(
+        pttl > 0 && pttl <= i64::try_from(claim.as_millis()).unwrap(),
+        "a handed grant first lasts the claim lease: PTTL {pttl} ms"
+    );
+    assert_eq!(server.cmd::<i64>("EXISTS", &[QUEUE, LEASES, WAITERS]), 0);
+    // The watchdog renews it to the full TTL within a third of the claim lease.
+    let full = i64::try_from(guard.ttl().as_millis()).unwrap();
+    let renewed = timeout(claim, async {
+        while server.cmd::<i64>("PTTL", &["job"]) <= i64::try_from(claim.as_millis()).unwrap() {
+            sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        renewed.is_ok(),
+        "not renewed within {claim:?} of the hand-off ({:?} ago)",
+        released_at.elapsed()
+    );
+    assert!(server.cmd::<i64>("PTTL", &["job"]) > full / 2);
+    guard.release().await.unwrap();
+}
+
+/// A queue head that died just before its turn (queued with a live waiter lease, nobody
+/// listening: the state a process killed right after joining the queue leaves) is handed the
+/// lock; the next waiter gets it when the claim lease ends, not a TTL or a re-check later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_head_delays_the_next_waiter_by_at_most_the_claim_lease() {
+    let server = RedisServer::start();
+    let a = client(&server).await;
+    let b = client(&server).await;
+    let epsilon = epsilon(&a).await;
+    let claim = Duration::from_millis(500);
+    let holder = a
+        .lock_with("job", waiting(claim))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    // The dead head: queued with hand-off terms and a waiter lease of 20 s.
+    let dead = "deadbeefdeadbeefdeadbeefdeadbeef";
+    let _: () = server.cmd("RPUSH", &[QUEUE, dead]);
+    let now: Vec<String> = server.cmd("TIME", &[]);
+    let now_ms = now[0].parse::<u64>().unwrap() * 1000 + now[1].parse::<u64>().unwrap() / 1000;
+    let _: () = server.cmd("ZADD", &[LEASES, &(now_ms + 20_000).to_string(), dead]);
+    let terms = r#"{"host":"gone","pid":"1","label":"","claim":"500"}"#;
+    let _: () = server.cmd("HSET", &[WAITERS, dead, terms]);
+    let lock = b.lock_with("job", waiting(claim)).unwrap();
+    let waiter = tokio::spawn(async move { lock.lock().await });
+    queue_length_reaches(&server, 2).await;
+    let released_at = Instant::now();
+    let holder_fence = holder.fencing_token();
+    holder.release().await.unwrap();
+    assert_eq!(
+        server.cmd::<String>("GET", &["job"]),
+        dead,
+        "the release hands the lock to the head"
+    );
+    let guard = timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let waited = released_at.elapsed();
+    assert!(
+        waited <= claim + epsilon,
+        "the next waiter got the lock {waited:?} after the release (claim {claim:?}, ε \
+         {epsilon:?}); its re-check is 10 s"
+    );
+    let dead_fence: u64 = server
+        .cmd::<String>("GET", &["{job}:dlock:fence:job"])
+        .parse()
+        .unwrap();
+    assert_eq!(guard.fencing_token(), dead_fence);
+    assert!(guard.fencing_token() > holder_fence + 1);
+    guard.release().await.unwrap();
+}
+
+/// The releaser may not publish (an ACL user without channel permission): the hand-off is
+/// made but its message never sent. The new holder finds its grant at its re-check, with the
+/// fencing token the hand-off issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_handoff_message_is_recovered_by_the_recheck() {
+    let server = RedisServer::start();
+    let _: () = server.cmd(
+        "ACL",
+        &[
+            "SETUSER",
+            "mute",
+            "on",
+            ">pw",
+            "~*",
+            "+@all",
+            "resetchannels",
+        ],
+    );
+    let mute = Client::connect(&format!("redis://mute:pw@127.0.0.1:{}/", server.port()))
+        .await
+        .unwrap();
+    let b = client(&server).await;
+    let epsilon = epsilon(&b).await;
+    let recheck = Duration::from_millis(400);
+    let holder = mute.lock("job").unwrap().try_lock().await.unwrap();
+    let lock = b
+        .lock_with("job", waiting(Duration::from_secs(5)).recheck(recheck))
+        .unwrap();
+    let waiter = tokio::spawn(async move { lock.lock().await });
+    queue_length_reaches(&server, 1).await;
+    let released_at = Instant::now();
+    holder.release().await.unwrap();
+    let handed_to: String = server.cmd("GET", &["job"]);
+    assert_eq!(handed_to.len(), 32, "handed over, not freed");
+    let guard = timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        released_at.elapsed() <= recheck + epsilon,
+        "found {:?} after the release (re-check {recheck:?})",
+        released_at.elapsed()
+    );
+    let info_fence: u64 = server
+        .cmd::<String>("HGET", &["{job}:dlock:info:job", "fence"])
+        .parse()
+        .unwrap();
+    assert_eq!(guard.fencing_token(), info_fence);
+    assert_eq!(server.cmd::<String>("GET", &["job"]), handed_to);
+    // The re-check renewed the claim lease to the full TTL.
+    assert!(server.cmd::<i64>("PTTL", &["job"]) > 5_000);
+    guard.release().await.unwrap();
+}
+
+/// A waiter cancelled just as the lock is handed to it passes the lock on: its undo (or its
+/// guard's drop) releases through the same script, which hands the lock to the next waiter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_cancelled_as_it_is_handed_the_lock_passes_it_on() {
+    let server = RedisServer::start();
+    let a = client(&server).await;
+    let b = client(&server).await;
+    let c = client(&server).await;
+    let claim = Duration::from_secs(5);
+    for round in 0..5 {
+        let holder = a
+            .lock_with("job", waiting(claim))
+            .unwrap()
+            .try_lock()
+            .await
+            .unwrap();
+        let lock_b = b.lock_with("job", waiting(claim)).unwrap();
+        let cancelled = tokio::spawn(async move { lock_b.lock().await });
+        queue_length_reaches(&server, 1).await;
+        let lock_c = c.lock_with("job", waiting(claim)).unwrap();
+        let next = tokio::spawn(async move { lock_c.lock().await });
+        queue_length_reaches(&server, 2).await;
+        holder.release().await.unwrap();
+        // At a different moment each round: before, at or after the hand-off reaches b.
+        sleep(Duration::from_micros(200 * round)).await;
+        cancelled.abort();
+        let _ = cancelled.await;
+        // Neither a claim lease (5 s) nor a re-check (10 s) may pass: only a hand-off or a
+        // wake-up explains a grant this soon.
+        let guard = timeout(Duration::from_secs(2), next)
+            .await
+            .expect("the next waiter was not served within 2 s")
+            .unwrap()
+            .unwrap();
+        guard.release().await.unwrap();
+        b.flush().await;
+        assert_eq!(
+            server.cmd::<i64>("EXISTS", &["job", QUEUE, LEASES, WAITERS]),
+            0
+        );
+    }
+}
+
+/// Eight workers on one lock, each looping lock → critical section → release through hand-offs:
+/// never two inside at once, fencing tokens strictly increasing in grant order, and every
+/// worker served (FIFO: counts within a few of each other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoffs_keep_exclusion_fencing_order_and_fairness() {
+    let server = RedisServer::start();
+    let inside = Arc::new(Mutex::new(false));
+    let grants = Arc::new(Mutex::new(Vec::new()));
+    let stop_at = Instant::now() + Duration::from_secs(2);
+    let mut workers = Vec::new();
+    for worker in 0..8 {
+        let c = client(&server).await;
+        let inside = inside.clone();
+        let grants = grants.clone();
+        workers.push(tokio::spawn(async move {
+            let lock = c.lock_with("job", waiting(Duration::from_secs(1))).unwrap();
+            let mut served = 0u32;
+            while Instant::now() < stop_at {
+                let guard = lock.lock().await.unwrap();
+                assert!(
+                    !std::mem::replace(&mut *inside.lock().unwrap(), true),
+                    "two inside"
+                );
+                grants.lock().unwrap().push(guard.fencing_token());
+                tokio::task::yield_now().await;
+                *inside.lock().unwrap() = false;
+                guard.release().await.unwrap();
+                served += 1;
+            }
+            (worker, served)
+        }));
+    }
+    let mut counts = Vec::new();
+    for worker in workers {
+        counts.push(worker.await.unwrap().1);
+    }
+    let grants = grants.lock().unwrap();
+    assert!(grants.len() > 100, "only {} grants", grants.len());
+    assert!(
+        grants.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens out of grant order"
+    );
+    // Workers start a few milliseconds apart; beyond that, FIFO serves everyone alike.
+    let mean = f64::from(counts.iter().sum::<u32>()) / 8.0;
+    assert!(
+        counts
+            .iter()
+            .all(|&n| (f64::from(n) - mean).abs() <= mean * 0.1),
+        "FIFO hand-offs serve everyone within 10% of the mean: {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_handoff_off_waiters_do_not_queue() {
+    let server = RedisServer::start();
+    let a = client(&server).await;
+    let b = client(&server).await;
+    let holder = a.lock("job").unwrap().try_lock().await.unwrap();
+    let lock = b
+        .lock_with("job", waiting(Duration::from_secs(1)).handoff(false))
+        .unwrap();
+    let waiter = tokio::spawn(async move { lock.lock().await });
+    // Subscribed and sleeping on its busy answer.
+    let subscribed = timeout(Duration::from_secs(5), async {
+        loop {
+            let reply: Vec<redis::Value> =
+                server.cmd("PUBSUB", &["NUMSUB", "{job}:dlock:released:job"]);
+            if reply.get(1) == Some(&redis::Value::Int(1)) {
+                return;
+            }
+            sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(subscribed.is_ok());
+    assert_eq!(server.cmd::<i64>("EXISTS", &[QUEUE]), 0, "it queued");
+    holder.release().await.unwrap();
+    let guard = timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    guard.release().await.unwrap();
+}
