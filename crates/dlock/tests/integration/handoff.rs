@@ -32,6 +32,21 @@ async fn queue_length_reaches(server: &RedisServer, n: i64) {
     assert!(reached.is_ok(), "the queue never reached {n}");
 }
 
+/// One wait for `lock` behind another client, so its wake-up subscription lingers: the next
+/// wait is then exactly one attempt before it sleeps (a first wait attempts, subscribes and
+/// attempts again, and that second attempt could race a release the test makes).
+async fn warm_up(server: &RedisServer, lock: &dlock::Lock) {
+    let other = client(server).await;
+    let holder = other.lock("job").unwrap().try_lock().await.unwrap();
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.lock().await }
+    });
+    queue_length_reaches(server, 1).await;
+    holder.release().await.unwrap();
+    waiter.await.unwrap().unwrap().release().await.unwrap();
+}
+
 /// Script calls (EVALSHA and EVAL) the server ran so far.
 fn script_calls(server: &RedisServer) -> u64 {
     server.command_calls("evalsha") + server.command_calls("eval")
@@ -44,21 +59,7 @@ async fn a_contended_handoff_costs_the_release_alone() {
     let b = client(&server).await;
     let claim = Duration::from_millis(600);
     let lock = b.lock_with("job", waiting(claim)).unwrap();
-    // A first wait leaves b's wake-up subscription lingering, so the measured wait below is
-    // one attempt (a first wait attempts, subscribes, and attempts again).
-    let holder = a
-        .lock_with("job", waiting(claim))
-        .unwrap()
-        .try_lock()
-        .await
-        .unwrap();
-    let first = tokio::spawn({
-        let lock = lock.clone();
-        async move { lock.lock().await }
-    });
-    queue_length_reaches(&server, 1).await;
-    holder.release().await.unwrap();
-    first.await.unwrap().unwrap().release().await.unwrap();
+    warm_up(&server, &lock).await;
     let holder = a
         .lock_with("job", waiting(claim))
         .unwrap()
@@ -183,10 +184,11 @@ async fn a_lost_handoff_message_is_recovered_by_the_recheck() {
     let b = client(&server).await;
     let epsilon = epsilon(&b).await;
     let recheck = Duration::from_millis(400);
-    let holder = mute.lock("job").unwrap().try_lock().await.unwrap();
     let lock = b
         .lock_with("job", waiting(Duration::from_secs(5)).recheck(recheck))
         .unwrap();
+    warm_up(&server, &lock).await;
+    let holder = mute.lock("job").unwrap().try_lock().await.unwrap();
     let waiter = tokio::spawn(async move { lock.lock().await });
     queue_length_reaches(&server, 1).await;
     let released_at = Instant::now();
