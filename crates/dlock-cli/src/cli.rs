@@ -320,6 +320,9 @@ pub enum Workload {
     Contended,
     /// As contended, in fair (FIFO) mode.
     ContendedFair,
+    /// As contended, with hand-off off: every release wakes every waiter and the fastest
+    /// retry wins (barging), as most Redis locks wait.
+    ContendedBarging,
     /// W clients (--workers, default 8) share one semaphore of --permits permits, a critical
     /// section that only yields: grants/s, waits, fairness, most holders at once, violations.
     Semaphore,
@@ -340,6 +343,7 @@ impl Workload {
             Workload::Uncontended => "uncontended",
             Workload::Contended => "contended",
             Workload::ContendedFair => "contended-fair",
+            Workload::ContendedBarging => "contended-barging",
             Workload::Semaphore => "semaphore",
             Workload::ManyKeys => "many-keys",
             Workload::Redlock => "redlock",

@@ -52,12 +52,11 @@ pub async fn bench(args: BenchArgs) -> u8 {
     if wanted(Workload::Uncontended) {
         plan.push((Workload::Uncontended, 1));
     }
-    for fair in [false, true] {
-        let workload = if fair {
-            Workload::ContendedFair
-        } else {
-            Workload::Contended
-        };
+    for workload in [
+        Workload::Contended,
+        Workload::ContendedFair,
+        Workload::ContendedBarging,
+    ] {
         if wanted(workload) {
             plan.extend(sweep.iter().map(|&w| (workload, w)));
         }
@@ -89,9 +88,8 @@ pub async fn bench(args: BenchArgs) -> u8 {
         );
         let run = match workload {
             Workload::Uncontended => workloads::uncontended(&client, args.duration).await,
-            Workload::Contended | Workload::ContendedFair => {
-                let fair = *workload == Workload::ContendedFair;
-                workloads::contended(&first, *workers, fair, args.duration).await
+            Workload::Contended | Workload::ContendedFair | Workload::ContendedBarging => {
+                workloads::contended(&first, *workers, *workload, args.duration).await
             }
             Workload::Semaphore => {
                 workloads::semaphore(&first, *workers, args.permits, args.duration).await

@@ -17,18 +17,21 @@ pub fn contended_chart(rows: &[Row]) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" \
          font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
-    let series: Vec<(&str, &str, Vec<&Row>)> =
-        [("contended", "#1f77b4"), ("contended-fair", "#2ca02c")]
-            .into_iter()
-            .map(|(name, color)| {
-                (
-                    name,
-                    color,
-                    rows.iter().filter(|r| r.workload == name).collect(),
-                )
-            })
-            .filter(|(_, _, points): &(&str, &str, Vec<&Row>)| !points.is_empty())
-            .collect();
+    let series: Vec<(&str, &str, Vec<&Row>)> = [
+        ("contended", "#1f77b4"),
+        ("contended-fair", "#2ca02c"),
+        ("contended-barging", "#d62728"),
+    ]
+    .into_iter()
+    .map(|(name, color)| {
+        (
+            name,
+            color,
+            rows.iter().filter(|r| r.workload == name).collect(),
+        )
+    })
+    .filter(|(_, _, points): &(&str, &str, Vec<&Row>)| !points.is_empty())
+    .collect();
     let max_workers = series
         .iter()
         .flat_map(|s| s.2.iter().map(|r| r.workers))

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::occupancy::Occupancy;
 use super::stats::{Floor, Row, Samples};
-use crate::cli::Connection;
+use crate::cli::{Connection, Workload};
 
 const PREFIX: &str = "dlock:bench:";
 
@@ -171,15 +171,16 @@ pub async fn many_keys(client: &Client, keys: usize, duration: Duration) -> dloc
 pub async fn contended(
     connection: &Connection,
     workers: usize,
-    fair: bool,
+    workload: Workload,
     duration: Duration,
 ) -> dlock::Result<Row> {
-    let name = if fair { "contended-fair" } else { "contended" };
+    let name = workload.name();
     let key = format!("{PREFIX}{name}");
     let inside = Arc::new(AtomicU64::new(0));
     let violations = Arc::new(AtomicU64::new(0));
     let options = LockOptions::new()
-        .fair(fair)
+        .fair(workload == Workload::ContendedFair)
+        .handoff(workload != Workload::ContendedBarging)
         .wait(Wait::Limit(duration + Duration::from_secs(10)));
     let mut locks = Vec::with_capacity(workers);
     for _ in 0..workers {

@@ -45,6 +45,7 @@ fn bench_runs_every_workload_and_reports_json_relative_to_the_floor() {
             "uncontended",
             "contended",
             "contended-fair",
+            "contended-barging",
             "semaphore",
             "many-keys",
             "run-overhead",
@@ -79,11 +80,15 @@ fn bench_runs_every_workload_and_reports_json_relative_to_the_floor() {
     assert_eq!(contended["workers"], 4);
     assert!(contended["min_grants"].as_u64().unwrap() <= contended["max_grants"].as_u64().unwrap());
     let fair = &rows[4];
-    assert!(
-        fair["min_grants"].as_u64().unwrap() > 0,
-        "fair mode starves no worker: {fair}"
-    );
-    let semaphore = &rows[5];
+    for queued in [contended, fair] {
+        assert!(
+            queued["min_grants"].as_u64().unwrap() > 0,
+            "hand-off and fair mode starve no worker: {queued}"
+        );
+    }
+    let barging = &rows[5];
+    assert_eq!(barging["workers"], 4);
+    let semaphore = &rows[6];
     assert_eq!(semaphore["workers"], 4);
     assert_eq!(semaphore["permits"], 3, "the default");
     assert!(
@@ -94,7 +99,7 @@ fn bench_runs_every_workload_and_reports_json_relative_to_the_floor() {
         contended.get("max_holders").is_none(),
         "only the semaphore row has it"
     );
-    assert_eq!(rows[6]["workers"], 8);
+    assert_eq!(rows[7]["workers"], 8, "many-keys");
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
     let leftovers: Vec<String> = server.cmd("KEYS", &["dlock:bench:*"]);
