@@ -111,12 +111,13 @@ impl Lock {
     /// Takes the lock, waiting while it is held, up to the wait limit of its options
     /// ([`LockOptions::wait`], 30 s by default).
     ///
-    /// Waiting does not poll: after one busy answer the waiter subscribes to the lock's release
-    /// channel and retries the moment a release is published, so a released lock is handed on
-    /// in about one round trip. A timed re-check ([`LockOptions::recheck`], never later than
-    /// the holder's remaining TTL) catches releases that publish nothing, such as a crashed
-    /// holder's lease running out. In fair mode ([`LockOptions::fair`]) waiters are served in
-    /// arrival order. Brief Redis outages are ridden out with backoff.
+    /// Waiting does not poll: the waiter joins the lock's wait queue and subscribes to its
+    /// release channel, and a release hands the lock to the head of the queue in the same
+    /// script call, publishing the grant ([`LockOptions::handoff`]): waiters are served in
+    /// arrival order, and the new holder starts without a round trip of its own. A timed
+    /// re-check ([`LockOptions::recheck`], never later than the holder's remaining TTL)
+    /// catches what publishes nothing, such as a crashed holder's lease running out or a lost
+    /// message. Brief Redis outages are ridden out with backoff.
     ///
     /// # Errors
     /// [`Error::Timeout`] when the wait limit passes (naming the last holder seen);
