@@ -163,7 +163,8 @@ impl LockOptions {
     /// The claim lease of a hand-off (default [`DEFAULT_CLAIM`], at most the TTL): how long a
     /// lock handed to a waiter that died just before its turn keeps the others waiting. A
     /// handed-off holder renews to its full TTL within a third of it, so keep it well above a
-    /// round trip (10 ms at least).
+    /// round trip (10 ms at least; a claim cut below 10 ms by a waiter's ending queue entry wakes
+    /// the waiters instead).
     pub fn claim(mut self, claim: Duration) -> Self {
         self.claim = claim;
         self

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::connection::node::ReplicaLink;
 use crate::connection::quorum::{quorum_error, Nodes};
-use crate::engine::lease::validity;
+use crate::engine::lease::{validity, Sent};
 use crate::engine::pending::Pending;
 use crate::engine::Core;
 use crate::error::{Conflict, Error, Result};
@@ -32,9 +32,13 @@ pub(crate) struct Busy {
     pub conflict: Box<Conflict>,
     /// Fair mode: time until the lease of the waiter just ahead of us in the queue ends.
     pub ahead_lease_left: Option<Duration>,
-    /// When the attempt that answered was sent (set by [`attempt`]): it reached Redis before any
-    /// later hand-off to this waiter, so a handed grant's claim lease counts from no earlier.
-    pub sent_at: Option<Instant>,
+    /// When the attempt that answered was sent (set by [`attempt`]). A hand-off made after
+    /// this answer (its fencing token is above [`Busy::fence_seen`]) was granted after this
+    /// moment, so its claim lease counts from no earlier.
+    pub sent: Option<Sent>,
+    /// The lock's fencing counter at this answer: any hand-off made before it has a token no
+    /// larger (lock only).
+    pub fence_seen: Option<u64>,
 }
 
 /// One node's answer to an acquire call.
@@ -108,6 +112,7 @@ pub(crate) async fn attempt<A: Acquire>(
         None => None,
     };
     pending.sending();
+    let suspended = crate::clock::Clock::default().suspended();
     let sent_at = Instant::now();
     let quorum = nodes.quorum_for(primitive.holders());
     // An error answer leaves the acquisition in doubt: this call granted nothing, but an
@@ -141,7 +146,10 @@ pub(crate) async fn attempt<A: Acquire>(
     }
     match answers.busy {
         Some(busy) => Ok(Attempt::Busy(Busy {
-            sent_at: Some(sent_at),
+            sent: Some(Sent {
+                at: sent_at,
+                suspended,
+            }),
             ..busy
         })),
         None => Err(refusal(nodes, quorum, answers.failures)),

@@ -35,6 +35,13 @@ pub(crate) fn renewal_interval(ttl: Duration) -> Duration {
     ttl / 3
 }
 
+/// When a request was sent: the monotonic clock, and the suspended time read just before.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sent {
+    pub at: Instant,
+    pub suspended: Duration,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Timing {
     /// The lease length renewals ask for.
@@ -113,12 +120,14 @@ impl Lease {
     }
 
     /// Granted for `term` (a hand-off's claim lease), not the full TTL: valid and due for
-    /// renewal accordingly until the first renewal.
-    pub fn with_first_term(self, term: Duration) -> Lease {
+    /// renewal accordingly until the first renewal. `suspended_at_send` is the suspended time
+    /// read when the request it counts from was sent: a suspend since counts against it.
+    pub fn with_first_term(self, term: Duration, suspended_at_send: Duration) -> Lease {
         {
             let mut timing = self.timing.lock().unwrap_or_else(PoisonError::into_inner);
             timing.term = term;
             timing.valid_until = timing.sent_at + validity(term);
+            timing.suspended_at_send = suspended_at_send;
         }
         self
     }

@@ -132,11 +132,11 @@ impl Core {
         ops: Arc<dyn LeaseOps>,
         fencing_token: u64,
         terms: Terms,
-        since: Instant,
+        since: lease::Sent,
         claim: Duration,
     ) -> Arc<Lease> {
-        let lease = self.lease(ops, fencing_token, terms, since);
-        self.watch(lease.with_first_term(claim), terms)
+        let lease = self.lease(ops, fencing_token, terms, since.at);
+        self.watch(lease.with_first_term(claim, since.suspended), terms)
     }
 
     fn lease(&self, ops: Arc<dyn LeaseOps>, fence: u64, terms: Terms, sent_at: Instant) -> Lease {

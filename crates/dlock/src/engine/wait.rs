@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::connection::notify::{Subscription, Woken};
 use crate::engine::acquire::{Attempt, Busy};
-use crate::engine::lease::renewal_interval;
+use crate::engine::lease::{renewal_interval, Sent};
 use crate::engine::Core;
 use crate::error::{Error, Result};
 use crate::options::{LockOptions, Wait};
@@ -24,25 +24,40 @@ pub(crate) struct Waiting<'a> {
     pub queue: bool,
 }
 
+/// The shortest claim lease a waiter takes without a round trip (as `handoff.lua`'s).
+const MIN_CLAIM: Duration = Duration::from_millis(10);
+
 /// A grant a release handed to a waiter (see `Woken::Handed`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Handoff {
     pub fence: u64,
     /// The claim lease it was granted for.
     pub claim: Duration,
-    /// No later than the grant: the send time of the waiter's last busy answer.
-    pub since: Instant,
+    /// No later than the grant: when the waiter's last busy attempt was sent.
+    pub since: Sent,
 }
 
 impl Handoff {
-    /// The hand-off a wake-up brought, if it may be taken without a round trip: only while two
-    /// thirds of its claim lease, counted from `since`, are surely left (the watchdog renews it
-    /// at one third). Otherwise the waiter's retry finds the grant and renews it.
-    fn of(woken: Option<Woken>, since: Option<Instant>) -> Option<Handoff> {
-        let (Some(Woken::Handed { fence, claim }), Some(since)) = (woken, since) else {
+    /// The hand-off a wake-up brought, if it may be taken without a round trip:
+    /// - it was made after the waiter's last busy answer (its fencing token is above the
+    ///   counter that answer saw), so its claim lease began after that attempt was sent — a
+    ///   message from an earlier hand-off, delivered late, is refused;
+    /// - two thirds of its claim lease, counted from that send (plus any time the host spent
+    ///   suspended since), are surely left: the watchdog renews it at one third;
+    /// - its claim is at least [`MIN_CLAIM`] (the validity keeps 2 ms back) and at most the
+    ///   waiter's own.
+    ///
+    /// Otherwise the waiter's retry finds the grant, if it is still there, and renews it.
+    fn of(woken: Option<Woken>, last: Option<(Sent, u64)>, own: Duration) -> Option<Handoff> {
+        let (Some(Woken::Handed { fence, claim }), Some((since, seen))) = (woken, last) else {
             return None;
         };
-        (Instant::now() < since + renewal_interval(claim)).then_some(Handoff {
+        let suspended = crate::clock::Clock::default()
+            .suspended()
+            .saturating_sub(since.suspended);
+        let elapsed = since.at.elapsed() + suspended;
+        let fresh = fence > seen && (MIN_CLAIM..=own).contains(&claim);
+        (fresh && elapsed < renewal_interval(claim)).then_some(Handoff {
             fence,
             claim,
             since,
@@ -75,7 +90,8 @@ impl Waiting<'_> {
         // and a first busy answer can be slept on at once.
         let mut wakeups: Option<Subscription> = self.core.notifier().live(self.channel);
         let mut failures = 0u32;
-        let mut last_busy_sent: Option<Instant> = None;
+        // The last busy answer: when its attempt was sent, and the fencing counter it saw.
+        let mut last_busy: Option<(Sent, u64)> = None;
         loop {
             if let Some(subscription) = wakeups.as_mut() {
                 subscription.mark_seen();
@@ -86,7 +102,7 @@ impl Waiting<'_> {
                 Ok(Attempt::Granted(guard)) => return Ok(guard),
                 Ok(Attempt::Busy(busy)) => {
                     failures = 0;
-                    last_busy_sent = busy.sent_at;
+                    last_busy = busy.sent.zip(busy.fence_seen);
                     (self.recheck_after(&busy), Error::Conflict(busy.conflict))
                 }
                 Err(error) if error.is_retryable() => {
@@ -111,7 +127,8 @@ impl Waiting<'_> {
             // (it used to retry every few milliseconds). A reconnect wakes the waiter anyway.
             let until = earliest(now.checked_add(pause), deadline);
             let woken = sleep_on(wakeups.as_mut(), token, until).await;
-            if let Some(guard) = Handoff::of(woken, last_busy_sent).and_then(&mut handed) {
+            let handoff = Handoff::of(woken, last_busy, self.options.claim_lease());
+            if let Some(guard) = handoff.and_then(&mut handed) {
                 return Ok(guard);
             }
         }
@@ -165,9 +182,9 @@ impl Waiting<'_> {
 }
 
 /// Sleeps until a wake-up for `token` (or everyone), or `until` (without a subscription: until
-/// `until`). A hand-off to another waiter
-/// also ends the sleep when its claim lease does (the latest hand-off seen counts): if that
-/// waiter died, the lock is free then, and nobody publishes it.
+/// `until`). A hand-off to the waiter just ahead also ends the sleep when its claim lease does
+/// (the latest such hand-off counts): if that waiter died, the lock is free then, and nobody
+/// publishes it. Only the next in line re-checks then, not every waiter.
 async fn sleep_on(
     subscription: Option<&mut Subscription>,
     token: &Token,
@@ -181,7 +198,7 @@ async fn sleep_on(
     loop {
         tokio::select! {
             woken = subscription.woken(token.as_str()) => match woken {
-                Woken::HandedElsewhere { claim } => {
+                Woken::HandedAhead { claim } => {
                     claim_ends = Instant::now().checked_add(claim + Duration::from_millis(1));
                 }
                 woken => return Some(woken),
@@ -196,5 +213,43 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(ago: Duration) -> Sent {
+        Sent {
+            at: Instant::now() - ago,
+            suspended: crate::clock::Clock::default().suspended(),
+        }
+    }
+
+    fn handed(fence: u64, claim_ms: u64) -> Option<Woken> {
+        Some(Woken::Handed {
+            fence,
+            claim: Duration::from_millis(claim_ms),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_handoff_is_taken_only_if_made_after_the_last_busy_answer_and_still_fresh() {
+        let own = Duration::from_secs(1);
+        let fresh = Some((sent(Duration::from_millis(5)), 100));
+        assert!(Handoff::of(handed(101, 1000), fresh, own).is_some());
+        // A message from a hand-off made before the last busy answer, delivered late.
+        assert!(Handoff::of(handed(100, 1000), fresh, own).is_none());
+        assert!(Handoff::of(handed(99, 1000), fresh, own).is_none());
+        // Too little of the claim left, counted from the busy attempt's send.
+        let old = Some((sent(Duration::from_millis(400)), 100));
+        assert!(Handoff::of(handed(101, 1000), old, own).is_none());
+        // A claim too short to take safely, or longer than the waiter's own.
+        assert!(Handoff::of(handed(101, 9), fresh, own).is_none());
+        assert!(Handoff::of(handed(101, 1001), fresh, own).is_none());
+        // Not a hand-off, or no busy answer yet.
+        assert!(Handoff::of(Some(Woken::Retry), fresh, own).is_none());
+        assert!(Handoff::of(handed(101, 1000), None, own).is_none());
     }
 }

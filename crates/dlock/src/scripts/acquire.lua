@@ -7,7 +7,8 @@
 --       10 claim lease ms of a hand-off (0: when the lock is freed, wake us instead)
 -- Returns {1, fence} when granted, or when this very token already holds the lock (a retry
 -- whose first reply was lost, or a hand-off); otherwise {0, pttl, holder info fields, server
--- time ms, fair mode: ms until the lease of the waiter just ahead ends or -1}.
+-- time ms, fair mode: ms until the lease of the waiter just ahead ends, else -1, the fencing
+-- counter (a hand-off message with a token no larger was made before this answer)}.
 local q = {KEYS[4], KEYS[5], KEYS[6]}
 local token = ARGV[1]
 local current = redis.call('GET', KEYS[1])
@@ -39,8 +40,13 @@ end
 if lease > 0 then
   enqueue(q, token, now_ms, lease, ARGV[10], ARGV[4], ARGV[5], ARGV[6])
 end
+local function busy_now(ahead_left)
+  local reply = busy(KEYS[1], KEYS[2], now_ms, ahead_left)
+  reply[6] = redis.call('GET', KEYS[3]) or '0'
+  return reply
+end
 if not fair then
-  return busy(KEYS[1], KEYS[2], now_ms)
+  return busy_now(-1)
 end
 -- The caller re-checks no later than the lease of the waiter just ahead of it ends (for a
 -- caller not in the queue, the last waiter's): if that waiter died, its entry is purged then
@@ -58,4 +64,4 @@ local ahead_end = ahead and redis.call('ZSCORE', KEYS[5], ahead)
 if ahead_end then
   ahead_left = tonumber(ahead_end) - now_ms
 end
-return busy(KEYS[1], KEYS[2], now_ms, ahead_left)
+return busy_now(ahead_left)

@@ -7,7 +7,12 @@
 -- claim ms). `q` is {list, leases, terms}.
 --
 -- A wake-up names a waiter by the first 16 hex digits of its token: enough to tell waiters
--- apart, while the other 64 bits stay secret from anyone who can read the channel.
+-- apart, while the other 64 bits stay secret from anyone who can read the channel. A hand-off
+-- message also carries a MAC over the whole token, so a user who can publish on the channel
+-- (but not read the keys) cannot forge a grant.
+--
+-- Every step tolerates damaged queue data (an entry whose lease or terms were evicted or
+-- corrupted): an error here would fail every lease the watchdog batched with this one.
 
 local function waiter_id(token)
   return string.sub(token, 1, 16)
@@ -18,18 +23,32 @@ local function withdraw(q, token)
   if redis.call('ZREM', q[2], token) == 0 then
     return false
   end
-  redis.call('LREM', q[1], 0, token)
+  -- Tokens are unique in the list: stop at the first match (lapsed entries sit near the head).
+  redis.call('LREM', q[1], 1, token)
   redis.call('HDEL', q[3], token)
   return true
 end
 
 -- The head of the queue once waiters whose lease lapsed (dead, or gone without withdrawing)
 -- have left it; nil if nobody is left.
+-- At most PURGE_BATCH lapsed entries go per call, so one call after a mass crash stays short.
+local PURGE_BATCH = 100
 local function live_head(q, now_ms)
-  for _, waiter in ipairs(redis.call('ZRANGEBYSCORE', q[2], '-inf', now_ms)) do
+  for _, waiter in ipairs(redis.call('ZRANGEBYSCORE', q[2], '-inf', now_ms, 'LIMIT', 0,
+                                     PURGE_BATCH)) do
     withdraw(q, waiter)
   end
-  return redis.call('LINDEX', q[1], 0)
+  local head = redis.call('LINDEX', q[1], 0)
+  -- A head without a lease (its zset entry was evicted) is not a waiter anyone can vouch for.
+  for _ = 1, PURGE_BATCH do
+    if not head or redis.call('ZSCORE', q[2], head) then
+      return head
+    end
+    redis.call('LPOP', q[1])
+    redis.call('HDEL', q[3], head)
+    head = redis.call('LINDEX', q[1], 0)
+  end
+  return head
 end
 
 -- Puts `token` at the end of the queue (or keeps its place) for `lease` ms from `now_ms`, with
@@ -51,27 +70,53 @@ local function enqueue(q, token, now_ms, lease, claim, host, pid, label)
   end
 end
 
+-- The shortest claim lease worth handing over: below it the new holder could not take the grant
+-- safely (validity keeps 2 ms back) before it ends.
+local MIN_CLAIM = 10
+
+-- The hand-off terms `head` left when it queued, checked: nil when it left none (it retries
+-- when woken) or they are damaged.
+local function terms_of(q, head)
+  local raw = redis.call('HGET', q[3], head)
+  if not raw then
+    return nil
+  end
+  local ok, terms = pcall(cjson.decode, raw)
+  if not ok or type(terms) ~= 'table' or not tonumber(terms.claim) then
+    return nil
+  end
+  return terms
+end
+
 -- Hands the free `lock` to the live waiter `head` if it takes hand-offs: grants it for the
 -- waiter's claim lease, cut to what is left of its waiter lease (a waiter that died just
 -- before its turn holds the others up no longer than its queue entry would have), and
--- publishes "<id> <fence> <claim ms>", so the new holder starts without a round trip of its
--- own; it renews to its full TTL once it runs. Otherwise wakes `head` to retry.
--- Returns true when handed.
+-- publishes "<id> <fence> <claim ms> <mac> <next id or ->", so the new holder starts without a
+-- round trip of its own (it renews to its full TTL once it runs) and the next waiter knows to
+-- re-check when the claim ends. Otherwise wakes `head` to retry (everyone, if its entry is
+-- about to lapse). Returns true when handed.
 local function hand_to(lock, info, fence_key, q, head, channel, retention, now_us)
-  local terms = redis.call('HGET', q[3], head)
-  if not terms then
+  local terms = terms_of(q, head)
+  local lease_end = tonumber(redis.call('ZSCORE', q[2], head))
+  if not terms or not lease_end then
     redis.pcall('PUBLISH', channel, waiter_id(head))
     return false
   end
-  terms = cjson.decode(terms)
-  local lease_left = tonumber(redis.call('ZSCORE', q[2], head)) - math.floor(now_us / 1000)
-  local claim = math.max(1, math.min(tonumber(terms.claim), lease_left))
+  local claim = math.min(tonumber(terms.claim), lease_end - math.floor(now_us / 1000))
+  if claim < MIN_CLAIM then
+    redis.pcall('PUBLISH', channel, '')
+    return false
+  end
   withdraw(q, head)
-  local fence = grant(lock, info, fence_key, head, claim, retention, terms.host, terms.pid,
-                      terms.label, now_us)
+  local fence = grant(lock, info, fence_key, head, claim, retention, tostring(terms.host or ''),
+                      tostring(terms.pid or ''), tostring(terms.label or ''), now_us)
+  local fence_text = string.format('%.0f', fence)
+  local claim_text = string.format('%.0f', claim)
+  local mac = string.sub(redis.sha1hex(head .. ':' .. fence_text .. ':' .. claim_text), 1, 16)
+  local next = redis.call('LINDEX', q[1], 0)
   -- pcall: a user without channel permissions (Redis 7 ACLs) still hands off; the new holder
   -- then finds the grant at its next re-check.
-  redis.pcall('PUBLISH', channel,
-              waiter_id(head) .. ' ' .. string.format('%.0f', fence) .. ' ' .. claim)
+  redis.pcall('PUBLISH', channel, table.concat({waiter_id(head), fence_text, claim_text, mac,
+                                                next and waiter_id(next) or '-'}, ' '))
   return true
 end

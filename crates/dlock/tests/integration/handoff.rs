@@ -343,3 +343,55 @@ async fn with_handoff_off_waiters_do_not_queue() {
         .unwrap();
     guard.release().await.unwrap();
 }
+
+/// A hand-off message someone else published (a user who may publish on the channel, and saw
+/// the waiter's id) is not a grant: its MAC does not match the waiter's whole token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_handoff_message_is_ignored() {
+    let server = RedisServer::start();
+    let a = client(&server).await;
+    let b = client(&server).await;
+    let lock = b.lock_with("job", waiting(Duration::from_secs(1))).unwrap();
+    warm_up(&server, &lock).await;
+    let holder = a.lock("job").unwrap().try_lock().await.unwrap();
+    let waiter = tokio::spawn(async move { lock.lock().await });
+    queue_length_reaches(&server, 1).await;
+    let token: String = server.cmd("LINDEX", &[QUEUE, "0"]);
+    let forged = format!("{} 99999999999999999 1000 0123456789abcdef -", &token[..16]);
+    let _: i64 = server.cmd("PUBLISH", &["{job}:dlock:released:job", &forged]);
+    sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiter.is_finished(),
+        "a forged message was taken as a grant"
+    );
+    holder.release().await.unwrap();
+    let guard = timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(guard.fencing_token() < 99_999_999_999_999_999);
+    guard.release().await.unwrap();
+}
+
+/// Damaged queue data (the waiter-lease zset evicted while the list and the hand-off terms
+/// remain) never makes a release fail: an error in the script would fail every lease the
+/// watchdog batched with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_queue_data_never_fails_a_release() {
+    let server = RedisServer::start();
+    let a = client(&server).await;
+    for damage in ["leases", "terms"] {
+        let holder = a.lock("job").unwrap().try_lock().await.unwrap();
+        let orphan = "0123456789abcdef0123456789abcdef";
+        let _: () = server.cmd("RPUSH", &[QUEUE, orphan]);
+        let _: () = server.cmd("HSET", &[WAITERS, orphan, "{not json"]);
+        if damage == "terms" {
+            // A lease, but terms that do not parse: woken to retry instead of handed.
+            let _: () = server.cmd("ZADD", &[LEASES, "99999999999999", orphan]);
+        }
+        holder.release().await.unwrap();
+        assert_eq!(server.cmd::<i64>("EXISTS", &["job"]), 0, "{damage}");
+        let _: () = server.cmd("DEL", &[QUEUE, LEASES, WAITERS]);
+    }
+}

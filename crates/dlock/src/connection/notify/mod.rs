@@ -39,8 +39,8 @@ use tokio::time::Instant;
 
 mod wake;
 
+use wake::Wake;
 pub(crate) use wake::Woken;
-use wake::{names, Wake};
 
 /// First pause before reopening a lost pub/sub connection (or one whose SUBSCRIBE was refused);
 /// doubled after every failed attempt up to [`RECONNECT_MAX`], so a server that is down, or an
@@ -205,13 +205,12 @@ impl Subscription {
     pub async fn woken(&mut self, token: &str) -> Woken {
         loop {
             match self.wake.recv().await {
-                Ok(Wake::All) | Err(broadcast::error::RecvError::Lagged(_)) => return Woken::Retry,
-                Ok(Wake::Only(id)) if names(&id, token) => return Woken::Retry,
-                Ok(Wake::Handed { id, fence, claim }) if names(&id, token) => {
-                    return Woken::Handed { fence, claim }
+                Ok(wake) => {
+                    if let Some(woken) = wake.for_token(token) {
+                        return woken;
+                    }
                 }
-                Ok(Wake::Handed { claim, .. }) => return Woken::HandedElsewhere { claim },
-                Ok(Wake::Only(_)) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => return Woken::Retry,
                 Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
             }
         }

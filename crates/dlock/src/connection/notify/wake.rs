@@ -10,11 +10,15 @@ pub(crate) enum Wake {
     All,
     /// Only the waiter whose token starts with this id (the queue's head).
     Only(Arc<str>),
-    /// The lock was handed to the waiter whose token starts with `id`.
+    /// The lock was handed to the waiter whose token starts with `id`, for `claim`, with
+    /// fencing token `fence`; `mac` proves it came from the script (see [`mac`]); `next` is the
+    /// id of the waiter now at the head of the queue.
     Handed {
         id: Arc<str>,
         fence: u64,
         claim: Duration,
+        mac: Arc<str>,
+        next: Option<Arc<str>>,
     },
 }
 
@@ -26,15 +30,15 @@ pub(crate) enum Woken {
     /// A release handed the lock to this waiter: its fencing token, and the claim lease it was
     /// granted for (counted from no earlier than the waiter's last busy answer).
     Handed { fence: u64, claim: Duration },
-    /// A release handed the lock to another waiter for a claim lease this long: if that waiter
-    /// died, the lock is free again by then.
-    HandedElsewhere { claim: Duration },
+    /// A release handed the lock to the waiter just ahead of this one, for a claim lease this
+    /// long: if that waiter died, the lock is free again by then.
+    HandedAhead { claim: Duration },
 }
 
 impl Wake {
-    /// Reads a wake-up message: "" (everyone), "<id>" or "<id> <fence> <claim ms>". A message
-    /// of another shape (another tool publishing on the channel) wakes everyone: a spurious
-    /// retry is harmless.
+    /// Reads a wake-up message: "" (everyone), "<id>" or "<id> <fence> <claim ms> <mac>
+    /// <next id or ->". A message of another shape (another tool publishing on the channel)
+    /// wakes everyone: a spurious retry is harmless.
     pub(super) fn parse(payload: &str) -> Wake {
         let mut parts = payload.split(' ');
         let id = parts.next().unwrap_or_default();
@@ -44,17 +48,53 @@ impl Wake {
         let rest: Vec<&str> = parts.collect();
         match rest[..] {
             [] => Wake::Only(id.into()),
-            [fence, claim] => match (fence.parse(), claim.parse()) {
+            [fence, claim, mac, next] => match (fence.parse(), claim.parse()) {
                 (Ok(fence), Ok(claim)) => Wake::Handed {
                     id: id.into(),
                     fence,
                     claim: Duration::from_millis(claim),
+                    mac: mac.into(),
+                    next: (next != "-").then(|| next.into()),
                 },
                 _ => Wake::All,
             },
             _ => Wake::All,
         }
     }
+}
+
+impl Wake {
+    /// What this wake-up means to the waiter with `token` (`None`: nothing, sleep on).
+    pub(super) fn for_token(self, token: &str) -> Option<Woken> {
+        match self {
+            Wake::All => Some(Woken::Retry),
+            Wake::Only(id) => names(&id, token).then_some(Woken::Retry),
+            Wake::Handed {
+                id,
+                fence,
+                claim,
+                mac: proof,
+                next,
+            } => {
+                if names(&id, token) {
+                    // A forged grant (the MAC does not match) is ignored.
+                    (*proof == mac(token, fence, claim)).then_some(Woken::Handed { fence, claim })
+                } else {
+                    let next_in_line = next.is_some_and(|next| names(&next, token));
+                    next_in_line.then_some(Woken::HandedAhead { claim })
+                }
+            }
+        }
+    }
+}
+
+/// The MAC of a hand-off to `token` (as `handoff.lua` makes it): the first 16 hex digits of
+/// SHA-1 over the whole token, the fencing token and the claim lease in ms. Only the script and
+/// the waiter know the whole token, so a user who may publish on the channel but not read the
+/// keys cannot forge a grant.
+pub(super) fn mac(token: &str, fence: u64, claim: Duration) -> String {
+    let digest = sha1_smol::Sha1::from(format!("{token}:{fence}:{}", claim.as_millis()));
+    digest.digest().to_string()[..16].to_owned()
 }
 
 /// Whether a wake-up's waiter id names `token` (ids are token prefixes; older releases and
@@ -75,15 +115,21 @@ mod tests {
             Wake::Only("0123456789abcdef".into())
         );
         assert_eq!(
-            Wake::parse("0123456789abcdef 1700000000000001 1000"),
+            Wake::parse("0123456789abcdef 1700000000000001 1000 fedcba9876543210 -"),
             Wake::Handed {
                 id: "0123456789abcdef".into(),
                 fence: 1_700_000_000_000_001,
                 claim: Duration::from_secs(1),
+                mac: "fedcba9876543210".into(),
+                next: None,
             }
         );
+        assert!(matches!(
+            Wake::parse("a 1 2 m 0123456789abcdef"),
+            Wake::Handed { next: Some(next), .. } if &*next == "0123456789abcdef"
+        ));
         // Another tool's message on the channel: a harmless retry for everyone.
-        for odd in ["a b", "a b c d", "a -1 5", "a 5 x", " x"] {
+        for odd in ["a b", "a b c", "a 1 2 m", "a -1 5 m -", "a 5 x m -", " x"] {
             assert_eq!(Wake::parse(odd), Wake::All, "{odd:?}");
         }
     }

@@ -285,7 +285,8 @@ impl Acquire for Lock {
     }
 }
 
-/// Parses a busy answer: `{0, pttl, holder info, server time ms[, waiter-ahead lease ms]}`.
+/// Parses a busy answer: `{0, pttl, holder info, server time ms[, waiter-ahead lease ms or -1,
+/// fencing counter]}`.
 pub(crate) fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
     let field = |i: usize| reply.get(i).unwrap_or(&Value::Nil);
     let server_now_ms = int(field(3))
@@ -301,7 +302,8 @@ pub(crate) fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
             limit: None,
         }),
         ahead_lease_left: pttl(field(4)),
-        sent_at: None,
+        sent: None,
+        fence_seen: int(field(5)).and_then(|fence| u64::try_from(fence).ok()),
     }
 }
 

@@ -389,7 +389,8 @@ fn busy(keys: &LockKeys, reply: &[Value], asked: u32) -> Busy {
             limit: Some(limit.unwrap_or(asked)),
         }),
         ahead_lease_left: pttl(field(4)),
-        sent_at: None,
+        sent: None,
+        fence_seen: None,
     }
 }
 
