@@ -11,8 +11,8 @@
 //!   acquire script and reply parsing, how its leases are renewed, checked and released, and
 //!   its guard.
 //! - **Engine** (`engine`): what every primitive shares. `acquire` runs one attempt (token
-//!   policy, fan-out to a majority, Redlock fencing write-back, the replica guard's `WAIT`,
-//!   validity, rollback) and `wait` the waiting loop (wake-ups, re-checks, backoff); `pending`
+//!   policy, fan-out to a majority, Redlock fencing (a proposed token, or a write-back), the
+//!   replica guard's `WAIT`, validity, rollback) and `wait` the waiting loop (wake-ups, re-checks, backoff); `pending`
 //!   undoes an acquisition left in doubt; `lease` is one lease's state and validity (`clock`
 //!   counts suspended time against it) and `handle` what a guard does with it (`lost`,
 //!   `watch`, `extend`, `release`, written once); `ops` are the batched scripts a primitive

@@ -47,6 +47,9 @@ macro_rules! script {
 // The lock (`primitive::lock`).
 /// Take a free lock (fencing token, holder info), or join its wait queue (see `acquire.lua`).
 pub(crate) static ACQUIRE: LazyLock<Script> = with_handoff!("scripts/acquire.lua");
+/// Redlock: take a free lock with the client's proposed fencing token, if it is above the
+/// master's counter (see `acquire_proposed.lua`).
+pub(crate) static ACQUIRE_PROPOSED: LazyLock<Script> = with_grant!("scripts/acquire_proposed.lua");
 /// Extend held leases (see `extend.lua`); reentrant leases too.
 pub(crate) static EXTEND: LazyLock<Script> = script!("scripts/extend.lua");
 /// Extend plain locks: only the lock and its holder info (see `extend_plain.lua`).

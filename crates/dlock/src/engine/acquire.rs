@@ -1,9 +1,10 @@
-//! One acquisition attempt, for any primitive: the token policy, the fan-out to a majority, the
-//! fencing write-back on Redlock, the replica guard, the validity check and the rollback.
+//! One acquisition attempt, for any primitive: the token policy, the fan-out to a majority,
+//! fencing on Redlock (a token the client proposes, or the masters' tokens written back), the
+//! replica guard, the validity check and the rollback.
 //!
-//! A primitive implements [`Acquire`]: its acquire call, how to read a node's answer, its
-//! Redlock fencing write-back, and how to make its guard from a grant. [`attempt`] does the
-//! rest, the same way for every primitive.
+//! A primitive implements [`Acquire`]: its acquire call, how to read a node's answer, how it is
+//! fenced on Redlock, and how to make its guard from a grant. [`attempt`] does the rest, the
+//! same way for every primitive.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use redis::{ScriptInvocation, Value};
 use tokio::time::Instant;
 
 use crate::connection::node::ReplicaLink;
-use crate::connection::quorum::{quorum_error, Nodes};
+use crate::connection::quorum::{quorum_error, Nodes, Vote};
 use crate::engine::lease::{validity, Sent};
 use crate::engine::pending::Pending;
 use crate::engine::Core;
@@ -50,7 +51,18 @@ pub(crate) enum Answer {
         fresh: bool,
     },
     Busy(Busy),
+    /// Redlock: refused because the proposed fencing token is not above this node's counter,
+    /// which it answers with (nothing was written).
+    Low {
+        counter: u64,
+    },
 }
+
+/// How many fencing tokens one Redlock attempt proposes at most: the first, and a retry above
+/// the counters the masters answered with each time a majority refused only for being too
+/// low. A retry is above every counter it heard of, so a second refusal needs a master that
+/// did not answer the first time (or a rival raising the counters meanwhile).
+const PROPOSALS: usize = 4;
 
 /// A grant a majority made, complete (fenced, guarded, still valid).
 pub(crate) struct Grant {
@@ -80,8 +92,18 @@ pub(crate) trait Acquire: Sync {
     /// # Errors
     /// A malformed reply, or a refusal that is not "busy" (a semaphore's limit mismatch).
     fn parse(&self, reply: &[Value]) -> Result<Answer>;
-    /// Redlock's fencing write-back: raise a node's counter to `fence` and record it as the
-    /// grant's; the script answers 1 when the hold on that node is still `token`'s.
+    /// Redlock in one round trip: the acquire call for `token` proposing the fencing token
+    /// `fence`. Each master grants only if the hold is free there and `fence` is above its
+    /// counter, stores `fence` as its counter and the grant's, and otherwise answers
+    /// [`Answer::Low`] with its counter (see [`crate::connection::quorum`]). `None` (the
+    /// default): the masters issue tokens and the engine writes the largest back
+    /// ([`Acquire::raise_fence`]), a second round trip.
+    fn propose(&self, _token: &Token, _fence: u64) -> Option<ScriptInvocation<'static>> {
+        None
+    }
+    /// Redlock's fencing write-back, for a primitive that does not [`propose`](Acquire::propose):
+    /// raise a node's counter to `fence` and record it as the grant's; the script answers 1
+    /// when the hold on that node is still `token`'s.
     fn raise_fence(&self, token: &Token, fence: u64) -> ScriptInvocation<'static>;
     /// The guard for a complete grant.
     fn granted(&self, grant: Grant) -> Self::Guard;
@@ -92,10 +114,30 @@ pub(crate) trait Acquire: Sync {
 struct Answers {
     grants: Vec<(usize, u64, bool)>,
     busy: Option<Busy>,
+    /// Redlock proposals refused as too low: (node, its counter).
+    lows: Vec<(usize, u64)>,
     failures: Vec<(usize, Error)>,
 }
 
-/// One acquisition attempt with `pending`'s token (one script call per node).
+impl Answers {
+    /// No majority granted, but one could have, had the proposal been higher.
+    fn too_low(&self, quorum: usize) -> bool {
+        !self.lows.is_empty()
+            && self.grants.len() < quorum
+            && self.grants.len() + self.lows.len() >= quorum
+    }
+}
+
+/// What one fan-out came to.
+enum Tried<G> {
+    Done(Attempt<G>),
+    /// A majority could have granted but for proposals too low: these nodes' counters.
+    Low(Vec<(usize, u64)>),
+}
+
+/// One acquisition attempt with `pending`'s token: one script call per node. On Redlock with a
+/// proposing primitive, a proposal refused as too low by enough masters is rolled back and
+/// retried at once above their counters, up to [`PROPOSALS`] times, within the same attempt.
 pub(crate) async fn attempt<A: Acquire>(
     core: &Core,
     primitive: &A,
@@ -103,8 +145,42 @@ pub(crate) async fn attempt<A: Acquire>(
     queue_for: Option<Duration>,
 ) -> Result<Attempt<A::Guard>> {
     let nodes = core.nodes();
+    if nodes.is_single() {
+        return match once(core, primitive, pending, queue_for, None).await? {
+            Tried::Done(attempt) => Ok(attempt),
+            Tried::Low(lows) => Err(too_low(nodes, 1, lows)),
+        };
+    }
+    let mut above = 0;
+    let mut lows = Vec::new();
+    for _ in 0..PROPOSALS {
+        let proposal = Some(core.fence_proposal(above));
+        match once(core, primitive, pending, queue_for, proposal).await? {
+            Tried::Done(attempt) => return Ok(attempt),
+            Tried::Low(refused) => lows = refused,
+        }
+        above = lows
+            .iter()
+            .map(|(_, counter)| *counter)
+            .fold(above, u64::max);
+    }
+    Err(too_low(nodes, nodes.quorum_for(primitive.holders()), lows))
+}
+
+/// One fan-out of the acquire call (proposing `proposal` when the primitive can), and what it
+/// came to: a guard, a busy answer, or proposals too low (already rolled back).
+async fn once<A: Acquire>(
+    core: &Core,
+    primitive: &A,
+    pending: &Pending,
+    queue_for: Option<Duration>,
+    proposal: Option<u64>,
+) -> Result<Tried<A::Guard>> {
+    let nodes = core.nodes();
     let token = attempt_token(nodes, pending)?;
-    let call = primitive.call(&token, queue_for);
+    let proposed = proposal.and_then(|fence| primitive.propose(&token, fence));
+    let fenced = proposed.is_some();
+    let call = proposed.unwrap_or_else(|| primitive.call(&token, queue_for));
     // A guarded grant and its WAIT go on a link of their own (see `node::replica`); replica
     // guards are single-node only.
     let mut link = match primitive.options().min_replicas {
@@ -119,6 +195,12 @@ pub(crate) async fn attempt<A: Acquire>(
     // earlier attempt with the same token may have (or queued it), and the undo scripts
     // tolerate a key of another type, so undoing costs nothing.
     let mut answers = send(nodes, quorum, primitive, &call, link.as_mut()).await?;
+    if let Some(busy) = answers.busy.as_mut() {
+        busy.sent = Some(Sent {
+            at: sent_at,
+            suspended,
+        });
+    }
     if answers.grants.len() >= quorum {
         let granted = Granted {
             core,
@@ -126,15 +208,32 @@ pub(crate) async fn attempt<A: Acquire>(
             token: &token,
             sent_at,
             quorum,
+            fenced,
         };
         match granted.finish(primitive, &answers, link.as_mut()).await? {
-            Some(guard) => return Ok(Attempt::Granted(guard)),
+            Some(guard) => return Ok(Tried::Done(Attempt::Granted(guard))),
             None => answers.failures.push(too_late(nodes, answers.grants[0].0)),
         }
     }
+    if answers.too_low(quorum) {
+        undo_partial(core, pending, token, &answers.grants).await;
+        return Ok(Tried::Low(answers.lows));
+    }
+    not_granted(core, pending, token, queue_for, answers, quorum).map(Tried::Done)
+}
+
+/// No majority granted: on Redlock, undo any partial grant on every node (also those that did
+/// not answer: their write may still land); then report who holds it, or why nobody granted.
+fn not_granted<G>(
+    core: &Core,
+    pending: &Pending,
+    token: Token,
+    queue_for: Option<Duration>,
+    mut answers: Answers,
+    quorum: usize,
+) -> Result<Attempt<G>> {
+    let nodes = core.nodes();
     if !nodes.is_single() {
-        // Redlock: undo any partial grant on every node (also those that did not answer:
-        // their write may still land), then report.
         core.watchdog().release_in_background(pending.undo(token));
         pending.settled();
     } else if answers.busy.is_some() && queue_for.is_none() {
@@ -145,15 +244,50 @@ pub(crate) async fn attempt<A: Acquire>(
         pending.settled();
     }
     match answers.busy {
-        Some(busy) => Ok(Attempt::Busy(Busy {
-            sent: Some(Sent {
-                at: sent_at,
-                suspended,
-            }),
-            ..busy
-        })),
-        None => Err(refusal(nodes, quorum, answers.failures)),
+        Some(busy) => Ok(Attempt::Busy(busy)),
+        None => {
+            let lows = answers.lows.into_iter().map(|low| low_failure(nodes, low));
+            answers.failures.extend(lows);
+            Err(refusal(nodes, quorum, answers.failures))
+        }
     }
+}
+
+/// Before a retry with a larger proposal: undo this attempt's partial grant. The nodes that
+/// granted are undone now, so that the retry does not find our own old hold there and take it
+/// for a busy lock; every node also gets the undo in the background, for a write that may
+/// still land (and a node whose undo failed now).
+async fn undo_partial(core: &Core, pending: &Pending, token: Token, grants: &[(usize, u64, bool)]) {
+    let undo = pending.undo(token);
+    if !grants.is_empty() {
+        let call = crate::engine::ops::one(undo.release_script(), |call| undo.add_release(call));
+        let nodes = core.nodes();
+        futures_util::future::join_all(grants.iter().map(|(index, _, _)| {
+            let node = nodes.get(*index);
+            node.eval::<Vec<i64>>(&call, node.command_timeout())
+        }))
+        .await;
+    }
+    core.watchdog().release_in_background(undo);
+    pending.settled();
+}
+
+/// A node that refused a proposal as too low, as a failure.
+fn low_failure(nodes: &Nodes, (index, counter): (usize, u64)) -> (usize, Error) {
+    let error = Error::Unavailable {
+        node: nodes.name(index).to_owned(),
+        reason: format!("the proposed fencing token was not above its counter {counter}"),
+    };
+    (index, error)
+}
+
+/// The error after every proposal was refused as too low by too many masters.
+fn too_low(nodes: &Nodes, quorum: usize, lows: Vec<(usize, u64)>) -> Error {
+    let failures = lows
+        .into_iter()
+        .map(|low| low_failure(nodes, low))
+        .collect();
+    quorum_error(nodes, quorum, "acquiring", failures)
 }
 
 /// The token of an attempt. On Redlock every attempt has a fresh token: a failed attempt's
@@ -185,30 +319,22 @@ struct Granted<'a> {
     sent_at: Instant,
     /// How many nodes must grant (and confirm the fence write-back).
     quorum: usize,
+    /// The grant carries the client's proposed fencing token, already stored by every
+    /// granting node: no write-back.
+    fenced: bool,
 }
 
 impl Granted<'_> {
-    /// Completes the grant (fencing write-back, replica guard, validity) and makes the guard;
-    /// `None` when it completed too late. A failure rolls the grant back before it returns.
+    /// Completes the grant (fencing, replica guard, validity) and makes the guard; `None` when
+    /// it completed too late. A failure rolls the grant back before it returns.
     async fn finish<A: Acquire>(
         self,
         primitive: &A,
         answers: &Answers,
         link: Option<&mut ReplicaLink>,
     ) -> Result<Option<A::Guard>> {
-        let nodes = self.core.nodes();
         let fences: Vec<(usize, u64)> = answers.grants.iter().map(|g| (g.0, g.1)).collect();
-        let completed = complete(
-            nodes,
-            self.quorum,
-            primitive,
-            self.token,
-            &fences,
-            self.sent_at,
-            link,
-        );
-        let completed = completed.await;
-        let fencing_token = match completed {
+        let fencing_token = match self.complete(primitive, &fences, link).await {
             Ok(Some(fencing_token)) => fencing_token,
             Ok(None) => return Ok(None),
             Err(error) => {
@@ -216,6 +342,9 @@ impl Granted<'_> {
                 return Err(error);
             }
         };
+        if !self.core.nodes().is_single() {
+            self.core.saw_fence(fencing_token);
+        }
         let guard = primitive.granted(Grant {
             token: self.token.clone(),
             fencing_token,
@@ -224,6 +353,53 @@ impl Granted<'_> {
         });
         self.pending.settled();
         Ok(Some(guard))
+    }
+
+    /// Finishes a grant from a majority: the largest token of the granting nodes (on one node,
+    /// its token; on Redlock with a proposal, the proposal, which every granting node already
+    /// stored; otherwise written back to the granting nodes, see
+    /// [`crate::connection::quorum`]); then the replica guard; and only if the lease is still
+    /// valid afterwards (`ttl − elapsed − drift > 0`). `None`: too late.
+    async fn complete<A: Acquire>(
+        &self,
+        primitive: &A,
+        fences: &[(usize, u64)],
+        link: Option<&mut ReplicaLink>,
+    ) -> Result<Option<u64>> {
+        let nodes = self.core.nodes();
+        let fencing_token = fences.iter().map(|(_, fence)| *fence).max().unwrap_or(0);
+        if !nodes.is_single() && !self.fenced {
+            let call = primitive.raise_fence(self.token, fencing_token);
+            let written = futures_util::future::join_all(fences.iter().map(|(index, _)| {
+                let node = nodes.get(*index);
+                node.eval::<i64>(&call, node.command_timeout())
+            }))
+            .await;
+            let confirmed = written.iter().filter(|w| matches!(w, Ok(1))).count();
+            if confirmed < self.quorum {
+                return Ok(None);
+            }
+        }
+        if let Some(guard) = &primitive.options().min_replicas {
+            // The replica guard: the grant counts only once enough replicas have it. If they
+            // do not, our caller's rollback releases it.
+            let link = link.ok_or_else(|| {
+                Error::Internal("a guarded grant was made without its replica link".into())
+            })?;
+            let acked = link.wait_for_replicas(guard).await?;
+            if acked < guard.replicas {
+                return Err(Error::Unavailable {
+                    node: nodes.first().name().to_owned(),
+                    reason: format!(
+                        "only {acked} of {} replicas acknowledged the grant within {}; released it",
+                        guard.replicas,
+                        humanize(guard.timeout)
+                    ),
+                });
+            }
+        }
+        let still_valid = Instant::now() < self.sent_at + validity(primitive.options().ttl);
+        Ok(still_valid.then_some(fencing_token))
     }
 }
 
@@ -237,7 +413,11 @@ async fn send<A: Acquire>(
     call: &ScriptInvocation<'static>,
     link: Option<&mut ReplicaLink>,
 ) -> Result<Answers> {
-    let granted = |answer: &Result<Answer>| matches!(answer, Ok(Answer::Granted { .. }));
+    let vote = |answer: &Result<Answer>| match answer {
+        Ok(Answer::Granted { .. }) => Vote::Yes,
+        Ok(Answer::Low { .. }) => Vote::Maybe,
+        _ => Vote::No,
+    };
     let replies = match link {
         Some(link) => {
             let node = nodes.first();
@@ -246,7 +426,7 @@ async fn send<A: Acquire>(
         }
         None => {
             nodes
-                .until(quorum, granted, |node| async move {
+                .until(quorum, vote, |node| async move {
                     let reply = node.eval::<Vec<Value>>(call, node.command_timeout()).await;
                     reply.and_then(|r| primitive.parse(r.as_slice()))
                 })
@@ -257,6 +437,7 @@ async fn send<A: Acquire>(
     for (index, reply) in replies {
         match reply {
             Ok(Answer::Granted { fence, fresh }) => answers.grants.push((index, fence, fresh)),
+            Ok(Answer::Low { counter }) => answers.lows.push((index, counter)),
             Ok(Answer::Busy(busy)) => {
                 // Prefer an answer that names the holder.
                 if answers
@@ -272,54 +453,6 @@ async fn send<A: Acquire>(
         }
     }
     Ok(answers)
-}
-
-/// Finishes a grant from a majority: on one node, just the token; on Redlock, the largest
-/// token of the granting nodes, written back to them (see [`crate::connection::quorum`]);
-/// then the replica guard; and only if the lease is still valid afterwards
-/// (`ttl − elapsed − drift > 0`). `None`: too late.
-async fn complete<A: Acquire>(
-    nodes: &Nodes,
-    quorum: usize,
-    primitive: &A,
-    token: &Token,
-    fences: &[(usize, u64)],
-    sent_at: Instant,
-    link: Option<&mut ReplicaLink>,
-) -> Result<Option<u64>> {
-    let fencing_token = fences.iter().map(|(_, fence)| *fence).max().unwrap_or(0);
-    if !nodes.is_single() {
-        let call = primitive.raise_fence(token, fencing_token);
-        let written = futures_util::future::join_all(fences.iter().map(|(index, _)| {
-            let node = nodes.get(*index);
-            node.eval::<i64>(&call, node.command_timeout())
-        }))
-        .await;
-        let confirmed = written.iter().filter(|w| matches!(w, Ok(1))).count();
-        if confirmed < quorum {
-            return Ok(None);
-        }
-    }
-    if let Some(guard) = &primitive.options().min_replicas {
-        // The replica guard: the grant counts only once enough replicas have it. If they do
-        // not, our caller's rollback releases it.
-        let link = link.ok_or_else(|| {
-            Error::Internal("a guarded grant was made without its replica link".into())
-        })?;
-        let acked = link.wait_for_replicas(guard).await?;
-        if acked < guard.replicas {
-            return Err(Error::Unavailable {
-                node: nodes.first().name().to_owned(),
-                reason: format!(
-                    "only {acked} of {} replicas acknowledged the grant within {}; released it",
-                    guard.replicas,
-                    humanize(guard.timeout)
-                ),
-            });
-        }
-    }
-    let still_valid = Instant::now() < sent_at + validity(primitive.options().ttl);
-    Ok(still_valid.then_some(fencing_token))
 }
 
 /// Undoes a grant now, so the caller's error means "no hold". If a node cannot confirm, the

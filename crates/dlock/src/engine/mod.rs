@@ -3,8 +3,9 @@
 //! A primitive supplies its scripts, reply parsing and guard; the engine owns the rest:
 //! - [`Core`]: the nodes, the watchdog(s), the notifier, the holder's identity and the count of
 //!   held leases; one per client, shared by every primitive and guard made from it.
-//! - `acquire`: one attempt (token policy, fan-out to a majority, fencing write-back on
-//!   Redlock, the replica guard's `WAIT`, the validity check, rollback) and `wait` the waiting
+//! - `acquire`: one attempt (token policy, fan-out to a majority, fencing on Redlock: a
+//!   proposed token or a write-back, the replica guard's `WAIT`, the validity check, rollback)
+//!   and `wait` the waiting
 //!   loop (wake-ups, re-checks, backoff, the wait limit); `pending` undoes an acquisition that
 //!   may have happened when the caller gives up.
 //! - `lease` (one lease's state and validity), `handle` (what every guard does with it:
@@ -14,9 +15,9 @@
 //!
 //! Nothing here knows which primitive it serves, and nothing below it (`connection`) calls up.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
@@ -54,6 +55,9 @@ pub(crate) struct Core {
     notifier: Notifier,
     held: Arc<AtomicUsize>,
     identity: Identity,
+    /// The largest fencing token this client was granted on Redlock, on any name: its next
+    /// proposals stay above it even if the wall clock steps back.
+    fence_seen: AtomicU64,
 }
 
 /// A new lease's terms, as the primitive asked for them.
@@ -88,6 +92,7 @@ impl Core {
                 host: gethostname::gethostname().to_string_lossy().into_owned(),
                 pid: std::process::id(),
             },
+            fence_seen: AtomicU64::new(0),
         })
     }
 
@@ -162,6 +167,24 @@ impl Core {
         };
         watchdog.track(lease.clone());
         lease
+    }
+
+    /// The fencing token to propose on Redlock: this host's wall clock in microseconds, but
+    /// above `above` (the counters masters refused a lower proposal with) and above every
+    /// token this client was granted (see `connection::quorum`, "Fencing across nodes").
+    pub fn fence_proposal(&self, above: u64) -> u64 {
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+            });
+        let seen = self.fence_seen.load(Ordering::SeqCst);
+        now_us.max(above.max(seen).saturating_add(1))
+    }
+
+    /// A Redlock grant's fencing token: later proposals go above it.
+    pub fn saw_fence(&self, fence: u64) {
+        self.fence_seen.fetch_max(fence, Ordering::SeqCst);
     }
 
     /// Refuses a feature that works on one Redis only.

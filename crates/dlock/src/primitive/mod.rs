@@ -5,7 +5,7 @@
 //! released ([`LeaseOps`](crate::engine::ops::LeaseOps),
 //! [`ReleaseOp`](crate::engine::ops::ReleaseOp)), and its guard, which embeds a
 //! [`LeaseHandle`](crate::engine::handle::LeaseHandle). Waiting, fairness, in-doubt cleanup,
-//! Redlock majorities, fencing write-back, renewal and loss reporting come from the engine.
+//! Redlock majorities and fencing, renewal and loss reporting come from the engine.
 //! `docs/architecture.md` walks through adding one, with the semaphore as the example.
 
 pub(crate) mod lock;

@@ -173,8 +173,9 @@ async fn fencing_tokens_increase_across_changing_majorities_and_data_loss() {
     // re-established, which a waiting caller rides out.
     let wait = LockOptions::new().wait(dlock::Wait::Limit(Duration::from_secs(5)));
     let lock = c.lock_with("fenced", wait).unwrap();
-    // Master 1's counter is far ahead of the others (say its clock was ahead once). Only the
-    // write-back keeps later grants, made without master 1, above it.
+    // Master 1's counter is far ahead of the others (say it was set by hand). A, on masters
+    // 1 and 2, is refused by master 1 and proposes again above its counter; later grants,
+    // made without master 1, stay above it through the master they share with A.
     let ahead = "5000000000000000";
     let _: () = servers[0].cmd("SET", &["{fenced}:dlock:fence:fenced", ahead]);
     let mut tokens = Vec::new();

@@ -5,18 +5,46 @@
 //! (command) timeout, and succeeds when a majority (`N / 2 + 1`) agrees, so one dead or frozen
 //! node of three costs at most that timeout and never stops a grant. The lock, renewal and
 //! release logic is the same as on one node; the acquisition engine adds the validity check
-//! (`ttl − elapsed − drift` must still be positive once the grant is complete) and the
-//! fencing write-back.
+//! (`ttl − elapsed − drift` must still be positive once the grant is complete) and fencing.
 //!
 //! # Fencing across nodes
-//! A grant's token is the largest any granting node issued, and it is written back
-//! (raise-to-at-least) to the granting majority before the grant is returned, while the lock
-//! keys on those nodes still exist. Any later grant needs a majority too, and two majorities
-//! share at least one node; that node's counter already holds the earlier token, and it can
-//! only grant again after the earlier key there is gone, so the later grant's token is larger.
-//! This needs each node to keep its counter across restarts, or to restart later than the
-//! largest clock offset between nodes plus a TTL (each node's tokens never go below its own
-//! clock).
+//! On Redlock the client proposes the fencing token: P = its wall clock in microseconds, or
+//! one more than the largest token it was granted (on any name) or heard of in this
+//! acquisition, whichever is larger. A master grants only if the lock is free there AND P is
+//! above its fencing counter; granting stores P as its counter (kept as long as on one node,
+//! `FENCE_RETENTION`) and as the holder's fence, in the same script. A master whose counter is
+//! at or above P refuses and answers with its counter. The grant's token is P, and it is
+//! complete in one round trip: every granting master already holds P when it answers.
+//!
+//! Why tokens increase. Two grants each need a majority, and two majorities share at least
+//! one master. That master stored the earlier grant's P before answering, and it can grant the
+//! name again only once the earlier lock key there is gone (released or expired), so only to
+//! a proposal above its counter, which is at least P: the later grant's token is larger. A
+//! refusal or a rolled-back partial grant writes nothing or only raises counters, which keeps
+//! the argument intact (a counter never goes down while it is kept).
+//!
+//! Low proposals. If no majority granted, but would have with a larger proposal (enough
+//! masters refused only for their counters), the partial grant is rolled back as any failed
+//! attempt (a fresh owner token per try; the nodes that granted are undone before the retry,
+//! every node in the background) and the attempt proposes again at once, above the largest
+//! counter it heard of; after a few such tries it reports an error. A counter far ahead on one
+//! master (a clock that was ahead once, or set by hand) only costs that master's vote while
+//! the others grant: the token is above every granting master's counter, which is all the
+//! argument needs; a majority ahead lifts the retry above them all.
+//!
+//! Limits. A master that lost its counter (a restart without persistence, or a counter idle
+//! past its retention) accepts any proposal. If it is the one the two majorities share, the
+//! order then rests on the proposers' clocks: a later proposal is larger if its client's clock
+//! is not behind the earlier grant's by more than the time between the two grants (as, with
+//! masters issuing tokens, it rested on the masters' clocks). So, as before, each master
+//! should keep its counter across restarts, or restart later than the largest clock offset
+//! between the clients plus a TTL. Tokens are compared as Lua numbers on the masters, exact
+//! below 2^53 (wall-clock microseconds stay below that until the year 2255).
+//!
+//! Primitives that let several hold at once (the semaphore) keep the earlier scheme: each
+//! master issues a token from its counter, and the largest is written back (raised to at
+//! least) on the granting masters before the grant is returned, a second round trip; the
+//! same argument holds with the written-back token in place of P.
 
 use std::future::Future;
 
@@ -106,13 +134,14 @@ impl Nodes {
             .collect()
     }
 
-    /// Runs `call` on every node concurrently and returns as soon as `enough` results satisfy
-    /// `good`, or when that can no longer happen; the rest are abandoned (their requests may
-    /// still land: callers release on every node anyway). Results come as (node index, result).
+    /// Runs `call` on every node concurrently and returns as soon as `enough` results are
+    /// [`Vote::Yes`], or when that can no longer happen even if every [`Vote::Maybe`] turned
+    /// into a yes; the rest are abandoned (their requests may still land: callers release on
+    /// every node anyway). Results come as (node index, result).
     pub async fn until<'a, T, F, Fut>(
         &'a self,
         enough: usize,
-        good: impl Fn(&Result<T>) -> bool,
+        vote: impl Fn(&Result<T>) -> Vote,
         call: F,
     ) -> Vec<(usize, Result<T>)>
     where
@@ -121,14 +150,15 @@ impl Nodes {
     {
         let mut pending = self.each(0..self.len(), call);
         let mut results = Vec::with_capacity(self.nodes.len());
-        let mut good_count = 0;
+        let (mut yes, mut maybe) = (0, 0);
         while let Some((index, result)) = pending.next().await {
-            if good(&result) {
-                good_count += 1;
+            match vote(&result) {
+                Vote::Yes => yes += 1,
+                Vote::Maybe => maybe += 1,
+                Vote::No => {}
             }
             results.push((index, result));
-            let others = pending.len();
-            if good_count >= enough || good_count + others < enough {
+            if yes >= enough || yes + maybe + pending.len() < enough {
                 break;
             }
         }
@@ -180,6 +210,16 @@ impl Nodes {
     pub fn name(&self, index: usize) -> &str {
         self.nodes[index].name()
     }
+}
+
+/// How one node's answer counts for [`Nodes::until`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Vote {
+    Yes,
+    /// Not yet a yes, but the caller may turn it into one by asking again (a proposed
+    /// fencing token too low for that node): worth hearing the other nodes out.
+    Maybe,
+    No,
 }
 
 /// What a majority decided about one lease (or one request).

@@ -223,25 +223,15 @@ impl Acquire for Lock {
     }
 
     fn call(&self, token: &Token, queue_for: Option<Duration>) -> ScriptInvocation<'static> {
-        let identity = self.core.identity();
         let options = &self.options;
         let claim = match self.hands_off() {
             true => millis(options.claim_lease()),
             false => 0,
         };
-        let mut call = scripts::ACQUIRE.prepare_invoke();
-        call.key(&self.keys.lock)
-            .key(&self.keys.info)
-            .key(&self.keys.fence)
-            .key(&self.keys.queue)
+        let mut call = self.grant_call(&scripts::ACQUIRE, token);
+        call.key(&self.keys.queue)
             .key(&self.keys.queue_leases)
             .key(&self.keys.waiters)
-            .arg(token.as_str())
-            .arg(millis(options.ttl))
-            .arg(millis(FENCE_RETENTION))
-            .arg(&identity.host)
-            .arg(identity.pid)
-            .arg(options.label.as_deref().unwrap_or(""))
             .arg(if options.fair { "fair" } else { "plain" })
             .arg(queue_for.map_or(0, millis))
             .arg(&self.keys.channel)
@@ -249,8 +239,19 @@ impl Acquire for Lock {
         call
     }
 
+    /// Plain locks propose their fencing token on Redlock (fair ones are single-node only).
+    fn propose(&self, token: &Token, fence: u64) -> Option<ScriptInvocation<'static>> {
+        if self.options.fair {
+            return None;
+        }
+        let mut call = self.grant_call(&scripts::ACQUIRE_PROPOSED, token);
+        call.arg(fence);
+        Some(call)
+    }
+
     fn parse(&self, reply: &[Value]) -> Result<Answer> {
-        if reply.first().and_then(int) != Some(1) {
+        let code = reply.first().and_then(int);
+        if code != Some(1) && code != Some(2) {
             return Ok(Answer::Busy(busy(&self.keys, reply)));
         }
         let fence = reply
@@ -258,7 +259,10 @@ impl Acquire for Lock {
             .and_then(int)
             .and_then(|t| u64::try_from(t).ok())
             .ok_or_else(|| Error::Internal(format!("acquire returned {reply:?}")))?;
-        Ok(Answer::Granted { fence, fresh: true })
+        Ok(match code {
+            Some(2) => Answer::Low { counter: fence },
+            _ => Answer::Granted { fence, fresh: true },
+        })
     }
 
     fn raise_fence(&self, token: &Token, fence: u64) -> ScriptInvocation<'static> {
@@ -282,6 +286,25 @@ impl Acquire for Lock {
         );
         let handle = LeaseHandle::new(Shared::new(lease), self.core.clone(), held.clone());
         LockGuard::new(handle, held)
+    }
+}
+
+impl Lock {
+    /// An acquire call by `script` for `token`: the lock, holder info and fencing counter keys,
+    /// the token, TTL, counter retention and holder identity (a script's own arguments follow).
+    fn grant_call(&self, script: &'static Script, token: &Token) -> ScriptInvocation<'static> {
+        let identity = self.core.identity();
+        let mut call = script.prepare_invoke();
+        call.key(&self.keys.lock)
+            .key(&self.keys.info)
+            .key(&self.keys.fence)
+            .arg(token.as_str())
+            .arg(millis(self.options.ttl))
+            .arg(millis(FENCE_RETENTION))
+            .arg(&identity.host)
+            .arg(identity.pid)
+            .arg(self.options.label.as_deref().unwrap_or(""));
+        call
     }
 }
 
