@@ -47,6 +47,17 @@ async fn warm_up(server: &RedisServer, lock: &dlock::Lock) {
     waiter.await.unwrap().unwrap().release().await.unwrap();
 }
 
+/// The guard a spawned `lock()` returns, within 5 s.
+async fn granted(
+    waiter: tokio::task::JoinHandle<dlock::Result<dlock::LockGuard>>,
+) -> dlock::LockGuard {
+    timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("not granted within 5 s")
+        .unwrap()
+        .unwrap()
+}
+
 /// Script calls (EVALSHA and EVAL) the server ran so far.
 fn script_calls(server: &RedisServer) -> u64 {
     server.command_calls("evalsha") + server.command_calls("eval")
@@ -72,11 +83,7 @@ async fn a_contended_handoff_costs_the_release_alone() {
     let released_at = Instant::now();
     let holder_fence = holder.fencing_token();
     holder.release().await.unwrap();
-    let guard = timeout(Duration::from_secs(5), waiter)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let guard = granted(waiter).await;
     let calls = script_calls(&server) - before;
     // Before hand-off: the release, then the waiter's own acquire (2).
     assert_eq!(calls, 1, "script calls from the release to the new holder");
@@ -140,11 +147,7 @@ async fn a_dead_head_delays_the_next_waiter_by_at_most_the_claim_lease() {
         dead,
         "the release hands the lock to the head"
     );
-    let guard = timeout(Duration::from_secs(5), waiter)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let guard = granted(waiter).await;
     let waited = released_at.elapsed();
     assert!(
         waited <= claim + epsilon,
@@ -195,11 +198,7 @@ async fn a_lost_handoff_message_is_recovered_by_the_recheck() {
     holder.release().await.unwrap();
     let handed_to: String = server.cmd("GET", &["job"]);
     assert_eq!(handed_to.len(), 32, "handed over, not freed");
-    let guard = timeout(Duration::from_secs(5), waiter)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let guard = granted(waiter).await;
     assert!(
         released_at.elapsed() <= recheck + epsilon,
         "found {:?} after the release (re-check {recheck:?})",
@@ -336,11 +335,7 @@ async fn with_handoff_off_waiters_do_not_queue() {
     assert!(subscribed.is_ok());
     assert_eq!(server.cmd::<i64>("EXISTS", &[QUEUE]), 0, "it queued");
     holder.release().await.unwrap();
-    let guard = timeout(Duration::from_secs(5), waiter)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let guard = granted(waiter).await;
     guard.release().await.unwrap();
 }
 
@@ -365,11 +360,7 @@ async fn a_forged_handoff_message_is_ignored() {
         "a forged message was taken as a grant"
     );
     holder.release().await.unwrap();
-    let guard = timeout(Duration::from_secs(5), waiter)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let guard = granted(waiter).await;
     assert!(guard.fencing_token() < 99_999_999_999_999_999);
     guard.release().await.unwrap();
 }

@@ -25,6 +25,7 @@ use redis::{Script, ScriptInvocation, Value};
 
 use crate::engine::acquire::{self, Acquire, Answer, Attempt, Busy, Grant};
 use crate::engine::handle::{LeaseHandle, Shared};
+use crate::engine::lease::Lease;
 use crate::engine::ops::{LeaseOps, ReleaseOp, Verify};
 use crate::engine::pending::Pending;
 use crate::engine::wait::{Handoff, Waiting};
@@ -173,14 +174,17 @@ impl Lock {
     /// The guard for a grant a release handed to `token` (see `handoff.lua`): valid for the
     /// claim lease from the last busy answer's send, renewed to the full TTL by the watchdog.
     fn handed(&self, token: Token, handoff: Handoff) -> LockGuard {
+        self.guard(token, |held| {
+            let (fence, terms) = (handoff.fence, self.terms());
+            self.core
+                .track_handed(held, fence, terms, handoff.since, handoff.claim)
+        })
+    }
+
+    /// The guard over `token`'s lease, tracked by `track` (a grant's or a hand-off's terms).
+    fn guard(&self, token: Token, track: impl FnOnce(Arc<Held>) -> Arc<Lease>) -> LockGuard {
         let held = Arc::new(Held::new(self.keys.clone(), token));
-        let lease = self.core.track_handed(
-            held.clone(),
-            handoff.fence,
-            self.terms(),
-            handoff.since,
-            handoff.claim,
-        );
+        let lease = track(held.clone());
         let handle = LeaseHandle::new(Shared::new(lease), self.core.clone(), held.clone());
         LockGuard::new(handle, held)
     }
@@ -277,15 +281,11 @@ impl Acquire for Lock {
     }
 
     fn granted(&self, grant: Grant) -> LockGuard {
-        let held = Arc::new(Held::new(self.keys.clone(), grant.token));
-        let lease = self.core.track(
-            held.clone(),
-            grant.fencing_token,
-            self.terms(),
-            grant.sent_at,
-        );
-        let handle = LeaseHandle::new(Shared::new(lease), self.core.clone(), held.clone());
-        LockGuard::new(handle, held)
+        self.guard(grant.token, |held| {
+            let terms = self.terms();
+            self.core
+                .track(held, grant.fencing_token, terms, grant.sent_at)
+        })
     }
 }
 
