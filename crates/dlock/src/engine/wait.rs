@@ -88,7 +88,8 @@ impl Waiting<'_> {
         let deadline = self.deadline(started);
         // A subscription another waiter keeps (or one lingering) costs nothing: take it now,
         // and a first busy answer can be slept on at once.
-        let mut wakeups: Option<Subscription> = self.core.notifier().live(self.channel);
+        let mut wakeups: Option<Subscription> =
+            self.core.notifier().live(self.channel, token.as_str());
         let mut failures = 0u32;
         // The last busy answer: when its attempt was sent, and the fencing counter it saw.
         let mut last_busy: Option<(Sent, u64)> = None;
@@ -118,13 +119,12 @@ impl Waiting<'_> {
             if wakeups.is_none() && outcome.is_conflict() {
                 // Subscribe, then retry at once: a release published before the subscription
                 // was in effect would otherwise be missed.
-                wakeups = self.subscribe(deadline).await;
+                wakeups = self.subscribe(token, deadline).await;
                 continue;
             }
             // Without a working wake-up channel (no channel permission, the first Redlock
-            // master down, pub/sub reconnecting), the re-check interval is still the pause: it
-            // already never sleeps past the holder's TTL, and polling faster only loads Redis
-            // (it used to retry every few milliseconds). A reconnect wakes the waiter anyway.
+            // master down, pub/sub reconnecting) the pause is still the re-check: it never
+            // sleeps past the holder's TTL, and polling faster only loads Redis.
             let until = earliest(now.checked_add(pause), deadline);
             let woken = sleep_on(wakeups.as_mut(), token, until).await;
             let handoff = Handoff::of(woken, last_busy, self.options.claim_lease());
@@ -145,8 +145,8 @@ impl Waiting<'_> {
 
     /// Subscribes to the wake-up channel, giving up at `deadline` (`None`: the caller retries
     /// and asks again).
-    async fn subscribe(&self, deadline: Option<Instant>) -> Option<Subscription> {
-        let subscribing = self.core.notifier().subscribe(self.channel);
+    async fn subscribe(&self, token: &Token, deadline: Option<Instant>) -> Option<Subscription> {
+        let subscribing = self.core.notifier().subscribe(self.channel, token.as_str());
         match deadline {
             Some(d) => tokio::time::timeout_at(d, subscribing).await.ok(),
             None => Some(subscribing.await),

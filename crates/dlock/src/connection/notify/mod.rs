@@ -14,7 +14,9 @@
 //! A message carries who it is for: empty for everyone (retry), a waiter's id (the first 16
 //! hex digits of its token: only that waiter retries, so a release wakes one waiter, not a
 //! herd), or a waiter's id with the fencing token and claim lease of a grant the release
-//! handed to it (the waiter holds the lock without a round trip of its own).
+//! handed to it (the waiter holds the lock without a round trip of its own). A message that
+//! names a waiter is delivered to that waiter's task alone (`Channel::addressed`), so with
+//! many waiters of one lock in one client a hand-off wakes one task, not all of them.
 //!
 //! # Guarantees and limits
 //! - A waiter is subscribed before an attempt whose busy answer it sleeps on, so a release
@@ -37,10 +39,12 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+mod subscription;
 mod wake;
 
-use wake::Wake;
+pub(crate) use subscription::Subscription;
 pub(crate) use wake::Woken;
+use wake::{id_key, Wake};
 
 /// First pause before reopening a lost pub/sub connection (or one whose SUBSCRIBE was refused);
 /// doubled after every failed attempt up to [`RECONNECT_MAX`], so a server that is down, or an
@@ -48,7 +52,9 @@ pub(crate) use wake::Woken;
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 /// Longest pause between attempts to reopen the pub/sub connection.
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
-/// Wake-ups buffered per waiter; one that falls further behind simply re-checks.
+/// Wake-ups for everyone buffered per waiter; one that falls further behind simply re-checks.
+/// (Addressed wake-ups are queued per waiter without a bound: a waiter gets at most a few
+/// before its next attempt drains them.)
 const WAKE_BUFFER: usize = 64;
 
 /// The client's pub/sub side: shared registry plus a task that owns the connection.
@@ -69,9 +75,42 @@ struct Channel {
     waiters: usize,
     /// When the last waiter left (`None` while someone waits).
     idle_since: Option<Instant>,
+    /// Wake-ups for every waiter (a release with nobody queued, a reconnect).
     wake: broadcast::Sender<Wake>,
+    /// Wake-ups addressed to one waiter (the queue's head, a hand-off, the next in line), by
+    /// waiter id: delivered to that waiter's task alone, so a hand-off wakes one task, not
+    /// every waiter of the lock in this client.
+    addressed: HashMap<String, mpsc::UnboundedSender<Wake>>,
     /// `None` until Redis answered the SUBSCRIBE; then whether it is in effect.
     ready: watch::Sender<Option<bool>>,
+}
+
+impl Channel {
+    /// Registers the waiter with `token` and makes its subscription.
+    fn join(&mut self, name: &str, token: &str, shared: &Arc<Shared>) -> Subscription {
+        self.waiters += 1;
+        self.idle_since = None;
+        let (send, mine) = mpsc::unbounded_channel();
+        self.addressed.insert(id_key(token).to_owned(), send);
+        Subscription::new(name, token, self.wake.subscribe(), mine, shared.clone())
+    }
+
+    /// Delivers a wake-up: to everyone, or to the waiters it names.
+    fn deliver(&self, wake: Wake) {
+        let named = match &wake {
+            Wake::All => {
+                let _ = self.wake.send(wake);
+                return;
+            }
+            Wake::Only(id) => [Some(id.clone()), None],
+            Wake::Handed { id, next, .. } => [Some(id.clone()), next.clone()],
+        };
+        for id in named.into_iter().flatten() {
+            if let Some(waiter) = self.addressed.get(id_key(&id)) {
+                let _ = waiter.send(wake.clone());
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -105,20 +144,15 @@ impl Notifier {
         Notifier { shared }
     }
 
-    /// A subscription to `channel` if one is already in effect (no round trip), else `None`.
-    pub fn live(&self, channel: &str) -> Option<Subscription> {
+    /// A subscription to `channel` for the waiter with `token`, if one is already in effect
+    /// (no round trip), else `None`.
+    pub fn live(&self, channel: &str, token: &str) -> Option<Subscription> {
         let mut channels = self.shared.channels();
         let entry = channels.get_mut(channel)?;
         if *entry.ready.borrow() != Some(true) {
             return None;
         }
-        entry.waiters += 1;
-        entry.idle_since = None;
-        Some(Subscription {
-            channel: channel.to_owned(),
-            wake: entry.wake.subscribe(),
-            shared: self.shared.clone(),
-        })
+        Some(entry.join(channel, token, &self.shared))
     }
 
     /// Subscribes to `channel` and returns once the subscription is in effect (or could not
@@ -126,8 +160,8 @@ impl Notifier {
     ///
     /// # Cancel safety
     /// Dropping the future drops the subscription handle with it: nothing leaks.
-    pub async fn subscribe(&self, channel: &str) -> Subscription {
-        let (send, wake, mut ready) = {
+    pub async fn subscribe(&self, channel: &str, token: &str) -> Subscription {
+        let (send, subscription, mut ready) = {
             let mut channels = self.shared.channels();
             let entry = channels
                 .entry(channel.to_owned())
@@ -135,17 +169,12 @@ impl Notifier {
                     waiters: 0,
                     idle_since: None,
                     wake: broadcast::channel(WAKE_BUFFER).0,
+                    addressed: HashMap::new(),
                     ready: watch::channel(None).0,
                 });
-            entry.waiters += 1;
-            entry.idle_since = None;
+            let subscription = entry.join(channel, token, &self.shared);
             let send = entry.ready.borrow().is_none() && entry.waiters == 1;
-            (send, entry.wake.subscribe(), entry.ready.subscribe())
-        };
-        let subscription = Subscription {
-            channel: channel.to_owned(),
-            wake,
-            shared: self.shared.clone(),
+            (send, subscription, entry.ready.subscribe())
         };
         if send
             && self
@@ -173,73 +202,6 @@ impl Notifier {
 impl Shared {
     fn channels(&self) -> MutexGuard<'_, HashMap<String, Channel>> {
         self.channels.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// One waiter's interest in one lock's channel.
-#[derive(Debug)]
-pub(crate) struct Subscription {
-    channel: String,
-    wake: broadcast::Receiver<Wake>,
-    shared: Arc<Shared>,
-}
-
-impl Subscription {
-    /// Drops every wake-up received so far: call it right before an acquisition attempt,
-    /// whose answer already reflects them.
-    pub fn mark_seen(&mut self) {
-        loop {
-            match self.wake.try_recv() {
-                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
-                Err(_) => return,
-            }
-        }
-    }
-
-    /// Resolves at the next wake-up for `token` (or for everyone) after the last
-    /// [`Subscription::mark_seen`]. A hand-off to `token` that arrives among missed messages
-    /// (the buffer lagged) is a retry: the retry finds the grant.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: wake-ups that arrive meanwhile stay buffered.
-    pub async fn woken(&mut self, token: &str) -> Woken {
-        loop {
-            match self.wake.recv().await {
-                Ok(wake) => {
-                    if let Some(woken) = wake.for_token(token) {
-                        return woken;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => return Woken::Retry,
-                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
-            }
-        }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        let linger = self.shared.linger;
-        let mut channels = self.shared.channels();
-        let Some(entry) = channels.get_mut(&self.channel) else {
-            return;
-        };
-        entry.waiters -= 1;
-        if entry.waiters > 0 {
-            return;
-        }
-        if linger.is_zero() {
-            channels.remove(&self.channel);
-            // Under the registry lock, so a new first subscriber's Subscribe is queued after
-            // this Unsubscribe and wins.
-            let _ = self
-                .shared
-                .commands
-                .send(Command::Unsubscribe(self.channel.clone()));
-        } else {
-            // Kept for the next waiter; the listener unsubscribes it after the linger.
-            entry.idle_since = Some(Instant::now());
-        }
     }
 }
 
@@ -477,7 +439,7 @@ impl Listener {
         let wake = Wake::parse(&payload);
         if let Some(shared) = self.shared.upgrade() {
             if let Some(channel) = shared.channels().get(message.get_channel_name()) {
-                let _ = channel.wake.send(wake);
+                channel.deliver(wake);
             }
         }
     }

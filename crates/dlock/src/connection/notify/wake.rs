@@ -97,6 +97,12 @@ pub(super) fn mac(token: &str, fence: u64, claim: Duration) -> String {
     digest.digest().to_string()[..16].to_owned()
 }
 
+/// The part of a waiter id (or a whole token, as semaphores publish) that addresses a waiter:
+/// its first 16 characters.
+pub(super) fn id_key(id: &str) -> &str {
+    id.get(..16).unwrap_or(id)
+}
+
 /// Whether a wake-up's waiter id names `token` (ids are token prefixes; older releases and
 /// semaphores publish whole tokens, which match too).
 pub(super) fn names(id: &str, token: &str) -> bool {
