@@ -200,6 +200,15 @@ impl Lease {
         timing.sent_at + renewal_interval(timing.term)
     }
 
+    /// When the watchdog must first look at this lease: its first renewal, or the end of its
+    /// validity if it is not renewed.
+    pub fn needs_watchdog_by(&self) -> Instant {
+        match self.renew {
+            true => self.next_renewal().min(self.valid_until()),
+            false => self.valid_until(),
+        }
+    }
+
     /// Records a successful extension sent at `sent_at` to `ttl`. Replies can arrive out of
     /// order (watchdog and `extend` race); the most recently *sent* one wins.
     pub fn extended(&self, sent_at: Instant, ttl: Duration) {

@@ -30,12 +30,14 @@ use crate::engine::ops::ReleaseOp;
 
 mod background;
 mod batch;
+mod incoming;
 mod renew;
 #[cfg(test)]
 mod suspend_tests;
 mod verify;
 
 use background::Background;
+use incoming::Incoming;
 use verify::Verify;
 
 /// How often the watchdog looks at the clocks while leases are held, so a lease that ran out
@@ -45,8 +47,6 @@ const SUSPEND_CHECK: Duration = Duration::from_secs(1);
 /// Work for the watchdog.
 #[derive(Debug)]
 enum Job {
-    /// Renew (if the lease asks for it) and watch this lease until it leaves `Held`.
-    Track(Arc<Lease>),
     /// Release a hold in the background (dropped guards, undone acquisitions).
     Release(Arc<dyn ReleaseOp>),
     /// Answer once every job queued before this one is done.
@@ -57,6 +57,8 @@ enum Job {
 #[derive(Debug, Clone)]
 pub(crate) struct Watchdog {
     jobs: mpsc::UnboundedSender<Job>,
+    /// New leases (see `incoming`: no task wake-up per lease).
+    incoming: Arc<Incoming>,
 }
 
 impl Watchdog {
@@ -76,7 +78,9 @@ impl Watchdog {
     fn start(nodes: Nodes, guarded: bool) -> Watchdog {
         let (jobs, queue) = mpsc::unbounded_channel();
         let (link_sender, link_events) = mpsc::unbounded_channel();
+        let incoming = Incoming::new();
         let task = Task {
+            incoming: incoming.clone(),
             nodes,
             queue,
             leases: Vec::new(),
@@ -88,14 +92,14 @@ impl Watchdog {
             guarded,
         };
         tokio::spawn(task.run());
-        Watchdog { jobs }
+        Watchdog { jobs, incoming }
     }
 
-    /// Starts renewing and watching `lease`.
+    /// Starts renewing and watching `lease` (until it leaves `Held`). If the task is gone
+    /// (its runtime shut down), the lease simply runs out its TTL, which is the crash case the
+    /// TTL exists for.
     pub fn track(&self, lease: Arc<Lease>) {
-        // A send fails only when the task is gone (its runtime shut down); the lease then
-        // simply runs out its TTL, which is the crash case the TTL exists for.
-        let _ = self.jobs.send(Job::Track(lease));
+        self.incoming.push(lease);
     }
 
     /// Releases a hold (if it is still ours) without waiting. Safe to call from `Drop`: it
@@ -130,6 +134,7 @@ impl Tracked {
 #[derive(Debug)]
 struct Task {
     nodes: Nodes,
+    incoming: Arc<Incoming>,
     queue: mpsc::UnboundedReceiver<Job>,
     leases: Vec<Tracked>,
     /// The link monitors, started with the first tracked lease and stopped with the task.
@@ -147,8 +152,13 @@ struct Task {
 impl Task {
     async fn run(mut self) {
         loop {
+            self.take_leases();
             let wake = self.next_wake();
+            if !self.incoming.plan(wake) {
+                continue;
+            }
             let first = tokio::select! {
+                () = self.incoming.woken() => None,
                 job = self.queue.recv() => match job {
                     Some(job) => Some(job),
                     None => break,
@@ -159,6 +169,9 @@ impl Task {
                     None
                 }
             };
+            self.incoming.awake();
+            // Before a re-verification, so it covers every lease granted so far.
+            self.take_leases();
             let queued: Vec<Job> = std::iter::from_fn(|| self.queue.try_recv().ok()).collect();
             self.take_jobs(first.into_iter().chain(queued));
             if self.verify.is_some_and(|v| v.due <= Instant::now()) {
@@ -168,22 +181,29 @@ impl Task {
         }
     }
 
-    /// Starts tracking new leases; sends releases beside the loop, never in its way (a slow or
-    /// cut node must not hold up renewals and loss reports for the leases still held).
+    /// Starts tracking the leases granted since the last look (and the link monitors, with the
+    /// first).
+    fn take_leases(&mut self) {
+        let leases = self.incoming.take();
+        if leases.is_empty() {
+            return;
+        }
+        if self.links.is_none() {
+            self.links = Some(Links::start(&self.nodes, self.link_sender.clone()));
+        }
+        self.leases.extend(leases.into_iter().map(|lease| Tracked {
+            lease,
+            retry_at: None,
+            last_error: None,
+        }));
+    }
+
+    /// Sends releases beside the loop, never in its way (a slow or cut node must not hold up
+    /// renewals and loss reports for the leases still held).
     fn take_jobs(&mut self, jobs: impl Iterator<Item = Job>) {
         let mut releases = Vec::new();
         for job in jobs {
             match job {
-                Job::Track(lease) => {
-                    if self.links.is_none() {
-                        self.links = Some(Links::start(&self.nodes, self.link_sender.clone()));
-                    }
-                    self.leases.push(Tracked {
-                        lease,
-                        retry_at: None,
-                        last_error: None,
-                    });
-                }
                 Job::Release(hold) => releases.push(hold),
                 Job::Flush(done) => {
                     if !releases.is_empty() {
