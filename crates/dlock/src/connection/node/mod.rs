@@ -170,8 +170,11 @@ impl Node {
             }
         };
         let node = Node::fixed(con, client, name, options);
-        // The manager connects lazily on some paths; make sure this server really answers
-        // (and accepted our credentials) before handing out a client.
+        // The connection is open and any credentials given were accepted by the handshake,
+        // but a server that requires a password nobody gave accepts the connection and refuses
+        // the first command (NOAUTH): without this PING, `connect` would succeed and the first
+        // lock call fail (`bad_input::wrong_or_missing_passwords_are_auth_errors_...` saw it).
+        // One round trip at connect buys the error where the user looks for it.
         node.ping().await?;
         Ok(node)
     }
