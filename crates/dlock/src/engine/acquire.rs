@@ -64,6 +64,14 @@ pub(crate) enum Answer {
 /// did not answer the first time (or a rival raising the counters meanwhile).
 const PROPOSALS: usize = 4;
 
+/// How a waiter queues (fair mode, or hand-off): its waiter lease, and where a release may
+/// send a hand-off for it (its client's inbox; `None`: the lock's channel).
+#[derive(Debug, Clone)]
+pub(crate) struct Queue {
+    pub lease: Duration,
+    pub inbox: Option<std::sync::Arc<str>>,
+}
+
 /// A grant a majority made, complete (fenced, guarded, still valid).
 pub(crate) struct Grant {
     pub token: Token,
@@ -84,9 +92,9 @@ pub(crate) trait Acquire: Sync {
     fn holders(&self) -> u32 {
         1
     }
-    /// The acquire call for `token`; `queue_for` is the fair-mode waiter lease to queue with
+    /// The acquire call for `token`; `queue` says how to queue (`None`: do not queue)
     /// (`None`: do not queue).
-    fn call(&self, token: &Token, queue_for: Option<Duration>) -> ScriptInvocation<'static>;
+    fn call(&self, token: &Token, queue: Option<&Queue>) -> ScriptInvocation<'static>;
     /// Reads one node's reply.
     ///
     /// # Errors
@@ -142,11 +150,11 @@ pub(crate) async fn attempt<A: Acquire>(
     core: &Core,
     primitive: &A,
     pending: &Pending,
-    queue_for: Option<Duration>,
+    queue: Option<Queue>,
 ) -> Result<Attempt<A::Guard>> {
     let nodes = core.nodes();
     if nodes.is_single() {
-        return match once(core, primitive, pending, queue_for, None).await? {
+        return match once(core, primitive, pending, queue.as_ref(), None).await? {
             Tried::Done(attempt) => Ok(attempt),
             Tried::Low(lows) => Err(too_low(nodes, 1, lows)),
         };
@@ -155,7 +163,7 @@ pub(crate) async fn attempt<A: Acquire>(
     let mut lows = Vec::new();
     for _ in 0..PROPOSALS {
         let proposal = Some(core.fence_proposal(above));
-        match once(core, primitive, pending, queue_for, proposal).await? {
+        match once(core, primitive, pending, queue.as_ref(), proposal).await? {
             Tried::Done(attempt) => return Ok(attempt),
             Tried::Low(refused) => lows = refused,
         }
@@ -173,14 +181,14 @@ async fn once<A: Acquire>(
     core: &Core,
     primitive: &A,
     pending: &Pending,
-    queue_for: Option<Duration>,
+    queue: Option<&Queue>,
     proposal: Option<u64>,
 ) -> Result<Tried<A::Guard>> {
     let nodes = core.nodes();
     let token = attempt_token(nodes, pending)?;
     let proposed = proposal.and_then(|fence| primitive.propose(&token, fence));
     let fenced = proposed.is_some();
-    let call = proposed.unwrap_or_else(|| primitive.call(&token, queue_for));
+    let call = proposed.unwrap_or_else(|| primitive.call(&token, queue));
     // A guarded grant and its WAIT go on a link of their own (see `node::replica`); replica
     // guards are single-node only.
     let mut link = match primitive.options().min_replicas {
@@ -219,7 +227,7 @@ async fn once<A: Acquire>(
         undo_partial(core, pending, token, &answers.grants).await;
         return Ok(Tried::Low(answers.lows));
     }
-    not_granted(core, pending, token, queue_for, answers, quorum).map(Tried::Done)
+    not_granted(core, pending, token, queue.is_some(), answers, quorum).map(Tried::Done)
 }
 
 /// No majority granted: on Redlock, undo any partial grant on every node (also those that did
@@ -228,7 +236,7 @@ fn not_granted<G>(
     core: &Core,
     pending: &Pending,
     token: Token,
-    queue_for: Option<Duration>,
+    queued: bool,
     mut answers: Answers,
     quorum: usize,
 ) -> Result<Attempt<G>> {
@@ -236,7 +244,7 @@ fn not_granted<G>(
     if !nodes.is_single() {
         core.watchdog().release_in_background(pending.undo(token));
         pending.settled();
-    } else if answers.busy.is_some() && queue_for.is_none() {
+    } else if answers.busy.is_some() && !queued {
         // A busy answer settles the doubt, unless it put us in the fair queue: that entry must
         // be withdrawn if we give up. A grant refused for arriving too late does not: the hold
         // is ours, so it stays in doubt (a retry with this token finds it; giving up

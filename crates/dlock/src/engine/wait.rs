@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::connection::notify::{Subscription, Woken};
-use crate::engine::acquire::{Attempt, Busy};
+use crate::engine::acquire::{Attempt, Busy, Queue};
 use crate::engine::lease::{renewal_interval, Sent};
 use crate::engine::Core;
 use crate::error::{Error, Result};
@@ -80,7 +80,7 @@ impl Waiting<'_> {
         mut handed: H,
     ) -> Result<G>
     where
-        F: FnMut(Option<Duration>) -> Fut,
+        F: FnMut(Option<Queue>) -> Fut,
         Fut: Future<Output = Result<Attempt<G>>>,
         H: FnMut(Handoff) -> Option<G>,
     {
@@ -97,9 +97,7 @@ impl Waiting<'_> {
             if let Some(subscription) = wakeups.as_mut() {
                 subscription.mark_seen();
             }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let queue_for = self.queue.then(|| self.options.waiter_lease(left));
-            let (pause, outcome) = match attempt(queue_for).await {
+            let (pause, outcome) = match attempt(self.queue(deadline, wakeups.as_ref())).await {
                 Ok(Attempt::Granted(guard)) => return Ok(guard),
                 Ok(Attempt::Busy(busy)) => {
                     failures = 0;
@@ -132,6 +130,16 @@ impl Waiting<'_> {
                 return Ok(guard);
             }
         }
+    }
+
+    /// How the next attempt queues (`None`: it does not): a waiter lease no longer than the wait
+    /// left, and the client's inbox for hand-offs once subscribed.
+    fn queue(&self, deadline: Option<Instant>, wakeups: Option<&Subscription>) -> Option<Queue> {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        self.queue.then(|| Queue {
+            lease: self.options.waiter_lease(left),
+            inbox: wakeups.and_then(Subscription::inbox),
+        })
     }
 
     /// When a wait that starts at `started` gives up (`None`: never).

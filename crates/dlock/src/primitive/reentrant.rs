@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use redis::{Script, ScriptInvocation, Value};
 
-use crate::engine::acquire::{self, Acquire, Answer, Attempt, Grant};
+use crate::engine::acquire::{self, Acquire, Answer, Attempt, Grant, Queue};
 use crate::engine::handle::{lease_methods, LeaseHandle, Shared};
 use crate::engine::lease::{LeaseStatus, LossReason};
 use crate::engine::ops::{LeaseOps, ReleaseOp, Verify};
@@ -215,7 +215,7 @@ impl Acquire for ForOwner<'_> {
         self.lock.lock.options()
     }
 
-    fn call(&self, acquisition: &Token, _queue_for: Option<Duration>) -> ScriptInvocation<'static> {
+    fn call(&self, acquisition: &Token, _queue: Option<&Queue>) -> ScriptInvocation<'static> {
         let keys = self.lock.lock.keys();
         let options = self.options();
         let identity = self.lock.lock.core().identity();

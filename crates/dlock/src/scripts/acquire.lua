@@ -4,7 +4,8 @@
 -- ARGV: 1 token, 2 ttl ms, 3 fencing counter retention ms, 4 host, 5 pid, 6 label,
 --       7 'fair' (a free lock goes to the queue's head first) or 'plain' (to whoever asks),
 --       8 waiter lease ms (0: do not queue), 9 wake-up channel,
---       10 claim lease ms of a hand-off (0: when the lock is freed, wake us instead)
+--       10 claim lease ms of a hand-off (0: when the lock is freed, wake us instead),
+--       11 the channel to send a hand-off to ('': the wake-up channel)
 -- Returns {1, fence} when granted, or when this very token already holds the lock (a retry
 -- whose first reply was lost, or a hand-off); otherwise {0, pttl, holder info fields, server
 -- time ms, fair mode: ms until the lease of the waiter just ahead ends, else -1, the fencing
@@ -38,7 +39,7 @@ if not current then
 end
 
 if lease > 0 then
-  enqueue(q, token, now_ms, lease, ARGV[10], ARGV[4], ARGV[5], ARGV[6])
+  enqueue(q, token, now_ms, lease, ARGV[10], ARGV[11], ARGV[4], ARGV[5], ARGV[6])
 end
 local function busy_now(ahead_left)
   local reply = busy(KEYS[1], KEYS[2], now_ms, ahead_left)

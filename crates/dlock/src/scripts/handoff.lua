@@ -4,7 +4,9 @@
 -- The queue is three keys in the lock's slot: a list of waiter tokens in arrival order, a zset
 -- of their waiter leases (token -> server ms when the entry lapses unless refreshed), and a
 -- hash of the hand-off terms of waiters that accept one (token -> JSON host, pid, label,
--- claim ms). `q` is {list, leases, terms}.
+-- claim ms, inbox: the channel its client listens on for hand-offs, '' for the lock's). `q`
+-- is {list, leases, terms}. A hand-off goes to the waiter's inbox, so it reaches one client
+-- however many wait; wake-ups for everyone stay on the lock's channel.
 --
 -- A wake-up names a waiter by the first 16 hex digits of its token: enough to tell waiters
 -- apart, while the other 64 bits stay secret from anyone who can read the channel. A hand-off
@@ -52,15 +54,16 @@ local function live_head(q, now_ms)
 end
 
 -- Puts `token` at the end of the queue (or keeps its place) for `lease` ms from `now_ms`, with
--- its hand-off terms (`claim` 0: it retries when woken instead). The keys never outlive the
--- longest waiter lease.
-local function enqueue(q, token, now_ms, lease, claim, host, pid, label)
+-- its hand-off terms (`claim` 0: it retries when woken instead), updated on every call (its
+-- inbox may be subscribed only by a later attempt). The keys never outlive the longest waiter
+-- lease.
+local function enqueue(q, token, now_ms, lease, claim, inbox, host, pid, label)
   if not redis.call('ZSCORE', q[2], token) then
     redis.call('RPUSH', q[1], token)
-    if tonumber(claim) > 0 then
-      redis.call('HSET', q[3], token,
-                 cjson.encode({host = host, pid = pid, label = label, claim = claim}))
-    end
+  end
+  if tonumber(claim) > 0 then
+    redis.call('HSET', q[3], token, cjson.encode({host = host, pid = pid, label = label,
+                                                  claim = claim, inbox = inbox}))
   end
   redis.call('ZADD', q[2], now_ms + lease, token)
   for k = 1, 3 do
@@ -86,6 +89,14 @@ local function terms_of(q, head)
     return nil
   end
   return terms
+end
+
+-- Where a waiter with `terms` hears hand-offs: its client's inbox, else the lock's channel.
+local function inbox_of(terms, channel)
+  if type(terms.inbox) == 'string' and terms.inbox ~= '' then
+    return terms.inbox
+  end
+  return channel
 end
 
 -- Hands the free `lock` to the live waiter `head` if it takes hand-offs: grants it for the
@@ -114,9 +125,18 @@ local function hand_to(lock, info, fence_key, q, head, channel, retention, now_u
   local claim_text = string.format('%.0f', claim)
   local mac = string.sub(redis.sha1hex(head .. ':' .. fence_text .. ':' .. claim_text), 1, 16)
   local next = redis.call('LINDEX', q[1], 0)
+  local message = table.concat({waiter_id(head), fence_text, claim_text, mac,
+                                next and waiter_id(next) or '-'}, ' ')
   -- pcall: a user without channel permissions (Redis 7 ACLs) still hands off; the new holder
   -- then finds the grant at its next re-check.
-  redis.pcall('PUBLISH', channel, table.concat({waiter_id(head), fence_text, claim_text, mac,
-                                                next and waiter_id(next) or '-'}, ' '))
+  local to = inbox_of(terms, channel)
+  redis.pcall('PUBLISH', to, message)
+  -- The next in line re-checks when the claim ends (if the new holder died, nobody else
+  -- publishes): tell it too, where it listens.
+  local next_terms = next and terms_of(q, next)
+  local next_to = next_terms and inbox_of(next_terms, channel) or channel
+  if next and next_to ~= to then
+    redis.pcall('PUBLISH', next_to, message)
+  end
   return true
 end

@@ -386,3 +386,31 @@ async fn damaged_queue_data_never_fails_a_release() {
         let _: () = server.cmd("DEL", &[QUEUE, LEASES, WAITERS]);
     }
 }
+
+/// A hand-off goes to the new holder's client inbox, not to the lock's channel (which every
+/// waiting client hears): one delivery per hand-off, however many clients wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_reaches_only_the_new_holders_client() {
+    use futures_util::StreamExt as _;
+    let server = RedisServer::start();
+    let a = client(&server).await;
+    let b = client(&server).await;
+    let lock = b.lock_with("job", waiting(Duration::from_secs(1))).unwrap();
+    warm_up(&server, &lock).await;
+    let listener = redis::Client::open(server.url()).unwrap();
+    let mut pubsub = listener.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("{job}:dlock:released:job").await.unwrap();
+    let mut heard = pubsub.into_on_message();
+    let holder = a.lock("job").unwrap().try_lock().await.unwrap();
+    let waiter = tokio::spawn(async move { lock.lock().await });
+    queue_length_reaches(&server, 1).await;
+    holder.release().await.unwrap();
+    let guard = granted(waiter).await;
+    let on_the_lock_channel = timeout(Duration::from_millis(200), heard.next()).await;
+    assert!(
+        on_the_lock_channel.is_err(),
+        "the hand-off went to the lock's channel: {:?}",
+        on_the_lock_channel.map(|m| m.map(|m| m.get_payload::<String>()))
+    );
+    guard.release().await.unwrap();
+}

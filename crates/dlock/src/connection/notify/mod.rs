@@ -36,15 +36,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+mod channel;
 mod subscription;
 mod wake;
 
+use channel::Channel;
+
 pub(crate) use subscription::Subscription;
+use wake::Wake;
 pub(crate) use wake::Woken;
-use wake::{id_key, Wake};
 
 /// First pause before reopening a lost pub/sub connection (or one whose SUBSCRIBE was refused);
 /// doubled after every failed attempt up to [`RECONNECT_MAX`], so a server that is down, or an
@@ -66,51 +69,13 @@ pub(crate) struct Notifier {
 #[derive(Debug)]
 struct Shared {
     channels: Mutex<HashMap<String, Channel>>,
+    /// The client's inbox: the channel a release publishes a hand-off to when the waiter
+    /// queued with it (see `handoff.lua`), so a hand-off reaches this client's one connection
+    /// instead of every waiter's. Named like the locks' channels, so the ACL pattern for
+    /// wake-ups (`{*}:dlock:released:*`) covers it.
+    inbox: String,
     commands: mpsc::UnboundedSender<Command>,
     linger: Duration,
-}
-
-#[derive(Debug)]
-struct Channel {
-    waiters: usize,
-    /// When the last waiter left (`None` while someone waits).
-    idle_since: Option<Instant>,
-    /// Wake-ups for every waiter (a release with nobody queued, a reconnect).
-    wake: broadcast::Sender<Wake>,
-    /// Wake-ups addressed to one waiter (the queue's head, a hand-off, the next in line), by
-    /// waiter id: delivered to that waiter's task alone, so a hand-off wakes one task, not
-    /// every waiter of the lock in this client.
-    addressed: HashMap<String, mpsc::UnboundedSender<Wake>>,
-    /// `None` until Redis answered the SUBSCRIBE; then whether it is in effect.
-    ready: watch::Sender<Option<bool>>,
-}
-
-impl Channel {
-    /// Registers the waiter with `token` and makes its subscription.
-    fn join(&mut self, name: &str, token: &str, shared: &Arc<Shared>) -> Subscription {
-        self.waiters += 1;
-        self.idle_since = None;
-        let (send, mine) = mpsc::unbounded_channel();
-        self.addressed.insert(id_key(token).to_owned(), send);
-        Subscription::new(name, token, self.wake.subscribe(), mine, shared.clone())
-    }
-
-    /// Delivers a wake-up: to everyone, or to the waiters it names.
-    fn deliver(&self, wake: Wake) {
-        let named = match &wake {
-            Wake::All => {
-                let _ = self.wake.send(wake);
-                return;
-            }
-            Wake::Only(id) => [Some(id.clone()), None],
-            Wake::Handed { id, next, .. } => [Some(id.clone()), next.clone()],
-        };
-        for id in named.into_iter().flatten() {
-            if let Some(waiter) = self.addressed.get(id_key(&id)) {
-                let _ = waiter.send(wake.clone());
-            }
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -130,6 +95,7 @@ impl Notifier {
         let (commands, queue) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             channels: Mutex::new(HashMap::new()),
+            inbox: inbox_name(),
             commands,
             linger,
         });
@@ -149,10 +115,15 @@ impl Notifier {
     pub fn live(&self, channel: &str, token: &str) -> Option<Subscription> {
         let mut channels = self.shared.channels();
         let entry = channels.get_mut(channel)?;
-        if *entry.ready.borrow() != Some(true) {
+        if !entry.is_ready() {
             return None;
         }
-        Some(entry.join(channel, token, &self.shared))
+        let mut subscription = entry.join(channel, token, &self.shared);
+        if let Some(inbox) = channels.get_mut(&self.shared.inbox) {
+            inbox.enter();
+            subscription.use_inbox(inbox.is_ready());
+        }
+        Some(subscription)
     }
 
     /// Subscribes to `channel` and returns once the subscription is in effect (or could not
@@ -161,33 +132,35 @@ impl Notifier {
     /// # Cancel safety
     /// Dropping the future drops the subscription handle with it: nothing leaks.
     pub async fn subscribe(&self, channel: &str, token: &str) -> Subscription {
-        let (send, subscription, mut ready) = {
+        let inbox = self.shared.inbox.clone();
+        let (mut subscription, mut ready, mut inbox_ready) = {
             let mut channels = self.shared.channels();
             let entry = channels
                 .entry(channel.to_owned())
-                .or_insert_with(|| Channel {
-                    waiters: 0,
-                    idle_since: None,
-                    wake: broadcast::channel(WAKE_BUFFER).0,
-                    addressed: HashMap::new(),
-                    ready: watch::channel(None).0,
-                });
+                .or_insert_with(Channel::new);
             let subscription = entry.join(channel, token, &self.shared);
-            let send = entry.ready.borrow().is_none() && entry.waiters == 1;
-            (send, subscription, entry.ready.subscribe())
+            self.send_subscribe(entry, channel);
+            let ready = entry.ready.subscribe();
+            let inbox_entry = channels.entry(inbox.clone()).or_insert_with(Channel::new);
+            inbox_entry.enter();
+            self.send_subscribe(inbox_entry, &inbox);
+            (subscription, ready, inbox_entry.ready.subscribe())
         };
-        if send
-            && self
+        // Whether they took or not: if not, the waiter's re-checks carry it.
+        let _ = ready.wait_for(Option::is_some).await;
+        let _ = inbox_ready.wait_for(Option::is_some).await;
+        subscription.use_inbox(*inbox_ready.borrow() == Some(true));
+        subscription
+    }
+
+    /// Asks the listener to subscribe `channel` if it is new (its first user, no answer yet).
+    fn send_subscribe(&self, entry: &Channel, channel: &str) {
+        if entry.ready.borrow().is_none() && entry.waiters == 1 {
+            let _ = self
                 .shared
                 .commands
-                .send(Command::Subscribe(channel.to_owned()))
-                .is_err()
-        {
-            return subscription;
+                .send(Command::Subscribe(channel.to_owned()));
         }
-        // Whether it took or not: if not, the waiter's re-checks carry it.
-        let _ = ready.wait_for(Option::is_some).await;
-        subscription
     }
 
     /// Waits until every subscription change queued so far has reached Redis.
@@ -197,6 +170,14 @@ impl Notifier {
             let _ = wait.await;
         }
     }
+}
+
+/// A fresh inbox name for one client: random, so no two clients share one.
+fn inbox_name() -> String {
+    let id = crate::token::Token::generate()
+        .map(|token| token.as_str()[..16].to_owned())
+        .unwrap_or_else(|_| format!("{:016x}", fastrand::u64(..)));
+    format!("{{inbox}}:dlock:released:{id}")
 }
 
 impl Shared {
@@ -437,10 +418,16 @@ impl Listener {
     fn deliver(&self, message: &redis::Msg) {
         let payload: String = message.get_payload().unwrap_or_default();
         let wake = Wake::parse(&payload);
-        if let Some(shared) = self.shared.upgrade() {
-            if let Some(channel) = shared.channels().get(message.get_channel_name()) {
-                channel.deliver(wake);
-            }
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let channels = shared.channels();
+        if message.get_channel_name() == shared.inbox {
+            channels
+                .values()
+                .for_each(|channel| channel.deliver_addressed(&wake));
+        } else if let Some(channel) = channels.get(message.get_channel_name()) {
+            channel.deliver(wake);
         }
     }
 

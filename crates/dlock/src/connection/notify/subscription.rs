@@ -7,6 +7,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use super::wake::{id_key, Wake, Woken};
+use std::collections::HashMap;
+
+use super::channel::Channel;
 use super::{Command, Shared};
 
 /// One waiter's interest in one lock's channel.
@@ -19,6 +22,10 @@ pub(crate) struct Subscription {
     wake: broadcast::Receiver<Wake>,
     /// Wake-ups addressed to this waiter.
     mine: mpsc::UnboundedReceiver<Wake>,
+    /// Whether this subscription counts as a user of the client's inbox.
+    in_inbox: bool,
+    /// The inbox's name, if its SUBSCRIBE is in effect: hand-offs may be sent there.
+    inbox: Option<Arc<str>>,
     shared: Arc<Shared>,
 }
 
@@ -35,8 +42,23 @@ impl Subscription {
             id: id_key(token).to_owned(),
             wake,
             mine,
+            in_inbox: false,
+            inbox: None,
             shared,
         }
+    }
+
+    /// This subscription also uses the client's inbox (counted, so it stays subscribed while
+    /// used), and may name it to releases if `ready`.
+    pub(super) fn use_inbox(&mut self, ready: bool) {
+        self.in_inbox = true;
+        self.inbox = ready.then(|| Arc::from(self.shared.inbox.as_str()));
+    }
+
+    /// Where a release may send a hand-off for this waiter: the client's inbox, once subscribed
+    /// (`None`: on the lock's channel, which this waiter also hears).
+    pub fn inbox(&self) -> Option<Arc<str>> {
+        self.inbox.clone()
     }
 
     /// Drops every wake-up received so far: call it right before an acquisition attempt,
@@ -80,32 +102,38 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let linger = self.shared.linger;
         let mut channels = self.shared.channels();
-        let Some(entry) = channels.get_mut(&self.channel) else {
-            return;
-        };
-        // Unregistered unless another waiter with the same id has registered since.
-        self.mine.close();
-        if entry.addressed.get(&self.id).is_some_and(|w| w.is_closed()) {
-            entry.addressed.remove(&self.id);
+        if let Some(entry) = channels.get_mut(&self.channel) {
+            // Unregistered unless another waiter with the same id has registered since.
+            self.mine.close();
+            if entry.addressed.get(&self.id).is_some_and(|w| w.is_closed()) {
+                entry.addressed.remove(&self.id);
+            }
         }
-        entry.waiters -= 1;
-        if entry.waiters > 0 {
-            return;
+        leave(&self.shared, &mut channels, &self.channel);
+        if self.in_inbox {
+            leave(&self.shared, &mut channels, &self.shared.inbox);
         }
-        if linger.is_zero() {
-            channels.remove(&self.channel);
-            // Under the registry lock, so a new first subscriber's Subscribe is queued after
-            // this Unsubscribe and wins.
-            let _ = self
-                .shared
-                .commands
-                .send(Command::Unsubscribe(self.channel.clone()));
-        } else {
-            // Kept for the next waiter; the listener unsubscribes it after the linger.
-            entry.idle_since = Some(Instant::now());
-        }
+    }
+}
+
+/// One user fewer of `name`: the last one unsubscribes it, at once or after the linger.
+fn leave(shared: &Shared, channels: &mut HashMap<String, Channel>, name: &str) {
+    let Some(entry) = channels.get_mut(name) else {
+        return;
+    };
+    entry.waiters -= 1;
+    if entry.waiters > 0 {
+        return;
+    }
+    if shared.linger.is_zero() {
+        channels.remove(name);
+        // Under the registry lock, so a new first subscriber's Subscribe is queued after this
+        // Unsubscribe and wins.
+        let _ = shared.commands.send(Command::Unsubscribe(name.to_owned()));
+    } else {
+        // Kept for the next waiter; the listener unsubscribes it after the linger.
+        entry.idle_since = Some(Instant::now());
     }
 }
 
@@ -144,6 +172,7 @@ mod tests {
         let (commands, _queue) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             channels: Mutex::new(HashMap::new()),
+            inbox: "{inbox}:dlock:released:test".into(),
             commands,
             linger: Duration::from_secs(10),
         });

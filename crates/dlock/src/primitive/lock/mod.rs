@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use redis::{Script, ScriptInvocation, Value};
 
-use crate::engine::acquire::{self, Acquire, Answer, Attempt, Busy, Grant};
+use crate::engine::acquire::{self, Acquire, Answer, Attempt, Busy, Grant, Queue};
 use crate::engine::handle::{LeaseHandle, Shared};
 use crate::engine::lease::Lease;
 use crate::engine::ops::{LeaseOps, ReleaseOp, Verify};
@@ -139,7 +139,7 @@ impl Lock {
         self.waiting()
             .wait_for(
                 &pending.token(),
-                |queue_for| acquire::attempt(&self.core, self, &pending, queue_for),
+                |queue| acquire::attempt(&self.core, self, &pending, queue),
                 handed,
             )
             .await
@@ -226,7 +226,7 @@ impl Acquire for Lock {
         &self.options
     }
 
-    fn call(&self, token: &Token, queue_for: Option<Duration>) -> ScriptInvocation<'static> {
+    fn call(&self, token: &Token, queue: Option<&Queue>) -> ScriptInvocation<'static> {
         let options = &self.options;
         let claim = match self.hands_off() {
             true => millis(options.claim_lease()),
@@ -237,9 +237,10 @@ impl Acquire for Lock {
             .key(&self.keys.queue_leases)
             .key(&self.keys.waiters)
             .arg(if options.fair { "fair" } else { "plain" })
-            .arg(queue_for.map_or(0, millis))
+            .arg(queue.map_or(0, |queue| millis(queue.lease)))
             .arg(&self.keys.channel)
-            .arg(claim);
+            .arg(claim)
+            .arg(queue.and_then(|queue| queue.inbox.as_deref()).unwrap_or(""));
         call
     }
 

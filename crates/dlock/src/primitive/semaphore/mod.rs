@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use redis::{Script, ScriptInvocation, Value};
 
-use crate::engine::acquire::{self, Acquire, Answer, Attempt, Busy, Grant};
+use crate::engine::acquire::{self, Acquire, Answer, Attempt, Busy, Grant, Queue};
 use crate::engine::handle::{LeaseHandle, Shared};
 use crate::engine::ops::{LeaseOps, ReleaseOp, Verify};
 use crate::engine::pending::Pending;
@@ -177,7 +177,7 @@ impl Semaphore {
         self.waiting()
             .wait_for(
                 &pending.token(),
-                |queue_for| acquire::attempt(&self.core, &attempt, &pending, queue_for),
+                |queue| acquire::attempt(&self.core, &attempt, &pending, queue),
                 |_| None,
             )
             .await
@@ -282,15 +282,15 @@ impl Acquire for ForPermits<'_> {
         self.limit()
     }
 
-    fn call(&self, token: &Token, queue_for: Option<Duration>) -> ScriptInvocation<'static> {
+    fn call(&self, token: &Token, queue: Option<&Queue>) -> ScriptInvocation<'static> {
         let (keys, options) = (&self.semaphore.keys, &self.semaphore.options);
         let identity = self.semaphore.core.identity();
         self.limit.store(self.semaphore.permits(), Ordering::SeqCst);
         // -1: not fair; 0: fair, without queueing; > 0: fair, queued with this waiter lease.
-        let mode: i64 = match (options.fair, queue_for) {
+        let mode: i64 = match (options.fair, queue) {
             (false, _) => -1,
             (true, None) => 0,
-            (true, Some(lease)) => i64::try_from(millis(lease)).unwrap_or(i64::MAX),
+            (true, Some(queue)) => i64::try_from(millis(queue.lease)).unwrap_or(i64::MAX),
         };
         let mut call = scripts::SEMAPHORE_ACQUIRE.prepare_invoke();
         call.key(&keys.lock)

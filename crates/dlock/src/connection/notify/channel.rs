@@ -1,0 +1,83 @@
+//! One subscribed channel in a client's registry: its waiters, its broadcast for everyone,
+//! and its waiters by id for addressed wake-ups.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+
+use super::subscription::Subscription;
+use super::wake::{id_key, Wake};
+use super::{Shared, WAKE_BUFFER};
+
+#[derive(Debug)]
+pub(super) struct Channel {
+    pub(super) waiters: usize,
+    /// When the last waiter left (`None` while someone waits).
+    pub(super) idle_since: Option<Instant>,
+    /// Wake-ups for every waiter (a release with nobody queued, a reconnect).
+    pub(super) wake: broadcast::Sender<Wake>,
+    /// Wake-ups addressed to one waiter (the queue's head, a hand-off, the next in line), by
+    /// waiter id: delivered to that waiter's task alone, so a hand-off wakes one task, not
+    /// every waiter of the lock in this client.
+    pub(super) addressed: HashMap<String, mpsc::UnboundedSender<Wake>>,
+    /// `None` until Redis answered the SUBSCRIBE; then whether it is in effect.
+    pub(super) ready: watch::Sender<Option<bool>>,
+}
+
+impl Channel {
+    /// A channel nobody has subscribed to yet.
+    pub(super) fn new() -> Channel {
+        Channel {
+            waiters: 0,
+            idle_since: None,
+            wake: broadcast::channel(WAKE_BUFFER).0,
+            addressed: HashMap::new(),
+            ready: watch::channel(None).0,
+        }
+    }
+
+    /// Counts one more user (a waiter, or a waiter's use of the client's inbox).
+    pub(super) fn enter(&mut self) {
+        self.waiters += 1;
+        self.idle_since = None;
+    }
+
+    /// Whether the SUBSCRIBE is in effect.
+    pub(super) fn is_ready(&self) -> bool {
+        *self.ready.borrow() == Some(true)
+    }
+
+    /// Registers the waiter with `token` and makes its subscription.
+    pub(super) fn join(&mut self, name: &str, token: &str, shared: &Arc<Shared>) -> Subscription {
+        self.enter();
+        let (send, mine) = mpsc::unbounded_channel();
+        self.addressed.insert(id_key(token).to_owned(), send);
+        Subscription::new(name, token, self.wake.subscribe(), mine, shared.clone())
+    }
+
+    /// Delivers a wake-up: to everyone, or to the waiters it names.
+    pub(super) fn deliver(&self, wake: Wake) {
+        if wake == Wake::All {
+            let _ = self.wake.send(wake);
+            return;
+        }
+        self.deliver_addressed(&wake);
+    }
+
+    /// Delivers a wake-up to the waiters it names, if they wait here (a message from the
+    /// client's inbox is offered to every channel: waiter ids are unique).
+    pub(super) fn deliver_addressed(&self, wake: &Wake) {
+        let named = match wake {
+            Wake::All => return,
+            Wake::Only(id) => [Some(id.clone()), None],
+            Wake::Handed { id, next, .. } => [Some(id.clone()), next.clone()],
+        };
+        for id in named.into_iter().flatten() {
+            if let Some(waiter) = self.addressed.get(id_key(&id)) {
+                let _ = waiter.send(wake.clone());
+            }
+        }
+    }
+}
