@@ -59,8 +59,11 @@ impl Incoming {
 
     /// The leases pushed since the last call.
     pub fn take(&self) -> Vec<Arc<Lease>> {
-        self.started.store(true, Ordering::SeqCst);
-        std::mem::take(&mut *self.queue())
+        let leases = std::mem::take(&mut *self.queue());
+        if !leases.is_empty() {
+            self.started.store(true, Ordering::SeqCst);
+        }
+        leases
     }
 
     /// The task is about to sleep until `wake` (`None`: until something happens). Returns

@@ -33,6 +33,8 @@ mod batch;
 mod incoming;
 mod renew;
 #[cfg(test)]
+mod stream_tests;
+#[cfg(test)]
 mod suspend_tests;
 mod verify;
 
@@ -153,9 +155,13 @@ impl Task {
     async fn run(mut self) {
         loop {
             self.take_leases();
-            let wake = self.next_wake();
+            let mut wake = self.next_wake();
             if !self.incoming.plan(wake) {
-                continue;
+                // Leases pushed while planning: fold in their needs only. Planning again from
+                // scratch (O(every lease)) could be outrun by a stream of grants, and the task
+                // would never get to its tick. The published plan is no earlier than this wake,
+                // so a push that needs the task sooner still wakes it.
+                wake = earliest(wake, self.take_leases());
             }
             let first = tokio::select! {
                 () = self.incoming.woken() => None,
@@ -182,12 +188,21 @@ impl Task {
     }
 
     /// Starts tracking the leases granted since the last look (and the link monitors, with the
-    /// first).
-    fn take_leases(&mut self) {
+    /// first); returns when the held ones need the task next.
+    fn take_leases(&mut self) -> Option<Instant> {
         let leases = self.incoming.take();
         if leases.is_empty() {
-            return;
+            return None;
         }
+        let need = leases
+            .iter()
+            .filter(|lease| lease.is_held())
+            .map(|lease| {
+                lease
+                    .needs_watchdog_by()
+                    .min(Instant::now() + SUSPEND_CHECK)
+            })
+            .min();
         if self.links.is_none() {
             self.links = Some(Links::start(&self.nodes, self.link_sender.clone()));
         }
@@ -196,6 +211,7 @@ impl Task {
             retry_at: None,
             last_error: None,
         }));
+        need
     }
 
     /// Sends releases beside the loop, never in its way (a slow or cut node must not hold up
@@ -244,5 +260,13 @@ impl Task {
             .chain(verify)
             .chain(suspend_check)
             .min()
+    }
+}
+
+/// The earlier of two optional moments (`None`: never).
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
