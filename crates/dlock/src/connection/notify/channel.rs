@@ -21,7 +21,11 @@ pub(super) struct Channel {
     /// Wake-ups addressed to one waiter (the queue's head, a hand-off, the next in line), by
     /// waiter id: delivered to that waiter's task alone, so a hand-off wakes one task, not
     /// every waiter of the lock in this client.
-    pub(super) addressed: HashMap<String, mpsc::UnboundedSender<Wake>>,
+    /// Several waiters may share an id (a 64-bit prefix): each gets the wake-up, and its MAC
+    /// check tells which one it is for. Each queue holds [`WAKE_BUFFER`] wake-ups; more (a
+    /// flood from someone publishing on the channel) are dropped, and the waiter's re-check
+    /// carries it.
+    pub(super) addressed: HashMap<String, Vec<mpsc::Sender<Wake>>>,
     /// `None` until Redis answered the SUBSCRIBE; then whether it is in effect.
     pub(super) ready: watch::Sender<Option<bool>>,
 }
@@ -52,8 +56,11 @@ impl Channel {
     /// Registers the waiter with `token` and makes its subscription.
     pub(super) fn join(&mut self, name: &str, token: &str, shared: &Arc<Shared>) -> Subscription {
         self.enter();
-        let (send, mine) = mpsc::unbounded_channel();
-        self.addressed.insert(id_key(token).to_owned(), send);
+        let (send, mine) = mpsc::channel(WAKE_BUFFER);
+        self.addressed
+            .entry(id_key(token).to_owned())
+            .or_default()
+            .push(send);
         Subscription::new(name, token, self.wake.subscribe(), mine, shared.clone())
     }
 
@@ -75,8 +82,8 @@ impl Channel {
             Wake::Handed { id, next, .. } => [Some(id.clone()), next.clone()],
         };
         for id in named.into_iter().flatten() {
-            if let Some(waiter) = self.addressed.get(id_key(&id)) {
-                let _ = waiter.send(wake.clone());
+            for waiter in self.addressed.get(id_key(&id)).into_iter().flatten() {
+                let _ = waiter.try_send(wake.clone());
             }
         }
     }

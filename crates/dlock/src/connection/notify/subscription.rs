@@ -21,7 +21,7 @@ pub(crate) struct Subscription {
     /// Wake-ups for everyone.
     wake: broadcast::Receiver<Wake>,
     /// Wake-ups addressed to this waiter.
-    mine: mpsc::UnboundedReceiver<Wake>,
+    mine: mpsc::Receiver<Wake>,
     /// Whether this subscription counts as a user of the client's inbox.
     in_inbox: bool,
     /// The inbox's name, if its SUBSCRIBE is in effect: hand-offs may be sent there.
@@ -34,7 +34,7 @@ impl Subscription {
         channel: &str,
         token: &str,
         wake: broadcast::Receiver<Wake>,
-        mine: mpsc::UnboundedReceiver<Wake>,
+        mine: mpsc::Receiver<Wake>,
         shared: Arc<Shared>,
     ) -> Subscription {
         Subscription {
@@ -82,11 +82,7 @@ impl Subscription {
     pub async fn woken(&mut self, token: &str) -> Woken {
         loop {
             let wake = tokio::select! {
-                wake = self.mine.recv() => match wake {
-                    Some(wake) => wake,
-                    // The channel entry is gone (it cannot be while this subscription lives).
-                    None => std::future::pending().await,
-                },
+                Some(wake) = self.mine.recv() => wake,
                 wake = self.wake.recv() => match wake {
                     Ok(wake) => wake,
                     Err(broadcast::error::RecvError::Lagged(_)) => return Woken::Retry,
@@ -104,10 +100,13 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         let mut channels = self.shared.channels();
         if let Some(entry) = channels.get_mut(&self.channel) {
-            // Unregistered unless another waiter with the same id has registered since.
+            // Its own queue leaves the registry; other waiters with the same id stay.
             self.mine.close();
-            if entry.addressed.get(&self.id).is_some_and(|w| w.is_closed()) {
-                entry.addressed.remove(&self.id);
+            if let Some(senders) = entry.addressed.get_mut(&self.id) {
+                senders.retain(|sender| !sender.is_closed());
+                if senders.is_empty() {
+                    entry.addressed.remove(&self.id);
+                }
             }
         }
         leave(&self.shared, &mut channels, &self.channel);
@@ -143,8 +142,6 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    use tokio::sync::watch;
-
     use super::super::wake::mac;
     use super::super::Channel;
     use super::*;
@@ -167,8 +164,8 @@ mod tests {
             )
     }
 
-    #[tokio::test]
-    async fn an_addressed_wake_up_reaches_its_waiter_alone() {
+    /// A registry (its command queue dropped: nothing is sent anywhere) and one channel.
+    fn registry() -> (Arc<Shared>, Channel) {
         let (commands, _queue) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             channels: Mutex::new(HashMap::new()),
@@ -176,13 +173,44 @@ mod tests {
             commands,
             linger: Duration::from_secs(10),
         });
-        let mut channel = Channel {
-            waiters: 0,
-            idle_since: None,
-            wake: broadcast::channel(8).0,
-            addressed: HashMap::new(),
-            ready: watch::channel(Some(true)).0,
-        };
+        let channel = Channel::new();
+        channel.ready.send_replace(Some(true));
+        (shared, channel)
+    }
+
+    #[tokio::test]
+    async fn waiters_sharing_an_id_each_get_its_wake_ups() {
+        const A2: &str = "aaaaaaaaaaaaaaaa2222222222222222";
+        let (shared, mut channel) = registry();
+        let mut a = channel.join("c", A, &shared);
+        let mut a2 = channel.join("c", A2, &shared);
+        let claim = Duration::from_secs(1);
+        channel.deliver(Wake::Handed {
+            id: A[..16].into(),
+            fence: 5,
+            claim,
+            mac: mac(A, 5, claim).into(),
+            next: None,
+        });
+        assert_eq!(next(&mut a, A).await, Woken::Handed { fence: 5, claim });
+        // a2 heard it too, and its MAC check turned it down: nothing for a2.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), a2.woken(A2))
+                .await
+                .is_err()
+        );
+        drop(a2);
+        channel.deliver(Wake::Only(A[..16].into()));
+        assert_eq!(
+            next(&mut a, A).await,
+            Woken::Retry,
+            "a2 leaving took a's queue"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_addressed_wake_up_reaches_its_waiter_alone() {
+        let (shared, mut channel) = registry();
         let mut a = channel.join("c", A, &shared);
         let mut b = channel.join("c", B, &shared);
         channel.deliver(Wake::Only(A[..16].into()));
