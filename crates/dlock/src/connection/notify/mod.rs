@@ -138,11 +138,13 @@ impl Notifier {
             let entry = channels
                 .entry(channel.to_owned())
                 .or_insert_with(Channel::new);
-            let subscription = entry.join(channel, token, &self.shared);
+            let mut subscription = entry.join(channel, token, &self.shared);
             self.send_subscribe(entry, channel);
             let ready = entry.ready.subscribe();
             let inbox_entry = channels.entry(inbox.clone()).or_insert_with(Channel::new);
             inbox_entry.enter();
+            // Counted from here: a future dropped while waiting below leaves the inbox too.
+            subscription.use_inbox(false);
             self.send_subscribe(inbox_entry, &inbox);
             (subscription, ready, inbox_entry.ready.subscribe())
         };
