@@ -22,6 +22,8 @@ pub(crate) struct Waiting<'a> {
     pub options: &'a LockOptions,
     /// Whether attempts join the primitive's wait queue (fair mode, or hand-off).
     pub queue: bool,
+    /// Whether releases may hand the hold over (then hand-offs go to the client's inbox).
+    pub handoff: bool,
 }
 
 /// The shortest claim lease a waiter takes without a round trip (as `handoff.lua`'s).
@@ -89,7 +91,9 @@ impl Waiting<'_> {
         // A subscription another waiter keeps (or one lingering) costs nothing: take it now,
         // and a first busy answer can be slept on at once.
         let mut wakeups: Option<Subscription> =
-            self.core.notifier().live(self.channel, token.as_str());
+            self.core
+                .notifier()
+                .live(self.channel, token.as_str(), self.handoff);
         let mut failures = 0u32;
         // The last busy answer: when its attempt was sent, and the fencing counter it saw.
         let mut last_busy: Option<(Sent, u64)> = None;
@@ -154,7 +158,10 @@ impl Waiting<'_> {
     /// Subscribes to the wake-up channel, giving up at `deadline` (`None`: the caller retries
     /// and asks again).
     async fn subscribe(&self, token: &Token, deadline: Option<Instant>) -> Option<Subscription> {
-        let subscribing = self.core.notifier().subscribe(self.channel, token.as_str());
+        let subscribing =
+            self.core
+                .notifier()
+                .subscribe(self.channel, token.as_str(), self.handoff);
         match deadline {
             Some(d) => tokio::time::timeout_at(d, subscribing).await.ok(),
             None => Some(subscribing.await),

@@ -414,3 +414,55 @@ async fn a_handoff_reaches_only_the_new_holders_client() {
     );
     guard.release().await.unwrap();
 }
+
+/// An ACL user allowed only its locks' channels (so not the client inbox) still waits without
+/// polling, with hand-off or without: a refused inbox costs the hand-offs their inbox (they go
+/// on the lock's channel), not every wake-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_allowed_only_its_lock_channels_still_waits_without_polling() {
+    let server = RedisServer::start();
+    let acl = [
+        "SETUSER",
+        "narrow",
+        "on",
+        ">pw",
+        "~*",
+        "+@all",
+        "resetchannels",
+        "&{job}:dlock:released:*",
+    ];
+    let _: () = server.cmd("ACL", &acl);
+    let url = format!("redis://narrow:pw@127.0.0.1:{}/", server.port());
+    for handoff in [true, false] {
+        let a = Client::connect(&url).await.unwrap();
+        let b = Client::connect(&url).await.unwrap();
+        let recheck = Duration::from_secs(5);
+        let holder = a.lock("job").unwrap().try_lock().await.unwrap();
+        let options = waiting(Duration::from_secs(1))
+            .recheck(recheck)
+            .handoff(handoff);
+        let lock = b.lock_with("job", options).unwrap();
+        let waiter = tokio::spawn(async move { lock.lock().await });
+        let subscribed = timeout(Duration::from_secs(5), async {
+            loop {
+                let reply: Vec<redis::Value> =
+                    server.cmd("PUBSUB", &["NUMSUB", "{job}:dlock:released:job"]);
+                if reply.get(1) == Some(&redis::Value::Int(1)) {
+                    return;
+                }
+                sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(subscribed.is_ok(), "handoff={handoff}: never subscribed");
+        let released_at = Instant::now();
+        holder.release().await.unwrap();
+        let guard = timeout(Duration::from_secs(2), waiter)
+            .await
+            .unwrap_or_else(|_| panic!("handoff={handoff}: not woken, left to its re-check"))
+            .unwrap()
+            .unwrap();
+        assert!(released_at.elapsed() < recheck);
+        guard.release().await.unwrap();
+    }
+}

@@ -112,16 +112,16 @@ impl Notifier {
 
     /// A subscription to `channel` for the waiter with `token`, if one is already in effect
     /// (no round trip), else `None`.
-    pub fn live(&self, channel: &str, token: &str) -> Option<Subscription> {
+    pub fn live(&self, channel: &str, token: &str, inbox: bool) -> Option<Subscription> {
         let mut channels = self.shared.channels();
         let entry = channels.get_mut(channel)?;
         if !entry.is_ready() {
             return None;
         }
         let mut subscription = entry.join(channel, token, &self.shared);
-        if let Some(inbox) = channels.get_mut(&self.shared.inbox) {
-            inbox.enter();
-            subscription.use_inbox(inbox.is_ready());
+        if let Some(entry) = channels.get_mut(&self.shared.inbox).filter(|_| inbox) {
+            entry.enter();
+            subscription.use_inbox(entry.is_ready());
         }
         Some(subscription)
     }
@@ -131,9 +131,9 @@ impl Notifier {
     ///
     /// # Cancel safety
     /// Dropping the future drops the subscription handle with it: nothing leaks.
-    pub async fn subscribe(&self, channel: &str, token: &str) -> Subscription {
-        let inbox = self.shared.inbox.clone();
-        let (mut subscription, mut ready, mut inbox_ready) = {
+    pub async fn subscribe(&self, channel: &str, token: &str, inbox: bool) -> Subscription {
+        let name = self.shared.inbox.clone();
+        let (mut subscription, mut ready, inbox_ready) = {
             let mut channels = self.shared.channels();
             let entry = channels
                 .entry(channel.to_owned())
@@ -141,17 +141,22 @@ impl Notifier {
             let mut subscription = entry.join(channel, token, &self.shared);
             self.send_subscribe(entry, channel);
             let ready = entry.ready.subscribe();
-            let inbox_entry = channels.entry(inbox.clone()).or_insert_with(Channel::new);
-            inbox_entry.enter();
-            // Counted from here: a future dropped while waiting below leaves the inbox too.
-            subscription.use_inbox(false);
-            self.send_subscribe(inbox_entry, &inbox);
-            (subscription, ready, inbox_entry.ready.subscribe())
+            let inbox_ready = inbox.then(|| {
+                let entry = channels.entry(name.clone()).or_insert_with(Channel::new);
+                entry.enter();
+                // Counted from here: a future dropped while waiting below leaves it too.
+                subscription.use_inbox(false);
+                self.send_subscribe(entry, &name);
+                entry.ready.subscribe()
+            });
+            (subscription, ready, inbox_ready)
         };
         // Whether they took or not: if not, the waiter's re-checks carry it.
         let _ = ready.wait_for(Option::is_some).await;
-        let _ = inbox_ready.wait_for(Option::is_some).await;
-        subscription.use_inbox(*inbox_ready.borrow() == Some(true));
+        if let Some(mut inbox_ready) = inbox_ready {
+            let _ = inbox_ready.wait_for(Option::is_some).await;
+            subscription.use_inbox(*inbox_ready.borrow() == Some(true));
+        }
         subscription
     }
 
@@ -269,6 +274,26 @@ impl Listener {
             .is_some_and(|shared| !shared.channels().is_empty())
     }
 
+    fn is_inbox(&self, name: &str) -> bool {
+        self.shared
+            .upgrade()
+            .is_some_and(|shared| shared.inbox == name)
+    }
+
+    /// Subscribes the client's inbox, if Redis lets it: refused (an ACL), it is marked not in
+    /// effect, and waiters name the lock's channel for their hand-offs instead.
+    async fn subscribe_inbox(&self, sink: &mut redis::aio::PubSubSink, name: &str) {
+        let ok = self.within(sink.subscribe(name)).await;
+        if !ok {
+            tracing::debug!("the inbox subscription was refused; hand-offs use lock channels");
+        }
+        if let Some(shared) = self.shared.upgrade() {
+            if let Some(inbox) = shared.channels().get(name) {
+                inbox.ready.send_replace(Some(ok));
+            }
+        }
+    }
+
     fn names(&self) -> Vec<String> {
         let mut names = Vec::new();
         self.for_each_channel(|name, _| names.push(name.to_owned()));
@@ -347,8 +372,15 @@ impl Listener {
             // idle connection would stay open for nobody.
             return Serve::Idle;
         }
-        if !self.within(sink.subscribe(&names)).await {
+        // The inbox goes on its own: an ACL that allows only some lock channels refuses it,
+        // and that must cost the hand-offs their inbox, not every wake-up.
+        let (inbox, names): (Vec<String>, Vec<String>) =
+            names.into_iter().partition(|name| self.is_inbox(name));
+        if !names.is_empty() && !self.within(sink.subscribe(&names)).await {
             return Serve::Lost { subscribed: false };
+        }
+        for name in inbox {
+            self.subscribe_inbox(&mut sink, &name).await;
         }
         // Anything published while we were not subscribed was missed: re-check everyone. Only
         // the channels just subscribed are in effect; later ones are when their Subscribe is.
@@ -390,6 +422,9 @@ impl Listener {
                 }
                 command = self.queue.recv() => match command {
                     None => return Serve::Closed,
+                    Some(Command::Subscribe(name)) if self.is_inbox(&name) => {
+                        self.subscribe_inbox(&mut sink, &name).await;
+                    }
                     Some(Command::Subscribe(name)) => {
                         let ok = self.within(sink.subscribe(&name)).await;
                         if let Some(shared) = self.shared.upgrade() {

@@ -197,6 +197,7 @@ impl Lock {
             channel: &self.keys.channel,
             options: &self.options,
             queue: self.options.fair || self.hands_off(),
+            handoff: self.hands_off(),
         }
     }
 

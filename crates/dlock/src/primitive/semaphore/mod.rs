@@ -243,6 +243,7 @@ impl Semaphore {
             channel: &self.keys.channel,
             options: &self.options,
             queue: self.options.fair,
+            handoff: false,
         }
     }
 }
