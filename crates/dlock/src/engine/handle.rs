@@ -154,6 +154,8 @@ impl LeaseHandle {
         match tally.verdict(nodes, lease.quorum) {
             Verdict::Agreed => {
                 lease.extended(sent_at, ttl);
+                // A shorter TTL is due for renewal sooner than the watchdog planned.
+                self.core.rewatch(lease);
                 Ok(())
             }
             Verdict::Refused => {

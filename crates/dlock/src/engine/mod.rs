@@ -127,7 +127,7 @@ impl Core {
         terms: Terms,
         sent_at: Instant,
     ) -> Arc<Lease> {
-        self.watch(self.lease(ops, fencing_token, terms, sent_at), terms)
+        self.watch(self.lease(ops, fencing_token, terms, sent_at))
     }
 
     /// A lease a release handed over (see `handoff.lua`): granted for `claim` from no earlier
@@ -141,7 +141,7 @@ impl Core {
         claim: Duration,
     ) -> Arc<Lease> {
         let lease = self.lease(ops, fencing_token, terms, since.at);
-        self.watch(lease.with_first_term(claim, since.suspended), terms)
+        self.watch(lease.with_first_term(claim, since.suspended))
     }
 
     fn lease(&self, ops: Arc<dyn LeaseOps>, fence: u64, terms: Terms, sent_at: Instant) -> Lease {
@@ -157,16 +157,26 @@ impl Core {
         .with_quorum(self.nodes.quorum_for(terms.holders))
     }
 
-    fn watch(&self, lease: Lease, terms: Terms) -> Arc<Lease> {
+    fn watch(&self, lease: Lease) -> Arc<Lease> {
         let lease = Arc::new(lease);
-        let watchdog = match terms.min_replicas {
+        self.watchdog_of(&lease).track(lease.clone());
+        lease
+    }
+
+    /// `lease` changed its timing (an extend): its watchdog looks again if it must sooner.
+    pub fn rewatch(&self, lease: &Lease) {
+        self.watchdog_of(lease).rewatch(lease);
+    }
+
+    /// The watchdog of `lease`: its own for a lease with a replica guard, whose renewals may
+    /// block in `WAIT`.
+    fn watchdog_of(&self, lease: &Lease) -> &Watchdog {
+        match lease.min_replicas {
             None => &self.watchdog,
             Some(_) => self
                 .guarded_watchdog
                 .get_or_init(|| Watchdog::spawn_guarded(self.nodes.clone())),
-        };
-        watchdog.track(lease.clone());
-        lease
+        }
     }
 
     /// The fencing token to propose on Redlock: this host's wall clock in microseconds, but

@@ -314,3 +314,26 @@ async fn release_after_keeps_the_lock_for_its_minimum_hold_then_it_expires() {
         "nothing re-created"
     );
 }
+
+/// An extend to a shorter TTL is renewed on the shorter schedule: the watchdog is told (found by
+/// review: a 30 s lock extended to 300 ms was renewed on the 30 s schedule and reported lost,
+/// "renewal did not complete in time", against a healthy Redis).
+#[tokio::test]
+async fn an_extend_to_a_shorter_ttl_is_renewed_in_time() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let guard = c
+        .lock_with("job", ttl(Duration::from_secs(30)))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    let short = Duration::from_millis(300);
+    guard.extend(short).await.unwrap();
+    // Five short leases later: still held, renewed to the short TTL.
+    sleep(short * 5).await;
+    assert!(guard.is_held(), "{:?}", guard.status());
+    let pttl: i64 = server.cmd("PTTL", &["job"]);
+    assert!(pttl > 0 && pttl <= 300, "PTTL {pttl}");
+    guard.release().await.unwrap();
+}

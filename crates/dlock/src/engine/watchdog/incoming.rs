@@ -57,6 +57,14 @@ impl Incoming {
         }
     }
 
+    /// A tracked lease now needs the task by `needed` (it was extended to a shorter TTL): wake
+    /// the task if that is sooner than it planned.
+    pub fn nudge(&self, needed: Instant) {
+        if self.micros(needed) < self.plan.load(Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
+    }
+
     /// The leases pushed since the last call.
     pub fn take(&self) -> Vec<Arc<Lease>> {
         let leases = std::mem::take(&mut *self.queue());

@@ -104,6 +104,12 @@ impl Watchdog {
         self.incoming.push(lease);
     }
 
+    /// `lease` (tracked already) changed its timing, e.g. an extend to a shorter TTL: the task
+    /// looks again if it now needs renewing sooner than planned.
+    pub fn rewatch(&self, lease: &Lease) {
+        self.incoming.nudge(lease.needs_watchdog_by());
+    }
+
     /// Releases a hold (if it is still ours) without waiting. Safe to call from `Drop`: it
     /// never blocks and needs no runtime.
     pub fn release_in_background(&self, hold: Arc<dyn ReleaseOp>) {
