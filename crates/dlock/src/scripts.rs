@@ -45,6 +45,8 @@ macro_rules! script {
 }
 
 // The lock (`primitive::lock`).
+/// Take a free lock without queueing, outside fair mode (see `acquire_free.lua`).
+pub(crate) static ACQUIRE_FREE: LazyLock<Script> = with_grant!("scripts/acquire_free.lua");
 /// Take a free lock (fencing token, holder info), or join its wait queue (see `acquire.lua`).
 pub(crate) static ACQUIRE: LazyLock<Script> = with_handoff!("scripts/acquire.lua");
 /// Redlock: take a free lock with the client's proposed fencing token, if it is above the

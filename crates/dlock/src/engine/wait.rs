@@ -137,10 +137,13 @@ impl Waiting<'_> {
     }
 
     /// How the next attempt queues (`None`: it does not): a waiter lease no longer than the wait
-    /// left, and the client's inbox for hand-offs once subscribed.
+    /// left, and the client's inbox for hand-offs once subscribed. A waiter queues only once it
+    /// is subscribed, so it can hear a hand-off: a first attempt without a subscription is a
+    /// plain one (the lean path when the lock is free), and the retry right after subscribing
+    /// queues.
     fn queue(&self, deadline: Option<Instant>, wakeups: Option<&Subscription>) -> Option<Queue> {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        self.queue.then(|| Queue {
+        (self.queue && wakeups.is_some()).then(|| Queue {
             lease: self.options.waiter_lease(left),
             inbox: wakeups.and_then(Subscription::inbox),
         })

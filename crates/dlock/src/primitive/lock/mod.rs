@@ -228,6 +228,9 @@ impl Acquire for Lock {
     }
 
     fn call(&self, token: &Token, queue: Option<&Queue>) -> ScriptInvocation<'static> {
+        if queue.is_none() && !self.options.fair {
+            return self.grant_call(&scripts::ACQUIRE_FREE, token);
+        }
         let options = &self.options;
         let claim = match self.hands_off() {
             true => millis(options.claim_lease()),
