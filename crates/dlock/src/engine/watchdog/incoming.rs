@@ -60,7 +60,10 @@ impl Incoming {
     /// A tracked lease now needs the task by `needed` (it was extended to a shorter TTL): wake
     /// the task if that is sooner than it planned.
     pub fn nudge(&self, needed: Instant) {
-        if self.micros(needed) < self.plan.load(Ordering::SeqCst) {
+        // Awake, the task may be between reading this lease's old timing and publishing its
+        // plan: wake it anyway (at most one extra pass).
+        let plan = self.plan.load(Ordering::SeqCst);
+        if plan == AWAKE || self.micros(needed) < plan {
             self.wake.notify_one();
         }
     }
@@ -153,5 +156,21 @@ mod tests {
             woke(&incoming).await,
             "planned to sleep for good: the lease wakes it"
         );
+    }
+
+    #[tokio::test]
+    async fn a_nudge_while_the_task_plans_is_not_lost() {
+        let incoming = Incoming::new();
+        // The task is awake, has read the lease's old timing, and is about to plan 1 s ahead
+        // when the lease is extended to a shorter TTL.
+        incoming.awake();
+        incoming.nudge(Instant::now() + Duration::from_millis(1));
+        assert!(incoming.plan(Some(Instant::now() + Duration::from_secs(1))));
+        assert!(woke(&incoming).await, "the nudge was lost");
+        // Planned already: only a sooner need wakes it.
+        incoming.nudge(Instant::now() + Duration::from_secs(5));
+        assert!(!woke(&incoming).await);
+        incoming.nudge(Instant::now() + Duration::from_millis(1));
+        assert!(woke(&incoming).await);
     }
 }
