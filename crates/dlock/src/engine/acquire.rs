@@ -70,6 +70,8 @@ const PROPOSALS: usize = 4;
 pub(crate) struct Queue {
     pub lease: Duration,
     pub inbox: Option<std::sync::Arc<str>>,
+    /// Whether the waiter hears its wake-ups now: only then may a release hand it the hold.
+    pub hears: bool,
 }
 
 /// A grant a majority made, complete (fenced, guarded, still valid).

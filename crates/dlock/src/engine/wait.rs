@@ -138,14 +138,21 @@ impl Waiting<'_> {
 
     /// How the next attempt queues (`None`: it does not): a waiter lease no longer than the wait
     /// left, and the client's inbox for hand-offs once subscribed. A waiter queues only once it
-    /// is subscribed, so it can hear a hand-off: a first attempt without a subscription is a
-    /// plain one (the lean path when the lock is free), and the retry right after subscribing
-    /// queues.
+    /// is subscribed: a first attempt without a subscription is a plain one (the lean path when
+    /// the lock is free), and the retry right after subscribing queues. One that cannot hear
+    /// its channel (refused by an ACL, or reconnecting) is never handed the hold: in fair mode
+    /// it queues to be woken, otherwise it does not queue and relies on its re-checks.
     fn queue(&self, deadline: Option<Instant>, wakeups: Option<&Subscription>) -> Option<Queue> {
+        let wakeups = wakeups.filter(|_| self.queue)?;
+        let hears = wakeups.hears();
+        if !hears && !self.options.fair {
+            return None;
+        }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        (self.queue && wakeups.is_some()).then(|| Queue {
+        Some(Queue {
             lease: self.options.waiter_lease(left),
-            inbox: wakeups.and_then(Subscription::inbox),
+            inbox: wakeups.inbox().filter(|_| hears),
+            hears,
         })
     }
 

@@ -466,3 +466,49 @@ async fn a_user_allowed_only_its_lock_channels_still_waits_without_polling() {
         guard.release().await.unwrap();
     }
 }
+
+/// A waiter that cannot hear its channel (an ACL user without channel permission) is never
+/// handed the lock, which it would not learn of until its re-check while everyone else waited:
+/// outside fair mode it does not queue at all, and a release frees the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_cannot_hear_is_never_handed_the_lock() {
+    let server = RedisServer::start();
+    let acl = [
+        "SETUSER",
+        "deaf",
+        "on",
+        ">pw",
+        "~*",
+        "+@all",
+        "resetchannels",
+    ];
+    let _: () = server.cmd("ACL", &acl);
+    let deaf = Client::connect(&format!("redis://deaf:pw@127.0.0.1:{}/", server.port()))
+        .await
+        .unwrap();
+    let a = client(&server).await;
+    let holder = a.lock("job").unwrap().try_lock().await.unwrap();
+    let recheck = Duration::from_millis(500);
+    let lock = deaf
+        .lock_with("job", waiting(Duration::from_secs(5)).recheck(recheck))
+        .unwrap();
+    let waiter = tokio::spawn(async move { lock.lock().await });
+    // Its attempts (the first, and the retry after its refused SUBSCRIBE) never queue it.
+    let watched = Instant::now();
+    while watched.elapsed() < recheck / 2 {
+        assert_eq!(
+            server.cmd::<i64>("EXISTS", &[QUEUE]),
+            0,
+            "a deaf waiter queued"
+        );
+        sleep(Duration::from_millis(5)).await;
+    }
+    holder.release().await.unwrap();
+    assert_eq!(
+        server.cmd::<i64>("EXISTS", &["job"]),
+        0,
+        "handed to a waiter that cannot hear"
+    );
+    let guard = granted(waiter).await;
+    guard.release().await.unwrap();
+}

@@ -61,7 +61,14 @@ impl Channel {
             .entry(id_key(token).to_owned())
             .or_default()
             .push(send);
-        Subscription::new(name, token, self.wake.subscribe(), mine, shared.clone())
+        Subscription::new(
+            name,
+            token,
+            self.wake.subscribe(),
+            mine,
+            self.ready.subscribe(),
+            shared.clone(),
+        )
     }
 
     /// Delivers a wake-up: to everyone, or to the waiters it names.

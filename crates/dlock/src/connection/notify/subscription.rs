@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use super::wake::{id_key, Wake, Woken};
@@ -22,6 +22,8 @@ pub(crate) struct Subscription {
     wake: broadcast::Receiver<Wake>,
     /// Wake-ups addressed to this waiter.
     mine: mpsc::Receiver<Wake>,
+    /// Whether the lock channel's SUBSCRIBE is in effect (`None`: not answered yet).
+    ready: watch::Receiver<Option<bool>>,
     /// Whether this subscription counts as a user of the client's inbox.
     in_inbox: bool,
     /// The inbox's name, if its SUBSCRIBE is in effect: hand-offs may be sent there.
@@ -35,6 +37,7 @@ impl Subscription {
         token: &str,
         wake: broadcast::Receiver<Wake>,
         mine: mpsc::Receiver<Wake>,
+        ready: watch::Receiver<Option<bool>>,
         shared: Arc<Shared>,
     ) -> Subscription {
         Subscription {
@@ -42,6 +45,7 @@ impl Subscription {
             id: id_key(token).to_owned(),
             wake,
             mine,
+            ready,
             in_inbox: false,
             inbox: None,
             shared,
@@ -53,6 +57,13 @@ impl Subscription {
     pub(super) fn use_inbox(&mut self, ready: bool) {
         self.in_inbox = true;
         self.inbox = ready.then(|| Arc::from(self.shared.inbox.as_str()));
+    }
+
+    /// Whether this waiter hears its lock's channel right now (the SUBSCRIBE took, and the
+    /// connection is up): only then may it be handed the lock, since only then does it learn of
+    /// it at once.
+    pub fn hears(&self) -> bool {
+        *self.ready.borrow() == Some(true)
     }
 
     /// Where a release may send a hand-off for this waiter: the client's inbox, once subscribed

@@ -232,7 +232,7 @@ impl Acquire for Lock {
             return self.grant_call(&scripts::ACQUIRE_FREE, token);
         }
         let options = &self.options;
-        let claim = match self.hands_off() {
+        let claim = match self.hands_off() && queue.is_some_and(|queue| queue.hears) {
             true => millis(options.claim_lease()),
             false => 0,
         };
