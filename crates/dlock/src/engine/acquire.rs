@@ -58,19 +58,17 @@ pub(crate) enum Answer {
     },
 }
 
-/// How many fencing tokens one Redlock attempt proposes at most: the first, and a retry above
-/// the counters the masters answered with each time a majority refused only for being too
-/// low. A retry is above every counter it heard of, so a second refusal needs a master that
-/// did not answer the first time (or a rival raising the counters meanwhile).
+/// How many fencing tokens one Redlock attempt proposes at most: the first, then one above
+/// the counters heard each time a majority refused only for being too low (a second refusal
+/// needs a master silent the first time, or a rival raising the counters meanwhile).
 const PROPOSALS: usize = 4;
 
-/// How a waiter queues (fair mode, or hand-off): its waiter lease, and where a release may
-/// send a hand-off for it (its client's inbox; `None`: the lock's channel).
+/// How a waiter queues (fair mode, hand-off): its waiter lease, where a hand-off goes (its
+/// client's inbox; `None`: the lock's channel), whether it may be handed the hold (it hears).
 #[derive(Debug, Clone)]
 pub(crate) struct Queue {
     pub lease: Duration,
     pub inbox: Option<std::sync::Arc<str>>,
-    /// Whether the waiter hears its wake-ups now: only then may a release hand it the hold.
     pub hears: bool,
 }
 
