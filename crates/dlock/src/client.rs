@@ -46,7 +46,9 @@ impl Client {
     /// [`Error::Config`](crate::Error::Config) for a malformed URL,
     /// [`Error::Auth`](crate::Error::Auth) for refused credentials,
     /// [`Error::Unavailable`](crate::Error::Unavailable) when the server cannot be reached
-    /// within the connect timeout. Messages never contain the password.
+    /// within the connect timeout. Messages never contain the password. A URL without a
+    /// password for a server that requires one connects (no command is sent at connect, to
+    /// save a round trip), and the first call answers [`Error::Auth`](crate::Error::Auth).
     ///
     /// # Panics
     /// Outside a tokio runtime (the watchdog task needs one).

@@ -203,8 +203,15 @@ impl Error {
     pub(crate) fn from_redis(node: &str, error: redis::RedisError) -> Error {
         let node = node.to_owned();
         let code = error.code().unwrap_or_default();
+        // A server that wants a password answers an unauthenticated client's first command
+        // with NOAUTH, or, when the command is longer than it lets strangers send (more than
+        // 10 arguments, as a script call has), with "Protocol error: unauthenticated …
+        // length" (and closes the connection).
         if error.kind() == redis::ErrorKind::AuthenticationFailed
             || matches!(code, "WRONGPASS" | "NOAUTH")
+            || error
+                .to_string()
+                .contains("Protocol error: unauthenticated")
         {
             return Error::Auth {
                 node,

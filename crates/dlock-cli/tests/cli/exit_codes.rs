@@ -140,14 +140,31 @@ fn a_wrong_password_gives_69() {
         password: Some("right".into()),
         ..Default::default()
     });
-    let url = format!("redis://:wrong-one@127.0.0.1:{}/", server.port());
-    let out = output(
-        dlock(&server).args(["run", "--redis", &url, "k", "--", "true"]),
-        LIMIT,
-    );
-    assert_eq!(code(&out), 69);
-    assert!(stderr(&out).contains("authentication"), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("wrong-one"));
+    let scratch = Scratch::new();
+    let marker = scratch.path("ran");
+    // A wrong password fails the handshake; a missing one, the first command (nothing is
+    // sent at connect): the same exit code and message either way, and the command never runs.
+    for url in [
+        format!("redis://:wrong-one@127.0.0.1:{}/", server.port()),
+        format!("redis://127.0.0.1:{}/", server.port()),
+    ] {
+        let out = output(
+            dlock(&server).args([
+                "run",
+                "--redis",
+                &url,
+                "k",
+                "--",
+                "touch",
+                marker.to_str().unwrap(),
+            ]),
+            LIMIT,
+        );
+        assert_eq!(code(&out), 69, "{url}: {}", stderr(&out));
+        assert!(stderr(&out).contains("authentication"), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("wrong-one"));
+        assert!(!marker.exists(), "{url}: the command ran");
+    }
 }
 
 #[test]

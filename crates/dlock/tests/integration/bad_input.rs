@@ -92,10 +92,12 @@ async fn wrong_or_missing_passwords_are_auth_errors_without_the_password() {
         .unwrap_err();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
     assert!(!err.to_string().contains("wrong-pw"), "{err}");
-    let err = Client::connect(&format!("redis://{base}/"))
-        .await
-        .unwrap_err();
+    // No password at all: the connection opens (nothing is sent at connect) and the first
+    // call is refused with an auth error.
+    let bare = Client::connect(&format!("redis://{base}/")).await.unwrap();
+    let err = bare.lock("k").unwrap().try_lock().await.unwrap_err();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    assert_eq!(err.kind(), dlock::ErrorKind::Auth);
 
     let ok = Client::connect(&format!("redis://:right-pw@{base}/"))
         .await

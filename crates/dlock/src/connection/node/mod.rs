@@ -147,7 +147,7 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// Opens the connection to `url` and checks that the server answers.
+    /// Opens the connection to `url` (and authenticates, if it names credentials).
     ///
     /// # Errors
     /// [`Error::Config`] for a URL that does not parse, [`Error::Auth`] for refused
@@ -169,14 +169,11 @@ impl Node {
                 })
             }
         };
-        let node = Node::fixed(con, client, name, options);
-        // The connection is open and any credentials given were accepted by the handshake,
-        // but a server that requires a password nobody gave accepts the connection and refuses
-        // the first command (NOAUTH): without this PING, `connect` would succeed and the first
-        // lock call fail (`bad_input::wrong_or_missing_passwords_are_auth_errors_...` saw it).
-        // One round trip at connect buys the error where the user looks for it.
-        node.ping().await?;
-        Ok(node)
+        // No PING: the connection is open and any credentials given were accepted by the
+        // handshake. A server that requires a password nobody gave refuses the first command
+        // (NOAUTH), which is an `Error::Auth` there; a round trip at every connect (it was
+        // most of a `dlock run`'s Redis time) is too much to pay for moving that error.
+        Ok(Node::fixed(con, client, name, options))
     }
 
     /// A node whose connection is opened on first use (and retried on every use after), for a
