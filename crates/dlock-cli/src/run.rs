@@ -21,7 +21,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::cli::{ReportFormat, RunArgs, WaitLimit};
 use crate::exit;
-use crate::job::{self, Job, SpawnError};
+use crate::job::{self, Job, Prepared, SpawnError};
 use crate::lease::{is_wrong_type, Lease, Target};
 use crate::report::{ms, to_line, unix_ms, HolderJson, RunReport};
 use crate::signals::{is_terminating, Signals};
@@ -111,18 +111,40 @@ impl Runner<'_> {
         if let Err(e) = job::become_subreaper() {
             tracing::debug!(%e, "could not become a child subreaper");
         }
+        // The guardian starts now, while dlock connects and takes the lock; it starts the
+        // command only once told the lock is granted (see job::launch).
+        let prepared = self.prepare();
         let client = match connect(&self.args.connection).await {
             Ok(client) => client,
             Err(e) => return self.lib_error(&e),
         };
-        let code = self.with_client(&client, &mut signals).await;
+        let code = self.with_client(&client, &mut signals, prepared).await;
         // Background releases (a cancelled wait, a guard dropped on an error path) go out
         // before the process exits.
         client.flush().await;
         code
     }
 
-    async fn with_client(&mut self, client: &Client, signals: &mut Signals) -> u8 {
+    /// Starts the guardian for the command, in dlock's environment minus its secrets, plus
+    /// what the command learns of its lock (the fencing token comes with `start`).
+    fn prepare(&self) -> Result<Prepared, SpawnError> {
+        let (mut env, remove) = scrubbed_env(|name| std::env::var_os(name));
+        env.extend([
+            ("DLOCK_KEY", self.args.key.clone()),
+            ("DLOCK_TTL_MS", ms(self.args.ttl).to_string()),
+        ]);
+        if let Some(limit) = self.args.limit {
+            env.push(("DLOCK_LIMIT", limit.to_string()));
+        }
+        Job::prepare(&self.args.command, &env, &remove)
+    }
+
+    async fn with_client(
+        &mut self,
+        client: &Client,
+        signals: &mut Signals,
+        prepared: Result<Prepared, SpawnError>,
+    ) -> u8 {
         let options = LockOptions::new()
             .ttl(self.args.ttl)
             .fair(self.args.fair)
@@ -162,7 +184,7 @@ impl Runner<'_> {
         self.report.acquired = true;
         self.report.fencing_token = Some(lease.fencing_token());
         let held_since = Instant::now();
-        let code = self.run_holding(&lease, signals).await;
+        let code = self.run_holding(&lease, signals, prepared).await;
         // --min-hold: what is left of it stays on the key, and dlock exits at once.
         let keep = match self.args.min_hold {
             Some(min_hold) if self.report.outcome == "ran" => {
@@ -176,18 +198,18 @@ impl Runner<'_> {
     }
 
     /// Runs the command under the held lease; returns the exit code before release.
-    async fn run_holding(&mut self, lease: &Lease, signals: &mut Signals) -> u8 {
-        let (mut env, remove) = scrubbed_env(|name| std::env::var_os(name));
-        env.extend([
-            ("DLOCK_KEY", self.args.key.clone()),
-            ("DLOCK_FENCING_TOKEN", lease.fencing_token().to_string()),
-            ("DLOCK_TTL_MS", ms(self.args.ttl).to_string()),
-        ]);
-        if let Some(limit) = self.args.limit {
-            env.push(("DLOCK_LIMIT", limit.to_string()));
-        }
+    async fn run_holding(
+        &mut self,
+        lease: &Lease,
+        signals: &mut Signals,
+        prepared: Result<Prepared, SpawnError>,
+    ) -> u8 {
         let program = self.args.command[0].to_string_lossy().into_owned();
-        let mut job = match Job::spawn(&self.args.command, &env, &remove).await {
+        let started = match prepared {
+            Ok(prepared) => prepared.start(lease.fencing_token()).await,
+            Err(e) => Err(e),
+        };
+        let mut job = match started {
             Ok(job) => job,
             Err(SpawnError::NotFound) => {
                 return self.error(

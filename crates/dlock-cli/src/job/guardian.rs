@@ -44,6 +44,9 @@ pub fn guard(args: &GuardArgs) -> u8 {
     let _ = blocked.thread_block();
     let stream = match address(&args.socket).and_then(|addr| UnixStream::connect_addr(&addr)) {
         Ok(stream) => stream,
+        // Nobody listens: dlock died before its guardian connected (or this is a run by
+        // hand). Quietly, as nothing was started and nobody may be there to read it.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return crate::exit::USAGE,
         Err(e) => {
             errln!("dlock: {GUARD_COMMAND} is internal to dlock run ({e})");
             return crate::exit::USAGE;
@@ -51,6 +54,16 @@ pub fn guard(args: &GuardArgs) -> u8 {
     };
     let Some((program, command_args)) = args.command.split_first() else {
         return crate::exit::USAGE;
+    };
+    let mut words = BufReader::new(&stream);
+    // Started ahead of the lock, the guardian starts the command only when dlock says the lock
+    // is granted; a socket that ends first (refused, dlock died) means start nothing.
+    let Some(fencing_token) = next_word(&mut words)
+        .as_deref()
+        .and_then(|word| word.strip_prefix("start "))
+        .and_then(|token| token.parse::<u64>().ok())
+    else {
+        return 0;
     };
     if let Err(e) = become_subreaper() {
         errln!(
@@ -65,7 +78,7 @@ pub fn guard(args: &GuardArgs) -> u8 {
             return crate::exit::INTERNAL;
         }
     };
-    let leader = match start(program, command_args) {
+    let leader = match start(program, command_args, fencing_token) {
         // Dropping a std Child neither kills nor reaps it: the guardian reaps it itself.
         Ok(child) => pid_of(child.id()),
         Err(e) => {
@@ -78,7 +91,7 @@ pub fn guard(args: &GuardArgs) -> u8 {
             let errno = e.raw_os_error().unwrap_or(0);
             let message = e.to_string().replace('\n', " ");
             let _ = writeln!(report, "failed {kind} {errno} {message}");
-            let _ = dlocks_word(&stream);
+            let _ = next_word(&mut words);
             return 0;
         }
     };
@@ -88,7 +101,7 @@ pub fn guard(args: &GuardArgs) -> u8 {
     };
     let _ = writeln!(report, "started {leader}");
     std::thread::spawn(move || reap(leader, &mut report));
-    match dlocks_word(&stream).as_deref() {
+    match next_word(&mut words).as_deref() {
         Some("done") => {
             // The job is over: the leader's zombie has kept the group's number ours until now.
             let _ = waitpid(leader, Some(WaitPidFlag::WNOHANG));
@@ -111,13 +124,18 @@ pub fn guard(args: &GuardArgs) -> u8 {
 /// signals, so the spawn happens in a short-lived thread that blocks nothing. (While it runs, a
 /// signal sent to the guardian's pid could end the guardian: a window of the spawn's duration,
 /// against deliberate kills only, since no terminal or group signal reaches the guardian.)
-fn start(program: &OsString, args: &[OsString]) -> io::Result<std::process::Child> {
+fn start(
+    program: &OsString,
+    args: &[OsString],
+    fencing_token: u64,
+) -> io::Result<std::process::Child> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 SigSet::empty().thread_set_mask()?;
                 std::process::Command::new(program)
                     .args(args)
+                    .env("DLOCK_FENCING_TOKEN", fencing_token.to_string())
                     .process_group(0)
                     .spawn()
             })
@@ -126,10 +144,11 @@ fn start(program: &OsString, args: &[OsString]) -> io::Result<std::process::Chil
     })
 }
 
-/// Waits for dlock's last word; `None` if the socket ended without one.
-fn dlocks_word(stream: &UnixStream) -> Option<String> {
+/// Waits for dlock's next word; `None` if the socket ended without one. One reader for the
+/// guardian's whole life, so nothing it buffered is lost between two words.
+fn next_word(words: &mut BufReader<&UnixStream>) -> Option<String> {
     let mut line = String::new();
-    match BufReader::new(stream).read_line(&mut line) {
+    match words.read_line(&mut line) {
         Ok(_) if line.ends_with('\n') => Some(line.trim_end().to_owned()),
         _ => None,
     }

@@ -25,16 +25,16 @@
 //!
 //! # The guardian's socket
 //! dlock listens on a Unix socket with a random abstract name, starts the guardian with that
-//! name, and accepts one connection, from the guardian's pid only (SO_PEERCRED). Guardian to
-//! dlock, one line each: `started PID`, or `failed KIND ERRNO MESSAGE` if the command could not
-//! start; then `exited STATUS` (a raw wait status) when the leader exits. dlock to guardian:
-//! `done` (the job is over: reap the leader and exit quietly), or `abandon` (processes survived
-//! SIGKILL and dlock stops waiting: KILL them until they are gone, quietly). The end of the
-//! socket without a word means dlock died: the guardian KILLs what is left of the job.
+//! name (before it takes the lock, see `launch`), and accepts one connection, from the
+//! guardian's pid only (SO_PEERCRED). dlock to guardian, first: `start FENCING_TOKEN` (the lock
+//! is granted: start the command); a socket that ends before it means "start nothing". Guardian
+//! to dlock, one line each: `started PID`, or `failed KIND ERRNO MESSAGE` if the command could
+//! not start; then `exited STATUS` (a raw wait status) when the leader exits. dlock's last
+//! word: `done` (the job is over: reap the leader and exit quietly), or `abandon` (processes
+//! survived SIGKILL and dlock stops waiting: KILL them until they are gone, quietly). The end of
+//! the socket without a last word means dlock died: the guardian KILLs what is left of the job.
 
-use std::ffi::OsString;
 use std::io;
-use std::os::unix::net::{SocketAddr, UnixListener};
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -47,9 +47,12 @@ use tokio::io::AsyncReadExt as _;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 mod guardian;
+mod launch;
 mod proc;
 
 pub use guardian::{guard, GUARD_COMMAND};
+use launch::address;
+pub use launch::Prepared;
 pub use proc::become_subreaper;
 use proc::{below, group_members, pid_of, runs, ProcStat};
 
@@ -142,101 +145,6 @@ pub struct Left {
 }
 
 impl Job {
-    /// Starts the guardian, which starts `command` (program and arguments) in dlock's
-    /// environment with `env` set and `remove` removed, with dlock's stdin, stdout and stderr.
-    pub async fn spawn(
-        command: &[OsString],
-        env: &[(&str, String)],
-        remove: &[&str],
-    ) -> Result<Job, SpawnError> {
-        if command.is_empty() {
-            return Err(SpawnError::NotFound);
-        }
-        let guardian_error = |e: io::Error| {
-            SpawnError::Other(io::Error::new(
-                e.kind(),
-                format!("cannot start the guardian: {e}"),
-            ))
-        };
-        let (listener, name) = listen().map_err(guardian_error)?;
-        // /proc/self/exe still works if dlock's file was replaced or deleted since it started.
-        let exe = if cfg!(target_os = "linux") {
-            std::path::PathBuf::from("/proc/self/exe")
-        } else {
-            std::env::current_exe().map_err(guardian_error)?
-        };
-        let mut cmd = tokio::process::Command::new(exe);
-        for name in remove {
-            cmd.env_remove(name);
-        }
-        cmd.arg(GUARD_COMMAND)
-            .arg(&name)
-            .arg("--")
-            .args(command)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            // Its own process group: a KILL to dlock's group (`kill -9 %1`, `timeout -s
-            // KILL`) must not take the guardian down with dlock. Being in no foreground group,
-            // it gets no terminal signals either (Ctrl-C, Ctrl-Z go to the foreground group).
-            .process_group(0);
-        let mut child = cmd.spawn().map_err(guardian_error)?;
-        let pid = child
-            .id()
-            .and_then(pid_of)
-            .ok_or_else(|| guardian_error(io::Error::other("it has no pid")))?;
-        let stream = tokio::select! {
-            stream = accept_from(&listener, pid) => stream.map_err(guardian_error)?,
-            status = child.wait() => {
-                return Err(guardian_error(io::Error::other(match status {
-                    Ok(status) => format!("it exited early ({status})"),
-                    Err(e) => e.to_string(),
-                })))
-            }
-            () = tokio::time::sleep(GUARDIAN_START) => {
-                return Err(guardian_error(io::Error::other("it did not answer")))
-            }
-        };
-        drop(listener);
-        let (events, control) = stream.into_split();
-        let mut job = Job {
-            group: Pid::from_raw(0),
-            leader_done: false,
-            group_gone: false,
-            guardian: Guardian {
-                pid,
-                _child: child,
-                events,
-                pending: Vec::new(),
-                control: Some(control),
-            },
-        };
-        match job.guardian.next_event().await {
-            Event::Started(leader) => {
-                job.group = leader;
-                Ok(job)
-            }
-            Event::Failed {
-                kind,
-                errno,
-                message,
-            } => {
-                job.guardian.say("done");
-                let error = if errno > 0 {
-                    io::Error::from_raw_os_error(errno)
-                } else {
-                    io::Error::other(message)
-                };
-                Err(match kind.as_str() {
-                    "not-found" => SpawnError::NotFound,
-                    "not-executable" => SpawnError::NotExecutable(error),
-                    _ => SpawnError::Other(error),
-                })
-            }
-            Event::Exited(_) | Event::Closed => Err(guardian_error(io::Error::other(
-                "it ended before starting the command",
-            ))),
-        }
-    }
-
     /// Sends `signal` to every process of the command's group (forwarding a signal dlock got),
     /// unless the group is known to be gone (its number may have been reused since).
     pub fn signal(&self, signal: Signal) {
@@ -390,61 +298,19 @@ impl Guardian {
         }
     }
 
+    /// A word to the guardian that is not the last (`start`).
+    fn tell(&mut self, word: &str) {
+        if let Some(control) = &self.control {
+            // A few bytes into an empty socket buffer: never blocks.
+            let _ = control.try_write(format!("{word}\n").as_bytes());
+        }
+    }
+
     /// dlock's last word to the guardian; the socket's end follows.
     fn say(&mut self, word: &str) {
         if let Some(control) = self.control.take() {
             // A few bytes into an empty socket buffer: never blocks.
             let _ = control.try_write(format!("{word}\n").as_bytes());
-        }
-    }
-}
-
-/// The socket's address for `name`: abstract on Linux (nothing to clean up, nothing on disk).
-pub(super) fn address(name: &str) -> io::Result<SocketAddr> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        #[cfg(target_os = "android")]
-        use std::os::android::net::SocketAddrExt as _;
-        #[cfg(target_os = "linux")]
-        use std::os::linux::net::SocketAddrExt as _;
-        SocketAddr::from_abstract_name(name)
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    {
-        SocketAddr::from_pathname(std::env::temp_dir().join(name))
-    }
-}
-
-/// A listening socket with a fresh random name, for one guardian.
-fn listen() -> io::Result<(tokio::net::UnixListener, String)> {
-    let mut attempts = 0;
-    loop {
-        let name = format!(
-            "dlock-guard-{}-{:016x}",
-            std::process::id(),
-            fastrand::u64(..)
-        );
-        match UnixListener::bind_addr(&address(&name)?) {
-            Ok(listener) => {
-                listener.set_nonblocking(true)?;
-                return Ok((tokio::net::UnixListener::from_std(listener)?, name));
-            }
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && attempts < 3 => attempts += 1,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// The first connection that comes from `pid`; others (anyone may connect to an abstract
-/// socket) are dropped.
-async fn accept_from(
-    listener: &tokio::net::UnixListener,
-    pid: Pid,
-) -> io::Result<tokio::net::UnixStream> {
-    loop {
-        let (stream, _) = listener.accept().await?;
-        if stream.peer_cred()?.pid() == Some(pid.as_raw()) {
-            return Ok(stream);
         }
     }
 }

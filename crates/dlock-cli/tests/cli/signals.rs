@@ -670,3 +670,111 @@ fn a_hangup_ignored_at_start_stays_ignored_for_dlock_and_its_command() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(done.exists(), "the command finished despite the hang-up");
 }
+
+/// The pids of the guardians a dlock process started (their socket's name carries its pid),
+/// found by their command lines.
+fn guardians_of(dlock_pid: u32) -> Vec<u32> {
+    let tag = format!("dlock-guard-{dlock_pid}-");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|line| String::from_utf8_lossy(&line).contains(&tag))
+                && state(*pid).is_some_and(|s| s != 'Z')
+        })
+        .collect()
+}
+
+/// The guardian starts while dlock takes the lock (see job::launch): a refused run must leave
+/// no guardian behind, and nothing started.
+#[test]
+fn a_refused_run_leaves_no_guardian_and_starts_nothing() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let marker = scratch.path("ran");
+    let holder = started(
+        dlock(&server).args([
+            "run",
+            "k",
+            "--",
+            "sh",
+            "-c",
+            &format!("touch {}; sleep 30", scratch.path("holding").display()),
+        ]),
+        &scratch.path("holding"),
+    );
+    let refused = dlock(&server)
+        .args(["run", "k", "--", "touch", marker.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let refused_pid = refused.id();
+    let refused = finish(refused, LIMIT);
+    assert_eq!(code(&refused), 75, "{}", stderr(&refused));
+    assert!(
+        !stderr(&refused).contains("guard"),
+        "the guardian spoke: {}",
+        stderr(&refused)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || guardians_of(refused_pid)
+            .is_empty()),
+        "a guardian outlived the refused run: {:?}",
+        guardians_of(refused_pid)
+    );
+    assert!(!marker.exists(), "the refused run's command ran");
+    send(holder.id(), Signal::SIGTERM);
+    let _ = finish(holder, LIMIT);
+}
+
+/// A dlock KILLed while it waits for the lock: its guardian, already started, hears the socket
+/// end before any `start`, starts nothing and exits.
+#[test]
+fn a_guardian_whose_dlock_dies_before_the_grant_starts_nothing() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let marker = scratch.path("ran");
+    let holder = started(
+        dlock(&server).args([
+            "run",
+            "k",
+            "--",
+            "sh",
+            "-c",
+            &format!("touch {}; sleep 3", scratch.path("holding").display()),
+        ]),
+        &scratch.path("holding"),
+    );
+    let waiter = dlock(&server)
+        .args([
+            "run",
+            "--wait",
+            "30s",
+            "k",
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    let waiter_pid = waiter.id();
+    assert!(
+        wait_until(Duration::from_secs(10), || !guardians_of(waiter_pid)
+            .is_empty()),
+        "the waiting dlock started no guardian"
+    );
+    let guardians = guardians_of(waiter_pid);
+    send(waiter_pid, Signal::SIGKILL);
+    let _ = finish(waiter, LIMIT);
+    assert!(
+        wait_until(Duration::from_secs(5), || guardians
+            .iter()
+            .all(|&pid| { state(pid).is_none_or(|s| s == 'Z') })),
+        "the guardian of a dead dlock lives on"
+    );
+    // Only that guardian could start the command, and it is gone.
+    assert!(!marker.exists(), "the dead dlock's command ran");
+    let holder = finish(holder, LIMIT);
+    assert_eq!(code(&holder), 0, "{}", stderr(&holder));
+}
