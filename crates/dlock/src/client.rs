@@ -150,9 +150,15 @@ impl Client {
     pub async fn redlock_with<S: AsRef<str>>(urls: &[S], options: ClientOptions) -> Result<Client> {
         options.validate()?;
         check_redlock_size(urls.len())?;
-        let attempts = futures_util::future::join_all(
-            urls.iter().map(|url| Node::connect(url.as_ref(), &options)),
-        )
+        // Each master answers a PING (all at once: one round trip): a master that requires a
+        // password its URL lacks accepts the connection and refuses only its first command,
+        // and without this a quorum of the others would hide it for good, leaving a
+        // deployment one failure short of what it was built to survive.
+        let attempts = futures_util::future::join_all(urls.iter().map(|url| async {
+            let node = Node::connect(url.as_ref(), &options).await?;
+            node.ping().await?;
+            Ok::<_, crate::Error>(node)
+        }))
         .await;
         let mut nodes = Vec::with_capacity(urls.len());
         let mut failures = Vec::new();

@@ -207,16 +207,15 @@ impl Error {
         // with NOAUTH, or, when the command is longer than it lets strangers send (more than
         // 10 arguments, as a script call has), with "Protocol error: unauthenticated …
         // length" (and closes the connection).
-        if error.kind() == redis::ErrorKind::AuthenticationFailed
-            || matches!(code, "WRONGPASS" | "NOAUTH")
-            || error
-                .to_string()
-                .contains("Protocol error: unauthenticated")
-        {
+        let text = error.to_string();
+        if text.contains("Protocol error: unauthenticated") || code == "NOAUTH" {
             return Error::Auth {
                 node,
-                reason: error.to_string(),
+                reason: "the server requires a password and the URL gives none".into(),
             };
+        }
+        if error.kind() == redis::ErrorKind::AuthenticationFailed || code == "WRONGPASS" {
+            return Error::Auth { node, reason: text };
         }
         if error.is_io_error()
             || error.is_timeout()

@@ -223,3 +223,24 @@ async fn names_that_are_another_locks_companion_keys_are_config_errors() {
     guard.release().await.unwrap();
     take_and_release(&c, "x").await;
 }
+
+/// A Redlock master that requires a password its URL lacks fails the connect: otherwise it
+/// would refuse every call while a quorum of the others hid it, and the deployment would run
+/// one failure short of what it was built to survive (found by review when the single-node
+/// connect stopped sending a PING).
+#[tokio::test]
+async fn a_redlock_master_missing_its_password_fails_the_connect() {
+    let open = [RedisServer::start(), RedisServer::start()];
+    let locked = RedisServer::start_with(ServerOptions {
+        password: Some("master-pw".into()),
+        ..ServerOptions::default()
+    });
+    let urls: Vec<String> = open
+        .iter()
+        .chain([&locked])
+        .map(|server| format!("redis://127.0.0.1:{}/", server.port()))
+        .collect();
+    let err = Client::redlock(&urls).await.unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    assert!(err.to_string().contains("password"), "{err}");
+}
