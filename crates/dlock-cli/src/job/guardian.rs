@@ -55,6 +55,9 @@ pub fn guard(args: &GuardArgs) -> u8 {
     let Some((program, command_args)) = args.command.split_first() else {
         return crate::exit::USAGE;
     };
+    if !from_parent(&stream) {
+        return crate::exit::USAGE;
+    }
     let mut words = BufReader::new(&stream);
     // Started ahead of the lock, the guardian starts the command only when dlock says the lock
     // is granted; a socket that ends first (refused, dlock died) means start nothing.
@@ -142,6 +145,16 @@ fn start(
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the spawning thread panicked")))
     })
+}
+
+/// Whether the socket's other end is the guardian's parent, the dlock that started it. An
+/// abstract socket has no permissions: if dlock died between binding the name and this
+/// connect, anyone could bind it and say `start`, and the command would run with no lock. A
+/// dead dlock's guardian has another parent (a subreaper or init), so that is refused too.
+fn from_parent(stream: &UnixStream) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    getsockopt(stream, PeerCredentials)
+        .is_ok_and(|peer| peer.pid() == nix::unistd::getppid().as_raw())
 }
 
 /// Waits for dlock's next word; `None` if the socket ended without one. One reader for the

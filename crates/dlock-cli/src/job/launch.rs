@@ -151,11 +151,24 @@ impl Drop for Prepared {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
             // Told nothing, it has started nothing: KILLing it leaves nothing behind, and
-            // keeps it from saying anything on dlock's stderr.
+            // keeps it from saying anything on dlock's stderr. Reaped here, since dlock may
+            // exit next: an orphaned zombie per refused run would pile up under a parent that
+            // does not reap (a container's PID 1, a supervisor that is a subreaper). Bounded,
+            // for a guardian stuck in uninterruptible sleep (its exec on a hung file system).
             let _ = child.start_kill();
+            for _ in 0..REAP_TRIES {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(REAP_PAUSE);
+            }
         }
     }
 }
+
+/// How often, and how long apart, a dismissed guardian's exit is looked for (at most 1 s).
+const REAP_TRIES: u32 = 1000;
+const REAP_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
 fn guardian_error(e: io::Error) -> SpawnError {
     SpawnError::Other(io::Error::new(

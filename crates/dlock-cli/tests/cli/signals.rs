@@ -687,10 +687,27 @@ fn guardians_of(dlock_pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Every child of `pid` (any thread's), from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 /// The guardian starts while dlock takes the lock (see job::launch): a refused run must leave
-/// no guardian behind, and nothing started.
+/// no guardian behind, not even a zombie for dlock's parent to reap (review: one per refused
+/// run piled up under a subreaper), and nothing started.
 #[test]
 fn a_refused_run_leaves_no_guardian_and_starts_nothing() {
+    // Orphans of the refused dlock come to this process, where they can be seen.
+    nix::sys::prctl::set_child_subreaper(true).unwrap();
     let server = RedisServer::start();
     let scratch = Scratch::new();
     let marker = scratch.path("ran");
@@ -705,6 +722,8 @@ fn a_refused_run_leaves_no_guardian_and_starts_nothing() {
         ]),
         &scratch.path("holding"),
     );
+    let mut before = children_of(std::process::id());
+    before.sort_unstable();
     let refused = dlock(&server)
         .args(["run", "k", "--", "touch", marker.to_str().unwrap()])
         .spawn()
@@ -712,6 +731,12 @@ fn a_refused_run_leaves_no_guardian_and_starts_nothing() {
     let refused_pid = refused.id();
     let refused = finish(refused, LIMIT);
     assert_eq!(code(&refused), 75, "{}", stderr(&refused));
+    let mut after = children_of(std::process::id());
+    after.sort_unstable();
+    assert_eq!(
+        after, before,
+        "the refused run left a process (its guardian?) behind"
+    );
     assert!(
         !stderr(&refused).contains("guard"),
         "the guardian spoke: {}",
@@ -777,4 +802,43 @@ fn a_guardian_whose_dlock_dies_before_the_grant_starts_nothing() {
     assert!(!marker.exists(), "the dead dlock's command ran");
     let holder = finish(holder, LIMIT);
     assert_eq!(code(&holder), 0, "{}", stderr(&holder));
+}
+
+/// The guardian takes `start` only from its parent, the dlock that started it: an abstract
+/// socket has no permissions, so if dlock died right after binding its name, anyone could
+/// bind it and tell the guardian to start the command with no lock taken (found by review).
+#[test]
+fn the_guardian_obeys_only_its_parent() {
+    use std::io::Write as _;
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+
+    let scratch = Scratch::new();
+    let marker = scratch.path("ran");
+    let name = format!("dlock-guard-test-{:016x}", fastrand::u64(..));
+    let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(&name).unwrap())
+        .expect("bind the abstract name");
+    // The guardian's parent is sh; this process, a stranger to it, holds the socket.
+    let script = format!(
+        "\"$0\" __guard {name} -- touch {marker}; echo $? > {code}",
+        marker = marker.display(),
+        code = scratch.path("code").display(),
+    );
+    let mut sh = std::process::Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_dlock")])
+        .spawn()
+        .unwrap();
+    let (mut stream, _) = listener.accept().expect("the guardian connects");
+    // Refused or not, the guardian may have closed its end already.
+    let _ = stream.write_all(b"start 1\n");
+    // Hanging up ends a guardian that obeyed too (it KILLs the job and exits 0), so a broken
+    // check fails this test at once instead of hanging it.
+    drop(stream);
+    assert!(sh.wait().unwrap().success());
+    let code = std::fs::read_to_string(scratch.path("code")).unwrap();
+    assert_eq!(code.trim(), "64", "the guardian took a stranger's word");
+    assert!(
+        !marker.exists(),
+        "the guardian started the command for a stranger"
+    );
 }
