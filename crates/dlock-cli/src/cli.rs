@@ -42,20 +42,27 @@ pub enum Command {
     /// Measure lock throughput, latency and fairness against your Redis, relative to the
     /// round-trip floor of the same run. Writes only keys under dlock:bench:.
     Bench(BenchArgs),
-    /// Internal: the guardian that starts a job's command and KILLs every process of the job
-    /// if `dlock run` dies (see job.rs). Not for people.
-    #[command(name = crate::job::GUARD_COMMAND, hide = true)]
-    Guard(GuardArgs),
+    /// Print a completion script for SHELL to stdout, e.g. `dlock completions bash >
+    /// /etc/bash_completion.d/dlock` (see the README for zsh and fish).
+    Completions(CompletionsArgs),
+    /// Print a man page (roff) to stdout: `dlock man > dlock.1`, and one per command:
+    /// `dlock man run > dlock-run.1`.
+    Man(ManArgs),
 }
 
-/// `dlock __guard SOCKET -- CMD…` (internal, see job.rs).
+/// `dlock completions SHELL`.
 #[derive(Debug, Args)]
-pub struct GuardArgs {
-    /// The name of the socket `dlock run` listens on for its guardian.
-    pub socket: String,
-    /// The command to start, after `--`.
-    #[arg(last = true, required = true)]
-    pub command: Vec<OsString>,
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `dlock man [COMMAND]`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The command whose page to print (run, status, …); dlock's own page without it.
+    pub command: Option<String>,
 }
 
 /// Where Redis is.

@@ -4,8 +4,9 @@
 //! `lease` (what `run` holds: a lock, or a semaphore's permit with `--limit`),
 //! `job` (the supervised command, its process group and its descendants; `job::guardian`, the
 //! process that starts the command and kills every process of the job if dlock is SIGKILLed;
-//! `job::proc`, the job as /proc shows it), `signals`,
-//! `inspect` (`status`, `list`, `release`), `report` (JSON output), `bench` (`dlock bench`).
+//! `job::launch`, which starts it while dlock takes the lock; `job::proc`, the job as /proc
+//! shows it), `signals`, `inspect` (`status`, `list`, `release`), `report` (JSON output),
+//! `bench` (`dlock bench`), `manual` (`completions`, `man`: generated from `cli`).
 
 /// Every message dlock prints goes through these: a closed or broken stdout/stderr (EPIPE;
 /// Rust ignores SIGPIPE, so writes fail instead of killing dlock) must never panic dlock the
@@ -39,6 +40,7 @@ mod exit;
 mod inspect;
 mod job;
 mod lease;
+mod manual;
 mod report;
 mod run;
 mod signals;
@@ -52,6 +54,11 @@ use dlock::{Client, ClientOptions, SentinelConfig};
 use crate::cli::{Cli, Command, Connection};
 
 fn main() -> ExitCode {
+    // The guardian (internal to `dlock run`) is not a clap command: it starts on every run, so
+    // it skips building the parser, and no completion or man page can offer it.
+    if let Some(code) = job::guard_from_args(std::env::args_os()) {
+        return ExitCode::from(code);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -62,9 +69,10 @@ fn main() -> ExitCode {
             });
         }
     };
-    if let Command::Guard(args) = &cli.command {
-        // A guardian stays as small as it can: no runtime, no logging.
-        return ExitCode::from(job::guard(args));
+    match &cli.command {
+        Command::Completions(args) => return ExitCode::from(manual::completions(args.shell)),
+        Command::Man(args) => return ExitCode::from(manual::man(args.command.as_deref())),
+        _ => {}
     }
     block_terminal_stop();
     init_logging(cli.verbose);
@@ -86,7 +94,7 @@ fn main() -> ExitCode {
             Command::List(args) => inspect::list(args).await,
             Command::Release(args) => inspect::release(args).await,
             Command::Bench(args) => bench::bench(args).await,
-            Command::Guard(_) => exit::INTERNAL,
+            Command::Completions(_) | Command::Man(_) => exit::INTERNAL,
         }
     });
     ExitCode::from(code)

@@ -13,15 +13,45 @@ use nix::unistd::Pid;
 
 use super::proc::{become_subreaper, below, children, pid_of, ProcStat};
 use super::{address, GUARD_POLL};
-use crate::cli::GuardArgs;
 
 /// The hidden subcommand that runs [`guard`].
 pub const GUARD_COMMAND: &str = "__guard";
 
+/// `dlock __guard SOCKET -- CMD…`, as `dlock run` starts it (see `launch`).
+#[derive(Debug)]
+struct GuardArgs {
+    /// The name of the socket `dlock run` listens on for its guardian.
+    socket: String,
+    /// The command to start.
+    command: Vec<OsString>,
+}
+
+/// Runs the guardian if dlock's arguments (`args`, the program name first) ask for it, and
+/// returns its exit code; `None` for every other dlock command. Arguments that are not
+/// exactly what `dlock run` passes are a usage error: the guardian is not for people.
+pub fn guard_from_args(args: impl IntoIterator<Item = OsString>) -> Option<u8> {
+    let mut args = args.into_iter().skip(1);
+    if args.next()? != GUARD_COMMAND {
+        return None;
+    }
+    let socket = args.next().and_then(|socket| socket.into_string().ok());
+    let separator = args.next();
+    let command: Vec<OsString> = args.collect();
+    match socket {
+        Some(socket) if separator.as_deref() == Some("--".as_ref()) && !command.is_empty() => {
+            Some(guard(&GuardArgs { socket, command }))
+        }
+        _ => {
+            errln!("dlock: {GUARD_COMMAND} is internal to dlock run");
+            Some(crate::exit::USAGE)
+        }
+    }
+}
+
 /// The guardian's whole life (see the module doc): connect to dlock, start the command, report
 /// its start and its exit, reap the orphans it inherits, and when dlock's socket ends without
 /// `done`, KILL every process of the job until none is left. Returns the exit code.
-pub fn guard(args: &GuardArgs) -> u8 {
+fn guard(args: &GuardArgs) -> u8 {
     // Signals meant for dlock (Ctrl-C, Ctrl-Z, a TERM to dlock's process group) must not
     // end or stop the guardian: dlock decides the job's fate while it lives. Blocked (not
     // ignored: that needs unsafe code), they simply stay pending until the guardian exits. The
@@ -251,5 +281,36 @@ fn raw_status(status: WaitStatus) -> i32 {
         WaitStatus::Exited(_, code) => (code & 0xff) << 8,
         WaitStatus::Signaled(_, signal, core) => signal as i32 | if core { 0x80 } else { 0 },
         _ => 0xff << 8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn only_the_exact_guardian_arguments_start_a_guardian() {
+        assert_eq!(
+            guard_from_args(args(&["dlock", "run", "k", "--", "true"])),
+            None
+        );
+        assert_eq!(guard_from_args(args(&["dlock"])), None);
+        // Malformed: a usage error, before any connect or command.
+        for bad in [
+            &["dlock", GUARD_COMMAND][..],
+            &["dlock", GUARD_COMMAND, "name"],
+            &["dlock", GUARD_COMMAND, "name", "--"],
+            &["dlock", GUARD_COMMAND, "name", "true"],
+        ] {
+            assert_eq!(
+                guard_from_args(args(bad)),
+                Some(crate::exit::USAGE),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -50,7 +50,7 @@ mod guardian;
 mod launch;
 mod proc;
 
-pub use guardian::{guard, GUARD_COMMAND};
+pub use guardian::{guard_from_args, GUARD_COMMAND};
 use launch::address;
 pub use launch::Prepared;
 pub use proc::become_subreaper;
