@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/ensure-redis.sh
+# The README's install command, into a throwaway root: the binary lands in ROOT/bin and runs
+# from there. A debug build sharing this target dir (seconds, not a release build's minutes).
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+CARGO_TARGET_DIR=target cargo install --quiet --locked --debug --path crates/dlock-cli --root "$root"
+"$root/bin/dlock" --version
 cargo test --workspace --doc
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --profile ci

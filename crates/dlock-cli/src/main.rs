@@ -154,6 +154,12 @@ fn block_terminal_stop() {
     }
 }
 
+/// Whether logs are coloured: only on a terminal, and not when `NO_COLOR` is set to anything
+/// but the empty string (no-color.org), so files, pipes and journald get plain text.
+fn colors(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
 fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => return,
@@ -162,9 +168,25 @@ fn init_logging(verbose: u8) {
     };
     tracing_subscriber::fmt()
         .with_max_level(level)
+        .with_ansi(colors(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr)
         // A failed write would otherwise be reported with eprintln!, which panics on EPIPE.
         .log_internal_errors(false)
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        use super::colors;
+        assert!(colors(true, None));
+        assert!(colors(true, Some("".into())), "an empty NO_COLOR is unset");
+        assert!(!colors(true, Some("1".into())));
+        assert!(!colors(false, None), "a pipe or file gets plain text");
+    }
 }

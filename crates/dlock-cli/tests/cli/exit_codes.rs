@@ -303,3 +303,23 @@ fn a_closed_stderr_or_stdout_changes_no_exit_code() {
         assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));
     }
 }
+
+/// Logs to a pipe or a file are plain text: no colour codes for a log collector to store.
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let server = RedisServer::start();
+    let out = output(
+        dlock(&server).args(["-vv", "run", "k", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let logs = stderr(&out);
+    assert!(
+        logs.contains("DEBUG") || logs.contains("INFO"),
+        "no logs: {logs}"
+    );
+    assert!(
+        !logs.contains('\u{1b}'),
+        "colour codes in piped logs: {logs:?}"
+    );
+}
