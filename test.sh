@@ -10,6 +10,8 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 CARGO_TARGET_DIR=target cargo install --quiet --locked --debug --path crates/dlock-cli --root "$root"
 "$root/bin/dlock" --version
+# Both crates package and build as published (the test kit is publish = false).
+cargo publish --quiet --dry-run --allow-dirty -p dlock -p dlock-cli
 cargo test --workspace --doc
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --profile ci
