@@ -221,6 +221,12 @@ pub struct RunArgs {
         help_heading = "Output"
     )]
     pub report_file: Option<PathBuf>,
+
+    /// At exit, replace PATH with the run's metrics in the Prometheus text format, for
+    /// node_exporter's textfile collector: start, end, duration, wait, exit code, outcome,
+    /// fencing token and last success time (kept from the replaced file). One file per job.
+    #[arg(long, value_name = "PATH", help_heading = "Output")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// How long `run` waits for a busy lock.

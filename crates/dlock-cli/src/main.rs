@@ -6,7 +6,8 @@
 //! process that starts the command and kills every process of the job if dlock is SIGKILLed;
 //! `job::launch`, which starts it while dlock takes the lock; `job::proc`, the job as /proc
 //! shows it), `signals`, `inspect` (`status`, `list`, `release`), `report` (JSON output),
-//! `bench` (`dlock bench`), `manual` (`completions`, `man`: generated from `cli`).
+//! `bench` (`dlock bench`), `manual` (`completions`, `man`: generated from `cli`),
+//! `metrics_file` (`run --metrics-file`, the Prometheus text format).
 
 /// Every message dlock prints goes through these: a closed or broken stdout/stderr (EPIPE;
 /// Rust ignores SIGPIPE, so writes fail instead of killing dlock) must never panic dlock the
@@ -41,6 +42,7 @@ mod inspect;
 mod job;
 mod lease;
 mod manual;
+mod metrics_file;
 mod report;
 mod run;
 mod signals;

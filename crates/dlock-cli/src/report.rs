@@ -15,7 +15,8 @@ pub struct RunReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     /// ran, busy, timeout, lost, unconfirmed (the final release got no answer, so the run may
-    /// have overlapped another holder), max_runtime, not_found, not_executable, interrupted,
+    /// have overlapped another holder), max_runtime, survived_kill (processes of the job
+    /// outlived SIGKILL), not_found, not_executable, interrupted,
     /// mismatch (KEY is in use with another --limit, or as a lock where a semaphore was asked
     /// for, or the reverse), error.
     pub outcome: &'static str,

@@ -63,6 +63,14 @@ pub async fn run(args: RunArgs) -> u8 {
     if args.report == Some(ReportFormat::Json) {
         write_report(&args, &report);
     }
+    if let Some(path) = &args.metrics_file {
+        if let Err(e) = crate::metrics_file::write(path, &report) {
+            errln!(
+                "dlock: cannot write the metrics file {}: {e}",
+                path.display()
+            );
+        }
+    }
     code
 }
 

@@ -323,3 +323,97 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
         "colour codes in piped logs: {logs:?}"
     );
 }
+
+/// `--metrics-file`: the run's outcome for node_exporter's textfile collector, replaced whole
+/// (no temporary file left, readable by the collector), the last success kept across a
+/// refused run.
+#[test]
+fn the_metrics_file_tells_the_outcome_and_keeps_the_last_success() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let dir = scratch.path("textfile");
+    std::fs::create_dir(&dir).unwrap();
+    let metrics = dir.join("job.prom");
+    let metrics_arg = metrics.to_str().unwrap();
+    let value = |text: &str, series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.parse().unwrap())
+    };
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let ran = output(
+        dlock(&server).args(["run", "--metrics-file", metrics_arg, "job", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(code(&ran), 0, "{}", stderr(&ran));
+    let first = std::fs::read_to_string(&metrics).unwrap();
+    let success = value(
+        &first,
+        r#"dlock_run_last_success_timestamp_seconds{key="job"}"#,
+    )
+    .expect("a success time");
+    assert!(success >= before - 1.0, "{first}");
+    assert_eq!(
+        value(&first, r#"dlock_run_last_outcome{key="job",outcome="ran"}"#),
+        Some(1.0)
+    );
+    assert!(value(&first, r#"dlock_run_last_fencing_token{key="job"}"#).is_some());
+
+    // Another copy holds the lock: this run is refused, and says so.
+    let holder = started(
+        dlock(&server).args([
+            "run",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            &format!("touch {}; sleep 30", scratch.path("holding").display()),
+        ]),
+        &scratch.path("holding"),
+    );
+    let busy = output(
+        dlock(&server).args(["run", "--metrics-file", metrics_arg, "job", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(code(&busy), 75, "{}", stderr(&busy));
+    let second = std::fs::read_to_string(&metrics).unwrap();
+    assert_eq!(
+        value(
+            &second,
+            r#"dlock_run_last_outcome{key="job",outcome="busy"}"#
+        ),
+        Some(1.0),
+        "{second}"
+    );
+    assert_eq!(
+        value(
+            &second,
+            r#"dlock_run_last_outcome{key="job",outcome="ran"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&second, r#"dlock_run_last_exit_code{key="job"}"#),
+        Some(75.0)
+    );
+    assert_eq!(
+        value(
+            &second,
+            r#"dlock_run_last_success_timestamp_seconds{key="job"}"#
+        ),
+        Some(success),
+        "the last success was not kept: {second}"
+    );
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["job.prom"], "a temporary file was left behind");
+    let mode = std::fs::metadata(&metrics).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "the collector may not read it");
+    crate::support::send(holder.id(), nix::sys::signal::Signal::SIGTERM);
+    let _ = finish(holder, LIMIT);
+}
