@@ -99,6 +99,7 @@ mod options;
 mod primitive;
 mod scripts;
 mod status;
+mod telemetry;
 mod token;
 mod units;
 

@@ -267,6 +267,7 @@ pub struct ClientOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) subscription_linger: Duration,
     pub(crate) tls_root_cert: Option<std::sync::Arc<[u8]>>,
+    pub(crate) metrics_name_label: bool,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -276,6 +277,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("subscription_linger", &self.subscription_linger)
             .field("tls_root_cert", &self.tls_root_cert.as_ref().map(|_| "set"))
+            .field("metrics_name_label", &self.metrics_name_label)
             .finish()
     }
 }
@@ -287,6 +289,7 @@ impl Default for ClientOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             subscription_linger: DEFAULT_SUBSCRIPTION_LINGER,
             tls_root_cert: None,
+            metrics_name_label: false,
         }
     }
 }
@@ -320,6 +323,14 @@ impl ClientOptions {
     /// [`DEFAULT_SUBSCRIPTION_LINGER`]); zero unsubscribes at once.
     pub fn subscription_linger(mut self, linger: Duration) -> Self {
         self.subscription_linger = linger;
+        self
+    }
+
+    /// Label every metric (the table is in the README's "Metrics and tracing") with the lock's name
+    /// too. Off by default: names can be unbounded (one per user, per job), and every label
+    /// value makes a time series in the application's metrics system.
+    pub fn metrics_name_label(mut self, on: bool) -> Self {
+        self.metrics_name_label = on;
         self
     }
 

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::clock::Clock;
 use crate::engine::ops::LeaseOps;
 pub(crate) use crate::status::{LeaseStatus, LossReason};
+use crate::telemetry::Labels;
 
 /// The share of the TTL kept back for clock-rate drift between client and server, as in the
 /// Redlock paper: 1% plus 2 ms.
@@ -78,6 +79,9 @@ pub(crate) struct Lease {
     /// can start winding down before the validity ends (see `LockGuard::renewal_at_risk`).
     renewal_failing: watch::Sender<bool>,
     held_count: Arc<AtomicUsize>,
+    /// Its metrics' labels (none in unit tests), and when it was granted (for the hold time).
+    labels: Option<Labels>,
+    granted_at: Instant,
 }
 
 impl Lease {
@@ -112,6 +116,8 @@ impl Lease {
             status: watch::channel(LeaseStatus::Held).0,
             renewal_failing: watch::channel(false).0,
             held_count,
+            labels: None,
+            granted_at: Instant::now(),
         }
     }
 
@@ -133,6 +139,12 @@ impl Lease {
     }
 
     /// Needs `quorum` nodes to hold it (Redlock).
+    /// Reports its end (hold time, loss reason) under `labels`.
+    pub fn with_labels(mut self, labels: Labels) -> Lease {
+        self.labels = Some(labels);
+        self
+    }
+
     pub fn with_quorum(mut self, quorum: usize) -> Lease {
         self.quorum = quorum;
         self
@@ -283,6 +295,7 @@ impl Lease {
 
     /// Moves the lease out of `Held`; returns false if it had already left.
     pub fn finish(&self, status: LeaseStatus) -> bool {
+        let reported = status.clone();
         let changed = self.status.send_if_modified(|current| {
             if *current == LeaseStatus::Held {
                 *current = status;
@@ -293,6 +306,9 @@ impl Lease {
         });
         if changed {
             self.held_count.fetch_sub(1, Ordering::SeqCst);
+            if let Some(labels) = &self.labels {
+                crate::telemetry::lease_ended(labels, self.granted_at.elapsed(), &reported);
+            }
         }
         changed
     }

@@ -25,6 +25,7 @@ use crate::connection::notify::Notifier;
 use crate::connection::quorum::Nodes;
 use crate::error::{Error, Result};
 use crate::options::ClientOptions;
+use crate::telemetry::{Kind, Labels};
 
 pub(crate) mod acquire;
 pub(crate) mod handle;
@@ -58,6 +59,8 @@ pub(crate) struct Core {
     /// The largest fencing token this client was granted on Redlock, on any name: its next
     /// proposals stay above it even if the wall clock steps back.
     fence_seen: AtomicU64,
+    /// Whether metrics carry the lock's name (`ClientOptions::metrics_name_label`).
+    metrics_name_label: bool,
 }
 
 /// A new lease's terms, as the primitive asked for them.
@@ -69,6 +72,8 @@ pub(crate) struct Terms {
     /// How many may hold at once (1 for a lock, the limit for a semaphore): on Redlock it
     /// sets how many masters must hold the lease (`Nodes::quorum_for`).
     pub holders: u32,
+    /// Which primitive, for its metrics.
+    pub kind: Kind,
 }
 
 impl Core {
@@ -93,7 +98,13 @@ impl Core {
                 pid: std::process::id(),
             },
             fence_seen: AtomicU64::new(0),
+            metrics_name_label: options.metrics_name_label,
         })
+    }
+
+    /// The metric labels of primitive `kind` named `name`.
+    pub fn labels(&self, kind: Kind, name: &str) -> Labels {
+        Labels::new(kind, name, self.metrics_name_label)
     }
 
     pub fn nodes(&self) -> &Nodes {
@@ -145,6 +156,7 @@ impl Core {
     }
 
     fn lease(&self, ops: Arc<dyn LeaseOps>, fence: u64, terms: Terms, sent_at: Instant) -> Lease {
+        let labels = self.labels(terms.kind, ops.name());
         Lease::new(
             ops,
             fence,
@@ -155,6 +167,7 @@ impl Core {
         )
         .with_min_replicas(terms.min_replicas)
         .with_quorum(self.nodes.quorum_for(terms.holders))
+        .with_labels(labels)
     }
 
     fn watch(&self, lease: Lease) -> Arc<Lease> {

@@ -30,6 +30,7 @@ use crate::key::LockKeys;
 use crate::options::{LockOptions, FENCE_RETENTION};
 use crate::primitive::lock::{add_extend, busy, Lock};
 use crate::scripts;
+use crate::telemetry::Kind;
 use crate::token::Token;
 use crate::units::millis;
 
@@ -152,12 +153,16 @@ impl ReentrantLock {
     /// Dropping the future leaves no hold behind: an acquisition that may have reached Redis
     /// is undone in the background (exactly that hold; the owner's others are untouched).
     pub async fn try_lock(&self, owner: &Owner) -> Result<ReentrantGuard> {
-        let pending = self.pending(owner)?;
-        let attempt = ForOwner { lock: self, owner };
-        match acquire::attempt(self.lock.core(), &attempt, &pending, None).await? {
-            Attempt::Granted(guard) => Ok(guard),
-            Attempt::Busy(busy) => Err(Error::Conflict(busy.conflict)),
-        }
+        let labels = self.lock.core().labels(Kind::ReentrantLock, self.name());
+        crate::telemetry::acquisition(&labels, self.name(), async {
+            let pending = self.pending(owner)?;
+            let attempt = ForOwner { lock: self, owner };
+            match acquire::attempt(self.lock.core(), &attempt, &pending, None).await? {
+                Attempt::Granted(guard) => Ok(guard),
+                Attempt::Busy(busy) => Err(Error::Conflict(busy.conflict)),
+            }
+        })
+        .await
     }
 
     /// Takes the lock for `owner`, waiting while another owner holds it, as
@@ -170,16 +175,20 @@ impl ReentrantLock {
     /// # Cancel safety
     /// As [`ReentrantLock::try_lock`].
     pub async fn lock(&self, owner: &Owner) -> Result<ReentrantGuard> {
-        let pending = self.pending(owner)?;
-        let attempt = ForOwner { lock: self, owner };
-        self.lock
-            .waiting()
-            .wait_for(
-                &pending.token(),
-                |_| acquire::attempt(self.lock.core(), &attempt, &pending, None),
-                |_| None,
-            )
-            .await
+        let labels = self.lock.core().labels(Kind::ReentrantLock, self.name());
+        crate::telemetry::acquisition(&labels, self.name(), async {
+            let pending = self.pending(owner)?;
+            let attempt = ForOwner { lock: self, owner };
+            self.lock
+                .waiting()
+                .wait_for(
+                    &pending.token(),
+                    |_| acquire::attempt(self.lock.core(), &attempt, &pending, None),
+                    |_| None,
+                )
+                .await
+        })
+        .await
     }
 
     /// The acquisition's token is its hold's id; undoing it removes exactly that hold.
@@ -289,9 +298,10 @@ impl Acquire for ForOwner<'_> {
                     owner: self.owner.token().clone(),
                     grant: grant.fencing_token,
                 });
-                let lease =
-                    lock.core()
-                        .track(ops, grant.fencing_token, lock.terms(), grant.sent_at);
+                let terms = lock.terms_of(Kind::ReentrantLock);
+                let lease = lock
+                    .core()
+                    .track(ops, grant.fencing_token, terms, grant.sent_at);
                 let shared = Shared::new(lease);
                 self.owner.remember(&keys.lock, &shared);
                 shared
@@ -320,6 +330,12 @@ pub struct ReentrantGuard {
     handle: LeaseHandle,
     lock: ReentrantLock,
     owner: Owner,
+}
+
+impl crate::telemetry::Granted for ReentrantGuard {
+    fn fencing_token(&self) -> u64 {
+        ReentrantGuard::fencing_token(self)
+    }
 }
 
 impl ReentrantGuard {

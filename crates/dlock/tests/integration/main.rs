@@ -14,6 +14,7 @@ mod fair; // FIFO grants; dead waiters leave the queue when their lease ends
 mod fencing; // tokens strictly increase, across clients and across data loss
 mod handoff; // a release grants the lock to the queue's head: one round trip, dead heads, lost messages
 mod layout; // no import circles between modules, layers point down, small files and functions
+mod metrics; // the metrics facade: acquisitions, waits, holds, losses, renewals, the name label
 mod ownership; // non-owners never touch another owner's lock
 mod partition; // a partitioned holder knows its lease is over before anyone else has it
 mod redlock; // majorities, dead and frozen masters, validity, fencing, loss of a majority

@@ -71,6 +71,7 @@ impl Task {
                 })
                 .await
         };
+        crate::telemetry::renewal(sent_at.elapsed());
         let mut tally = BatchTally::of(replies, chunk.len(), &self.nodes);
         if let Some(link) = link.as_mut() {
             check_replicas(link, chunk, first_end, &mut tally).await;

@@ -59,6 +59,12 @@ pub struct LockGuard {
     held: Arc<Held>,
 }
 
+impl crate::telemetry::Granted for LockGuard {
+    fn fencing_token(&self) -> u64 {
+        LockGuard::fencing_token(self)
+    }
+}
+
 impl LockGuard {
     pub(crate) fn new(handle: LeaseHandle, held: Arc<Held>) -> LockGuard {
         LockGuard { handle, held }

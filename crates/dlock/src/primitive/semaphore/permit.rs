@@ -13,6 +13,12 @@ pub struct SemaphorePermit {
     permits: u32,
 }
 
+impl crate::telemetry::Granted for SemaphorePermit {
+    fn fencing_token(&self) -> u64 {
+        SemaphorePermit::fencing_token(self)
+    }
+}
+
 impl SemaphorePermit {
     pub(crate) fn new(handle: LeaseHandle, permits: u32) -> SemaphorePermit {
         SemaphorePermit { handle, permits }
