@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use dlock::{Client, ClientOptions, LockOptions, Wait};
 use dlock_test::RedisServer;
-use tokio::runtime::Handle;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_lock_futures_at_random_points_leaves_nothing_behind() {
@@ -41,7 +40,7 @@ async fn dropping_lock_futures_at_random_points_leaves_nothing_behind() {
     // Each watchdog's link monitor connects in the background (its connection's driver is a
     // task too): count only once both are up.
     crate::support::monitored(&server, 2).await;
-    let tasks_before = Handle::current().metrics().num_alive_tasks();
+    let tasks_before = crate::support::quiet_task_count().await;
 
     let mut granted = 0;
     for round in 0..1000 {

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use dlock::{Client, ClientOptions, LockOptions, Wait};
 use dlock_test::RedisServer;
-use tokio::runtime::Handle;
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::support::{client, take_and_release};
@@ -161,7 +160,7 @@ async fn a_thousand_waiters_share_one_connection_and_leave_nothing_behind_when_d
         b.flush().await;
         // Both clients' link monitors connected (their connections' drivers are tasks too).
         crate::support::monitored(&server, 2).await;
-        let tasks_before = Handle::current().metrics().num_alive_tasks();
+        let tasks_before = crate::support::quiet_task_count().await;
         let waiters: Vec<_> = (0..1000)
             .map(|_| {
                 let lock = lock.clone();
