@@ -13,8 +13,18 @@ CARGO_TARGET_DIR=target cargo install --quiet --locked --debug --path crates/dlo
 # Both crates package and build as published (the test kit is publish = false).
 cargo publish --quiet --dry-run --allow-dirty -p dlock -p dlock-cli
 cargo test --workspace --doc
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --profile ci
+suite() {
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --profile ci
+  else
+    cargo test --workspace --lib --bins --tests
+  fi
+}
+suite
+# The same suite against Valkey, when it is installed (scripts/ensure-valkey.sh; CI does).
+if valkey=$(command -v valkey-server); then
+  echo "== again against $("$valkey" --version | cut -d' ' -f1-3)"
+  DLOCK_REDIS_SERVER=$valkey suite
 else
-  cargo test --workspace --lib --bins --tests
+  echo "== valkey-server is not installed: the Valkey pass is skipped (scripts/ensure-valkey.sh)"
 fi

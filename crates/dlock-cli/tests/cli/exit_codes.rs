@@ -417,3 +417,17 @@ fn the_metrics_file_tells_the_outcome_and_keeps_the_last_success() {
     crate::support::send(holder.id(), nix::sys::signal::Signal::SIGTERM);
     let _ = finish(holder, LIMIT);
 }
+
+/// `valkey://` URLs (Valkey's spelling) work for the CLI as `redis://` ones do.
+#[test]
+fn a_valkey_url_runs_the_command() {
+    let server = RedisServer::start();
+    let url = format!("valkey://127.0.0.1:{}/", server.port());
+    let out = output(
+        dlock(&server).args(["run", "--redis", &url, "k", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let status = output(dlock(&server).args(["status", "--redis", &url, "k"]), LIMIT);
+    assert_eq!(code(&status), 0, "{}", stderr(&status));
+}

@@ -7,6 +7,9 @@
 --       waiters' hand-off terms
 -- ARGV: per lock, 3 values: token, wake-up channel, fencing counter retention ms
 -- Returns one 1 (released) or 0 (was not ours) per lock.
+-- Not Valkey 9's DELIFEQ or Redis 8.4's DELEX IFEQ: those compare and delete one key, and a
+-- release must also drop the holder info, hand the lock to the queue's head or publish the
+-- wake-up, atomically with it; the servers tested (Redis 7.0, Valkey 8.0) lack them anyway.
 -- pcall: a key of another type (a semaphore's name reused for a lock, or the reverse) answers
 -- "not ours" for that item instead of failing every lease batched with it.
 local results = {}

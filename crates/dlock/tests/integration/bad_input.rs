@@ -182,8 +182,15 @@ async fn a_private_ca_is_trusted_when_given_and_refused_otherwise() {
     });
     let (pem, verified_url) = server.tls_certificate();
     let trusted = ClientOptions::new().tls_root_cert_pem(pem.clone());
-    let c = Client::connect_with(&verified_url, trusted).await.unwrap();
+    let c = Client::connect_with(&verified_url, trusted.clone())
+        .await
+        .unwrap();
     take_and_release(&c, "tls").await;
+    // Valkey's spelling of the same URL (redis-rs reads both).
+    let valkeys = verified_url.replacen("rediss://", "valkeys://", 1);
+    assert!(valkeys.starts_with("valkeys://"), "{verified_url}");
+    let c = Client::connect_with(&valkeys, trusted).await.unwrap();
+    take_and_release(&c, "tls-valkeys").await;
     // Without the CA (and without #insecure) the self-signed certificate is refused.
     let options = ClientOptions::new().connect_timeout(Duration::from_secs(1));
     let err = Client::connect_with(&verified_url, options)
@@ -243,4 +250,18 @@ async fn a_redlock_master_missing_its_password_fails_the_connect() {
     let err = Client::redlock(&urls).await.unwrap_err();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
     assert!(err.to_string().contains("password"), "{err}");
+}
+
+/// Valkey's URL schemes work wherever Redis's do: `valkey://`, with a password (never shown).
+#[tokio::test]
+async fn valkey_urls_work_like_redis_urls() {
+    let server = RedisServer::start_with(ServerOptions {
+        password: Some("v-pw".into()),
+        ..ServerOptions::default()
+    });
+    let url = format!("valkey://:v-pw@127.0.0.1:{}/", server.port());
+    let c = Client::connect(&url).await.unwrap();
+    assert!(c.server().starts_with("valkey://"), "{}", c.server());
+    assert!(!c.server().contains("v-pw"), "{}", c.server());
+    take_and_release(&c, "valkey-url").await;
 }

@@ -284,9 +284,10 @@ fn open_client(url: &str, options: &ClientOptions) -> Result<(redis::Client, Arc
     };
     let client = match &options.tls_root_cert {
         Some(pem) => {
-            if !url.starts_with("rediss://") {
+            if !(url.starts_with("rediss://") || url.starts_with("valkeys://")) {
                 return Err(Error::Config(format!(
-                    "a TLS root certificate was given, but {name} is not a rediss:// URL"
+                    "a TLS root certificate was given, but {name} is not a rediss:// (or \
+                     valkeys://) URL"
                 )));
             }
             let certificates = redis::TlsCertificates {
