@@ -6,7 +6,9 @@
 //! tracing" (`tests/integration/metrics.rs` checks them against a recorder).
 //!
 //! Tracing spans: `dlock.acquire` (fields `primitive`, `name`) around each acquisition call,
-//! with an event carrying the grant's `fencing_token`. Never a password or an owner's token.
+//! with an event carrying the grant's `fencing_token`; `dlock.release` (`name`,
+//! `fencing_token`) around a release (handle.rs); a `dlock lease ended` event when a lease
+//! leaves `Held` (lease.rs). Never a password or an owner's token.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -177,7 +178,16 @@ impl LeaseHandle {
     /// leaves the lease first (the last one out stops renewal), then the call goes to every
     /// node, retried until decided or the lease's validity ends. Nodes that never answered
     /// get the hold's release in the background (via Drop).
-    pub async fn end(mut self, call: redis::ScriptInvocation<'_>, what: &str) -> Result<()> {
+    pub async fn end(self, call: redis::ScriptInvocation<'_>, what: &str) -> Result<()> {
+        let span = tracing::debug_span!(
+            "dlock.release",
+            name = self.hold.name(),
+            fencing_token = self.lease().fencing_token
+        );
+        self.end_in(call, what).instrument(span).await
+    }
+
+    async fn end_in(mut self, call: redis::ScriptInvocation<'_>, what: &str) -> Result<()> {
         let lost_before = self.lease().lost_reason();
         self.left = true;
         self.shared.leave();

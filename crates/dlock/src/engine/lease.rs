@@ -309,6 +309,13 @@ impl Lease {
             if let Some(labels) = &self.labels {
                 crate::telemetry::lease_ended(labels, self.granted_at.elapsed(), &reported);
             }
+            tracing::debug!(
+                name = self.ops.name(),
+                fencing_token = self.fencing_token,
+                held_ms = self.granted_at.elapsed().as_millis() as u64,
+                end = ?reported,
+                "dlock lease ended"
+            );
         }
         changed
     }

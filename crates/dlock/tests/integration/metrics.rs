@@ -190,3 +190,64 @@ async fn a_recorder_sees_acquisitions_waits_holds_losses_and_renewals() {
             && key.key().name() == acquisitions
             && key.key().labels().all(|l| l.key() != "name")));
 }
+
+/// A `Vec<u8>` behind a lock, as a tracing writer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Tracing: the acquisition's span names the lock and its grant's fencing token, the
+/// release's span too, and the lease's end says how long it was held; the password in the
+/// URL appears nowhere.
+#[tokio::test]
+async fn spans_name_the_lock_and_its_fencing_token_never_a_password() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // This thread only: the test's current-thread runtime runs every task of the client here.
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let server = dlock_test::RedisServer::start_with(dlock_test::ServerOptions {
+        password: Some("trace-pw".into()),
+        ..dlock_test::ServerOptions::default()
+    });
+    let url = format!("redis://:trace-pw@127.0.0.1:{}/", server.port());
+    let client = Client::connect(&url).await.unwrap();
+    let guard = client.lock("traced").unwrap().try_lock().await.unwrap();
+    let fence = guard.fencing_token();
+    guard.release().await.unwrap();
+    client.flush().await;
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = |needle: &str| text.lines().find(|l| l.contains(needle)).map(str::to_owned);
+    let granted = line("granted").unwrap_or_else(|| panic!("no grant event:\n{text}"));
+    assert!(
+        granted.contains("dlock.acquire")
+            && granted.contains("name=\"traced\"")
+            && granted.contains(&format!("fencing_token={fence}")),
+        "{granted}"
+    );
+    let ended = line("dlock lease ended").unwrap_or_else(|| panic!("no end event:\n{text}"));
+    assert!(
+        ended.contains("dlock.release") && ended.contains(&format!("fencing_token={fence}")),
+        "{ended}"
+    );
+    assert!(ended.contains("held_ms="), "{ended}");
+    assert!(
+        !text.contains("trace-pw"),
+        "a password in the traces:\n{text}"
+    );
+}
