@@ -5,13 +5,18 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/ensure-redis.sh
 # The README's install command, into a throwaway root: the binary lands in ROOT/bin and runs
-# from there. A debug build sharing this target dir (seconds, not a release build's minutes).
+# from there. A debug build sharing the suite's target dir (seconds, not a release build's
+# minutes).
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-CARGO_TARGET_DIR=target cargo install --quiet --locked --debug --path crates/dlock-cli --root "$root"
+CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target} \
+  cargo install --quiet --locked --debug --path crates/dlock-cli --root "$root"
 "$root/bin/dlock" --version
-# Both crates package and build as published (the test kit is publish = false).
-cargo publish --quiet --dry-run --allow-dirty -p dlock -p dlock-cli
+# Both crates package and build as published (the test kit is publish = false). It asks the
+# crate registry's index, so it is skipped offline (CARGO_NET_OFFLINE=true).
+if [ "${CARGO_NET_OFFLINE:-}" != true ]; then
+  cargo publish --quiet --dry-run --allow-dirty -p dlock -p dlock-cli
+fi
 cargo test --workspace --doc
 suite() {
   if cargo nextest --version >/dev/null 2>&1; then

@@ -40,9 +40,10 @@ fn page(command: Option<&str>) -> Option<Vec<u8>> {
     let page = match command {
         None => cli,
         Some(name) => {
+            // Not clap's own `help` command: it has no page of its own.
             let sub = cli
                 .get_subcommands()
-                .find(|sub| sub.get_name() == name && !sub.is_hide_set())?;
+                .find(|sub| sub.get_name() == name && name != "help" && !sub.is_hide_set())?;
             // The page's title and synopsis name it as people type it: `dlock run`.
             sub.clone()
                 .name(format!("dlock-{name}"))
@@ -63,8 +64,9 @@ fn commands() -> Vec<String> {
         .collect()
 }
 
-/// Writes `bytes` to stdout: 0, or (stdout closed, disk full) a message and exit 70, so a
-/// truncated script or page never passes for a whole one.
+/// Writes `bytes` to stdout: 0, or (a broken pipe, a full disk) a message and exit 70, so a
+/// truncated script or page never passes for a whole one. (A stdout closed before dlock
+/// started is /dev/null to Rust's runtime, so that run writes nothing and exits 0.)
 fn write_out(bytes: &[u8]) -> u8 {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
@@ -85,7 +87,7 @@ mod tests {
         let mut cli = Cli::command();
         cli.build();
         cli.get_subcommands()
-            .filter(|sub| !sub.is_hide_set())
+            .filter(|sub| !sub.is_hide_set() && sub.get_name() != "help")
             .map(|sub| {
                 let longs = sub
                     .get_arguments()
@@ -148,5 +150,9 @@ mod tests {
         assert!(!main.contains(crate::job::GUARD_COMMAND));
         assert!(page(Some(crate::job::GUARD_COMMAND)).is_none());
         assert!(page(Some("no-such-command")).is_none());
+        assert!(
+            page(Some("help")).is_none(),
+            "clap's help command has no page"
+        );
     }
 }

@@ -33,10 +33,41 @@ const OUTCOMES: [&str; 12] = [
 
 const SUCCESS: &str = "dlock_run_last_success_timestamp_seconds";
 
+/// [`write`] in a thread of its own, given at most `limit`; says why on stderr if it fails or
+/// takes longer (the thread is then left behind: dlock is exiting).
+pub fn write_within(path: &Path, report: &RunReport, limit: std::time::Duration) {
+    let (done, outcome) = std::sync::mpsc::channel();
+    let (owned_path, owned_report) = (path.to_owned(), report.clone());
+    let spawned = std::thread::Builder::new()
+        .name("metrics-file".into())
+        .spawn(move || {
+            let _ = done.send(write(&owned_path, &owned_report));
+        });
+    let outcome = match spawned {
+        Ok(_) => outcome.recv_timeout(limit).ok(),
+        Err(e) => Some(Err(e)),
+    };
+    match outcome {
+        Some(Ok(())) => {}
+        Some(Err(e)) => errln!(
+            "dlock: cannot write the metrics file {}: {e}",
+            path.display()
+        ),
+        None => errln!(
+            "dlock: writing the metrics file {} took over {}; gave up",
+            path.display(),
+            humantime::format_duration(limit)
+        ),
+    }
+}
+
 /// Replaces `path` with `report`'s metrics, keeping the last success time of the file there.
 pub fn write(path: &Path, report: &RunReport) -> std::io::Result<()> {
-    let previous_success = std::fs::read_to_string(path)
-        .ok()
+    // Only a regular file is read: opening a FIFO put there would block dlock's exit.
+    let previous_success = std::fs::metadata(path)
+        .is_ok_and(|meta| meta.is_file())
+        .then(|| std::fs::read_to_string(path).ok())
+        .flatten()
         .and_then(|text| last_success(&text, &report.key));
     let text = render(report, previous_success);
     let dir = match path.parent() {

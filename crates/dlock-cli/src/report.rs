@@ -7,7 +7,7 @@ use dlock::{HolderInfo, LockStatus, SemaphoreHolder, SemaphoreStatus};
 use serde::Serialize;
 
 /// What happened in one `dlock run`, written once at exit.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RunReport {
     /// The lock's name.
     pub key: String,

@@ -28,6 +28,10 @@ use crate::signals::{is_terminating, Signals};
 
 /// How often a job whose leader has exited is checked for leftover processes.
 const JOB_POLL: Duration = Duration::from_millis(20);
+/// How long writing --metrics-file may take at exit (a hung NFS server, say) before dlock exits
+/// without it: the lock is already released, and dlock's signal handlers would swallow a
+/// SIGTERM meant to end it.
+const METRICS_WRITE_LIMIT: Duration = Duration::from_secs(10);
 /// How long processes get to vanish after SIGKILL before dlock gives up waiting (a process in
 /// uninterruptible sleep cannot die sooner; the lock must not be held forever for it).
 const AFTER_KILL: Duration = Duration::from_secs(5);
@@ -64,12 +68,7 @@ pub async fn run(args: RunArgs) -> u8 {
         write_report(&args, &report);
     }
     if let Some(path) = &args.metrics_file {
-        if let Err(e) = crate::metrics_file::write(path, &report) {
-            errln!(
-                "dlock: cannot write the metrics file {}: {e}",
-                path.display()
-            );
-        }
+        crate::metrics_file::write_within(path, &report, METRICS_WRITE_LIMIT);
     }
     code
 }

@@ -85,21 +85,38 @@ where
     F: Future<Output = Result<G>>,
 {
     let span = tracing::debug_span!("dlock.acquire", primitive = labels.kind.as_str(), name);
-    let started = Instant::now();
+    // Counted as `cancelled` if the caller drops the future (a timeout or select around it).
+    let mut counted = Counted {
+        labels,
+        started: Instant::now(),
+        outcome: "cancelled",
+    };
     let result = call.instrument(span.clone()).await;
     if let Ok(grant) = &result {
         span.in_scope(|| tracing::debug!(fencing_token = grant.fencing_token(), "granted"));
     }
-    let outcome = match &result {
+    counted.outcome = match &result {
         Ok(_) => "granted",
         Err(Error::Conflict(_)) => "busy",
         Err(Error::Timeout { .. }) => "timeout",
         Err(_) => "error",
     };
-    let tags = labels.with("outcome", outcome);
-    metrics::counter!(ACQUISITIONS, tags.clone()).increment(1);
-    metrics::histogram!(WAIT, tags).record(started.elapsed().as_secs_f64());
     result
+}
+
+/// One acquisition call, counted and timed when it ends: returned, or dropped.
+struct Counted<'a> {
+    labels: &'a Labels,
+    started: Instant,
+    outcome: &'static str,
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        let tags = self.labels.with("outcome", self.outcome);
+        metrics::counter!(ACQUISITIONS, tags.clone()).increment(1);
+        metrics::histogram!(WAIT, tags).record(self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// A lease left `Held` for `status` after `held` since its grant.

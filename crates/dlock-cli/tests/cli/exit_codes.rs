@@ -431,3 +431,30 @@ fn a_valkey_url_runs_the_command() {
     let status = output(dlock(&server).args(["status", "--redis", &url, "k"]), LIMIT);
     assert_eq!(code(&status), 0, "{}", stderr(&status));
 }
+
+/// A FIFO where the metrics file goes must not hang dlock at exit (review: reading the old
+/// file blocked forever, and dlock's handlers swallowed the SIGTERM meant to end it).
+#[test]
+fn a_fifo_as_the_metrics_file_does_not_hang_dlock() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let fifo = scratch.path("job.prom");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let out = output(
+        dlock(&server).args([
+            "run",
+            "--metrics-file",
+            fifo.to_str().unwrap(),
+            "k",
+            "--",
+            "true",
+        ]),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(std::fs::metadata(&fifo).unwrap().is_file(), "not replaced");
+}

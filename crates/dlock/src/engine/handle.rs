@@ -48,10 +48,10 @@ impl Shared {
     }
 
     /// One handle fewer; the last one stops renewal.
-    fn leave(&self) {
-        if self.handles.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.lease.finish(LeaseStatus::Released);
-        }
+    /// Returns whether this was the last handle and the lease, still held, is now released
+    /// (then the caller reports how the hold ended: see `Lease::report_end`).
+    fn leave(&self) -> bool {
+        self.handles.fetch_sub(1, Ordering::SeqCst) == 1 && self.lease.finish(LeaseStatus::Released)
     }
 }
 
@@ -188,9 +188,23 @@ impl LeaseHandle {
     }
 
     async fn end_in(mut self, call: redis::ScriptInvocation<'_>, what: &str) -> Result<()> {
-        let lost_before = self.lease().lost_reason();
         self.left = true;
-        self.shared.leave();
+        let last_out = self.shared.leave();
+        let result = self.settle_end(call, what).await;
+        if last_out {
+            // Known only now: whether the hold was ours to the end (a loss found at release
+            // counts as a loss, not a release).
+            self.lease().report_end(&match &result {
+                Err(Error::Lost { reason, .. }) => LeaseStatus::Lost(reason.clone()),
+                _ => LeaseStatus::Released,
+            });
+        }
+        result
+    }
+
+    /// Sends the end of the hold and decides what it means (see [`LeaseHandle::end`]).
+    async fn settle_end(&mut self, call: redis::ScriptInvocation<'_>, what: &str) -> Result<()> {
+        let lost_before = self.lease().lost_reason();
         let nodes = self.core.nodes();
         // A lease already lost has nothing left to confirm: one try, to clean up.
         let deadline = match lost_before {
@@ -243,8 +257,9 @@ impl LeaseHandle {
 
 impl Drop for LeaseHandle {
     fn drop(&mut self) {
-        if !self.left {
-            self.shared.leave();
+        if !self.left && self.shared.leave() {
+            // Released in the background: its outcome is nobody's to learn.
+            self.lease().report_end(&LeaseStatus::Released);
         }
         if !self.ended {
             // Never block in Drop: the lease no longer counts this handle (no more renewals

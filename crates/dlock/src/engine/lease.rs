@@ -295,7 +295,7 @@ impl Lease {
 
     /// Moves the lease out of `Held`; returns false if it had already left.
     pub fn finish(&self, status: LeaseStatus) -> bool {
-        let reported = status.clone();
+        let lost = matches!(status, LeaseStatus::Lost(_)).then(|| status.clone());
         let changed = self.status.send_if_modified(|current| {
             if *current == LeaseStatus::Held {
                 *current = status;
@@ -306,18 +306,26 @@ impl Lease {
         });
         if changed {
             self.held_count.fetch_sub(1, Ordering::SeqCst);
-            if let Some(labels) = &self.labels {
-                crate::telemetry::lease_ended(labels, self.granted_at.elapsed(), &reported);
+            // A release is reported by its caller once Redis answered (it may find a loss).
+            if let Some(lost) = lost {
+                self.report_end(&lost);
             }
-            tracing::debug!(
-                name = self.ops.name(),
-                fencing_token = self.fencing_token,
-                held_ms = self.granted_at.elapsed().as_millis() as u64,
-                end = ?reported,
-                "dlock lease ended"
-            );
         }
         changed
+    }
+
+    /// Reports how the hold ended, once: metrics (hold time, loss reason) and a trace event.
+    pub fn report_end(&self, end: &LeaseStatus) {
+        if let Some(labels) = &self.labels {
+            crate::telemetry::lease_ended(labels, self.granted_at.elapsed(), end);
+        }
+        tracing::debug!(
+            name = self.ops.name(),
+            fencing_token = self.fencing_token,
+            held_ms = self.granted_at.elapsed().as_millis() as u64,
+            end = ?end,
+            "dlock lease ended"
+        );
     }
 }
 

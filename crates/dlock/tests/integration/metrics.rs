@@ -93,6 +93,27 @@ async fn a_recorder_sees_acquisitions_waits_holds_losses_and_renewals() {
         .await
         .expect("the loss is reported");
 
+    // A loss found only at release (review: it was counted as a release).
+    let unlucky = lock.try_lock().await.unwrap();
+    let _: () = server.cmd("DEL", &[name.as_str()]);
+    assert!(
+        unlucky.release().await.is_err(),
+        "the release finds the loss"
+    );
+
+    // A wait whose future the caller drops.
+    let blocker = lock.try_lock().await.unwrap();
+    let patient = named
+        .lock_with(&name, short.clone().wait(Wait::Forever))
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), patient.lock())
+            .await
+            .is_err(),
+        "still waiting"
+    );
+    blocker.release().await.unwrap();
+
     let semaphore = named.semaphore(&format!("{name}:sem"), 2).unwrap();
     let permit = semaphore.try_acquire().await.unwrap();
     permit.release().await.unwrap();
@@ -107,7 +128,8 @@ async fn a_recorder_sees_acquisitions_waits_holds_losses_and_renewals() {
         ]
     };
     let acquisitions = "dlock_acquisitions_total";
-    assert_eq!(counter(&snapshot, acquisitions, &lock_with("granted")), 2);
+    assert_eq!(counter(&snapshot, acquisitions, &lock_with("granted")), 4);
+    assert_eq!(counter(&snapshot, acquisitions, &lock_with("cancelled")), 1);
     assert_eq!(counter(&snapshot, acquisitions, &lock_with("busy")), 1);
     assert_eq!(counter(&snapshot, acquisitions, &lock_with("timeout")), 1);
     let sem_name = format!("{name}:sem");
@@ -137,7 +159,8 @@ async fn a_recorder_sees_acquisitions_waits_holds_losses_and_renewals() {
         "dlock_hold_seconds",
         &[("primitive", "lock"), ("name", &name), ("end", "released")],
     );
-    assert_eq!(holds.len(), 1, "{holds:?}");
+    // The first guard (held at least its sleep) and the blocker.
+    assert_eq!(holds.len(), 2, "{holds:?}");
     assert!(holds[0] >= held_for.as_secs_f64(), "{holds:?}");
     assert_eq!(
         samples(
@@ -146,7 +169,8 @@ async fn a_recorder_sees_acquisitions_waits_holds_losses_and_renewals() {
             &[("name", &name), ("end", "lost")]
         )
         .len(),
-        1
+        2,
+        "the lease lost during its hold and the one found lost at release"
     );
     assert_eq!(
         counter(
@@ -158,7 +182,7 @@ async fn a_recorder_sees_acquisitions_waits_holds_losses_and_renewals() {
                 ("reason", "key_gone")
             ]
         ),
-        1
+        2
     );
     assert!(
         !samples(&snapshot, "dlock_renewal_seconds", &[]).is_empty(),
