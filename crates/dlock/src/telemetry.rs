@@ -7,8 +7,9 @@
 //!
 //! Tracing spans: `dlock.acquire` (fields `primitive`, `name`) around each acquisition call,
 //! with an event carrying the grant's `fencing_token`; `dlock.release` (`name`,
-//! `fencing_token`) around a release (handle.rs); a `dlock lease ended` event when a lease
-//! leaves `Held` (lease.rs). Never a password or an owner's token.
+//! `fencing_token`) around a release (handle.rs); `dlock.hold` (`primitive`, `name`,
+//! `fencing_token`) from the grant until the lease is dropped, holding the `dlock lease ended`
+//! event (lease.rs). Never a password or an owner's token.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -58,6 +59,11 @@ impl Labels {
             kind,
             name: with_name.then(|| Arc::from(name)),
         }
+    }
+
+    /// The `primitive` label's value.
+    pub fn primitive(&self) -> &'static str {
+        self.kind.as_str()
     }
 
     fn with(&self, key: &'static str, value: &'static str) -> Vec<metrics::Label> {

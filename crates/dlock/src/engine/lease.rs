@@ -82,6 +82,8 @@ pub(crate) struct Lease {
     /// Its metrics' labels (none in unit tests), and when it was granted (for the hold time).
     labels: Option<Labels>,
     granted_at: Instant,
+    /// `dlock.hold`, open from the grant until the lease is dropped; its end is an event in it.
+    span: tracing::Span,
 }
 
 impl Lease {
@@ -118,6 +120,7 @@ impl Lease {
             held_count,
             labels: None,
             granted_at: Instant::now(),
+            span: tracing::Span::none(),
         }
     }
 
@@ -141,6 +144,12 @@ impl Lease {
     /// Needs `quorum` nodes to hold it (Redlock).
     /// Reports its end (hold time, loss reason) under `labels`.
     pub fn with_labels(mut self, labels: Labels) -> Lease {
+        self.span = tracing::debug_span!(
+            "dlock.hold",
+            primitive = labels.primitive(),
+            name = self.ops.name(),
+            fencing_token = self.fencing_token
+        );
         self.labels = Some(labels);
         self
     }
@@ -320,6 +329,7 @@ impl Lease {
             crate::telemetry::lease_ended(labels, self.granted_at.elapsed(), end);
         }
         tracing::debug!(
+            parent: &self.span,
             name = self.ops.name(),
             fencing_token = self.fencing_token,
             held_ms = self.granted_at.elapsed().as_millis() as u64,

@@ -266,7 +266,7 @@ async fn spans_name_the_lock_and_its_fencing_token_never_a_password() {
     );
     let ended = line("dlock lease ended").unwrap_or_else(|| panic!("no end event:\n{text}"));
     assert!(
-        ended.contains("dlock.release") && ended.contains(&format!("fencing_token={fence}")),
+        ended.contains("dlock.hold") && ended.contains(&format!("fencing_token={fence}")),
         "{ended}"
     );
     assert!(ended.contains("held_ms="), "{ended}");
