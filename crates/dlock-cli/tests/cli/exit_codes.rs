@@ -363,17 +363,7 @@ fn the_metrics_file_tells_the_outcome_and_keeps_the_last_success() {
     assert!(value(&first, r#"dlock_run_last_fencing_token{key="job"}"#).is_some());
 
     // Another copy holds the lock: this run is refused, and says so.
-    let holder = started(
-        dlock(&server).args([
-            "run",
-            "job",
-            "--",
-            "sh",
-            "-c",
-            &format!("touch {}; sleep 30", scratch.path("holding").display()),
-        ]),
-        &scratch.path("holding"),
-    );
+    let holder = crate::support::holding(&server, &scratch, "job", 30);
     let busy = output(
         dlock(&server).args(["run", "--metrics-file", metrics_arg, "job", "--", "true"]),
         LIMIT,

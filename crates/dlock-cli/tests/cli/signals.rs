@@ -711,17 +711,7 @@ fn a_refused_run_leaves_no_guardian_and_starts_nothing() {
     let server = RedisServer::start();
     let scratch = Scratch::new();
     let marker = scratch.path("ran");
-    let holder = started(
-        dlock(&server).args([
-            "run",
-            "k",
-            "--",
-            "sh",
-            "-c",
-            &format!("touch {}; sleep 30", scratch.path("holding").display()),
-        ]),
-        &scratch.path("holding"),
-    );
+    let holder = crate::support::holding(&server, &scratch, "k", 30);
     let mut before = children_of(std::process::id());
     before.sort_unstable();
     let refused = dlock(&server)
@@ -760,17 +750,7 @@ fn a_guardian_whose_dlock_dies_before_the_grant_starts_nothing() {
     let server = RedisServer::start();
     let scratch = Scratch::new();
     let marker = scratch.path("ran");
-    let holder = started(
-        dlock(&server).args([
-            "run",
-            "k",
-            "--",
-            "sh",
-            "-c",
-            &format!("touch {}; sleep 3", scratch.path("holding").display()),
-        ]),
-        &scratch.path("holding"),
-    );
+    let holder = crate::support::holding(&server, &scratch, "k", 3);
     let waiter = dlock(&server)
         .args([
             "run",

@@ -69,6 +69,17 @@ pub fn started(cmd: &mut Command, marker: &Path) -> Child {
     child
 }
 
+/// A `dlock run KEY` whose job holds the lock for `seconds`, returned once it started (its
+/// marker is `holding` in `scratch`).
+pub fn holding(server: &RedisServer, scratch: &Scratch, key: &str, seconds: u32) -> Child {
+    let marker = scratch.path("holding");
+    let job = format!("touch {}; sleep {seconds}", marker.display());
+    started(
+        dlock(server).args(["run", key, "--", "sh", "-c", &job]),
+        &marker,
+    )
+}
+
 /// Polls until `path` exists, within `limit`.
 pub fn wait_for_file(path: &Path, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;

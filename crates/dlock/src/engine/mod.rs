@@ -25,7 +25,7 @@ use crate::connection::notify::Notifier;
 use crate::connection::quorum::Nodes;
 use crate::error::{Error, Result};
 use crate::options::ClientOptions;
-use crate::telemetry::{Kind, Labels};
+use crate::telemetry::{Granted, Kind, Labels};
 
 pub(crate) mod acquire;
 pub(crate) mod handle;
@@ -105,6 +105,16 @@ impl Core {
     /// The metric labels of primitive `kind` named `name`.
     pub fn labels(&self, kind: Kind, name: &str) -> Labels {
         Labels::new(kind, name, self.metrics_name_label)
+    }
+
+    /// Runs one acquisition call (`lock`, `try_acquire` …) of primitive `kind` named `name`,
+    /// counted, timed and traced (see `telemetry`).
+    pub async fn counted<G, F>(&self, kind: Kind, name: &str, call: F) -> Result<G>
+    where
+        G: Granted,
+        F: std::future::Future<Output = Result<G>>,
+    {
+        crate::telemetry::acquisition(&self.labels(kind, name), name, call).await
     }
 
     pub fn nodes(&self) -> &Nodes {

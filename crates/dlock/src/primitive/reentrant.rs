@@ -153,16 +153,17 @@ impl ReentrantLock {
     /// Dropping the future leaves no hold behind: an acquisition that may have reached Redis
     /// is undone in the background (exactly that hold; the owner's others are untouched).
     pub async fn try_lock(&self, owner: &Owner) -> Result<ReentrantGuard> {
-        let labels = self.lock.core().labels(Kind::ReentrantLock, self.name());
-        crate::telemetry::acquisition(&labels, self.name(), async {
-            let pending = self.pending(owner)?;
-            let attempt = ForOwner { lock: self, owner };
-            match acquire::attempt(self.lock.core(), &attempt, &pending, None).await? {
-                Attempt::Granted(guard) => Ok(guard),
-                Attempt::Busy(busy) => Err(Error::Conflict(busy.conflict)),
-            }
-        })
-        .await
+        self.lock
+            .core()
+            .counted(Kind::ReentrantLock, self.name(), async {
+                let pending = self.pending(owner)?;
+                let attempt = ForOwner { lock: self, owner };
+                match acquire::attempt(self.lock.core(), &attempt, &pending, None).await? {
+                    Attempt::Granted(guard) => Ok(guard),
+                    Attempt::Busy(busy) => Err(Error::Conflict(busy.conflict)),
+                }
+            })
+            .await
     }
 
     /// Takes the lock for `owner`, waiting while another owner holds it, as
@@ -175,20 +176,21 @@ impl ReentrantLock {
     /// # Cancel safety
     /// As [`ReentrantLock::try_lock`].
     pub async fn lock(&self, owner: &Owner) -> Result<ReentrantGuard> {
-        let labels = self.lock.core().labels(Kind::ReentrantLock, self.name());
-        crate::telemetry::acquisition(&labels, self.name(), async {
-            let pending = self.pending(owner)?;
-            let attempt = ForOwner { lock: self, owner };
-            self.lock
-                .waiting()
-                .wait_for(
-                    &pending.token(),
-                    |_| acquire::attempt(self.lock.core(), &attempt, &pending, None),
-                    |_| None,
-                )
-                .await
-        })
-        .await
+        self.lock
+            .core()
+            .counted(Kind::ReentrantLock, self.name(), async {
+                let pending = self.pending(owner)?;
+                let attempt = ForOwner { lock: self, owner };
+                self.lock
+                    .waiting()
+                    .wait_for(
+                        &pending.token(),
+                        |_| acquire::attempt(self.lock.core(), &attempt, &pending, None),
+                        |_| None,
+                    )
+                    .await
+            })
+            .await
     }
 
     /// The acquisition's token is its hold's id; undoing it removes exactly that hold.

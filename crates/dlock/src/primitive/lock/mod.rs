@@ -35,6 +35,7 @@ use crate::holder::{int, pttl, HolderInfo};
 use crate::key::LockKeys;
 use crate::options::{LockOptions, FENCE_RETENTION};
 use crate::scripts;
+use crate::telemetry::Kind;
 use crate::token::Token;
 use crate::units::millis;
 
@@ -102,15 +103,15 @@ impl Lock {
     /// # Ok(()) }
     /// ```
     pub async fn try_lock(&self) -> Result<LockGuard> {
-        let labels = self.core.labels(crate::telemetry::Kind::Lock, self.name());
-        crate::telemetry::acquisition(&labels, self.name(), async {
-            let pending = self.pending()?;
-            match acquire::attempt(&self.core, self, &pending, None).await? {
-                Attempt::Granted(guard) => Ok(guard),
-                Attempt::Busy(busy) => Err(Error::Conflict(busy.conflict)),
-            }
-        })
-        .await
+        self.core
+            .counted(Kind::Lock, self.name(), async {
+                let pending = self.pending()?;
+                match acquire::attempt(&self.core, self, &pending, None).await? {
+                    Attempt::Granted(guard) => Ok(guard),
+                    Attempt::Busy(busy) => Err(Error::Conflict(busy.conflict)),
+                }
+            })
+            .await
     }
 
     /// Takes the lock, waiting while it is held, up to the wait limit of its options
@@ -135,22 +136,22 @@ impl Lock {
     /// Redis is unreachable), no fair-queue entry (withdrawn in the background; at worst it
     /// expires with its waiter lease), and no subscription.
     pub async fn lock(&self) -> Result<LockGuard> {
-        let labels = self.core.labels(crate::telemetry::Kind::Lock, self.name());
-        crate::telemetry::acquisition(&labels, self.name(), async {
-            let pending = self.pending()?;
-            let handed = |handoff: Handoff| {
-                pending.settled();
-                Some(self.handed(pending.token(), handoff))
-            };
-            self.waiting()
-                .wait_for(
-                    &pending.token(),
-                    |queue| acquire::attempt(&self.core, self, &pending, queue),
-                    handed,
-                )
-                .await
-        })
-        .await
+        self.core
+            .counted(Kind::Lock, self.name(), async {
+                let pending = self.pending()?;
+                let handed = |handoff: Handoff| {
+                    pending.settled();
+                    Some(self.handed(pending.token(), handoff))
+                };
+                self.waiting()
+                    .wait_for(
+                        &pending.token(),
+                        |queue| acquire::attempt(&self.core, self, &pending, queue),
+                        handed,
+                    )
+                    .await
+            })
+            .await
     }
 
     /// This lock's state (see [`Client::status`](crate::Client::status)).
@@ -218,7 +219,7 @@ impl Lock {
     }
 
     /// The terms of a lease of another primitive built on this lock (a reentrant lock's).
-    pub(crate) fn terms_of(&self, kind: crate::telemetry::Kind) -> Terms {
+    pub(crate) fn terms_of(&self, kind: Kind) -> Terms {
         Terms {
             kind,
             ..self.terms()
@@ -232,7 +233,7 @@ impl Lock {
             renew: self.options.renew,
             min_replicas: self.options.min_replicas,
             holders: 1,
-            kind: crate::telemetry::Kind::Lock,
+            kind: Kind::Lock,
         }
     }
 }

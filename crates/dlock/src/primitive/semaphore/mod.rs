@@ -43,6 +43,7 @@ use crate::holder::{int, pttl};
 use crate::key::LockKeys;
 use crate::options::{LockOptions, FENCE_RETENTION};
 use crate::scripts;
+use crate::telemetry::Kind;
 use crate::token::Token;
 use crate::units::millis;
 
@@ -137,18 +138,16 @@ impl Semaphore {
     /// # Cancel safety
     /// As [`Semaphore::try_acquire`].
     pub async fn try_acquire_many(&self, n: u32) -> Result<SemaphorePermit> {
-        let labels = self
-            .core
-            .labels(crate::telemetry::Kind::Semaphore, self.name());
-        crate::telemetry::acquisition(&labels, self.name(), async {
-            let attempt = self.for_permits(n)?;
-            let pending = self.pending()?;
-            match acquire::attempt(&self.core, &attempt, &pending, None).await? {
-                Attempt::Granted(permit) => Ok(permit),
-                Attempt::Busy(busy) => Err(Error::Conflict(busy.conflict)),
-            }
-        })
-        .await
+        self.core
+            .counted(Kind::Semaphore, self.name(), async {
+                let attempt = self.for_permits(n)?;
+                let pending = self.pending()?;
+                match acquire::attempt(&self.core, &attempt, &pending, None).await? {
+                    Attempt::Granted(permit) => Ok(permit),
+                    Attempt::Busy(busy) => Err(Error::Conflict(busy.conflict)),
+                }
+            })
+            .await
     }
 
     /// Takes one permit, waiting while none is free, up to the wait limit of the options
@@ -178,21 +177,19 @@ impl Semaphore {
     /// # Cancel safety
     /// As [`Semaphore::acquire`].
     pub async fn acquire_many(&self, n: u32) -> Result<SemaphorePermit> {
-        let labels = self
-            .core
-            .labels(crate::telemetry::Kind::Semaphore, self.name());
-        crate::telemetry::acquisition(&labels, self.name(), async {
-            let attempt = self.for_permits(n)?;
-            let pending = self.pending()?;
-            self.waiting()
-                .wait_for(
-                    &pending.token(),
-                    |queue| acquire::attempt(&self.core, &attempt, &pending, queue),
-                    |_| None,
-                )
-                .await
-        })
-        .await
+        self.core
+            .counted(Kind::Semaphore, self.name(), async {
+                let attempt = self.for_permits(n)?;
+                let pending = self.pending()?;
+                self.waiting()
+                    .wait_for(
+                        &pending.token(),
+                        |queue| acquire::attempt(&self.core, &attempt, &pending, queue),
+                        |_| None,
+                    )
+                    .await
+            })
+            .await
     }
 
     /// Changes the stored limit to `limit` on purpose, and makes this handle (and its clones)
@@ -368,7 +365,7 @@ impl Acquire for ForPermits<'_> {
             renew: semaphore.options.renew,
             min_replicas: semaphore.options.min_replicas,
             holders: self.limit(),
-            kind: crate::telemetry::Kind::Semaphore,
+            kind: Kind::Semaphore,
         };
         let lease = semaphore
             .core
