@@ -785,6 +785,7 @@ mod tests {
             fencing_token: 1,
             finished: false,
             permits,
+            readers: 0,
         }
     }
 

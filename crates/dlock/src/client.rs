@@ -14,6 +14,7 @@ use crate::key::LockKeys;
 use crate::options::{ClientOptions, LockOptions};
 use crate::primitive::lock::{inspect, Lock};
 use crate::primitive::reentrant::ReentrantLock;
+use crate::primitive::rwlock::RwLock;
 use crate::primitive::semaphore::{self, Semaphore, SemaphoreStatus};
 
 /// A connection to one Redis server, shared by every lock made from it.
@@ -239,6 +240,36 @@ impl Client {
     pub fn reentrant_lock_with(&self, name: &str, options: LockOptions) -> Result<ReentrantLock> {
         self.core.single_node_only("reentrant locks")?;
         ReentrantLock::new(self.lock_with(name, options)?)
+    }
+
+    /// A read-write lock named `name` with default options: many readers or one writer, and
+    /// no writer starvation. See [`RwLock`].
+    ///
+    /// # Errors
+    /// As [`Client::rw_lock_with`].
+    pub fn rw_lock(&self, name: &str) -> Result<RwLock> {
+        self.rw_lock_with(name, LockOptions::default())
+    }
+
+    /// A read-write lock named `name` with `options`, which mean for each read or write hold
+    /// what they mean for a lock; in fair mode readers and writers are served in arrival order.
+    ///
+    /// # Errors
+    /// As [`Client::lock_with`], and [`Error::Config`](crate::Error::Config) on Redlock
+    /// (read-write locks need a single Redis, Sentinel or Cluster) or with a replica guard.
+    pub fn rw_lock_with(&self, name: &str, options: LockOptions) -> Result<RwLock> {
+        self.core.single_node_only("read-write locks")?;
+        if options.min_replicas.is_some() {
+            return Err(crate::Error::Config(
+                "read-write locks do not take a replica guard yet".into(),
+            ));
+        }
+        self.check_options(&options)?;
+        Ok(RwLock::new(
+            self.core.clone(),
+            LockKeys::new(name)?,
+            options,
+        ))
     }
 
     /// A counting semaphore named `name` with `permits` permits and default options (30 s

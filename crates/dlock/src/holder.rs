@@ -32,6 +32,9 @@ pub struct HolderInfo {
     pub finished: bool,
     /// How many permits this holder has (1 for a lock; a semaphore's holder may take more).
     pub permits: u32,
+    /// A read-write lock held for reading: how many readers share it (this info names the
+    /// earliest); 0 for an exclusive holder.
+    pub readers: u32,
 }
 
 impl fmt::Display for HolderInfo {
@@ -39,6 +42,11 @@ impl fmt::Display for HolderInfo {
         write!(f, "{}", self.host)?;
         if let Some(pid) = self.pid {
             write!(f, " pid {pid}")?;
+        }
+        match self.readers {
+            0 => {}
+            1 => write!(f, " (reading)")?,
+            n => write!(f, " and {} other readers", n - 1)?,
         }
         if self.permits > 1 {
             write!(f, " ({} permits)", self.permits)?;
@@ -64,6 +72,7 @@ impl HolderInfo {
         let mut since_ms = None;
         let mut fence = None;
         let mut finished = false;
+        let mut readers = 0;
         for pair in items.chunks_exact(2) {
             let (Some(name), Some(value)) = (text(&pair[0]), text(&pair[1])) else {
                 continue;
@@ -75,6 +84,7 @@ impl HolderInfo {
                 "since_ms" => since_ms = value.parse::<u64>().ok(),
                 "fence" => fence = value.parse().ok(),
                 "finished" => finished = value == "1",
+                "readers" => readers = value.parse().unwrap_or(0),
                 _ => {}
             }
         }
@@ -88,6 +98,7 @@ impl HolderInfo {
             fencing_token: fence?,
             finished,
             permits: 1,
+            readers,
         })
     }
 }

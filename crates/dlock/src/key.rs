@@ -99,6 +99,12 @@ impl LockKeys {
         hash_tag(&self.lock).unwrap_or(&self.lock)
     }
 
+    /// Another companion key of this name, `{<slot part>}:dlock:<kind>:<name>` (a primitive's
+    /// own keys, e.g. a read-write lock's readers).
+    pub fn companion(&self, kind: &str) -> String {
+        format!("{{{}}}:dlock:{kind}:{}", self.slot(), self.lock)
+    }
+
     /// The lock name behind a holder-info key, as `SCAN` finds them; `None` for other keys.
     pub fn name_from_info_key(key: &str) -> Option<&str> {
         let rest = key.strip_prefix('{')?;

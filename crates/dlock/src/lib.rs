@@ -116,5 +116,6 @@ pub use options::{
 };
 pub use primitive::lock::{Lock, LockGuard};
 pub use primitive::reentrant::{Owner, ReentrantGuard, ReentrantLock};
+pub use primitive::rwlock::{ReadGuard, RwLock, WriteGuard};
 pub use primitive::semaphore::{Semaphore, SemaphoreHolder, SemaphorePermit, SemaphoreStatus};
 pub use status::{LeaseStatus, LossReason};

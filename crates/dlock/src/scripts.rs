@@ -95,3 +95,35 @@ pub(crate) static SEMAPHORE_SET_LIMIT: LazyLock<Script> =
 /// Redlock: raise a node's fencing counter to a permit's token (see `semaphore/fence_raise.lua`).
 pub(crate) static SEMAPHORE_FENCE_RAISE: LazyLock<Script> =
     script!("scripts/semaphore/fence_raise.lua");
+
+/// A read-write lock script with its prelude (`rwlock/shared.lua`: how read mode is kept) in
+/// front; `grant` also puts `grant.lua` first (fencing counter, writer grants).
+macro_rules! rwlock {
+    (grant $script:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("scripts/grant.lua"),
+                include_str!("scripts/rwlock/shared.lua"),
+                include_str!($script)
+            ))
+        })
+    };
+    ($script:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("scripts/rwlock/shared.lua"),
+                include_str!($script)
+            ))
+        })
+    };
+}
+
+// The read-write lock (`primitive::rwlock`).
+/// Take the read or write side, or queue for it (see `rwlock/acquire.lua`).
+pub(crate) static RW_ACQUIRE: LazyLock<Script> = rwlock!(grant "scripts/rwlock/acquire.lua");
+/// Release read or write holds, or withdraw waiters (see `rwlock/release.lua`).
+pub(crate) static RW_RELEASE: LazyLock<Script> = rwlock!("scripts/rwlock/release.lua");
+/// Renew readers' leases (see `rwlock/renew.lua`); writers renew as plain locks.
+pub(crate) static RW_RENEW: LazyLock<Script> = rwlock!("scripts/rwlock/renew.lua");
+/// Check, read-only, that readers still hold (see `rwlock/verify.lua`).
+pub(crate) static RW_VERIFY: LazyLock<Script> = rwlock!("scripts/rwlock/verify.lua");

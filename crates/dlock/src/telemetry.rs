@@ -33,6 +33,8 @@ pub(crate) enum Kind {
     Lock,
     ReentrantLock,
     Semaphore,
+    ReadLock,
+    WriteLock,
 }
 
 impl Kind {
@@ -41,6 +43,8 @@ impl Kind {
             Kind::Lock => "lock",
             Kind::ReentrantLock => "reentrant_lock",
             Kind::Semaphore => "semaphore",
+            Kind::ReadLock => "read_lock",
+            Kind::WriteLock => "write_lock",
         }
     }
 }

@@ -273,18 +273,32 @@ impl Drop for LeaseHandle {
     }
 }
 
+impl crate::telemetry::Granted for LeaseHandle {
+    fn fencing_token(&self) -> u64 {
+        LeaseHandle::fencing_token(self)
+    }
+}
+
 /// The lease methods every guard has, forwarded to its [`LeaseHandle`] field `$handle`, with
 /// their docs written once. `$what` names what the guard holds in the docs ("lock", "permit").
+/// A third argument replaces the doc of `fencing_token` (a reader's token means something else).
 macro_rules! lease_methods {
     ($handle:ident, $what:literal) => {
+        lease_methods!(
+            $handle,
+            $what,
+            "This grant's fencing token: larger than every earlier grant's token for the same \
+             name, even across a Redis restart that lost the counter. Pass it to storage that \
+             rejects writes carrying a token smaller than one it has already seen."
+        );
+    };
+    ($handle:ident, $what:literal, $fence_doc:literal) => {
         #[doc = concat!("The ", $what, "'s name.")]
         pub fn name(&self) -> &str {
             self.$handle.name()
         }
 
-        /// This grant's fencing token: larger than every earlier grant's token for the same
-        /// name, even across a Redis restart that lost the counter. Pass it to storage that
-        /// rejects writes carrying a token smaller than one it has already seen.
+        #[doc = $fence_doc]
         pub fn fencing_token(&self) -> u64 {
             self.$handle.fencing_token()
         }

@@ -24,6 +24,9 @@ pub(crate) struct Waiting<'a> {
     pub queue: bool,
     /// Whether releases may hand the hold over (then hand-offs go to the client's inbox).
     pub handoff: bool,
+    /// Whether attempts queue even when the waiter cannot hear its channel (fair mode, and a
+    /// read-write lock's writers, whose place in the queue holds new readers back).
+    pub queue_deaf: bool,
 }
 
 /// The shortest claim lease a waiter takes without a round trip (as `handoff.lua`'s).
@@ -145,7 +148,7 @@ impl Waiting<'_> {
     fn queue(&self, deadline: Option<Instant>, wakeups: Option<&Subscription>) -> Option<Queue> {
         let wakeups = wakeups.filter(|_| self.queue)?;
         let hears = wakeups.hears();
-        if !hears && !self.options.fair {
+        if !hears && !self.queue_deaf {
             return None;
         }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));

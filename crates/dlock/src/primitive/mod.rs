@@ -10,4 +10,5 @@
 
 pub(crate) mod lock;
 pub(crate) mod reentrant;
+pub(crate) mod rwlock;
 pub(crate) mod semaphore;

@@ -22,6 +22,7 @@ mod redlock_fencing; // proposed fencing tokens: one round trip, counters skewed
 mod reentrant; // nesting by explicit owner, freed at zero, one fencing token
 mod replicated; // the replica guard (WAIT) across real Sentinel failovers, loss after a switch
 mod restart; // a restart that loses a held lock is reported at once, and at release
+mod rwlock; // many readers or one writer: no writer starvation, fair order, per-reader leases, fencing
 mod semaphore; // at most N permits out; expiry by the server's clock; limit; fair; deployments
 mod semaphore_scripts; // the semaphore's Lua scripts, called directly: limits, leases, queue
 mod support;

@@ -207,6 +207,7 @@ impl Lock {
             options: &self.options,
             queue: self.options.fair || self.hands_off(),
             handoff: self.hands_off(),
+            queue_deaf: self.options.fair,
         }
     }
 

@@ -173,7 +173,9 @@ pub(crate) fn parse_holder(item: &Value, server_now_ms: u64) -> Option<Semaphore
         held_for: Duration::from_millis(server_now_ms.saturating_sub(since_ms)),
         fencing_token: number("fence")?,
         finished: false,
-        permits: u32::try_from(number("permits")?).ok()?,
+        // A read-write lock's readers (same JSON, see `rwlock/acquire.lua`) have no count.
+        permits: number("permits").map_or(Some(1), |n| u32::try_from(n).ok())?,
+        readers: 0,
     };
     Some(SemaphoreHolder {
         info,

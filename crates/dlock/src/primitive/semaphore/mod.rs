@@ -253,6 +253,7 @@ impl Semaphore {
             options: &self.options,
             queue: self.options.fair,
             handoff: false,
+            queue_deaf: self.options.fair,
         }
     }
 }

@@ -1,0 +1,450 @@
+//! [`RwLock`]: many readers or one writer, each hold with its own lease.
+//!
+//! # Guarantee
+//! While a [`WriteGuard`]'s lease is valid, nobody else holds the name: no reader, no other
+//! writer, and no plain [`Lock`](crate::Lock) of the same name (the name's key holds the
+//! writer's token exactly as a lock's holds its owner's). While a [`ReadGuard`]'s lease is
+//! valid, no writer and no plain lock holds the name; readers share it. Each reader has its own
+//! lease, judged by the **server's clock**: a crashed reader blocks writers for at most one TTL,
+//! whatever the other readers do, and a reader whose lease ran out is told so at its next
+//! renewal.
+//!
+//! **No writer starvation.** A waiting writer joins the lock's wait queue, and a reader is let
+//! in only while no writer waits ahead of it: once a writer waits, new readers wait behind it.
+//! The writer is granted as soon as the readers already inside leave (or their leases end).
+//! Outside fair mode readers do not queue and writers may overtake each other; in fair mode
+//! ([`LockOptions::fair`]) everyone queues and is served in arrival order, readers queued
+//! together entering together.
+//!
+//! **Fencing.** A write grant's fencing token is larger than every earlier write grant's (and
+//! every earlier plain lock grant's: they share the counter). A read grant carries the token of
+//! the last write grant before it: storage that records the largest write token it has seen can
+//! tell a reader that started before that write.
+//!
+//! # Limits
+//! As for [`Lock`](crate::Lock): clocks, failover and restarts that lose data. A read-write
+//! lock needs a single Redis (Sentinel and Cluster included); Redlock is refused with
+//! [`Error::Config`]. Waiting writers are woken by the readers' last release, and every waiter
+//! retries then (no hand-off yet).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{Script, ScriptInvocation, Value};
+
+use crate::engine::acquire::{self, Acquire, Answer, Attempt, Busy, Grant, Queue};
+use crate::engine::handle::{LeaseHandle, Shared};
+use crate::engine::ops::{LeaseOps, ReleaseOp, Verify};
+use crate::engine::pending::Pending;
+use crate::engine::wait::Waiting;
+use crate::engine::{Core, Terms};
+use crate::error::{Conflict, Error, Result};
+use crate::holder::{int, pttl, HolderInfo};
+use crate::key::LockKeys;
+use crate::options::{LockOptions, FENCE_RETENTION};
+use crate::scripts;
+use crate::telemetry::Kind;
+use crate::token::Token;
+use crate::units::millis;
+
+mod guard;
+
+pub use guard::{ReadGuard, WriteGuard};
+
+/// A read-write lock: many [`ReadGuard`]s or one [`WriteGuard`] at a time. Cheap to clone; made
+/// by [`Client::rw_lock`](crate::Client::rw_lock) or
+/// [`Client::rw_lock_with`](crate::Client::rw_lock_with).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dlock::Error> {
+/// # let server = dlock_test::RedisServer::start();
+/// # let client = dlock::Client::connect(&server.url()).await?;
+/// let config = client.rw_lock("config")?;
+/// let first = config.read().await?;
+/// let second = config.try_read().await?; // readers share it
+/// assert!(config.try_write().await.unwrap_err().is_conflict());
+/// first.release().await?;
+/// second.release().await?;
+/// let writer = config.write().await?;
+/// assert!(writer.fencing_token() > 0);
+/// writer.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RwLock {
+    core: Arc<Core>,
+    keys: Arc<RwKeys>,
+    options: Arc<LockOptions>,
+}
+
+/// Which side of the lock a hold is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Read,
+    Write,
+}
+
+impl Side {
+    fn as_str(self) -> &'static str {
+        match self {
+            Side::Read => "read",
+            Side::Write => "write",
+        }
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            Side::Read => Kind::ReadLock,
+            Side::Write => Kind::WriteLock,
+        }
+    }
+}
+
+/// A read-write lock's keys: a plain lock's (the name, holder info, fencing counter, wake-up
+/// channel) and its own readers and wait queue, all in the name's cluster slot.
+#[derive(Debug)]
+pub(crate) struct RwKeys {
+    pub base: LockKeys,
+    /// Readers: token → lease end, server ms (a zset).
+    pub readers: String,
+    /// Readers' holder info: token → JSON (a hash).
+    pub reader_info: String,
+    /// Waiters in arrival order: `w:` or `r:` and the token (a list).
+    pub queue: String,
+    /// Waiter leases: entry → server ms when it ends (a zset).
+    pub queue_leases: String,
+}
+
+impl RwKeys {
+    fn new(base: LockKeys) -> RwKeys {
+        RwKeys {
+            readers: base.companion("readers"),
+            reader_info: base.companion("reader-info"),
+            queue: base.companion("rw-queue"),
+            queue_leases: base.companion("rw-queue-leases"),
+            base,
+        }
+    }
+}
+
+impl RwLock {
+    pub(crate) fn new(core: Arc<Core>, keys: LockKeys, options: LockOptions) -> RwLock {
+        RwLock {
+            core,
+            keys: Arc::new(RwKeys::new(keys)),
+            options: Arc::new(options),
+        }
+    }
+
+    /// The lock's name (its Redis key).
+    pub fn name(&self) -> &str {
+        &self.keys.base.lock
+    }
+
+    /// The lock's settings.
+    pub fn options(&self) -> &LockOptions {
+        &self.options
+    }
+
+    /// Takes the lock for reading if no writer holds it or waits for it (in fair mode: if no
+    /// writer waits ahead), in one round trip; fails at once otherwise.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] naming the writer (or the plain lock's holder), or, when a writer
+    /// waits while readers hold it, the readers; connection errors as
+    /// [`Lock::try_lock`](crate::Lock::try_lock).
+    ///
+    /// # Cancel safety
+    /// Dropping the future leaves no hold behind: if the request may have reached Redis, it
+    /// is undone in the background (at worst it expires with its TTL).
+    pub async fn try_read(&self) -> Result<ReadGuard> {
+        self.try_side(Side::Read).await.map(ReadGuard::new)
+    }
+
+    /// Takes the lock for reading, waiting while a writer holds it or waits ahead, up to the
+    /// wait limit of the options ([`LockOptions::wait`], 30 s by default). Waiting does not
+    /// poll: the writer's release wakes waiters, and a re-check no later than the holder's
+    /// lease end (or a waiting writer's waiter lease end) catches what publishes nothing.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when the wait limit passes; otherwise as [`RwLock::try_read`].
+    ///
+    /// # Cancel safety
+    /// A dropped future leaves no hold and no queue entry behind (undone in the background; at
+    /// worst they expire with their leases).
+    pub async fn read(&self) -> Result<ReadGuard> {
+        self.wait_side(Side::Read).await.map(ReadGuard::new)
+    }
+
+    /// Takes the lock for writing if nobody holds it (in fair mode: and nobody waits ahead),
+    /// in one round trip; fails at once otherwise. A failed `try_write` does not queue, so it
+    /// never holds readers back.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] naming the writer or the readers; connection errors.
+    ///
+    /// # Cancel safety
+    /// As [`RwLock::try_read`].
+    pub async fn try_write(&self) -> Result<WriteGuard> {
+        self.try_side(Side::Write).await.map(WriteGuard::new)
+    }
+
+    /// Takes the lock for writing, waiting while anyone holds it: the writer queues, so new
+    /// readers wait behind it, and it is granted once the readers inside have left.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when the wait limit passes; otherwise as [`RwLock::try_write`].
+    ///
+    /// # Cancel safety
+    /// As [`RwLock::read`]: a writer that gives up leaves the queue, and readers held back by
+    /// it are woken.
+    pub async fn write(&self) -> Result<WriteGuard> {
+        self.wait_side(Side::Write).await.map(WriteGuard::new)
+    }
+
+    async fn try_side(&self, side: Side) -> Result<LeaseHandle> {
+        let for_side = ForSide { lock: self, side };
+        self.core
+            .counted(side.kind(), self.name(), async {
+                let pending = self.pending(side)?;
+                match acquire::attempt(&self.core, &for_side, &pending, None).await? {
+                    Attempt::Granted(handle) => Ok(handle),
+                    Attempt::Busy(busy) => Err(Error::Conflict(busy.conflict)),
+                }
+            })
+            .await
+    }
+
+    async fn wait_side(&self, side: Side) -> Result<LeaseHandle> {
+        let for_side = ForSide { lock: self, side };
+        self.core
+            .counted(side.kind(), self.name(), async {
+                let pending = self.pending(side)?;
+                self.waiting(side)
+                    .wait_for(
+                        &pending.token(),
+                        |queue| acquire::attempt(&self.core, &for_side, &pending, queue),
+                        |_| None,
+                    )
+                    .await
+            })
+            .await
+    }
+
+    fn pending(&self, side: Side) -> Result<Pending> {
+        let keys = self.keys.clone();
+        Pending::new(
+            self.core.watchdog().clone(),
+            Box::new(move |token| Arc::new(RwHold::new(keys.clone(), token, side))),
+        )
+    }
+
+    fn waiting(&self, side: Side) -> Waiting<'_> {
+        let queues = self.options.fair || side == Side::Write;
+        Waiting {
+            core: &self.core,
+            name: self.name(),
+            channel: &self.keys.base.channel,
+            options: &self.options,
+            queue: queues,
+            handoff: false,
+            queue_deaf: queues,
+        }
+    }
+}
+
+/// One acquisition of one side: what the engine drives.
+struct ForSide<'a> {
+    lock: &'a RwLock,
+    side: Side,
+}
+
+impl Acquire for ForSide<'_> {
+    type Guard = LeaseHandle;
+
+    fn options(&self) -> &LockOptions {
+        &self.lock.options
+    }
+
+    fn call(&self, token: &Token, queue: Option<&Queue>) -> ScriptInvocation<'static> {
+        let (keys, options) = (&self.lock.keys, &self.lock.options);
+        let identity = self.lock.core.identity();
+        let mut call = scripts::RW_ACQUIRE.prepare_invoke();
+        call.key(&keys.base.lock)
+            .key(&keys.base.info)
+            .key(&keys.base.fence)
+            .key(&keys.readers)
+            .key(&keys.reader_info)
+            .key(&keys.queue)
+            .key(&keys.queue_leases)
+            .arg(token.as_str())
+            .arg(millis(options.ttl))
+            .arg(millis(FENCE_RETENTION))
+            .arg(&identity.host)
+            .arg(identity.pid)
+            .arg(options.label.as_deref().unwrap_or(""))
+            .arg(self.side.as_str())
+            .arg(if options.fair { "1" } else { "0" })
+            .arg(queue.map_or(0, |queue| millis(queue.lease)));
+        call
+    }
+
+    fn parse(&self, reply: &[Value]) -> Result<Answer> {
+        if reply.first().and_then(int) != Some(1) {
+            return Ok(Answer::Busy(busy(&self.lock.keys.base, reply)));
+        }
+        let fence = reply
+            .get(1)
+            .and_then(int)
+            .and_then(|t| u64::try_from(t).ok())
+            .ok_or_else(|| Error::Internal(format!("read-write acquire returned {reply:?}")))?;
+        Ok(Answer::Granted { fence, fresh: true })
+    }
+
+    /// Never called: read-write locks are refused on Redlock (see `Client::rw_lock_with`).
+    fn raise_fence(&self, token: &Token, fence: u64) -> ScriptInvocation<'static> {
+        let keys = &self.lock.keys.base;
+        let mut call = scripts::FENCE_RAISE.prepare_invoke();
+        call.key(&keys.fence)
+            .key(&keys.info)
+            .key(&keys.lock)
+            .arg(fence)
+            .arg(millis(FENCE_RETENTION))
+            .arg(token.as_str());
+        call
+    }
+
+    fn granted(&self, grant: Grant) -> LeaseHandle {
+        let lock = self.lock;
+        let hold = Arc::new(RwHold::new(lock.keys.clone(), grant.token, self.side));
+        let terms = Terms {
+            ttl: lock.options.ttl,
+            renew: lock.options.renew,
+            min_replicas: lock.options.min_replicas,
+            holders: 1,
+            kind: self.side.kind(),
+        };
+        let lease = lock
+            .core
+            .track(hold.clone(), grant.fencing_token, terms, grant.sent_at);
+        LeaseHandle::new(Shared::new(lease), lock.core.clone(), hold)
+    }
+}
+
+/// Parses a busy answer: `{0, pttl, holder info fields, server ms, ms until the earliest
+/// waiter lease ends, {reader JSON…}}`. The conflict names the readers when readers hold it,
+/// else the writer (or plain lock holder).
+fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
+    let field = |i: usize| reply.get(i).unwrap_or(&Value::Nil);
+    let server_now_ms = int(field(3))
+        .and_then(|ms| u64::try_from(ms).ok())
+        .unwrap_or(0);
+    let holder = HolderInfo::parse(field(2), server_now_ms);
+    let readers: Vec<HolderInfo> = match field(5) {
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|item| {
+                crate::primitive::semaphore::inspect::parse_holder(item, server_now_ms)
+            })
+            .map(|reader| HolderInfo {
+                readers: 1,
+                ..reader.info
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Busy {
+        conflict: Box::new(Conflict {
+            key: keys.lock.clone(),
+            ttl_left: pttl(field(1)),
+            holders: match readers.is_empty() {
+                true => holder.iter().cloned().collect(),
+                false => readers,
+            },
+            holder,
+            limit: None,
+        }),
+        ahead_lease_left: pttl(field(4)),
+        sent: None,
+        fence_seen: None,
+    }
+}
+
+/// One read or write hold: its keys, token and side. How the engine renews, checks and
+/// releases it.
+#[derive(Debug)]
+pub(crate) struct RwHold {
+    keys: Arc<RwKeys>,
+    token: Token,
+    side: Side,
+}
+
+impl RwHold {
+    fn new(keys: Arc<RwKeys>, token: Token, side: Side) -> RwHold {
+        RwHold { keys, token, side }
+    }
+}
+
+impl LeaseOps for RwHold {
+    fn name(&self) -> &str {
+        &self.keys.base.lock
+    }
+    fn slot(&self) -> &str {
+        self.keys.base.slot()
+    }
+    /// A writer renews as a plain lock does (its token in the name's key).
+    fn renew_script(&self) -> &'static Script {
+        match self.side {
+            Side::Read => &scripts::RW_RENEW,
+            Side::Write => &scripts::EXTEND_PLAIN,
+        }
+    }
+    fn add_renew(&self, call: &mut ScriptInvocation<'_>, ttl: Duration) {
+        let keys = &self.keys;
+        call.key(&keys.base.lock).key(&keys.base.info);
+        if self.side == Side::Read {
+            call.key(&keys.readers).key(&keys.reader_info);
+        }
+        call.arg(self.token.as_str()).arg(millis(ttl));
+    }
+    fn verify(&self) -> Verify<'_> {
+        match self.side {
+            Side::Read => Verify::Script(&scripts::RW_VERIFY),
+            Side::Write => Verify::KeyHolds {
+                key: &self.keys.base.lock,
+                value: self.token.as_str(),
+            },
+        }
+    }
+    fn add_verify(&self, call: &mut ScriptInvocation<'_>) {
+        call.key(&self.keys.base.lock)
+            .key(&self.keys.readers)
+            .arg(self.token.as_str());
+    }
+}
+
+impl ReleaseOp for RwHold {
+    fn name(&self) -> &str {
+        &self.keys.base.lock
+    }
+    fn slot(&self) -> &str {
+        self.keys.base.slot()
+    }
+    fn release_script(&self) -> &'static Script {
+        &scripts::RW_RELEASE
+    }
+    /// Also withdraws the token from the wait queue: the same call undoes a waiter.
+    fn add_release(&self, call: &mut ScriptInvocation<'_>) {
+        let keys = &self.keys;
+        call.key(&keys.base.lock)
+            .key(&keys.base.info)
+            .key(&keys.readers)
+            .key(&keys.reader_info)
+            .key(&keys.queue)
+            .key(&keys.queue_leases)
+            .arg(self.token.as_str())
+            .arg(self.side.as_str())
+            .arg(&keys.base.channel);
+    }
+}

@@ -1,0 +1,113 @@
+-- Take a read-write lock's read or write side, or join its wait queue. Atomic.
+-- KEYS: 1 the name (see shared.lua), 2 holder info, 3 fencing counter, 4 readers (zset),
+--       5 readers' info (hash), 6 wait queue (list of 'w:' or 'r:' .. token, in arrival order),
+--       7 waiter leases (zset: entry -> server ms when it ends)
+-- ARGV: 1 token, 2 ttl ms, 3 counter retention ms, 4 host, 5 pid, 6 label, 7 'read' | 'write',
+--       8 '1': fair (readers queue too, and everyone is served in arrival order) | '0',
+--       9 waiter lease ms (0: do not queue)
+-- Who gets in:
+-- - a writer, when nobody holds the lock (in fair mode: and nobody waits ahead of it);
+-- - a reader, when no writer holds it and no writer waits ahead of it (outside fair mode
+--   readers never queue, so any waiting writer is ahead): once a writer waits, new readers
+--   wait behind it, so a stream of readers cannot starve writers.
+-- A waiting writer queues (a reader only in fair mode) with a waiter lease that its retries
+-- renew: a waiter that died stops blocking readers when its lease ends.
+-- Returns {1, fence} when granted, or when this token already holds that side (a retry whose
+-- reply was lost). A writer's fence is the next fencing token; a reader's is the counter as it
+-- is (the last write grant's token). Otherwise {0, pttl, holder info fields, server ms, ms until
+-- the earliest waiter lease ends or -1, {reader JSON, ...} (at most 16)}.
+local lock, info, fence_key = KEYS[1], KEYS[2], KEYS[3]
+local readers, rinfo, queue, leases = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local token, ttl = ARGV[1], tonumber(ARGV[2])
+local reading = ARGV[7] == 'read'
+local fair = ARGV[8] == '1'
+local wait_ms = tonumber(ARGV[9]) or 0
+local entry = (reading and 'r:' or 'w:') .. token
+local now_us = server_now_us()
+local now_ms = math.floor(now_us / 1000)
+-- Another type (a semaphore of this name): Redis's WRONGTYPE, as for a plain lock.
+local current = redis.call('GET', lock)
+
+if current == READ_MODE then
+  purge_readers(readers, rinfo, now_ms)
+  if reading and redis.call('ZSCORE', readers, token) then
+    redis.call('ZADD', readers, string.format('%.0f', now_ms + ttl), token)
+    fit_read_mode(lock, info, readers, rinfo, false)
+    local json = redis.call('HGET', rinfo, token)
+    return {1, json and tonumber(cjson.decode(json).fence) or 0}
+  end
+  if redis.call('ZCARD', readers) == 0 then
+    -- The key outlived its last reader within the same millisecond.
+    redis.call('DEL', lock, info, readers, rinfo)
+    current = false
+  end
+elseif current == token and not reading then
+  return {1, regrant(lock, info, ARGV[2])}
+end
+
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now_ms)) do
+  redis.call('ZREM', leases, dead)
+  redis.call('LREM', queue, 0, dead)
+end
+local position = redis.call('LPOS', queue, entry)
+local blocked
+if reading then
+  blocked = current and current ~= READ_MODE
+  if not blocked and position ~= 0 then
+    -- Any writer ahead (for a caller not queued: anywhere in the queue).
+    local ahead = redis.call('LRANGE', queue, 0, position and position - 1 or -1)
+    for _, waiter in ipairs(ahead) do
+      if string.sub(waiter, 1, 2) == 'w:' then
+        blocked = true
+        break
+      end
+    end
+  end
+else
+  blocked = current or (fair and position ~= 0 and redis.call('LLEN', queue) > 0)
+end
+
+if not blocked then
+  if position then
+    redis.call('LREM', queue, 1, entry)
+    redis.call('ZREM', leases, entry)
+  end
+  if not reading then
+    return {1, grant(lock, info, fence_key, token, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
+                     now_us)}
+  end
+  if not current then
+    -- Entries left from a read mode that ended (expired, or freed by force) are dead.
+    redis.call('DEL', readers, rinfo)
+    redis.call('SET', lock, READ_MODE)
+  end
+  local fence = redis.call('GET', fence_key) or '0'
+  redis.call('ZADD', readers, string.format('%.0f', now_ms + ttl), token)
+  redis.call('HSET', rinfo, token, cjson.encode({host = ARGV[4], pid = ARGV[5], label = ARGV[6],
+    since_ms = string.format('%.0f', now_ms), fence = fence}))
+  fit_read_mode(lock, info, readers, rinfo, true)
+  return {1, tonumber(fence)}
+end
+
+if wait_ms > 0 and (fair or not reading) then
+  if not position then
+    redis.call('RPUSH', queue, entry)
+  end
+  redis.call('ZADD', leases, string.format('%.0f', now_ms + wait_ms), entry)
+  -- The queue never outlives its longest waiter lease.
+  for _, key in ipairs({queue, leases}) do
+    if redis.call('PTTL', key) < wait_ms then
+      redis.call('PEXPIRE', key, wait_ms)
+    end
+  end
+end
+local soonest = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')[2]
+local holders = {}
+if current == READ_MODE then
+  holders = redis.call('HVALS', rinfo)
+  while #holders > 16 do
+    table.remove(holders)
+  end
+end
+return {0, redis.call('PTTL', lock), redis.call('HGETALL', info), now_ms,
+        soonest and tonumber(soonest) - now_ms or -1, holders}

@@ -1,0 +1,471 @@
+//! The read-write lock: readers share, a writer excludes everyone (plain locks of the same name
+//! too), no writer starvation, fair order, leases per reader on the server's clock, fencing,
+//! loss, cancellation, and the deployments it runs on.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dlock::{Client, ClientOptions, Error, LockOptions, LossReason, Wait};
+use dlock_test::{RedisCluster, RedisServer, RedisServers, TcpProxy};
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::support::{client, epsilon, monitored};
+
+const QUEUE: &str = "{rw}:dlock:rw-queue:rw";
+
+fn waiting(limit: Duration) -> LockOptions {
+    LockOptions::new().wait(Wait::Limit(limit))
+}
+
+async fn queue_length_reaches(server: &RedisServer, n: i64) {
+    let reached = timeout(Duration::from_secs(10), async {
+        while server.cmd::<i64>("LLEN", &[QUEUE]) < n {
+            sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "the queue never reached {n}");
+}
+
+#[tokio::test]
+async fn readers_share_and_a_writer_excludes_everyone() {
+    let server = RedisServer::start();
+    let (a, b) = (client(&server).await, client(&server).await);
+    let rw_a = a.rw_lock("rw").unwrap();
+    let rw_b = b.rw_lock("rw").unwrap();
+    let first = rw_a.try_read().await.unwrap();
+    let second = rw_b.try_read().await.unwrap();
+    let refused = rw_b.try_write().await.unwrap_err();
+    let conflict = refused.conflict().expect("a conflict");
+    assert_eq!(conflict.holders.len(), 2, "the conflict names both readers");
+    assert!(conflict.holders.iter().all(|h| h.readers == 1));
+    assert_eq!(conflict.holder.as_ref().map(|h| h.readers), Some(2));
+    assert!(
+        a.lock("rw").unwrap().try_lock().await.is_err(),
+        "a plain lock got in"
+    );
+    first.release().await.unwrap();
+    assert!(
+        rw_b.try_write().await.is_err(),
+        "one reader is still inside"
+    );
+    second.release().await.unwrap();
+
+    let writer = rw_a.try_write().await.unwrap();
+    assert!(rw_b.try_read().await.unwrap_err().is_conflict());
+    assert!(rw_b.try_write().await.unwrap_err().is_conflict());
+    assert!(
+        b.lock("rw").unwrap().try_lock().await.is_err(),
+        "a plain lock got in"
+    );
+    writer.release().await.unwrap();
+
+    // A plain lock excludes both sides too.
+    let plain = b.lock("rw").unwrap().try_lock().await.unwrap();
+    assert!(rw_a.try_read().await.unwrap_err().is_conflict());
+    assert!(rw_a.try_write().await.unwrap_err().is_conflict());
+    plain.release().await.unwrap();
+    let keys: Vec<String> = server.cmd("KEYS", &["*rw*"]);
+    assert!(
+        keys.iter().all(|k| k.contains(":fence:")),
+        "an idle lock left {keys:?}"
+    );
+}
+
+/// Tasks on several clients take either side at random; the test counts who is inside between
+/// a grant returning and its release being sent: never a writer with anyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_a_writer_with_anyone_else_under_contention() {
+    let server = RedisServer::start();
+    let readers = Arc::new(AtomicUsize::new(0));
+    let writers = Arc::new(AtomicUsize::new(0));
+    let most_readers = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..3 {
+        let client = client(&server).await;
+        for t in 0..3 {
+            let rw = client
+                .rw_lock_with("rw", waiting(Duration::from_secs(30)))
+                .unwrap();
+            let (readers, writers, most) = (readers.clone(), writers.clone(), most_readers.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..20 {
+                    if (c + t + i) % 3 == 0 {
+                        let guard = rw.write().await.unwrap();
+                        assert_eq!(writers.fetch_add(1, Ordering::SeqCst), 0, "two writers");
+                        assert_eq!(readers.load(Ordering::SeqCst), 0, "a writer with readers");
+                        sleep(Duration::from_millis(2)).await;
+                        writers.fetch_sub(1, Ordering::SeqCst);
+                        guard.release().await.unwrap();
+                    } else {
+                        let guard = rw.read().await.unwrap();
+                        let now = readers.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        assert_eq!(writers.load(Ordering::SeqCst), 0, "a reader with a writer");
+                        sleep(Duration::from_millis(3)).await;
+                        readers.fetch_sub(1, Ordering::SeqCst);
+                        guard.release().await.unwrap();
+                    }
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert!(
+        most_readers.load(Ordering::SeqCst) >= 2,
+        "readers never shared the lock: is it too strict?"
+    );
+}
+
+/// Readers keep the lock busy without a gap (each enters before the last leaves). A writer
+/// that starts waiting holds new readers back and is granted once the readers inside leave:
+/// well within a second here (each reader stays 30 ms), however long the stream lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_readers_does_not_starve_a_writer() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let rw = c
+        .rw_lock_with("rw", waiting(Duration::from_secs(20)))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let mut streams = Vec::new();
+    for start in 0..3u64 {
+        let (rw, stop, refused) = (rw.clone(), stop.clone(), refused.clone());
+        streams.push(tokio::spawn(async move {
+            sleep(Duration::from_millis(10 * start)).await;
+            while !stop.load(Ordering::SeqCst) {
+                match rw.try_read().await {
+                    Ok(guard) => {
+                        sleep(Duration::from_millis(30)).await;
+                        guard.release().await.unwrap();
+                    }
+                    Err(e) if e.is_conflict() => {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        0,
+        "readers alone never refuse each other"
+    );
+    let asked = Instant::now();
+    let writer = rw.write().await.unwrap();
+    let waited = asked.elapsed();
+    assert!(
+        refused.load(Ordering::SeqCst) > 0,
+        "no reader was held back by the writer"
+    );
+    assert!(
+        waited < Duration::from_secs(1),
+        "the writer waited {waited:?} behind readers that stay 30 ms each"
+    );
+    writer.release().await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for stream in streams {
+        stream.await.unwrap();
+    }
+}
+
+/// Takes a read hold on a runtime of its own, then kills that runtime without releasing: the
+/// watchdog dies with it, as in a crashed process.
+fn read_and_vanish(url: String, ttl: Duration) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = Client::connect(&url).await.unwrap();
+        let rw = client
+            .rw_lock_with("rw", LockOptions::new().ttl(ttl))
+            .unwrap();
+        std::mem::forget(rw.try_read().await.unwrap());
+        std::mem::forget(client);
+    });
+    runtime.shutdown_background();
+}
+
+/// A crashed reader blocks a writer for at most its own TTL, even while another reader with a
+/// longer lease keeps renewing and then leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_reader_blocks_writers_for_at_most_one_ttl() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let epsilon = epsilon(&c).await;
+    let live = c
+        .rw_lock_with("rw", LockOptions::new().ttl(Duration::from_secs(30)))
+        .unwrap()
+        .try_read()
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(1);
+    let url = server.url();
+    tokio::task::spawn_blocking(move || read_and_vanish(url, ttl))
+        .await
+        .unwrap();
+    let vanished_at = Instant::now();
+    live.release().await.unwrap();
+    let rw = c
+        .rw_lock_with("rw", waiting(Duration::from_secs(10)))
+        .unwrap();
+    assert!(rw.try_write().await.unwrap_err().is_conflict());
+    let writer = rw
+        .write()
+        .await
+        .expect("free once the dead reader's lease ends");
+    let blocked = vanished_at.elapsed();
+    assert!(
+        blocked <= ttl + epsilon,
+        "blocked {blocked:?} by a dead reader (TTL {ttl:?}, ε {epsilon:?})"
+    );
+    writer.release().await.unwrap();
+}
+
+/// A writer cut off from Redis while waiting (as good as dead to everyone else) holds readers
+/// back only until its waiter lease ends (3 × its re-check interval), not for its whole wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_gone_while_waiting_stops_holding_readers_back_when_its_waiter_lease_ends() {
+    let server = RedisServer::start();
+    let proxy = TcpProxy::start(server.port());
+    let c = client(&server).await;
+    let epsilon = epsilon(&c).await;
+    let reader = c.rw_lock("rw").unwrap().try_read().await.unwrap();
+    let recheck = Duration::from_millis(200);
+    let cut_off = Client::connect_with(
+        &proxy.url(),
+        ClientOptions::new().command_timeout(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let options = waiting(Duration::from_secs(60)).recheck(recheck);
+    let rw_cut = cut_off.rw_lock_with("rw", options).unwrap();
+    let writer = tokio::spawn(async move { rw_cut.write().await.map(drop) });
+    queue_length_reaches(&server, 1).await;
+    proxy.cut();
+    let gone_at = Instant::now();
+    let rw = c
+        .rw_lock_with("rw", waiting(Duration::from_secs(10)))
+        .unwrap();
+    let second = rw.read().await.unwrap();
+    let held_back = gone_at.elapsed();
+    assert!(
+        held_back <= recheck * 3 + epsilon,
+        "readers were held back {held_back:?} by a writer that stopped waiting"
+    );
+    second.release().await.unwrap();
+    reader.release().await.unwrap();
+    writer.abort();
+}
+
+#[tokio::test]
+async fn write_tokens_increase_and_readers_carry_the_last_write() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let rw = c.rw_lock("rw").unwrap();
+    let first = rw.try_write().await.unwrap();
+    let w1 = first.fencing_token();
+    first.release().await.unwrap();
+    let reader = rw.try_read().await.unwrap();
+    let other = rw.try_read().await.unwrap();
+    assert_eq!(
+        reader.fencing_token(),
+        w1,
+        "a reader carries the last write's token"
+    );
+    assert_eq!(other.fencing_token(), w1);
+    reader.release().await.unwrap();
+    other.release().await.unwrap();
+    // Plain locks of the same name share the counter.
+    let plain = c.lock("rw").unwrap().try_lock().await.unwrap();
+    let p = plain.fencing_token();
+    plain.release().await.unwrap();
+    let second = rw.try_write().await.unwrap();
+    let w2 = second.fencing_token();
+    assert!(p > w1 && w2 > p);
+    second.release().await.unwrap();
+    assert_eq!(rw.try_read().await.unwrap().fencing_token(), w2);
+}
+
+#[tokio::test]
+async fn holds_lost_to_a_restart_are_reported() {
+    let mut server = RedisServer::start();
+    let c = client(&server).await;
+    let rw = c.rw_lock("rw").unwrap();
+    let reader = rw.try_read().await.unwrap();
+    let writer_lock = c.rw_lock("rw-w").unwrap();
+    let writer = writer_lock.try_write().await.unwrap();
+    monitored(&server, 1).await;
+    server.restart_empty();
+    for lost in [
+        timeout(Duration::from_secs(3), reader.lost()).await,
+        timeout(Duration::from_secs(3), writer.lost()).await,
+    ] {
+        assert_eq!(
+            lost.expect("the loss was not reported"),
+            LossReason::KeyGoneAfterReconnect
+        );
+    }
+    assert!(matches!(reader.release().await, Err(Error::Lost { .. })));
+    assert!(matches!(writer.release().await, Err(Error::Lost { .. })));
+}
+
+/// A forced release of a name in read mode ends every reader's hold: each learns at its next
+/// renewal, and a reader's stale entry never counts once a writer has been in.
+#[tokio::test]
+async fn a_forced_release_ends_every_read_hold() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let options = LockOptions::new().ttl(Duration::from_millis(600));
+    let rw = c.rw_lock_with("rw", options).unwrap();
+    let reader = rw.try_read().await.unwrap();
+    let status = c.status("rw").await.unwrap();
+    assert!(status.held);
+    assert_eq!(status.holder.as_ref().map(|h| h.readers), Some(1));
+    c.force_release("rw").await.unwrap();
+    let writer = rw.try_write().await.unwrap();
+    let reason = timeout(Duration::from_secs(3), reader.lost())
+        .await
+        .expect("the reader was not told");
+    assert_eq!(reason, LossReason::KeyGone);
+    writer.release().await.unwrap();
+    let again = rw.try_read().await.unwrap();
+    let readers: i64 = server.cmd("ZCARD", &["{rw}:dlock:readers:rw"]);
+    assert_eq!(readers, 1, "the dead reader's entry came back");
+    again.release().await.unwrap();
+    assert!(matches!(reader.release().await, Err(Error::Lost { .. })));
+}
+
+/// Fair mode: a reader that queued behind a writer is not overtaken by it, and a writer that
+/// queued behind readers waits for them; grants follow arrival order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_mode_serves_readers_and_writers_in_arrival_order() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let fair = waiting(Duration::from_secs(20)).fair(true);
+    let rw = c.rw_lock_with("rw", fair.clone()).unwrap();
+    let holder = rw.try_write().await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (i, side) in ["write", "read", "read", "write", "read"]
+        .into_iter()
+        .enumerate()
+    {
+        let client = crate::support::client(&server).await;
+        let rw = client.rw_lock_with("rw", fair.clone()).unwrap();
+        let order = order.clone();
+        tasks.push(tokio::spawn(async move {
+            let _client = client;
+            if side == "write" {
+                let guard = rw.write().await.unwrap();
+                order.lock().unwrap().push(format!("{i}:{side}"));
+                sleep(Duration::from_millis(50)).await;
+                guard.release().await.unwrap();
+            } else {
+                let guard = rw.read().await.unwrap();
+                order.lock().unwrap().push(format!("{i}:{side}"));
+                sleep(Duration::from_millis(50)).await;
+                guard.release().await.unwrap();
+            }
+        }));
+        queue_length_reaches(&server, i as i64 + 1).await;
+    }
+    holder.release().await.unwrap();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order[0], "0:write", "{order:?}");
+    let mut middle = order[1..3].to_vec();
+    middle.sort();
+    assert_eq!(middle, ["1:read", "2:read"], "{order:?}");
+    assert_eq!(order[3..], ["3:write", "4:read"], "{order:?}");
+}
+
+/// A waiting writer whose future is dropped leaves the queue at once (in the background), so
+/// readers are not held back by it.
+#[tokio::test]
+async fn a_cancelled_writer_leaves_the_queue_and_lets_readers_in() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let rw = c
+        .rw_lock_with("rw", waiting(Duration::from_secs(30)))
+        .unwrap();
+    let reader = rw.try_read().await.unwrap();
+    let gave_up = timeout(Duration::from_millis(300), rw.write()).await;
+    assert!(gave_up.is_err(), "the writer got in beside a reader");
+    c.flush().await;
+    let queued: i64 = server.cmd("LLEN", &[QUEUE]);
+    assert_eq!(queued, 0, "the cancelled writer is still queued");
+    let second = rw
+        .try_read()
+        .await
+        .expect("readers are held back by nobody");
+    second.release().await.unwrap();
+    reader.release().await.unwrap();
+}
+
+/// A writer waiting behind readers is woken by the last reader's release, not by its re-check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_readers_release_wakes_the_waiting_writer() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let slow = waiting(Duration::from_secs(30)).recheck(Duration::from_secs(20));
+    let rw = c.rw_lock_with("rw", slow).unwrap();
+    let (r1, r2) = (rw.try_read().await.unwrap(), rw.try_read().await.unwrap());
+    let writer = tokio::spawn({
+        let rw = rw.clone();
+        async move { rw.write().await.map(|guard| (guard, Instant::now())) }
+    });
+    queue_length_reaches(&server, 1).await;
+    r1.release().await.unwrap();
+    sleep(Duration::from_millis(100)).await;
+    assert!(!writer.is_finished(), "the writer got in beside a reader");
+    r2.release().await.unwrap();
+    let released_at = Instant::now();
+    let (guard, granted_at) = timeout(Duration::from_secs(5), writer)
+        .await
+        .expect("woken long before the 20 s re-check")
+        .unwrap()
+        .unwrap();
+    assert!(granted_at - released_at < Duration::from_secs(2));
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn cluster_runs_read_write_locks_and_redlock_refuses_them() {
+    let cluster = RedisCluster::start(3);
+    let c = Client::cluster(&cluster.urls()).await.unwrap();
+    for name in ["{user:1}:profile", "orders", "x"] {
+        let rw = c.rw_lock(name).unwrap();
+        let (a, b) = (rw.try_read().await.unwrap(), rw.try_read().await.unwrap());
+        assert!(rw.try_write().await.unwrap_err().is_conflict());
+        a.release().await.unwrap();
+        b.release().await.unwrap();
+        rw.try_write().await.unwrap().release().await.unwrap();
+    }
+    let servers = RedisServers::start(3);
+    let redlock = Client::redlock(&servers.urls()).await.unwrap();
+    match redlock.rw_lock("rw") {
+        Err(Error::Config(message)) => assert!(message.contains("read-write"), "{message}"),
+        other => panic!("expected a Config error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_semaphore_of_the_same_name_is_refused_not_mixed_up() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let permit = c.semaphore("rw", 2).unwrap().try_acquire().await.unwrap();
+    let error = c.rw_lock("rw").unwrap().try_read().await.unwrap_err();
+    assert!(format!("{error}").contains("WRONGTYPE"), "{error}");
+    permit.release().await.unwrap();
+}
