@@ -190,6 +190,14 @@ pub struct RunArgs {
     )]
     pub limit: Option<u32>,
 
+    /// Hold KEY shared, as `flock -s` does: any number of --shared copies run at once, while a
+    /// copy without --shared (exclusive) runs alone. Once an exclusive copy waits (--wait),
+    /// new --shared copies wait behind it, so a stream of them cannot starve it. Each shared
+    /// copy has its own lease; DLOCK_FENCING_TOKEN is then the token of the last exclusive
+    /// grant before it (shared copies get the same one). Needs one Redis, Sentinel or Cluster.
+    #[arg(long, conflicts_with_all = ["limit", "min_hold"], help_heading = "Lease")]
+    pub shared: bool,
+
     /// Label stored with the lock and shown by `status` (default: the command line).
     #[arg(long, value_name = "TEXT", help_heading = "Lease")]
     pub label: Option<String>,

@@ -130,11 +130,16 @@ fn lock_row(lock: &LockStatus) -> Vec<String> {
     let holder = lock.holder.as_ref();
     vec![
         lock.key.clone(),
-        "lock".into(),
+        match holder.map_or(0, |h| h.readers) {
+            0 => "lock".into(),
+            n => format!("shared {n}"),
+        },
         holder.map_or("?".into(), |h| {
             let who = who(h);
             if h.finished {
                 format!("{who} (finished; --min-hold)")
+            } else if h.readers > 1 {
+                format!("{who} +{}", h.readers - 1)
             } else {
                 who
             }
@@ -416,6 +421,15 @@ fn describe(status: &LockStatus) -> String {
 
 /// The holder's details, one per line.
 fn describe_holder(text: &mut String, holder: &HolderInfo) {
+    if holder.readers > 0 {
+        text.push_str(&format!(
+            "  shared by:     {} (dlock run --shared); the earliest is described below\n",
+            match holder.readers {
+                1 => "1 reader".to_owned(),
+                n => format!("{n} readers"),
+            }
+        ));
+    }
     if let Some(label) = &holder.label {
         text.push_str(&format!("  command:       {label}\n"));
     }

@@ -1,7 +1,7 @@
-//! What `dlock run` holds while its command runs: the lock KEY, or (with `--limit N`) one
-//! permit of the semaphore KEY.
+//! What `dlock run` holds while its command runs: the lock KEY, (with `--limit N`) one permit
+//! of the semaphore KEY, or (with `--shared`) a read hold on the read-write lock KEY.
 //!
-//! Both are leases with the same model (renewed by the watchdog, lost with a reason, fenced),
+//! All are leases with the same model (renewed by the watchdog, lost with a reason, fenced),
 //! so the supervision in `run.rs` is written once, against [`Lease`]; only taking and ending
 //! one differ. A permit cannot be kept after its command ends (no `--min-hold`): `run` refuses
 //! that combination before it connects.
@@ -9,27 +9,38 @@
 use std::time::Duration;
 
 use dlock::{
-    Client, Error, LeaseStatus, Lock, LockGuard, LockOptions, LossReason, Semaphore,
-    SemaphorePermit,
+    Client, Error, LeaseStatus, Lock, LockGuard, LockOptions, LossReason, ReadGuard, RwLock,
+    Semaphore, SemaphorePermit,
 };
 
-/// What `run` asks for: a lock, or a permit of a semaphore with this many permits.
+/// What `run` asks for: a lock, a permit of a semaphore with this many permits, or a shared
+/// (read) hold.
 pub enum Target {
     Lock(Lock),
     Semaphore(Semaphore),
+    Shared(RwLock),
+}
+
+/// Which kind of hold `run` asks for (`--limit N`, `--shared`, or neither).
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Lock,
+    Permit(u32),
+    Shared,
 }
 
 impl Target {
-    /// The lock `key`, or with `limit` the semaphore `key` of `limit` permits.
+    /// The lock `key`, the semaphore `key` of `limit` permits, or the read-write lock `key`.
     pub fn new(
         client: &Client,
         key: &str,
-        limit: Option<u32>,
+        kind: Kind,
         options: LockOptions,
     ) -> dlock::Result<Target> {
-        Ok(match limit {
-            None => Target::Lock(client.lock_with(key, options)?),
-            Some(limit) => Target::Semaphore(client.semaphore_with(key, limit, options)?),
+        Ok(match kind {
+            Kind::Lock => Target::Lock(client.lock_with(key, options)?),
+            Kind::Permit(limit) => Target::Semaphore(client.semaphore_with(key, limit, options)?),
+            Kind::Shared => Target::Shared(client.rw_lock_with(key, options)?),
         })
     }
 
@@ -41,6 +52,7 @@ impl Target {
         match self {
             Target::Lock(lock) => lock.try_lock().await.map(Lease::Lock),
             Target::Semaphore(semaphore) => semaphore.try_acquire().await.map(Lease::Permit),
+            Target::Shared(rw) => rw.try_read().await.map(Lease::Shared),
         }
     }
 
@@ -52,14 +64,16 @@ impl Target {
         match self {
             Target::Lock(lock) => lock.lock().await.map(Lease::Lock),
             Target::Semaphore(semaphore) => semaphore.acquire().await.map(Lease::Permit),
+            Target::Shared(rw) => rw.read().await.map(Lease::Shared),
         }
     }
 }
 
-/// A held lease: the lock, or one permit.
+/// A held lease: the lock, one permit, or a shared hold.
 pub enum Lease {
     Lock(LockGuard),
     Permit(SemaphorePermit),
+    Shared(ReadGuard),
 }
 
 impl Lease {
@@ -68,6 +82,7 @@ impl Lease {
         match self {
             Lease::Lock(guard) => guard.fencing_token(),
             Lease::Permit(permit) => permit.fencing_token(),
+            Lease::Shared(guard) => guard.fencing_token(),
         }
     }
 
@@ -76,6 +91,7 @@ impl Lease {
         match self {
             Lease::Lock(guard) => guard.status(),
             Lease::Permit(permit) => permit.status(),
+            Lease::Shared(guard) => guard.status(),
         }
     }
 
@@ -87,6 +103,7 @@ impl Lease {
         match self {
             Lease::Lock(guard) => guard.lost().await,
             Lease::Permit(permit) => permit.lost().await,
+            Lease::Shared(guard) => guard.lost().await,
         }
     }
 
@@ -98,6 +115,7 @@ impl Lease {
         match self {
             Lease::Lock(guard) => guard.renewal_at_risk(margin).await,
             Lease::Permit(permit) => permit.renewal_at_risk(margin).await,
+            Lease::Shared(guard) => guard.renewal_at_risk(margin).await,
         }
     }
 
@@ -111,6 +129,12 @@ impl Lease {
         match self {
             Lease::Lock(guard) if keep.is_zero() => guard.release().await,
             Lease::Lock(guard) => guard.release_after(keep).await,
+            Lease::Shared(guard) => guard.release().await.and(match keep.is_zero() {
+                true => Ok(()),
+                false => Err(Error::Internal(
+                    "a shared hold cannot be kept after its command (--min-hold)".into(),
+                )),
+            }),
             Lease::Permit(permit) => {
                 let released = permit.release().await;
                 if keep.is_zero() {

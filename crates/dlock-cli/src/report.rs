@@ -78,6 +78,9 @@ pub struct HolderJson {
     pub finished: bool,
     /// How many permits the holder has (1 for a lock).
     pub permits: u32,
+    /// Held shared (`--shared`): how many readers share it (this entry is the earliest); 0
+    /// for an exclusive holder.
+    pub readers: u32,
 }
 
 impl From<&HolderInfo> for HolderJson {
@@ -91,6 +94,7 @@ impl From<&HolderInfo> for HolderJson {
             fencing_token: holder.fencing_token,
             finished: holder.finished,
             permits: holder.permits,
+            readers: holder.readers,
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 use crate::cli::{ReportFormat, RunArgs, WaitLimit};
 use crate::exit;
 use crate::job::{self, Job, Prepared, SpawnError};
-use crate::lease::{is_wrong_type, Lease, Target};
+use crate::lease::{is_wrong_type, Kind, Lease, Target};
 use crate::report::{ms, to_line, unix_ms, HolderJson, RunReport};
 use crate::signals::{is_terminating, Signals};
 
@@ -143,6 +143,9 @@ impl Runner<'_> {
         if let Some(limit) = self.args.limit {
             env.push(("DLOCK_LIMIT", limit.to_string()));
         }
+        if self.args.shared {
+            env.push(("DLOCK_SHARED", "1".into()));
+        }
         Job::prepare(&self.args.command, &env, &remove)
     }
 
@@ -161,7 +164,12 @@ impl Runner<'_> {
                 Some(WaitLimit::Forever) => Wait::Forever,
                 None => Wait::Limit(Duration::ZERO),
             });
-        let target = match Target::new(client, &self.args.key, self.args.limit, options) {
+        let kind = match (self.args.limit, self.args.shared) {
+            (Some(limit), _) => Kind::Permit(limit),
+            (None, true) => Kind::Shared,
+            (None, false) => Kind::Lock,
+        };
+        let target = match Target::new(client, &self.args.key, kind, options) {
             Ok(target) => target,
             Err(e) => return self.lib_error(&e),
         };
@@ -505,7 +513,7 @@ impl Runner<'_> {
             return self.mismatch(client, error).await;
         };
         self.report.holder = conflict.holder.as_ref().map(HolderJson::from);
-        if self.args.limit.is_some() {
+        if self.args.limit.is_some() || self.args.shared {
             self.report.holders = Some(conflict.holders.iter().map(HolderJson::from).collect());
         }
         let timed_out = error.is_timeout();
@@ -515,7 +523,20 @@ impl Runner<'_> {
                 humantime::format_duration(Duration::from_millis(self.report.waited_ms)).to_string()
             };
             let key = &self.args.key;
+            let exclusive_waits =
+                self.args.shared && conflict.holder.as_ref().is_some_and(|h| h.readers > 0);
             let message = match (conflict.limit, timed_out) {
+                (None, false) if exclusive_waits => format!(
+                    "an exclusive copy is waiting for {key}, and shared copies queue behind it \
+                     ({})",
+                    describe_holder(conflict)
+                ),
+                (None, true) if exclusive_waits => format!(
+                    "gave up waiting after {}: an exclusive copy is still waiting for {key}, or \
+                     running ({})",
+                    waited(),
+                    describe_holder(conflict)
+                ),
                 (None, false) => format!(
                     "another process is already running {key} ({})",
                     describe_holder(conflict)
@@ -591,11 +612,13 @@ impl Runner<'_> {
         errln!("dlock: {message}");
     }
 
-    /// What this run holds, for messages: "the lock on KEY" or "the permit of KEY".
+    /// What this run holds, for messages: "the lock on KEY", "the shared lock on KEY" or "the
+    /// permit of KEY".
     fn held(&self) -> String {
-        match self.args.limit {
-            None => format!("the lock on {}", self.args.key),
-            Some(_) => format!("the permit of {}", self.args.key),
+        match (self.args.limit, self.args.shared) {
+            (Some(_), _) => format!("the permit of {}", self.args.key),
+            (None, true) => format!("the shared lock on {}", self.args.key),
+            (None, false) => format!("the lock on {}", self.args.key),
         }
     }
 

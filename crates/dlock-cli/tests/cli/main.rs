@@ -10,5 +10,6 @@ mod inspect; // status, list, release --force, --report json, passwords never sh
 mod loss; // renewal past --ttl; key deleted, Redis frozen or restarted: child stopped, or lost at release: exit 76
 mod prompt_exit; // issue 9: no lingering after a timed-out or interrupted wait, even with a master down
 mod semaphore; // --limit N: N copies at once, the N+1-th refused or waiting; loss, crash, mismatch; status, list, release
+mod shared; // --shared: shared copies together, exclusive alone, no starvation of a waiting exclusive copy
 mod signals; // forwarding, release after the child exits, Ctrl-C while waiting, process groups
 mod support;

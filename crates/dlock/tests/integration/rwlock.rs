@@ -469,3 +469,35 @@ async fn a_semaphore_of_the_same_name_is_refused_not_mixed_up() {
     assert!(format!("{error}").contains("WRONGTYPE"), "{error}");
     permit.release().await.unwrap();
 }
+
+/// A plain lock of the same name waiting behind readers (it queues by default) holds new
+/// readers back as a waiting writer does, and is granted once the readers inside leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_plain_lock_holds_new_readers_back_too() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let rw = c.rw_lock("rw").unwrap();
+    let reader = rw.try_read().await.unwrap();
+    let plain = c.lock_with("rw", waiting(Duration::from_secs(20))).unwrap();
+    let waiter = tokio::spawn(async move { plain.lock().await });
+    let queued = timeout(Duration::from_secs(10), async {
+        while server.cmd::<i64>("ZCARD", &["{rw}:dlock:queue-leases:rw"]) < 1 {
+            sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(queued.is_ok(), "the plain lock never queued");
+    let refused = rw.try_read().await.unwrap_err();
+    assert!(
+        refused.is_conflict(),
+        "a new reader overtook the waiting lock"
+    );
+    reader.release().await.unwrap();
+    let guard = timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the plain lock was not woken by the last reader")
+        .unwrap()
+        .unwrap();
+    guard.release().await.unwrap();
+    rw.try_read().await.unwrap().release().await.unwrap();
+}

@@ -11,6 +11,8 @@
 //!
 //! **No writer starvation.** A waiting writer joins the lock's wait queue, and a reader is let
 //! in only while no writer waits ahead of it: once a writer waits, new readers wait behind it.
+//! A waiting plain [`Lock`](crate::Lock) of the same name (one that queues: the default
+//! [`hand-off`](LockOptions::handoff), or fair mode) holds new readers back the same way.
 //! The writer is granted as soon as the readers already inside leave (or their leases end).
 //! Outside fair mode readers do not queue and writers may overtake each other; in fair mode
 //! ([`LockOptions::fair`]) everyone queues and is served in arrival order, readers queued
@@ -278,6 +280,7 @@ impl Acquire for ForSide<'_> {
             .key(&keys.reader_info)
             .key(&keys.queue)
             .key(&keys.queue_leases)
+            .key(&keys.base.queue_leases)
             .arg(token.as_str())
             .arg(millis(options.ttl))
             .arg(millis(FENCE_RETENTION))

@@ -1,15 +1,17 @@
 -- Take a read-write lock's read or write side, or join its wait queue. Atomic.
 -- KEYS: 1 the name (see shared.lua), 2 holder info, 3 fencing counter, 4 readers (zset),
 --       5 readers' info (hash), 6 wait queue (list of 'w:' or 'r:' .. token, in arrival order),
---       7 waiter leases (zset: entry -> server ms when it ends)
+--       7 waiter leases (zset: entry -> server ms when it ends), 8 the plain lock's waiter
+--       leases (a plain lock of this name waiting: see handoff.lua)
 -- ARGV: 1 token, 2 ttl ms, 3 counter retention ms, 4 host, 5 pid, 6 label, 7 'read' | 'write',
 --       8 '1': fair (readers queue too, and everyone is served in arrival order) | '0',
 --       9 waiter lease ms (0: do not queue)
 -- Who gets in:
 -- - a writer, when nobody holds the lock (in fair mode: and nobody waits ahead of it);
 -- - a reader, when no writer holds it and no writer waits ahead of it (outside fair mode
---   readers never queue, so any waiting writer is ahead): once a writer waits, new readers
---   wait behind it, so a stream of readers cannot starve writers.
+--   readers never queue, so any waiting writer is ahead), nor a plain lock's waiter: once a
+--   writer (or a plain lock) waits, new readers wait behind it, so a stream of readers cannot
+--   starve it.
 -- A waiting writer queues (a reader only in fair mode) with a waiter lease that its retries
 -- renew: a waiter that died stops blocking readers when its lease ends.
 -- Returns {1, fence} when granted, or when this token already holds that side (a retry whose
@@ -18,6 +20,7 @@
 -- the earliest waiter lease ends or -1, {reader JSON, ...} (at most 16)}.
 local lock, info, fence_key = KEYS[1], KEYS[2], KEYS[3]
 local readers, rinfo, queue, leases = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local lock_waiters = KEYS[8]
 local token, ttl = ARGV[1], tonumber(ARGV[2])
 local reading = ARGV[7] == 'read'
 local fair = ARGV[8] == '1'
@@ -52,7 +55,8 @@ end
 local position = redis.call('LPOS', queue, entry)
 local blocked
 if reading then
-  blocked = current and current ~= READ_MODE
+  blocked = (current and current ~= READ_MODE)
+            or redis.call('ZCOUNT', lock_waiters, '(' .. now_ms, '+inf') > 0
   if not blocked and position ~= 0 then
     -- Any writer ahead (for a caller not queued: anywhere in the queue).
     local ahead = redis.call('LRANGE', queue, 0, position and position - 1 or -1)
@@ -101,7 +105,14 @@ if wait_ms > 0 and (fair or not reading) then
     end
   end
 end
-local soonest = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')[2]
+-- The caller re-checks no later than the first waiter lease ends (a dead waiter stops holding
+-- readers back then).
+local soonest = tonumber(redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')[2] or '')
+local plain = redis.call('ZRANGEBYSCORE', lock_waiters, '(' .. now_ms, '+inf', 'WITHSCORES',
+                         'LIMIT', 0, 1)[2]
+if plain and (not soonest or tonumber(plain) < soonest) then
+  soonest = tonumber(plain)
+end
 local holders = {}
 if current == READ_MODE then
   holders = redis.call('HVALS', rinfo)
@@ -110,4 +121,4 @@ if current == READ_MODE then
   end
 end
 return {0, redis.call('PTTL', lock), redis.call('HGETALL', info), now_ms,
-        soonest and tonumber(soonest) - now_ms or -1, holders}
+        soonest and soonest - now_ms or -1, holders}
