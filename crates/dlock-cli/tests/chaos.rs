@@ -4,8 +4,14 @@
 //! largest accepted: "refused", with the writer's pid), and records an "overlap" when a holder
 //! enters while another's "enter" has no "exit" yet.
 //!
-//! Four runs: one Redis, one Redis in fair mode, Redlock over three masters, and
-//! `dlock run --limit 3` on one Redis (a semaphore; its checks are at the end). Faults, each
+//! Five runs: one Redis, one Redis in fair mode, Redlock over three masters, `dlock run
+//! --limit 3` on one Redis (a semaphore; its checks are at the end), and one Redis with two
+//! runs in three `--shared` (read-write locks). In that run the storage lets readers in
+//! together and logs an overlap for a writer entering beside anyone, or a reader beside a
+//! writer; the lock checks apply to each overlap, except that readers share tokens (the last
+//! exclusive grant's: a token entered by two holders is a violation only between writers)
+//! and a killed reader's next grant is not bounded (a writer may also wait for readers whose
+//! jobs outlast the killed one's TTL; its lease's PTTL is still checked). Faults, each
 //! recorded with its time window: holder processes SIGKILLed (the kill's time); holders
 //! SIGSTOPped past their lease (from SIGSTOP to SIGCONT); on one Redis the server restarted
 //! with all data lost (from its kill to its return); on Redlock one master at a time frozen
@@ -156,12 +162,64 @@ redis.call('RPUSH', KEYS[2], table.concat({ARGV[3], ARGV[1], ARGV[2], now_ms}, '
 return 1
 "#;
 
+/// The `--shared` run's storage: `ARGV[4]` is 'r' for a shared copy (a reader), 'w' for an
+/// exclusive one. Fenced as `STORAGE_LUA` (a reader's token is the last exclusive grant's, so
+/// a reader that began before an accepted exclusive write is refused); a writer entering
+/// while a writer or readers are inside logs an "overlap" with each, a reader entering while a
+/// writer is inside logs one with it. Readers inside: `KEYS[1]`'s `r:<pid>` fields (an
+/// overtaken reader's is dropped once logged, as a writer's `inside` is replaced).
+const STORAGE_SHARED_LUA: &str = r#"
+local token = tonumber(ARGV[1])
+local pid, step, mode = ARGV[2], ARGV[3], ARGV[4]
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local max = redis.call('HGET', KEYS[1], 'max') or '0'
+if token < tonumber(max) then
+  redis.call('RPUSH', KEYS[2], table.concat({'refused', ARGV[1], pid, now_ms, step, max}, ' '))
+  return 0
+end
+local function overlap(old_token, old_pid, old_ms)
+  redis.call('RPUSH', KEYS[2], table.concat({'overlap', old_token, old_pid, old_ms, ARGV[1], pid,
+                                             now_ms}, ' '))
+end
+if step == 'enter' then
+  local inside = redis.call('HGET', KEYS[1], 'inside')
+  if inside then
+    overlap(inside, redis.call('HGET', KEYS[1], 'inside_pid'),
+            redis.call('HGET', KEYS[1], 'inside_ms'))
+  end
+  if mode == 'w' then
+    local fields = redis.call('HGETALL', KEYS[1])
+    for i = 1, #fields, 2 do
+      local reader = string.match(fields[i], '^r:(%d+)$')
+      if reader then
+        local old_token, old_ms = string.match(fields[i + 1], '^(%d+) (%d+)$')
+        overlap(old_token, reader, old_ms)
+        -- As a writer's `inside` is replaced: the overtaken reader is logged once.
+        redis.call('HDEL', KEYS[1], fields[i])
+      end
+    end
+    redis.call('HSET', KEYS[1], 'max', ARGV[1], 'inside', ARGV[1], 'inside_pid', pid,
+               'inside_ms', now_ms)
+  else
+    redis.call('HSET', KEYS[1], 'max', ARGV[1], 'r:' .. pid, ARGV[1] .. ' ' .. now_ms)
+  end
+elseif mode == 'w' then
+  redis.call('HDEL', KEYS[1], 'inside', 'inside_pid', 'inside_ms')
+else
+  redis.call('HDEL', KEYS[1], 'r:' .. pid)
+end
+redis.call('RPUSH', KEYS[2], table.concat({step, ARGV[1], pid, now_ms, mode}, ' '))
+return 1
+"#;
+
 /// The critical section: enter, work `$JOB_SECS`, exit; each step fenced. `$DLOCK` is the dlock
 /// process holding the lock: the parent of the job's parent, dlock's guardian.
 const JOB: &str = r#"DLOCK=$(cut -d' ' -f4 "/proc/$PPID/stat")
-redis-cli -p "$STORAGE_PORT" EVAL "$STORAGE_LUA" 2 "res:$DLOCK_KEY" "log:$DLOCK_KEY" "$DLOCK_FENCING_TOKEN" "$DLOCK" enter >/dev/null
+MODE=$([ -n "$DLOCK_SHARED" ] && echo r || echo w)
+redis-cli -p "$STORAGE_PORT" EVAL "$STORAGE_LUA" 2 "res:$DLOCK_KEY" "log:$DLOCK_KEY" "$DLOCK_FENCING_TOKEN" "$DLOCK" enter "$MODE" >/dev/null
 sleep "$JOB_SECS"
-redis-cli -p "$STORAGE_PORT" EVAL "$STORAGE_LUA" 2 "res:$DLOCK_KEY" "log:$DLOCK_KEY" "$DLOCK_FENCING_TOKEN" "$DLOCK" exit >/dev/null"#;
+redis-cli -p "$STORAGE_PORT" EVAL "$STORAGE_LUA" 2 "res:$DLOCK_KEY" "log:$DLOCK_KEY" "$DLOCK_FENCING_TOKEN" "$DLOCK" exit "$MODE" >/dev/null"#;
 
 /// The `--limit` run's storage: logs "enter" and "exit" of `KEYS[2]`'s semaphore, and keeps
 /// who is inside (token → dlock pid) in `KEYS[1]` for the fault injector. No fencing: a
@@ -225,10 +283,12 @@ struct Holders {
     storage_port: u16,
     /// `--limit N`: hold one of N permits of a semaphore instead of a lock.
     limit: Option<u32>,
+    /// Read-write locks: two runs in three are `--shared`, the rest exclusive.
+    shared: bool,
 }
 
 impl Holders {
-    fn spawn(&self, report: &std::path::Path, key: &str, job_secs: &str) -> Child {
+    fn spawn(&self, report: &std::path::Path, key: &str, job_secs: &str, shared: bool) -> Child {
         let mut command = Command::new(env!("CARGO_BIN_EXE_dlock"));
         command.args([
             "run",
@@ -249,12 +309,16 @@ impl Holders {
         if let Some(limit) = self.limit {
             command.args(["--limit", &limit.to_string()]);
         }
+        if shared {
+            command.arg("--shared");
+        }
         for url in &self.lock_urls {
             command.args(["--redis", url]);
         }
-        let storage_lua = match self.limit {
-            None => STORAGE_LUA,
-            Some(_) => STORAGE_LIMIT_LUA,
+        let storage_lua = match (self.limit, self.shared) {
+            (Some(_), _) => STORAGE_LIMIT_LUA,
+            (None, true) => STORAGE_SHARED_LUA,
+            (None, false) => STORAGE_LUA,
         };
         command
             .args(["--redis-timeout", &format!("{REDIS_TIMEOUT_MS}ms")])
@@ -290,16 +354,26 @@ fn chaos_on_one_redis_with_limit_3() {
     chaos_with(1, false, Some(LIMIT));
 }
 
+#[test]
+fn chaos_on_one_redis_with_shared_and_exclusive_copies() {
+    chaos_mixed(1, false, None, true);
+}
+
 /// One chaos run against `masters` lock servers (1: a single Redis; 3: Redlock).
 fn chaos(masters: usize) {
     chaos_with(masters, false, None);
 }
 
+fn chaos_with(masters: usize, fair: bool, limit: Option<u32>) {
+    chaos_mixed(masters, fair, limit, false);
+}
+
 /// One chaos run; `fair`: every holder waits in fair (FIFO) mode, so killed and stopped
 /// waiters also sit in the queue; `limit`: `dlock run --limit N` on semaphores instead of
-/// locks. Redlock runs grant about half as often (a 2 s lease, three masters, longer faults),
-/// so their progress and fault-count floors are lower.
-fn chaos_with(masters: usize, fair: bool, limit: Option<u32>) {
+/// locks; `shared`: two runs in three are `--shared` (read-write locks). Redlock runs grant
+/// about half as often (a 2 s lease, three masters, longer faults), so their progress and
+/// fault-count floors are lower.
+fn chaos_mixed(masters: usize, fair: bool, limit: Option<u32>, mixed: bool) {
     let seconds: u64 = std::env::var("DLOCK_CHAOS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -327,6 +401,7 @@ fn chaos_with(masters: usize, fair: bool, limit: Option<u32>) {
         ttl_ms,
         storage_port: storage.port(),
         limit,
+        shared: mixed,
     };
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
@@ -343,8 +418,9 @@ fn chaos_with(masters: usize, fair: bool, limit: Option<u32>) {
                     let long_secs = format!("{:.1}", ttl_ms as f64 * 1.5 / 1000.0);
                     let job_secs = if long { long_secs.as_str() } else { "0.1" };
                     let report = reports.path().join(format!("{w}-{round}.json"));
+                    let as_shared = holders.shared && (w + 2 * round) % 3 != 0;
                     let spawned_ms = now_ms();
-                    let mut child = holders.spawn(&report, &key, job_secs);
+                    let mut child = holders.spawn(&report, &key, job_secs, as_shared);
                     {
                         let mut shared = shared.lock().unwrap();
                         shared.running.insert(child.id(), (key.clone(), long));
@@ -353,6 +429,7 @@ fn chaos_with(masters: usize, fair: bool, limit: Option<u32>) {
                             Proc {
                                 key: key.clone(),
                                 spawned_ms,
+                                shared: as_shared,
                                 ended: None,
                             },
                         );
@@ -399,13 +476,18 @@ fn chaos_with(masters: usize, fair: bool, limit: Option<u32>) {
         let mut victims: Vec<(u32, String, bool, u64)> = Vec::new();
         for k in 0..keys {
             let key = format!("chaos:{k}");
-            let inside: Vec<String> = match limit {
+            let mut inside: Vec<String> = match limit {
                 None => storage
                     .cmd::<Option<String>>("HGET", &[&format!("res:{key}"), "inside_pid"])
                     .into_iter()
                     .collect(),
                 Some(_) => storage.cmd("HVALS", &[&format!("res:{key}")]),
             };
+            if mixed {
+                let fields: Vec<String> = storage.cmd("HKEYS", &[&format!("res:{key}")]);
+                let readers = fields.iter().filter_map(|f| f.strip_prefix("r:"));
+                inside.extend(readers.map(str::to_owned));
+            }
             let shared = shared.lock().unwrap();
             for pid in inside.iter().filter_map(|pid| pid.parse::<u32>().ok()) {
                 if let Some((_, long)) = shared.running.get(&pid) {
@@ -549,10 +631,11 @@ fn chaos_with(masters: usize, fair: bool, limit: Option<u32>) {
              had ended the old command; {} by a holder starved past its lease, told and fenced; \
              the rest by a fault in the old holder's hold); {kills_bounded}; violations {}; exit \
              codes {exit_codes:?}",
-            match (redlock, fair) {
-                (true, _) => "Redlock, 3 masters",
-                (false, true) => "one Redis, fair mode",
-                (false, false) => "one Redis",
+            match (redlock, fair, mixed) {
+                (true, _, _) => "Redlock, 3 masters",
+                (false, true, _) => "one Redis, fair mode",
+                (false, false, true) => "one Redis, --shared and exclusive copies",
+                (false, false, false) => "one Redis",
             },
             elapsed.as_secs_f64(),
             verdict.grants,

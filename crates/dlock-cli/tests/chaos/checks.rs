@@ -21,6 +21,8 @@ pub struct Proc {
     pub key: String,
     /// When the worker spawned it.
     pub spawned_ms: u64,
+    /// A `--shared` copy (a reader of a read-write lock).
+    pub shared: bool,
     /// How it ended; `None` while it runs.
     pub ended: Option<Ended>,
 }
@@ -139,12 +141,14 @@ pub struct Verdict {
 /// One line of the storage's log.
 #[derive(Debug, Clone, PartialEq)]
 enum Entry {
-    /// An accepted write: "enter" or "exit".
+    /// An accepted write: "enter" or "exit"; `shared` for a `--shared` copy's (its token is
+    /// the last exclusive grant's, so other readers share it).
     Write {
         enter: bool,
         token: u64,
         pid: u32,
         at: u64,
+        shared: bool,
     },
     /// A write refused because its token was below `max`.
     Refused {
@@ -175,6 +179,7 @@ fn parse(line: &str) -> Entry {
             token: n(1),
             pid: n(2) as u32,
             at: n(3),
+            shared: f.get(4) == Some(&"r"),
         },
         "refused" => Entry::Refused {
             token: n(1),
@@ -330,6 +335,7 @@ impl Run {
                     token,
                     pid,
                     at,
+                    shared,
                 } => {
                     // The storage script refuses lower tokens, so this only guards the script.
                     if token < last_token {
@@ -340,6 +346,9 @@ impl Run {
                     last_token = token;
                     if enter {
                         verdict.grants += 1;
+                    }
+                    // Readers share the last exclusive grant's token.
+                    if enter && !shared {
                         if let Some(&other) = entered_by.get(&token).filter(|&&p| p != pid) {
                             verdict.violations.push(format!(
                                 "{key}: fencing token {token} handed to two holders, pids \
@@ -490,6 +499,12 @@ impl Run {
                     probe.masters
                 ));
             }
+            // A killed reader: a writer may wait for other readers still inside, whose jobs
+            // can outlast the killed one's TTL; its lease's own bound is the PTTL check above.
+            if self.procs.get(&pid).is_some_and(|p| p.shared) {
+                verdict.kills_unchecked += 1;
+                continue;
+            }
             // Held by the killed holder (on a majority of all masters): a key already gone
             // (PTTL -2) or held by another bounds nothing about this kill.
             let held = probe
@@ -556,6 +571,7 @@ mod tests {
         Proc {
             key: key.into(),
             spawned_ms: asked,
+            shared: false,
             ended: Some(Ended {
                 code,
                 report: Some(Report {
@@ -631,6 +647,44 @@ mod tests {
             );
             assert_eq!(verdict.starved, 0);
         }
+    }
+
+    /// The `--shared` run: readers entering with the last writer's token are no double grant;
+    /// two writers with one token are; a writer overtaking an unfaulted reader is a violation.
+    #[test]
+    fn readers_share_a_token_but_writers_never_do_and_a_reader_is_not_overtaken() {
+        let mut run = overtaken(1);
+        run.procs
+            .insert(3, proc("k", 0, T0 + 1700, 5, Some(T0 + 1900)));
+        run.procs
+            .insert(4, proc("k", 0, T0 + 1700, 5, Some(T0 + 1900)));
+        run.logs[0].1 = vec![
+            format!("enter 100 1 {} w", T0 + 10),
+            format!("exit 100 1 {} w", T0 + 100),
+            format!("enter 100 3 {} r", T0 + 1710),
+            format!("enter 100 4 {} r", T0 + 1720),
+            format!("exit 100 3 {} r", T0 + 1800),
+            format!("exit 100 4 {} r", T0 + 1810),
+        ];
+        let verdict = run.check();
+        assert!(verdict.violations.is_empty(), "{:#?}", verdict.violations);
+
+        run.logs[0].1.push(format!("enter 100 2 {} w", T0 + 1900));
+        let verdict = run.check();
+        assert_eq!(verdict.violations.len(), 1, "{:#?}", verdict.violations);
+        assert!(verdict.violations[0].contains("two holders"));
+
+        run.logs[0].1 = vec![
+            format!("enter 100 3 {} r", T0 + 1710),
+            format!("overlap 100 3 {} 200 2 {}", T0 + 1710, T0 + 1750),
+            format!("enter 200 2 {} w", T0 + 1750),
+        ];
+        let verdict = run.check();
+        assert!(
+            verdict.violations.iter().any(|v| v.contains("entered at")),
+            "{:#?}",
+            verdict.violations
+        );
     }
 
     #[test]

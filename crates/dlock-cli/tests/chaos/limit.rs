@@ -110,6 +110,7 @@ impl Run {
                     token,
                     pid,
                     at,
+                    ..
                 } => {
                     verdict.grants += 1;
                     inside.retain(|h| !self.killed_by(h.pid, at));
@@ -231,6 +232,7 @@ impl Run {
                 token,
                 pid,
                 at,
+                ..
             } = *entry
             {
                 seen.push((token, pid, "enter"));
@@ -341,6 +343,7 @@ mod tests {
         Proc {
             key: "k".into(),
             spawned_ms: asked,
+            shared: false,
             ended: Some(Ended {
                 code,
                 report: Some(Report {

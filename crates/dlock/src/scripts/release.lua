@@ -36,6 +36,10 @@ for i = 1, #ARGV / 3 do
         redis.pcall('PUBLISH', channel, '')
       end
     end
+  elseif withdrew and redis.pcall('GET', lock) == 'dlock:read-mode' then
+    -- A waiter that gave up held a read-write lock's new readers back (rwlock/acquire.lua):
+    -- they may go now.
+    redis.pcall('PUBLISH', channel, '')
   end
   results[i] = released and 1 or 0
 end

@@ -176,9 +176,9 @@ async fn a_stream_of_readers_does_not_starve_a_writer() {
     }
 }
 
-/// Takes a read hold on a runtime of its own, then kills that runtime without releasing: the
-/// watchdog dies with it, as in a crashed process.
-fn read_and_vanish(url: String, ttl: Duration) {
+/// Takes a read (or write) hold on a runtime of its own, then kills that runtime without
+/// releasing: the watchdog dies with it, as in a crashed process.
+fn take_and_vanish(url: String, ttl: Duration, write: bool) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -188,10 +188,81 @@ fn read_and_vanish(url: String, ttl: Duration) {
         let rw = client
             .rw_lock_with("rw", LockOptions::new().ttl(ttl))
             .unwrap();
-        std::mem::forget(rw.try_read().await.unwrap());
+        if write {
+            std::mem::forget(rw.try_write().await.unwrap());
+        } else {
+            std::mem::forget(rw.try_read().await.unwrap());
+        }
         std::mem::forget(client);
     });
     runtime.shutdown_background();
+}
+
+fn read_and_vanish(url: String, ttl: Duration) {
+    take_and_vanish(url, ttl, false);
+}
+
+/// Found by review: a writer waiting on readers was told the longest reader's lease; when that
+/// reader left, the key's end moved to a dead reader's sooner lease end, nobody said so, and
+/// the writer slept through its (here 20 s) re-check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_reader_left_alone_by_a_longer_one_frees_the_writer_within_its_ttl() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let epsilon = epsilon(&c).await;
+    let long = LockOptions::new().ttl(Duration::from_secs(30));
+    let live = c
+        .rw_lock_with("rw", long)
+        .unwrap()
+        .try_read()
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(1);
+    let url = server.url();
+    tokio::task::spawn_blocking(move || read_and_vanish(url, ttl))
+        .await
+        .unwrap();
+    let vanished_at = Instant::now();
+    let slow = waiting(Duration::from_secs(30)).recheck(Duration::from_secs(20));
+    let rw = c.rw_lock_with("rw", slow).unwrap();
+    let writer = tokio::spawn(async move { rw.write().await });
+    queue_length_reaches(&server, 1).await;
+    live.release().await.unwrap();
+    let guard = timeout(Duration::from_secs(10), writer)
+        .await
+        .expect("the writer slept through the dead reader's lease end")
+        .unwrap()
+        .unwrap();
+    let blocked = vanished_at.elapsed();
+    assert!(
+        blocked <= ttl + epsilon,
+        "blocked {blocked:?} by a dead reader (TTL {ttl:?}, ε {epsilon:?})"
+    );
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_crashed_writer_blocks_readers_for_at_most_one_ttl() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let epsilon = epsilon(&c).await;
+    let ttl = Duration::from_secs(1);
+    let url = server.url();
+    tokio::task::spawn_blocking(move || take_and_vanish(url, ttl, true))
+        .await
+        .unwrap();
+    let vanished_at = Instant::now();
+    let rw = c
+        .rw_lock_with("rw", waiting(Duration::from_secs(10)))
+        .unwrap();
+    assert!(rw.try_read().await.unwrap_err().is_conflict());
+    let reader = rw.read().await.expect("free once the writer's lease ends");
+    let blocked = vanished_at.elapsed();
+    assert!(
+        blocked <= ttl + epsilon,
+        "blocked {blocked:?} by a dead writer (TTL {ttl:?}, ε {epsilon:?})"
+    );
+    reader.release().await.unwrap();
 }
 
 /// A crashed reader blocks a writer for at most its own TTL, even while another reader with a
@@ -293,6 +364,45 @@ async fn write_tokens_increase_and_readers_carry_the_last_write() {
     assert!(p > w1 && w2 > p);
     second.release().await.unwrap();
     assert_eq!(rw.try_read().await.unwrap().fencing_token(), w2);
+}
+
+/// Found by the chaos suite: after a restart that lost the fencing counter, readers were
+/// given token 0, below the last write's, so fenced storage refused valid readers.
+#[tokio::test]
+async fn a_reader_after_a_restart_that_lost_the_counter_is_not_below_earlier_writes() {
+    let mut server = RedisServer::start();
+    let c = client(&server).await;
+    let rw = c.rw_lock("rw").unwrap();
+    let writer = rw.try_write().await.unwrap();
+    let written = writer.fencing_token();
+    writer.release().await.unwrap();
+    server.restart_empty();
+    let reader = timeout(Duration::from_secs(5), async {
+        loop {
+            match rw.try_read().await {
+                Ok(reader) => break reader,
+                Err(e) if e.is_conflict() => panic!("{e}"),
+                Err(_reconnecting) => sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("the client never reconnected");
+    let other = rw.try_read().await.unwrap();
+    assert!(
+        reader.fencing_token() >= written,
+        "a reader went below a write"
+    );
+    assert_eq!(
+        other.fencing_token(),
+        reader.fencing_token(),
+        "readers share it"
+    );
+    reader.release().await.unwrap();
+    other.release().await.unwrap();
+    let next = rw.try_write().await.unwrap();
+    assert!(next.fencing_token() > written);
+    next.release().await.unwrap();
 }
 
 #[tokio::test]
@@ -500,4 +610,128 @@ async fn a_waiting_plain_lock_holds_new_readers_back_too() {
         .unwrap();
     guard.release().await.unwrap();
     rw.try_read().await.unwrap().release().await.unwrap();
+}
+
+/// Found by review: a queue entry whose lease was lost (damaged data, an eviction) was never
+/// purged, and held every reader back for good.
+#[tokio::test]
+async fn a_queue_entry_without_its_lease_is_dropped_not_obeyed() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let _: i64 = server.cmd("RPUSH", &[QUEUE, "w:0123456789abcdef0123456789abcdef"]);
+    let reader = c.rw_lock("rw").unwrap().try_read().await.unwrap();
+    let queued: i64 = server.cmd("LLEN", &[QUEUE]);
+    assert_eq!(queued, 0, "the lease-less entry is still queued");
+    reader.release().await.unwrap();
+}
+
+/// Found by review: one reader's damaged holder info failed every release batched with it.
+#[tokio::test]
+async fn damaged_reader_info_fails_no_release_and_no_read() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let rw = c.rw_lock("rw").unwrap();
+    let (a, b) = (rw.try_read().await.unwrap(), rw.try_read().await.unwrap());
+    let info = "{rw}:dlock:reader-info:rw";
+    let tokens: Vec<String> = server.cmd("HKEYS", &[info]);
+    for token in &tokens {
+        let _: i64 = server.cmd("HSET", &[info, token, "{not json"]);
+    }
+    let third = rw.try_read().await.unwrap();
+    a.release().await.unwrap();
+    b.release().await.unwrap();
+    third.release().await.unwrap();
+    assert!(
+        rw.try_write().await.is_ok(),
+        "the readers did not all leave"
+    );
+}
+
+/// A plain lock that gave up waiting behind readers stops holding new readers back at once:
+/// they are woken, not left to their re-check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_lock_giving_up_wakes_the_readers_it_held_back() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let reader = c.rw_lock("rw").unwrap().try_read().await.unwrap();
+    let plain = c.lock_with("rw", waiting(Duration::from_secs(20))).unwrap();
+    let waiter = tokio::spawn(async move { plain.lock().await });
+    let queued = timeout(Duration::from_secs(10), async {
+        while server.cmd::<i64>("ZCARD", &["{rw}:dlock:queue-leases:rw"]) < 1 {
+            sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(queued.is_ok(), "the plain lock never queued");
+    let slow = waiting(Duration::from_secs(30)).recheck(Duration::from_secs(20));
+    let rw = c.rw_lock_with("rw", slow).unwrap();
+    let second = tokio::spawn(async move { rw.read().await });
+    sleep(Duration::from_millis(200)).await;
+    assert!(!second.is_finished(), "a reader overtook the waiting lock");
+    waiter.abort();
+    let gave_up_at = Instant::now();
+    let second = timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the held-back reader slept through its re-check")
+        .unwrap()
+        .unwrap();
+    assert!(gave_up_at.elapsed() < Duration::from_secs(2));
+    second.release().await.unwrap();
+    reader.release().await.unwrap();
+}
+
+/// Fair mode: behind a queued writer, a try_read is refused: nobody jumps the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_mode_try_calls_do_not_jump_the_queue() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let fair = waiting(Duration::from_secs(20)).fair(true);
+    let rw = c.rw_lock_with("rw", fair).unwrap();
+    let reader = rw.try_read().await.unwrap();
+    let writer = tokio::spawn({
+        let rw = rw.clone();
+        async move { rw.write().await }
+    });
+    queue_length_reaches(&server, 1).await;
+    assert!(
+        rw.try_read().await.unwrap_err().is_conflict(),
+        "a reader jumped the queue"
+    );
+    reader.release().await.unwrap();
+    let guard = timeout(Duration::from_secs(5), writer)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    guard.release().await.unwrap();
+}
+
+/// extend() moves a reader's own lease, both ways, and the name's key follows the latest
+/// reader's lease end.
+#[tokio::test]
+async fn extend_moves_a_readers_lease_and_the_key_follows_the_latest() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let options = LockOptions::new().ttl(Duration::from_secs(10));
+    let rw = c.rw_lock_with("rw", options).unwrap();
+    let (a, b) = (rw.try_read().await.unwrap(), rw.try_read().await.unwrap());
+    a.extend(Duration::from_secs(60)).await.unwrap();
+    let pttl: i64 = server.cmd("PTTL", &["rw"]);
+    assert!(
+        pttl > 50_000,
+        "the key did not follow the longer lease: {pttl}"
+    );
+    a.extend(Duration::from_secs(2)).await.unwrap();
+    let pttl: i64 = server.cmd("PTTL", &["rw"]);
+    assert!(
+        (5_000..=10_000).contains(&pttl),
+        "the key should end with b's 10 s lease now: {pttl}"
+    );
+    a.release().await.unwrap();
+    b.release().await.unwrap();
+    let writer = rw.try_write().await.unwrap();
+    writer.extend(Duration::from_secs(20)).await.unwrap();
+    let pttl: i64 = server.cmd("PTTL", &["rw"]);
+    assert!(pttl > 15_000, "{pttl}");
+    writer.release().await.unwrap();
 }

@@ -40,11 +40,12 @@ impl ReadGuard {
     lease_methods!(
         handle,
         "read-write lock",
-        "The fencing token of the last write grant before this read grant (0 if the counter \
-         had none): every later write grant's token is larger. Readers share it, and it does \
-         not grow from one read grant to the next. Storage that records the largest write \
-         token it has applied can refuse a reader whose token is below it: that reader began \
-         before a write it has not seen."
+        "At least the fencing token of every write grant before this read grant, and below \
+         every later write grant's: the last write's token (after a restart that lost the \
+         counter, the server's clock in µs, as a write grant's would be). Readers share it, \
+         and it does not grow from one read grant to the next. Storage that records the \
+         largest token it has accepted can refuse a reader whose token is below it: that \
+         reader began before a write it has not seen."
     );
 
     /// Releases the read hold (one round trip) and reports whether its lease was held all

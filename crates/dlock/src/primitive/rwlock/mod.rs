@@ -20,8 +20,9 @@
 //!
 //! **Fencing.** A write grant's fencing token is larger than every earlier write grant's (and
 //! every earlier plain lock grant's: they share the counter). A read grant carries the token of
-//! the last write grant before it: storage that records the largest write token it has seen can
-//! tell a reader that started before that write.
+//! the last write grant before it (never less, even after a restart that lost the counter, and
+//! less than every later write grant's): storage that records the largest token it has
+//! accepted can refuse a reader that started before a write it has not seen.
 //!
 //! # Limits
 //! As for [`Lock`](crate::Lock): clocks, failover and restarts that lose data. A read-write

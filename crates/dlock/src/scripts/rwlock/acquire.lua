@@ -16,7 +16,7 @@
 -- renew: a waiter that died stops blocking readers when its lease ends.
 -- Returns {1, fence} when granted, or when this token already holds that side (a retry whose
 -- reply was lost). A writer's fence is the next fencing token; a reader's is the counter as it
--- is (the last write grant's token). Otherwise {0, pttl, holder info fields, server ms, ms until
+-- is (the last write grant's token; the server's clock in µs when the counter was lost). Otherwise {0, pttl, holder info fields, server ms, ms until
 -- the earliest waiter lease ends or -1, {reader JSON, ...} (at most 16)}.
 local lock, info, fence_key = KEYS[1], KEYS[2], KEYS[3]
 local readers, rinfo, queue, leases = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -33,13 +33,13 @@ local current = redis.call('GET', lock)
 
 if current == READ_MODE then
   purge_readers(readers, rinfo, now_ms)
-  if reading and redis.call('ZSCORE', readers, token) then
+  local mine = tonumber(redis.call('ZSCORE', readers, token) or '')
+  if reading and mine and mine > now_ms then
     redis.call('ZADD', readers, string.format('%.0f', now_ms + ttl), token)
-    fit_read_mode(lock, info, readers, rinfo, false)
-    local json = redis.call('HGET', rinfo, token)
-    return {1, json and tonumber(cjson.decode(json).fence) or 0}
+    fit_read_mode(lock, info, readers, rinfo, now_ms, false)
+    return {1, tonumber(reader_holder(rinfo, token).fence) or 0}
   end
-  if redis.call('ZCARD', readers) == 0 then
+  if not first_reader(readers, now_ms) then
     -- The key outlived its last reader within the same millisecond.
     redis.call('DEL', lock, info, readers, rinfo)
     current = false
@@ -48,9 +48,19 @@ elseif current == token and not reading then
   return {1, regrant(lock, info, ARGV[2])}
 end
 
-for _, dead in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now_ms)) do
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now_ms, 'LIMIT', 0,
+                                 PURGE_BATCH)) do
   redis.call('ZREM', leases, dead)
-  redis.call('LREM', queue, 0, dead)
+  redis.call('LREM', queue, 1, dead)
+end
+if redis.call('LLEN', queue) > redis.call('ZCARD', leases) then
+  -- Damaged queue data (an entry whose lease is gone, say evicted): such an entry would hold
+  -- everyone behind it back for good. Drop it.
+  for _, waiter in ipairs(redis.call('LRANGE', queue, 0, -1)) do
+    if not redis.call('ZSCORE', leases, waiter) then
+      redis.call('LREM', queue, 0, waiter)
+    end
+  end
 end
 local position = redis.call('LPOS', queue, entry)
 local blocked
@@ -85,11 +95,19 @@ if not blocked then
     redis.call('DEL', readers, rinfo)
     redis.call('SET', lock, READ_MODE)
   end
-  local fence = redis.call('GET', fence_key) or '0'
+  -- The counter: the last write grant's token. Lost (a restart without persistence) or
+  -- expired, it restarts from the server's clock in µs, which no earlier write token exceeds
+  -- (every token is at most one above the clock's reading at its grant): a reader's token is
+  -- never below an earlier write's.
+  local fence = redis.call('GET', fence_key)
+  if not fence then
+    fence = string.format('%.0f', now_us)
+    redis.call('SET', fence_key, fence, 'PX', ARGV[3])
+  end
   redis.call('ZADD', readers, string.format('%.0f', now_ms + ttl), token)
   redis.call('HSET', rinfo, token, cjson.encode({host = ARGV[4], pid = ARGV[5], label = ARGV[6],
     since_ms = string.format('%.0f', now_ms), fence = fence}))
-  fit_read_mode(lock, info, readers, rinfo, true)
+  fit_read_mode(lock, info, readers, rinfo, now_ms, true)
   return {1, tonumber(fence)}
 end
 
@@ -113,12 +131,16 @@ local plain = redis.call('ZRANGEBYSCORE', lock_waiters, '(' .. now_ms, '+inf', '
 if plain and (not soonest or tonumber(plain) < soonest) then
   soonest = tonumber(plain)
 end
-local holders = {}
+-- Readers: the first 16 (by lease end), and the earliest one's lease as the time left: a
+-- reader that died frees the lock then, if the others have left meanwhile (their releases move
+-- the key's expiry; the waiter re-checks at this bound at the latest).
+local holders, pttl = {}, redis.call('PTTL', lock)
 if current == READ_MODE then
-  holders = redis.call('HVALS', rinfo)
-  while #holders > 16 do
-    table.remove(holders)
+  local first = redis.call('ZRANGEBYSCORE', readers, '(' .. now_ms, '+inf', 'LIMIT', 0, 16)
+  if #first > 0 then
+    holders = redis.call('HMGET', rinfo, unpack(first))
+    pttl = select(2, first_reader(readers, now_ms)) - now_ms
   end
 end
-return {0, redis.call('PTTL', lock), redis.call('HGETALL', info), now_ms,
-        soonest and soonest - now_ms or -1, holders}
+return {0, pttl, redis.call('HGETALL', info), now_ms, soonest and soonest - now_ms or -1,
+        holders}

@@ -5,8 +5,8 @@
 --       leases
 -- ARGV: per hold, 3 values: token, 'read' | 'write', wake-up channel
 -- Returns one 1 (released: the hold was still ours) or 0 (not ours any more) per hold.
--- Wake-ups publish '' (every waiter retries): when the lock became free, or when a queued
--- waiter left (a writer leaving the queue may let readers in).
+-- Wake-ups publish '' (every waiter retries): when the lock became free, when the read mode's
+-- end came sooner, or when a queued waiter left (a writer leaving the queue may let readers in).
 -- pcall: a key of another type (a semaphore of this name) answers "not ours" for that item
 -- instead of failing every hold batched with it.
 local now_ms = server_now_ms()
@@ -17,15 +17,19 @@ for i = 1, #ARGV / 3 do
   local queue, leases = KEYS[k + 5], KEYS[k + 6]
   local token, reading, channel = ARGV[3 * i - 2], ARGV[3 * i - 1] == 'read', ARGV[3 * i]
   local current = redis.pcall('GET', lock)
-  local released, freed = false, false
+  local released, freed, sooner = false, false, false
   if reading and current == READ_MODE then
     local lease_end = tonumber(redis.call('ZSCORE', readers, token) or '')
     if lease_end then
+      local before = redis.call('PTTL', lock)
       released = lease_end > now_ms
       redis.call('ZREM', readers, token)
       redis.call('HDEL', rinfo, token)
       purge_readers(readers, rinfo, now_ms)
-      freed = not fit_read_mode(lock, info, readers, rinfo, true)
+      freed = not fit_read_mode(lock, info, readers, rinfo, now_ms, true)
+      -- The key now ends sooner (this reader's lease was the latest): waiters re-check, since
+      -- the readers left may be dead and free it at that sooner end, which publishes nothing.
+      sooner = not freed and redis.call('PTTL', lock) < before
     end
   elseif not reading and current == token then
     redis.call('DEL', lock, info)
@@ -36,7 +40,7 @@ for i = 1, #ARGV / 3 do
   if withdrew then
     redis.call('LREM', queue, 0, entry)
   end
-  if freed or withdrew then
+  if freed or withdrew or sooner then
     -- pcall: a user without channel permissions (Redis 7 ACLs) still releases; waiters then
     -- rely on their timed re-checks.
     redis.pcall('PUBLISH', channel, '')

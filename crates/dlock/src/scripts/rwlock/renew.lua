@@ -14,7 +14,7 @@ for i = 1, #ARGV / 2 do
                     and tonumber(redis.call('ZSCORE', readers, token) or '')
   if lease_end and lease_end > now_ms then
     redis.call('ZADD', readers, 'XX', string.format('%.0f', now_ms + ttl), token)
-    fit_read_mode(lock, info, readers, rinfo, false)
+    fit_read_mode(lock, info, readers, rinfo, now_ms, false)
     results[i] = 1
   else
     results[i] = 0
