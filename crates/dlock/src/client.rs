@@ -256,14 +256,9 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::lock_with`], and [`Error::Config`](crate::Error::Config) on Redlock
-    /// (read-write locks need a single Redis, Sentinel or Cluster) or with a replica guard.
+    /// (read-write locks need a single Redis, Sentinel or Cluster).
     pub fn rw_lock_with(&self, name: &str, options: LockOptions) -> Result<RwLock> {
         self.core.single_node_only("read-write locks")?;
-        if options.min_replicas.is_some() {
-            return Err(crate::Error::Config(
-                "read-write locks do not take a replica guard yet".into(),
-            ));
-        }
         self.check_options(&options)?;
         Ok(RwLock::new(
             self.core.clone(),

@@ -83,6 +83,27 @@ async fn every_primitive_honours_the_replica_guard() {
         "a refused permit was left: {status:?}"
     );
     outer.release().await.unwrap();
+
+    let rw = c.rw_lock_with("rw", guarded()).unwrap();
+    let reader = rw.try_read().await.unwrap();
+    let on_replica: String = replica.cmd("GET", &["rw"]);
+    assert_eq!(
+        on_replica, "dlock:read-mode",
+        "the replica has the read hold already"
+    );
+    reader.release().await.unwrap();
+    replica.pause();
+    for refused in [
+        rw.try_read().await.map(drop),
+        rw.try_write().await.map(drop),
+    ] {
+        let err = refused.unwrap_err();
+        assert!(err.to_string().contains("0 of 1 replicas"), "{err}");
+    }
+    replica.resume();
+    c.flush().await;
+    let left: i64 = master.cmd("EXISTS", &["rw"]);
+    assert_eq!(left, 0, "a refused read or write hold was left");
 }
 
 #[tokio::test]
@@ -175,6 +196,13 @@ async fn the_client_follows_a_sentinel_failover_and_new_locks_work() {
         "the waiter was not woken"
     );
     handed.release().await.unwrap();
+    // Read-write locks too: readers share it on the new master, a writer is refused.
+    let rw = c.rw_lock("shared-after").unwrap();
+    let reader = rw.try_read().await.unwrap();
+    assert!(rw.try_write().await.unwrap_err().is_conflict());
+    let on_new_master: String = replica.cmd("GET", &["shared-after"]);
+    assert_eq!(on_new_master, "dlock:read-mode");
+    reader.release().await.unwrap();
 }
 
 /// Polls until a client of `server` is blocked in `WAIT` (the replica guard is stalled).
