@@ -13,6 +13,7 @@ use crate::holder::LockStatus;
 use crate::key::LockKeys;
 use crate::options::{ClientOptions, LockOptions};
 use crate::primitive::lock::{inspect, Lock};
+use crate::primitive::multi::MultiLock;
 use crate::primitive::reentrant::ReentrantLock;
 use crate::primitive::rwlock::RwLock;
 use crate::primitive::semaphore::{self, Semaphore, SemaphoreStatus};
@@ -240,6 +241,41 @@ impl Client {
     pub fn reentrant_lock_with(&self, name: &str, options: LockOptions) -> Result<ReentrantLock> {
         self.core.single_node_only("reentrant locks")?;
         ReentrantLock::new(self.lock_with(name, options)?)
+    }
+
+    /// A multi-key lock over `names` with default options: all of them or none. See
+    /// [`MultiLock`].
+    ///
+    /// # Errors
+    /// As [`Client::multi_lock_with`].
+    pub fn multi_lock<S: AsRef<str>>(&self, names: &[S]) -> Result<MultiLock> {
+        self.multi_lock_with(names, LockOptions::default())
+    }
+
+    /// A multi-key lock over `names` with `options`, which apply to every member.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for an invalid name, no name, more than
+    /// [`MAX_MEMBERS`](crate::MAX_MEMBERS), a name given twice, fair mode, or Redlock; as
+    /// [`Client::lock_with`] for the options.
+    pub fn multi_lock_with<S: AsRef<str>>(
+        &self,
+        names: &[S],
+        options: LockOptions,
+    ) -> Result<MultiLock> {
+        self.core.single_node_only("multi-key locks")?;
+        if options.fair {
+            return Err(crate::Error::Config(
+                "multi-key locks have no fair mode: a waiting multi-key lock holds nothing and \
+                 queues nowhere"
+                    .into(),
+            ));
+        }
+        let members = names
+            .iter()
+            .map(|name| self.lock_with(name.as_ref(), options.clone().handoff(false)))
+            .collect::<Result<Vec<_>>>()?;
+        MultiLock::new(self.core.clone(), members, options)
     }
 
     /// A read-write lock named `name` with default options: many readers or one writer, and

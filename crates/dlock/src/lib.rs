@@ -115,6 +115,7 @@ pub use options::{
     DEFAULT_WAIT, FENCE_RETENTION, MAX_TTL, MIN_TTL,
 };
 pub use primitive::lock::{Lock, LockGuard};
+pub use primitive::multi::{MultiGuard, MultiLock, MAX_MEMBERS};
 pub use primitive::reentrant::{Owner, ReentrantGuard, ReentrantLock};
 pub use primitive::rwlock::{ReadGuard, RwLock, WriteGuard};
 pub use primitive::semaphore::{Semaphore, SemaphoreHolder, SemaphorePermit, SemaphoreStatus};

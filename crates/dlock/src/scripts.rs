@@ -127,3 +127,8 @@ pub(crate) static RW_RELEASE: LazyLock<Script> = rwlock!("scripts/rwlock/release
 pub(crate) static RW_RENEW: LazyLock<Script> = rwlock!("scripts/rwlock/renew.lua");
 /// Check, read-only, that readers still hold (see `rwlock/verify.lua`).
 pub(crate) static RW_VERIFY: LazyLock<Script> = rwlock!("scripts/rwlock/verify.lua");
+
+// The multi-key lock (`primitive::multi`).
+/// Take several one-slot locks at once, all or none (see `multi/acquire.lua`); the members
+/// are plain locks, renewed and released by the lock's scripts.
+pub(crate) static MULTI_ACQUIRE: LazyLock<Script> = with_grant!("scripts/multi/acquire.lua");

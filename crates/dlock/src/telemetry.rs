@@ -35,6 +35,7 @@ pub(crate) enum Kind {
     Semaphore,
     ReadLock,
     WriteLock,
+    MultiLock,
 }
 
 impl Kind {
@@ -45,6 +46,7 @@ impl Kind {
             Kind::Semaphore => "semaphore",
             Kind::ReadLock => "read_lock",
             Kind::WriteLock => "write_lock",
+            Kind::MultiLock => "multi_lock",
         }
     }
 }

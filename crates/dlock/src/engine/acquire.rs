@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::connection::node::ReplicaLink;
 use crate::connection::quorum::{quorum_error, Nodes, Vote};
 use crate::engine::lease::{validity, Sent};
-use crate::engine::pending::Pending;
+use crate::engine::pending::{roll_back, undo_partial, Pending};
 use crate::engine::Core;
 use crate::error::{Conflict, Error, Result};
 use crate::options::LockOptions;
@@ -242,7 +242,9 @@ fn not_granted<G>(
 ) -> Result<Attempt<G>> {
     let nodes = core.nodes();
     if !nodes.is_single() {
-        core.watchdog().release_in_background(pending.undo(token));
+        for undo in pending.undo(token) {
+            core.watchdog().release_in_background(undo);
+        }
         pending.settled();
     } else if answers.busy.is_some() && !queued {
         // A busy answer settles the doubt, unless it put us in the fair queue: that entry must
@@ -259,25 +261,6 @@ fn not_granted<G>(
             Err(refusal(nodes, quorum, answers.failures))
         }
     }
-}
-
-/// Before a retry with a larger proposal: undo this attempt's partial grant. The nodes that
-/// granted are undone now, so that the retry does not find our own old hold there and take it
-/// for a busy lock; every node also gets the undo in the background, for a write that may
-/// still land (and a node whose undo failed now).
-async fn undo_partial(core: &Core, pending: &Pending, token: Token, grants: &[(usize, u64, bool)]) {
-    let undo = pending.undo(token);
-    if !grants.is_empty() {
-        let call = crate::engine::ops::one(undo.release_script(), |call| undo.add_release(call));
-        let nodes = core.nodes();
-        futures_util::future::join_all(grants.iter().map(|(index, _, _)| {
-            let node = nodes.get(*index);
-            node.eval::<Vec<i64>>(&call, node.command_timeout())
-        }))
-        .await;
-    }
-    core.watchdog().release_in_background(undo);
-    pending.settled();
 }
 
 /// A node that refused a proposal as too low, as a failure.
@@ -461,29 +444,6 @@ async fn send<A: Acquire>(
         }
     }
     Ok(answers)
-}
-
-/// Undoes a grant now, so the caller's error means "no hold". If a node cannot confirm, the
-/// undo is queued in the background and the next attempt takes a fresh token: with the old
-/// one, that late undo could delete the retry's grant (the retry finds its own grant again on
-/// one node), leaving a guard that believes it holds what nobody holds.
-async fn roll_back(core: &Core, pending: &Pending, token: Token) {
-    let undo = pending.undo(token);
-    let call = crate::engine::ops::one(undo.release_script(), |call| undo.add_release(call));
-    let nodes = core.nodes();
-    let undone = nodes
-        .all(|node| node.eval::<Vec<i64>>(&call, node.command_timeout()))
-        .await;
-    if !undone.iter().all(Result::is_ok) {
-        if pending.fresh_token().is_err() {
-            // No fresh token (the OS random source failed): stay in doubt with the old one,
-            // whose undo is then sent when the caller gives up (never before a retry that
-            // reuses it).
-            return;
-        }
-        core.watchdog().release_in_background(undo.clone());
-    }
-    pending.settled();
 }
 
 /// The error when no majority granted and nobody said busy: a refusal that retrying cannot

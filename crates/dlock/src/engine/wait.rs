@@ -14,11 +14,13 @@ use crate::error::{Error, Result};
 use crate::options::{LockOptions, Wait};
 use crate::token::Token;
 
-/// Where a waiter waits: the name (for errors), the wake-up channel, and the settings.
+/// Where a waiter waits: the name (for errors), the wake-up channels, and the settings.
 pub(crate) struct Waiting<'a> {
     pub core: &'a Core,
     pub name: &'a str,
-    pub channel: &'a str,
+    /// The channels whose releases may let this waiter in (one per lock; a multi-key lock
+    /// listens to each member's). Hand-offs and the client's inbox go with the first.
+    pub channels: &'a [String],
     pub options: &'a LockOptions,
     /// Whether attempts join the primitive's wait queue (fair mode, or hand-off).
     pub queue: bool,
@@ -93,10 +95,7 @@ impl Waiting<'_> {
         let deadline = self.deadline(started);
         // A subscription another waiter keeps (or one lingering) costs nothing: take it now,
         // and a first busy answer can be slept on at once.
-        let mut wakeups: Option<Subscription> =
-            self.core
-                .notifier()
-                .live(self.channel, token.as_str(), self.handoff);
+        let mut wakeups = self.live(token);
         let mut failures = 0u32;
         // The last busy answer: when its attempt was sent, and the fencing counter it saw.
         let mut last_busy: Option<(Sent, u64)> = None;
@@ -145,8 +144,8 @@ impl Waiting<'_> {
     /// the lock is free), and the retry right after subscribing queues. One that cannot hear
     /// its channel (refused by an ACL, or reconnecting) is never handed the hold: in fair mode
     /// it queues to be woken, otherwise it does not queue and relies on its re-checks.
-    fn queue(&self, deadline: Option<Instant>, wakeups: Option<&Subscription>) -> Option<Queue> {
-        let wakeups = wakeups.filter(|_| self.queue)?;
+    fn queue(&self, deadline: Option<Instant>, wakeups: Option<&Wakeups>) -> Option<Queue> {
+        let wakeups = wakeups.filter(|_| self.queue)?.first();
         let hears = wakeups.hears();
         if !hears && !self.queue_deaf {
             return None;
@@ -168,17 +167,33 @@ impl Waiting<'_> {
         }
     }
 
-    /// Subscribes to the wake-up channel, giving up at `deadline` (`None`: the caller retries
+    /// Subscriptions to every channel that another waiter keeps (or that linger), if all of
+    /// them are live: they cost nothing.
+    fn live(&self, token: &Token) -> Option<Wakeups> {
+        let notifier = self.core.notifier();
+        let live: Option<Vec<Subscription>> = self
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(i, channel)| notifier.live(channel, token.as_str(), self.handoff && i == 0))
+            .collect();
+        live.filter(|subscriptions| !subscriptions.is_empty())
+            .map(Wakeups)
+    }
+
+    /// Subscribes to the wake-up channels, giving up at `deadline` (`None`: the caller retries
     /// and asks again).
-    async fn subscribe(&self, token: &Token, deadline: Option<Instant>) -> Option<Subscription> {
+    async fn subscribe(&self, token: &Token, deadline: Option<Instant>) -> Option<Wakeups> {
+        let notifier = self.core.notifier();
         let subscribing =
-            self.core
-                .notifier()
-                .subscribe(self.channel, token.as_str(), self.handoff);
-        match deadline {
-            Some(d) => tokio::time::timeout_at(d, subscribing).await.ok(),
-            None => Some(subscribing.await),
-        }
+            futures_util::future::join_all(self.channels.iter().enumerate().map(|(i, channel)| {
+                notifier.subscribe(channel, token.as_str(), self.handoff && i == 0)
+            }));
+        let subscriptions = match deadline {
+            Some(d) => tokio::time::timeout_at(d, subscribing).await.ok()?,
+            None => subscribing.await,
+        };
+        (!subscriptions.is_empty()).then_some(Wakeups(subscriptions))
     }
 
     /// The error for a wait that ran out: a timeout naming the last holder seen, or the last
@@ -214,7 +229,7 @@ impl Waiting<'_> {
 /// (the latest such hand-off counts): if that waiter died, the lock is free then, and nobody
 /// publishes it. Only the next in line re-checks then, not every waiter.
 async fn sleep_on(
-    subscription: Option<&mut Subscription>,
+    subscription: Option<&mut Wakeups>,
     token: &Token,
     until: Option<Instant>,
 ) -> Option<Woken> {
@@ -233,6 +248,36 @@ async fn sleep_on(
             },
             () = crate::clock::sleep_until(earliest(until, claim_ends)) => return None,
         }
+    }
+}
+
+/// A waiter's subscriptions: one per channel, never empty. The first carries hand-offs.
+pub(crate) struct Wakeups(Vec<Subscription>);
+
+impl Wakeups {
+    fn first(&self) -> &Subscription {
+        &self.0[0]
+    }
+
+    fn mark_seen(&mut self) {
+        for subscription in &mut self.0 {
+            subscription.mark_seen();
+        }
+    }
+
+    /// The next wake-up for `token` (or everyone) on any of the channels.
+    ///
+    /// # Cancel safety
+    /// As [`Subscription::woken`]: dropping it loses no wake-up.
+    async fn woken(&mut self, token: &str) -> Woken {
+        if let [only] = self.0.as_mut_slice() {
+            return only.woken(token).await;
+        }
+        let each = self
+            .0
+            .iter_mut()
+            .map(|subscription| Box::pin(subscription.woken(token)));
+        futures_util::future::select_all(each).await.0
     }
 }
 

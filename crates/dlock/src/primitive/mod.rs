@@ -9,6 +9,7 @@
 //! `docs/architecture.md` walks through adding one, with the semaphore as the example.
 
 pub(crate) mod lock;
+pub(crate) mod multi;
 pub(crate) mod reentrant;
 pub(crate) mod rwlock;
 pub(crate) mod semaphore;

@@ -15,6 +15,7 @@ mod fencing; // tokens strictly increase, across clients and across data loss
 mod handoff; // a release grants the lock to the queue's head: one round trip, dead heads, lost messages
 mod layout; // no import circles between modules, layers point down, small files and functions
 mod metrics; // the metrics facade: acquisitions, waits, holds, losses, renewals, the name label
+mod multi; // multi-key locks: all or none, no deadlock between opposite orders, one slot or many
 mod ownership; // non-owners never touch another owner's lock
 mod partition; // a partitioned holder knows its lease is over before anyone else has it
 mod redlock; // majorities, dead and frozen masters, validity, fencing, loss of a majority

@@ -162,7 +162,7 @@ impl Lock {
         inspect::inspect(&self.core, &self.keys, false).await
     }
 
-    fn pending(&self) -> Result<Pending> {
+    pub(crate) fn pending(&self) -> Result<Pending> {
         let keys = self.keys.clone();
         Pending::new(
             self.core.watchdog().clone(),
@@ -190,6 +190,19 @@ impl Lock {
         })
     }
 
+    /// The guard for a grant another primitive's script made of this lock (a multi-key lock's
+    /// member): `token` holds it with fencing token `fence` since the call sent at `sent_at`.
+    pub(crate) fn adopt(
+        &self,
+        token: Token,
+        fence: u64,
+        sent_at: tokio::time::Instant,
+    ) -> LockGuard {
+        self.guard(token, |held| {
+            self.core.track(held, fence, self.terms(), sent_at)
+        })
+    }
+
     /// The guard over `token`'s lease, tracked by `track` (a grant's or a hand-off's terms).
     fn guard(&self, token: Token, track: impl FnOnce(Arc<Held>) -> Arc<Lease>) -> LockGuard {
         let held = Arc::new(Held::new(self.keys.clone(), token));
@@ -203,7 +216,7 @@ impl Lock {
         Waiting {
             core: &self.core,
             name: &self.keys.lock,
-            channel: &self.keys.channel,
+            channels: std::slice::from_ref(&self.keys.channel),
             options: &self.options,
             queue: self.options.fair || self.hands_off(),
             handoff: self.hands_off(),

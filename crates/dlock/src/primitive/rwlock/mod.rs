@@ -248,7 +248,7 @@ impl RwLock {
         Waiting {
             core: &self.core,
             name: self.name(),
-            channel: &self.keys.base.channel,
+            channels: std::slice::from_ref(&self.keys.base.channel),
             options: &self.options,
             queue: queues,
             handoff: false,

@@ -249,7 +249,7 @@ impl Semaphore {
         Waiting {
             core: &self.core,
             name: &self.keys.lock,
-            channel: &self.keys.channel,
+            channels: std::slice::from_ref(&self.keys.channel),
             options: &self.options,
             queue: self.options.fair,
             handoff: false,

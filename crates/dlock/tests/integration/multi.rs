@@ -1,0 +1,283 @@
+//! Multi-key locks: all members or none, never a partial hold after a refusal, an error or a
+//! cancelled future; no deadlock between opposite orders; one guard that loses with any member;
+//! one atomic script on one slot, ordered steps across Cluster slots.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dlock::{Client, Error, LockOptions, LossReason, Wait};
+use dlock_test::{RedisCluster, RedisServer, RedisServers};
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::support::client;
+
+fn waiting(limit: Duration) -> LockOptions {
+    LockOptions::new().wait(Wait::Limit(limit))
+}
+
+async fn free(c: &Client, name: &str) -> bool {
+    match c.lock(name).unwrap().try_lock().await {
+        Ok(guard) => {
+            guard.release().await.unwrap();
+            true
+        }
+        Err(e) if e.is_conflict() => false,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn all_members_or_none_and_a_refusal_names_the_held_member() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let multi = c.multi_lock(&["c", "a", "b"]).unwrap();
+    assert_eq!(multi.names().collect::<Vec<_>>(), ["a", "b", "c"]);
+    let blocker = c.lock("b").unwrap().try_lock().await.unwrap();
+    let refused = multi.try_lock().await.unwrap_err();
+    let conflict = refused.conflict().expect("a conflict");
+    assert_eq!(conflict.key, "b", "the refusal names the held member");
+    assert!(conflict.holder.is_some());
+    assert!(
+        free(&c, "a").await && free(&c, "c").await,
+        "a partial hold was left"
+    );
+    blocker.release().await.unwrap();
+
+    let guard = multi.try_lock().await.unwrap();
+    for name in ["a", "b", "c"] {
+        assert!(!free(&c, name).await, "{name} is not held");
+        assert!(guard.fencing_token(name).is_some());
+    }
+    assert_eq!(guard.fencing_token("d"), None);
+    assert!(guard.is_held());
+    let tokens: Vec<u64> = guard.members().iter().map(|m| m.fencing_token()).collect();
+    guard.release().await.unwrap();
+    for name in ["a", "b", "c"] {
+        assert!(free(&c, name).await, "{name} was not released");
+    }
+    let again = multi.try_lock().await.unwrap();
+    for (member, before) in again.members().iter().zip(tokens) {
+        assert!(member.fencing_token() > before, "tokens went back");
+    }
+    again.release().await.unwrap();
+}
+
+/// Tasks ask for {a, b} and {b, a} (and the single members) at once, again and again: all
+/// finish (no deadlock), and the test's own count shows one holder per member at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opposite_orders_never_deadlock_and_exclusion_holds() {
+    let server = RedisServer::start();
+    let inside_a = Arc::new(AtomicUsize::new(0));
+    let inside_b = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for (i, names) in [
+        &["a", "b"][..],
+        &["b", "a"],
+        &["a"],
+        &["b"],
+        &["a", "b"],
+        &["b", "a"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = client(&server).await;
+        let multi = c
+            .multi_lock_with(names, waiting(Duration::from_secs(30)))
+            .unwrap();
+        let (a, b) = (inside_a.clone(), inside_b.clone());
+        tasks.push(tokio::spawn(async move {
+            let _c = c;
+            for _ in 0..15 {
+                let guard = multi.lock().await.unwrap();
+                let counters: Vec<_> = guard
+                    .names()
+                    .map(|n| if n == "a" { a.clone() } else { b.clone() })
+                    .collect();
+                for counter in &counters {
+                    assert_eq!(
+                        counter.fetch_add(1, Ordering::SeqCst),
+                        0,
+                        "two holders ({i})"
+                    );
+                }
+                sleep(Duration::from_millis(1)).await;
+                for counter in &counters {
+                    counter.fetch_sub(1, Ordering::SeqCst);
+                }
+                guard.release().await.unwrap();
+            }
+        }));
+    }
+    let all = futures_util::future::join_all(tasks);
+    let done = timeout(Duration::from_secs(60), all)
+        .await
+        .expect("deadlocked: the tasks never finished");
+    for task in done {
+        task.unwrap();
+    }
+}
+
+/// A waiting multi-key lock is woken by the release of the member it waits for, not by its
+/// re-check (20 s here), and takes the whole set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_woken_by_a_members_release() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let blocker = c.lock("y").unwrap().try_lock().await.unwrap();
+    let slow = waiting(Duration::from_secs(30)).recheck(Duration::from_secs(20));
+    let multi = c.multi_lock_with(&["x", "y", "z"], slow).unwrap();
+    let waiter = tokio::spawn(async move { multi.lock().await });
+    sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished());
+    assert!(
+        free(&c, "x").await && free(&c, "z").await,
+        "the waiter holds part of the set"
+    );
+    blocker.release().await.unwrap();
+    let released_at = Instant::now();
+    let guard = timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("woken long before the 20 s re-check")
+        .unwrap()
+        .unwrap();
+    assert!(released_at.elapsed() < Duration::from_secs(2));
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cancelled_wait_leaves_no_member_held() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let blocker = c.lock("q").unwrap().try_lock().await.unwrap();
+    let multi = c
+        .multi_lock_with(&["p", "q"], waiting(Duration::from_secs(30)))
+        .unwrap();
+    assert!(timeout(Duration::from_millis(300), multi.lock())
+        .await
+        .is_err());
+    c.flush().await;
+    assert!(
+        free(&c, "p").await,
+        "a cancelled multi-key lock left a member held"
+    );
+    blocker.release().await.unwrap();
+    assert!(free(&c, "q").await);
+}
+
+/// Losing any member is losing the guard: told at the next renewal, and at release.
+#[tokio::test]
+async fn losing_one_member_loses_the_guard() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let options = LockOptions::new().ttl(Duration::from_millis(600));
+    let guard = c
+        .multi_lock_with(&["m1", "m2"], options)
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    c.force_release("m2").await.unwrap();
+    let reason = timeout(Duration::from_secs(3), guard.lost())
+        .await
+        .expect("the loss of a member was not reported");
+    assert_eq!(reason, LossReason::KeyGone);
+    assert!(!guard.is_held());
+    match guard.release().await {
+        Err(Error::Lost { key, .. }) => assert_eq!(key, "m2"),
+        other => panic!("expected Lost naming m2, got {other:?}"),
+    }
+    assert!(free(&c, "m1").await, "the other member was not released");
+}
+
+/// On a Cluster: members sharing a hash tag go in one script; members in different slots are
+/// taken in order, and a refusal releases those already taken; opposite orders still finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_one_slot_and_many_slots_are_all_or_nothing() {
+    let cluster = RedisCluster::start(3);
+    let c = Client::cluster(&cluster.urls()).await.unwrap();
+    let tagged = c.multi_lock(&["{user:1}:a", "{user:1}:b"]).unwrap();
+    tagged.try_lock().await.unwrap().release().await.unwrap();
+
+    let names = ["alpha", "bravo", "charlie", "delta"];
+    let spread = c.multi_lock(&names).unwrap();
+    let blocker = c.lock("delta").unwrap().try_lock().await.unwrap();
+    let refused = spread.try_lock().await.unwrap_err();
+    assert_eq!(refused.conflict().map(|c| c.key.as_str()), Some("delta"));
+    for name in &names[..3] {
+        assert!(
+            free(&c, name).await,
+            "{name} was left held after the refusal"
+        );
+    }
+    blocker.release().await.unwrap();
+    let guard = spread.try_lock().await.unwrap();
+    for name in names {
+        assert!(!free(&c, name).await, "{name} is not held");
+    }
+    guard.release().await.unwrap();
+
+    let mut tasks = Vec::new();
+    for order in [["alpha", "delta"], ["delta", "alpha"], ["alpha", "delta"]] {
+        let multi = c
+            .multi_lock_with(&order, waiting(Duration::from_secs(30)))
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                multi.lock().await.unwrap().release().await.unwrap();
+            }
+        }));
+    }
+    let done = timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(tasks),
+    )
+    .await
+    .expect("deadlocked across slots");
+    for task in done {
+        task.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn bad_sets_and_unsupported_modes_are_config_errors() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let none: [&str; 0] = [];
+    assert!(c.multi_lock(&none).unwrap_err().is_config());
+    assert!(c.multi_lock(&["a", "b", "a"]).unwrap_err().is_config());
+    assert!(c.multi_lock(&["a", ""]).unwrap_err().is_config());
+    let many: Vec<String> = (0..=dlock::MAX_MEMBERS).map(|i| format!("k{i}")).collect();
+    assert!(c.multi_lock(&many).unwrap_err().is_config());
+    let fair = LockOptions::new().fair(true);
+    assert!(c
+        .multi_lock_with(&["a", "b"], fair)
+        .unwrap_err()
+        .is_config());
+    let servers = RedisServers::start(3);
+    let redlock = Client::redlock(&servers.urls()).await.unwrap();
+    match redlock.multi_lock(&["a", "b"]) {
+        Err(Error::Config(message)) => assert!(message.contains("multi-key"), "{message}"),
+        other => panic!("expected a Config error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn members_lost_to_a_restart_are_reported() {
+    let mut server = RedisServer::start();
+    let c = client(&server).await;
+    let guard = c
+        .multi_lock(&["r1", "r2"])
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    crate::support::monitored(&server, 1).await;
+    server.restart_empty();
+    let reason = timeout(Duration::from_secs(3), guard.lost())
+        .await
+        .expect("the loss was not reported");
+    assert_eq!(reason, LossReason::KeyGoneAfterReconnect);
+    assert!(matches!(guard.release().await, Err(Error::Lost { .. })));
+}
