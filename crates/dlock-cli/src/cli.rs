@@ -198,6 +198,19 @@ pub struct RunArgs {
     #[arg(long, conflicts_with_all = ["limit", "min_hold"], help_heading = "Lease")]
     pub shared: bool,
 
+    /// Also hold the lock KEY2 (repeat for more): the command runs only while every lock is
+    /// held, all taken at once or none (no copy ever holds part of the set, and copies asking
+    /// for the same keys in another order never deadlock). Each lock excludes a plain `dlock
+    /// run` of its own key. DLOCK_FENCING_TOKEN is KEY's token; DLOCK_FENCING_TOKENS has every
+    /// lock's, in command-line order. Needs one Redis, Sentinel or Cluster.
+    #[arg(
+        long = "and",
+        value_name = "KEY2",
+        conflicts_with_all = ["limit", "shared", "fair"],
+        help_heading = "Lease"
+    )]
+    pub and: Vec<String>,
+
     /// Label stored with the lock and shown by `status` (default: the command line).
     #[arg(long, value_name = "TEXT", help_heading = "Lease")]
     pub label: Option<String>,

@@ -1,5 +1,6 @@
 //! What `dlock run` holds while its command runs: the lock KEY, (with `--limit N`) one permit
-//! of the semaphore KEY, or (with `--shared`) a read hold on the read-write lock KEY.
+//! of the semaphore KEY, (with `--shared`) a read hold on the read-write lock KEY, or (with
+//! `--and KEY2 …`) the locks KEY, KEY2 … all at once.
 //!
 //! All are leases with the same model (renewed by the watchdog, lost with a reason, fenced),
 //! so the supervision in `run.rs` is written once, against [`Lease`]; only taking and ending
@@ -9,8 +10,8 @@
 use std::time::Duration;
 
 use dlock::{
-    Client, Error, LeaseStatus, Lock, LockGuard, LockOptions, LossReason, ReadGuard, RwLock,
-    Semaphore, SemaphorePermit,
+    Client, Error, LeaseStatus, Lock, LockGuard, LockOptions, LossReason, MultiGuard, MultiLock,
+    ReadGuard, RwLock, Semaphore, SemaphorePermit,
 };
 
 /// What `run` asks for: a lock, a permit of a semaphore with this many permits, or a shared
@@ -19,14 +20,18 @@ pub enum Target {
     Lock(Lock),
     Semaphore(Semaphore),
     Shared(RwLock),
+    /// The locks KEY and every `--and` KEY, in that order (for the fencing tokens).
+    Multi(MultiLock, Vec<String>),
 }
 
-/// Which kind of hold `run` asks for (`--limit N`, `--shared`, or neither).
-#[derive(Debug, Clone, Copy)]
+/// Which kind of hold `run` asks for (`--limit N`, `--shared`, `--and KEY2 …`, or none).
+#[derive(Debug, Clone)]
 pub enum Kind {
     Lock,
     Permit(u32),
     Shared,
+    /// The other keys (`--and`).
+    And(Vec<String>),
 }
 
 impl Target {
@@ -41,6 +46,11 @@ impl Target {
             Kind::Lock => Target::Lock(client.lock_with(key, options)?),
             Kind::Permit(limit) => Target::Semaphore(client.semaphore_with(key, limit, options)?),
             Kind::Shared => Target::Shared(client.rw_lock_with(key, options)?),
+            Kind::And(others) => {
+                let mut keys = vec![key.to_owned()];
+                keys.extend(others);
+                Target::Multi(client.multi_lock_with(&keys, options)?, keys)
+            }
         })
     }
 
@@ -53,6 +63,10 @@ impl Target {
             Target::Lock(lock) => lock.try_lock().await.map(Lease::Lock),
             Target::Semaphore(semaphore) => semaphore.try_acquire().await.map(Lease::Permit),
             Target::Shared(rw) => rw.try_read().await.map(Lease::Shared),
+            Target::Multi(multi, keys) => multi
+                .try_lock()
+                .await
+                .map(|guard| Lease::Multi(guard, keys.clone())),
         }
     }
 
@@ -65,6 +79,10 @@ impl Target {
             Target::Lock(lock) => lock.lock().await.map(Lease::Lock),
             Target::Semaphore(semaphore) => semaphore.acquire().await.map(Lease::Permit),
             Target::Shared(rw) => rw.read().await.map(Lease::Shared),
+            Target::Multi(multi, keys) => multi
+                .lock()
+                .await
+                .map(|guard| Lease::Multi(guard, keys.clone())),
         }
     }
 }
@@ -74,15 +92,26 @@ pub enum Lease {
     Lock(LockGuard),
     Permit(SemaphorePermit),
     Shared(ReadGuard),
+    /// Every lock of `--and`, and the keys in command-line order.
+    Multi(MultiGuard, Vec<String>),
 }
 
 impl Lease {
-    /// This grant's fencing token.
+    /// This grant's fencing token (with `--and`, KEY's).
     pub fn fencing_token(&self) -> u64 {
+        self.fencing_tokens()[0]
+    }
+
+    /// The fencing tokens of every lock held, in command-line order (KEY first); never empty.
+    pub fn fencing_tokens(&self) -> Vec<u64> {
         match self {
-            Lease::Lock(guard) => guard.fencing_token(),
-            Lease::Permit(permit) => permit.fencing_token(),
-            Lease::Shared(guard) => guard.fencing_token(),
+            Lease::Lock(guard) => vec![guard.fencing_token()],
+            Lease::Permit(permit) => vec![permit.fencing_token()],
+            Lease::Shared(guard) => vec![guard.fencing_token()],
+            Lease::Multi(guard, keys) => keys
+                .iter()
+                .map(|key| guard.fencing_token(key).unwrap_or_default())
+                .collect(),
         }
     }
 
@@ -92,6 +121,7 @@ impl Lease {
             Lease::Lock(guard) => guard.status(),
             Lease::Permit(permit) => permit.status(),
             Lease::Shared(guard) => guard.status(),
+            Lease::Multi(guard, _) => guard.status(),
         }
     }
 
@@ -104,6 +134,7 @@ impl Lease {
             Lease::Lock(guard) => guard.lost().await,
             Lease::Permit(permit) => permit.lost().await,
             Lease::Shared(guard) => guard.lost().await,
+            Lease::Multi(guard, _) => guard.lost().await,
         }
     }
 
@@ -116,6 +147,7 @@ impl Lease {
             Lease::Lock(guard) => guard.renewal_at_risk(margin).await,
             Lease::Permit(permit) => permit.renewal_at_risk(margin).await,
             Lease::Shared(guard) => guard.renewal_at_risk(margin).await,
+            Lease::Multi(guard, _) => guard.renewal_at_risk(margin).await,
         }
     }
 
@@ -129,6 +161,8 @@ impl Lease {
         match self {
             Lease::Lock(guard) if keep.is_zero() => guard.release().await,
             Lease::Lock(guard) => guard.release_after(keep).await,
+            Lease::Multi(guard, _) if keep.is_zero() => guard.release().await,
+            Lease::Multi(guard, _) => guard.release_after(keep).await,
             Lease::Shared(guard) => guard.release().await.and(match keep.is_zero() {
                 true => Ok(()),
                 false => Err(Error::Internal(

@@ -167,6 +167,7 @@ impl Runner<'_> {
         let kind = match (self.args.limit, self.args.shared) {
             (Some(limit), _) => Kind::Permit(limit),
             (None, true) => Kind::Shared,
+            (None, false) if !self.args.and.is_empty() => Kind::And(self.args.and.clone()),
             (None, false) => Kind::Lock,
         };
         let target = match Target::new(client, &self.args.key, kind, options) {
@@ -221,7 +222,7 @@ impl Runner<'_> {
     ) -> u8 {
         let program = self.args.command[0].to_string_lossy().into_owned();
         let started = match prepared {
-            Ok(prepared) => prepared.start(lease.fencing_token()).await,
+            Ok(prepared) => prepared.start(&lease.fencing_tokens()).await,
             Err(e) => Err(e),
         };
         let mut job = match started {
@@ -522,7 +523,8 @@ impl Runner<'_> {
             let waited = || {
                 humantime::format_duration(Duration::from_millis(self.report.waited_ms)).to_string()
             };
-            let key = &self.args.key;
+            // With --and, the member found held.
+            let key = &conflict.key;
             let exclusive_waits =
                 self.args.shared && conflict.holder.as_ref().is_some_and(|h| h.readers > 0);
             let message = match (conflict.limit, timed_out) {
@@ -618,6 +620,13 @@ impl Runner<'_> {
         match (self.args.limit, self.args.shared) {
             (Some(_), _) => format!("the permit of {}", self.args.key),
             (None, true) => format!("the shared lock on {}", self.args.key),
+            (None, false) if !self.args.and.is_empty() => {
+                format!(
+                    "the locks on {} and {}",
+                    self.args.key,
+                    self.args.and.join(", ")
+                )
+            }
             (None, false) => format!("the lock on {}", self.args.key),
         }
     }

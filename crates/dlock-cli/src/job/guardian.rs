@@ -91,10 +91,10 @@ fn guard(args: &GuardArgs) -> u8 {
     let mut words = BufReader::new(&stream);
     // Started ahead of the lock, the guardian starts the command only when dlock says the lock
     // is granted; a socket that ends first (refused, dlock died) means start nothing.
-    let Some(fencing_token) = next_word(&mut words)
+    let Some(fencing_tokens) = next_word(&mut words)
         .as_deref()
         .and_then(|word| word.strip_prefix("start "))
-        .and_then(|token| token.parse::<u64>().ok())
+        .and_then(parse_tokens)
     else {
         return 0;
     };
@@ -111,7 +111,7 @@ fn guard(args: &GuardArgs) -> u8 {
             return crate::exit::INTERNAL;
         }
     };
-    let leader = match start(program, command_args, fencing_token) {
+    let leader = match start(program, command_args, &fencing_tokens) {
         // Dropping a std Child neither kills nor reaps it: the guardian reaps it itself.
         Ok(child) => pid_of(child.id()),
         Err(e) => {
@@ -160,21 +160,35 @@ fn guard(args: &GuardArgs) -> u8 {
 fn start(
     program: &OsString,
     args: &[OsString],
-    fencing_token: u64,
+    fencing_tokens: &[u64],
 ) -> io::Result<std::process::Child> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 SigSet::empty().thread_set_mask()?;
-                std::process::Command::new(program)
+                let mut command = std::process::Command::new(program);
+                command
                     .args(args)
-                    .env("DLOCK_FENCING_TOKEN", fencing_token.to_string())
-                    .process_group(0)
-                    .spawn()
+                    .env("DLOCK_FENCING_TOKEN", fencing_tokens[0].to_string());
+                if fencing_tokens.len() > 1 {
+                    let all: Vec<String> = fencing_tokens.iter().map(u64::to_string).collect();
+                    command.env("DLOCK_FENCING_TOKENS", all.join(" "));
+                }
+                command.process_group(0).spawn()
             })
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the spawning thread panicked")))
     })
+}
+
+/// The fencing tokens of `start T1 [T2 …]` (one per lock held, `--and`): all whole numbers,
+/// at least one.
+fn parse_tokens(tokens: &str) -> Option<Vec<u64>> {
+    let tokens: Vec<u64> = tokens
+        .split(' ')
+        .map(|token| token.parse().ok())
+        .collect::<Option<_>>()?;
+    (!tokens.is_empty()).then_some(tokens)
 }
 
 /// Whether the socket's other end is the guardian's parent, the dlock that started it. An

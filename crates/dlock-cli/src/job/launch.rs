@@ -74,9 +74,10 @@ impl Job {
 }
 
 impl Prepared {
-    /// Has the guardian start the command, with `fencing_token` in `DLOCK_FENCING_TOKEN`, and
-    /// returns the running job once the guardian says it started.
-    pub async fn start(mut self, fencing_token: u64) -> Result<Job, SpawnError> {
+    /// Has the guardian start the command, with the first of `fencing_tokens` (one per lock
+    /// held) in `DLOCK_FENCING_TOKEN` and, for several, all of them in `DLOCK_FENCING_TOKENS`,
+    /// and returns the running job once the guardian says it started.
+    pub async fn start(mut self, fencing_tokens: &[u64]) -> Result<Job, SpawnError> {
         let mut child = self.child.take().expect("a prepared guardian");
         let stream = tokio::select! {
             stream = accept_from(&self.listener, self.pid) => stream,
@@ -109,7 +110,8 @@ impl Prepared {
                 control: Some(control),
             },
         };
-        job.guardian.tell(&format!("start {fencing_token}"));
+        let tokens: Vec<String> = fencing_tokens.iter().map(u64::to_string).collect();
+        job.guardian.tell(&format!("start {}", tokens.join(" ")));
         job.started().await
     }
 }

@@ -8,6 +8,7 @@ mod exclusion; // one copy runs, the other is refused; -E, --quiet, --wait, --mi
 mod exit_codes; // the child's code, 128+N, 126, 127, 64, 69, 124
 mod inspect; // status, list, release --force, --report json, passwords never shown
 mod loss; // renewal past --ttl; key deleted, Redis frozen or restarted: child stopped, or lost at release: exit 76
+mod multi; // --and: every key or none, tokens of each, opposite orders all run
 mod prompt_exit; // issue 9: no lingering after a timed-out or interrupted wait, even with a master down
 mod semaphore; // --limit N: N copies at once, the N+1-th refused or waiting; loss, crash, mismatch; status, list, release
 mod shared; // --shared: shared copies together, exclusive alone, no starvation of a waiting exclusive copy

@@ -7,11 +7,11 @@
 //!
 //! Every deployment of [`crate::Client`] has its connector here ([`Client::connect`],
 //! [`Client::sentinel`], [`Client::cluster`], [`Client::redlock`]), and [`Lock`],
-//! [`LockGuard`], [`ReentrantLock`], [`ReentrantGuard`], [`RwLock`], [`ReadGuard`],
-//! [`WriteGuard`], [`Semaphore`] and [`SemaphorePermit`] mirror their async namesakes; where an
-//! async method is a future to `select!` on ([`crate::LockGuard::lost`],
-//! [`crate::LockGuard::renewal_at_risk`]), the blocking one also comes with a timeout
-//! ([`LockGuard::lost_timeout`], [`LockGuard::renewal_at_risk_timeout`]).
+//! [`LockGuard`], [`MultiLock`], [`MultiGuard`], [`ReentrantLock`], [`ReentrantGuard`],
+//! [`RwLock`], [`ReadGuard`], [`WriteGuard`], [`Semaphore`] and [`SemaphorePermit`] mirror
+//! their async namesakes; where an async method is a future to `select!` on
+//! ([`crate::LockGuard::lost`], [`crate::LockGuard::renewal_at_risk`]), the blocking one also
+//! comes with a timeout ([`LockGuard::lost_timeout`], [`LockGuard::renewal_at_risk_timeout`]).
 //!
 //! Calling it from inside an async runtime returns [`Error::Config`] instead of blocking (or
 //! panicking) the runtime's thread: async code should use [`crate::Client`]. What never waits
@@ -38,11 +38,13 @@ use crate::{ClientOptions, Error, LockOptions, LockStatus, Result, SentinelConfi
 
 mod guard;
 mod lock;
+mod multi;
 mod reentrant;
 mod rwlock;
 mod semaphore;
 
 pub use lock::{Lock, LockGuard};
+pub use multi::{MultiGuard, MultiLock};
 pub use reentrant::{ReentrantGuard, ReentrantLock};
 pub use rwlock::{ReadGuard, RwLock, WriteGuard};
 pub use semaphore::{Semaphore, SemaphorePermit};
