@@ -327,4 +327,13 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn start_carries_one_or_more_whole_tokens_and_nothing_else() {
+        assert_eq!(parse_tokens("7"), Some(vec![7]));
+        assert_eq!(parse_tokens("7 8 9"), Some(vec![7, 8, 9]));
+        for bad in ["", " ", "7 ", "7  8", "x", "7 -1", "18446744073709551616"] {
+            assert_eq!(parse_tokens(bad), None, "{bad:?}");
+        }
+    }
 }
