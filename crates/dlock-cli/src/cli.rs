@@ -367,6 +367,12 @@ pub enum Workload {
     /// What `dlock run KEY -- true` adds over running `true` directly (process start,
     /// connect, lock, unlock).
     RunOverhead,
+    /// W clients (--workers, default 8) on one read-write lock, nine reads for each write:
+    /// grants/s, waits, fairness, most readers at once, violations.
+    ReadMostly,
+    /// W clients (--workers, default 8), each taking two of four keys at once with a multi-key
+    /// lock (the pairs overlap, named in both orders): grants/s, waits, fairness, violations.
+    MultiKey,
 }
 
 impl Workload {
@@ -382,6 +388,8 @@ impl Workload {
             Workload::ManyKeys => "many-keys",
             Workload::Redlock => "redlock",
             Workload::RunOverhead => "run-overhead",
+            Workload::ReadMostly => "read-mostly",
+            Workload::MultiKey => "multi-key",
         }
     }
 }

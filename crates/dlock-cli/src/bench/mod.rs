@@ -6,10 +6,12 @@
 //! compare as ratios. Contended runs count mutual-exclusion violations (must be 0), and report
 //! each worker's grants (fairness) and the wait for every grant. The semaphore run does the same
 //! for a semaphore of N permits, and also reports the most holders seen at once (never above N:
-//! more counts as a violation).
+//! more counts as a violation). The read-mostly and multi-key runs do the same for a read-write
+//! lock (nine reads per write) and for multi-key locks over overlapping pairs of keys.
 //!
 //! The bench writes only keys under `dlock:bench:` and frees them when done.
 
+mod mixed;
 mod occupancy;
 mod stats;
 mod svg;
@@ -65,6 +67,14 @@ pub async fn bench(args: BenchArgs) -> u8 {
         let workers = args.workers.map_or(SEMAPHORE_WORKERS, usize::from);
         plan.push((Workload::Semaphore, workers));
     }
+    for workload in [Workload::ReadMostly, Workload::MultiKey] {
+        if wanted(workload) {
+            plan.push((
+                workload,
+                args.workers.map_or(SEMAPHORE_WORKERS, usize::from),
+            ));
+        }
+    }
     if wanted(Workload::ManyKeys) {
         plan.push((Workload::ManyKeys, usize::from(args.keys)));
     }
@@ -95,6 +105,8 @@ pub async fn bench(args: BenchArgs) -> u8 {
                 workloads::semaphore(&first, *workers, args.permits, args.duration).await
             }
             Workload::ManyKeys => workloads::many_keys(&client, *workers, args.duration).await,
+            Workload::ReadMostly => mixed::read_mostly(&first, *workers, args.duration).await,
+            Workload::MultiKey => mixed::multi_key(&first, *workers, args.duration).await,
             Workload::RunOverhead => workloads::run_overhead(&first, args.duration).await,
             Workload::Redlock => match connect(&args.connection).await {
                 Ok(redlock) => workloads::redlock(&redlock, args.duration).await,

@@ -37,6 +37,11 @@ impl Occupancy {
         }
     }
 
+    /// How many hold right now.
+    pub fn inside(&self) -> u64 {
+        self.inside.load(Ordering::SeqCst)
+    }
+
     /// One holder fewer (it is about to send its release).
     pub fn leave(&self) {
         self.inside.fetch_sub(1, Ordering::SeqCst);

@@ -289,7 +289,7 @@ pub async fn semaphore(
 
 /// Waits for contending workers; each reports its grants and its waits. Returns the grants
 /// per worker and every wait.
-async fn gather(
+pub(super) async fn gather(
     tasks: Vec<tokio::task::JoinHandle<dlock::Result<(u64, Samples)>>>,
 ) -> dlock::Result<(Vec<u64>, Samples)> {
     let mut per_worker = Vec::with_capacity(tasks.len());

@@ -47,6 +47,8 @@ fn bench_runs_every_workload_and_reports_json_relative_to_the_floor() {
             "contended-fair",
             "contended-barging",
             "semaphore",
+            "read-mostly",
+            "multi-key",
             "many-keys",
             "run-overhead",
         ]
@@ -99,12 +101,53 @@ fn bench_runs_every_workload_and_reports_json_relative_to_the_floor() {
         contended.get("max_holders").is_none(),
         "only the semaphore row has it"
     );
-    assert_eq!(rows[7]["workers"], 8, "many-keys");
+    assert_eq!(rows[7]["workers"], 4, "read-mostly");
+    assert_eq!(rows[8]["workers"], 4, "multi-key");
+    assert_eq!(rows[9]["workers"], 8, "many-keys");
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
     let leftovers: Vec<String> = server.cmd("KEYS", &["dlock:bench:*"]);
     assert!(leftovers.is_empty(), "the bench cleans up: {leftovers:?}");
     assert!(stderr(&out).contains("[1/"), "progress lines on stderr");
+}
+
+/// The read-write and multi-key workloads: no violation, readers really share, every worker
+/// progresses, nothing left behind.
+#[test]
+fn bench_read_mostly_and_multi_key_run_without_violations() {
+    let server = RedisServer::start();
+    for workload in ["read-mostly", "multi-key"] {
+        let out = output(
+            dlock(&server).args([
+                "bench",
+                "--workload",
+                workload,
+                "--duration",
+                "1s",
+                "--json",
+            ]),
+            Duration::from_secs(60),
+        );
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let rows: Vec<Value> = stdout(&out)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let row = &rows[2];
+        assert_eq!(row["workload"], workload, "{row}");
+        assert_eq!(row["workers"], 8, "{row}");
+        assert_eq!(row["violations"], 0, "{row}");
+        assert!(
+            row["min_grants"].as_u64().unwrap() > 0,
+            "a worker starved: {row}"
+        );
+        if workload == "read-mostly" {
+            let most = row["max_holders"].as_u64().unwrap();
+            assert!(most >= 2, "readers never shared the lock: {row}");
+        }
+    }
+    let leftovers: Vec<String> = server.cmd("KEYS", &["dlock:bench:*"]);
+    assert!(leftovers.is_empty(), "the bench cleans up: {leftovers:?}");
 }
 
 #[test]
