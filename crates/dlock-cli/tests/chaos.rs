@@ -4,8 +4,10 @@
 //! largest accepted: "refused", with the writer's pid), and records an "overlap" when a holder
 //! enters while another's "enter" has no "exit" yet.
 //!
-//! Five runs: one Redis, one Redis in fair mode, Redlock over three masters, `dlock run
-//! --limit 3` on one Redis (a semaphore; its checks are at the end), and one Redis with two
+//! Six runs: one Redis, one Redis in fair mode, Redlock over three masters, `dlock run
+//! --limit 3` on one Redis (a semaphore; its checks are at the end), one Redis with every
+//! other run holding both keys (`--and`, either order; a run holding both is no waiter for the
+//! kill bound and no hand-over for ε: it may wait on the other key), and one Redis with two
 //! runs in three `--shared` (read-write locks). In that run the storage lets readers in
 //! together and logs an overlap for a writer entering beside anyone, or a reader beside a
 //! writer; the lock checks apply to each overlap, except that readers share tokens (the last
@@ -214,12 +216,21 @@ return 1
 "#;
 
 /// The critical section: enter, work `$JOB_SECS`, exit; each step fenced. `$DLOCK` is the dlock
-/// process holding the lock: the parent of the job's parent, dlock's guardian.
+/// process holding the lock: the parent of the job's parent, dlock's guardian. With `--and`,
+/// every key held (`$CHAOS_KEYS`, in command-line order, as `$DLOCK_FENCING_TOKENS`) is
+/// entered and exited with its own token.
 const JOB: &str = r#"DLOCK=$(cut -d' ' -f4 "/proc/$PPID/stat")
 MODE=$([ -n "$DLOCK_SHARED" ] && echo r || echo w)
-redis-cli -p "$STORAGE_PORT" EVAL "$STORAGE_LUA" 2 "res:$DLOCK_KEY" "log:$DLOCK_KEY" "$DLOCK_FENCING_TOKEN" "$DLOCK" enter "$MODE" >/dev/null
+step() {
+  set -- ${DLOCK_FENCING_TOKENS:-$DLOCK_FENCING_TOKEN}
+  for key in ${CHAOS_KEYS:-$DLOCK_KEY}; do
+    redis-cli -p "$STORAGE_PORT" EVAL "$STORAGE_LUA" 2 "res:$key" "log:$key" "$1" "$DLOCK" "$STEP" "$MODE" >/dev/null
+    shift
+  done
+}
+STEP=enter step
 sleep "$JOB_SECS"
-redis-cli -p "$STORAGE_PORT" EVAL "$STORAGE_LUA" 2 "res:$DLOCK_KEY" "log:$DLOCK_KEY" "$DLOCK_FENCING_TOKEN" "$DLOCK" exit "$MODE" >/dev/null"#;
+STEP=exit step"#;
 
 /// The `--limit` run's storage: logs "enter" and "exit" of `KEYS[2]`'s semaphore, and keeps
 /// who is inside (token → dlock pid) in `KEYS[1]` for the fault injector. No fencing: a
@@ -287,8 +298,26 @@ struct Holders {
     shared: bool,
 }
 
+/// What the runs of a lock run mix in.
+#[derive(Clone, Copy, PartialEq)]
+enum Mix {
+    /// Plain `dlock run KEY`.
+    Plain,
+    /// Two runs in three `--shared`.
+    Shared,
+    /// Every other run holds both keys (`KEY --and OTHER`, in either order).
+    And,
+}
+
 impl Holders {
-    fn spawn(&self, report: &std::path::Path, key: &str, job_secs: &str, shared: bool) -> Child {
+    /// Spawns `dlock run keys[0] [--and keys[1] …]`.
+    fn spawn(
+        &self,
+        report: &std::path::Path,
+        keys: &[String],
+        job_secs: &str,
+        shared: bool,
+    ) -> Child {
         let mut command = Command::new(env!("CARGO_BIN_EXE_dlock"));
         command.args([
             "run",
@@ -320,9 +349,13 @@ impl Holders {
             (None, true) => STORAGE_SHARED_LUA,
             (None, false) => STORAGE_LUA,
         };
+        for other in &keys[1..] {
+            command.args(["--and", other]);
+        }
         command
             .args(["--redis-timeout", &format!("{REDIS_TIMEOUT_MS}ms")])
-            .args([key, "--", "sh", "-c", JOB])
+            .args([keys[0].as_str(), "--", "sh", "-c", JOB])
+            .env("CHAOS_KEYS", keys.join(" "))
             .env("STORAGE_PORT", self.storage_port.to_string())
             .env("STORAGE_LUA", storage_lua)
             .env("JOB_SECS", job_secs)
@@ -356,7 +389,12 @@ fn chaos_on_one_redis_with_limit_3() {
 
 #[test]
 fn chaos_on_one_redis_with_shared_and_exclusive_copies() {
-    chaos_mixed(1, false, None, true);
+    chaos_mixed(1, false, None, Mix::Shared);
+}
+
+#[test]
+fn chaos_on_one_redis_with_multi_key_copies() {
+    chaos_mixed(1, false, None, Mix::And);
 }
 
 /// One chaos run against `masters` lock servers (1: a single Redis; 3: Redlock).
@@ -365,7 +403,7 @@ fn chaos(masters: usize) {
 }
 
 fn chaos_with(masters: usize, fair: bool, limit: Option<u32>) {
-    chaos_mixed(masters, fair, limit, false);
+    chaos_mixed(masters, fair, limit, Mix::Plain);
 }
 
 /// One chaos run; `fair`: every holder waits in fair (FIFO) mode, so killed and stopped
@@ -373,7 +411,7 @@ fn chaos_with(masters: usize, fair: bool, limit: Option<u32>) {
 /// locks; `shared`: two runs in three are `--shared` (read-write locks). Redlock runs grant
 /// about half as often (a 2 s lease, three masters, longer faults), so their progress and
 /// fault-count floors are lower.
-fn chaos_mixed(masters: usize, fair: bool, limit: Option<u32>, mixed: bool) {
+fn chaos_mixed(masters: usize, fair: bool, limit: Option<u32>, mix: Mix) {
     let seconds: u64 = std::env::var("DLOCK_CHAOS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -401,7 +439,7 @@ fn chaos_mixed(masters: usize, fair: bool, limit: Option<u32>, mixed: bool) {
         ttl_ms,
         storage_port: storage.port(),
         limit,
-        shared: mixed,
+        shared: mix == Mix::Shared,
     };
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
@@ -419,15 +457,29 @@ fn chaos_mixed(masters: usize, fair: bool, limit: Option<u32>, mixed: bool) {
                     let job_secs = if long { long_secs.as_str() } else { "0.1" };
                     let report = reports.path().join(format!("{w}-{round}.json"));
                     let as_shared = holders.shared && (w + 2 * round) % 3 != 0;
+                    // Both keys, named in either order, every other run.
+                    let both = mix == Mix::And && round % 2 == 0;
+                    let mut held = vec![key.clone()];
+                    if both {
+                        // `round` already counts this run: w + round is the next key.
+                        let other = format!("chaos:{}", (w + round) % keys);
+                        held.insert(usize::from(w % 2 == 1), other);
+                    }
                     let spawned_ms = now_ms();
-                    let mut child = holders.spawn(&report, &key, job_secs, as_shared);
+                    let mut child = holders.spawn(&report, &held, job_secs, as_shared);
                     {
                         let mut shared = shared.lock().unwrap();
                         shared.running.insert(child.id(), (key.clone(), long));
                         shared.procs.insert(
                             child.id(),
                             Proc {
-                                key: key.clone(),
+                                // A run holding both keys is no waiter of one key's alone (it
+                                // may wait on the other): the kill bound does not count it.
+                                key: if both {
+                                    format!("both:{key}")
+                                } else {
+                                    key.clone()
+                                },
                                 spawned_ms,
                                 shared: as_shared,
                                 ended: None,
@@ -483,7 +535,7 @@ fn chaos_mixed(masters: usize, fair: bool, limit: Option<u32>, mixed: bool) {
                     .collect(),
                 Some(_) => storage.cmd("HVALS", &[&format!("res:{key}")]),
             };
-            if mixed {
+            if mix == Mix::Shared {
                 let fields: Vec<String> = storage.cmd("HKEYS", &[&format!("res:{key}")]);
                 let readers = fields.iter().filter_map(|f| f.strip_prefix("r:"));
                 inside.extend(readers.map(str::to_owned));
@@ -631,11 +683,12 @@ fn chaos_mixed(masters: usize, fair: bool, limit: Option<u32>, mixed: bool) {
              had ended the old command; {} by a holder starved past its lease, told and fenced; \
              the rest by a fault in the old holder's hold); {kills_bounded}; violations {}; exit \
              codes {exit_codes:?}",
-            match (redlock, fair, mixed) {
+            match (redlock, fair, mix) {
                 (true, _, _) => "Redlock, 3 masters",
                 (false, true, _) => "one Redis, fair mode",
-                (false, false, true) => "one Redis, --shared and exclusive copies",
-                (false, false, false) => "one Redis",
+                (false, false, Mix::Shared) => "one Redis, --shared and exclusive copies",
+                (false, false, Mix::And) => "one Redis, --and copies holding both keys",
+                (false, false, Mix::Plain) => "one Redis",
             },
             elapsed.as_secs_f64(),
             verdict.grants,

@@ -447,10 +447,13 @@ impl Run {
                 else {
                     continue;
                 };
-                let waiting = self
-                    .report(new)
-                    .and_then(|r| r.asked_at_ms)
-                    .is_some_and(|asked| asked <= left);
+                // A run that asked for this key alone (one that also asked for another key,
+                // `--and`, may have waited on that one).
+                let waiting = self.procs.get(&new).is_some_and(|p| p.key == *key)
+                    && self
+                        .report(new)
+                        .and_then(|r| r.asked_at_ms)
+                        .is_some_and(|asked| asked <= left);
                 // Nobody else was granted the lock in between (one whose job never wrote).
                 let granted_between = self.procs.iter().any(|(&pid, proc)| {
                     pid != new

@@ -14,10 +14,9 @@ use crate::error::{Error, Result};
 use crate::options::{LockOptions, Wait};
 use crate::token::Token;
 
-/// Where a waiter waits: the name (for errors), the wake-up channels, and the settings.
+/// Where a waiter waits: the wake-up channels and the settings.
 pub(crate) struct Waiting<'a> {
     pub core: &'a Core,
-    pub name: &'a str,
     /// The channels whose releases may let this waiter in (one per lock; a multi-key lock
     /// listens to each member's). Hand-offs and the client's inbox go with the first.
     pub channels: &'a [String],
@@ -200,8 +199,9 @@ impl Waiting<'_> {
     /// connection error.
     fn gave_up(&self, last: Error, waited: Duration) -> Error {
         match last {
+            // The key found held last (a multi-key lock's member, say).
             Error::Conflict(last) => Error::Timeout {
-                key: self.name.to_owned(),
+                key: last.key.clone(),
                 waited,
                 last,
             },

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dlock::{Client, Error, LockOptions, LossReason, Wait};
+use dlock::{Client, ClientOptions, Error, LockOptions, LossReason, Wait};
 use dlock_test::{RedisCluster, RedisServer, RedisServers};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -280,4 +280,130 @@ async fn members_lost_to_a_restart_are_reported() {
         .expect("the loss was not reported");
     assert_eq!(reason, LossReason::KeyGoneAfterReconnect);
     assert!(matches!(guard.release().await, Err(Error::Lost { .. })));
+}
+
+/// Which master of `cluster` serves `name` (the others answer MOVED).
+fn owner(cluster: &RedisCluster, name: &str) -> usize {
+    for (i, master) in cluster.iter().enumerate() {
+        let mut con = master.connection();
+        let answer: redis::RedisResult<Option<String>> =
+            redis::cmd("GET").arg(name).query(&mut con);
+        if answer.is_ok() {
+            return i;
+        }
+    }
+    panic!("nobody serves {name}");
+}
+
+/// Three names, sorted, each on a different master: (names, their masters).
+fn spread(cluster: &RedisCluster) -> ([String; 3], [usize; 3]) {
+    let mut picked: Vec<(String, usize)> = Vec::new();
+    for i in 0..200 {
+        let name = format!("m{i:03}");
+        let master = owner(cluster, &name);
+        if picked.iter().all(|(_, p)| *p != master) {
+            picked.push((name, master));
+        }
+        if picked.len() == 3 {
+            break;
+        }
+    }
+    picked.sort();
+    (
+        [
+            picked[0].0.clone(),
+            picked[1].0.clone(),
+            picked[2].0.clone(),
+        ],
+        [picked[0].1, picked[1].1, picked[2].1],
+    )
+}
+
+/// Found by review: across slots, each step checked only its own grant, so slow later steps
+/// returned a set whose first member's lease had run out (another client could take it).
+/// Now the set comes back only if every member is still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_slots_a_set_whose_first_member_ran_out_meanwhile_is_not_returned() {
+    let cluster = RedisCluster::start(3);
+    let c = Client::cluster(&cluster.urls()).await.unwrap();
+    let (names, masters) = spread(&cluster);
+    let options = LockOptions::new()
+        .ttl(Duration::from_millis(1000))
+        .renew(false);
+    let multi = c.multi_lock_with(&names, options).unwrap();
+    multi.try_lock().await.unwrap().release().await.unwrap();
+    // The first member's master answers at once; the second's sleeps 0..700 ms, the third's
+    // 400..1400 ms: each step's own validity holds, the first member's lease ends at ~1 s.
+    let _second = cluster[masters[1]].debug_sleep(Duration::from_millis(700));
+    let third_port = cluster[masters[2]].port();
+    let third = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        let client = redis::Client::open(format!("redis://127.0.0.1:{third_port}/")).unwrap();
+        let mut con = client.get_connection().unwrap();
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG").arg("SLEEP").arg("1.0").query(&mut con);
+    });
+    sleep(Duration::from_millis(20)).await;
+    match multi.try_lock().await {
+        Ok(guard) => {
+            let held: Vec<_> = guard.members().iter().map(|m| m.is_held()).collect();
+            panic!("a set came back with members held {held:?}");
+        }
+        Err(e) => assert!(e.is_retryable(), "{e}"),
+    }
+    third.join().unwrap();
+}
+
+/// Found by review: a refusal across slots waited for its give-back until the member's
+/// lease ended (whole TTLs) when a master was slow; now at most one command timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_slots_a_refusal_gives_back_within_one_command_timeout() {
+    let mut cluster = RedisCluster::start(3);
+    let options = ClientOptions::new().command_timeout(Duration::from_millis(300));
+    let c = Client::cluster_with(&cluster.urls(), options)
+        .await
+        .unwrap();
+    let (names, masters) = spread(&cluster);
+    let lock_options = LockOptions::new()
+        .ttl(Duration::from_secs(5))
+        .wait(Wait::Limit(Duration::from_millis(100)));
+    let multi = c.multi_lock_with(&names[..2], lock_options).unwrap();
+    let blocker = c.lock(&names[1]).unwrap().try_lock().await.unwrap();
+    // The second member's master answers (busy) only after 400 ms; meanwhile the first's
+    // master stops for 2 s, so the first member's give-back gets no answer.
+    let _slow = cluster[masters[1]].debug_sleep(Duration::from_millis(400));
+    let asked = Instant::now();
+    let attempt = {
+        let multi = multi.clone();
+        tokio::spawn(async move { multi.lock().await })
+    };
+    sleep(Duration::from_millis(200)).await;
+    cluster[masters[0]].pause();
+    let outcome = attempt.await.unwrap();
+    let took = asked.elapsed();
+    cluster[masters[0]].resume();
+    assert!(outcome.is_err());
+    assert!(
+        took < Duration::from_millis(1500),
+        "a refusal took {took:?}, not about one command timeout"
+    );
+    blocker.release().await.unwrap();
+}
+
+/// Found by review: a multi-key wait that ran out named the first member, not the one held.
+#[tokio::test]
+async fn a_timeout_names_the_member_found_held() {
+    let server = RedisServer::start();
+    let c = client(&server).await;
+    let blocker = c.lock("t2").unwrap().try_lock().await.unwrap();
+    let multi = c
+        .multi_lock_with(&["t1", "t2"], waiting(Duration::from_millis(200)))
+        .unwrap();
+    match multi.lock().await {
+        Err(Error::Timeout { key, last, .. }) => {
+            assert_eq!(key, "t2");
+            assert_eq!(last.key, "t2");
+        }
+        other => panic!("expected a timeout, got {:?}", other.map(drop)),
+    }
+    blocker.release().await.unwrap();
 }

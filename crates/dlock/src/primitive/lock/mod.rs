@@ -215,7 +215,6 @@ impl Lock {
     pub(crate) fn waiting(&self) -> Waiting<'_> {
         Waiting {
             core: &self.core,
-            name: &self.keys.lock,
             channels: std::slice::from_ref(&self.keys.channel),
             options: &self.options,
             queue: self.options.fair || self.hands_off(),

@@ -8,8 +8,9 @@ use crate::{LeaseStatus, LossReason};
 
 /// Every member of a [`MultiLock`](crate::MultiLock), each a plain lock with its own lease and
 /// fencing token, renewed by the watchdog. The set is held while every member is: losing any
-/// one is losing the guard. Release it with [`MultiGuard::release`]; dropping it releases
-/// every member in the background.
+/// one is losing the guard, but the other members stay held (and renewed) until the guard is
+/// released or dropped, so release it as soon as [`MultiGuard::lost`] resolves. Release it
+/// with [`MultiGuard::release`]; dropping it releases every member in the background.
 #[must_use = "dropping the guard releases every member at once (in the background)"]
 #[derive(Debug)]
 pub struct MultiGuard {
@@ -95,17 +96,14 @@ impl MultiGuard {
     /// Sets every member's lease to `ttl` from now (one call per member, sent at once).
     ///
     /// # Errors
-    /// The first member's error, as [`LockGuard::extend`]: [`Error::Lost`] when a member is no
-    /// longer ours (the set is then lost).
+    /// As [`LockGuard::extend`]: [`Error::Lost`] naming a member that is no longer ours (the
+    /// set is then lost), before any other member's error.
     ///
     /// # Cancel safety
     /// As [`LockGuard::extend`].
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
         let each = self.members.iter().map(|member| member.extend(ttl));
-        futures_util::future::join_all(each)
-            .await
-            .into_iter()
-            .collect()
+        first_loss(futures_util::future::join_all(each).await)
     }
 
     /// Releases every member (one call per member, sent at once) and reports whether the set

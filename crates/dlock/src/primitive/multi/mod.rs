@@ -20,6 +20,9 @@
 //! - Redlock is refused with [`Error::Config`] (each member would need its own majority and
 //!   proposal round; not built yet), as is fair mode: waiters are not queued, and a release of
 //!   any member they need wakes them to retry (barging).
+//! - Plain `lock()` waiters of a member pass it among themselves by hand-off (the default)
+//!   without it ever being free: a multi-key lock waiting for that member can wait until its
+//!   limit. A multi-key grant takes a free member ahead of that member's fair-mode queue.
 //! - Across Cluster slots the set is taken in steps: while a caller holds some members and
 //!   asks for the next, others may be refused a member it is about to give back, and a caller
 //!   that crashes between steps leaves its partial set to expire with its TTL. Nobody is ever
@@ -166,7 +169,6 @@ impl MultiLock {
                 let waiter = Token::generate()?;
                 let waiting = Waiting {
                     core: &self.core,
-                    name: self.first_name(),
                     channels: &self.channels,
                     options: &self.options,
                     queue: false,
@@ -198,7 +200,9 @@ impl MultiLock {
     }
 
     /// Across Cluster slots: each member in turn; a refusal or an error releases what was
-    /// taken before it is returned.
+    /// taken before it is returned. The set is returned only if every member is still held
+    /// then: each step checks its own grant's validity, and slow later steps can outlast an
+    /// earlier member's lease (found by review).
     async fn attempt_in_order(&self) -> Result<Attempt<MultiGuard>> {
         let mut taken = Vec::with_capacity(self.members.len());
         for member in self.members.iter() {
@@ -207,16 +211,34 @@ impl MultiLock {
             match outcome {
                 Ok(Attempt::Granted(guard)) => taken.push(guard),
                 Ok(Attempt::Busy(busy)) => {
-                    give_back(taken).await;
+                    self.give_back(taken).await;
                     return Ok(Attempt::Busy(busy));
                 }
                 Err(error) => {
-                    give_back(taken).await;
+                    self.give_back(taken).await;
                     return Err(error);
                 }
             }
         }
+        if let Some(stale) = taken.iter().find(|guard| !guard.is_held()) {
+            let error = Error::Unavailable {
+                node: stale.name().to_owned(),
+                reason: "its lease ran out while the other members were taken".into(),
+            };
+            self.give_back(taken).await;
+            return Err(error);
+        }
         Ok(Attempt::Granted(MultiGuard::new(taken)))
+    }
+
+    /// Releases members taken before a refusal, all at once; their outcome is nobody's to
+    /// learn (a member lost meanwhile was never the caller's to use). Waits at most one command
+    /// timeout (found by review: a slow node held a refusal up for a whole TTL); releases not
+    /// answered by then go on in the background.
+    async fn give_back(&self, taken: Vec<LockGuard>) {
+        let limit = self.core.nodes().first().command_timeout();
+        let releases = futures_util::future::join_all(taken.into_iter().map(LockGuard::release));
+        let _ = tokio::time::timeout(limit, releases).await;
     }
 
     /// The undo of a one-slot attempt: every member's release with its token.
@@ -231,12 +253,6 @@ impl MultiLock {
             }),
         )
     }
-}
-
-/// Releases members taken before a refusal, all at once; their outcome is nobody's to learn
-/// (a member lost meanwhile was never the caller's to use).
-async fn give_back(taken: Vec<LockGuard>) {
-    futures_util::future::join_all(taken.into_iter().map(LockGuard::release)).await;
 }
 
 /// One one-slot attempt at the whole set: what the engine drives. `parse` keeps every

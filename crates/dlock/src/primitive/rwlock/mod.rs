@@ -247,7 +247,6 @@ impl RwLock {
         let queues = self.options.fair || side == Side::Write;
         Waiting {
             core: &self.core,
-            name: self.name(),
             channels: std::slice::from_ref(&self.keys.base.channel),
             options: &self.options,
             queue: queues,

@@ -248,7 +248,6 @@ impl Semaphore {
     fn waiting(&self) -> Waiting<'_> {
         Waiting {
             core: &self.core,
-            name: &self.keys.lock,
             channels: std::slice::from_ref(&self.keys.channel),
             options: &self.options,
             queue: self.options.fair,
