@@ -500,3 +500,43 @@ async fn a_lease_a_majority_no_longer_holds_is_reported_lost_within_one_interval
         deleted.elapsed()
     );
 }
+
+/// `list` and `list_semaphores` look at every master: a lock held on a majority shows even
+/// when the first master lost it or is down (they used to scan the first master only).
+#[tokio::test]
+async fn list_finds_what_a_majority_holds_whatever_the_first_master_knows() {
+    let mut servers = RedisServers::start(3);
+    let c = redlock(&servers, Duration::from_millis(300)).await;
+    let guard = c.lock("jobs:a").unwrap().try_lock().await.unwrap();
+    let permit = c
+        .semaphore("jobs:pool", 1)
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap();
+    let keys: Vec<String> = servers[0].cmd("KEYS", &["*"]);
+    for key in keys.iter().filter(|k| !k.contains(":fence:")) {
+        let _: i64 = servers[0].cmd("DEL", &[key]);
+    }
+    let listed: Vec<String> = c
+        .list("jobs:*")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(listed, ["jobs:a"], "the lock held on a majority is listed");
+    let semaphores = c.list_semaphores("jobs:*").await.unwrap();
+    assert_eq!(
+        semaphores.len(),
+        1,
+        "the permit held on a majority is listed"
+    );
+    servers[0].kill();
+    let listed = c.list("jobs:*").await.unwrap();
+    assert_eq!(listed.len(), 1, "listing works with the first master down");
+    servers[1].kill();
+    let error = c.list("jobs:*").await.unwrap_err();
+    assert!(error.is_retryable(), "a minority cannot list: {error}");
+    drop((guard, permit));
+}

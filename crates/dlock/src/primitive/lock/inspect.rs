@@ -82,13 +82,36 @@ fn merge(status: &mut LockStatus, reply: &[redis::Value]) -> bool {
     held
 }
 
+/// The keys matching `pattern` on every node (on Redlock, every master: a lock need not be on
+/// the first, which may even be down). On Redlock a majority must answer, since a lock held on
+/// a majority is on at least one of any majority; fewer fail the listing.
+pub(crate) async fn scan_every_node(core: &Core, pattern: &str) -> Result<Vec<String>> {
+    let nodes = core.nodes();
+    let scans = nodes.all(|node| node.scan(pattern, SCAN_COUNT)).await;
+    let mut keys = Vec::new();
+    let mut failures = Vec::new();
+    for (index, scan) in scans.into_iter().enumerate() {
+        match scan {
+            Ok(found) => keys.extend(found),
+            Err(e) if nodes.is_single() => return Err(e),
+            Err(e) => failures.push((index, e)),
+        }
+    }
+    if nodes.len() - failures.len() < nodes.quorum() {
+        let listing = "listing locks";
+        return Err(crate::connection::quorum::quorum_error(
+            nodes,
+            nodes.quorum(),
+            listing,
+            failures,
+        ));
+    }
+    Ok(keys)
+}
+
 /// Every lock held right now through dlock whose name matches `pattern`, sorted by name.
 pub(crate) async fn list(core: &Core, pattern: &str) -> Result<Vec<LockStatus>> {
-    let keys = core
-        .nodes()
-        .first()
-        .scan(&info_scan_pattern(pattern), SCAN_COUNT)
-        .await?;
+    let keys = scan_every_node(core, &info_scan_pattern(pattern)).await?;
     let names: std::collections::BTreeSet<String> = keys
         .iter()
         .filter_map(|key| LockKeys::name_from_info_key(key))

@@ -277,14 +277,9 @@ async fn restore(core: &Core, keys: &LockKeys, keep: Duration, replies: &[Result
 
 /// Every semaphore in use whose name matches `pattern`, sorted by name.
 pub(crate) async fn list(core: &Core, pattern: &str) -> Result<Vec<SemaphoreStatus>> {
-    let found = core
-        .nodes()
-        .first()
-        .scan(
-            &format!("{{*}}:{MARK}{pattern}"),
-            crate::primitive::lock::inspect::SCAN_COUNT,
-        )
-        .await?;
+    let found =
+        crate::primitive::lock::inspect::scan_every_node(core, &format!("{{*}}:{MARK}{pattern}"))
+            .await?;
     let names: BTreeSet<&str> = found.iter().filter_map(|key| name_of(key)).collect();
     let mut in_use = Vec::with_capacity(names.len());
     for name in names {
