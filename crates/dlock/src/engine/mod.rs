@@ -80,10 +80,10 @@ impl Core {
     /// Starts the watchdog and the notifier for `nodes` (on the current tokio runtime).
     pub fn start(nodes: Nodes, options: &ClientOptions) -> Arc<Core> {
         let watchdog = Watchdog::spawn(nodes.clone());
-        // Wake-ups come from the first node (for Redlock, a release publishes on every node;
-        // if the first is down, waiters rely on their re-checks).
+        // Wake-ups come from every node: on Redlock a release publishes on each master it
+        // reaches, so waiters still hear it while some masters are down.
         let notifier = Notifier::spawn(
-            nodes.first().clone(),
+            (0..nodes.len()).map(|i| nodes.get(i).clone()).collect(),
             options.connect_timeout,
             options.subscription_linger,
         );

@@ -540,3 +540,76 @@ async fn list_finds_what_a_majority_holds_whatever_the_first_master_knows() {
     assert!(error.is_retryable(), "a minority cannot list: {error}");
     drop((guard, permit));
 }
+
+/// Wake-ups come from every master: with the first one dead, a waiter whose re-check is 20 s
+/// away is still woken by the release (it used to hear the first master only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_woken_with_the_first_master_dead() {
+    let mut servers = RedisServers::start(3);
+    let c = redlock(&servers, Duration::from_millis(300)).await;
+    servers[0].kill();
+    let guard = c.lock("job").unwrap().try_lock().await.unwrap();
+    let slow = LockOptions::new()
+        .recheck(Duration::from_secs(20))
+        .wait(dlock::Wait::Limit(Duration::from_secs(30)));
+    let waiter_lock = c.lock_with("job", slow).unwrap();
+    let waiter = tokio::spawn(async move { waiter_lock.lock().await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished());
+    let released = Instant::now();
+    guard.release().await.unwrap();
+    let handed = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("woken long before the 20 s re-check")
+        .unwrap()
+        .unwrap();
+    assert!(released.elapsed() < Duration::from_secs(2));
+    handed.release().await.unwrap();
+}
+
+/// Every master carries the waiters' subscription, and every one drops it once the linger is
+/// over (one listener expiring a channel must not leave it subscribed on the others).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_master_subscribes_and_every_one_unsubscribes_after_the_linger() {
+    let servers = RedisServers::start(3);
+    let options =
+        options(Duration::from_millis(300)).subscription_linger(Duration::from_millis(200));
+    let c = Client::redlock_with(&servers.urls(), options)
+        .await
+        .unwrap();
+    let guard = c.lock("job").unwrap().try_lock().await.unwrap();
+    let waiting = LockOptions::new().wait(dlock::Wait::Limit(Duration::from_secs(10)));
+    let waiter_lock = c.lock_with("job", waiting).unwrap();
+    let waiter = tokio::spawn(async move { waiter_lock.lock().await });
+    let channel = "{job}:dlock:released:job";
+    let numsub = |i: usize| -> i64 {
+        let reply: Vec<redis::Value> = servers[i].cmd("PUBSUB", &["NUMSUB", channel]);
+        match reply.get(1) {
+            Some(redis::Value::Int(n)) => *n,
+            other => panic!("{other:?}"),
+        }
+    };
+    let all_subscribed = tokio::time::timeout(Duration::from_secs(5), async {
+        while (0..3).any(|i| numsub(i) != 1) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        all_subscribed.is_ok(),
+        "not every master carries the subscription"
+    );
+    guard.release().await.unwrap();
+    waiter.await.unwrap().unwrap().release().await.unwrap();
+    let all_gone = tokio::time::timeout(Duration::from_secs(5), async {
+        while (0..3).any(|i| numsub(i) != 0) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        all_gone.is_ok(),
+        "a master kept the subscription after the linger: {:?}",
+        (0..3).map(numsub).collect::<Vec<_>>()
+    );
+}

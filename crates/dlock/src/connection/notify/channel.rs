@@ -26,19 +26,43 @@ pub(super) struct Channel {
     /// flood from someone publishing on the channel) are dropped, and the waiter's re-check
     /// carries it.
     pub(super) addressed: HashMap<String, Vec<mpsc::Sender<Wake>>>,
-    /// `None` until Redis answered the SUBSCRIBE; then whether it is in effect.
+    /// `None` until Redis answered the SUBSCRIBE; then whether it is in effect on some node.
     pub(super) ready: watch::Sender<Option<bool>>,
+    /// Each listener's last answer for its node (Redlock: one listener per master).
+    on: Vec<Option<bool>>,
 }
 
 impl Channel {
-    /// A channel nobody has subscribed to yet.
-    pub(super) fn new() -> Channel {
+    /// A channel nobody has subscribed to yet, heard through `listeners` listeners.
+    pub(super) fn new(listeners: usize) -> Channel {
         Channel {
             waiters: 0,
             idle_since: None,
             wake: broadcast::channel(WAKE_BUFFER).0,
             addressed: HashMap::new(),
             ready: watch::channel(None).0,
+            on: vec![None; listeners],
+        }
+    }
+
+    /// Listener `index` answered: the SUBSCRIBE is in effect on its node (`ok`), or not (or
+    /// no more). The channel is ready while it is in effect on any node; it is "not in effect"
+    /// only once every listener has said so: a subscriber waits for the first node that hears
+    /// it, not for the first one that failed.
+    pub(super) fn set_ready(&mut self, index: usize, ok: bool) {
+        if let Some(on) = self.on.get_mut(index) {
+            *on = Some(ok);
+        }
+        let state = if self.on.contains(&Some(true)) {
+            Some(true)
+        } else if self.on.iter().all(Option::is_some) || self.ready.borrow().is_some() {
+            // Every node failed, or the last one that heard it no longer does.
+            Some(false)
+        } else {
+            None
+        };
+        if state.is_some() {
+            self.ready.send_replace(state);
         }
     }
 

@@ -2,8 +2,10 @@
 //! instead of polling.
 //!
 //! # Design
-//! Each client opens at most one extra connection for this, a pub/sub connection, and only
-//! when a lock is first waited for. Waiters of the same lock share one channel subscription,
+//! Each client opens at most one extra connection per node for this (one for a single Redis,
+//! Sentinel or Cluster; one per master on Redlock, where a release publishes on every master
+//! it reaches, so waiters hear it while some are down), and only when a lock is first waited
+//! for. Waiters of the same lock share one channel subscription,
 //! so the number of subscriptions is bounded by the number of distinct locks being waited for,
 //! never by the number of waiters. Pub/sub was chosen over blocking lists because it needs no
 //! connection per waiter. A subscription nobody uses any more lingers for a while
@@ -31,7 +33,7 @@
 //!   caught by each waiter's timed re-check ([`LockOptions::recheck`](crate::LockOptions::recheck)),
 //!   which never waits past the holder's remaining TTL.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -74,7 +76,8 @@ struct Shared {
     /// instead of every waiter's. Named like the locks' channels, so the ACL pattern for
     /// wake-ups (`{*}:dlock:released:*`) covers it.
     inbox: String,
-    commands: mpsc::UnboundedSender<Command>,
+    /// Each listener's command queue (one listener per node: Redlock hears every master).
+    commands: Vec<mpsc::UnboundedSender<Command>>,
     linger: Duration,
 }
 
@@ -86,27 +89,35 @@ enum Command {
 }
 
 impl Notifier {
-    /// Starts the listener task (it connects lazily, on the first subscription).
+    /// Starts one listener task per node (each connects lazily, on the first subscription).
+    /// On Redlock a release publishes on every master it reaches, so hearing every master
+    /// keeps wake-ups coming while some are down; a waiter woken twice by one release just
+    /// retries once more.
     pub fn spawn(
-        node: crate::connection::node::Node,
+        nodes: Vec<crate::connection::node::Node>,
         timeout: Duration,
         linger: Duration,
     ) -> Notifier {
-        let (commands, queue) = mpsc::unbounded_channel();
+        let (commands, queues): (Vec<_>, Vec<_>) =
+            nodes.iter().map(|_| mpsc::unbounded_channel()).unzip();
         let shared = Arc::new(Shared {
             channels: Mutex::new(HashMap::new()),
             inbox: inbox_name(),
             commands,
             linger,
         });
-        let listener = Listener {
-            node,
-            timeout,
-            linger,
-            shared: Arc::downgrade(&shared),
-            queue,
-        };
-        tokio::spawn(listener.run());
+        for (index, (node, queue)) in nodes.into_iter().zip(queues).enumerate() {
+            let listener = Listener {
+                index,
+                node,
+                timeout,
+                linger,
+                shared: Arc::downgrade(&shared),
+                queue,
+                subscribed: HashSet::new(),
+            };
+            tokio::spawn(listener.run());
+        }
         Notifier { shared }
     }
 
@@ -135,14 +146,17 @@ impl Notifier {
         let name = self.shared.inbox.clone();
         let (mut subscription, mut ready, inbox_ready) = {
             let mut channels = self.shared.channels();
+            let listeners = self.shared.commands.len();
             let entry = channels
                 .entry(channel.to_owned())
-                .or_insert_with(Channel::new);
+                .or_insert_with(|| Channel::new(listeners));
             let mut subscription = entry.join(channel, token, &self.shared);
             self.send_subscribe(entry, channel);
             let ready = entry.ready.subscribe();
             let inbox_ready = inbox.then(|| {
-                let entry = channels.entry(name.clone()).or_insert_with(Channel::new);
+                let entry = channels
+                    .entry(name.clone())
+                    .or_insert_with(|| Channel::new(listeners));
                 entry.enter();
                 // Counted from here: a future dropped while waiting below leaves it too.
                 subscription.use_inbox(false);
@@ -160,22 +174,23 @@ impl Notifier {
         subscription
     }
 
-    /// Asks the listener to subscribe `channel` if it is new (its first user, no answer yet).
+    /// Asks the listeners to subscribe `channel` if it is new (its first user, no answer
+    /// yet).
     fn send_subscribe(&self, entry: &Channel, channel: &str) {
         if entry.ready.borrow().is_none() && entry.waiters == 1 {
-            let _ = self
-                .shared
-                .commands
-                .send(Command::Subscribe(channel.to_owned()));
+            for commands in &self.shared.commands {
+                let _ = commands.send(Command::Subscribe(channel.to_owned()));
+            }
         }
     }
 
     /// Waits until every subscription change queued so far has reached Redis.
     pub async fn flush(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.shared.commands.send(Command::Flush(done)).is_ok() {
-            let _ = wait.await;
-        }
+        let waits = self.shared.commands.iter().filter_map(|commands| {
+            let (done, wait) = oneshot::channel();
+            commands.send(Command::Flush(done)).ok().map(|()| wait)
+        });
+        futures_util::future::join_all(waits).await;
     }
 }
 
@@ -193,8 +208,10 @@ impl Shared {
     }
 }
 
-/// The task that owns the pub/sub connection.
+/// The task that owns the pub/sub connection to one node.
 struct Listener {
+    /// Which listener this is (its node's index).
+    index: usize,
     /// The node whose current server to subscribe on (it changes after a Sentinel failover).
     node: crate::connection::node::Node,
     timeout: Duration,
@@ -202,6 +219,9 @@ struct Listener {
     /// Weak: the task ends when the client and all subscriptions are gone.
     shared: Weak<Shared>,
     queue: mpsc::UnboundedReceiver<Command>,
+    /// What this connection is subscribed to: another listener may expire a channel from the
+    /// registry, and this one must then unsubscribe it too.
+    subscribed: HashSet<String>,
 }
 
 /// How serving a connection ended.
@@ -241,8 +261,9 @@ impl Listener {
                         self.expire_idle();
                         // Waiters re-check when messages may have been missed; a failed
                         // attempt to reconnect missed nothing new.
-                        self.for_each_channel(|_, channel| {
-                            channel.ready.send_replace(Some(false));
+                        let index = self.index;
+                        self.for_each_channel_mut(|_, channel| {
+                            channel.set_ready(index, false);
                             if subscribed {
                                 let _ = channel.wake.send(Wake::All);
                             }
@@ -268,6 +289,23 @@ impl Listener {
         }
     }
 
+    fn for_each_channel_mut(&self, mut f: impl FnMut(&str, &mut Channel)) {
+        if let Some(shared) = self.shared.upgrade() {
+            for (name, channel) in shared.channels().iter_mut() {
+                f(name, channel);
+            }
+        }
+    }
+
+    /// Records listener's answer for channel `name`, if it is still registered.
+    fn set_ready(&self, name: &str, ok: bool) {
+        if let Some(shared) = self.shared.upgrade() {
+            if let Some(channel) = shared.channels().get_mut(name) {
+                channel.set_ready(self.index, ok);
+            }
+        }
+    }
+
     fn has_channels(&self) -> bool {
         self.shared
             .upgrade()
@@ -287,11 +325,7 @@ impl Listener {
         if !ok {
             tracing::debug!("the inbox subscription was refused; hand-offs use lock channels");
         }
-        if let Some(shared) = self.shared.upgrade() {
-            if let Some(inbox) = shared.channels().get(name) {
-                inbox.ready.send_replace(Some(ok));
-            }
-        }
+        self.set_ready(name, ok);
     }
 
     fn names(&self) -> Vec<String> {
@@ -335,14 +369,10 @@ impl Listener {
                     }
                     Some(Command::Subscribe(name)) => {
                         if let Some(shared) = self.shared.upgrade() {
-                            if let Some(channel) = shared.channels().get(&name) {
-                                channel.ready.send_if_modified(|ready| {
-                                    let unanswered = ready.is_none();
-                                    if unanswered {
-                                        *ready = Some(false);
-                                    }
-                                    unanswered
-                                });
+                            if let Some(channel) = shared.channels().get_mut(&name) {
+                                if channel.ready.borrow().is_none() {
+                                    channel.set_ready(self.index, false);
+                                }
                             }
                         }
                     }
@@ -365,6 +395,7 @@ impl Listener {
             return Serve::Lost { subscribed: false };
         };
         let (mut sink, stream) = pubsub.split();
+        self.subscribed.clear();
         // Read after connecting: subscriptions made meanwhile are in it.
         let names = self.names();
         if names.is_empty() {
@@ -381,18 +412,20 @@ impl Listener {
         }
         for name in inbox {
             self.subscribe_inbox(&mut sink, &name).await;
+            self.subscribed.insert(name);
         }
         // Anything published while we were not subscribed was missed: re-check everyone. Only
         // the channels just subscribed are in effect; later ones are when their Subscribe is.
         if let Some(shared) = self.shared.upgrade() {
-            let channels = shared.channels();
+            let mut channels = shared.channels();
             for name in &names {
-                if let Some(channel) = channels.get(name) {
-                    channel.ready.send_replace(Some(true));
+                if let Some(channel) = channels.get_mut(name) {
+                    channel.set_ready(self.index, true);
                     let _ = channel.wake.send(Wake::All);
                 }
             }
         }
+        self.subscribed.extend(names);
         self.serve(sink, stream).await
     }
 
@@ -412,9 +445,16 @@ impl Listener {
                     None => return Serve::Lost { subscribed: true },
                 },
                 _ = sweep.tick(), if !self.linger.is_zero() => {
-                    let expired = self.expire_idle();
+                    self.expire_idle();
+                    // Expired by this listener or another: gone from the registry.
+                    let registered: HashSet<String> = self.names().into_iter().collect();
+                    let expired: Vec<String> =
+                        self.subscribed.difference(&registered).cloned().collect();
                     if !expired.is_empty() && !self.within(sink.unsubscribe(&expired)).await {
                         return Serve::Lost { subscribed: true };
+                    }
+                    for name in &expired {
+                        self.subscribed.remove(name);
                     }
                     if !self.has_channels() {
                         return Serve::Idle;
@@ -424,22 +464,21 @@ impl Listener {
                     None => return Serve::Closed,
                     Some(Command::Subscribe(name)) if self.is_inbox(&name) => {
                         self.subscribe_inbox(&mut sink, &name).await;
+                        self.subscribed.insert(name);
                     }
                     Some(Command::Subscribe(name)) => {
                         let ok = self.within(sink.subscribe(&name)).await;
-                        if let Some(shared) = self.shared.upgrade() {
-                            if let Some(channel) = shared.channels().get(&name) {
-                                channel.ready.send_replace(Some(ok));
-                            }
-                        }
+                        self.set_ready(&name, ok);
                         if !ok {
                             return Serve::Lost { subscribed: true };
                         }
+                        self.subscribed.insert(name);
                     }
                     Some(Command::Unsubscribe(name)) => {
                         if !self.within(sink.unsubscribe(&name)).await {
                             return Serve::Lost { subscribed: true };
                         }
+                        self.subscribed.remove(&name);
                         if !self.has_channels() {
                             return Serve::Idle;
                         }

@@ -140,7 +140,9 @@ fn leave(shared: &Shared, channels: &mut HashMap<String, Channel>, name: &str) {
         channels.remove(name);
         // Under the registry lock, so a new first subscriber's Subscribe is queued after this
         // Unsubscribe and wins.
-        let _ = shared.commands.send(Command::Unsubscribe(name.to_owned()));
+        for commands in &shared.commands {
+            let _ = commands.send(Command::Unsubscribe(name.to_owned()));
+        }
     } else {
         // Kept for the next waiter; the listener unsubscribes it after the linger.
         entry.idle_since = Some(Instant::now());
@@ -181,11 +183,11 @@ mod tests {
         let shared = Arc::new(Shared {
             channels: Mutex::new(HashMap::new()),
             inbox: "{inbox}:dlock:released:test".into(),
-            commands,
+            commands: vec![commands],
             linger: Duration::from_secs(10),
         });
-        let channel = Channel::new();
-        channel.ready.send_replace(Some(true));
+        let mut channel = Channel::new(1);
+        channel.set_ready(0, true);
         (shared, channel)
     }
 
