@@ -202,7 +202,7 @@ pub struct RunArgs {
     /// held, all taken at once or none (no copy ever holds part of the set, and copies asking
     /// for the same keys in another order never deadlock). Each lock excludes a plain `dlock
     /// run` of its own key. DLOCK_FENCING_TOKEN is KEY's token; DLOCK_FENCING_TOKENS has every
-    /// lock's, in command-line order. Needs one Redis, Sentinel or Cluster.
+    /// lock's, in command-line order.
     #[arg(
         long = "and",
         value_name = "KEY2",

@@ -256,14 +256,13 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) for an invalid name, no name, more than
-    /// [`MAX_MEMBERS`](crate::MAX_MEMBERS), a name given twice, fair mode, or Redlock; as
+    /// [`MAX_MEMBERS`](crate::MAX_MEMBERS), a name given twice, or fair mode; as
     /// [`Client::lock_with`] for the options.
     pub fn multi_lock_with<S: AsRef<str>>(
         &self,
         names: &[S],
         options: LockOptions,
     ) -> Result<MultiLock> {
-        self.core.single_node_only("multi-key locks")?;
         if options.fair {
             return Err(crate::Error::Config(
                 "multi-key locks have no fair mode: a waiting multi-key lock holds nothing and \

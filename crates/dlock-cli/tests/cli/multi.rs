@@ -100,7 +100,7 @@ fn opposite_orders_all_run() {
 }
 
 #[test]
-fn and_with_limit_shared_fair_or_redlock_is_a_usage_error() {
+fn and_with_limit_shared_or_fair_is_a_usage_error() {
     let server = RedisServer::start();
     for extra in [
         &["--limit", "2"][..],
@@ -121,13 +121,25 @@ fn and_with_limit_shared_fair_or_redlock_is_a_usage_error() {
         LIMIT,
     );
     assert_eq!(code(&twice), 64, "{}", stderr(&twice));
+}
+
+#[test]
+fn and_works_on_redlock() {
     let servers = RedisServers::start(3);
-    let mut redlock = dlock(&server);
+    let mut redlock = dlock(&servers[0]);
     redlock.args(["run", "--and", "b"]);
     for url in servers.urls() {
         redlock.args(["--redis", &url]);
     }
-    let out = output(redlock.args(["a", "--", "true"]), LIMIT);
-    assert_eq!(code(&out), 64, "{}", stderr(&out));
-    assert!(stderr(&out).contains("multi-key locks"), "{}", stderr(&out));
+    let out = output(
+        redlock.args(["a", "--", "sh", "-c", "echo $DLOCK_FENCING_TOKENS"]),
+        LIMIT,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).split_whitespace().count(),
+        2,
+        "{}",
+        stdout(&out)
+    );
 }

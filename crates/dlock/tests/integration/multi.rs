@@ -255,11 +255,57 @@ async fn bad_sets_and_unsupported_modes_are_config_errors() {
         .multi_lock_with(&["a", "b"], fair)
         .unwrap_err()
         .is_config());
-    let servers = RedisServers::start(3);
-    let redlock = Client::redlock(&servers.urls()).await.unwrap();
-    match redlock.multi_lock(&["a", "b"]) {
-        Err(Error::Config(message)) => assert!(message.contains("multi-key"), "{message}"),
-        other => panic!("expected a Config error, got {other:?}"),
+}
+
+/// On Redlock each member is taken on a majority, one at a time: all or none with a master
+/// dead, a refusal leaves nothing held, and opposite orders never deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redlock_members_are_taken_on_a_majority_all_or_none() {
+    let mut servers = RedisServers::start(3);
+    let options = ClientOptions::new().command_timeout(Duration::from_millis(300));
+    let c = Client::redlock_with(&servers.urls(), options)
+        .await
+        .unwrap();
+    servers[2].kill();
+    let multi = c
+        .multi_lock_with(&["a", "b", "c"], waiting(Duration::from_secs(20)))
+        .unwrap();
+    let guard = multi.try_lock().await.unwrap();
+    for name in ["a", "b", "c"] {
+        let held = (0..2)
+            .filter(|&i| servers[i].cmd::<i64>("EXISTS", &[name]) == 1)
+            .count();
+        assert_eq!(held, 2, "{name} is not on the live majority");
+        assert!(guard.fencing_token(name).is_some());
+    }
+    guard.release().await.unwrap();
+    let blocker = c.lock("c").unwrap().try_lock().await.unwrap();
+    let refused = multi.try_lock().await.unwrap_err();
+    assert_eq!(refused.conflict().map(|c| c.key.as_str()), Some("c"));
+    assert!(
+        free(&c, "a").await && free(&c, "b").await,
+        "a partial set was left"
+    );
+    blocker.release().await.unwrap();
+    let mut tasks = Vec::new();
+    for order in [["a", "c"], ["c", "a"], ["a", "c"]] {
+        let multi = c
+            .multi_lock_with(&order, waiting(Duration::from_secs(30)))
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                multi.lock().await.unwrap().release().await.unwrap();
+            }
+        }));
+    }
+    let done = timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(tasks),
+    )
+    .await
+    .expect("deadlocked on Redlock");
+    for task in done {
+        task.unwrap();
     }
 }
 

@@ -11,19 +11,19 @@
 //!
 //! - **One slot** (one Redis or Sentinel; on a Cluster, members whose names share their hash
 //!   part, e.g. `{user:42}:a` and `{user:42}:b`): one atomic script takes them all or none.
-//! - **Several Cluster slots:** members are taken one at a time in a fixed order (by name),
-//!   and a refusal releases those already taken. Nobody holds a member while waiting for
-//!   another (a waiting multi-lock holds nothing between attempts), so callers asking for
-//!   `{a, b}` and `{b, a}` never deadlock.
+//! - **Several Cluster slots, or Redlock:** members are taken one at a time in a fixed order
+//!   (by name), each as a plain lock is (on Redlock: on a majority of masters, with its own
+//!   proposed fencing token), and a refusal releases those already taken. Nobody holds a
+//!   member while waiting for another (a waiting multi-lock holds nothing between attempts),
+//!   so callers asking for `{a, b}` and `{b, a}` never deadlock.
 //!
 //! # Limits
-//! - Redlock is refused with [`Error::Config`] (each member would need its own majority and
-//!   proposal round; not built yet), as is fair mode: waiters are not queued, and a release of
-//!   any member they need wakes them to retry (barging).
+//! - Fair mode is refused with [`Error::Config`]: waiters are not queued, and a release of any
+//!   member they need wakes them to retry (barging).
 //! - Plain `lock()` waiters of a member pass it among themselves by hand-off (the default)
 //!   without it ever being free: a multi-key lock waiting for that member can wait until its
 //!   limit. A multi-key grant takes a free member ahead of that member's fair-mode queue.
-//! - Across Cluster slots the set is taken in steps: while a caller holds some members and
+//! - Across Cluster slots and on Redlock the set is taken in steps: while a caller holds some members and
 //!   asks for the next, others may be refused a member it is about to give back, and a caller
 //!   that crashes between steps leaves its partial set to expire with its TTL. Nobody is ever
 //!   told it holds the set when it does not.
@@ -107,9 +107,12 @@ impl MultiLock {
                 pair[0].name()
             )));
         }
-        let cluster = core.nodes().first().is_cluster();
+        let nodes = core.nodes();
+        let cluster = nodes.first().is_cluster();
         let slot = members[0].keys().slot().to_owned();
-        let one_slot = !cluster || members.iter().all(|m| m.keys().slot() == slot);
+        // Redlock: no script spans masters; members go one at a time, each on its majority.
+        let one_slot =
+            nodes.is_single() && (!cluster || members.iter().all(|m| m.keys().slot() == slot));
         let channels = members.iter().map(|m| m.keys().channel.clone()).collect();
         Ok(MultiLock {
             core,
@@ -314,7 +317,7 @@ impl Acquire for ForAll<'_> {
         })
     }
 
-    /// Never called: multi-key locks are refused on Redlock (see `Client::multi_lock_with`).
+    /// Never called: on Redlock the members are taken one at a time, as plain locks.
     fn raise_fence(&self, token: &Token, fence: u64) -> ScriptInvocation<'static> {
         let keys = self.multi.members[0].keys();
         let mut call = scripts::FENCE_RAISE.prepare_invoke();
