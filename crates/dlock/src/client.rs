@@ -211,8 +211,14 @@ impl Client {
     /// Validates options and refuses those this deployment cannot honour.
     fn check_options(&self, options: &LockOptions) -> Result<()> {
         options.validate()?;
-        if options.fair {
-            self.core.single_node_only("fair mode")?;
+        if options.fair && !self.core.nodes().is_single() {
+            // Not a missing feature: the algorithm does not allow it.
+            return Err(crate::Error::Config(
+                "fair mode is not available with Redlock: it needs one ordered wait queue, and \
+                 independent masters may order waiters differently, with no master able to \
+                 speak for the others"
+                    .into(),
+            ));
         }
         if options.min_replicas.is_some() {
             self.core.single_node_only("replica guards")?;
