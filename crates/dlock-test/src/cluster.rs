@@ -22,6 +22,18 @@ impl RedisCluster {
     /// # Panics
     /// When the cluster cannot be formed, with `redis-cli`'s output.
     pub fn start(n: usize) -> RedisCluster {
+        RedisCluster::start_with(n, true)
+    }
+
+    /// As [`RedisCluster::start`], but every master keeps serving its own slots while another
+    /// is down (`cluster-require-full-coverage no`), as clusters that prefer partial service
+    /// are run: for faults on one master that must not stop the rest.
+    pub fn start_tolerant(n: usize) -> RedisCluster {
+        RedisCluster::start_with(n, false)
+    }
+
+    fn start_with(n: usize, full_coverage: bool) -> RedisCluster {
+        let coverage = if full_coverage { "yes" } else { "no" };
         let masters: Vec<RedisServer> = (0..n)
             .map(|_| {
                 RedisServer::start_with(ServerOptions {
@@ -32,6 +44,8 @@ impl RedisCluster {
                         "nodes.conf",
                         "--cluster-node-timeout",
                         "2000",
+                        "--cluster-require-full-coverage",
+                        coverage,
                     ]
                     .map(String::from)
                     .to_vec(),

@@ -320,3 +320,43 @@ async fn a_waiting_lock_rides_out_a_restarting_cluster_node() {
         .expect("granted once the node serves again, not a CLUSTERDOWN error");
     guard.release().await.unwrap();
 }
+
+/// Wake-ups survive the loss of the seed node: the pub/sub connection moves to another live
+/// master (classic pub/sub reaches every node), so a waiter whose re-check is 20 s away is
+/// still woken by the release. It used to reconnect to the dead seed only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_ups_move_off_a_dead_seed_node() {
+    let mut cluster = RedisCluster::start_tolerant(3);
+    let c = cluster_client(&cluster).await;
+    let name = (0..200)
+        .map(|i| format!("job:{i}"))
+        .find(|name| master_of(&cluster, name) != 0)
+        .expect("a name served by another master than the seed");
+    cluster[0].kill();
+    let guard = timeout(Duration::from_secs(10), async {
+        loop {
+            match c.lock(&name).unwrap().try_lock().await {
+                Ok(guard) => break guard,
+                Err(_) => sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .expect("the surviving masters never served the lock");
+    let slow = LockOptions::new()
+        .recheck(Duration::from_secs(20))
+        .wait(Wait::Limit(Duration::from_secs(30)));
+    let waiter_lock = c.lock_with(&name, slow).unwrap();
+    let waiter = tokio::spawn(async move { waiter_lock.lock().await });
+    sleep(Duration::from_millis(1500)).await;
+    assert!(!waiter.is_finished());
+    let released = Instant::now();
+    guard.release().await.unwrap();
+    let handed = timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("woken long before the 20 s re-check")
+        .unwrap()
+        .unwrap();
+    assert!(released.elapsed() < Duration::from_secs(2));
+    handed.release().await.unwrap();
+}

@@ -109,6 +109,38 @@ impl Node {
         Ok(keys)
     }
 
+    /// Where else a dedicated pub/sub connection may go when the server's own
+    /// ([`Node::redis_client`]) fails: on a Cluster, every live master (classic pub/sub
+    /// messages reach every node of a cluster, so any will do, and the seed may be the one
+    /// that failed); elsewhere nowhere.
+    pub async fn pubsub_fallbacks(&self) -> Vec<redis::Client> {
+        if !self.is_cluster() {
+            return Vec::new();
+        }
+        let masters = self.cluster_masters().await.unwrap_or_default();
+        let info = self.redis_client().get_connection_info().clone();
+        let mut clients = Vec::new();
+        for (host, port) in masters {
+            let addr = match info.addr().clone() {
+                redis::ConnectionAddr::TcpTls {
+                    insecure,
+                    tls_params,
+                    ..
+                } => redis::ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure,
+                    tls_params,
+                },
+                _ => redis::ConnectionAddr::Tcp(host, port),
+            };
+            if let Ok(client) = redis::Client::open(info.clone().set_addr(addr)) {
+                clients.push(client);
+            }
+        }
+        clients
+    }
+
     /// The live masters of a cluster, from `CLUSTER NODES`.
     async fn cluster_masters(&self) -> Result<Vec<(String, u16)>> {
         let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;

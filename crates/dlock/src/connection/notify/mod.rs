@@ -385,12 +385,29 @@ impl Listener {
     /// Connects, subscribes every registered channel, then relays messages and commands until
     /// the connection drops, no channel is left, or the client is gone.
     async fn connect_and_serve(&mut self) -> Serve {
-        let client = self.node.redis_client();
-        let connecting = tokio::time::timeout(self.timeout, client.get_async_pubsub());
+        let (node, timeout) = (self.node.clone(), self.timeout);
+        // The node's server first; on a Cluster, any live master if it fails.
+        let connecting = async move {
+            let open = |client: redis::Client| async move {
+                tokio::time::timeout(timeout, client.get_async_pubsub())
+                    .await
+                    .ok()?
+                    .ok()
+            };
+            if let Some(pubsub) = open(node.redis_client()).await {
+                return Some(pubsub);
+            }
+            for client in node.pubsub_fallbacks().await {
+                if let Some(pubsub) = open(client).await {
+                    return Some(pubsub);
+                }
+            }
+            None
+        };
         let Some(connected) = self.offline(connecting).await else {
             return Serve::Closed;
         };
-        let Ok(Ok(pubsub)) = connected else {
+        let Some(pubsub) = connected else {
             tracing::debug!("pub/sub connection failed; waiters fall back to re-checks");
             return Serve::Lost { subscribed: false };
         };
