@@ -482,6 +482,7 @@ fn chaos_mixed(masters: usize, fair: bool, limit: Option<u32>, mix: Mix) {
                                 },
                                 spawned_ms,
                                 shared: as_shared,
+                                both: if both { held.clone() } else { Vec::new() },
                                 ended: None,
                             },
                         );

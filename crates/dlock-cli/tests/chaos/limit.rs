@@ -58,7 +58,7 @@ impl Run {
     pub(super) fn first_grant_after(&self, key: &str, at: u64) -> Option<u64> {
         self.procs
             .iter()
-            .filter(|(_, p)| p.key == key)
+            .filter(|(_, p)| p.holds(key))
             .filter_map(|(&pid, _)| {
                 let report = self.report(pid).filter(|r| r.acquired)?;
                 Some(report.asked_at_ms? + report.waited_ms)
@@ -344,6 +344,7 @@ mod tests {
             key: "k".into(),
             spawned_ms: asked,
             shared: false,
+            both: Vec::new(),
             ended: Some(Ended {
                 code,
                 report: Some(Report {
