@@ -40,6 +40,10 @@ pub(crate) struct Busy {
     /// The lock's fencing counter at this answer: any hand-off made before it has a token no
     /// larger (lock only).
     pub fence_seen: Option<u64>,
+    /// Redlock: no holder was found on a majority (a split vote among waiters, each on a
+    /// minority): retry after a short random pause. Their undos publish nothing (a waiter's
+    /// own undo must not wake it), so no wake-up would come.
+    pub split: bool,
 }
 
 /// One node's answer to an acquire call.
@@ -122,6 +126,8 @@ pub(crate) trait Acquire: Sync {
 struct Answers {
     grants: Vec<(usize, u64, bool)>,
     busy: Option<Busy>,
+    /// The holder (its grant's fencing token) each busy node named, if it named one.
+    busy_holders: Vec<Option<u64>>,
     /// Redlock proposals refused as too low: (node, its counter).
     lows: Vec<(usize, u64)>,
     failures: Vec<(usize, Error)>,
@@ -242,8 +248,11 @@ fn not_granted<G>(
 ) -> Result<Attempt<G>> {
     let nodes = core.nodes();
     if !nodes.is_single() {
+        // Quiet: this waiter's own undo must not wake it (it would retry at once, be refused
+        // by the same majority, undo again, and spin for as long as the lock is held).
         for undo in pending.undo(token) {
-            core.watchdog().release_in_background(undo);
+            core.watchdog()
+                .release_in_background(undo.quieted().unwrap_or(undo));
         }
         pending.settled();
     } else if answers.busy.is_some() && !queued {
@@ -253,14 +262,29 @@ fn not_granted<G>(
         // releases it).
         pending.settled();
     }
+    // Only for one holder at a time: a semaphore's busy nodes name any of its holders.
+    let split = !nodes.is_single()
+        && quorum == nodes.quorum()
+        && !held_by_a_majority(&answers.busy_holders, quorum);
     match answers.busy {
-        Some(busy) => Ok(Attempt::Busy(busy)),
+        Some(mut busy) => {
+            busy.split = split;
+            Ok(Attempt::Busy(busy))
+        }
         None => {
             let lows = answers.lows.into_iter().map(|low| low_failure(nodes, low));
             answers.failures.extend(lows);
             Err(refusal(nodes, quorum, answers.failures))
         }
     }
+}
+
+/// Whether one holder (by its grant's fencing token) was named by at least `quorum` busy nodes.
+fn held_by_a_majority(holders: &[Option<u64>], quorum: usize) -> bool {
+    holders
+        .iter()
+        .flatten()
+        .any(|fence| holders.iter().filter(|h| **h == Some(*fence)).count() >= quorum)
 }
 
 /// A node that refused a proposal as too low, as a failure.
@@ -430,6 +454,8 @@ async fn send<A: Acquire>(
             Ok(Answer::Granted { fence, fresh }) => answers.grants.push((index, fence, fresh)),
             Ok(Answer::Low { counter }) => answers.lows.push((index, counter)),
             Ok(Answer::Busy(busy)) => {
+                let holder = busy.conflict.holder.as_ref().map(|h| h.fencing_token);
+                answers.busy_holders.push(holder);
                 // Prefer an answer that names the holder.
                 if answers
                     .busy

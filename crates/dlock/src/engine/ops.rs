@@ -24,6 +24,12 @@ pub(crate) trait ReleaseOp: Send + Sync + Debug {
     fn release_script(&self) -> &'static Script;
     /// Adds this hold's keys and arguments to a release call.
     fn add_release(&self, call: &mut ScriptInvocation<'_>);
+    /// The same release without the wake-up for everyone, where the primitive has one (a
+    /// lock's, a permit's): for undoing a Redlock attempt that no majority granted, whose
+    /// waiter would otherwise wake itself with its own undo and spin while the lock is held.
+    fn quieted(&self) -> Option<std::sync::Arc<dyn ReleaseOp>> {
+        None
+    }
 }
 
 /// How to keep one lease: renew it, and check that it is still ours (read-only, after a

@@ -98,7 +98,12 @@ pub(crate) async fn undo_partial(
     token: Token,
     grants: &[(usize, u64, bool)],
 ) {
-    let undos = pending.undo(token);
+    // Quiet, as every Redlock rollback (see `acquire::not_granted`).
+    let undos: Vec<_> = pending
+        .undo(token)
+        .into_iter()
+        .map(|undo| undo.quieted().unwrap_or(undo))
+        .collect();
     if !grants.is_empty() {
         let calls = undo_calls(&undos);
         let nodes = core.nodes();

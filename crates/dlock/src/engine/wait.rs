@@ -214,6 +214,10 @@ impl Waiting<'_> {
     /// mode, past the waiter lease of the one just ahead (a dead waiter is purged then).
     fn recheck_after(&self, busy: &Busy) -> Duration {
         let mut pause = self.options.recheck;
+        if busy.split {
+            // Random, so waiters that split a vote do not collide again.
+            pause = pause.min(Duration::from_millis(fastrand::u64(10..60)));
+        }
         for bound in [busy.conflict.ttl_left, busy.ahead_lease_left]
             .into_iter()
             .flatten()

@@ -5,7 +5,10 @@
 -- undoes a cancelled waiter (and passes on a lock that was handed to it meanwhile).
 -- KEYS: per lock, 6 keys: lock, holder info, fencing counter, wait queue, waiter leases,
 --       waiters' hand-off terms
--- ARGV: per lock, 3 values: token, wake-up channel, fencing counter retention ms
+-- ARGV: per lock, 4 values: token, wake-up channel, fencing counter retention ms, '1' for a
+--       quiet release: no wake-up for everyone (the rollback of a Redlock attempt or a
+--       multi-key lock's give-back, whose own waiter would wake itself and spin; a hand-off
+--       to the queue's head is still told)
 -- Returns one 1 (released) or 0 (was not ours) per lock.
 -- Not Valkey 9's DELIFEQ or Redis 8.4's DELEX IFEQ: those compare and delete one key, and a
 -- release must also drop the holder info, hand the lock to the queue's head or publish the
@@ -13,11 +16,12 @@
 -- pcall: a key of another type (a semaphore's name reused for a lock, or the reverse) answers
 -- "not ours" for that item instead of failing every lease batched with it.
 local results = {}
-for i = 1, #ARGV / 3 do
+for i = 1, #ARGV / 4 do
   local k = 6 * (i - 1)
   local lock, info, fence = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local q = {KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]}
-  local token, channel, retention = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  local token, channel, retention = ARGV[4 * i - 3], ARGV[4 * i - 2], ARGV[4 * i - 1]
+  local quiet = ARGV[4 * i] == '1'
   local released = redis.pcall('GET', lock) == token
   local withdrew = not released and withdraw(q, token)
   if released or (withdrew and redis.call('EXISTS', lock) == 0) then
@@ -30,13 +34,13 @@ for i = 1, #ARGV / 3 do
     end
     if not (head and hand_to(lock, info, fence, q, head, channel, retention, now_us)) then
       redis.call('DEL', lock, info)
-      if not head then
+      if not head and not quiet then
         -- pcall: a user without channel permissions (Redis 7 ACLs) still releases; its
         -- waiters then rely on their timed re-checks.
         redis.pcall('PUBLISH', channel, '')
       end
     end
-  elseif withdrew and redis.pcall('GET', lock) == 'dlock:read-mode' then
+  elseif withdrew and not quiet and redis.pcall('GET', lock) == 'dlock:read-mode' then
     -- A waiter that gave up held a read-write lock's new readers back (rwlock/acquire.lua):
     -- they may go now.
     redis.pcall('PUBLISH', channel, '')

@@ -453,3 +453,26 @@ async fn a_timeout_names_the_member_found_held() {
     }
     blocker.release().await.unwrap();
 }
+
+/// Found by review: on Redlock (and across Cluster slots) a waiting multi-key lock took its
+/// free member, found the next one held, gave the first back with a wake-up on that member's
+/// channel, which it listens to, and so woke itself and spun. Give-backs are quiet now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_multi_key_lock_on_redlock_does_not_spin() {
+    let servers = RedisServers::start(3);
+    let options = ClientOptions::new().command_timeout(Duration::from_millis(300));
+    let c = Client::redlock_with(&servers.urls(), options)
+        .await
+        .unwrap();
+    let blocker = c.lock("b").unwrap().try_lock().await.unwrap();
+    let slow = waiting(Duration::from_secs(2)).recheck(Duration::from_secs(20));
+    let multi = c.multi_lock_with(&["a", "b"], slow).unwrap();
+    let before = servers[0].command_calls("evalsha");
+    assert!(multi.lock().await.unwrap_err().is_timeout());
+    let calls = servers[0].command_calls("evalsha") - before;
+    assert!(
+        calls < 40,
+        "{calls} script calls on one master in a 2 s wait: a spin"
+    );
+    blocker.release().await.unwrap();
+}

@@ -619,3 +619,31 @@ async fn every_master_subscribes_and_every_one_unsubscribes_after_the_linger() {
         (0..3).map(numsub).collect::<Vec<_>>()
     );
 }
+
+/// Found by review: a holder on a bare majority (the third master lost its key), a waiter's
+/// attempt granted on that third master and undone there published a wake-up that woke the
+/// waiter itself, which retried at once, hundreds of times a second, for as long as the lock
+/// was held. Undos of Redlock attempts are quiet now: the waiter sleeps until the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_behind_a_bare_majority_does_not_spin() {
+    let mut servers = RedisServers::start(3);
+    let holder = redlock(&servers, Duration::from_millis(500)).await;
+    let guard = holder.lock("bare").unwrap().try_lock().await.unwrap();
+    servers[2].restart_empty();
+    let waiter = redlock(&servers, Duration::from_millis(500)).await;
+    let slow = LockOptions::new()
+        .recheck(Duration::from_secs(20))
+        .wait(dlock::Wait::Limit(Duration::from_secs(3)));
+    let calls = |servers: &RedisServers| {
+        servers[0].command_calls("evalsha") + servers[0].command_calls("eval")
+    };
+    let before = calls(&servers);
+    let waited = waiter.lock_with("bare", slow).unwrap().lock().await;
+    assert!(waited.is_err());
+    let spent = calls(&servers) - before;
+    assert!(
+        spent < 15,
+        "{spent} script calls on one master in a 3 s wait: a spin"
+    );
+    guard.release().await.unwrap();
+}

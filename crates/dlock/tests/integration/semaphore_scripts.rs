@@ -228,7 +228,8 @@ impl Sem {
                 .key(&self.queue)
                 .key(&self.leases)
                 .arg(*token)
-                .arg(&self.channel);
+                .arg(&self.channel)
+                .arg("0");
         }
         call.invoke_async(&mut self.con.clone()).await.unwrap()
     }

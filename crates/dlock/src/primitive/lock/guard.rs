@@ -144,4 +144,16 @@ impl LockGuard {
         });
         self.handle.end(call, "keeping a lock").await
     }
+
+    /// Releases the lock without the wake-up for everyone (a hand-off to a queued waiter is
+    /// still told): a multi-key lock giving back a member it took for an attempt that failed,
+    /// whose own waiter listens on that member's channel and would wake itself and spin.
+    pub(crate) async fn give_back(self) -> Result<()> {
+        let quiet = self.held.quiet();
+        let call = ops::one(&scripts::RELEASE, |call| {
+            use crate::engine::ops::ReleaseOp as _;
+            quiet.add_release(call);
+        });
+        self.handle.end(call, "giving back").await
+    }
 }

@@ -363,6 +363,7 @@ pub(crate) fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
         ahead_lease_left: pttl(field(4)),
         sent: None,
         fence_seen: int(field(5)).and_then(|fence| u64::try_from(fence).ok()),
+        split: false,
     }
 }
 
@@ -371,11 +372,26 @@ pub(crate) fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
 pub(crate) struct Held {
     pub(super) keys: Arc<LockKeys>,
     pub(super) token: Token,
+    /// Released without the wake-up for everyone (see `ReleaseOp::quieted`).
+    quiet: bool,
 }
 
 impl Held {
     pub(crate) fn new(keys: Arc<LockKeys>, token: Token) -> Held {
-        Held { keys, token }
+        Held {
+            keys,
+            token,
+            quiet: false,
+        }
+    }
+
+    /// This hold, released without the wake-up for everyone.
+    pub(crate) fn quiet(&self) -> Arc<Held> {
+        Arc::new(Held {
+            keys: self.keys.clone(),
+            token: self.token.clone(),
+            quiet: true,
+        })
     }
 }
 
@@ -424,7 +440,11 @@ impl ReleaseOp for Held {
             .key(&self.keys.waiters)
             .arg(self.token.as_str())
             .arg(&self.keys.channel)
-            .arg(millis(FENCE_RETENTION));
+            .arg(millis(FENCE_RETENTION))
+            .arg(if self.quiet { "1" } else { "0" });
+    }
+    fn quieted(&self) -> Option<Arc<dyn ReleaseOp>> {
+        Some(self.quiet())
     }
 }
 

@@ -234,13 +234,14 @@ impl MultiLock {
         Ok(Attempt::Granted(MultiGuard::new(taken)))
     }
 
-    /// Releases members taken before a refusal, all at once; their outcome is nobody's to
-    /// learn (a member lost meanwhile was never the caller's to use). Waits at most one command
-    /// timeout (found by review: a slow node held a refusal up for a whole TTL); releases not
+    /// Releases members taken before a refusal, all at once and quietly (this waiter listens
+    /// on their channels: a wake-up for everyone would wake it at once, to fail the same way
+    /// again); their outcome is nobody's to learn (a member lost meanwhile was never the
+    /// caller's to use). Waits at most one command timeout (found by review: a slow node held a refusal up for a whole TTL); releases not
     /// answered by then go on in the background.
     async fn give_back(&self, taken: Vec<LockGuard>) {
         let limit = self.core.nodes().first().command_timeout();
-        let releases = futures_util::future::join_all(taken.into_iter().map(LockGuard::release));
+        let releases = futures_util::future::join_all(taken.into_iter().map(LockGuard::give_back));
         let _ = tokio::time::timeout(limit, releases).await;
     }
 

@@ -371,6 +371,7 @@ fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
         ahead_lease_left: pttl(field(4)),
         sent: None,
         fence_seen: None,
+        split: false,
     }
 }
 

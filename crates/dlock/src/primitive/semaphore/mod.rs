@@ -402,6 +402,7 @@ fn busy(keys: &LockKeys, reply: &[Value], asked: u32) -> Busy {
         ahead_lease_left: pttl(field(4)),
         sent: None,
         fence_seen: None,
+        split: false,
     }
 }
 
@@ -411,11 +412,17 @@ fn busy(keys: &LockKeys, reply: &[Value], asked: u32) -> Busy {
 pub(crate) struct Permit {
     keys: Arc<LockKeys>,
     token: Token,
+    /// Released without the wake-up for everyone (see `ReleaseOp::quieted`).
+    quiet: bool,
 }
 
 impl Permit {
     fn new(keys: Arc<LockKeys>, token: Token) -> Permit {
-        Permit { keys, token }
+        Permit {
+            keys,
+            token,
+            quiet: false,
+        }
     }
 }
 
@@ -460,6 +467,14 @@ impl ReleaseOp for Permit {
             .key(&self.keys.queue)
             .key(&self.keys.queue_leases)
             .arg(self.token.as_str())
-            .arg(&self.keys.channel);
+            .arg(&self.keys.channel)
+            .arg(if self.quiet { "1" } else { "0" });
+    }
+    fn quieted(&self) -> Option<Arc<dyn ReleaseOp>> {
+        Some(Arc::new(Permit {
+            keys: self.keys.clone(),
+            token: self.token.clone(),
+            quiet: true,
+        }))
     }
 }

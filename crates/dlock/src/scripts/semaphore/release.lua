@@ -2,7 +2,8 @@
 -- holder's permit. Also withdraws each token from the semaphore's fair wait queue, so the same
 -- script cleans up after a cancelled waiter.
 -- KEYS: per permit, 4 keys: holders (zset), semaphore hash, wait queue, waiter leases
--- ARGV: per permit, 2 values: token, wake-up channel
+-- ARGV: per permit, 3 values: token, wake-up channel, '1' for a quiet release (the rollback of
+--       a Redlock attempt: its own waiter would wake itself and spin; see release.lua)
 -- Returns one 1 (released: the permit's lease was still running) or 0 (not held any more)
 -- per permit. A lease that ended is removed all the same (its permits were free already).
 -- Releasing or withdrawing publishes the queue's head (only it retries), or '' (everyone
@@ -16,7 +17,7 @@ local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local function release(i)
   local holders, sem = KEYS[4 * i - 3], KEYS[4 * i - 2]
   local queue, leases = KEYS[4 * i - 1], KEYS[4 * i]
-  local token, channel = ARGV[2 * i - 1], ARGV[2 * i]
+  local token, channel, quiet = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i] == '1'
   local kind = redis.call('TYPE', holders)['ok']
   if kind ~= 'zset' and kind ~= 'none' then
     -- The queue keys outlive the name's change of type (a fair lock shares them): withdraw.
@@ -30,7 +31,7 @@ local function release(i)
   redis.call('HDEL', sem, token)
   local withdrew = redis.call('LREM', queue, 0, token) > 0
   redis.call('ZREM', leases, token)
-  if released or withdrew then
+  if (released or withdrew) and not quiet then
     -- pcall: a user without channel permissions (Redis 7 ACLs) still releases; waiters then
     -- rely on their timed re-checks.
     redis.pcall('PUBLISH', channel, redis.call('LINDEX', queue, 0) or '')
@@ -44,7 +45,7 @@ local function release(i)
 end
 
 local results = {}
-for i = 1, #ARGV / 2 do
+for i = 1, #ARGV / 3 do
   results[i] = release(i)
 end
 return results
