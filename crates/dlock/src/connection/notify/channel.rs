@@ -50,7 +50,14 @@ impl Channel {
     /// only once every listener has said so: a subscriber waits for the first node that hears
     /// it, not for the first one that failed.
     pub(super) fn set_ready(&mut self, index: usize, ok: bool) {
+        // Another node hears it from now on: a release published there before (say, one that
+        // reached only the masters whose SUBSCRIBE was slower than the first) was missed, so
+        // waiters already sleeping on the first node's answer re-check (found by review).
+        let was_ready = *self.ready.borrow() == Some(true);
         if let Some(on) = self.on.get_mut(index) {
+            if ok && *on != Some(true) && was_ready {
+                let _ = self.wake.send(Wake::All);
+            }
             *on = Some(ok);
         }
         let state = if self.on.contains(&Some(true)) {

@@ -191,6 +191,25 @@ mod tests {
         (shared, channel)
     }
 
+    /// Redlock: a channel is ready on the first master's answer; when a second master starts
+    /// hearing it later, waiters re-check (a release may have been published there only).
+    #[tokio::test]
+    async fn a_node_that_starts_hearing_a_channel_late_wakes_its_waiters() {
+        let (shared, _) = registry();
+        let mut channel = Channel::new(2);
+        let mut a = channel.join("c", A, &shared);
+        channel.set_ready(0, true);
+        assert!(a.hears());
+        assert!(quiet(&mut a), "the first answer wakes nobody");
+        channel.set_ready(1, false);
+        assert!(a.hears(), "still heard through the first node");
+        channel.set_ready(1, true);
+        assert_eq!(next(&mut a, A).await, Woken::Retry);
+        channel.set_ready(0, false);
+        channel.set_ready(1, false);
+        assert!(!a.hears(), "no node hears it any more");
+    }
+
     #[tokio::test]
     async fn waiters_sharing_an_id_each_get_its_wake_ups() {
         const A2: &str = "aaaaaaaaaaaaaaaa2222222222222222";
