@@ -476,3 +476,34 @@ async fn a_waiting_multi_key_lock_on_redlock_does_not_spin() {
     );
     blocker.release().await.unwrap();
 }
+
+/// On Redlock with one master frozen: each member is granted by the other two within the
+/// per-node timeout, the set comes back whole, and its release reaches the live majority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redlock_a_frozen_master_costs_each_member_at_most_one_timeout() {
+    let mut servers = RedisServers::start(3);
+    let options = ClientOptions::new().command_timeout(Duration::from_millis(300));
+    let c = Client::redlock_with(&servers.urls(), options)
+        .await
+        .unwrap();
+    let multi = c.multi_lock(&["f1", "f2"]).unwrap();
+    multi.try_lock().await.unwrap().release().await.unwrap();
+    servers[1].pause();
+    let asked = Instant::now();
+    let guard = multi.try_lock().await.unwrap();
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_millis(2 * 300 + 500),
+        "a frozen master cost {took:?} for two members"
+    );
+    assert!(guard.is_held());
+    guard.release().await.unwrap();
+    servers[1].resume();
+    for name in ["f1", "f2"] {
+        let left = [0, 2]
+            .iter()
+            .filter(|&&i| servers[i].cmd::<i64>("EXISTS", &[name]) == 1)
+            .count();
+        assert_eq!(left, 0, "{name} was left on a live master");
+    }
+}
