@@ -306,14 +306,7 @@ impl Acquire for Lock {
     }
 
     fn raise_fence(&self, token: &Token, fence: u64) -> ScriptInvocation<'static> {
-        let mut call = scripts::FENCE_RAISE.prepare_invoke();
-        call.key(&self.keys.fence)
-            .key(&self.keys.info)
-            .key(&self.keys.lock)
-            .arg(fence)
-            .arg(millis(FENCE_RETENTION))
-            .arg(token.as_str());
-        call
+        raise_fence_call(&self.keys, token, fence)
     }
 
     fn granted(&self, grant: Grant) -> LockGuard {
@@ -342,6 +335,24 @@ impl Lock {
             .arg(self.options.label.as_deref().unwrap_or(""));
         call
     }
+}
+
+/// Redlock's fencing write-back for a lock's key held by `token` (see `fence_raise.lua`): also
+/// what the primitives whose holds are plain lock keys (a writer, a multi-key lock's members)
+/// would send, were they allowed on Redlock.
+pub(crate) fn raise_fence_call(
+    keys: &LockKeys,
+    token: &Token,
+    fence: u64,
+) -> ScriptInvocation<'static> {
+    let mut call = scripts::FENCE_RAISE.prepare_invoke();
+    call.key(&keys.fence)
+        .key(&keys.info)
+        .key(&keys.lock)
+        .arg(fence)
+        .arg(millis(FENCE_RETENTION))
+        .arg(token.as_str());
+    call
 }
 
 /// Parses a busy answer: `{0, pttl, holder info, server time ms[, waiter-ahead lease ms or -1,

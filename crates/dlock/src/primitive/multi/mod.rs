@@ -320,15 +320,7 @@ impl Acquire for ForAll<'_> {
 
     /// Never called: on Redlock the members are taken one at a time, as plain locks.
     fn raise_fence(&self, token: &Token, fence: u64) -> ScriptInvocation<'static> {
-        let keys = self.multi.members[0].keys();
-        let mut call = scripts::FENCE_RAISE.prepare_invoke();
-        call.key(&keys.fence)
-            .key(&keys.info)
-            .key(&keys.lock)
-            .arg(fence)
-            .arg(millis(FENCE_RETENTION))
-            .arg(token.as_str());
-        call
+        lock::raise_fence_call(self.multi.members[0].keys(), token, fence)
     }
 
     fn granted(&self, grant: Grant) -> MultiGuard {

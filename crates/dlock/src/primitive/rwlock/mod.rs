@@ -307,15 +307,7 @@ impl Acquire for ForSide<'_> {
 
     /// Never called: read-write locks are refused on Redlock (see `Client::rw_lock_with`).
     fn raise_fence(&self, token: &Token, fence: u64) -> ScriptInvocation<'static> {
-        let keys = &self.lock.keys.base;
-        let mut call = scripts::FENCE_RAISE.prepare_invoke();
-        call.key(&keys.fence)
-            .key(&keys.info)
-            .key(&keys.lock)
-            .arg(fence)
-            .arg(millis(FENCE_RETENTION))
-            .arg(token.as_str());
-        call
+        crate::primitive::lock::raise_fence_call(&self.lock.keys.base, token, fence)
     }
 
     fn granted(&self, grant: Grant) -> LeaseHandle {
