@@ -15,6 +15,13 @@ CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target} \
 # Both crates package and build as published (the test kit is publish = false). It asks the
 # crate registry's index, so it is skipped offline (CARGO_NET_OFFLINE=true).
 if [ "${CARGO_NET_OFFLINE:-}" != true ]; then
+  # cargo verifies dlock-cli against dlock unpacked from the package into CARGO_HOME, and
+  # treats that copy as an immutable registry crate: it skips the unpacking when an earlier run
+  # left the same version there, and keeps the build of it in the target dir. A CARGO_HOME kept
+  # between runs built dlock-cli against an old dlock and failed. Drop both first.
+  rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/dlock-[0-9]* \
+    "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/dlock-cli-[0-9]*
+  CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target} cargo clean --quiet -p dlock
   cargo publish --quiet --dry-run --allow-dirty -p dlock -p dlock-cli
 fi
 cargo test --workspace --doc
