@@ -165,7 +165,18 @@ async fn a_reentry_after_the_key_was_lost_reports_the_loss_and_grants_afresh() {
     let options = LockOptions::new().ttl(Duration::from_secs(30)).renew(false);
     let lock = a.reentrant_lock_with("ledger", options.clone()).unwrap();
     let owner = Owner::new().unwrap();
+    let mgets = server.command_calls("mget");
     let first = lock.lock(&owner).await.unwrap();
+    // The watchdog checks its leases once when its link monitor first connects (A's first
+    // lease, one MGET): let that check pass while the key is still ours. CI once saw it run
+    // after the removal below, and report the loss before the re-entry could.
+    timeout(Duration::from_secs(5), async {
+        while server.command_calls("mget") == mgets {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the watchdog checks its first lease when its link monitor connects");
 
     // The key is removed behind the owner's back, and another owner takes and frees the lock,
     // all before the watchdog's next tick (10 s away).
