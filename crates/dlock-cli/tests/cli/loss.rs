@@ -299,20 +299,33 @@ fn report_of(said: &str) -> Value {
 #[test]
 fn a_key_deleted_during_a_short_job_is_found_at_release_and_exits_76() {
     let server = RedisServer::start();
+    let scratch = Scratch::new();
     let script = format!(
-        "exec {dlock} release --force k >/dev/null",
+        "touch {started}; while [ ! -e {go} ]; do sleep 0.01; done; \
+         exec {dlock} release --force k >/dev/null",
+        started = scratch.path("started").display(),
+        go = scratch.path("go").display(),
         dlock = env!("CARGO_BIN_EXE_dlock")
     );
-    let started = Instant::now();
-    let out = output(
+    let began = Instant::now();
+    let job = started(
         dlock(&server).args([
             "run", "--ttl", "30s", "--report", "json", "k", "--", "sh", "-c", &script,
         ]),
-        LIMIT,
+        &scratch.path("started"),
     );
+    // dlock's watchdog checks its lease once when its link monitor first connects, soon after
+    // the grant (one MGET): let that check pass while the key is still there, or it may find
+    // the key gone while the command runs, stop it, and leave the release nothing to find.
+    assert!(
+        wait_until(Duration::from_secs(5), || server.command_calls("mget") > 0),
+        "dlock's watchdog never checked its lease when its link monitor connected"
+    );
+    std::fs::write(scratch.path("go"), "").unwrap();
+    let out = finish(job, LIMIT);
     let said = stderr(&out);
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        began.elapsed() < Duration::from_secs(10),
         "a renewal may have noticed first: the test proves nothing"
     );
     assert_eq!(code(&out), 76, "{said}");

@@ -6,7 +6,7 @@ use dlock::{LockOptions, Owner, Wait};
 use dlock_test::RedisServer;
 use tokio::time::{sleep, timeout};
 
-use crate::support::client;
+use crate::support::{client, first_check_done};
 
 const HOLDS: &str = "{ledger}:dlock:holds:ledger";
 
@@ -170,13 +170,7 @@ async fn a_reentry_after_the_key_was_lost_reports_the_loss_and_grants_afresh() {
     // The watchdog checks its leases once when its link monitor first connects (A's first
     // lease, one MGET): let that check pass while the key is still ours. CI once saw it run
     // after the removal below, and report the loss before the re-entry could.
-    timeout(Duration::from_secs(5), async {
-        while server.command_calls("mget") == mgets {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-    .expect("the watchdog checks its first lease when its link monitor connects");
+    first_check_done(&server, mgets).await;
 
     // The key is removed behind the owner's back, and another owner takes and frees the lock,
     // all before the watchdog's next tick (10 s away).

@@ -107,3 +107,27 @@ pub async fn monitored(server: &RedisServer, n: usize) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Waits (up to 5 s) until the watchdog's first-connect check has read `server`: more than
+/// `before` MGETs (count them before the client's first grant).
+///
+/// A client's watchdog re-verifies every held lease once when its link monitor first connects,
+/// in the background soon after the client's first grant. A test that then removes or replaces
+/// a lease's key behind its holder's back and expects a later step (a re-entry, a stale extend)
+/// to be the first to notice must let that check pass first: run after the change, it reports
+/// the loss itself. Leases whose key holds the holder's token (locks, reentrant locks, writers,
+/// multi-key members) are checked with one MGET; permits and readers by a script (EVALSHA).
+pub async fn first_check_done(server: &RedisServer, before: u64) {
+    let seen = tokio::time::timeout(Duration::from_secs(5), async {
+        while server.command_calls("mget") <= before {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "no MGET on port {} within 5 s: the watchdog never checked its leases when its link \
+         monitor first connected",
+        server.port()
+    );
+}
