@@ -65,8 +65,9 @@ pub(crate) struct LeaseHandle {
     hold: Arc<dyn ReleaseOp>,
     /// This handle no longer counts among the lease's holders.
     left: bool,
-    /// The hold's end was answered by Redis; `Drop` has nothing to send.
-    ended: bool,
+    /// The nodes that have not answered the hold's end (every node until it is sent): `Drop`
+    /// sends it to them in the background.
+    unended: Vec<usize>,
 }
 
 impl LeaseHandle {
@@ -75,10 +76,10 @@ impl LeaseHandle {
     pub fn new(shared: Arc<Shared>, core: Arc<Core>, hold: Arc<dyn ReleaseOp>) -> LeaseHandle {
         LeaseHandle {
             shared,
-            core,
             hold,
+            unended: (0..core.nodes().len()).collect(),
             left: false,
-            ended: false,
+            core,
         }
     }
 
@@ -177,7 +178,7 @@ impl LeaseHandle {
     /// Ends the hold with a one-lease `call` answered by `[1]` (ours) or `[0]`: this handle
     /// leaves the lease first (the last one out stops renewal), then the call goes to every
     /// node, retried until decided or the lease's validity ends. Nodes that never answered
-    /// get the hold's release in the background (via Drop).
+    /// get the hold's release in the background (via Drop), and only they.
     pub async fn end(self, call: redis::ScriptInvocation<'_>, what: &str) -> Result<()> {
         let span = tracing::debug_span!(
             "dlock.release",
@@ -220,7 +221,7 @@ impl LeaseHandle {
                 |node, timeout| node.eval::<Vec<i64>>(&call, timeout),
             )
             .await;
-        self.ended = tally.errors.is_empty();
+        self.unended = tally.errors.iter().map(|(index, _)| *index).collect();
         let lost = |reason: LossReason| Error::Lost {
             key: self.name().to_owned(),
             reason,
@@ -261,14 +262,15 @@ impl Drop for LeaseHandle {
             // Released in the background: its outcome is nobody's to learn.
             self.lease().report_end(&LeaseStatus::Released);
         }
-        if !self.ended {
+        if !self.unended.is_empty() {
             // Never block in Drop: the lease no longer counts this handle (no more renewals
-            // once the last one is gone), and the watchdog sends the release. It runs even if
-            // the lease was lost, in case the key still holds our token (e.g. renewal replies
-            // were lost), so others need not wait out the TTL.
+            // once the last one is gone), and the watchdog sends the release to the nodes
+            // that have not answered it. It runs even if the lease was lost, in case the key
+            // still holds our token (e.g. renewal replies were lost), so others need not wait
+            // out the TTL.
             self.core
                 .watchdog()
-                .release_in_background(self.hold.clone());
+                .release_in_background_on(self.hold.clone(), std::mem::take(&mut self.unended));
         }
     }
 }

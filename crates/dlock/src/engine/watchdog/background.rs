@@ -9,6 +9,9 @@ use super::batch::{self, MAX_BATCH};
 use crate::connection::quorum::Nodes;
 use crate::engine::ops::ReleaseOp;
 
+/// A hold to release in the background, and on which nodes (`None`: every node).
+pub(super) type Targeted = (Arc<dyn ReleaseOp>, Option<Vec<usize>>);
+
 /// Work running beside the loop. Flushes wait for what was started before them: every task
 /// holds a clone of the current epoch's sender, and a flush closes the epoch and waits for its
 /// channel to close.
@@ -27,8 +30,9 @@ impl Background {
         }
     }
 
-    /// Sends `releases` (a batch per node, on every node) in a task of its own.
-    pub fn release(&self, nodes: &Nodes, releases: Vec<Arc<dyn ReleaseOp>>) {
+    /// Sends `releases` (each on its nodes, `None`: every node; a batch per node) in a task
+    /// of its own.
+    pub fn release(&self, nodes: &Nodes, releases: Vec<Targeted>) {
         let nodes = nodes.clone();
         self.spawn(async move { release(&nodes, releases).await });
     }
@@ -54,23 +58,27 @@ impl Background {
     }
 }
 
-/// Releases queued holds, a chunk per call. Failures are logged, not retried: such a hold
-/// expires with its TTL.
-async fn release(nodes: &Nodes, releases: Vec<Arc<dyn ReleaseOp>>) {
-    for chunk in releases.chunks(MAX_BATCH) {
-        let outcomes = nodes
-            .all(|node| {
-                batch::run(
-                    node,
-                    chunk.len(),
-                    node.command_timeout(),
-                    |i| chunk[i].release_script(),
-                    |i| chunk[i].slot(),
-                    |i, call| chunk[i].add_release(call),
-                )
-            })
+/// Releases queued holds: on each node, the holds meant for it, a chunk per call, every node
+/// at once. Failures are logged, not retried: such a hold expires with its TTL.
+async fn release(nodes: &Nodes, releases: Vec<Targeted>) {
+    let releases = &releases;
+    futures_util::future::join_all((0..nodes.len()).map(|index| async move {
+        let node = nodes.get(index);
+        let mine: Vec<&Arc<dyn ReleaseOp>> = releases
+            .iter()
+            .filter(|(_, on)| on.as_ref().is_none_or(|on| on.contains(&index)))
+            .map(|(hold, _)| hold)
+            .collect();
+        for chunk in mine.chunks(MAX_BATCH) {
+            let outcome = batch::run(
+                node,
+                chunk.len(),
+                node.command_timeout(),
+                |i| chunk[i].release_script(),
+                |i| chunk[i].slot(),
+                |i, call| chunk[i].add_release(call),
+            )
             .await;
-        for (index, outcome) in outcomes.into_iter().enumerate() {
             if let Err(error) = outcome {
                 tracing::warn!(
                     node = nodes.name(index),
@@ -81,5 +89,6 @@ async fn release(nodes: &Nodes, releases: Vec<Arc<dyn ReleaseOp>>) {
                 );
             }
         }
-    }
+    }))
+    .await;
 }

@@ -49,8 +49,9 @@ const SUSPEND_CHECK: Duration = Duration::from_secs(1);
 /// Work for the watchdog.
 #[derive(Debug)]
 enum Job {
-    /// Release a hold in the background (dropped guards, undone acquisitions).
-    Release(Arc<dyn ReleaseOp>),
+    /// Release a hold in the background (dropped guards, undone acquisitions), on these
+    /// nodes (`None`: every node).
+    Release(Arc<dyn ReleaseOp>, Option<Vec<usize>>),
     /// Answer once every job queued before this one is done.
     Flush(oneshot::Sender<()>),
 }
@@ -113,7 +114,13 @@ impl Watchdog {
     /// Releases a hold (if it is still ours) without waiting. Safe to call from `Drop`: it
     /// never blocks and needs no runtime.
     pub fn release_in_background(&self, hold: Arc<dyn ReleaseOp>) {
-        let _ = self.jobs.send(Job::Release(hold));
+        let _ = self.jobs.send(Job::Release(hold, None));
+    }
+
+    /// [`Watchdog::release_in_background`] on the nodes at `nodes` only (the others answered
+    /// the release already).
+    pub fn release_in_background_on(&self, hold: Arc<dyn ReleaseOp>, nodes: Vec<usize>) {
+        let _ = self.jobs.send(Job::Release(hold, Some(nodes)));
     }
 
     /// Waits until every job queued so far (background releases above all) is done.
@@ -226,7 +233,7 @@ impl Task {
         let mut releases = Vec::new();
         for job in jobs {
             match job {
-                Job::Release(hold) => releases.push(hold),
+                Job::Release(hold, nodes) => releases.push((hold, nodes)),
                 Job::Flush(done) => {
                     if !releases.is_empty() {
                         self.background
