@@ -55,6 +55,20 @@ use crate::error::{Error, NodeFailure, Result};
 
 mod settle;
 
+/// When a call on every node stops waiting for the nodes still silent once the outcome is
+/// decided: as long again as the decision took (never past `left`, the time the caller had
+/// from `started`). A silent node (frozen, black-holed) is not waited for, so the call still
+/// returns within about twice the deciding nodes' round trip, while the rest of the nodes,
+/// usually a few microseconds behind, are heard.
+fn straggler_grace(
+    started: tokio::time::Instant,
+    left: Option<std::time::Duration>,
+) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let grace = now.duration_since(started);
+    now + left.map_or(grace, |left| grace.min(left.saturating_sub(grace)))
+}
+
 /// One node or a Redlock quorum.
 #[derive(Debug, Clone)]
 pub(crate) struct Nodes {
@@ -136,8 +150,11 @@ impl Nodes {
 
     /// Runs `call` on every node concurrently and returns as soon as `enough` results are
     /// [`Vote::Yes`], or when that can no longer happen even if every [`Vote::Maybe`] turned
-    /// into a yes; the rest are abandoned (their requests may still land: callers release on
-    /// every node anyway). Results come as (node index, result).
+    /// into a yes, after waiting for the nodes still silent then as long again as that took
+    /// ([`straggler_grace`]): a refusal's caller learns what every healthy node said (who
+    /// holds the lock where, which tells a split vote from a lock held by a majority), while a
+    /// frozen node costs little. The rest are abandoned (their requests may still land:
+    /// callers release on every node anyway). Results come as (node index, result).
     pub async fn until<'a, T, F, Fut>(
         &'a self,
         enough: usize,
@@ -148,18 +165,31 @@ impl Nodes {
         F: Fn(&'a Node) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        let started = tokio::time::Instant::now();
         let mut pending = self.each(0..self.len(), call);
         let mut results = Vec::with_capacity(self.nodes.len());
         let (mut yes, mut maybe) = (0, 0);
-        while let Some((index, result)) = pending.next().await {
+        let mut grace_end = None;
+        loop {
+            let next = match grace_end {
+                None => pending.next().await,
+                Some(end) => match tokio::time::timeout_at(end, pending.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            let Some((index, result)) = next else { break };
             match vote(&result) {
                 Vote::Yes => yes += 1,
                 Vote::Maybe => maybe += 1,
                 Vote::No => {}
             }
             results.push((index, result));
-            if yes >= enough || yes + maybe + pending.len() < enough {
+            if yes >= enough {
                 break;
+            }
+            if grace_end.is_none() && yes + maybe + pending.len() < enough {
+                grace_end = Some(straggler_grace(started, None));
             }
         }
         results

@@ -5,7 +5,7 @@ use std::future::Future;
 
 use futures_util::stream::StreamExt;
 
-use super::{Nodes, Tally, Verdict};
+use super::{straggler_grace, Nodes, Tally, Verdict};
 use crate::connection::node::Node;
 use crate::error::{Error, Result};
 
@@ -72,8 +72,9 @@ impl Nodes {
 
     /// One round of [`Nodes::settle`]: asks every node without an answer yet (each call
     /// bounded by `left`, when given), until a majority decided and then for as long again
-    /// ([`straggler_grace`]); nodes abandoned then count as failed (the caller retries them,
-    /// or sends them the call in the background).
+    /// ([`straggler_grace`]: on Redlock, a release that left the last masters behind queued
+    /// the whole release again, on every master); nodes abandoned then count as failed (the
+    /// caller retries them, or sends them the call in the background).
     async fn settle_round<'a, T, F, Fut>(
         &'a self,
         quorum: usize,
@@ -130,19 +131,4 @@ impl Nodes {
             }
         }
     }
-}
-
-/// When a round stops waiting for the nodes still silent once a majority decided: as long
-/// again as the decision took (never past the round's bound). A silent node (frozen,
-/// black-holed) is not waited for, so a release still returns within about twice the
-/// majority's round trip; the rest of the nodes, usually a few microseconds behind the
-/// majority, are heard, which spares the caller a background call to each of them (on Redlock,
-/// every release used to send one: five more script calls per cycle on five masters).
-fn straggler_grace(
-    started: tokio::time::Instant,
-    left: Option<std::time::Duration>,
-) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    let grace = now.duration_since(started);
-    now + left.map_or(grace, |left| grace.min(left.saturating_sub(grace)))
 }
