@@ -144,22 +144,37 @@ impl LeaseHandle {
         validate_ttl(ttl)?;
         self.check_held()?;
         let lease = self.lease();
+        // Never beside a renewal of this lease (see `Lease::expiry_change`); the watchdog
+        // skips the lease meanwhile, and is told when the extend is done.
+        let _alone = lease.expiry_change.clone().lock_owned().await;
+        if ttl < lease.ttl() {
+            lease.shorten_to(ttl);
+        }
         let call = ops::one(lease.ops.renew_script(), |call| {
             lease.ops.add_renew(call, ttl)
         });
         let nodes = self.core.nodes();
         let sent_at = Instant::now();
-        let replies = nodes
-            .all(|node| node.eval(&call, node.command_timeout()))
+        // Decided by a majority: a frozen master must not hold the extend (and the renewals
+        // waiting behind it) for a whole command timeout. One try: an error leaves the lease
+        // as it was, for the caller to retry or the watchdog to renew.
+        let (tally, _) = nodes
+            .settle(
+                lease.quorum,
+                sent_at,
+                |reply: &Vec<i64>| reply.as_slice() == [1],
+                |node, timeout| node.eval::<Vec<i64>>(&call, timeout),
+            )
             .await;
-        let tally = crate::connection::quorum::Tally::of(replies);
-        match tally.verdict(nodes, lease.quorum) {
-            Verdict::Agreed => {
-                lease.extended(sent_at, ttl);
-                // A shorter TTL is due for renewal sooner than the watchdog planned.
-                self.core.rewatch(lease);
-                Ok(())
-            }
+        let verdict = tally.verdict(nodes, lease.quorum);
+        if verdict == Verdict::Agreed {
+            lease.extended(sent_at, ttl);
+        }
+        // Renewals skipped while the extend ran are due now; a shorter TTL is due sooner than
+        // the watchdog planned.
+        self.core.rewatch(lease);
+        match verdict {
+            Verdict::Agreed => Ok(()),
             Verdict::Refused => {
                 lease.finish(LeaseStatus::Lost(LossReason::KeyGone));
                 self.check_held()
@@ -191,6 +206,9 @@ impl LeaseHandle {
     async fn end_in(mut self, call: redis::ScriptInvocation<'_>, what: &str) -> Result<()> {
         self.left = true;
         let last_out = self.shared.leave();
+        // After a renewal already in flight (none starts once the last handle left): one that
+        // landed after a release that keeps the key (a minimum hold) would stretch it again.
+        let _alone = self.lease().expiry_change.clone().lock_owned().await;
         let result = self.settle_end(call, what).await;
         if last_out {
             // Known only now: whether the hold was ours to the end (a loss found at release

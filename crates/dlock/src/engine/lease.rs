@@ -72,6 +72,12 @@ pub(crate) struct Lease {
     /// The replica guard every renewal must pass.
     pub min_replicas: Option<crate::MinReplicas>,
     timing: Mutex<Timing>,
+    /// Held by whoever is changing the lease's expiry on the server (a renewal, an `extend`),
+    /// so two such calls never overlap: replies may arrive in any order, and requests may
+    /// even reach a server in another order than they were sent, so with an overlap the
+    /// server could keep one call's TTL and the client record the other's (a lost extend, or,
+    /// worse, a client that believes in a longer lease than the server keeps).
+    pub expiry_change: Arc<tokio::sync::Mutex<()>>,
     /// Where time spent suspended is read.
     clock: Clock,
     status: watch::Sender<LeaseStatus>,
@@ -114,6 +120,7 @@ impl Lease {
                 suspended_at_send: suspended,
                 suspended_seen: suspended,
             }),
+            expiry_change: Arc::new(tokio::sync::Mutex::new(())),
             clock,
             status: watch::channel(LeaseStatus::Held).0,
             renewal_failing: watch::channel(false).0,
@@ -230,8 +237,9 @@ impl Lease {
         }
     }
 
-    /// Records a successful extension sent at `sent_at` to `ttl`. Replies can arrive out of
-    /// order (watchdog and `extend` race); the most recently *sent* one wins.
+    /// Records a successful extension sent at `sent_at` to `ttl` (by the holder of
+    /// [`Lease::expiry_change`], so calls that change the expiry never overlap; the most
+    /// recently sent one still wins, as a safeguard).
     pub fn extended(&self, sent_at: Instant, ttl: Duration) {
         let suspended = self.clock.suspended();
         let mut timing = self.timing.lock().unwrap_or_else(PoisonError::into_inner);
@@ -246,6 +254,14 @@ impl Lease {
                 suspended_seen: suspended,
             };
         }
+    }
+
+    /// Before an extend to `ttl` is sent: if that is shorter than the current lease, the
+    /// lease is valid no longer than `ttl` from now, whatever the extend's outcome (the server
+    /// may apply it and the reply be lost, or the caller give up on it).
+    pub fn shorten_to(&self, ttl: Duration) {
+        let mut timing = self.timing.lock().unwrap_or_else(PoisonError::into_inner);
+        timing.valid_until = timing.valid_until.min(Instant::now() + validity(ttl));
     }
 
     /// Records whether the latest renewal attempt failed.

@@ -19,6 +19,7 @@ mod multi; // multi-key locks: all or none, no deadlock between opposite orders,
 mod ownership; // non-owners never touch another owner's lock
 mod partition; // a partitioned holder knows its lease is over before anyone else has it
 mod redlock; // majorities, dead and frozen masters, validity, fencing, loss of a majority
+mod redlock_degraded; // five masters, one dead and one frozen: every primitive Redlock offers
 mod redlock_fencing; // proposed fencing tokens: one round trip, counters skewed by hand, retries
 mod reentrant; // nesting by explicit owner, freed at zero, one fencing token
 mod replicated; // the replica guard (WAIT) across real Sentinel failovers, loss after a switch

@@ -286,23 +286,6 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    /// Counts one-lease batch replies (`[1]` yes, anything else no), in node order.
-    pub fn of(replies: Vec<Result<Vec<i64>>>) -> Tally {
-        let mut tally = Tally {
-            yes: 0,
-            no: 0,
-            errors: Vec::new(),
-        };
-        for (index, reply) in replies.into_iter().enumerate() {
-            match reply {
-                Ok(reply) if reply == [1] => tally.yes += 1,
-                Ok(_) => tally.no += 1,
-                Err(e) => tally.errors.push((index, e)),
-            }
-        }
-        tally
-    }
-
     pub fn verdict(&self, nodes: &Nodes, quorum: usize) -> Verdict {
         Verdict::of(self.yes, self.no, nodes.len(), quorum)
     }

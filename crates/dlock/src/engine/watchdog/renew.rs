@@ -12,6 +12,9 @@ use crate::connection::quorum::{BatchTally, Verdict};
 use crate::engine::lease::{renewal_interval, LeaseStatus, LossReason};
 use crate::error::{Error, Result};
 
+/// How long a lease due for renewal waits while an `extend` of it is in flight.
+const EXTEND_PAUSE: Duration = Duration::from_millis(50);
+
 impl Task {
     /// Expires leases past their validity, then renews every lease that is due (and those due
     /// soon, so they stay batched) in one call per chunk.
@@ -26,14 +29,32 @@ impl Task {
         {
             return;
         }
-        let (mut batch, rest): (Vec<Tracked>, Vec<Tracked>) =
+        let (due, rest): (Vec<Tracked>, Vec<Tracked>) =
             std::mem::take(&mut self.leases).into_iter().partition(|t| {
                 t.lease.renew && t.due_at() <= now + renewal_interval(t.lease.ttl()) / 2
             });
         self.leases = rest;
+        // A lease whose expiry an `extend` is changing sits this round out (see
+        // `Lease::expiry_change`) and is looked at again shortly; the extend also wakes the
+        // task when it is done.
+        let mut alone = Vec::with_capacity(due.len());
+        let mut batch = Vec::with_capacity(due.len());
+        for mut tracked in due {
+            match tracked.lease.expiry_change.clone().try_lock_owned() {
+                Ok(guard) => {
+                    alone.push(guard);
+                    batch.push(tracked);
+                }
+                Err(_) => {
+                    tracked.retry_at = Some(now + EXTEND_PAUSE);
+                    self.leases.push(tracked);
+                }
+            }
+        }
         for chunk in batch.chunks_mut(MAX_BATCH) {
             self.renew(chunk).await;
         }
+        drop(alone);
         self.leases.append(&mut batch);
         self.expire_invalid();
     }
