@@ -10,6 +10,9 @@
 //! - [`RedisServer::start_replica_of`] starts a replica and waits until it has synced;
 //!   [`Sentinels`] starts sentinels monitoring a master, for real failovers.
 //! - [`RedisCluster`] starts a small Redis Cluster (N masters, every slot assigned).
+//!   [`RedisCluster::master_of`] says which master serves a key; [`RedisCluster::move_slot`]
+//!   reshards one slot (and its keys) to another master, and [`RedisCluster::begin_slot_move`]
+//!   stops half-way ([`SlotMove`]) to test what clients see while a slot migrates.
 //! - [`TcpProxy`] forwards a loopback port to a server and can cut or delay that link: a
 //!   partition between one client and Redis while others still reach it.
 //! - [`find_redis_server`] says where the binary comes from: `DLOCK_REDIS_SERVER`, else `PATH`.
@@ -18,10 +21,12 @@
 
 mod cluster;
 mod proxy;
+mod reshard;
 mod sentinel;
 mod server;
 
 pub use cluster::RedisCluster;
 pub use proxy::TcpProxy;
+pub use reshard::SlotMove;
 pub use sentinel::{Sentinels, MASTER_NAME};
 pub use server::{find_redis_server, RedisServer, RedisServers, ServerOptions};

@@ -192,6 +192,13 @@ impl RedisServer {
         parse_command_calls(&info, command)
     }
 
+    /// How many error replies starting with `code` (e.g. `"TRYAGAIN"`) the server has sent,
+    /// from `INFO errorstats`; 0 when none.
+    pub fn error_replies(&self, code: &str) -> u64 {
+        let info: String = self.cmd("INFO", &["errorstats"]);
+        parse_stat(&info, &format!("errorstat_{code}:"), "count=")
+    }
+
     /// The server's log so far (for assertion messages).
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
@@ -486,14 +493,19 @@ fn answers_ping(url: &str) -> bool {
 }
 
 fn parse_command_calls(info: &str, command: &str) -> u64 {
-    let prefix = format!("cmdstat_{command}:");
+    parse_stat(info, &format!("cmdstat_{command}:"), "calls=")
+}
+
+/// The number in field `field` (e.g. `calls=`) of the `INFO` line that starts with `prefix`;
+/// 0 when there is no such line.
+fn parse_stat(info: &str, prefix: &str, field: &str) -> u64 {
     info.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
+        .find_map(|line| line.strip_prefix(prefix))
         .and_then(|stats| {
             stats
                 .split(',')
-                .find_map(|field| field.strip_prefix("calls="))
-                .and_then(|calls| calls.parse().ok())
+                .find_map(|f| f.strip_prefix(field))
+                .and_then(|n| n.parse().ok())
         })
         .unwrap_or(0)
 }
@@ -509,6 +521,9 @@ mod tests {
         assert_eq!(parse_command_calls(info, "evalsha"), 42);
         assert_eq!(parse_command_calls(info, "ping"), 3);
         assert_eq!(parse_command_calls(info, "set"), 0);
+        let errors = "# Errorstats\r\nerrorstat_TRYAGAIN:count=7\r\nerrorstat_MOVED:count=2";
+        assert_eq!(parse_stat(errors, "errorstat_TRYAGAIN:", "count="), 7);
+        assert_eq!(parse_stat(errors, "errorstat_ASK:", "count="), 0);
     }
 
     #[test]

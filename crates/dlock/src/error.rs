@@ -221,9 +221,14 @@ impl Error {
             || error.is_timeout()
             || error.is_connection_dropped()
             || error.is_connection_refusal()
+            // A cluster node whose connection the client dropped (it died) and has not made
+            // again: the node is down, as a refused connection says.
+            || error.kind() == redis::ErrorKind::ClusterConnectionNotFound
             // READONLY: a master that was demoted to replica by a failover. CLUSTERDOWN: a
-            // cluster node that (re)started and has not met the others yet. MOVED/ASK left
-            // after the cluster client's own redirects: slots still moving (a node rejoining).
+            // cluster node that (re)started and has not met the others yet. TRYAGAIN: a script
+            // whose keys a slot migration has split between two masters, until it is done.
+            // MOVED/ASK left after the cluster client's own redirects: slots still moving (a
+            // node rejoining).
             || matches!(
                 code,
                 "LOADING"
@@ -313,5 +318,24 @@ mod tests {
         assert_eq!(err.to_string(), "lock \"k\" is held (lease ends in 3.0s)");
         let err = Error::Config("bad".into());
         assert!(err.is_config() && !err.is_retryable());
+    }
+
+    /// What a cluster answers while slots move, or while a node is down, is a brief outage:
+    /// retried by waiters and releases.
+    #[test]
+    fn cluster_redirects_and_missing_node_connections_are_retryable() {
+        use redis::{ErrorKind, ServerErrorKind};
+        for kind in [
+            ErrorKind::Server(ServerErrorKind::TryAgain),
+            ErrorKind::Server(ServerErrorKind::Moved),
+            ErrorKind::Server(ServerErrorKind::Ask),
+            ErrorKind::ClusterConnectionNotFound,
+        ] {
+            let err = Error::from_redis("cluster", redis::RedisError::from((kind, "test")));
+            assert!(
+                err.is_unavailable() && err.is_retryable(),
+                "{kind:?}: {err:?}"
+            );
+        }
     }
 }

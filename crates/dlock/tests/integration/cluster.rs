@@ -15,10 +15,6 @@ async fn cluster_client(cluster: &RedisCluster) -> Client {
         .unwrap()
 }
 
-fn slot(cluster: &RedisCluster, key: &str) -> i64 {
-    cluster[0].cmd("CLUSTER", &["KEYSLOT", key])
-}
-
 /// Every key on `server`, by `SCAN` (what the library really wrote, not names the test built).
 fn scan_all(server: &RedisServer) -> Vec<String> {
     let mut con = server.connection();
@@ -48,21 +44,6 @@ fn lock_of(key: &str) -> (String, String) {
         Some((name.to_owned(), kind.to_owned()))
     });
     companion.unwrap_or_else(|| (key.to_owned(), "lock".to_owned()))
-}
-
-/// The index of the master that serves `key`'s slot (from `CLUSTER NODES`, each master's own
-/// slot ranges).
-fn master_of(cluster: &RedisCluster, key: &str) -> usize {
-    let slot = slot(cluster, key);
-    let owns = |master: &RedisServer| {
-        let nodes: String = master.cmd("CLUSTER", &["NODES"]);
-        let myself = nodes.lines().find(|l| l.contains("myself")).unwrap();
-        myself.split(' ').skip(8).any(|range| {
-            let (start, end) = range.split_once('-').unwrap_or((range, range));
-            (start.parse::<i64>().unwrap()..=end.parse::<i64>().unwrap()).contains(&slot)
-        })
-    };
-    cluster.iter().position(owns).unwrap()
 }
 
 /// EVALSHA calls each master has run so far.
@@ -122,12 +103,12 @@ async fn a_thousand_locks_spread_over_every_master_with_single_slot_companions()
             ["lock", "info", "fence"].iter().all(|k| kinds.contains(k)),
             "{name}: {keys:?}"
         );
-        let lock_slot = slot(&cluster, name);
+        let lock_slot = cluster.key_slot(name);
         let lock_master = keys.iter().find(|(_, _, kind)| kind == "lock").unwrap().0;
         for (master, key, _) in keys {
             assert_eq!(*master, lock_master, "{key} is not on {name}'s master");
             assert_eq!(
-                slot(&cluster, key),
+                cluster.key_slot(key),
                 lock_slot,
                 "{key} is not in {name}'s slot"
             );
@@ -157,9 +138,9 @@ async fn renewal_costs_one_call_per_slot_and_master_per_tick() {
     let first = "{batch-0}";
     let second = (1..)
         .map(|i| format!("{{batch-{i}}}"))
-        .find(|tag| master_of(&cluster, tag) != master_of(&cluster, first))
+        .find(|tag| cluster.master_of(tag) != cluster.master_of(first))
         .unwrap();
-    let (a, b) = (master_of(&cluster, first), master_of(&cluster, &second));
+    let (a, b) = (cluster.master_of(first), cluster.master_of(&second));
     let idle = 3 - a - b;
     // A 3 s lease is renewed every second; taken all at once, the 400 leases are due within
     // half an interval of each other and are renewed in the same ticks.
@@ -250,7 +231,7 @@ async fn a_deleted_key_or_a_restarted_master_is_reported_lost_within_one_interva
     let interval = ttl / 3;
     let deleted = c.lock_with("deleted", LockOptions::new().ttl(ttl)).unwrap();
     let deleted = deleted.try_lock().await.unwrap();
-    let on = master_of(&cluster, "deleted");
+    let on = cluster.master_of("deleted");
     let _: () = cluster[on].cmd("DEL", &["deleted"]);
     let at = Instant::now();
     let reason = timeout(ttl, deleted.lost()).await.expect("reported");
@@ -269,7 +250,7 @@ async fn a_deleted_key_or_a_restarted_master_is_reported_lost_within_one_interva
         .lock_with("restarted", LockOptions::new().ttl(ttl))
         .unwrap();
     let restarted = restarted.try_lock().await.unwrap();
-    let on = master_of(&cluster, "restarted");
+    let on = cluster.master_of("restarted");
     cluster[on].restart_empty();
     let serving = timeout(ttl, async {
         loop {
@@ -301,7 +282,7 @@ async fn a_deleted_key_or_a_restarted_master_is_reported_lost_within_one_interva
 async fn a_waiting_lock_rides_out_a_restarting_cluster_node() {
     let mut cluster = RedisCluster::start(3);
     let c = cluster_client(&cluster).await;
-    let on = master_of(&cluster, "riding");
+    let on = cluster.master_of("riding");
     cluster[on].restart_empty();
     let info: String = cluster[on].cmd("CLUSTER", &["INFO"]);
     assert!(
@@ -330,7 +311,7 @@ async fn wake_ups_move_off_a_dead_seed_node() {
     let c = cluster_client(&cluster).await;
     let name = (0..200)
         .map(|i| format!("job:{i}"))
-        .find(|name| master_of(&cluster, name) != 0)
+        .find(|name| cluster.master_of(name) != 0)
         .expect("a name served by another master than the seed");
     cluster[0].kill();
     let guard = timeout(Duration::from_secs(10), async {

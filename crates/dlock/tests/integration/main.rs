@@ -27,6 +27,7 @@ mod restart; // a restart that loses a held lock is reported at once, and at rel
 mod rwlock; // many readers or one writer: no writer starvation, fair order, per-reader leases, fencing
 mod semaphore; // at most N permits out; expiry by the server's clock; limit; fair; deployments
 mod semaphore_scripts; // the semaphore's Lua scripts, called directly: limits, leases, queue
+mod slot_move; // Redis Cluster resharding: waiters woken promptly when their lock's slot moves, mid-migration
 mod support;
 mod waiting; // wake-ups by pub/sub, bounded re-checks, bounded resources
 mod watchdog; // renewal, loss detection, batching, no renewal after release

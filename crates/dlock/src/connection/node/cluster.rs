@@ -2,9 +2,22 @@
 
 use std::sync::{Arc, RwLock};
 
-use super::{redact_url, Conn, Current, Node, RECONNECT_RETRIES};
+use super::{redact_url, Conn, Current, Node};
 use crate::error::{Error, Result};
 use crate::options::ClientOptions;
+
+/// How many times the cluster client may resend one call. It follows a `MOVED` (the slot moved
+/// to another master since the client last mapped the slots: resharding, a failover) or an
+/// `ASK` (the slot is being migrated) only by resending, so at 0, the count all other
+/// connections use, it followed no redirect at all: the first call after a slot moved failed
+/// with `MOVED` (a `try_lock` reported Redis unavailable). Two cover a redirect and one more
+/// (after a `MOVED`, an `ASK`). The same count lets it resend after a dropped connection or a
+/// `TRYAGAIN` (pausing at most [`CLUSTER_RETRY_WAIT_MS`]); dlock's own retries take over after
+/// that, and the command timeout bounds the call with all its resends.
+const CLUSTER_RETRIES: u32 = 2;
+/// Longest pause (ms) the cluster client takes before resending a call after `TRYAGAIN` or
+/// `CLUSTERDOWN` (redirects are followed at once): short, as dlock's callers retry on their own.
+const CLUSTER_RETRY_WAIT_MS: u64 = 20;
 
 /// Redis Cluster.
 impl Node {
@@ -29,7 +42,9 @@ impl Node {
         let cluster = redis::cluster::ClusterClient::builder(urls)
             .connection_timeout(options.connect_timeout)
             .response_timeout(options.command_timeout)
-            .retries(RECONNECT_RETRIES as u32)
+            .retries(CLUSTER_RETRIES)
+            .min_retry_wait(0)
+            .max_retry_wait(CLUSTER_RETRY_WAIT_MS)
             .build()
             .map_err(bad)?;
         let client = redis::Client::open(first.as_ref()).map_err(bad)?;

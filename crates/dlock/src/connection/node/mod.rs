@@ -31,7 +31,8 @@ use sentinel::SentinelSource;
 /// How often the connection manager retries a failed (re)connect before reporting the failure:
 /// never. Every caller has its own retry policy and deadline, and a retry here made every call
 /// to a refused Redlock master wait out the retries' backoff, and every connect to a frozen one
-/// pay the connect timeout once per retry.
+/// pay the connect timeout once per retry. (A cluster's client has its own count, to follow
+/// redirects: see `cluster`.)
 const RECONNECT_RETRIES: usize = 0;
 
 /// A connected Redis server.
