@@ -265,9 +265,16 @@ async fn a_waiter_with_a_dead_master_sleeps_until_woken() {
     let a = Client::redlock_with(&servers.urls(), options.clone())
         .await
         .unwrap();
-    let b = Client::redlock_with(&servers.urls(), options).await.unwrap();
+    let b = Client::redlock_with(&servers.urls(), options)
+        .await
+        .unwrap();
     let long = options_with_ttl(Duration::from_secs(30));
-    let held = a.lock_with("job", long.clone()).unwrap().try_lock().await.unwrap();
+    let held = a
+        .lock_with("job", long.clone())
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
     let waiter = b.lock_with("job", long).unwrap();
     let waiting = tokio::spawn(async move { waiter.lock().await });
     someone_listens_on(&servers[1], "job").await;
@@ -278,7 +285,11 @@ async fn a_waiter_with_a_dead_master_sleeps_until_woken() {
     let released = Instant::now();
     held.release().await.unwrap();
     let next = waiting.await.unwrap().unwrap();
-    assert!(released.elapsed() < TIMEOUT + SLACK, "{:?}", released.elapsed());
+    assert!(
+        released.elapsed() < TIMEOUT + SLACK,
+        "{:?}",
+        released.elapsed()
+    );
     next.release().await.unwrap();
 }
 
