@@ -145,8 +145,14 @@ impl LeaseHandle {
         self.check_held()?;
         let lease = self.lease();
         // Never beside a renewal of this lease (see `Lease::expiry_change`); the watchdog
-        // skips the lease meanwhile, and is told when the extend is done.
+        // skips the lease meanwhile, and is told when the extend is done, however it ends
+        // (a cancelled extend too).
         let _alone = lease.expiry_change.clone().lock_owned().await;
+        let _told = Rewatch {
+            core: &self.core,
+            lease,
+        };
+        self.check_held()?;
         if ttl < lease.ttl() {
             lease.shorten_to(ttl);
         }
@@ -167,12 +173,12 @@ impl LeaseHandle {
             )
             .await;
         let verdict = tally.verdict(nodes, lease.quorum);
+        // The lease may have run out while the extend was on its way: then it stays lost
+        // (the watchdog has let it go), whatever the servers answered.
+        self.check_held()?;
         if verdict == Verdict::Agreed {
             lease.extended(sent_at, ttl);
         }
-        // Renewals skipped while the extend ran are due now; a shorter TTL is due sooner than
-        // the watchdog planned.
-        self.core.rewatch(lease);
         match verdict {
             Verdict::Agreed => Ok(()),
             Verdict::Refused => {
@@ -195,20 +201,47 @@ impl LeaseHandle {
     /// node, retried until decided or the lease's validity ends. Nodes that never answered
     /// get the hold's release in the background (via Drop), and only they.
     pub async fn end(self, call: redis::ScriptInvocation<'_>, what: &str) -> Result<()> {
+        self.end_traced(call, what, false).await
+    }
+
+    /// [`LeaseHandle::end`] for a call that keeps the key (a minimum hold): sent only after a
+    /// renewal already in flight, which would otherwise stretch the kept key again.
+    pub async fn end_keeping(self, call: redis::ScriptInvocation<'_>, what: &str) -> Result<()> {
+        self.end_traced(call, what, true).await
+    }
+
+    async fn end_traced(
+        self,
+        call: redis::ScriptInvocation<'_>,
+        what: &str,
+        after_renewals: bool,
+    ) -> Result<()> {
         let span = tracing::debug_span!(
             "dlock.release",
             name = self.hold.name(),
             fencing_token = self.lease().fencing_token
         );
-        self.end_in(call, what).instrument(span).await
+        self.end_in(call, what, after_renewals)
+            .instrument(span)
+            .await
     }
 
-    async fn end_in(mut self, call: redis::ScriptInvocation<'_>, what: &str) -> Result<()> {
+    async fn end_in(
+        mut self,
+        call: redis::ScriptInvocation<'_>,
+        what: &str,
+        after_renewals: bool,
+    ) -> Result<()> {
         self.left = true;
         let last_out = self.shared.leave();
         // After a renewal already in flight (none starts once the last handle left): one that
         // landed after a release that keeps the key (a minimum hold) would stretch it again.
-        let _alone = self.lease().expiry_change.clone().lock_owned().await;
+        // A plain release need not wait (no renewal re-creates a deleted key), and must not:
+        // a guarded renewal may sit in its `WAIT` for the guard's whole timeout.
+        let _alone = match after_renewals {
+            true => Some(self.lease().expiry_change.clone().lock_owned().await),
+            false => None,
+        };
         let result = self.settle_end(call, what).await;
         if last_out {
             // Known only now: whether the hold was ours to the end (a loss found at release
@@ -271,6 +304,19 @@ impl LeaseHandle {
                 key: self.name().to_owned(),
             }),
         }
+    }
+}
+
+/// Tells the watchdog to look at `lease` again when dropped: renewals it skipped while an
+/// extend ran are due, and a shorter TTL is due sooner than it planned.
+struct Rewatch<'a> {
+    core: &'a Core,
+    lease: &'a Lease,
+}
+
+impl Drop for Rewatch<'_> {
+    fn drop(&mut self) {
+        self.core.rewatch(self.lease);
     }
 }
 

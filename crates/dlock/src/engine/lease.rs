@@ -259,9 +259,12 @@ impl Lease {
     /// Before an extend to `ttl` is sent: if that is shorter than the current lease, the
     /// lease is valid no longer than `ttl` from now, whatever the extend's outcome (the server
     /// may apply it and the reply be lost, or the caller give up on it).
+    /// Renewal comes due as early as for a term of `ttl`, so a failed or cancelled extend
+    /// leaves a lease the watchdog renews (at its old length) before the shorter view ends.
     pub fn shorten_to(&self, ttl: Duration) {
         let mut timing = self.timing.lock().unwrap_or_else(PoisonError::into_inner);
         timing.valid_until = timing.valid_until.min(Instant::now() + validity(ttl));
+        timing.term = timing.term.min(ttl);
     }
 
     /// Records whether the latest renewal attempt failed.

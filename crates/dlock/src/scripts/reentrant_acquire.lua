@@ -9,8 +9,11 @@
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then
   redis.call('SADD', KEYS[4], ARGV[2])
-  for k = 1, 2 do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
-  redis.call('PEXPIRE', KEYS[4], ARGV[3])
+  -- GT: a re-entry never shortens the lease. It runs beside the owner's renewals and extends
+  -- (it joins the lease they keep), so it may land after an extend to a longer TTL that the
+  -- client already counts on.
+  for k = 1, 2 do redis.call('PEXPIRE', KEYS[k], ARGV[3], 'GT') end
+  redis.call('PEXPIRE', KEYS[4], ARGV[3], 'GT')
   -- Re-entry keeps the grant's fencing token.
   return {1, tonumber(redis.call('HGET', KEYS[2], 'fence') or '0'), redis.call('SCARD', KEYS[4]), 0}
 end

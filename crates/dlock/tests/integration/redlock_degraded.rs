@@ -229,8 +229,9 @@ async fn a_multi_key_lock_takes_every_member_and_excludes_each() {
 #[tokio::test]
 async fn an_extend_that_waits_for_the_frozen_master_is_not_undone_by_a_renewal() {
     let (mut servers, a, _) = five_with_the_first_dead().await;
-    // Renewed every 100 ms: a renewal is due while the extend waits for the frozen master.
-    let short = Duration::from_millis(300);
+    // Renewed every 300 ms: a renewal was due while the extend waited for the frozen master
+    // (300 ms); long enough that a loaded machine does not lose the lease meanwhile.
+    let short = Duration::from_millis(900);
     let guard = a
         .lock_with("job", LockOptions::new().ttl(short))
         .unwrap()

@@ -51,15 +51,19 @@ impl Task {
                 }
             }
         }
+        let mut alone = alone.into_iter();
         for chunk in batch.chunks_mut(MAX_BATCH) {
-            self.renew(chunk).await;
+            let guards = alone.by_ref().take(chunk.len()).collect();
+            self.renew(chunk, guards).await;
         }
-        drop(alone);
         self.leases.append(&mut batch);
         self.expire_invalid();
     }
 
-    async fn renew(&self, chunk: &mut [Tracked]) {
+    /// Renews `chunk`, whose leases' `expiry_change` guards are `alone`: they are let go once
+    /// the renewal is answered, before any replica check (whose `WAIT` may last the guard's
+    /// whole timeout, and must not hold up an extend).
+    async fn renew(&self, chunk: &mut [Tracked], alone: Vec<tokio::sync::OwnedMutexGuard<()>>) {
         let ttls: Vec<Duration> = chunk.iter().map(|t| t.lease.ttl()).collect();
         let quorums: Vec<usize> = chunk.iter().map(|t| t.lease.quorum).collect();
         // Give up on this try by the time the first lease would become invalid, so the loss is
@@ -93,6 +97,7 @@ impl Task {
                 .await
         };
         crate::telemetry::renewal(sent_at.elapsed());
+        drop(alone);
         let mut tally = BatchTally::of(replies, chunk.len(), &self.nodes);
         if let Some(link) = link.as_mut() {
             check_replicas(link, chunk, first_end, &mut tally).await;

@@ -142,7 +142,7 @@ impl LockGuard {
                 .arg(held.token.as_str())
                 .arg(millis(keep));
         });
-        self.handle.end(call, "keeping a lock").await
+        self.handle.end_keeping(call, "keeping a lock").await
     }
 
     /// Releases the lock without the wake-up for everyone (a hand-off to a queued waiter is
