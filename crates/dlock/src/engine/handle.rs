@@ -169,7 +169,15 @@ impl LeaseHandle {
                 lease.quorum,
                 sent_at,
                 |reply: &Vec<i64>| reply.as_slice() == [1],
-                |node, timeout| node.eval::<Vec<i64>>(&call, timeout),
+                |node, timeout| {
+                    let call = &call;
+                    async move {
+                        match &lease.min_replicas {
+                            Some(guard) => node.eval_acked::<Vec<i64>>(call, guard).await,
+                            None => node.eval::<Vec<i64>>(call, timeout).await,
+                        }
+                    }
+                },
             )
             .await;
         let verdict = tally.verdict(nodes, lease.quorum);

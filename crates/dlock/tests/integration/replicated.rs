@@ -127,6 +127,44 @@ async fn a_lease_whose_replica_stops_acknowledging_is_reported_lost() {
     }
 }
 
+/// The replica guard holds for `extend` as for grants and renewals: an extend that no replica
+/// acknowledges fails, and the guard keeps counting on the old (acknowledged) expiry only. An
+/// extend used to skip the guard: after a failover, the promoted replica could carry the
+/// expiry from before an extend the client counted on.
+#[tokio::test]
+async fn an_extend_no_replica_acknowledges_fails_and_keeps_the_old_lease() {
+    let master = RedisServer::start();
+    let mut replica = RedisServer::start_replica_of(&master);
+    let c = client(&master).await;
+    let ttl = Duration::from_secs(5);
+    let guard = c
+        .lock_with("job", guarded().ttl(ttl))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    replica.pause();
+    let err = guard.extend(Duration::from_secs(60)).await.unwrap_err();
+    replica.resume();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(err.to_string().contains("0 of 1 replicas"), "{err}");
+    assert_eq!(
+        guard.ttl(),
+        ttl,
+        "the guard counts on the unacknowledged extend"
+    );
+    assert!(guard.remaining() <= ttl);
+    // Acknowledged, it works.
+    guard.extend(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(guard.ttl(), Duration::from_secs(60));
+    let on_replica: i64 = replica.cmd("PTTL", &["job"]);
+    assert!(
+        on_replica > 50_000,
+        "the replica has the extend: PTTL {on_replica}"
+    );
+    guard.release().await.unwrap();
+}
+
 #[tokio::test]
 async fn invalid_replica_guards_are_config_errors() {
     let master = RedisServer::start();

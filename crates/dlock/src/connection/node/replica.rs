@@ -80,6 +80,33 @@ impl Node {
             node: self.clone(),
         })
     }
+
+    /// Runs a script on a link of its own and answers only once `guard.replicas` replicas
+    /// acknowledged it (an `extend` of a guarded lease, as its grant and renewals are).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when too few replicas acknowledged within the guard's timeout
+    /// (the write may stand on the master alone); the link's and the script's errors.
+    pub async fn eval_acked<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        guard: &crate::MinReplicas,
+    ) -> Result<T> {
+        let mut link = self.replica_link().await?;
+        let reply = link.eval(invocation, self.command_timeout()).await?;
+        let acked = link.wait_for_replicas(guard).await?;
+        if acked < guard.replicas {
+            return Err(Error::Unavailable {
+                node: self.name().to_owned(),
+                reason: format!(
+                    "only {acked} of {} replicas acknowledged the extend within {}",
+                    guard.replicas,
+                    crate::units::humanize(guard.timeout)
+                ),
+            });
+        }
+        Ok(reply)
+    }
 }
 
 impl ReplicaLink {
