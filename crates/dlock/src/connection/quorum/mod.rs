@@ -185,7 +185,7 @@ impl Nodes {
                 Vote::No => {}
             }
             results.push((index, result));
-            if yes >= enough {
+            if yes >= enough || pending.is_empty() {
                 break;
             }
             if grace_end.is_none() && yes + maybe + pending.len() < enough {

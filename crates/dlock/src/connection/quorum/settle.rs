@@ -113,6 +113,9 @@ impl Nodes {
                 }
                 Err(error) => errors[i] = Some(error),
             }
+            if pending.is_empty() {
+                break;
+            }
             let yes_count = answers.iter().flatten().filter(|a| yes(a)).count();
             let no_count = answers.iter().flatten().count() - yes_count;
             if grace_end.is_none()
