@@ -178,11 +178,13 @@ impl LockOptions {
         self
     }
 
-    /// The replica guard, for a master with replicas (Sentinel deployments): after every grant
-    /// and renewal, `WAIT` until `replicas` replicas acknowledged it, at most `timeout`. A grant
-    /// that too few acknowledge is released and fails with [`Error::Unavailable`] (a waiting
-    /// `lock` retries); a renewal that too few acknowledge counts as failed, so a lease whose
-    /// replicas stay behind is reported lost when its validity ends.
+    /// The replica guard, for a master with replicas (Sentinel deployments): after every grant,
+    /// renewal and `extend`, `WAIT` until `replicas` replicas acknowledged it, at most
+    /// `timeout`. A grant that too few acknowledge is released and fails with
+    /// [`Error::Unavailable`] (a waiting `lock` retries); a renewal that too few acknowledge
+    /// counts as failed, so a lease whose replicas stay behind is reported lost when its
+    /// validity ends; such an `extend` fails with [`Error::Unavailable`], and the guard keeps
+    /// counting on the old expiry only.
     ///
     /// This narrows, but does not close, the failover window in which a promoted replica has
     /// not seen the lock: `WAIT` does not make Redis strongly consistent (a replica may
