@@ -279,6 +279,24 @@ fn not_granted<G>(
     }
 }
 
+/// Which busy answer a waiter goes by: one that names the holder, and of those the one whose
+/// lease ends first. A waiter sleeps until then at most (no release publishes when a holder
+/// dies), and on Redlock a master may name someone else than the majority's holder: another
+/// waiter's partial grant, just made and about to be rolled back, whose fresh lease would
+/// have kept the waiter asleep past the real holder's end (the chaos suite saw a waiter
+/// sleep its whole 2 s re-check after a SIGKILLed holder's lease had ended).
+fn busier(new: &Busy, kept: &Busy) -> bool {
+    let ends = |b: &Busy| b.conflict.ttl_left.unwrap_or(std::time::Duration::MAX);
+    match (
+        new.conflict.holder.is_some(),
+        kept.conflict.holder.is_some(),
+    ) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => ends(new) < ends(kept),
+    }
+}
+
 /// Whether one holder (by its grant's fencing token) was named by at least `quorum` busy nodes.
 fn held_by_a_majority(holders: &[Option<u64>], quorum: usize) -> bool {
     holders
@@ -456,12 +474,7 @@ async fn send<A: Acquire>(
             Ok(Answer::Busy(busy)) => {
                 let holder = busy.conflict.holder.as_ref().map(|h| h.fencing_token);
                 answers.busy_holders.push(holder);
-                // Prefer an answer that names the holder.
-                if answers
-                    .busy
-                    .as_ref()
-                    .is_none_or(|b| b.conflict.holder.is_none())
-                {
+                if answers.busy.as_ref().is_none_or(|kept| busier(&busy, kept)) {
                     answers.busy = Some(busy);
                 }
             }
