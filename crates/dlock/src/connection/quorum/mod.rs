@@ -55,6 +55,21 @@ use crate::error::{Error, NodeFailure, Result};
 
 mod settle;
 
+/// The next reply of `pending`; `None` when none is left, or when `grace_end` (if set)
+/// passes first.
+async fn next_within<S: futures_util::Stream + Unpin>(
+    pending: &mut S,
+    grace_end: Option<tokio::time::Instant>,
+) -> Option<S::Item> {
+    match grace_end {
+        None => pending.next().await,
+        Some(end) => tokio::time::timeout_at(end, pending.next())
+            .await
+            .ok()
+            .flatten(),
+    }
+}
+
 /// When a call on every node stops waiting for the nodes still silent once the outcome is
 /// decided: as long again as the decision took (never past `left`, the time the caller had
 /// from `started`). A silent node (frozen, black-holed) is not waited for, so the call still
@@ -171,13 +186,7 @@ impl Nodes {
         let (mut yes, mut maybe) = (0, 0);
         let mut grace_end = None;
         loop {
-            let next = match grace_end {
-                None => pending.next().await,
-                Some(end) => match tokio::time::timeout_at(end, pending.next()).await {
-                    Ok(next) => next,
-                    Err(_) => break,
-                },
-            };
+            let next = next_within(&mut pending, grace_end).await;
             let Some((index, result)) = next else { break };
             match vote(&result) {
                 Vote::Yes => yes += 1,

@@ -3,9 +3,7 @@
 
 use std::future::Future;
 
-use futures_util::stream::StreamExt;
-
-use super::{straggler_grace, Nodes, Tally, Verdict};
+use super::{next_within, straggler_grace, Nodes, Tally, Verdict};
 use crate::connection::node::Node;
 use crate::error::{Error, Result};
 
@@ -98,13 +96,7 @@ impl Nodes {
         let started = tokio::time::Instant::now();
         let mut grace_end = None;
         loop {
-            let next = match grace_end {
-                None => pending.next().await,
-                Some(end) => match tokio::time::timeout_at(end, pending.next()).await {
-                    Ok(next) => next,
-                    Err(_) => break,
-                },
-            };
+            let next = next_within(&mut pending, grace_end).await;
             let Some((i, reply)) = next else { break };
             match reply {
                 Ok(answer) => {
