@@ -45,8 +45,21 @@ async fn an_uncontended_fenced_acquisition_is_one_script_call_per_master() {
     let servers = RedisServers::start(5);
     let c = redlock(&servers).await;
     let lock = c.lock("one-trip").unwrap();
-    // Warm up: the scripts are loaded on every master, the connections are up.
-    lock.try_lock().await.unwrap().release().await.unwrap();
+    // Warm up until every master has run the acquire script (its fencing counter is there),
+    // so the script is in every master's cache. A grant returns once a majority granted and
+    // drops the calls still in flight, and redis-rs never sends a dropped request (nor its
+    // NOSCRIPT retry): found in CI, a master the warm-up never reached answered the measured
+    // call NOSCRIPT, which counted as its one call while nothing was granted there.
+    let warm = Instant::now() + Duration::from_secs(5);
+    loop {
+        lock.try_lock().await.unwrap().release().await.unwrap();
+        let everywhere = servers
+            .iter()
+            .all(|server| server.cmd::<i64>("EXISTS", &[&fence_key("one-trip")]) == 1);
+        if everywhere || Instant::now() > warm {
+            break;
+        }
+    }
     c.flush().await;
     // release() returns once a majority released; wait for the rest to land too, or a late
     // one would be counted below (seen once in a loaded full run).
@@ -74,9 +87,11 @@ async fn an_uncontended_fenced_acquisition_is_one_script_call_per_master() {
             still_since = Instant::now();
         }
     }
+    let noscript_before: u64 = servers.iter().map(|s| s.error_replies("NOSCRIPT")).sum();
     let before = script_calls(&servers);
     let guard = lock.try_lock().await.unwrap();
-    // The grant returns once a majority granted; the other masters' calls land just after.
+    // The grant returns once a majority granted; the other masters' calls land just after,
+    // unless the machine is so loaded that they were dropped before being sent.
     let deadline = Instant::now() + Duration::from_secs(2);
     while script_calls(&servers)
         .iter()
@@ -92,10 +107,19 @@ async fn an_uncontended_fenced_acquisition_is_one_script_call_per_master() {
         .zip(&before)
         .map(|(after, before)| after - before)
         .collect();
-    assert_eq!(calls, [1; 5], "script calls per master for one try_lock");
-    // Every master granted, with the client's token as its counter and the holder's fence.
+    let noscript: u64 = servers.iter().map(|s| s.error_replies("NOSCRIPT")).sum();
+    assert_eq!(
+        noscript, noscript_before,
+        "a cold script cache after the warm-up"
+    );
+    assert!(
+        calls.iter().all(|&n| n <= 1) && calls.iter().sum::<u64>() >= 3,
+        "script calls per master for one try_lock: {calls:?} (at most one each, a majority)"
+    );
+    // Every master the call reached granted, with the client's token as its counter and the
+    // holder's fence: there was no second round trip to write them.
     let token = guard.fencing_token().to_string();
-    for server in servers.iter() {
+    for (server, _) in servers.iter().zip(&calls).filter(|(_, &n)| n == 1) {
         let counter: String = server.cmd("GET", &[&fence_key("one-trip")]);
         let fence: String = server.cmd("HGET", &[&info_key("one-trip"), "fence"]);
         assert_eq!((&counter, &fence), (&token, &token));
