@@ -280,3 +280,35 @@ async fn a_retry_is_not_refused_by_its_own_partial_grant() {
     assert!(guard.fencing_token() > ahead, "{}", guard.fencing_token());
     guard.release().await.unwrap();
 }
+
+/// A Redlock attempt refused by every master (the lock is held) sends no undo: each master's
+/// busy answer says the script ran and granted nothing. It used to release its token on every
+/// master in the background, doubling a waiter's script calls while the lock was held.
+#[tokio::test]
+async fn a_refused_attempt_sends_no_undo_to_the_masters_that_refused_it() {
+    let servers = RedisServers::start(3);
+    let a = redlock(&servers).await;
+    let b = redlock(&servers).await;
+    let holder = a.lock("held").unwrap().try_lock().await.unwrap();
+    let lock = b.lock("held").unwrap();
+    // Warm up b's connections and script cache, then count one refused attempt.
+    assert!(lock.try_lock().await.unwrap_err().is_conflict());
+    b.flush().await;
+    let before = script_calls(&servers);
+    assert!(lock.try_lock().await.unwrap_err().is_conflict());
+    b.flush().await;
+    let calls: Vec<u64> = script_calls(&servers)
+        .iter()
+        .zip(&before)
+        .map(|(after, before)| after - before)
+        .collect();
+    // At least a majority answered busy before the attempt gave up: those get nothing more. A
+    // master still silent then may have granted (its undo is right), so it may see two calls.
+    let attempt_only = calls.iter().filter(|&&n| n == 1).count();
+    assert!(
+        attempt_only >= 2 && calls.iter().all(|&n| n <= 2),
+        "script calls per master for one refused try_lock: {calls:?} (the attempt only, on a \
+         majority at least)"
+    );
+    holder.release().await.unwrap();
+}

@@ -12,7 +12,7 @@ use redis::{ScriptInvocation, Value};
 use tokio::time::Instant;
 
 use crate::connection::node::ReplicaLink;
-use crate::connection::quorum::{quorum_error, Nodes, Vote};
+use crate::connection::quorum::{quorum_error, Nodes};
 use crate::engine::lease::{validity, Sent};
 use crate::engine::pending::{roll_back, undo_partial, Pending};
 use crate::engine::Core;
@@ -20,6 +20,10 @@ use crate::error::{Conflict, Error, Result};
 use crate::options::LockOptions;
 use crate::token::Token;
 use crate::units::humanize;
+
+mod answers;
+
+use answers::{send, Answers};
 
 /// The outcome of one acquisition attempt.
 pub(crate) enum Attempt<G> {
@@ -37,8 +41,8 @@ pub(crate) struct Busy {
     /// this answer (its fencing token is above [`Busy::fence_seen`]) was granted after this
     /// moment, so its claim lease counts from no earlier.
     pub sent: Option<Sent>,
-    /// The lock's fencing counter at this answer: any hand-off made before it has a token no
-    /// larger (lock only).
+    /// The fencing counter at this answer: any hand-off made before it has a token no larger
+    /// (the primitives that hand off: locks and semaphores).
     pub fence_seen: Option<u64>,
     /// Redlock: no holder was found on a majority (a split vote among waiters, each on a
     /// minority): retry after a short random pause. Their undos publish nothing (a waiter's
@@ -119,27 +123,6 @@ pub(crate) trait Acquire: Sync {
     fn raise_fence(&self, token: &Token, fence: u64) -> ScriptInvocation<'static>;
     /// The guard for a complete grant.
     fn granted(&self, grant: Grant) -> Self::Guard;
-}
-
-/// What the nodes answered, sorted.
-#[derive(Default)]
-struct Answers {
-    grants: Vec<(usize, u64, bool)>,
-    busy: Option<Busy>,
-    /// The holder (its grant's fencing token) each busy node named, if it named one.
-    busy_holders: Vec<Option<u64>>,
-    /// Redlock proposals refused as too low: (node, its counter).
-    lows: Vec<(usize, u64)>,
-    failures: Vec<(usize, Error)>,
-}
-
-impl Answers {
-    /// No majority granted, but one could have, had the proposal been higher.
-    fn too_low(&self, quorum: usize) -> bool {
-        !self.lows.is_empty()
-            && self.grants.len() < quorum
-            && self.grants.len() + self.lows.len() >= quorum
-    }
 }
 
 /// What one fan-out came to.
@@ -249,10 +232,17 @@ fn not_granted<G>(
     let nodes = core.nodes();
     if !nodes.is_single() {
         // Quiet: this waiter's own undo must not wake it (it would retry at once, be refused
-        // by the same majority, undo again, and spin for as long as the lock is held).
-        for undo in pending.undo(token) {
+        // by the same majority, undo again, and spin for as long as the lock is held). Only
+        // where the token may hold a grant: a waiter behind a held lock sends nothing more.
+        let maybe = answers.maybe_granted(nodes.len());
+        for undo in pending
+            .undo(token)
+            .into_iter()
+            .filter(|_| !maybe.is_empty())
+        {
+            let undo = undo.quieted().unwrap_or(undo);
             core.watchdog()
-                .release_in_background(undo.quieted().unwrap_or(undo));
+                .release_in_background_on(undo, maybe.clone());
         }
         pending.settled();
     } else if answers.busy.is_some() && !queued {
@@ -263,9 +253,8 @@ fn not_granted<G>(
         pending.settled();
     }
     // Only for one holder at a time: a semaphore's busy nodes name any of its holders.
-    let split = !nodes.is_single()
-        && quorum == nodes.quorum()
-        && !held_by_a_majority(&answers.busy_holders, quorum);
+    let split =
+        !nodes.is_single() && quorum == nodes.quorum() && !answers.held_by_a_majority(quorum);
     match answers.busy {
         Some(mut busy) => {
             busy.split = split;
@@ -277,32 +266,6 @@ fn not_granted<G>(
             Err(refusal(nodes, quorum, answers.failures))
         }
     }
-}
-
-/// Which busy answer a waiter goes by: one that names the holder, and of those the one whose
-/// lease ends first. A waiter sleeps until then at most (no release publishes when a holder
-/// dies), and on Redlock a master may name someone else than the majority's holder: another
-/// waiter's partial grant, just made and about to be rolled back, whose fresh lease would
-/// have kept the waiter asleep past the real holder's end (the chaos suite saw a waiter
-/// sleep its whole 2 s re-check after a SIGKILLed holder's lease had ended).
-fn busier(new: &Busy, kept: &Busy) -> bool {
-    let ends = |b: &Busy| b.conflict.ttl_left.unwrap_or(std::time::Duration::MAX);
-    match (
-        new.conflict.holder.is_some(),
-        kept.conflict.holder.is_some(),
-    ) {
-        (true, false) => true,
-        (false, true) => false,
-        _ => ends(new) < ends(kept),
-    }
-}
-
-/// Whether one holder (by its grant's fencing token) was named by at least `quorum` busy nodes.
-fn held_by_a_majority(holders: &[Option<u64>], quorum: usize) -> bool {
-    holders
-        .iter()
-        .flatten()
-        .any(|fence| holders.iter().filter(|h| **h == Some(*fence)).count() >= quorum)
 }
 
 /// A node that refused a proposal as too low, as a failure.
@@ -434,55 +397,6 @@ impl Granted<'_> {
         let still_valid = Instant::now() < self.sent_at + validity(primitive.options().ttl);
         Ok(still_valid.then_some(fencing_token))
     }
-}
-
-/// Sends the acquire call to every node (on the replica link, when guarded) and sorts the
-/// answers; returns as soon as a majority granted or can no longer grant. On one node, a
-/// failure is returned as it is.
-async fn send<A: Acquire>(
-    nodes: &Nodes,
-    quorum: usize,
-    primitive: &A,
-    call: &ScriptInvocation<'static>,
-    link: Option<&mut ReplicaLink>,
-) -> Result<Answers> {
-    let vote = |answer: &Result<Answer>| match answer {
-        Ok(Answer::Granted { .. }) => Vote::Yes,
-        Ok(Answer::Low { .. }) => Vote::Maybe,
-        _ => Vote::No,
-    };
-    let replies = match link {
-        Some(link) => {
-            let node = nodes.first();
-            let reply = link.eval::<Vec<Value>>(call, node.command_timeout()).await;
-            vec![(0, reply.and_then(|r| primitive.parse(r.as_slice())))]
-        }
-        None => {
-            nodes
-                .until(quorum, vote, |node| async move {
-                    let reply = node.eval::<Vec<Value>>(call, node.command_timeout()).await;
-                    reply.and_then(|r| primitive.parse(r.as_slice()))
-                })
-                .await
-        }
-    };
-    let mut answers = Answers::default();
-    for (index, reply) in replies {
-        match reply {
-            Ok(Answer::Granted { fence, fresh }) => answers.grants.push((index, fence, fresh)),
-            Ok(Answer::Low { counter }) => answers.lows.push((index, counter)),
-            Ok(Answer::Busy(busy)) => {
-                let holder = busy.conflict.holder.as_ref().map(|h| h.fencing_token);
-                answers.busy_holders.push(holder);
-                if answers.busy.as_ref().is_none_or(|kept| busier(&busy, kept)) {
-                    answers.busy = Some(busy);
-                }
-            }
-            Err(e) if nodes.is_single() => return Err(e),
-            Err(e) => answers.failures.push((index, e)),
-        }
-    }
-    Ok(answers)
 }
 
 /// The error when no majority granted and nobody said busy: a refusal that retrying cannot
