@@ -147,8 +147,11 @@ impl LockOptions {
     /// Hand-off (default on): a waiting [`lock`](crate::Lock::lock) joins the lock's wait queue,
     /// and the holder's release grants the lock to the queue's head in the same script call and
     /// tells it so in the wake-up message, so the next holder starts without a round trip of its
-    /// own and waiters are served in arrival order. Off: waiters do not queue; a release wakes
-    /// all of them and the fastest retry wins (barging), which is how most Redis locks wait.
+    /// own and waiters are served in arrival order. A waiting
+    /// [`acquire`](crate::Semaphore::acquire) of a semaphore does the same: a release hands the
+    /// permits it frees to the waiters at the head of the queue whose permits fit. Off: waiters
+    /// do not queue; a release wakes all of them and the fastest retry wins (barging), which is
+    /// how most Redis locks wait.
     ///
     /// A handed-off grant first lasts the [`claim`](LockOptions::claim) lease and is renewed to
     /// the full TTL by the watchdog once the new holder runs. Hand-off needs one Redis (or
@@ -234,6 +237,13 @@ impl LockOptions {
             )));
         }
         self.backoff.validate()
+    }
+
+    /// Whether waiters with these options take hand-offs: asked for, on one Redis (`single`),
+    /// with the watchdog to renew the claim lease, and no replica guard (a handed grant skips
+    /// the guard's `WAIT`).
+    pub(crate) fn takes_handoffs(&self, single: bool) -> bool {
+        self.handoff && self.renew && self.min_replicas.is_none() && single
     }
 
     /// The claim lease a hand-off grants: the configured one, never longer than the TTL.

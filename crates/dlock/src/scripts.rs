@@ -37,6 +37,21 @@ macro_rules! with_handoff {
     };
 }
 
+/// A semaphore script with its preludes in front: `grant.lua`, `handoff.lua`, then
+/// `semaphore/queue.lua` (how free permits pass on to queued waiters).
+macro_rules! semaphore {
+    ($script:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("scripts/grant.lua"),
+                include_str!("scripts/handoff.lua"),
+                include_str!("scripts/semaphore/queue.lua"),
+                include_str!($script)
+            ))
+        })
+    };
+}
+
 /// A script from `scripts/`.
 macro_rules! script {
     ($script:literal) => {
@@ -79,14 +94,14 @@ pub(crate) static FENCED_SET: LazyLock<Script> = script!("scripts/fenced_set.lua
 
 // The semaphore (`primitive::semaphore`).
 /// Take permits, fair or not (see `semaphore/acquire.lua`).
-pub(crate) static SEMAPHORE_ACQUIRE: LazyLock<Script> =
-    with_grant!("scripts/semaphore/acquire.lua");
+pub(crate) static SEMAPHORE_ACQUIRE: LazyLock<Script> = semaphore!("scripts/semaphore/acquire.lua");
 /// Renew permits (see `semaphore/renew.lua`).
 pub(crate) static SEMAPHORE_RENEW: LazyLock<Script> = script!("scripts/semaphore/renew.lua");
 /// Check, read-only, that permits are still held (see `semaphore/verify.lua`).
 pub(crate) static SEMAPHORE_VERIFY: LazyLock<Script> = script!("scripts/semaphore/verify.lua");
-/// Give back permits and wake waiters (see `semaphore/release.lua`).
-pub(crate) static SEMAPHORE_RELEASE: LazyLock<Script> = script!("scripts/semaphore/release.lua");
+/// Give back permits and pass them on: handed to the queue's head, or waiters woken (see
+/// `semaphore/release.lua`).
+pub(crate) static SEMAPHORE_RELEASE: LazyLock<Script> = semaphore!("scripts/semaphore/release.lua");
 /// Read (and optionally break) a semaphore's state (see `semaphore/inspect.lua`).
 pub(crate) static SEMAPHORE_INSPECT: LazyLock<Script> = script!("scripts/semaphore/inspect.lua");
 /// Change a semaphore's limit (see `semaphore/set_limit.lua`).

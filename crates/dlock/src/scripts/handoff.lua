@@ -1,5 +1,6 @@
--- Prelude of the lock's acquire and release scripts (after grant.lua; see scripts.rs): the wait
--- queue and the hand-off of a freed lock to its head.
+-- Prelude of the lock's and the semaphore's acquire and release scripts (after grant.lua; see
+-- scripts.rs): the wait queue and the hand-off of a freed lock to its head (a semaphore's
+-- permits pass on through semaphore/queue.lua, built on the same pieces).
 --
 -- The queue is three keys in the lock's slot: a list of waiter tokens in arrival order, a zset
 -- of their waiter leases (token -> server ms when the entry lapses unless refreshed), and a
@@ -54,16 +55,23 @@ local function live_head(q, now_ms)
 end
 
 -- Puts `token` at the end of the queue (or keeps its place) for `lease` ms from `now_ms`, with
--- its hand-off terms (`claim` 0: it retries when woken instead), updated on every call (its
--- inbox may be subscribed only by a later attempt). The keys never outlive the longest waiter
--- lease.
-local function enqueue(q, token, now_ms, lease, claim, inbox, host, pid, label)
+-- its hand-off terms (`claim` 0: it retries when woken instead; `extra`, optional: more fields
+-- for the primitive, such as a semaphore waiter's permits), updated on every call (its inbox
+-- may be subscribed only by a later attempt). The keys never outlive the longest waiter lease.
+local function enqueue(q, token, now_ms, lease, claim, inbox, host, pid, label, extra)
   if not redis.call('ZSCORE', q[2], token) then
     redis.call('RPUSH', q[1], token)
   end
   if tonumber(claim) > 0 then
-    redis.call('HSET', q[3], token, cjson.encode({host = host, pid = pid, label = label,
-                                                  claim = claim, inbox = inbox}))
+    local terms = {host = host, pid = pid, label = label, claim = claim, inbox = inbox}
+    for field, value in pairs(extra or {}) do
+      terms[field] = value
+    end
+    redis.call('HSET', q[3], token, cjson.encode(terms))
+  else
+    -- It takes no hand-offs now (it cannot hear its channel): terms from an earlier attempt
+    -- would hand it a grant it may never learn of.
+    redis.call('HDEL', q[3], token)
   end
   redis.call('ZADD', q[2], now_ms + lease, token)
   for k = 1, 3 do
@@ -99,28 +107,31 @@ local function inbox_of(terms, channel)
   return channel
 end
 
--- Hands the free `lock` to the live waiter `head` if it takes hand-offs: grants it for the
--- waiter's claim lease, cut to what is left of its waiter lease (a waiter that died just
--- before its turn holds the others up no longer than its queue entry would have), and
--- publishes "<id> <fence> <claim ms> <mac> <next id or ->", so the new holder starts without a
--- round trip of its own (it renews to its full TTL once it runs) and the next waiter knows to
--- re-check when the claim ends. Otherwise wakes `head` to retry (everyone, if its entry is
--- about to lapse). Returns true when handed.
-local function hand_to(lock, info, fence_key, q, head, channel, retention, now_us)
-  local terms = terms_of(q, head)
+-- The claim lease the live waiter `head`, with `terms` (terms_of), may be handed a grant for:
+-- its claim, cut to what is left of its waiter lease (a waiter that died just before its turn
+-- holds the others up no longer than its queue entry would have). nil when it takes no
+-- hand-offs (it is woken to retry instead) or too little of its waiter lease is left
+-- (everyone is woken).
+local function claim_of(q, head, terms, channel, now_us)
   local lease_end = tonumber(redis.call('ZSCORE', q[2], head))
   if not terms or not lease_end then
     redis.pcall('PUBLISH', channel, waiter_id(head))
-    return false
+    return nil
   end
   local claim = math.min(tonumber(terms.claim), lease_end - math.floor(now_us / 1000))
   if claim < MIN_CLAIM then
     redis.pcall('PUBLISH', channel, '')
-    return false
+    return nil
   end
-  withdraw(q, head)
-  local fence = grant(lock, info, fence_key, head, claim, retention, tostring(terms.host or ''),
-                      tostring(terms.pid or ''), tostring(terms.label or ''), now_us)
+  return claim
+end
+
+-- Tells `head` (with `terms`, withdrawn from the queue) that it was granted with `fence` for
+-- `claim` ms: publishes "<id> <fence> <claim ms> <mac> <next id or ->", so the new holder
+-- starts without a round trip of its own (it renews to its full TTL once it runs) and the next
+-- waiter knows to re-check when the claim ends (if the new holder died, nobody else
+-- publishes): it is told too, where it listens.
+local function announce(q, head, terms, fence, claim, channel)
   local fence_text = string.format('%.0f', fence)
   local claim_text = string.format('%.0f', claim)
   local mac = string.sub(redis.sha1hex(head .. ':' .. fence_text .. ':' .. claim_text), 1, 16)
@@ -131,12 +142,31 @@ local function hand_to(lock, info, fence_key, q, head, channel, retention, now_u
   -- then finds the grant at its next re-check.
   local to = inbox_of(terms, channel)
   redis.pcall('PUBLISH', to, message)
-  -- The next in line re-checks when the claim ends (if the new holder died, nobody else
-  -- publishes): tell it too, where it listens.
   local next_terms = next and terms_of(q, next)
   local next_to = next_terms and inbox_of(next_terms, channel) or channel
   if next and next_to ~= to then
     redis.pcall('PUBLISH', next_to, message)
   end
+end
+
+-- Hands the free `lock` to the live waiter `head` if it takes hand-offs: grants it for its
+-- claim (see claim_of) and announces the grant. Otherwise wakes `head` to retry (everyone, if
+-- its entry is about to lapse). Returns true when handed.
+local function hand_to(lock, info, fence_key, q, head, channel, retention, now_us)
+  local terms = terms_of(q, head)
+  if terms and terms.permits then
+    -- A semaphore waiter's terms (a lock and a semaphore of one name share the queue keys):
+    -- it asks for permits, not the lock. Wake it instead.
+    redis.pcall('PUBLISH', channel, waiter_id(head))
+    return false
+  end
+  local claim = claim_of(q, head, terms, channel, now_us)
+  if not claim then
+    return false
+  end
+  withdraw(q, head)
+  local fence = grant(lock, info, fence_key, head, claim, retention, tostring(terms.host or ''),
+                      tostring(terms.pid or ''), tostring(terms.label or ''), now_us)
+  announce(q, head, terms, fence, claim, channel)
   return true
 end

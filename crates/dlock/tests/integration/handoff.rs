@@ -8,7 +8,9 @@ use dlock::{Client, LockOptions, Wait};
 use dlock_test::RedisServer;
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::support::{client, epsilon};
+use crate::support::{
+    client, client_without_channels, epsilon, queue_length_reaches, subscribers_reach,
+};
 
 const QUEUE: &str = "{job}:dlock:queue:job";
 const LEASES: &str = "{job}:dlock:queue-leases:job";
@@ -22,16 +24,6 @@ fn waiting(claim: Duration) -> LockOptions {
         .wait(Wait::Limit(Duration::from_secs(30)))
 }
 
-async fn queue_length_reaches(server: &RedisServer, n: i64) {
-    let reached = timeout(Duration::from_secs(10), async {
-        while server.cmd::<i64>("LLEN", &[QUEUE]) < n {
-            sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
-    assert!(reached.is_ok(), "the queue never reached {n}");
-}
-
 /// One wait for `lock` behind another client, so its wake-up subscription lingers: the next
 /// wait is then exactly one attempt before it sleeps (a first wait attempts, subscribes and
 /// attempts again, and that second attempt could race a release the test makes).
@@ -42,7 +34,7 @@ async fn warm_up(server: &RedisServer, lock: &dlock::Lock) {
         let lock = lock.clone();
         async move { lock.lock().await }
     });
-    queue_length_reaches(server, 1).await;
+    queue_length_reaches(server, QUEUE, 1).await;
     holder.release().await.unwrap();
     waiter.await.unwrap().unwrap().release().await.unwrap();
 }
@@ -78,7 +70,7 @@ async fn a_contended_handoff_costs_the_release_alone() {
         .await
         .unwrap();
     let waiter = tokio::spawn(async move { lock.lock().await });
-    queue_length_reaches(&server, 1).await;
+    queue_length_reaches(&server, QUEUE, 1).await;
     let before = script_calls(&server);
     let released_at = Instant::now();
     let holder_fence = holder.fencing_token();
@@ -138,7 +130,7 @@ async fn a_dead_head_delays_the_next_waiter_by_at_most_the_claim_lease() {
     let _: () = server.cmd("HSET", &[WAITERS, dead, terms]);
     let lock = b.lock_with("job", waiting(claim)).unwrap();
     let waiter = tokio::spawn(async move { lock.lock().await });
-    queue_length_reaches(&server, 2).await;
+    queue_length_reaches(&server, QUEUE, 2).await;
     let released_at = Instant::now();
     let holder_fence = holder.fencing_token();
     holder.release().await.unwrap();
@@ -169,21 +161,7 @@ async fn a_dead_head_delays_the_next_waiter_by_at_most_the_claim_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_handoff_message_is_recovered_by_the_recheck() {
     let server = RedisServer::start();
-    let _: () = server.cmd(
-        "ACL",
-        &[
-            "SETUSER",
-            "mute",
-            "on",
-            ">pw",
-            "~*",
-            "+@all",
-            "resetchannels",
-        ],
-    );
-    let mute = Client::connect(&format!("redis://mute:pw@127.0.0.1:{}/", server.port()))
-        .await
-        .unwrap();
+    let mute = client_without_channels(&server, "mute").await;
     let b = client(&server).await;
     let epsilon = epsilon(&b).await;
     let recheck = Duration::from_millis(400);
@@ -193,7 +171,7 @@ async fn a_lost_handoff_message_is_recovered_by_the_recheck() {
     warm_up(&server, &lock).await;
     let holder = mute.lock("job").unwrap().try_lock().await.unwrap();
     let waiter = tokio::spawn(async move { lock.lock().await });
-    queue_length_reaches(&server, 1).await;
+    queue_length_reaches(&server, QUEUE, 1).await;
     let released_at = Instant::now();
     holder.release().await.unwrap();
     let handed_to: String = server.cmd("GET", &["job"]);
@@ -233,10 +211,10 @@ async fn a_waiter_cancelled_as_it_is_handed_the_lock_passes_it_on() {
             .unwrap();
         let lock_b = b.lock_with("job", waiting(claim)).unwrap();
         let cancelled = tokio::spawn(async move { lock_b.lock().await });
-        queue_length_reaches(&server, 1).await;
+        queue_length_reaches(&server, QUEUE, 1).await;
         let lock_c = c.lock_with("job", waiting(claim)).unwrap();
         let next = tokio::spawn(async move { lock_c.lock().await });
-        queue_length_reaches(&server, 2).await;
+        queue_length_reaches(&server, QUEUE, 2).await;
         holder.release().await.unwrap();
         // At a different moment each round: before, at or after the hand-off reaches b.
         sleep(Duration::from_micros(200 * round)).await;
@@ -321,18 +299,7 @@ async fn with_handoff_off_waiters_do_not_queue() {
         .unwrap();
     let waiter = tokio::spawn(async move { lock.lock().await });
     // Subscribed and sleeping on its busy answer.
-    let subscribed = timeout(Duration::from_secs(5), async {
-        loop {
-            let reply: Vec<redis::Value> =
-                server.cmd("PUBSUB", &["NUMSUB", "{job}:dlock:released:job"]);
-            if reply.get(1) == Some(&redis::Value::Int(1)) {
-                return;
-            }
-            sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    assert!(subscribed.is_ok());
+    subscribers_reach(&server, "{job}:dlock:released:job", 1).await;
     assert_eq!(server.cmd::<i64>("EXISTS", &[QUEUE]), 0, "it queued");
     holder.release().await.unwrap();
     let guard = granted(waiter).await;
@@ -350,7 +317,7 @@ async fn a_forged_handoff_message_is_ignored() {
     warm_up(&server, &lock).await;
     let holder = a.lock("job").unwrap().try_lock().await.unwrap();
     let waiter = tokio::spawn(async move { lock.lock().await });
-    queue_length_reaches(&server, 1).await;
+    queue_length_reaches(&server, QUEUE, 1).await;
     let token: String = server.cmd("LINDEX", &[QUEUE, "0"]);
     let forged = format!("{} 99999999999999999 1000 0123456789abcdef -", &token[..16]);
     let _: i64 = server.cmd("PUBLISH", &["{job}:dlock:released:job", &forged]);
@@ -403,7 +370,7 @@ async fn a_handoff_reaches_only_the_new_holders_client() {
     let mut heard = pubsub.into_on_message();
     let holder = a.lock("job").unwrap().try_lock().await.unwrap();
     let waiter = tokio::spawn(async move { lock.lock().await });
-    queue_length_reaches(&server, 1).await;
+    queue_length_reaches(&server, QUEUE, 1).await;
     holder.release().await.unwrap();
     let guard = granted(waiter).await;
     let on_the_lock_channel = timeout(Duration::from_millis(200), heard.next()).await;
@@ -473,19 +440,7 @@ async fn a_user_allowed_only_its_lock_channels_still_waits_without_polling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_that_cannot_hear_is_never_handed_the_lock() {
     let server = RedisServer::start();
-    let acl = [
-        "SETUSER",
-        "deaf",
-        "on",
-        ">pw",
-        "~*",
-        "+@all",
-        "resetchannels",
-    ];
-    let _: () = server.cmd("ACL", &acl);
-    let deaf = Client::connect(&format!("redis://deaf:pw@127.0.0.1:{}/", server.port()))
-        .await
-        .unwrap();
+    let deaf = client_without_channels(&server, "deaf").await;
     let a = client(&server).await;
     let holder = a.lock("job").unwrap().try_lock().await.unwrap();
     let recheck = Duration::from_millis(500);
@@ -511,4 +466,25 @@ async fn a_waiter_that_cannot_hear_is_never_handed_the_lock() {
     );
     let guard = granted(waiter).await;
     guard.release().await.unwrap();
+}
+
+/// Review finding: a lock and a semaphore of one name share the queue keys, and a lock's
+/// release handed the lock to a semaphore waiter queued there (its terms ask for permits),
+/// which took it for a permit. A lock's release now only wakes such a waiter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_waiter_is_never_handed_a_lock() {
+    let server = RedisServer::start();
+    let a = client(&server).await;
+    let holder = a.lock("job").unwrap().try_lock().await.unwrap();
+    let waiter = "0123456789abcdef0123456789abcdef";
+    let _: () = server.cmd("RPUSH", &[QUEUE, waiter]);
+    let _: () = server.cmd("ZADD", &[LEASES, "99999999999999", waiter]);
+    let terms = r#"{"host":"h","pid":"1","label":"","claim":"1000","permits":"1","fair":false}"#;
+    let _: () = server.cmd("HSET", &[WAITERS, waiter, terms]);
+    holder.release().await.unwrap();
+    assert_eq!(
+        server.cmd::<i64>("EXISTS", &["job"]),
+        0,
+        "the lock was handed to a semaphore waiter"
+    );
 }

@@ -15,13 +15,21 @@ use tokio::time::{sleep, timeout, Instant};
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("../../src/scripts/grant.lua"),
+        include_str!("../../src/scripts/handoff.lua"),
+        include_str!("../../src/scripts/semaphore/queue.lua"),
         include_str!("../../src/scripts/semaphore/acquire.lua")
     ))
 });
 static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../src/scripts/semaphore/renew.lua")));
-static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../../src/scripts/semaphore/release.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("../../src/scripts/grant.lua"),
+        include_str!("../../src/scripts/handoff.lua"),
+        include_str!("../../src/scripts/semaphore/queue.lua"),
+        include_str!("../../src/scripts/semaphore/release.lua")
+    ))
+});
 static VERIFY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../src/scripts/semaphore/verify.lua")));
 static INSPECT: LazyLock<Script> =
@@ -39,15 +47,22 @@ const MID_MS: u64 = 5_000;
 const SHORT_MS: u64 = 50;
 /// Fencing counter retention.
 const RETENTION_MS: u64 = 600_000;
-/// Acquire modes (ARGV 9).
+/// Acquire modes: not fair, without queueing; fair, without queueing (try_acquire); a
+/// positive mode is fair, queued with that waiter lease (ARGV 9 and 11).
 const NOT_FAIR: i64 = -1;
 const TRY_FAIR: i64 = 0;
 const HOST: &str = "host-α";
 const PID: &str = "4242";
 
-/// A holder token: 32 hex digits, as the library makes them.
+/// A holder token: 32 hex digits, as the library makes them, told apart by their first 16
+/// (the waiter id a wake-up names).
 fn token(i: u32) -> String {
-    format!("{i:032x}")
+    format!("{i:016x}{i:016x}")
+}
+
+/// The waiter id a wake-up for `token` names: its first 16 hex digits.
+fn id(token: &str) -> &str {
+    &token[..16]
 }
 
 /// One acquire request (ARGV 2, 3, 4, 8, 9).
@@ -58,6 +73,8 @@ struct Ask {
     ttl_ms: u64,
     mode: i64,
     label: &'static str,
+    /// The claim lease of a hand-off this waiter takes (ARGV 12; 0: none, it is woken).
+    claim_ms: u64,
 }
 
 /// `n` permits of a semaphore of `limit`, not fair, on a long lease.
@@ -68,6 +85,7 @@ fn ask(n: u32, limit: u32) -> Ask {
         ttl_ms: LONG_MS,
         mode: NOT_FAIR,
         label: "worker",
+        claim_ms: 0,
     }
 }
 
@@ -91,6 +109,14 @@ impl Ask {
     }
     fn label(self, label: &'static str) -> Ask {
         Ask { label, ..self }
+    }
+    /// Queued (not fair) with a waiter lease of `lease_ms`, taking hand-offs for `claim_ms`.
+    fn handoff(self, lease_ms: i64, claim_ms: u64) -> Ask {
+        Ask {
+            mode: lease_ms,
+            claim_ms,
+            ..self
+        }
     }
 }
 
@@ -145,6 +171,7 @@ struct Sem {
     fence: String,
     queue: String,
     leases: String,
+    waiters: String,
     channel: String,
     con: MultiplexedConnection,
 }
@@ -163,6 +190,7 @@ impl Sem {
             fence: companion("fence"),
             queue: companion("queue"),
             leases: companion("queue-leases"),
+            waiters: companion("waiters"),
             channel: companion("released"),
             con,
         }
@@ -175,6 +203,7 @@ impl Sem {
             .key(&self.fence)
             .key(&self.queue)
             .key(&self.leases)
+            .key(&self.waiters)
             .arg(token)
             .arg(ask.n)
             .arg(ask.limit)
@@ -183,8 +212,15 @@ impl Sem {
             .arg(HOST)
             .arg(PID)
             .arg(ask.label)
-            .arg(ask.mode)
+            .arg(ask.mode.max(0))
             .arg(&self.channel)
+            .arg(if ask.mode >= 0 && ask.claim_ms == 0 {
+                "fair"
+            } else {
+                "plain"
+            })
+            .arg(ask.claim_ms)
+            .arg("")
             .invoke_async(&mut self.con.clone())
             .await?;
         let int = |i: usize| from_redis_value_ref::<i64>(&reply[i]).unwrap();
@@ -192,7 +228,7 @@ impl Sem {
             1 => Reply::Granted(u64::try_from(int(1)).unwrap()),
             -1 => Reply::Mismatch(int(1)),
             0 => {
-                assert_eq!(reply.len(), 6, "busy reply: {reply:?}");
+                assert_eq!(reply.len(), 7, "busy reply: {reply:?}");
                 Reply::Busy(Busy {
                     earliest_ms: int(1),
                     holders: jsons(&reply[2]),
@@ -225,10 +261,13 @@ impl Sem {
         for token in tokens {
             call.key(&self.holders)
                 .key(&self.sem)
+                .key(&self.fence)
                 .key(&self.queue)
                 .key(&self.leases)
+                .key(&self.waiters)
                 .arg(*token)
                 .arg(&self.channel)
+                .arg(RETENTION_MS)
                 .arg("0");
         }
         call.invoke_async(&mut self.con.clone()).await.unwrap()
@@ -267,7 +306,6 @@ impl Sem {
         SET_LIMIT
             .key(&self.holders)
             .key(&self.sem)
-            .key(&self.queue)
             .arg(limit)
             .arg(ttl_ms)
             .arg(&self.channel)
@@ -294,7 +332,6 @@ impl Sem {
         SET_LIMIT
             .key(&self.holders)
             .key(&self.sem)
-            .key(&self.queue)
             .arg(limit)
             .arg(LONG_MS)
             .arg(&self.channel)
@@ -660,11 +697,11 @@ async fn a_grant_that_leaves_permits_free_wakes_the_next_waiter() {
     let mut wakeups = sem.subscribe(&server).await;
 
     assert_eq!(sem.release(&[&holder]).await, [1]);
-    assert_eq!(wakeups.next().await, w1, "the release wakes the head");
+    assert_eq!(wakeups.next().await, id(&w1), "the release wakes the head");
     sem.acquire(&w1, ask(1, 3).fair(lease)).await.fence();
     assert_eq!(
         wakeups.next().await,
-        w2,
+        id(&w2),
         "two permits are left: the new head is woken"
     );
     sem.acquire(&w2, ask(1, 3).fair(lease)).await.fence();
@@ -683,10 +720,10 @@ async fn a_release_wakes_the_head_and_withdraws_waiters() {
     let mut wakeups = sem.subscribe(&server).await;
 
     assert_eq!(sem.release(&[&holder]).await, [1]);
-    assert_eq!(wakeups.next().await, w1);
+    assert_eq!(wakeups.next().await, id(&w1));
     // A cancelled waiter withdraws through release: not released, but the queue moves up.
     assert_eq!(sem.release(&[&w1]).await, [0]);
-    assert_eq!(wakeups.next().await, w2);
+    assert_eq!(wakeups.next().await, id(&w2));
     let queue: Vec<String> = sem.cmd("LRANGE", &[&sem.queue, "0", "-1"]).await;
     assert_eq!(queue, [w2.as_str()]);
     assert_eq!(
@@ -721,7 +758,7 @@ async fn dead_waiters_leave_the_queue_and_the_next_one_is_woken() {
     sem.wait_past(dead_end).await;
     // Any acquire purges the dead waiter; a permit is free and the queue moved up.
     let busy = sem.acquire(&newcomer, ask(1, 2).fair(lease)).await.busy();
-    assert_eq!(wakeups.next().await, next);
+    assert_eq!(wakeups.next().await, id(&next));
     assert!(busy.ahead_ms > 0, "next is ahead of the newcomer: {busy:?}");
     let queue: Vec<String> = sem.cmd("LRANGE", &[&sem.queue, "0", "-1"]).await;
     assert_eq!(queue, [next.as_str(), newcomer.as_str()]);
@@ -729,7 +766,7 @@ async fn dead_waiters_leave_the_queue_and_the_next_one_is_woken() {
 }
 
 #[tokio::test]
-async fn set_limit_grows_shrinks_and_wakes_the_head_when_it_grows() {
+async fn set_limit_grows_shrinks_and_wakes_every_waiter_when_it_grows() {
     let server = RedisServer::start();
     let sem = Sem::open(&server, "resize").await;
     let lease = LONG_MS as i64;
@@ -748,7 +785,7 @@ async fn set_limit_grows_shrinks_and_wakes_the_head_when_it_grows() {
     sem.acquire(&w, ask(1, 1).fair(lease)).await.busy();
     let mut wakeups = sem.subscribe(&server).await;
     assert_eq!(sem.set_limit(2, 1).await, 1);
-    assert_eq!(wakeups.next().await, w, "a grown limit wakes the head");
+    assert_eq!(wakeups.next().await, "", "a grown limit wakes every waiter");
     let pttl: i64 = sem.cmd("PTTL", &[&sem.sem]).await;
     assert!(pttl > 1_000, "set_limit shortened the hash's life: {pttl}");
     match sem.acquire(&w, ask(1, 1).fair(lease)).await {
@@ -1098,7 +1135,7 @@ async fn a_mismatched_caller_leaves_the_queue_and_wakes_the_next() {
         std::slice::from_ref(&next),
         "the mismatched head left the queue"
     );
-    assert_eq!(wakeups.next().await, next, "the new head was woken");
+    assert_eq!(wakeups.next().await, id(&next), "the new head was woken");
 }
 
 /// Review finding: holder info of holders whose zset expired with their lease (while waiters
@@ -1118,4 +1155,57 @@ async fn holder_info_of_expired_holders_does_not_pile_up() {
     let fields: Vec<String> = sem.cmd("HKEYS", &[&sem.sem]).await;
     assert!(!fields.contains(&h), "{fields:?}");
     assert!(fields.contains(&"limit".to_owned()) && fields.contains(&w));
+}
+
+/// Review finding: hand-off terms outlived an attempt that takes no hand-offs (a waiter that
+/// cannot hear its channel now), and a plain attempt left an earlier queue entry in place, so
+/// a release could hand permits to a waiter that would not learn of them before its re-check.
+#[tokio::test]
+async fn an_attempt_without_handoff_drops_earlier_terms_and_a_plain_one_leaves_the_queue() {
+    let server = RedisServer::start();
+    let sem = Sem::open(&server, "terms").await;
+    let lease = LONG_MS as i64;
+    let (holder, w) = (token(1), token(2));
+    sem.acquire(&holder, ask(1, 1)).await.fence();
+    sem.acquire(&w, ask(1, 1).handoff(lease, 500)).await.busy();
+    let terms: Option<String> = sem.cmd("HGET", &[&sem.waiters, &w]).await;
+    let terms: Json = serde_json::from_str(&terms.expect("no terms stored")).unwrap();
+    assert_eq!(
+        (&terms["permits"], &terms["fair"]),
+        (&Json::from("1"), &Json::from(false))
+    );
+    // Queued again, now without hand-off: its old terms go.
+    sem.acquire(&w, ask(1, 1).fair(lease)).await.busy();
+    assert_eq!(sem.cmd::<i64>("HEXISTS", &[&sem.waiters, &w]).await, 0);
+    assert_eq!(sem.cmd::<i64>("LLEN", &[&sem.queue]).await, 1);
+    // A plain attempt that does not queue leaves the queue.
+    sem.acquire(&w, ask(1, 1).handoff(lease, 500)).await.busy();
+    sem.acquire(&w, ask(1, 1)).await.busy();
+    assert_eq!(sem.cmd::<i64>("LLEN", &[&sem.queue]).await, 0);
+    assert_eq!(sem.cmd::<i64>("HEXISTS", &[&sem.waiters, &w]).await, 0);
+    // So the release hands nothing to it: the permit is free, and everyone is woken.
+    assert_eq!(sem.release(&[&holder]).await, [1]);
+    assert_eq!(sem.cmd::<i64>("ZCARD", &[&sem.holders]).await, 0);
+}
+
+/// Damaged hand-off terms (a permit count that is not a whole number from 1 up) are never
+/// handed permits, and never fail a release; the waiter is woken to retry instead.
+#[tokio::test]
+async fn damaged_permit_counts_in_terms_are_never_handed_permits() {
+    let server = RedisServer::start();
+    let sem = Sem::open(&server, "damaged").await;
+    let lease = LONG_MS as i64;
+    let (holder, w) = (token(1), token(2));
+    for bad in ["0", "-1", "1.5", "x"] {
+        sem.acquire(&holder, ask(1, 2)).await.fence();
+        sem.acquire(&token(3), ask(1, 2)).await.fence();
+        sem.acquire(&w, ask(1, 2).handoff(lease, 500)).await.busy();
+        let terms = format!(r#"{{"claim":"500","permits":"{bad}","fair":false}}"#);
+        let _: i64 = sem.cmd("HSET", &[&sem.waiters, &w, &terms]).await;
+        let mut wakeups = sem.subscribe(&server).await;
+        assert_eq!(sem.release(&[&holder]).await, [1], "{bad}");
+        assert_eq!(sem.cmd::<i64>("ZCARD", &[&sem.holders]).await, 1, "{bad}");
+        assert_eq!(wakeups.next().await, id(&w), "{bad}: the head is woken");
+        assert_eq!(sem.release(&[&token(3), &w]).await, [1, 0]);
+    }
 }

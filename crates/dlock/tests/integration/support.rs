@@ -131,3 +131,38 @@ pub async fn first_check_done(server: &RedisServer, before: u64) {
         server.port()
     );
 }
+
+/// A client of the ACL user `user`, made on `server`: every key and command, but no pub/sub
+/// channel, so it can neither publish wake-ups nor hear them.
+pub async fn client_without_channels(server: &RedisServer, user: &str) -> Client {
+    let acl = ["SETUSER", user, "on", ">pw", "~*", "+@all", "resetchannels"];
+    let _: () = server.cmd("ACL", &acl);
+    let url = format!("redis://{user}:pw@127.0.0.1:{}/", server.port());
+    Client::connect(&url).await.unwrap()
+}
+
+/// Waits (at most 10 s) until the wait queue (list) `queue` holds `n` waiters.
+pub async fn queue_length_reaches(server: &RedisServer, queue: &str, n: i64) {
+    let reached = tokio::time::timeout(Duration::from_secs(10), async {
+        while server.cmd::<i64>("LLEN", &[queue]) < n {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "the queue {queue} never reached {n}");
+}
+
+/// Waits (at most 5 s) until `n` connections subscribe to `channel`.
+pub async fn subscribers_reach(server: &RedisServer, channel: &str, n: i64) {
+    let reached = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let (_, count): (String, i64) = server.cmd("PUBSUB", &["NUMSUB", channel]);
+            if count >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "{channel} never had {n} subscribers");
+}

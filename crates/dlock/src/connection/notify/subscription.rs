@@ -248,7 +248,7 @@ mod tests {
         channel.deliver(Wake::Only(A[..16].into()));
         assert_eq!(next(&mut a, A).await, Woken::Retry);
         assert!(quiet(&mut b), "b's task was woken for a");
-        // Semaphores publish whole tokens: addressed by their first 16 characters too.
+        // Older releases published whole tokens: addressed by their first 16 characters too.
         channel.deliver(Wake::Only(B.into()));
         assert_eq!(next(&mut b, B).await, Woken::Retry);
         assert!(quiet(&mut a));

@@ -97,14 +97,14 @@ pub(super) fn mac(token: &str, fence: u64, claim: Duration) -> String {
     digest.digest().to_string()[..16].to_owned()
 }
 
-/// The part of a waiter id (or a whole token, as semaphores publish) that addresses a waiter:
-/// its first 16 characters.
+/// The part of a waiter id (or a whole token, as older releases published) that addresses a
+/// waiter: its first 16 characters.
 pub(super) fn id_key(id: &str) -> &str {
     id.get(..16).unwrap_or(id)
 }
 
-/// Whether a wake-up's waiter id names `token` (ids are token prefixes; older releases and
-/// semaphores publish whole tokens, which match too).
+/// Whether a wake-up's waiter id names `token` (ids are token prefixes; older releases
+/// published whole tokens, which match too).
 pub(super) fn names(id: &str, token: &str) -> bool {
     !id.is_empty() && token.starts_with(id)
 }
@@ -144,7 +144,10 @@ mod tests {
     fn ids_name_the_token_they_start() {
         let token = "0123456789abcdef0123456789abcdef";
         assert!(names("0123456789abcdef", token));
-        assert!(names(token, token), "whole tokens (semaphores) match too");
+        assert!(
+            names(token, token),
+            "whole tokens (older releases) match too"
+        );
         assert!(!names("", token));
         assert!(!names("0123456789abcdee", token));
     }

@@ -170,14 +170,9 @@ impl Lock {
         )
     }
 
-    /// Whether this lock's waiters take hand-offs: on one Redis, with the watchdog to renew
-    /// the claim lease and no replica guard (a handed grant skips the guard's `WAIT`).
+    /// Whether this lock's waiters take hand-offs (see [`LockOptions::takes_handoffs`]).
     fn hands_off(&self) -> bool {
-        let options = &self.options;
-        options.handoff
-            && options.renew
-            && options.min_replicas.is_none()
-            && self.core.nodes().is_single()
+        self.options.takes_handoffs(self.core.nodes().is_single())
     }
 
     /// The guard for a grant a release handed to `token` (see `handoff.lua`): valid for the

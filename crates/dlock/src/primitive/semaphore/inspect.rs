@@ -248,7 +248,6 @@ fn limit_call(
     let mut call = scripts::SEMAPHORE_SET_LIMIT.prepare_invoke();
     call.key(&keys.lock)
         .key(&keys.semaphore)
-        .key(&keys.queue)
         .arg(limit)
         .arg(millis(keep))
         .arg(&keys.channel)

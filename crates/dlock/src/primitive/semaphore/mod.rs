@@ -30,25 +30,25 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{Script, ScriptInvocation, Value};
+use redis::{Script, ScriptInvocation};
 
-use crate::engine::acquire::{self, Acquire, Answer, Attempt, Busy, Grant, Queue};
-use crate::engine::handle::{LeaseHandle, Shared};
+use crate::engine::acquire::{self, Attempt};
 use crate::engine::ops::{LeaseOps, ReleaseOp, Verify};
 use crate::engine::pending::Pending;
-use crate::engine::wait::Waiting;
-use crate::engine::{Core, Terms};
-use crate::error::{Conflict, Error, Result};
-use crate::holder::{int, pttl};
+use crate::engine::wait::{Handoff, Waiting};
+use crate::engine::Core;
+use crate::error::{Error, Result};
 use crate::key::LockKeys;
 use crate::options::{LockOptions, FENCE_RETENTION};
 use crate::scripts;
 use crate::telemetry::Kind;
 use crate::token::Token;
 use crate::units::millis;
+use request::ForPermits;
 
 pub(crate) mod inspect;
 mod permit;
+mod request;
 
 pub use inspect::{SemaphoreHolder, SemaphoreStatus};
 pub use permit::SemaphorePermit;
@@ -153,17 +153,22 @@ impl Semaphore {
     /// Takes one permit, waiting while none is free, up to the wait limit of the options
     /// ([`LockOptions::wait`], 30 s by default).
     ///
-    /// Waiting does not poll: a release publishes a wake-up and waiters retry at once; a
-    /// re-check no later than the first holder's lease end catches permits freed by expiry.
-    /// In fair mode ([`LockOptions::fair`]) permits go out in arrival order: a waiter for 3
-    /// permits is not overtaken by later waiters for 1.
+    /// Waiting does not poll: the waiter joins the semaphore's wait queue and subscribes to
+    /// its release channel, and a release hands the permits it frees to the waiters at the
+    /// head of the queue whose permits fit, in the same script call, publishing each grant
+    /// ([`LockOptions::handoff`]): the new holder starts without a round trip of its own. A
+    /// timed re-check, no later than the first holder's lease end, catches permits freed by
+    /// expiry. Outside fair mode a free permit goes to whoever asks, and a release wakes
+    /// everyone when the queue's head needs more permits than are free. In fair mode
+    /// ([`LockOptions::fair`]) permits go out in arrival order: a waiter for 3 permits is not
+    /// overtaken by later waiters for 1.
     ///
     /// # Errors
     /// [`Error::Timeout`] when the wait limit passes; otherwise as
     /// [`Semaphore::try_acquire`].
     ///
     /// # Cancel safety
-    /// A dropped future leaves no permit and no fair-queue entry behind (both undone in the
+    /// A dropped future leaves no permit and no queue entry behind (both undone in the
     /// background; at worst they expire with their leases).
     pub async fn acquire(&self) -> Result<SemaphorePermit> {
         self.acquire_many(1).await
@@ -181,11 +186,15 @@ impl Semaphore {
             .counted(Kind::Semaphore, self.name(), async {
                 let attempt = self.for_permits(n)?;
                 let pending = self.pending()?;
+                let handed = |handoff: Handoff| {
+                    pending.settled();
+                    Some(attempt.handed(pending.token(), handoff))
+                };
                 self.waiting()
                     .wait_for(
                         &pending.token(),
                         |queue| acquire::attempt(&self.core, &attempt, &pending, queue),
-                        |_| None,
+                        handed,
                     )
                     .await
             })
@@ -194,7 +203,7 @@ impl Semaphore {
 
     /// Changes the stored limit to `limit` on purpose, and makes this handle (and its clones)
     /// name it. Holders above a smaller limit keep their permits; no new permit goes out until
-    /// there is room under it. While the semaphore stays in use (holders or fair waiters),
+    /// there is room under it. While the semaphore stays in use (holders or waiters),
     /// programs naming another limit are refused with [`Error::Config`]; once it is idle (and
     /// at least one TTL after this call), the stored limit is gone and the next caller's limit
     /// is stored, as for a new semaphore. Returns the previous stored limit, if any.
@@ -250,10 +259,15 @@ impl Semaphore {
             core: &self.core,
             channels: std::slice::from_ref(&self.keys.channel),
             options: &self.options,
-            queue: self.options.fair,
-            handoff: false,
+            queue: self.options.fair || self.hands_off(),
+            handoff: self.hands_off(),
             queue_deaf: self.options.fair,
         }
+    }
+
+    /// Whether this semaphore's waiters take hand-offs (see [`LockOptions::takes_handoffs`]).
+    fn hands_off(&self) -> bool {
+        self.options.takes_handoffs(self.core.nodes().is_single())
     }
 }
 
@@ -263,147 +277,6 @@ fn check_limit(limit: u32) -> Result<()> {
         return Err(Error::Config("a semaphore needs at least 1 permit".into()));
     }
     Ok(())
-}
-
-/// One acquisition of `n` permits: what the engine drives. Each attempt names the limit the
-/// semaphore handle names then (a `set_limit` from a clone during a wait is followed), read
-/// once per attempt (`call`) so the grant's quorum and lease agree with what was asked.
-struct ForPermits<'a> {
-    semaphore: &'a Semaphore,
-    n: u32,
-    /// The limit the current attempt names.
-    limit: AtomicU32,
-}
-
-impl ForPermits<'_> {
-    fn limit(&self) -> u32 {
-        self.limit.load(Ordering::SeqCst)
-    }
-}
-
-impl Acquire for ForPermits<'_> {
-    type Guard = SemaphorePermit;
-
-    fn options(&self) -> &LockOptions {
-        &self.semaphore.options
-    }
-
-    fn holders(&self) -> u32 {
-        self.limit()
-    }
-
-    fn call(&self, token: &Token, queue: Option<&Queue>) -> ScriptInvocation<'static> {
-        let (keys, options) = (&self.semaphore.keys, &self.semaphore.options);
-        let identity = self.semaphore.core.identity();
-        self.limit.store(self.semaphore.permits(), Ordering::SeqCst);
-        // -1: not fair; 0: fair, without queueing; > 0: fair, queued with this waiter lease.
-        let mode: i64 = match (options.fair, queue) {
-            (false, _) => -1,
-            (true, None) => 0,
-            (true, Some(queue)) => i64::try_from(millis(queue.lease)).unwrap_or(i64::MAX),
-        };
-        let mut call = scripts::SEMAPHORE_ACQUIRE.prepare_invoke();
-        call.key(&keys.lock)
-            .key(&keys.semaphore)
-            .key(&keys.fence)
-            .key(&keys.queue)
-            .key(&keys.queue_leases)
-            .arg(token.as_str())
-            .arg(self.n)
-            .arg(self.limit())
-            .arg(millis(options.ttl))
-            .arg(millis(FENCE_RETENTION))
-            .arg(&identity.host)
-            .arg(identity.pid)
-            .arg(options.label.as_deref().unwrap_or(""))
-            .arg(mode)
-            .arg(&keys.channel);
-        call
-    }
-
-    fn parse(&self, reply: &[Value]) -> Result<Answer> {
-        let field = |i: usize| reply.get(i).unwrap_or(&Value::Nil);
-        match int(field(0)) {
-            Some(1) => {
-                let fence = int(field(1))
-                    .and_then(|t| u64::try_from(t).ok())
-                    .ok_or_else(|| Error::Internal(format!("semaphore grant {reply:?}")))?;
-                Ok(Answer::Granted { fence, fresh: true })
-            }
-            Some(-1) => Err(Error::Config(format!(
-                "semaphore {:?} is in use with {} permits, not {}; name the same limit \
-                 everywhere, or change it on purpose with Semaphore::set_limit",
-                self.semaphore.name(),
-                int(field(1)).unwrap_or(-1),
-                self.semaphore.permits()
-            ))),
-            _ => Ok(Answer::Busy(busy(
-                &self.semaphore.keys,
-                reply,
-                self.semaphore.permits(),
-            ))),
-        }
-    }
-
-    fn raise_fence(&self, token: &Token, fence: u64) -> ScriptInvocation<'static> {
-        let keys = &self.semaphore.keys;
-        let mut call = scripts::SEMAPHORE_FENCE_RAISE.prepare_invoke();
-        call.key(&keys.fence)
-            .key(&keys.semaphore)
-            .key(&keys.lock)
-            .arg(fence)
-            .arg(millis(FENCE_RETENTION))
-            .arg(token.as_str());
-        call
-    }
-
-    fn granted(&self, grant: Grant) -> SemaphorePermit {
-        let semaphore = self.semaphore;
-        let permit = Arc::new(Permit::new(semaphore.keys.clone(), grant.token));
-        let terms = Terms {
-            ttl: semaphore.options.ttl,
-            renew: semaphore.options.renew,
-            min_replicas: semaphore.options.min_replicas,
-            holders: self.limit(),
-            kind: Kind::Semaphore,
-        };
-        let lease = semaphore
-            .core
-            .track(permit.clone(), grant.fencing_token, terms, grant.sent_at);
-        let handle = LeaseHandle::new(Shared::new(lease), semaphore.core.clone(), permit);
-        SemaphorePermit::new(handle, self.n)
-    }
-}
-
-/// Parses a busy answer: `{0, ms until the first lease ends, {holder json...}, server ms,
-/// waiter-ahead lease ms, limit}`.
-fn busy(keys: &LockKeys, reply: &[Value], asked: u32) -> Busy {
-    let field = |i: usize| reply.get(i).unwrap_or(&Value::Nil);
-    let server_now_ms = int(field(3))
-        .and_then(|ms| u64::try_from(ms).ok())
-        .unwrap_or(0);
-    let holders: Vec<_> = match field(2) {
-        Value::Array(items) => items
-            .iter()
-            .filter_map(|item| inspect::parse_holder(item, server_now_ms))
-            .map(|holder| holder.info)
-            .collect(),
-        _ => Vec::new(),
-    };
-    let limit = int(field(5)).and_then(|n| u32::try_from(n).ok());
-    Busy {
-        conflict: Box::new(Conflict {
-            key: keys.lock.clone(),
-            ttl_left: pttl(field(1)),
-            holder: holders.first().cloned(),
-            holders,
-            limit: Some(limit.unwrap_or(asked)),
-        }),
-        ahead_lease_left: pttl(field(4)),
-        sent: None,
-        fence_seen: None,
-        split: false,
-    }
 }
 
 /// One permit grant: the semaphore's keys and the grant's token. How the engine renews, checks
@@ -464,10 +337,13 @@ impl ReleaseOp for Permit {
     fn add_release(&self, call: &mut ScriptInvocation<'_>) {
         call.key(&self.keys.lock)
             .key(&self.keys.semaphore)
+            .key(&self.keys.fence)
             .key(&self.keys.queue)
             .key(&self.keys.queue_leases)
+            .key(&self.keys.waiters)
             .arg(self.token.as_str())
             .arg(&self.keys.channel)
+            .arg(millis(FENCE_RETENTION))
             .arg(if self.quiet { "1" } else { "0" });
     }
     fn quieted(&self) -> Option<Arc<dyn ReleaseOp>> {

@@ -1,15 +1,15 @@
 -- Change a semaphore's permit limit. Holders above a smaller limit keep their permits; no
 -- new grant is made until the permits in use leave room under it. Callers naming the old
 -- limit are answered with the new one (see acquire.lua).
--- KEYS: 1 holders (zset), 2 semaphore hash, 3 wait queue
+-- KEYS: 1 holders (zset), 2 semaphore hash
 -- ARGV: 1 new limit (whole number >= 1), 2 ttl ms: how long the hash (and so the limit) is
 --       kept at least, for a semaphore nobody holds or waits for, 3 wake-up channel,
 --       4 '1' on Redlock: refuse to raise the limit while live holders remain (-2, nothing
 --       changed). A permit granted under N sits on the masters N needs; a larger N needs more,
 --       and old grants on fewer masters could then add up to more than the new N.
 -- ARGV 1 may also be 'unset': drop the stored limit if nobody holds a permit (see below).
--- Returns the previous stored limit, or -1 when none was stored. When the limit grew, the
--- queue's head is woken (or everyone, '', when nobody queues): it may fit now.
+-- Returns the previous stored limit, or -1 when none was stored. When the limit grew, every
+-- waiter is woken ('').
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local holders, sem = KEYS[1], KEYS[2]
@@ -44,7 +44,8 @@ if redis.call('PTTL', sem) < tonumber(ARGV[2]) then
   redis.call('PEXPIRE', sem, ARGV[2])
 end
 if previous >= 0 and limit > previous then
+  -- Everyone retries: the new room may fit several waiters, queued (fair: in order) or not.
   -- Best effort, as in release.lua.
-  redis.pcall('PUBLISH', ARGV[3], redis.call('LINDEX', KEYS[3], 0) or '')
+  redis.pcall('PUBLISH', ARGV[3], '')
 end
 return previous
