@@ -112,12 +112,14 @@ pub(crate) static SEMAPHORE_FENCE_RAISE: LazyLock<Script> =
     script!("scripts/semaphore/fence_raise.lua");
 
 /// A read-write lock script with its prelude (`rwlock/shared.lua`: how read mode is kept) in
-/// front; `grant` also puts `grant.lua` first (fencing counter, writer grants).
+/// front; `queue` also puts `grant.lua` (fencing counter, writer grants) and `handoff.lua` (the
+/// wait queue, and the hand-off to a writer) first.
 macro_rules! rwlock {
-    (grant $script:literal) => {
+    (queue $script:literal) => {
         LazyLock::new(|| {
             Script::new(concat!(
                 include_str!("scripts/grant.lua"),
+                include_str!("scripts/handoff.lua"),
                 include_str!("scripts/rwlock/shared.lua"),
                 include_str!($script)
             ))
@@ -135,9 +137,10 @@ macro_rules! rwlock {
 
 // The read-write lock (`primitive::rwlock`).
 /// Take the read or write side, or queue for it (see `rwlock/acquire.lua`).
-pub(crate) static RW_ACQUIRE: LazyLock<Script> = rwlock!(grant "scripts/rwlock/acquire.lua");
-/// Release read or write holds, or withdraw waiters (see `rwlock/release.lua`).
-pub(crate) static RW_RELEASE: LazyLock<Script> = rwlock!("scripts/rwlock/release.lua");
+pub(crate) static RW_ACQUIRE: LazyLock<Script> = rwlock!(queue "scripts/rwlock/acquire.lua");
+/// Release read or write holds, or withdraw waiters, and pass a freed lock on: handed to a
+/// queued writer, or waiters woken (see `rwlock/release.lua`).
+pub(crate) static RW_RELEASE: LazyLock<Script> = rwlock!(queue "scripts/rwlock/release.lua");
 /// Renew readers' leases (see `rwlock/renew.lua`); writers renew as plain locks.
 pub(crate) static RW_RENEW: LazyLock<Script> = rwlock!("scripts/rwlock/renew.lua");
 /// Check, read-only, that readers still hold (see `rwlock/verify.lua`).

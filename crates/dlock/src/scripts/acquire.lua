@@ -43,7 +43,8 @@ if lease > 0 then
 end
 local function busy_now(ahead_left)
   local reply = busy(KEYS[1], KEYS[2], now_ms, ahead_left)
-  reply[6] = redis.call('GET', KEYS[3]) or '0'
+  -- Without a counter (lost, evicted), the clock: any earlier hand-off's token is below it.
+  reply[6] = redis.call('GET', KEYS[3]) or string.format('%.0f', server_now_us())
   return reply
 end
 if not fair then

@@ -13,15 +13,17 @@ end
 -- long idle spell. Written with '%.0f': Lua numbers are doubles, and the default '%.14g'
 -- would round a 16-digit token.
 local function next_fence(fence_key, retention, now_us)
-  local fence = math.max(tonumber(redis.call('GET', fence_key) or '0') + 1, now_us)
+  -- A damaged counter (not a number) restarts from the clock rather than failing the call.
+  local fence = math.max((tonumber(redis.call('GET', fence_key) or '') or 0) + 1, now_us)
   redis.call('SET', fence_key, string.format('%.0f', fence), 'PX', retention)
   return fence
 end
 
 -- Grant `lock` to `token` for `ttl` ms: set the key, issue a fencing token, record the holder.
 local function grant(lock, info, fence_key, token, ttl, retention, host, pid, label, now_us)
-  redis.call('SET', lock, token, 'PX', ttl)
+  -- The token first: should anything fail after it, the lock is not left set without one.
   local fence = next_fence(fence_key, retention, now_us)
+  redis.call('SET', lock, token, 'PX', ttl)
   local fence_text = string.format('%.0f', fence)
   redis.call('HSET', info, 'host', host, 'pid', pid, 'label', label,
              'since_ms', string.format('%.0f', math.floor(now_us / 1000)), 'fence', fence_text)
@@ -34,7 +36,13 @@ end
 local function regrant(lock, info, ttl)
   redis.call('PEXPIRE', lock, ttl)
   redis.call('PEXPIRE', info, ttl)
-  return tonumber(redis.call('HGET', info, 'fence') or '0')
+  local fence = tonumber(redis.call('HGET', info, 'fence') or '')
+  if not fence then
+    -- Damaged data (the holder info lost while the lock key stayed): never answer token 0.
+    return redis.error_reply('ERR dlock: the lock ' .. lock .. ' is held by this token but '
+                             .. 'its holder info has no fencing token (damaged data)')
+  end
+  return fence
 end
 
 -- The busy answer every acquire script gives (parsed by `Lock::busy`): remaining lease, holder

@@ -1,6 +1,9 @@
--- Prelude of the lock's and the semaphore's acquire and release scripts (after grant.lua; see
--- scripts.rs): the wait queue and the hand-off of a freed lock to its head (a semaphore's
--- permits pass on through semaphore/queue.lua, built on the same pieces).
+-- Prelude of the acquire and release scripts of locks, semaphores and read-write locks (after
+-- grant.lua; see scripts.rs): the wait queue and the hand-off of a freed lock to its head (a
+-- semaphore's permits pass on through semaphore/queue.lua, a read-write lock's to writers
+-- through rwlock/release.lua, built on the same pieces). A read-write lock's queue entries are
+-- prefixed ('w:' or 'r:' and the token): never give them to hand_to, claim_of or announce,
+-- which take entries for tokens.
 --
 -- The queue is three keys in the lock's slot: a list of waiter tokens in arrival order, a zset
 -- of their waiter leases (token -> server ms when the entry lapses unless refreshed), and a
@@ -93,9 +96,13 @@ local function terms_of(q, head)
     return nil
   end
   local ok, terms = pcall(cjson.decode, raw)
-  if not ok or type(terms) ~= 'table' or not tonumber(terms.claim) then
+  local claim = ok and type(terms) == 'table' and tonumber(terms.claim)
+  -- A claim that is not a finite number of ms from 1 up (nan, inf, 15.5) would fail the SET
+  -- PX of the grant, and with it every release batched with this one.
+  if not claim or claim ~= claim or claim < 1 or claim == math.huge then
     return nil
   end
+  terms.claim = math.floor(claim)
   return terms
 end
 
@@ -126,27 +133,34 @@ local function claim_of(q, head, terms, channel, now_us)
   return claim
 end
 
+-- Publishes "<id> <fence> <claim ms> <mac> <next id or ->" to the inbox of `token` (with
+-- `terms`), granted with `fence` for `claim` ms, and to where `next` (the token now first in
+-- line, with `next_terms`, or nil) listens, if elsewhere.
+local function publish_handoff(token, terms, fence, claim, channel, next, next_terms)
+  local fence_text = string.format('%.0f', fence)
+  local claim_text = string.format('%.0f', claim)
+  local mac = string.sub(redis.sha1hex(token .. ':' .. fence_text .. ':' .. claim_text), 1, 16)
+  local message = table.concat({waiter_id(token), fence_text, claim_text, mac,
+                                next and waiter_id(next) or '-'}, ' ')
+  -- pcall: a user without channel permissions (Redis 7 ACLs) still hands off; the new holder
+  -- then finds the grant at its next re-check.
+  local to = inbox_of(terms, channel)
+  redis.pcall('PUBLISH', to, message)
+  local next_to = next_terms and inbox_of(next_terms, channel) or channel
+  if next and next_to ~= to then
+    redis.pcall('PUBLISH', next_to, message)
+  end
+end
+
 -- Tells `head` (with `terms`, withdrawn from the queue) that it was granted with `fence` for
 -- `claim` ms: publishes "<id> <fence> <claim ms> <mac> <next id or ->", so the new holder
 -- starts without a round trip of its own (it renews to its full TTL once it runs) and the next
 -- waiter knows to re-check when the claim ends (if the new holder died, nobody else
 -- publishes): it is told too, where it listens.
 local function announce(q, head, terms, fence, claim, channel)
-  local fence_text = string.format('%.0f', fence)
-  local claim_text = string.format('%.0f', claim)
-  local mac = string.sub(redis.sha1hex(head .. ':' .. fence_text .. ':' .. claim_text), 1, 16)
   local next = redis.call('LINDEX', q[1], 0)
-  local message = table.concat({waiter_id(head), fence_text, claim_text, mac,
-                                next and waiter_id(next) or '-'}, ' ')
-  -- pcall: a user without channel permissions (Redis 7 ACLs) still hands off; the new holder
-  -- then finds the grant at its next re-check.
-  local to = inbox_of(terms, channel)
-  redis.pcall('PUBLISH', to, message)
   local next_terms = next and terms_of(q, next)
-  local next_to = next_terms and inbox_of(next_terms, channel) or channel
-  if next and next_to ~= to then
-    redis.pcall('PUBLISH', next_to, message)
-  end
+  publish_handoff(head, terms, fence, claim, channel, next, next_terms)
 end
 
 -- Hands the free `lock` to the live waiter `head` if it takes hand-offs: grants it for its

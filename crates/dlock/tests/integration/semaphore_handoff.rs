@@ -96,7 +96,9 @@ async fn a_contended_permit_handoff_costs_the_release_alone() {
     let server = RedisServer::start();
     let a = settled_client(&server).await;
     let b = settled_client(&server).await;
-    let claim = Duration::from_millis(600);
+    // Long enough that a loaded machine still takes the hand-off without a round trip (a
+    // waiter does so only within a third of the claim from its last attempt).
+    let claim = Duration::from_secs(3);
     let semaphore = b.semaphore_with("sem", 2, waiting(claim)).unwrap();
     warm_up(&server, &semaphore).await;
     let held = a.semaphore_with("sem", 2, waiting(claim)).unwrap();

@@ -27,30 +27,32 @@
 //! # Limits
 //! As for [`Lock`](crate::Lock): clocks, failover and restarts that lose data. A read-write
 //! lock needs a single Redis (Sentinel and Cluster included); Redlock is refused with
-//! [`Error::Config`]. Waiting writers are woken by the readers' last release, and every waiter
-//! retries then (no hand-off yet).
+//! [`Error::Config`]. The release that frees the lock hands it to the writer at the head of the
+//! queue (unless a plain lock of the name waits too: then, and for readers, every waiter is
+//! woken to retry). A handed writer that died holds readers back for at most its claim lease.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{Script, ScriptInvocation, Value};
+use redis::{Script, ScriptInvocation};
 
-use crate::engine::acquire::{self, Acquire, Answer, Attempt, Busy, Grant, Queue};
-use crate::engine::handle::{LeaseHandle, Shared};
+use crate::engine::acquire::{self, Attempt};
+use crate::engine::handle::LeaseHandle;
 use crate::engine::ops::{LeaseOps, ReleaseOp, Verify};
 use crate::engine::pending::Pending;
-use crate::engine::wait::Waiting;
-use crate::engine::{Core, Terms};
-use crate::error::{Conflict, Error, Result};
-use crate::holder::{int, pttl, HolderInfo};
+use crate::engine::wait::{Handoff, Waiting};
+use crate::engine::Core;
+use crate::error::{Error, Result};
 use crate::key::LockKeys;
 use crate::options::{LockOptions, FENCE_RETENTION};
 use crate::scripts;
 use crate::telemetry::Kind;
 use crate::token::Token;
 use crate::units::millis;
+use request::ForSide;
 
 mod guard;
+mod request;
 
 pub use guard::{ReadGuard, WriteGuard};
 
@@ -117,6 +119,8 @@ pub(crate) struct RwKeys {
     pub queue: String,
     /// Waiter leases: entry → server ms when it ends (a zset).
     pub queue_leases: String,
+    /// Queued writers' hand-off terms: entry → JSON (a hash, see `handoff.lua`).
+    pub waiters: String,
 }
 
 impl RwKeys {
@@ -126,6 +130,7 @@ impl RwKeys {
             reader_info: base.companion("reader-info"),
             queue: base.companion("rw-queue"),
             queue_leases: base.companion("rw-queue-leases"),
+            waiters: base.companion("rw-waiters"),
             base,
         }
     }
@@ -167,7 +172,7 @@ impl RwLock {
 
     /// Takes the lock for reading, waiting while a writer holds it or waits ahead, up to the
     /// wait limit of the options ([`LockOptions::wait`], 30 s by default). Waiting does not
-    /// poll: the writer's release wakes waiters, and a re-check no later than the holder's
+    /// poll: a release that frees the lock wakes readers, and a re-check no later than the holder's
     /// lease end (or a waiting writer's waiter lease end) catches what publishes nothing.
     ///
     /// # Errors
@@ -194,7 +199,10 @@ impl RwLock {
     }
 
     /// Takes the lock for writing, waiting while anyone holds it: the writer queues, so new
-    /// readers wait behind it, and it is granted once the readers inside have left.
+    /// readers wait behind it, and it is granted once the readers inside have left. The
+    /// release that frees the lock hands it to the writer at the head of the queue in the same
+    /// script call and tells it so ([`LockOptions::handoff`], as for a lock): the writer starts
+    /// without a round trip of its own. Readers are woken to retry instead.
     ///
     /// # Errors
     /// [`Error::Timeout`] when the wait limit passes; otherwise as [`RwLock::try_write`].
@@ -224,11 +232,18 @@ impl RwLock {
         self.core
             .counted(side.kind(), self.name(), async {
                 let pending = self.pending(side)?;
+                // Only writers take hand-offs: a reader never makes a guard from one.
+                let handed = |handoff: Handoff| {
+                    self.hands_off(side).then(|| {
+                        pending.settled();
+                        for_side.handed(pending.token(), handoff)
+                    })
+                };
                 self.waiting(side)
                     .wait_for(
                         &pending.token(),
                         |queue| acquire::attempt(&self.core, &for_side, &pending, queue),
-                        |_| None,
+                        handed,
                     )
                     .await
             })
@@ -250,120 +265,15 @@ impl RwLock {
             channels: std::slice::from_ref(&self.keys.base.channel),
             options: &self.options,
             queue: queues,
-            handoff: false,
+            handoff: self.hands_off(side),
             queue_deaf: queues,
         }
     }
-}
 
-/// One acquisition of one side: what the engine drives.
-struct ForSide<'a> {
-    lock: &'a RwLock,
-    side: Side,
-}
-
-impl Acquire for ForSide<'_> {
-    type Guard = LeaseHandle;
-
-    fn options(&self) -> &LockOptions {
-        &self.lock.options
-    }
-
-    fn call(&self, token: &Token, queue: Option<&Queue>) -> ScriptInvocation<'static> {
-        let (keys, options) = (&self.lock.keys, &self.lock.options);
-        let identity = self.lock.core.identity();
-        let mut call = scripts::RW_ACQUIRE.prepare_invoke();
-        call.key(&keys.base.lock)
-            .key(&keys.base.info)
-            .key(&keys.base.fence)
-            .key(&keys.readers)
-            .key(&keys.reader_info)
-            .key(&keys.queue)
-            .key(&keys.queue_leases)
-            .key(&keys.base.queue_leases)
-            .arg(token.as_str())
-            .arg(millis(options.ttl))
-            .arg(millis(FENCE_RETENTION))
-            .arg(&identity.host)
-            .arg(identity.pid)
-            .arg(options.label.as_deref().unwrap_or(""))
-            .arg(self.side.as_str())
-            .arg(if options.fair { "1" } else { "0" })
-            .arg(queue.map_or(0, |queue| millis(queue.lease)));
-        call
-    }
-
-    fn parse(&self, reply: &[Value]) -> Result<Answer> {
-        if reply.first().and_then(int) != Some(1) {
-            return Ok(Answer::Busy(busy(&self.lock.keys.base, reply)));
-        }
-        let fence = reply
-            .get(1)
-            .and_then(int)
-            .and_then(|t| u64::try_from(t).ok())
-            .ok_or_else(|| Error::Internal(format!("read-write acquire returned {reply:?}")))?;
-        Ok(Answer::Granted { fence, fresh: true })
-    }
-
-    /// Never called: read-write locks are refused on Redlock (see `Client::rw_lock_with`).
-    fn raise_fence(&self, token: &Token, fence: u64) -> ScriptInvocation<'static> {
-        crate::primitive::lock::raise_fence_call(&self.lock.keys.base, token, fence)
-    }
-
-    fn granted(&self, grant: Grant) -> LeaseHandle {
-        let lock = self.lock;
-        let hold = Arc::new(RwHold::new(lock.keys.clone(), grant.token, self.side));
-        let terms = Terms {
-            ttl: lock.options.ttl,
-            renew: lock.options.renew,
-            min_replicas: lock.options.min_replicas,
-            holders: 1,
-            kind: self.side.kind(),
-        };
-        let lease = lock
-            .core
-            .track(hold.clone(), grant.fencing_token, terms, grant.sent_at);
-        LeaseHandle::new(Shared::new(lease), lock.core.clone(), hold)
-    }
-}
-
-/// Parses a busy answer: `{0, pttl, holder info fields, server ms, ms until the earliest
-/// waiter lease ends, {reader JSON…}}`. The conflict names the readers when readers hold it,
-/// else the writer (or plain lock holder).
-fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
-    let field = |i: usize| reply.get(i).unwrap_or(&Value::Nil);
-    let server_now_ms = int(field(3))
-        .and_then(|ms| u64::try_from(ms).ok())
-        .unwrap_or(0);
-    let holder = HolderInfo::parse(field(2), server_now_ms);
-    let readers: Vec<HolderInfo> = match field(5) {
-        Value::Array(items) => items
-            .iter()
-            .filter_map(|item| {
-                crate::primitive::semaphore::inspect::parse_holder(item, server_now_ms)
-            })
-            .map(|reader| HolderInfo {
-                readers: 1,
-                ..reader.info
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    Busy {
-        conflict: Box::new(Conflict {
-            key: keys.lock.clone(),
-            ttl_left: pttl(field(1)),
-            holders: match readers.is_empty() {
-                true => holder.iter().cloned().collect(),
-                false => readers,
-            },
-            holder,
-            limit: None,
-        }),
-        ahead_lease_left: pttl(field(4)),
-        sent: None,
-        fence_seen: None,
-        split: false,
+    /// Whether waiters for `side` take hand-offs: writers, under
+    /// [`LockOptions::takes_handoffs`]. Readers retry when woken.
+    fn hands_off(&self, side: Side) -> bool {
+        side == Side::Write && self.options.takes_handoffs(self.core.nodes().is_single())
     }
 }
 
@@ -439,8 +349,12 @@ impl ReleaseOp for RwHold {
             .key(&keys.reader_info)
             .key(&keys.queue)
             .key(&keys.queue_leases)
+            .key(&keys.base.fence)
+            .key(&keys.waiters)
+            .key(&keys.base.queue_leases)
             .arg(self.token.as_str())
             .arg(self.side.as_str())
-            .arg(&keys.base.channel);
+            .arg(&keys.base.channel)
+            .arg(millis(FENCE_RETENTION));
     }
 }

@@ -1,11 +1,15 @@
--- Take a read-write lock's read or write side, or join its wait queue. Atomic.
+-- Take a read-write lock's read or write side, or join its wait queue. Atomic; grant.lua,
+-- handoff.lua and shared.lua are prepended.
 -- KEYS: 1 the name (see shared.lua), 2 holder info, 3 fencing counter, 4 readers (zset),
 --       5 readers' info (hash), 6 wait queue (list of 'w:' or 'r:' .. token, in arrival order),
 --       7 waiter leases (zset: entry -> server ms when it ends), 8 the plain lock's waiter
---       leases (a plain lock of this name waiting: see handoff.lua)
+--       leases (a plain lock of this name waiting: see handoff.lua), 9 queued writers' hand-off
+--       terms (hash: entry -> JSON, see handoff.lua)
 -- ARGV: 1 token, 2 ttl ms, 3 counter retention ms, 4 host, 5 pid, 6 label, 7 'read' | 'write',
 --       8 '1': fair (readers queue too, and everyone is served in arrival order) | '0',
---       9 waiter lease ms (0: do not queue)
+--       9 waiter lease ms (0: do not queue), 10 a writer's claim lease ms of a hand-off (0:
+--       when the lock is freed, wake it instead), 11 the channel to send a hand-off to ('': the
+--       wake-up channel)
 -- Who gets in:
 -- - a writer, when nobody holds the lock (in fair mode: and nobody waits ahead of it);
 -- - a reader, when no writer holds it and no writer waits ahead of it (outside fair mode
@@ -16,11 +20,14 @@
 -- renew: a waiter that died stops blocking readers when its lease ends.
 -- Returns {1, fence} when granted, or when this token already holds that side (a retry whose
 -- reply was lost). A writer's fence is the next fencing token; a reader's is the counter as it
--- is (the last write grant's token; the server's clock in µs when the counter was lost). Otherwise {0, pttl, holder info fields, server ms, ms until
--- the earliest waiter lease ends or -1, {reader JSON, ...} (at most 16)}.
+-- is (the last write grant's token; the server's clock in µs when the counter was lost).
+-- Otherwise {0, pttl, holder info fields, server ms, ms until the earliest waiter lease ends or
+-- -1, {reader JSON, ...} (at most 16), the fencing counter (a hand-off with a token no larger
+-- was made before this answer)}.
 local lock, info, fence_key = KEYS[1], KEYS[2], KEYS[3]
 local readers, rinfo, queue, leases = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local lock_waiters = KEYS[8]
+local q = {queue, leases, KEYS[9]}
 local token, ttl = ARGV[1], tonumber(ARGV[2])
 local reading = ARGV[7] == 'read'
 local fair = ARGV[8] == '1'
@@ -50,8 +57,7 @@ end
 
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now_ms, 'LIMIT', 0,
                                  PURGE_BATCH)) do
-  redis.call('ZREM', leases, dead)
-  redis.call('LREM', queue, 1, dead)
+  withdraw(q, dead)
 end
 if redis.call('LLEN', queue) > redis.call('ZCARD', leases) then
   -- Damaged queue data (an entry whose lease is gone, say evicted): such an entry would hold
@@ -71,7 +77,8 @@ if reading then
     -- Any writer ahead (for a caller not queued: anywhere in the queue).
     local ahead = redis.call('LRANGE', queue, 0, position and position - 1 or -1)
     for _, waiter in ipairs(ahead) do
-      if string.sub(waiter, 1, 2) == 'w:' then
+      -- (A writer entry without a lease is damaged data, not a waiter.)
+      if string.sub(waiter, 1, 2) == 'w:' and redis.call('ZSCORE', leases, waiter) then
         blocked = true
         break
       end
@@ -83,8 +90,9 @@ end
 
 if not blocked then
   if position then
+    withdraw(q, entry)
+    -- Also a list entry whose lease was lost (damaged data): it would hold readers back.
     redis.call('LREM', queue, 1, entry)
-    redis.call('ZREM', leases, entry)
   end
   if not reading then
     return {1, grant(lock, info, fence_key, token, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
@@ -112,15 +120,14 @@ if not blocked then
 end
 
 if wait_ms > 0 and (fair or not reading) then
-  if not position then
+  -- Only writers take hand-offs (see release.lua's hand_to_writer).
+  local claim = reading and 0 or ARGV[10]
+  local leased = redis.call('ZSCORE', leases, entry)
+  enqueue(q, entry, now_ms, wait_ms, claim, ARGV[11], ARGV[4], ARGV[5], ARGV[6])
+  if leased and not position then
+    -- Damaged data (its list entry lost while its lease stayed; enqueue pushes only entries
+    -- without a lease): back in line.
     redis.call('RPUSH', queue, entry)
-  end
-  redis.call('ZADD', leases, string.format('%.0f', now_ms + wait_ms), entry)
-  -- The queue never outlives its longest waiter lease.
-  for _, key in ipairs({queue, leases}) do
-    if redis.call('PTTL', key) < wait_ms then
-      redis.call('PEXPIRE', key, wait_ms)
-    end
   end
 end
 -- The caller re-checks no later than the first waiter lease ends (a dead waiter stops holding
@@ -143,4 +150,4 @@ if current == READ_MODE then
   end
 end
 return {0, pttl, redis.call('HGETALL', info), now_ms, soonest and soonest - now_ms or -1,
-        holders}
+        holders, redis.call('GET', fence_key) or string.format('%.0f', now_us)}

@@ -1,21 +1,69 @@
--- Release read-write lock holds still held by their tokens, and wake the waiters when the lock
--- is free; never touches another holder's hold. A token that is not a holder (any more) is
--- withdrawn from the wait queue instead, so the same script undoes a cancelled waiter.
--- KEYS: per hold, 6 keys: the name, holder info, readers, readers' info, wait queue, waiter
---       leases
--- ARGV: per hold, 3 values: token, 'read' | 'write', wake-up channel
+-- Release read-write lock holds still held by their tokens, and pass the lock on when it is
+-- free: to the queue's head if it is a writer that takes hand-offs (granted in this same call,
+-- see hand_to_writer below), else by waking every waiter. Never touches another
+-- holder's hold. A token that is not a holder (any more) is withdrawn from the wait queue
+-- instead, so the same script undoes a cancelled waiter. grant.lua, handoff.lua and shared.lua
+-- are prepended.
+-- KEYS: per hold, 9 keys: the name, holder info, readers, readers' info, wait queue, waiter
+--       leases, fencing counter, queued writers' hand-off terms, the plain lock's waiter
+--       leases (a plain lock of this name waiting)
+-- ARGV: per hold, 4 values: token, 'read' | 'write', wake-up channel, fencing counter
+--       retention ms
 -- Returns one 1 (released: the hold was still ours) or 0 (not ours any more) per hold.
--- Wake-ups publish '' (every waiter retries): when the lock became free, when the read mode's
--- end came sooner, or when a queued waiter left (a writer leaving the queue may let readers in).
+-- Wake-ups publish '' (every waiter retries): when the lock became free and was not handed,
+-- when the read mode's end came sooner, or when a queued waiter left (a writer leaving the
+-- queue may let readers in).
 -- pcall: a key of another type (a semaphore of this name) answers "not ours" for that item
 -- instead of failing every hold batched with it.
-local now_ms = server_now_ms()
+
+-- The wait queue's entries are 'w:' or 'r:' and the token, kept as handoff.lua keeps a lock's
+-- queue (`q`: list, leases, hand-off terms, by entry). Hands the free lock to the live head if
+-- it is a writer that takes hand-offs: grants it the write side for its claim lease, cut to
+-- what is left of its queue entry, and tells it (and the next in line) as a lock's hand-off
+-- does. Returns true when handed; otherwise the caller wakes everyone. Readers are not handed
+-- the lock: they retry when woken (many may share it, and a reader's grant is cheap).
+local function hand_to_writer(lock, info, fence_key, q, lock_waiters, channel, retention, now_us)
+  local now_ms = math.floor(now_us / 1000)
+  if redis.call('ZCOUNT', lock_waiters, '(' .. now_ms, '+inf') > 0 then
+    -- A plain lock of this name waits too (its own queue, see handoff.lua): handing on to rw
+    -- writers would keep the name from it for as long as writers keep coming. Wake everyone.
+    return false
+  end
+  local head = live_head(q, now_ms)
+  if not head or string.sub(head, 1, 2) ~= 'w:' then
+    return false
+  end
+  local terms = terms_of(q, head)
+  local lease_end = tonumber(redis.call('ZSCORE', q[2], head))
+  if not terms or terms.permits or not lease_end then
+    return false
+  end
+  local claim = math.min(tonumber(terms.claim), lease_end - now_ms)
+  if claim < MIN_CLAIM then
+    return false
+  end
+  withdraw(q, head)
+  local writer = string.sub(head, 3)
+  local fence = grant(lock, info, fence_key, writer, claim, retention,
+                      tostring(terms.host or ''), tostring(terms.pid or ''),
+                      tostring(terms.label or ''), now_us)
+  local next = redis.call('LINDEX', q[1], 0)
+  local next_terms = next and terms_of(q, next)
+  publish_handoff(writer, terms, fence, claim, channel, next and string.sub(next, 3),
+                  next_terms)
+  return true
+end
+
+local now_us = server_now_us()
+local now_ms = math.floor(now_us / 1000)
 local results = {}
-for i = 1, #ARGV / 3 do
-  local k = 6 * (i - 1)
+for i = 1, #ARGV / 4 do
+  local k = 9 * (i - 1)
   local lock, info, readers, rinfo = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local queue, leases = KEYS[k + 5], KEYS[k + 6]
-  local token, reading, channel = ARGV[3 * i - 2], ARGV[3 * i - 1] == 'read', ARGV[3 * i]
+  local q = {KEYS[k + 5], KEYS[k + 6], KEYS[k + 8]}
+  local fence_key = KEYS[k + 7]
+  local token, reading = ARGV[4 * i - 3], ARGV[4 * i - 2] == 'read'
+  local channel, retention = ARGV[4 * i - 1], ARGV[4 * i]
   local current = redis.pcall('GET', lock)
   local released, freed, sooner = false, false, false
   if reading and current == READ_MODE then
@@ -35,10 +83,11 @@ for i = 1, #ARGV / 3 do
     redis.call('DEL', lock, info)
     released, freed = true, true
   end
-  local entry = (reading and 'r:' or 'w:') .. token
-  local withdrew = redis.call('ZREM', leases, entry) > 0
-  if withdrew then
-    redis.call('LREM', queue, 0, entry)
+  local withdrew = withdraw(q, (reading and 'r:' or 'w:') .. token)
+  local lock_waiters = KEYS[k + 9]
+  if freed and hand_to_writer(lock, info, fence_key, q, lock_waiters, channel, retention,
+                              now_us) then
+    freed = false
   end
   if freed or withdrew or sooner then
     -- pcall: a user without channel permissions (Redis 7 ACLs) still releases; waiters then

@@ -189,4 +189,6 @@ if fair then
     ahead_left = tonumber(ahead_end) - now_ms
   end
 end
-return {0, earliest, infos, now_ms, ahead_left, limit, redis.call('GET', fence_key) or '0'}
+-- Without a counter (lost, evicted), the clock: any earlier hand-off's token is below it.
+return {0, earliest, infos, now_ms, ahead_left, limit,
+        redis.call('GET', fence_key) or string.format('%.0f', now_us)}
