@@ -106,7 +106,7 @@ pub(crate) static SEMAPHORE_RELEASE: LazyLock<Script> = semaphore!("scripts/sema
 pub(crate) static SEMAPHORE_INSPECT: LazyLock<Script> = script!("scripts/semaphore/inspect.lua");
 /// Change a semaphore's limit (see `semaphore/set_limit.lua`).
 pub(crate) static SEMAPHORE_SET_LIMIT: LazyLock<Script> =
-    script!("scripts/semaphore/set_limit.lua");
+    semaphore!("scripts/semaphore/set_limit.lua");
 /// Redlock: raise a node's fencing counter to a permit's token (see `semaphore/fence_raise.lua`).
 pub(crate) static SEMAPHORE_FENCE_RAISE: LazyLock<Script> =
     script!("scripts/semaphore/fence_raise.lua");

@@ -523,3 +523,33 @@ async fn a_fair_waiter_without_handoff_is_woken_when_it_becomes_the_head() {
     first.release().await.unwrap();
     second.release().await.unwrap();
 }
+
+/// Raising the limit passes the new room on as a release does: a queued waiter is handed its
+/// permit by `set_limit`'s own call, without retrying (review finding: a raise woke every
+/// waiter, and in fair mode all but the head retried in vain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_limit_hands_the_new_room_to_queued_waiters() {
+    let server = RedisServer::start();
+    let a = settled_client(&server).await;
+    let b = settled_client(&server).await;
+    let claim = Duration::from_secs(3);
+    let semaphore = b.semaphore_with("sem", 1, waiting(claim)).unwrap();
+    warm_up(&server, &semaphore).await;
+    let held = a.semaphore_with("sem", 1, waiting(claim)).unwrap();
+    let holder = held.try_acquire().await.unwrap();
+    // Loads set_limit's script (a first call is answered NOSCRIPT, and counts).
+    assert_eq!(held.set_limit(1).await.unwrap(), Some(1));
+    let waiter = spawn_acquire(&semaphore, 1);
+    queue_length_reaches(&server, QUEUE, 1).await;
+    let before = script_calls(&server);
+    assert_eq!(held.set_limit(2).await.unwrap(), Some(1));
+    let permit = granted(waiter).await;
+    assert_eq!(
+        script_calls(&server) - before,
+        1,
+        "script calls from the raise to the new holder"
+    );
+    assert!(permit.fencing_token() > holder.fencing_token());
+    permit.release().await.unwrap();
+    holder.release().await.unwrap();
+}

@@ -34,8 +34,14 @@ static VERIFY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../src/scripts/semaphore/verify.lua")));
 static INSPECT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../src/scripts/semaphore/inspect.lua")));
-static SET_LIMIT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../../src/scripts/semaphore/set_limit.lua")));
+static SET_LIMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("../../src/scripts/grant.lua"),
+        include_str!("../../src/scripts/handoff.lua"),
+        include_str!("../../src/scripts/semaphore/queue.lua"),
+        include_str!("../../src/scripts/semaphore/set_limit.lua")
+    ))
+});
 static FENCE_RAISE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../src/scripts/semaphore/fence_raise.lua")));
 
@@ -306,9 +312,15 @@ impl Sem {
         SET_LIMIT
             .key(&self.holders)
             .key(&self.sem)
+            .key(&self.fence)
+            .key(&self.queue)
+            .key(&self.leases)
+            .key(&self.waiters)
             .arg(limit)
             .arg(ttl_ms)
             .arg(&self.channel)
+            .arg("0")
+            .arg(RETENTION_MS)
             .invoke_async(&mut self.con.clone())
             .await
             .unwrap()
@@ -332,9 +344,15 @@ impl Sem {
         SET_LIMIT
             .key(&self.holders)
             .key(&self.sem)
+            .key(&self.fence)
+            .key(&self.queue)
+            .key(&self.leases)
+            .key(&self.waiters)
             .arg(limit)
             .arg(LONG_MS)
             .arg(&self.channel)
+            .arg("0")
+            .arg(RETENTION_MS)
             .invoke_async::<Value>(&mut self.con.clone())
             .await
             .expect_err("a bad limit was accepted")
@@ -766,7 +784,7 @@ async fn dead_waiters_leave_the_queue_and_the_next_one_is_woken() {
 }
 
 #[tokio::test]
-async fn set_limit_grows_shrinks_and_wakes_every_waiter_when_it_grows() {
+async fn set_limit_grows_shrinks_and_passes_the_room_on_when_it_grows() {
     let server = RedisServer::start();
     let sem = Sem::open(&server, "resize").await;
     let lease = LONG_MS as i64;
@@ -785,7 +803,8 @@ async fn set_limit_grows_shrinks_and_wakes_every_waiter_when_it_grows() {
     sem.acquire(&w, ask(1, 1).fair(lease)).await.busy();
     let mut wakeups = sem.subscribe(&server).await;
     assert_eq!(sem.set_limit(2, 1).await, 1);
-    assert_eq!(wakeups.next().await, "", "a grown limit wakes every waiter");
+    // The head takes no hand-offs (no terms): woken to retry, as by a release.
+    assert_eq!(wakeups.next().await, id(&w), "a grown limit wakes the head");
     let pttl: i64 = sem.cmd("PTTL", &[&sem.sem]).await;
     assert!(pttl > 1_000, "set_limit shortened the hash's life: {pttl}");
     match sem.acquire(&w, ask(1, 1).fair(lease)).await {

@@ -248,10 +248,15 @@ fn limit_call(
     let mut call = scripts::SEMAPHORE_SET_LIMIT.prepare_invoke();
     call.key(&keys.lock)
         .key(&keys.semaphore)
+        .key(&keys.fence)
+        .key(&keys.queue)
+        .key(&keys.queue_leases)
+        .key(&keys.waiters)
         .arg(limit)
         .arg(millis(keep))
         .arg(&keys.channel)
-        .arg(if strict { "1" } else { "0" });
+        .arg(if strict { "1" } else { "0" })
+        .arg(millis(crate::options::FENCE_RETENTION));
     call
 }
 

@@ -206,7 +206,8 @@ impl Semaphore {
     /// there is room under it. While the semaphore stays in use (holders or waiters),
     /// programs naming another limit are refused with [`Error::Config`]; once it is idle (and
     /// at least one TTL after this call), the stored limit is gone and the next caller's limit
-    /// is stored, as for a new semaphore. Returns the previous stored limit, if any.
+    /// is stored, as for a new semaphore. Returns the previous stored limit, if any. The room a
+    /// raise makes is handed to queued waiters in the same call, as a release's is.
     ///
     /// On Redlock a raise is refused with [`Error::Config`] while anyone holds a permit: a
     /// permit granted under one limit sits on as many masters as that limit needed, and a

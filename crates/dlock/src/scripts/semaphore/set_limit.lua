@@ -1,17 +1,21 @@
 -- Change a semaphore's permit limit. Holders above a smaller limit keep their permits; no
 -- new grant is made until the permits in use leave room under it. Callers naming the old
 -- limit are answered with the new one (see acquire.lua).
--- KEYS: 1 holders (zset), 2 semaphore hash
+-- grant.lua, handoff.lua and queue.lua are prepended.
+-- KEYS: 1 holders (zset), 2 semaphore hash, 3 fencing counter, 4 wait queue, 5 waiter
+--       leases, 6 waiters' hand-off terms
 -- ARGV: 1 new limit (whole number >= 1), 2 ttl ms: how long the hash (and so the limit) is
 --       kept at least, for a semaphore nobody holds or waits for, 3 wake-up channel,
 --       4 '1' on Redlock: refuse to raise the limit while live holders remain (-2, nothing
 --       changed). A permit granted under N sits on the masters N needs; a larger N needs more,
 --       and old grants on fewer masters could then add up to more than the new N.
+--       5 fencing counter retention ms
 -- ARGV 1 may also be 'unset': drop the stored limit if nobody holds a permit (see below).
--- Returns the previous stored limit, or -1 when none was stored. When the limit grew, every
--- waiter is woken ('').
-local time = redis.call('TIME')
-local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+-- Returns the previous stored limit, or -1 when none was stored. When the limit grew, the room
+-- made passes on to queued waiters as a release's does (see queue.lua), and if some is left,
+-- every waiter is woken ('').
+local now_us = server_now_us()
+local now_ms = math.floor(now_us / 1000)
 local holders, sem = KEYS[1], KEYS[2]
 -- 'unset' (putting back a refused raise where no limit was stored): drop the stored limit,
 -- only while nobody holds a permit here.
@@ -44,8 +48,11 @@ if redis.call('PTTL', sem) < tonumber(ARGV[2]) then
   redis.call('PEXPIRE', sem, ARGV[2])
 end
 if previous >= 0 and limit > previous then
-  -- Everyone retries: the new room may fit several waiters, queued (fair: in order) or not.
-  -- Best effort, as in release.lua.
-  redis.pcall('PUBLISH', ARGV[3], '')
+  local s = {holders = holders, sem = sem, fence = KEYS[3], q = {KEYS[4], KEYS[5], KEYS[6]},
+             channel = ARGV[3], retention = ARGV[5], now_us = now_us}
+  if pass_on(s) then
+    -- Room no queued waiter took: everyone may retry. Best effort, as in release.lua.
+    redis.pcall('PUBLISH', ARGV[3], '')
+  end
 end
 return previous
