@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::support::take_and_release;
-use dlock::{Client, ClientOptions, LockOptions};
-use dlock_test::RedisServers;
+use dlock::{Client, ClientOptions, LockOptions, Wait};
+use dlock_test::{RedisServers, TcpProxy};
 use tokio::time::Instant;
 
 fn options(timeout: Duration) -> ClientOptions {
@@ -679,4 +679,60 @@ async fn a_waiter_behind_a_bare_majority_does_not_spin() {
         "{spent} script calls on one master in a 3 s wait: a spin"
     );
     guard.release().await.unwrap();
+}
+
+/// A Redlock waiter sleeps by the busy answer whose lease ends first, not by the first answer
+/// that names a holder. Found by the chaos suite: a SIGKILLed holder's lock was re-granted 2.2
+/// s after the kill (TTL 2 s) because one master had answered busy first for another waiter's
+/// partial grant (just made, about to be rolled back, with a fresh lease), and the waiter slept
+/// its whole re-check by that answer while the real holder's lease ran out, which publishes
+/// nothing. Here master 2 answers first (the others reach the waiter through 30 ms proxies)
+/// and names a holder planted with a 10 s lease; the majority's holder, on masters 0 and 1,
+/// ends in 1.5 s without a release.
+#[tokio::test]
+async fn a_waiter_sleeps_by_the_holder_whose_lease_ends_first() {
+    let servers = RedisServers::start(3);
+    let _: () = servers[2].cmd("SET", &["job", &"f".repeat(32), "PX", "10000"]);
+    let info = "{job}:dlock:info:job";
+    let fields = [
+        "host", "other", "pid", "1", "label", "", "since_ms", "0", "fence", "1",
+    ];
+    let _: i64 = servers[2].cmd("HSET", &[&[info][..], &fields[..]].concat());
+    let _: i64 = servers[2].cmd("PEXPIRE", &[info, "10000"]);
+    let options = ClientOptions::new()
+        .command_timeout(Duration::from_secs(1))
+        .connect_timeout(Duration::from_secs(1));
+    let a = Client::redlock_with(&servers.urls(), options.clone())
+        .await
+        .unwrap();
+    let ttl = Duration::from_millis(1500);
+    let holder = a
+        .lock_with("job", LockOptions::new().ttl(ttl).renew(false))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    let granted_at = Instant::now();
+    let proxies = [
+        TcpProxy::start(servers[0].port()),
+        TcpProxy::start(servers[1].port()),
+    ];
+    for proxy in &proxies {
+        proxy.delay(Duration::from_millis(30));
+    }
+    let urls = [proxies[0].url(), proxies[1].url(), servers[2].url()];
+    let b = Client::redlock_with(&urls, options).await.unwrap();
+    let waiting = LockOptions::new()
+        .recheck(Duration::from_secs(20))
+        .wait(Wait::Limit(Duration::from_secs(15)));
+    let guard = b.lock_with("job", waiting).unwrap().lock().await.unwrap();
+    let after = granted_at.elapsed();
+    assert!(
+        after < ttl + Duration::from_millis(700),
+        "granted {after:?} after the holder's grant (TTL {ttl:?}): the waiter slept by the \
+         10 s holder named first"
+    );
+    guard.release().await.unwrap();
+    // The holder's lease ran out unreleased: its release reports the loss.
+    assert!(holder.release().await.is_err());
 }
