@@ -55,6 +55,13 @@ use crate::error::{Error, NodeFailure, Result};
 
 mod settle;
 
+/// The shortest wait for stragglers. A decision made by a dead master's instant refusal and
+/// one quick answer took a single round trip, and on a loaded machine a healthy master's
+/// answer can come later than that: a Redlock waiter then heard the holder on one master only,
+/// took the lock for a split vote and retried every 10–60 ms while it was held (CI: 5 script
+/// calls in 1 s, `redlock_degraded::a_waiter_with_a_dead_master_sleeps_until_woken`).
+const MIN_STRAGGLER_GRACE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// The next reply of `pending`; `None` when none is left, or when `grace_end` (if set)
 /// passes first.
 async fn next_within<S: futures_util::Stream + Unpin>(
@@ -71,16 +78,16 @@ async fn next_within<S: futures_util::Stream + Unpin>(
 }
 
 /// When a call on every node stops waiting for the nodes still silent once the outcome is
-/// decided: as long again as the decision took (never past `left`, the time the caller had
-/// from `started`). A silent node (frozen, black-holed) is not waited for, so the call still
-/// returns within about twice the deciding nodes' round trip, while the rest of the nodes,
-/// usually a few microseconds behind, are heard.
+/// decided: as long again as the decision took, and at least [`MIN_STRAGGLER_GRACE`] (never
+/// past `left`, the time the caller had from `started`). A silent node (frozen, black-holed)
+/// is not waited for, so the call still returns within about twice the deciding nodes' round
+/// trip, while the rest of the nodes, usually a few microseconds behind, are heard.
 fn straggler_grace(
     started: tokio::time::Instant,
     left: Option<std::time::Duration>,
 ) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
-    let grace = now.duration_since(started);
+    let grace = now.duration_since(started).max(MIN_STRAGGLER_GRACE);
     now + left.map_or(grace, |left| grace.min(left.saturating_sub(grace)))
 }
 
