@@ -246,13 +246,8 @@ fn limit_call(
     strict: bool,
 ) -> redis::ScriptInvocation<'static> {
     let mut call = scripts::SEMAPHORE_SET_LIMIT.prepare_invoke();
-    call.key(&keys.lock)
-        .key(&keys.semaphore)
-        .key(&keys.fence)
-        .key(&keys.queue)
-        .key(&keys.queue_leases)
-        .key(&keys.waiters)
-        .arg(limit)
+    super::add_keys(&mut call, keys);
+    call.arg(limit)
         .arg(millis(keep))
         .arg(&keys.channel)
         .arg(if strict { "1" } else { "0" })

@@ -272,6 +272,18 @@ impl Semaphore {
     }
 }
 
+/// Adds the keys every semaphore script that passes permits on takes, in its order (see
+/// `semaphore/queue.lua`): holders, hash, fencing counter, wait queue, waiter leases, hand-off
+/// terms.
+fn add_keys(call: &mut ScriptInvocation<'_>, keys: &LockKeys) {
+    call.key(&keys.lock)
+        .key(&keys.semaphore)
+        .key(&keys.fence)
+        .key(&keys.queue)
+        .key(&keys.queue_leases)
+        .key(&keys.waiters);
+}
+
 /// A limit must allow one holder at least.
 fn check_limit(limit: u32) -> Result<()> {
     if limit == 0 {
@@ -336,13 +348,8 @@ impl ReleaseOp for Permit {
         &scripts::SEMAPHORE_RELEASE
     }
     fn add_release(&self, call: &mut ScriptInvocation<'_>) {
-        call.key(&self.keys.lock)
-            .key(&self.keys.semaphore)
-            .key(&self.keys.fence)
-            .key(&self.keys.queue)
-            .key(&self.keys.queue_leases)
-            .key(&self.keys.waiters)
-            .arg(self.token.as_str())
+        add_keys(call, &self.keys);
+        call.arg(self.token.as_str())
             .arg(&self.keys.channel)
             .arg(millis(FENCE_RETENTION))
             .arg(if self.quiet { "1" } else { "0" });

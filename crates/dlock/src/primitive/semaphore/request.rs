@@ -96,13 +96,8 @@ impl Acquire for ForPermits<'_> {
             false => 0,
         };
         let mut call = scripts::SEMAPHORE_ACQUIRE.prepare_invoke();
-        call.key(&keys.lock)
-            .key(&keys.semaphore)
-            .key(&keys.fence)
-            .key(&keys.queue)
-            .key(&keys.queue_leases)
-            .key(&keys.waiters)
-            .arg(token.as_str())
+        super::add_keys(&mut call, keys);
+        call.arg(token.as_str())
             .arg(self.n)
             .arg(self.limit())
             .arg(millis(options.ttl))
