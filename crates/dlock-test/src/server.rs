@@ -176,13 +176,22 @@ impl RedisServer {
 
     /// Runs one command on a fresh connection and returns its reply.
     pub fn cmd<T: redis::FromRedisValue>(&self, name: &str, args: &[&str]) -> T {
+        self.try_cmd(name, args)
+            .unwrap_or_else(|e| panic!("{name} {args:?} on port {}: {e}", self.port))
+    }
+
+    /// Runs one command on a fresh connection; the server's error reply is an error.
+    pub fn try_cmd<T: redis::FromRedisValue>(
+        &self,
+        name: &str,
+        args: &[&str],
+    ) -> redis::RedisResult<T> {
         let mut con = self.connection();
         let mut cmd = redis::cmd(name);
         for arg in args {
             cmd.arg(*arg);
         }
         cmd.query(&mut con)
-            .unwrap_or_else(|e| panic!("{name} {args:?} on port {}: {e}", self.port))
     }
 
     /// How many times the server has executed `command` (lower case, e.g. `"evalsha"`), from

@@ -220,13 +220,14 @@ impl Client {
                     .into(),
             ));
         }
-        if options.min_replicas.is_some() {
-            self.core.single_node_only("replica guards")?;
-            if self.node().is_cluster() {
-                return Err(crate::Error::Config(
-                    "replica guards are not available on Redis Cluster".into(),
-                ));
-            }
+        if options.min_replicas.is_some() && !self.core.nodes().is_single() {
+            // Not a missing feature: Redlock's masters are independent, and its safety comes
+            // from a majority of them, not from replicas.
+            return Err(crate::Error::Config(
+                "replica guards are not available with Redlock: its masters are meant to run \
+                 without replicas, and a majority of them, not a replica, keeps a lock"
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -182,9 +182,9 @@ impl LockOptions {
         self
     }
 
-    /// The replica guard, for a master with replicas (Sentinel deployments): after every grant,
-    /// renewal and `extend`, `WAIT` until `replicas` replicas acknowledged it, at most
-    /// `timeout`. A grant that too few acknowledge is released and fails with
+    /// The replica guard, for a master with replicas (Sentinel deployments; on a Redis Cluster,
+    /// the master of the lock's slot): after every grant, renewal and `extend`, `WAIT` until
+    /// `replicas` replicas acknowledged it, at most `timeout`. A grant that too few acknowledge is released and fails with
     /// [`Error::Unavailable`] (a waiting `lock` retries); a renewal that too few acknowledge
     /// counts as failed, so a lease whose replicas stay behind is reported lost when its
     /// validity ends; such an `extend` fails with [`Error::Unavailable`], and the guard keeps

@@ -173,7 +173,10 @@ impl LeaseHandle {
                     let call = &call;
                     async move {
                         match &lease.min_replicas {
-                            Some(guard) => node.eval_acked::<Vec<i64>>(call, guard).await,
+                            Some(guard) => {
+                                node.eval_acked::<Vec<i64>>(call, lease.ops.slot(), guard)
+                                    .await
+                            }
                             None => node.eval::<Vec<i64>>(call, timeout).await,
                         }
                     }

@@ -226,6 +226,10 @@ impl Acquire for ForOwner<'_> {
         self.lock.lock.options()
     }
 
+    fn slot(&self) -> &str {
+        self.lock.lock.keys().slot()
+    }
+
     fn call(&self, acquisition: &Token, _queue: Option<&Queue>) -> ScriptInvocation<'static> {
         let keys = self.lock.lock.keys();
         let options = self.options();

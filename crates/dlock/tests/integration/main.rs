@@ -7,6 +7,7 @@ mod blocking; // the blocking facade from plain synchronous code: locks, reentra
 mod bounds; // guards and futures are Send, guards are 'static
 mod cancel; // dropping lock() futures at any point leaves no lock and no task behind
 mod cluster; // Redis Cluster: spread, companions by SCAN, one call per slot per tick, loss
+mod cluster_replicas; // the replica guard on a Cluster: WAIT on each slot's master, per-slot loss, resharding
 mod crash; // a vanished holder blocks others for at most one TTL
 mod defaults; // the 30 s wait and 2 s command timeout, at their defaults (paused clock)
 mod exclusion; // conflicts, waiting, holder info, status and forced release

@@ -257,6 +257,20 @@ async fn redlock_needs_an_odd_number_of_masters_and_refuses_single_node_features
         .semaphore_with("x", 2, LockOptions::new().fair(true))
         .unwrap_err()
         .is_config());
+    // So is the replica guard (it works on one Redis, Sentinel and Cluster), for every
+    // primitive, with the reason.
+    let guarded = LockOptions::new().min_replicas(1, Duration::from_millis(100));
+    let refusals = [
+        c.lock_with("x", guarded.clone()).map(drop),
+        c.semaphore_with("x", 2, guarded.clone()).map(drop),
+        c.multi_lock_with(&["x", "y"], guarded).map(drop),
+    ];
+    for refused in refusals {
+        match refused {
+            Err(dlock::Error::Config(why)) => assert!(why.contains("majority"), "{why}"),
+            other => panic!("expected a Config error, got {other:?}"),
+        }
+    }
 }
 
 /// Regression: a failed Redlock attempt rolls back in the background, and the retry used to

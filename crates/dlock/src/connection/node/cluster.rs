@@ -2,6 +2,8 @@
 
 use std::sync::{Arc, RwLock};
 
+use redis::cluster_routing::SingleNodeRoutingInfo;
+
 use super::{redact_url, Conn, Current, Node};
 use crate::error::{Error, Result};
 use crate::options::ClientOptions;
@@ -98,21 +100,15 @@ impl Node {
         for master in masters {
             let mut cursor = 0u64;
             loop {
-                let (next, found): (u64, Vec<String>) = match (&master, self.con()) {
-                    (Some((host, port)), Conn::Cluster(mut con)) => {
-                        let route = redis::cluster_routing::RoutingInfo::SingleNode(
-                            redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
-                                host: host.clone(),
-                                port: *port,
-                            },
-                        );
-                        let reply = self
-                            .deadline(self.command_timeout, con.route_command(step(cursor), route))
-                            .await?;
-                        redis::from_redis_value(reply)
-                            .map_err(|e| Error::from_redis(&self.name, e.into()))?
+                let (next, found): (u64, Vec<String>) = match &master {
+                    Some((host, port)) => {
+                        let route = SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        };
+                        self.query_routed(&step(cursor), route).await?
                     }
-                    _ => self.query(&step(cursor)).await?,
+                    None => self.query(&step(cursor)).await?,
                 };
                 keys.extend(found);
                 if next == 0 {
@@ -133,32 +129,91 @@ impl Node {
             return Vec::new();
         }
         let masters = self.cluster_masters().await.unwrap_or_default();
-        let info = self.redis_client().get_connection_info().clone();
-        let mut clients = Vec::new();
-        for (host, port) in masters {
-            let addr = match info.addr().clone() {
-                redis::ConnectionAddr::TcpTls {
-                    insecure,
-                    tls_params,
-                    ..
-                } => redis::ConnectionAddr::TcpTls {
-                    host,
-                    port,
-                    insecure,
-                    tls_params,
-                },
-                _ => redis::ConnectionAddr::Tcp(host, port),
-            };
-            if let Ok(client) = redis::Client::open(info.clone().set_addr(addr)) {
-                clients.push(client);
-            }
-        }
-        clients
+        masters
+            .into_iter()
+            .filter_map(|(host, port)| self.client_at(host, port).ok())
+            .collect()
     }
 
-    /// The live masters of a cluster, from `CLUSTER NODES`.
+    /// A plain client of the cluster node at `host:port`, with the seed's settings
+    /// (credentials, TLS).
+    pub(super) fn client_at(&self, host: String, port: u16) -> Result<redis::Client> {
+        let info = self.redis_client().get_connection_info().clone();
+        let addr = match info.addr().clone() {
+            redis::ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure,
+                tls_params,
+            },
+            _ => redis::ConnectionAddr::Tcp(host, port),
+        };
+        redis::Client::open(info.set_addr(addr)).map_err(|e| Error::from_redis(&self.name, e))
+    }
+
+    /// The address of the master that serves the slot of keys whose hash part is `slot`, as
+    /// the cluster maps slots now (`CLUSTER SLOTS`, asked of any node).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when no node answers, or the map names no master for the slot.
+    pub(super) async fn slot_master(&self, slot: &str) -> Result<(String, u16)> {
+        use redis::cluster_routing::{Route, SlotAddr};
+        let number = key_slot(slot);
+        // Asked of the master the client maps the slot to (never a replica, which may be the
+        // very one that stalls): if the slot moved, that master knows where.
+        let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+            format!("{{{slot}}}"),
+            SlotAddr::Master,
+        ));
+        let map: redis::Value = self
+            .query_routed(redis::cmd("CLUSTER").arg("SLOTS"), route)
+            .await?;
+        let (host, port) = master_in_map(&map, number).ok_or_else(|| Error::Unavailable {
+            node: self.name.to_string(),
+            reason: format!("the cluster names no master for slot {number}"),
+        })?;
+        // An unknown endpoint (`?`, or empty: the node that answered) is the seed's host.
+        let host = match host.as_str() {
+            "" | "?" => match self.redis_client().get_connection_info().addr() {
+                redis::ConnectionAddr::Tcp(seed, _)
+                | redis::ConnectionAddr::TcpTls { host: seed, .. } => seed.clone(),
+                _ => host,
+            },
+            _ => host,
+        };
+        Ok((host, port))
+    }
+
+    /// Runs `cmd` on the cluster node `route` names (elsewhere, on the server), within the
+    /// command timeout.
+    async fn query_routed<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        route: SingleNodeRoutingInfo,
+    ) -> Result<T> {
+        let Conn::Cluster(mut con) = self.con() else {
+            return self.query(cmd).await;
+        };
+        let route = redis::cluster_routing::RoutingInfo::SingleNode(route);
+        let reply = self
+            .deadline(self.command_timeout, con.route_command(cmd.clone(), route))
+            .await?;
+        redis::from_redis_value(reply).map_err(|e| Error::from_redis(&self.name, e.into()))
+    }
+
+    /// The live masters of a cluster, from `CLUSTER NODES` (asked of a master: a keyless
+    /// command may otherwise go to a replica, which may be stalled).
     async fn cluster_masters(&self) -> Result<Vec<(String, u16)>> {
-        let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
+        let nodes: String = self
+            .query_routed(
+                redis::cmd("CLUSTER").arg("NODES"),
+                SingleNodeRoutingInfo::RandomPrimary,
+            )
+            .await?;
         Ok(nodes
             .lines()
             .filter_map(|line| {
@@ -172,5 +227,92 @@ impl Node {
                 Some((host.to_owned(), port.parse().ok()?))
             })
             .collect())
+    }
+}
+
+/// Redis Cluster's slot for keys whose hashed part (hash tag, or whole key) is `part`: CRC16
+/// (XMODEM) modulo 16384, as the Cluster specification defines it.
+fn key_slot(part: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(part.as_bytes()) % 16384
+}
+
+/// The master's `(host, port)` for `slot` in a `CLUSTER SLOTS` reply: ranges of
+/// `[start, end, [host, port, id, …], replicas…]`.
+fn master_in_map(map: &redis::Value, slot: u16) -> Option<(String, u16)> {
+    let redis::Value::Array(ranges) = map else {
+        return None;
+    };
+    let int = |value: Option<&redis::Value>| match value {
+        Some(redis::Value::Int(n)) => Some(*n),
+        _ => None,
+    };
+    ranges.iter().find_map(|range| {
+        let redis::Value::Array(fields) = range else {
+            return None;
+        };
+        let (start, end) = (int(fields.first())?, int(fields.get(1))?);
+        if !(start..=end).contains(&i64::from(slot)) {
+            return None;
+        }
+        let Some(redis::Value::Array(master)) = fields.get(2) else {
+            return None;
+        };
+        let host = match master.first()? {
+            redis::Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok()?,
+            redis::Value::SimpleString(text) => text.clone(),
+            _ => return None,
+        };
+        let port = u16::try_from(int(master.get(1))?).ok()?;
+        Some((host, port))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Value;
+
+    use super::*;
+
+    #[test]
+    fn key_slots_follow_the_cluster_specification() {
+        // The specification's CRC16 check value, and slots Redis itself reports.
+        assert_eq!(
+            crc16::State::<crc16::XMODEM>::calculate(b"123456789"),
+            0x31C3
+        );
+        assert_eq!(key_slot("foo"), 12182);
+        assert_eq!(key_slot("user:42"), key_slot("user:42"));
+        assert_eq!(key_slot(""), 0);
+    }
+
+    #[test]
+    fn the_slot_map_names_the_master_of_each_range() {
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let map = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("10.0.0.1", 7000),
+                node("10.0.0.4", 7003),
+            ]),
+            Value::Array(vec![Value::Int(5461), Value::Int(16383), node("", 7001)]),
+        ]);
+        assert_eq!(master_in_map(&map, 0), Some(("10.0.0.1".into(), 7000)));
+        assert_eq!(master_in_map(&map, 5460), Some(("10.0.0.1".into(), 7000)));
+        assert_eq!(master_in_map(&map, 5461), Some((String::new(), 7001)));
+        assert_eq!(master_in_map(&Value::Array(vec![]), 1), None);
+        assert_eq!(master_in_map(&Value::Nil, 1), None);
+        let bad_port = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            node("h", 70_000),
+        ])]);
+        assert_eq!(master_in_map(&bad_port, 3), None);
     }
 }

@@ -54,8 +54,9 @@ struct Current {
     /// A plain client of the server (for a cluster, of the first seed node), for dedicated
     /// connections such as pub/sub: cluster nodes relay every PUBLISH to all nodes.
     client: redis::Client,
-    /// Connections of their own for the replica guard (see `replica`), to this server.
-    links: replica::Idle,
+    /// Connections of their own for the replica guard (see `replica`), to this server (on a
+    /// cluster, to its masters).
+    links: replica::Links,
 }
 
 /// The connection calls go through.

@@ -10,7 +10,13 @@
 //!
 //! Links are kept for reuse (a few per server), and one that failed or timed out is dropped, so
 //! a `WAIT` still blocking on the server never delays the link's next user.
+//!
+//! On a Redis Cluster the link goes to the master of the hold's slot, as the cluster maps it
+//! when the link is taken (`CLUSTER SLOTS`): the script must run there and its `WAIT` counts
+//! that master's replicas. If the slot moves to another master meanwhile, the script is
+//! refused with `MOVED` (unavailable, retryable) and the next link goes to the new master.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -23,8 +29,12 @@ use crate::error::{Error, Result};
 /// Idle links kept per server; more are opened while more guarded writes run at once.
 const MAX_IDLE: usize = 4;
 
-/// Idle links to one server (a new master after a failover gets a new set).
-pub(super) type Idle = Arc<Mutex<Vec<MultiplexedConnection>>>;
+/// Idle links to one server.
+type Idle = Arc<Mutex<Vec<MultiplexedConnection>>>;
+
+/// Idle links by server: the node's own server under `""`, a cluster's masters under
+/// `host:port` (a new master after a Sentinel failover gets a new set).
+pub(super) type Links = Arc<Mutex<HashMap<String, Idle>>>;
 
 /// A connection checked out for one guarded write and its `WAIT`; back to the idle set on drop
 /// unless a call on it failed.
@@ -32,32 +42,52 @@ pub(crate) struct ReplicaLink {
     con: Option<MultiplexedConnection>,
     idle: Weak<Mutex<Vec<MultiplexedConnection>>>,
     node: Node,
+    /// The server the link goes to: the node's name, or on a cluster the slot's master.
+    name: Arc<str>,
 }
 
 impl std::fmt::Debug for ReplicaLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplicaLink")
-            .field("node", &self.node.name())
+            .field("server", &self.name)
             .finish_non_exhaustive()
     }
 }
 
 impl Node {
-    /// A link of its own to the current server, for a write the replica guard must confirm.
+    /// A link of its own to the server that holds the keys whose Cluster hash part is `slot`
+    /// (the current server; on a Cluster, the master of that slot), for a write the replica
+    /// guard must confirm.
     ///
     /// # Errors
-    /// [`Error::Config`] on Redis Cluster; [`Error::Unavailable`] when no connection can be
-    /// opened within the connect timeout.
-    pub async fn replica_link(&self) -> Result<ReplicaLink> {
-        let (client, idle) = {
+    /// [`Error::Unavailable`] when no connection can be opened within the connect timeout, or
+    /// the cluster names no master for the slot.
+    pub async fn replica_link(&self, slot: &str) -> Result<ReplicaLink> {
+        let (client, links, cluster) = {
             let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
-            if matches!(current.con, Conn::Cluster(_)) {
-                return Err(Error::Config(
-                    "replica guards are not available on Redis Cluster".into(),
-                ));
-            }
-            (current.client.clone(), current.links.clone())
+            let cluster = matches!(current.con, Conn::Cluster(_));
+            (current.client.clone(), current.links.clone(), cluster)
         };
+        let (client, address) = match cluster {
+            false => (client, String::new()),
+            true => {
+                let (host, port) = self.slot_master(slot).await?;
+                (
+                    self.client_at(host.clone(), port)?,
+                    format!("{host}:{port}"),
+                )
+            }
+        };
+        let name: Arc<str> = match cluster {
+            false => self.name.clone(),
+            true => format!("{address} (cluster master of {slot:?})").into(),
+        };
+        let idle = links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(address)
+            .or_default()
+            .clone();
         let reused = idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let con = match reused {
             Some(con) => con,
@@ -78,6 +108,7 @@ impl Node {
             con: Some(con),
             idle: Arc::downgrade(&idle),
             node: self.clone(),
+            name,
         })
     }
 
@@ -90,14 +121,15 @@ impl Node {
     pub async fn eval_acked<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
+        slot: &str,
         guard: &crate::MinReplicas,
     ) -> Result<T> {
-        let mut link = self.replica_link().await?;
+        let mut link = self.replica_link(slot).await?;
         let reply = link.eval(invocation, self.command_timeout()).await?;
         let acked = link.wait_for_replicas(guard).await?;
         if acked < guard.replicas {
             return Err(Error::Unavailable {
-                node: self.name().to_owned(),
+                node: link.name().to_owned(),
                 reason: format!(
                     "only {acked} of {} replicas acknowledged the extend within {}",
                     guard.replicas,
@@ -125,9 +157,9 @@ impl ReplicaLink {
         reply
     }
 
-    /// The server's name (its URL without a password).
+    /// The server's name (its URL without a password; on a cluster, the slot's master).
     pub fn name(&self) -> &str {
-        self.node.name()
+        &self.name
     }
 
     /// `WAIT replicas timeout`: how many replicas acknowledged every write made on this link,
@@ -148,7 +180,7 @@ impl ReplicaLink {
 
     fn take(&mut self) -> Result<MultiplexedConnection> {
         self.con.take().ok_or_else(|| Error::Unavailable {
-            node: self.node.name().to_owned(),
+            node: self.name.to_string(),
             reason: "the replica guard's connection failed earlier".into(),
         })
     }

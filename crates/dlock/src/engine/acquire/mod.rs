@@ -95,6 +95,9 @@ pub(crate) trait Acquire: Sync {
     type Guard;
     /// The primitive's settings (TTL, renewal, replica guard, waiting).
     fn options(&self) -> &LockOptions;
+    /// The part of its keys Redis Cluster hashes: the call runs on that slot's master (and a
+    /// replica guard's `WAIT` there).
+    fn slot(&self) -> &str;
     /// How many may hold at once: 1 for a lock, the limit for a semaphore. On Redlock it sets
     /// how many masters must grant ([`Nodes::quorum_for`]).
     fn holders(&self) -> u32 {
@@ -178,10 +181,10 @@ async fn once<A: Acquire>(
     let proposed = proposal.and_then(|fence| primitive.propose(&token, fence));
     let fenced = proposed.is_some();
     let call = proposed.unwrap_or_else(|| primitive.call(&token, queue));
-    // A guarded grant and its WAIT go on a link of their own (see `node::replica`); replica
-    // guards are single-node only.
+    // A guarded grant and its WAIT go on a link of their own to the hold's server (see
+    // `node::replica`); replica guards are single-node (or Cluster) only.
     let mut link = match primitive.options().min_replicas {
-        Some(_) => Some(nodes.first().replica_link().await?),
+        Some(_) => Some(nodes.first().replica_link(primitive.slot()).await?),
         None => None,
     };
     pending.sending();
@@ -385,7 +388,7 @@ impl Granted<'_> {
             let acked = link.wait_for_replicas(guard).await?;
             if acked < guard.replicas {
                 return Err(Error::Unavailable {
-                    node: nodes.first().name().to_owned(),
+                    node: link.name().to_owned(),
                     reason: format!(
                         "only {acked} of {} replicas acknowledged the grant within {}; released it",
                         guard.replicas,

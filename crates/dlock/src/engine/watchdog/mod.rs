@@ -160,7 +160,8 @@ struct Task {
     verify: Option<Verify>,
     /// Background releases in flight.
     background: Background,
-    /// Renews on a replica link and checks the replica guard (single node only).
+    /// Renews on a replica link and checks the replica guard (one Redis, or per slot on a
+    /// Cluster).
     guarded: bool,
 }
 

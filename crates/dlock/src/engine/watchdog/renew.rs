@@ -51,13 +51,40 @@ impl Task {
                 }
             }
         }
-        let mut alone = alone.into_iter();
-        for chunk in batch.chunks_mut(MAX_BATCH) {
-            let guards = alone.by_ref().take(chunk.len()).collect();
-            self.renew(chunk, guards).await;
+        if self.guarded && self.nodes.first().is_cluster() {
+            self.renew_by_slot(&mut batch, alone).await;
+        } else {
+            let mut alone = alone.into_iter();
+            for chunk in batch.chunks_mut(MAX_BATCH) {
+                let guards = alone.by_ref().take(chunk.len()).collect();
+                self.renew(chunk, guards).await;
+            }
         }
         self.leases.append(&mut batch);
         self.expire_invalid();
+    }
+
+    /// Guarded leases on a Cluster: each slot's leases are renewed, and their `WAIT` made, on a
+    /// link to that slot's master, all slots at once (one slot's slow `WAIT` must not hold up
+    /// another's renewal). `alone` are the leases' `expiry_change` guards, in `batch`'s order.
+    async fn renew_by_slot(
+        &self,
+        batch: &mut Vec<Tracked>,
+        alone: Vec<tokio::sync::OwnedMutexGuard<()>>,
+    ) {
+        let mut paired: Vec<_> = std::mem::take(batch).into_iter().zip(alone).collect();
+        paired.sort_by(|a, b| a.0.lease.ops.slot().cmp(b.0.lease.ops.slot()));
+        let (sorted, alone): (Vec<Tracked>, Vec<_>) = paired.into_iter().unzip();
+        *batch = sorted;
+        let mut alone = alone.into_iter();
+        let mut parts = Vec::new();
+        for slot in batch.chunk_by_mut(|a, b| a.lease.ops.slot() == b.lease.ops.slot()) {
+            for chunk in slot.chunks_mut(MAX_BATCH) {
+                let guards: Vec<_> = alone.by_ref().take(chunk.len()).collect();
+                parts.push(self.renew(chunk, guards));
+            }
+        }
+        futures_util::future::join_all(parts).await;
     }
 
     /// Renews `chunk`, whose leases' `expiry_change` guards are `alone`: they are let go once
@@ -164,7 +191,8 @@ impl Task {
 }
 
 /// A guarded renewal: the extend and its `WAIT` on one link of their own (replica guards are
-/// single-node); opening the link is bounded by the first lease's validity too.
+/// single-node, or per slot on a Cluster: `chunk` is then one slot's); opening the link is
+/// bounded by the first lease's validity too.
 async fn renew_on_link(
     node: &Node,
     chunk: &[Tracked],
@@ -175,7 +203,7 @@ async fn renew_on_link(
     let timeout = node.command_timeout().min(until_first_end);
     let opening = tokio::time::timeout(
         until_first_end.max(Duration::from_millis(1)),
-        node.replica_link(),
+        node.replica_link(chunk.first().map_or("", |t| t.lease.ops.slot())),
     );
     let opened = opening.await.unwrap_or_else(|_| {
         Err(Error::Unavailable {
@@ -184,8 +212,8 @@ async fn renew_on_link(
         })
     })?;
     let link = link.insert(opened);
-    // Leases with a replica guard are plain single-node leases of one kind at a time; one
-    // call per script keeps the link's single request in flight.
+    // Leases with a replica guard are single-node (or one slot's) leases, one script at a
+    // time: one call per script keeps the link's single request in flight.
     let mut answers = vec![false; chunk.len()];
     let mut by_script: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
     for (i, tracked) in chunk.iter().enumerate() {
@@ -215,7 +243,7 @@ async fn renew_on_link(
     Ok(answers)
 }
 
-/// The replica guard on renewal (single node only): one `WAIT` for the strictest guard in the
+/// The replica guard on renewal (one Redis, or one Cluster slot's master): one `WAIT` for the strictest guard in the
 /// chunk; a lease whose guard asks for more replicas than acknowledged does not count as
 /// renewed this tick.
 async fn check_replicas(

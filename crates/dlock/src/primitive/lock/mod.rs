@@ -253,6 +253,10 @@ impl Acquire for Lock {
         &self.options
     }
 
+    fn slot(&self) -> &str {
+        self.keys.slot()
+    }
+
     fn call(&self, token: &Token, queue: Option<&Queue>) -> ScriptInvocation<'static> {
         if queue.is_none() && !self.options.fair {
             return self.grant_call(&scripts::ACQUIRE_FREE, token);

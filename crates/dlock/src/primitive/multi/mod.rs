@@ -273,6 +273,11 @@ impl Acquire for ForAll<'_> {
         &self.multi.options
     }
 
+    /// One slot for all (else the members are taken one at a time, as plain locks).
+    fn slot(&self) -> &str {
+        self.multi.members[0].keys().slot()
+    }
+
     fn call(&self, token: &Token, _queue: Option<&Queue>) -> ScriptInvocation<'static> {
         let identity = self.multi.core.identity();
         let options = &self.multi.options;

@@ -32,6 +32,10 @@ impl Acquire for ForSide<'_> {
         &self.lock.options
     }
 
+    fn slot(&self) -> &str {
+        self.lock.keys.base.slot()
+    }
+
     fn call(&self, token: &Token, queue: Option<&Queue>) -> ScriptInvocation<'static> {
         let (keys, options) = (&self.lock.keys, &self.lock.options);
         let identity = self.lock.core.identity();

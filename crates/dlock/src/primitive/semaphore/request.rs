@@ -83,6 +83,10 @@ impl Acquire for ForPermits<'_> {
         &self.semaphore.options
     }
 
+    fn slot(&self) -> &str {
+        self.semaphore.keys.slot()
+    }
+
     fn holders(&self) -> u32 {
         self.limit()
     }
