@@ -217,7 +217,11 @@ impl Error {
         if error.kind() == redis::ErrorKind::AuthenticationFailed || code == "WRONGPASS" {
             return Error::Auth { node, reason: text };
         }
-        if error.is_io_error()
+        // A master demoted to replica: its blocked WAIT is aborted (UNBLOCKED), and a WAIT sent
+        // to it is refused. Both say the master moved, as READONLY does.
+        let demoted = code == "UNBLOCKED" || text.contains("WAIT cannot be used with replica");
+        if demoted
+            || error.is_io_error()
             || error.is_timeout()
             || error.is_connection_dropped()
             || error.is_connection_refusal()
@@ -336,6 +340,22 @@ mod tests {
                 err.is_unavailable() && err.is_retryable(),
                 "{kind:?}: {err:?}"
             );
+        }
+    }
+
+    /// A WAIT cut short, or refused, because its master became a replica: the master moved,
+    /// so a waiting caller retries (it was a hard error).
+    #[test]
+    fn a_demoted_masters_wait_errors_are_retryable() {
+        for reply in [
+            &b"-UNBLOCKED force unblock from blocking operation, instance state changed \
+               (master -> replica?)\r\n"[..],
+            b"-ERR WAIT cannot be used with replica instances. Please also note ...\r\n",
+        ] {
+            let value = redis::parse_redis_value(reply).expect("a RESP error reply");
+            let error = value.extract_error().expect_err("an error reply");
+            let err = Error::from_redis("master", error);
+            assert!(err.is_unavailable() && err.is_retryable(), "{err:?}");
         }
     }
 }

@@ -251,3 +251,77 @@ async fn a_guarded_lease_follows_its_slot_to_another_master() {
     );
     again.release().await.unwrap();
 }
+
+/// A long `WAIT` on one master (its replica paused, a guard allowing 8 s) never costs a short
+/// lease on another master its renewals: the healthy lease's key stays on its master the whole
+/// time, and the lease stays held. (Found by review: the tick waited for every master's
+/// `WAIT`, and the 1 s lease ran out on the server while its holder counted it held.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_wait_on_one_master_never_starves_a_short_lease_on_another() {
+    let (cluster, mut replicas) = replicated_cluster();
+    let c = cluster_client(&cluster).await;
+    let patient = LockOptions::new()
+        .ttl(Duration::from_secs(12))
+        .min_replicas(1, Duration::from_secs(8));
+    let slow = name_on(&cluster, 0, "slow-");
+    let slow = c
+        .lock_with(&slow, patient)
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    let short = LockOptions::new()
+        .ttl(Duration::from_secs(1))
+        .min_replicas(1, Duration::from_millis(200));
+    let fast = name_on(&cluster, 2, "fast-");
+    let fast = c.lock_with(&fast, short).unwrap().try_lock().await.unwrap();
+    replicas[0].pause();
+    let started = Instant::now();
+    let mut gone_at = None;
+    while started.elapsed() < Duration::from_secs(5) && gone_at.is_none() {
+        let pttl: i64 = cluster[2].cmd("PTTL", &[fast.name()]);
+        if pttl < 0 {
+            gone_at = Some(started.elapsed());
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    replicas[0].resume();
+    assert_eq!(
+        gone_at, None,
+        "the healthy master's lease ran out on the server"
+    );
+    assert!(fast.is_held(), "the healthy master's lease was lost");
+    fast.release().await.unwrap();
+    drop(slow);
+}
+
+/// A guarded lease whose slot is half-way through a migration (its keys moved to the target,
+/// the slot still the source's by `CLUSTER SLOTS`) keeps being renewed: the source answers
+/// `ASK`, and the renewal follows it to the target (with `ASKING`) and waits for the target's
+/// replica there, as the cluster client does for unguarded calls. (Found by review: the
+/// guarded lease was lost while an unguarded one in the same slot rode through.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_lease_rides_out_its_slots_migration() {
+    let (cluster, _replicas) = replicated_cluster();
+    let c = cluster_client(&cluster).await;
+    let ttl = Duration::from_millis(1500);
+    let name = "{mig}guarded";
+    let guarded_lock = c.lock_with(name, guarded().ttl(ttl)).unwrap();
+    let held = guarded_lock.try_lock().await.unwrap();
+    let plain = c
+        .lock_with("{mig}plain", LockOptions::new().ttl(ttl))
+        .unwrap();
+    let plain = plain.try_lock().await.unwrap();
+    let slot = cluster.key_slot(name);
+    let to = (cluster.master_of_slot(slot) + 1) % 3;
+    let moving = cluster.begin_slot_move(slot, to);
+    moving.migrate_keys();
+    // Three TTLs: only renewals acknowledged by a replica (the target's) kept it.
+    sleep(3 * ttl).await;
+    let (plain_held, guarded_held) = (plain.is_held(), held.is_held());
+    moving.finish();
+    assert!(plain_held, "the unguarded lease was lost mid-migration");
+    assert!(guarded_held, "the guarded lease was lost mid-migration");
+    held.release().await.unwrap();
+    plain.release().await.unwrap();
+}

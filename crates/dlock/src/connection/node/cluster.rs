@@ -155,37 +155,25 @@ impl Node {
         redis::Client::open(info.set_addr(addr)).map_err(|e| Error::from_redis(&self.name, e))
     }
 
-    /// The address of the master that serves the slot of keys whose hash part is `slot`, as
-    /// the cluster maps slots now (`CLUSTER SLOTS`, asked of any node).
+    /// The cluster's map of slots to masters now (`CLUSTER SLOTS`), asked of the master the
+    /// client maps `slot` to (`None`: of any master), never of a replica (which may be the
+    /// very one that stalls).
     ///
     /// # Errors
-    /// [`Error::Unavailable`] when no node answers, or the map names no master for the slot.
-    pub(super) async fn slot_master(&self, slot: &str) -> Result<(String, u16)> {
+    /// [`Error::Unavailable`] when the node does not answer.
+    pub async fn slot_map(&self, slot: Option<&str>) -> Result<SlotMap> {
         use redis::cluster_routing::{Route, SlotAddr};
-        let number = key_slot(slot);
-        // Asked of the master the client maps the slot to (never a replica, which may be the
-        // very one that stalls): if the slot moved, that master knows where.
-        let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-            format!("{{{slot}}}"),
-            SlotAddr::Master,
-        ));
-        let map: redis::Value = self
+        let route = match slot {
+            Some(slot) => SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+                format!("{{{slot}}}"),
+                SlotAddr::Master,
+            )),
+            None => SingleNodeRoutingInfo::RandomPrimary,
+        };
+        let map = self
             .query_routed(redis::cmd("CLUSTER").arg("SLOTS"), route)
             .await?;
-        let (host, port) = master_in_map(&map, number).ok_or_else(|| Error::Unavailable {
-            node: self.name.to_string(),
-            reason: format!("the cluster names no master for slot {number}"),
-        })?;
-        // An unknown endpoint (`?`, or empty: the node that answered) is the seed's host.
-        let host = match host.as_str() {
-            "" | "?" => match self.redis_client().get_connection_info().addr() {
-                redis::ConnectionAddr::Tcp(seed, _)
-                | redis::ConnectionAddr::TcpTls { host: seed, .. } => seed.clone(),
-                _ => host,
-            },
-            _ => host,
-        };
-        Ok((host, port))
+        Ok(SlotMap(map))
     }
 
     /// Runs `cmd` on the cluster node `route` names (elsewhere, on the server), within the
@@ -236,8 +224,35 @@ fn key_slot(part: &str) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(part.as_bytes()) % 16384
 }
 
-/// The master's `(host, port)` for `slot` in a `CLUSTER SLOTS` reply: ranges of
-/// `[start, end, [host, port, id, …], replicas…]`.
+/// A `CLUSTER SLOTS` reply: ranges of `[start, end, [host, port, id, …], replicas…]`.
+#[derive(Debug, Clone)]
+pub(crate) struct SlotMap(redis::Value);
+
+impl SlotMap {
+    /// The `host:port` of the master serving keys whose hash part is `slot`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the map names no master for the slot, or none that can be
+    /// reached by address: a master announcing no endpoint (`?`, empty or null, as with
+    /// `cluster-preferred-endpoint-type unknown-endpoint`) would have to be guessed, and a
+    /// guess could send the write, and the seed's credentials, to another server.
+    pub fn master_of(&self, slot: &str) -> Result<(String, u16)> {
+        let number = key_slot(slot);
+        match master_in_map(&self.0, number) {
+            Some((host, port)) if !matches!(host.as_str(), "" | "?") => Ok((host, port)),
+            found => Err(Error::Unavailable {
+                node: format!("cluster slot {number}"),
+                reason: match found {
+                    None => "the cluster names no master for the slot".into(),
+                    Some(_) => "its master announces no endpoint to connect to".into(),
+                },
+            }),
+        }
+    }
+}
+
+/// The master's `(host, port)` for `slot` in a `CLUSTER SLOTS` reply (host empty when the
+/// master announces none: null).
 fn master_in_map(map: &redis::Value, slot: u16) -> Option<(String, u16)> {
     let redis::Value::Array(ranges) = map else {
         return None;
@@ -260,6 +275,7 @@ fn master_in_map(map: &redis::Value, slot: u16) -> Option<(String, u16)> {
         let host = match master.first()? {
             redis::Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok()?,
             redis::Value::SimpleString(text) => text.clone(),
+            redis::Value::Nil => String::new(),
             _ => return None,
         };
         let port = u16::try_from(int(master.get(1))?).ok()?;
@@ -314,5 +330,32 @@ mod tests {
             node("h", 70_000),
         ])]);
         assert_eq!(master_in_map(&bad_port, 3), None);
+    }
+
+    /// A master announcing no endpoint is not guessed at: not the seed, not the node that
+    /// answered (which may be another master).
+    #[test]
+    fn a_master_without_an_endpoint_is_unavailable_not_guessed() {
+        let range = |host: Value| {
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(16383),
+                Value::Array(vec![host, Value::Int(7000)]),
+            ])
+        };
+        for host in [
+            Value::Nil,
+            Value::BulkString(Vec::new()),
+            Value::BulkString(b"?".to_vec()),
+        ] {
+            let map = SlotMap(Value::Array(vec![range(host.clone())]));
+            let err = map.master_of("x").unwrap_err();
+            assert!(err.is_unavailable(), "{host:?}: {err:?}");
+            assert!(err.to_string().contains("no endpoint"), "{err}");
+        }
+        let map = SlotMap(Value::Array(vec![range(Value::BulkString(b"h".to_vec()))]));
+        assert_eq!(map.master_of("x").unwrap(), ("h".to_owned(), 7000));
+        let err = SlotMap(Value::Array(vec![])).master_of("x").unwrap_err();
+        assert!(err.to_string().contains("names no master"), "{err}");
     }
 }

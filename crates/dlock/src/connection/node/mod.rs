@@ -22,6 +22,7 @@ mod redact;
 mod replica;
 mod sentinel;
 
+pub(crate) use cluster::SlotMap;
 pub use redact::redact_url;
 use redact::{scrub, scrub_error};
 pub(crate) use replica::ReplicaLink;
@@ -260,10 +261,22 @@ impl Node {
     ) -> Result<T> {
         // At least a millisecond: a zero deadline would fail calls that could have succeeded.
         let timeout = timeout.max(Duration::from_millis(1));
-        let outcome = match tokio::time::timeout(timeout, call).await {
-            Ok(reply) => reply.map_err(|e| Error::from_redis(&self.name, e)),
+        let outcome = tokio::time::timeout(timeout, call).await;
+        self.settle(&self.name, outcome, timeout)
+    }
+
+    /// The outcome of a call to server `name` bounded by `timeout`, as dlock's result; an
+    /// unavailable server makes a Sentinel-found node look for the current master.
+    fn settle<T>(
+        &self,
+        name: &str,
+        outcome: std::result::Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+        timeout: Duration,
+    ) -> Result<T> {
+        let outcome = match outcome {
+            Ok(reply) => reply.map_err(|e| Error::from_redis(name, e)),
             Err(_) => Err(Error::Unavailable {
-                node: self.name.to_string(),
+                node: name.to_owned(),
                 reason: format!("no reply within {}", humanize(timeout)),
             }),
         };

@@ -13,8 +13,10 @@
 //!
 //! On a Redis Cluster the link goes to the master of the hold's slot, as the cluster maps it
 //! when the link is taken (`CLUSTER SLOTS`): the script must run there and its `WAIT` counts
-//! that master's replicas. If the slot moves to another master meanwhile, the script is
-//! refused with `MOVED` (unavailable, retryable) and the next link goes to the new master.
+//! that master's replicas. A slot that moved meanwhile (`MOVED`) or is being migrated (`ASK`)
+//! is followed once, as the cluster client follows it: the link moves to the master named,
+//! so the `WAIT` still follows the write. Links are pooled per master; a master that
+//! announces no endpoint (`?`, empty) is never guessed at: the guarded call fails instead.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -23,7 +25,8 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, ScriptInvocation};
 
-use super::{Conn, Node};
+use super::cluster::SlotMap;
+use super::Node;
 use crate::error::{Error, Result};
 
 /// Idle links kept per server; more are opened while more guarded writes run at once.
@@ -56,60 +59,32 @@ impl std::fmt::Debug for ReplicaLink {
 
 impl Node {
     /// A link of its own to the server that holds the keys whose Cluster hash part is `slot`
-    /// (the current server; on a Cluster, the master of that slot), for a write the replica
-    /// guard must confirm.
+    /// (the current server; on a Cluster, the master of that slot by a fresh slot map), for a
+    /// write the replica guard must confirm.
     ///
     /// # Errors
     /// [`Error::Unavailable`] when no connection can be opened within the connect timeout, or
-    /// the cluster names no master for the slot.
+    /// the cluster names no reachable master for the slot.
     pub async fn replica_link(&self, slot: &str) -> Result<ReplicaLink> {
-        let (client, links, cluster) = {
-            let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
-            let cluster = matches!(current.con, Conn::Cluster(_));
-            (current.client.clone(), current.links.clone(), cluster)
+        let map = match self.is_cluster() {
+            true => Some(self.slot_map(Some(slot)).await?),
+            false => None,
         };
-        let (client, address) = match cluster {
-            false => (client, String::new()),
-            true => {
-                let (host, port) = self.slot_master(slot).await?;
-                (
-                    self.client_at(host.clone(), port)?,
-                    format!("{host}:{port}"),
-                )
-            }
-        };
-        let name: Arc<str> = match cluster {
-            false => self.name.clone(),
-            true => format!("{address} (cluster master of {slot:?})").into(),
-        };
-        let idle = links
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(address)
-            .or_default()
-            .clone();
-        let reused = idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        let con = match reused {
-            Some(con) => con,
-            None => {
-                // No response timeout of the driver's: each call here has its own deadline, and
-                // a WAIT's is longer than the command timeout.
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(self.options.connect_timeout))
-                    .set_response_timeout(None);
-                self.deadline(
-                    self.options.connect_timeout,
-                    client.get_multiplexed_async_connection_with_config(&config),
-                )
-                .await?
-            }
-        };
-        Ok(ReplicaLink {
-            con: Some(con),
-            idle: Arc::downgrade(&idle),
+        self.replica_link_by(map.as_ref(), slot).await
+    }
+
+    /// [`Node::replica_link`] with the cluster's slot map at hand (`None` off a Cluster).
+    pub async fn replica_link_by(&self, map: Option<&SlotMap>, slot: &str) -> Result<ReplicaLink> {
+        let master = map.map(|map| map.master_of(slot)).transpose()?;
+        let mut link = ReplicaLink {
+            con: None,
+            idle: Weak::new(),
             node: self.clone(),
-            name,
-        })
+            name: self.name.clone(),
+        };
+        let con = link.connect(master).await?;
+        link.con = Some(con);
+        Ok(link)
     }
 
     /// Runs a script on a link of its own and answers only once `guard.replicas` replicas
@@ -142,17 +117,80 @@ impl Node {
 }
 
 impl ReplicaLink {
-    /// Runs a script (EVALSHA, loading it on NOSCRIPT) within `timeout`.
+    /// A connection to `master` (`None`: the node's own server), idle or new; the link is
+    /// returned to `master`'s idle set from then on.
+    async fn connect(&mut self, master: Option<(String, u16)>) -> Result<MultiplexedConnection> {
+        let node = &self.node;
+        let (client, links) = {
+            let current = node.current.read().unwrap_or_else(PoisonError::into_inner);
+            (current.client.clone(), current.links.clone())
+        };
+        let (client, address) = match master {
+            None => (client, String::new()),
+            Some((host, port)) => {
+                let address = match host.contains(':') {
+                    true => format!("[{host}]:{port}"),
+                    false => format!("{host}:{port}"),
+                };
+                (node.client_at(host, port)?, address)
+            }
+        };
+        if !address.is_empty() {
+            self.name = format!("{address} (cluster master)").into();
+        }
+        let idle = links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(address)
+            .or_default()
+            .clone();
+        self.idle = Arc::downgrade(&idle);
+        let reused = idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        if let Some(con) = reused {
+            return Ok(con);
+        }
+        // No response timeout of the driver's: each call here has its own deadline, and a
+        // WAIT's is longer than the command timeout.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(node.options.connect_timeout))
+            .set_response_timeout(None);
+        let connecting = client.get_multiplexed_async_connection_with_config(&config);
+        let opened = tokio::time::timeout(node.options.connect_timeout, connecting).await;
+        node.settle(&self.name, opened, node.options.connect_timeout)
+    }
+
+    /// Runs a script (EVALSHA, loading it on NOSCRIPT) within `timeout`. On a Cluster whose
+    /// slot moved (`MOVED`) or is being migrated (`ASK`: the keys are on the target already),
+    /// the script is sent once more, to the master named, and the link stays there, so its
+    /// `WAIT` follows the write.
     pub async fn eval<T: FromRedisValue>(
         &mut self,
         invocation: &ScriptInvocation<'_>,
         timeout: Duration,
     ) -> Result<T> {
+        let timeout = timeout.max(Duration::from_millis(1));
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut con = self.take()?;
-        let reply = self
-            .node
-            .deadline(timeout, invocation.invoke_async(&mut con))
-            .await;
+        let mut outcome =
+            tokio::time::timeout_at(deadline, invocation.invoke_async(&mut con)).await;
+        if let Some((master, asking)) = redirect(&outcome) {
+            drop(con);
+            let redirected = tokio::time::timeout_at(deadline, self.connect(Some(master))).await;
+            con = redirected.map_err(|_| Error::Unavailable {
+                node: self.name.to_string(),
+                reason: "no connection to the master a redirect named in time".into(),
+            })??;
+            if asking {
+                let asked = tokio::time::timeout_at(
+                    deadline,
+                    redis::cmd("ASKING").query_async::<()>(&mut con),
+                )
+                .await;
+                self.node.settle(&self.name, asked, timeout)?;
+            }
+            outcome = tokio::time::timeout_at(deadline, invocation.invoke_async(&mut con)).await;
+        }
+        let reply = self.node.settle(&self.name, outcome, timeout);
         self.keep_if_ok(con, &reply);
         reply
     }
@@ -169,11 +207,9 @@ impl ReplicaLink {
         let mut wait = redis::cmd("WAIT");
         wait.arg(guard.replicas)
             .arg(u64::try_from(guard.timeout.as_millis()).unwrap_or(u64::MAX));
-        let deadline = guard.timeout.saturating_add(self.node.command_timeout());
-        let acked: Result<i64> = self
-            .node
-            .deadline(deadline, wait.query_async(&mut con))
-            .await;
+        let limit = guard.timeout.saturating_add(self.node.command_timeout());
+        let waited = tokio::time::timeout(limit, wait.query_async(&mut con)).await;
+        let acked: Result<i64> = self.node.settle(&self.name, waited, limit);
         self.keep_if_ok(con, &acked);
         Ok(u32::try_from(acked?).unwrap_or(0))
     }
@@ -192,6 +228,21 @@ impl ReplicaLink {
             self.con = Some(con);
         }
     }
+}
+
+/// Where a Cluster redirected a call: the master named by `MOVED` or `ASK`, and whether it is
+/// an `ASK` (the call must then be preceded by `ASKING` there).
+fn redirect<T>(
+    outcome: &std::result::Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+) -> Option<((String, u16), bool)> {
+    let Ok(Err(error)) = outcome else {
+        return None;
+    };
+    let (address, _slot) = error.redirect_node()?;
+    let (host, port) = address.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let asking = error.code() == Some("ASK");
+    Some(((host.to_owned(), port.parse().ok()?), asking))
 }
 
 impl Drop for ReplicaLink {

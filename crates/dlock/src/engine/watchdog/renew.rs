@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::batch::{self, MAX_BATCH};
 use super::{Task, Tracked};
-use crate::connection::node::{Node, ReplicaLink};
+use crate::connection::node::{Node, ReplicaLink, SlotMap};
 use crate::connection::quorum::{BatchTally, Verdict};
 use crate::engine::lease::{renewal_interval, LeaseStatus, LossReason};
 use crate::error::{Error, Result};
@@ -57,7 +57,7 @@ impl Task {
             let mut alone = alone.into_iter();
             for chunk in batch.chunks_mut(MAX_BATCH) {
                 let guards = alone.by_ref().take(chunk.len()).collect();
-                self.renew(chunk, guards).await;
+                self.renew(chunk, guards, None, None).await;
             }
         }
         self.leases.append(&mut batch);
@@ -65,32 +65,77 @@ impl Task {
     }
 
     /// Guarded leases on a Cluster: each slot's leases are renewed, and their `WAIT` made, on a
-    /// link to that slot's master, all slots at once (one slot's slow `WAIT` must not hold up
-    /// another's renewal). `alone` are the leases' `expiry_change` guards, in `batch`'s order.
+    /// link to that slot's master, by one slot map asked for once per tick. The masters are
+    /// served at once, each one's slots in turn on its pooled link (a tick costs a link per
+    /// master, not per slot); a `WAIT` is cut short when the first lease of the whole tick would
+    /// run out, so a master whose replicas stall never holds up another master's leases past
+    /// their validity. `alone` are the leases' `expiry_change` guards, in `batch`'s order.
     async fn renew_by_slot(
         &self,
         batch: &mut Vec<Tracked>,
         alone: Vec<tokio::sync::OwnedMutexGuard<()>>,
     ) {
-        let mut paired: Vec<_> = std::mem::take(batch).into_iter().zip(alone).collect();
-        paired.sort_by(|a, b| a.0.lease.ops.slot().cmp(b.0.lease.ops.slot()));
-        let (sorted, alone): (Vec<Tracked>, Vec<_>) = paired.into_iter().unzip();
-        *batch = sorted;
-        let mut alone = alone.into_iter();
-        let mut parts = Vec::new();
-        for slot in batch.chunk_by_mut(|a, b| a.lease.ops.slot() == b.lease.ops.slot()) {
-            for chunk in slot.chunks_mut(MAX_BATCH) {
-                let guards: Vec<_> = alone.by_ref().take(chunk.len()).collect();
-                parts.push(self.renew(chunk, guards));
-            }
+        let node = self.nodes.first();
+        let map = node.slot_map(None).await.map_err(|e| e.to_string());
+        let master = |tracked: &Tracked| match &map {
+            Ok(map) => map.master_of(tracked.lease.ops.slot()).ok(),
+            Err(_) => None,
+        };
+        let mut paired: Vec<_> = std::mem::take(batch)
+            .into_iter()
+            .zip(alone)
+            .map(|(tracked, guard)| (master(&tracked), tracked, guard))
+            .collect();
+        paired.sort_by(|a, b| (&a.0, a.1.lease.ops.slot()).cmp(&(&b.0, b.1.lease.ops.slot())));
+        let mut masters = Vec::new();
+        let mut alone = Vec::with_capacity(paired.len());
+        for (master, tracked, guard) in paired {
+            masters.push(master);
+            batch.push(tracked);
+            alone.push(guard);
         }
-        futures_util::future::join_all(parts).await;
+        let tick_end = batch.iter().map(|t| t.lease.valid_until()).min();
+        let mut alone = alone.into_iter();
+        let mut lanes = Vec::new();
+        let mut rest: &mut [Tracked] = batch;
+        let mut start = 0;
+        while !rest.is_empty() {
+            let same = masters[start..]
+                .iter()
+                .take_while(|m| **m == masters[start])
+                .count();
+            let (lane, after) = std::mem::take(&mut rest).split_at_mut(same);
+            rest = after;
+            start += same;
+            let mut parts = Vec::new();
+            for slot in lane.chunk_by_mut(|a, b| a.lease.ops.slot() == b.lease.ops.slot()) {
+                for chunk in slot.chunks_mut(MAX_BATCH) {
+                    let guards: Vec<_> = alone.by_ref().take(chunk.len()).collect();
+                    parts.push((chunk, guards));
+                }
+            }
+            let map = &map;
+            lanes.push(async move {
+                for (chunk, guards) in parts {
+                    self.renew(chunk, guards, Some(map), tick_end).await;
+                }
+            });
+        }
+        futures_util::future::join_all(lanes).await;
     }
 
     /// Renews `chunk`, whose leases' `expiry_change` guards are `alone`: they are let go once
     /// the renewal is answered, before any replica check (whose `WAIT` may last the guard's
     /// whole timeout, and must not hold up an extend).
-    async fn renew(&self, chunk: &mut [Tracked], alone: Vec<tokio::sync::OwnedMutexGuard<()>>) {
+    /// On a Cluster, `map` is the tick's slot map (or why there is none), and a replica check
+    /// ends by `wait_until` at the latest.
+    async fn renew(
+        &self,
+        chunk: &mut [Tracked],
+        alone: Vec<tokio::sync::OwnedMutexGuard<()>>,
+        map: Option<&std::result::Result<SlotMap, String>>,
+        wait_until: Option<Instant>,
+    ) {
         let ttls: Vec<Duration> = chunk.iter().map(|t| t.lease.ttl()).collect();
         let quorums: Vec<usize> = chunk.iter().map(|t| t.lease.quorum).collect();
         // Give up on this try by the time the first lease would become invalid, so the loss is
@@ -104,8 +149,8 @@ impl Task {
         let until_first_end = first_end.saturating_duration_since(sent_at);
         let mut link = None;
         let replies = if self.guarded {
-            let reply =
-                renew_on_link(self.nodes.first(), chunk, &ttls, until_first_end, &mut link).await;
+            let node = self.nodes.first();
+            let reply = renew_on_link(node, map, chunk, &ttls, until_first_end, &mut link).await;
             vec![Some(reply)]
         } else {
             let (leases, ttls) = (&*chunk, &ttls);
@@ -127,7 +172,8 @@ impl Task {
         drop(alone);
         let mut tally = BatchTally::of(replies, chunk.len(), &self.nodes);
         if let Some(link) = link.as_mut() {
-            check_replicas(link, chunk, first_end, &mut tally).await;
+            let wait_end = wait_until.map_or(first_end, |end| end.min(first_end));
+            check_replicas(link, chunk, wait_end, &mut tally).await;
         }
         self.record(chunk, &tally, sent_at, &ttls);
     }
@@ -195,16 +241,24 @@ impl Task {
 /// bounded by the first lease's validity too.
 async fn renew_on_link(
     node: &Node,
+    map: Option<&std::result::Result<SlotMap, String>>,
     chunk: &[Tracked],
     ttls: &[Duration],
     until_first_end: Duration,
     link: &mut Option<ReplicaLink>,
 ) -> Result<Vec<bool>> {
     let timeout = node.command_timeout().min(until_first_end);
-    let opening = tokio::time::timeout(
-        until_first_end.max(Duration::from_millis(1)),
-        node.replica_link(chunk.first().map_or("", |t| t.lease.ops.slot())),
-    );
+    let opening = tokio::time::timeout(until_first_end.max(Duration::from_millis(1)), async {
+        let slot = chunk.first().map_or("", |t| t.lease.ops.slot());
+        match map {
+            None => node.replica_link(slot).await,
+            Some(Ok(map)) => node.replica_link_by(Some(map), slot).await,
+            Some(Err(why)) => Err(Error::Unavailable {
+                node: node.name().to_owned(),
+                reason: format!("no slot map: {why}"),
+            }),
+        }
+    });
     let opened = opening.await.unwrap_or_else(|_| {
         Err(Error::Unavailable {
             node: node.name().to_owned(),
@@ -243,9 +297,9 @@ async fn renew_on_link(
     Ok(answers)
 }
 
-/// The replica guard on renewal (one Redis, or one Cluster slot's master): one `WAIT` for the strictest guard in the
-/// chunk; a lease whose guard asks for more replicas than acknowledged does not count as
-/// renewed this tick.
+/// The replica guard on renewal (one Redis, or one Cluster slot's master): one `WAIT` for the
+/// strictest guard in the chunk, given up at `first_end`; a lease whose guard asks for more
+/// replicas than acknowledged does not count as renewed this tick.
 async fn check_replicas(
     link: &mut ReplicaLink,
     chunk: &[Tracked],
