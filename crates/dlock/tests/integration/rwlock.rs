@@ -147,6 +147,10 @@ async fn a_stream_of_readers_does_not_starve_a_writer() {
                         refused.fetch_add(1, Ordering::SeqCst);
                         sleep(Duration::from_millis(1)).await;
                     }
+                    // A dropped connection is not what this test is about: once, in CI's
+                    // Valkey pass on a loaded machine, every stream saw "broken pipe" at once
+                    // and died, and the test failed for want of readers. Keep streaming.
+                    Err(e) if e.is_unavailable() => sleep(Duration::from_millis(10)).await,
                     Err(e) => panic!("{e}"),
                 }
             }
