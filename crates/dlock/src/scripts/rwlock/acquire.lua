@@ -11,7 +11,8 @@
 --       when the lock is freed, wake it instead), 11 the channel to send a hand-off to ('': the
 --       wake-up channel)
 -- Who gets in:
--- - a writer, when nobody holds the lock (in fair mode: and nobody waits ahead of it);
+-- - a writer, when nobody holds the lock and no plain lock of the name waits (in fair mode:
+--   and nobody waits ahead of it);
 -- - a reader, when no writer holds it and no writer waits ahead of it (outside fair mode
 --   readers never queue, so any waiting writer is ahead), nor a plain lock's waiter: once a
 --   writer (or a plain lock) waits, new readers wait behind it, so a stream of readers cannot
@@ -85,7 +86,11 @@ if reading then
     end
   end
 else
+  -- A plain lock of this name waiting holds writers back too: its releases wake everyone
+  -- while it waits, but a writer that asks again at once won every race (the plain waiter
+  -- could wait out its whole limit).
   blocked = current or (fair and position ~= 0 and redis.call('LLEN', queue) > 0)
+            or redis.call('ZCOUNT', lock_waiters, '(' .. now_ms, '+inf') > 0
 end
 
 if not blocked then
