@@ -8,7 +8,8 @@ use dlock::{Client, ClientOptions, LockOptions, Owner, Wait};
 use dlock_test::{RedisCluster, RedisServer};
 use tokio::time::{sleep, timeout, Instant};
 
-async fn cluster_client(cluster: &RedisCluster) -> Client {
+/// A client of `cluster` seeded with master 0, with a 1 s command timeout.
+pub async fn cluster_client(cluster: &RedisCluster) -> Client {
     let options = ClientOptions::new().command_timeout(Duration::from_secs(1));
     Client::cluster_with(&cluster.urls()[..1], options)
         .await

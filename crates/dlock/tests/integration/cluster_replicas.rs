@@ -5,22 +5,17 @@
 
 use std::time::Duration;
 
-use dlock::{Client, ClientOptions, LockOptions, LossReason, Owner};
+use dlock::{LockOptions, LossReason, Owner};
 use dlock_test::{RedisCluster, RedisServer};
 use tokio::time::{sleep, timeout, Instant};
+
+use crate::cluster::cluster_client;
 
 /// A three-master cluster with one replica per master (`replicas[i]` replicates master `i`).
 fn replicated_cluster() -> (RedisCluster, Vec<RedisServer>) {
     let cluster = RedisCluster::start(3);
     let replicas = (0..3).map(|i| cluster.start_replica(i)).collect();
     (cluster, replicas)
-}
-
-async fn cluster_client(cluster: &RedisCluster) -> Client {
-    let options = ClientOptions::new().command_timeout(Duration::from_secs(1));
-    Client::cluster_with(&cluster.urls()[..1], options)
-        .await
-        .unwrap()
 }
 
 fn guarded() -> LockOptions {
