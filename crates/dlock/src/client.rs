@@ -246,7 +246,6 @@ impl Client {
     /// # Errors
     /// As [`Client::lock_with`], and [`Error::Config`](crate::Error::Config) for fair mode.
     pub fn reentrant_lock_with(&self, name: &str, options: LockOptions) -> Result<ReentrantLock> {
-        self.core.single_node_only("reentrant locks")?;
         ReentrantLock::new(self.lock_with(name, options)?)
     }
 

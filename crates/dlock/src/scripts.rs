@@ -85,6 +85,9 @@ pub(crate) static FENCE_RAISE: LazyLock<Script> = script!("scripts/fence_raise.l
 /// Take a reentrant lock, or add a hold to one this owner has (see `reentrant_acquire.lua`).
 pub(crate) static REENTRANT_ACQUIRE: LazyLock<Script> =
     with_grant!("scripts/reentrant_acquire.lua");
+/// Redlock: raise a node's fencing counter to a reentrant grant's token and make the owner's
+/// key that grant's (see `reentrant_fence.lua`).
+pub(crate) static REENTRANT_FENCE: LazyLock<Script> = script!("scripts/reentrant_fence.lua");
 /// Remove holds from reentrant locks, freeing each at zero (see `reentrant_release.lua`).
 pub(crate) static REENTRANT_RELEASE: LazyLock<Script> = script!("scripts/reentrant_release.lua");
 

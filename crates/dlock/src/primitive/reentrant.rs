@@ -9,9 +9,20 @@
 //! is freed when the set is empty; every hold shares the grant's fencing token and lease, and
 //! the watchdog renews it once.
 //!
+//! On Redlock, a grant holds on a majority of the masters. A re-entry that a majority answers
+//! as a hold on the owner's current grant joins it (same fencing token and lease); any other
+//! majority makes a fresh grant with a new fencing token (the largest answered, written back
+//! over the old grant's holds), and the owner's earlier lease is reported lost: a majority
+//! holding the old grant is what proves nobody else held the lock since (see
+//! `engine::acquire::rejoined`). The attempt's writes on other masters are undone.
+//!
 //! # Limits
 //! As for [`Lock`](crate::Lock) (clocks, failover). Fair mode is not available for reentrant
-//! locks. An [`Owner`] lives in one process; it cannot be handed to another.
+//! locks. An [`Owner`] lives in one process; it cannot be handed to another. On Redlock, a
+//! master that missed a re-entry (down, or its write abandoned once a majority answered)
+//! counts one hold fewer and may free its copy before the last release; the majority keeps
+//! the grant. A re-entry that finds the owner's grant on some masters but fresh grants on
+//! others waits for every master still silent (at most the command timeout).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -206,7 +217,8 @@ impl ReentrantLock {
                     acquisition,
                     // The grant is unknown (no reply): any grant of this owner holding this
                     // acquisition id is the one to undo.
-                    grant: None,
+                    grant: OfGrant::Any,
+                    quiet: false,
                 })
             }),
         )
@@ -249,8 +261,15 @@ impl Acquire for ForOwner<'_> {
         call
     }
 
+    fn propose(&self, acquisition: &Token, fence: u64) -> Option<ScriptInvocation<'static>> {
+        let mut call = self.call(acquisition, None);
+        call.arg(fence);
+        Some(call)
+    }
+
     fn parse(&self, reply: &[Value]) -> Result<Answer> {
-        if int(reply.first().unwrap_or(&Value::Nil)) != Some(1) {
+        let code = reply.first().and_then(int);
+        if code != Some(1) && code != Some(2) {
             return Ok(Answer::Busy(busy(self.lock.lock.keys(), reply)));
         }
         let fence = reply
@@ -258,13 +277,39 @@ impl Acquire for ForOwner<'_> {
             .and_then(int)
             .and_then(|t| u64::try_from(t).ok())
             .ok_or_else(|| Error::Internal(format!("reentrant acquire returned {reply:?}")))?;
+        if code == Some(2) {
+            return Ok(Answer::Low { counter: fence });
+        }
         let fresh = reply.get(3).and_then(int) == Some(1);
         Ok(Answer::Granted { fence, fresh })
     }
 
-    fn raise_fence(&self, _token: &Token, _fence: u64) -> ScriptInvocation<'static> {
-        // Reentrant locks are single-node only (refused on Redlock): never called.
-        scripts::FENCE_RAISE.prepare_invoke()
+    fn raise_fence(&self, acquisition: &Token, fence: u64) -> ScriptInvocation<'static> {
+        // Only for a fresh grant some masters answered as a re-entry of an earlier grant
+        // (whose holds must go): a re-entry a majority answered keeps its grant (see
+        // `engine::acquire::rejoined`), and a grant every master made fresh carries the
+        // proposed token.
+        let keys = self.lock.lock.keys();
+        let mut call = scripts::REENTRANT_FENCE.prepare_invoke();
+        call.key(&keys.fence)
+            .key(&keys.info)
+            .key(&keys.lock)
+            .key(&keys.holds)
+            .arg(fence)
+            .arg(millis(FENCE_RETENTION))
+            .arg(self.owner.token().as_str())
+            .arg(acquisition.as_str());
+        call
+    }
+
+    fn undo_stray(&self, acquisition: &Token, fence: u64) -> Option<Arc<dyn ReleaseOp>> {
+        Some(Arc::new(Hold {
+            keys: self.lock.lock.keys().clone(),
+            owner: self.owner.token().clone(),
+            acquisition: acquisition.clone(),
+            grant: OfGrant::NotThis(fence),
+            quiet: true,
+        }))
     }
 
     fn granted(&self, grant: Grant) -> ReentrantGuard {
@@ -317,7 +362,8 @@ impl Acquire for ForOwner<'_> {
             keys: keys.clone(),
             owner: self.owner.token().clone(),
             acquisition: grant.token,
-            grant: Some(grant.fencing_token),
+            grant: OfGrant::This(grant.fencing_token),
+            quiet: false,
         });
         ReentrantGuard {
             handle: LeaseHandle::new(shared, lock.core().clone(), hold),
@@ -411,15 +457,40 @@ impl LeaseOps for OwnerLease {
     }
 }
 
+/// Which of an owner's grants a hold is removed from: the owner's token is the same for every
+/// grant to it, so the fencing token tells them apart.
+#[derive(Debug, Clone, Copy)]
+enum OfGrant {
+    /// The grant with this fencing token (a guard's hold).
+    This(u64),
+    /// Whichever holds the acquisition id (undoing an acquisition whose reply never came).
+    Any,
+    /// Any but the grant with this fencing token (a Redlock attempt's stray write outside the
+    /// grant it made or joined).
+    NotThis(u64),
+}
+
+impl OfGrant {
+    /// The release script's fencing-token argument.
+    fn arg(self) -> String {
+        match self {
+            OfGrant::This(fence) => fence.to_string(),
+            OfGrant::Any => String::new(),
+            OfGrant::NotThis(fence) => format!("~{fence}"),
+        }
+    }
+}
+
 /// One hold (acquisition id) of an owner's grant, and how to remove it.
 #[derive(Debug)]
 struct Hold {
     keys: Arc<LockKeys>,
     owner: Token,
     acquisition: Token,
-    /// The grant's fencing token, when known (`None`: undoing an acquisition whose reply never
-    /// came).
-    grant: Option<u64>,
+    /// Which of the owner's grants the hold may be removed from.
+    grant: OfGrant,
+    /// No wake-up when the lock is freed (the rollback of a Redlock attempt).
+    quiet: bool,
 }
 
 impl ReleaseOp for Hold {
@@ -438,11 +509,16 @@ impl ReleaseOp for Hold {
             .key(&self.keys.holds)
             .arg(self.owner.as_str())
             .arg(self.acquisition.as_str())
-            .arg(&self.keys.channel)
-            .arg(
-                self.grant
-                    .map(|fence| fence.to_string())
-                    .unwrap_or_default(),
-            );
+            .arg(if self.quiet { "" } else { &self.keys.channel })
+            .arg(self.grant.arg());
+    }
+    fn quieted(&self) -> Option<Arc<dyn ReleaseOp>> {
+        Some(Arc::new(Hold {
+            keys: self.keys.clone(),
+            owner: self.owner.clone(),
+            acquisition: self.acquisition.clone(),
+            grant: self.grant,
+            quiet: true,
+        }))
     }
 }

@@ -3,9 +3,12 @@
 -- exactly that hold. The lock key holds the owner's token as a plain string, as for plain locks.
 -- KEYS: 1 lock, 2 holder info, 3 fencing counter, 4 hold set
 -- ARGV: 1 owner token, 2 acquisition id, 3 ttl ms, 4 fencing counter retention ms, 5 host,
---       6 pid, 7 label
+--       6 pid, 7 label, 8 (Redlock, optional) the proposed fencing token: a new grant is
+--       made only if it is above this master's counter, and carries it (as
+--       acquire_proposed.lua)
 -- Returns {1, fence, holds, fresh} when granted (fresh: 1 for a new grant, 0 for a re-entry of
--- the owner's current grant); otherwise {0, pttl, holder info fields, server ms}.
+-- the owner's current grant); {0, pttl, holder info fields, server ms} when busy; {2, counter}
+-- when the proposal is not above the counter (nothing written).
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then
   redis.call('SADD', KEYS[4], ARGV[2])
@@ -21,8 +24,23 @@ local now_us = server_now_us()
 if current then
   return busy(KEYS[1], KEYS[2], math.floor(now_us / 1000))
 end
-local fence = grant(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
-                   ARGV[7], now_us)
+local fence
+if ARGV[8] then
+  local counter = redis.call('GET', KEYS[3])
+  if counter and tonumber(counter) >= tonumber(ARGV[8]) then
+    return {2, counter}
+  end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  redis.call('SET', KEYS[3], ARGV[8], 'PX', ARGV[4])
+  redis.call('HSET', KEYS[2], 'host', ARGV[5], 'pid', ARGV[6], 'label', ARGV[7],
+             'since_ms', string.format('%.0f', math.floor(now_us / 1000)), 'fence', ARGV[8])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  -- Answered as the caller's text, exactly what was stored (no round trip through a double).
+  fence = ARGV[8]
+else
+  fence = grant(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
+                ARGV[7], now_us)
+end
 -- A hold set left by an earlier owner whose lease expired is not ours.
 redis.call('DEL', KEYS[4])
 redis.call('SADD', KEYS[4], ARGV[2])

@@ -120,9 +120,15 @@ fn the_redlock_connector_locks_on_a_majority_and_survives_a_dead_master() {
     let b = Client::redlock_with(&servers.urls(), quick()).unwrap();
     assert_eq!(a.masters(), 3);
     assert!(
-        a.reentrant_lock("job").unwrap_err().is_config(),
+        a.rw_lock("job").unwrap_err().is_config(),
         "single Redis only"
     );
+    let owner = dlock::Owner::new().unwrap();
+    let outer = a.reentrant_lock("nested").unwrap().lock(&owner).unwrap();
+    let inner = outer.reenter().unwrap();
+    assert_eq!(inner.fencing_token(), outer.fencing_token());
+    inner.release().unwrap();
+    outer.release().unwrap();
     assert!(Client::redlock(&servers.urls()[..2])
         .unwrap_err()
         .is_config());

@@ -122,6 +122,52 @@ async fn a_lock_is_granted_excluded_renewed_handed_on_and_fenced() {
 }
 
 #[tokio::test]
+async fn a_reentrant_lock_nests_excludes_renews_and_wakes_the_next_owner() {
+    let (mut servers, a, b) = five_with_the_first_dead().await;
+    servers[1].pause();
+    let owner = dlock::Owner::new().unwrap();
+    let lock = a.reentrant_lock_with("ledger", options()).unwrap();
+    let started = Instant::now();
+    let outer = lock.try_lock(&owner).await.unwrap();
+    let inner = outer.reenter().await.unwrap();
+    assert!(
+        started.elapsed() < (TIMEOUT + SLACK) * 2,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(inner.fencing_token(), outer.fencing_token());
+    let theirs = b.reentrant_lock_with("ledger", options()).unwrap();
+    let other = dlock::Owner::new().unwrap();
+    assert!(theirs.try_lock(&other).await.unwrap_err().is_conflict());
+    assert!(
+        timeout(TTL * 3, outer.lost()).await.is_err(),
+        "lost although three masters of five answer: {:?}",
+        outer.status()
+    );
+
+    let waiting = tokio::spawn(async move { theirs.lock(&other).await });
+    someone_listens(&servers, "ledger").await;
+    inner.release().await.unwrap();
+    assert!(!waiting.is_finished(), "the outer hold is left");
+    let token = outer.fencing_token();
+    let released = Instant::now();
+    outer.release().await.unwrap();
+    let next = waiting.await.unwrap().unwrap();
+    assert!(
+        released.elapsed() < TIMEOUT * 2 + SLACK,
+        "the waiter was not woken: granted {:?} after the release",
+        released.elapsed()
+    );
+    assert!(next.fencing_token() > token);
+
+    servers[1].resume();
+    next.release().await.unwrap();
+    a.flush().await;
+    b.flush().await;
+    nothing_left(&servers, "ledger");
+}
+
+#[tokio::test]
 async fn a_one_permit_semaphore_keeps_its_limit_renews_and_wakes_its_waiter() {
     let (mut servers, a, b) = five_with_the_first_dead().await;
     let warm = a.semaphore("pool", 1).unwrap().try_acquire().await.unwrap();

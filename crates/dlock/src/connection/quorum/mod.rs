@@ -171,7 +171,8 @@ impl Nodes {
     }
 
     /// Runs `call` on every node concurrently and returns as soon as `enough` results are
-    /// [`Vote::Yes`], or when that can no longer happen even if every [`Vote::Maybe`] turned
+    /// [`Vote::Yes`] and `settled` (given the results so far and how many nodes are still
+    /// silent) agrees, or when that can no longer happen even if every [`Vote::Maybe`] turned
     /// into a yes, after waiting for the nodes still silent then as long again as that took
     /// ([`straggler_grace`]): a refusal's caller learns what every healthy node said (who
     /// holds the lock where, which tells a split vote from a lock held by a majority), while a
@@ -181,6 +182,7 @@ impl Nodes {
         &'a self,
         enough: usize,
         vote: impl Fn(&Result<T>) -> Vote,
+        settled: impl Fn(&[(usize, Result<T>)], usize) -> bool,
         call: F,
     ) -> Vec<(usize, Result<T>)>
     where
@@ -201,7 +203,7 @@ impl Nodes {
                 Vote::No => {}
             }
             results.push((index, result));
-            if yes >= enough || pending.is_empty() {
+            if (yes >= enough && settled(&results, pending.len())) || pending.is_empty() {
                 break;
             }
             if grace_end.is_none() && yes + maybe + pending.len() < enough {

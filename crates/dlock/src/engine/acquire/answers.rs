@@ -73,10 +73,15 @@ pub(super) async fn send<A: Acquire>(
         }
         None => {
             nodes
-                .until(quorum, vote, |node| async move {
-                    let reply = node.eval::<Vec<Value>>(call, node.command_timeout()).await;
-                    reply.and_then(|r| primitive.parse(r.as_slice()))
-                })
+                .until(
+                    quorum,
+                    vote,
+                    |answers, silent| settled(answers, silent, quorum),
+                    |node| async move {
+                        let reply = node.eval::<Vec<Value>>(call, node.command_timeout()).await;
+                        reply.and_then(|r| primitive.parse(r.as_slice()))
+                    },
+                )
                 .await
         }
     };
@@ -97,6 +102,35 @@ pub(super) async fn send<A: Acquire>(
         }
     }
     Ok(answers)
+}
+
+/// Whether a majority of grants is enough to decide: always, unless some are re-entries (a
+/// reentrant owner's grant, not fresh) that the nodes still silent could yet make a majority
+/// of one grant: then the re-entry joins that grant instead of granting afresh and losing
+/// it (see `rejoined`), so wait for them (a frozen node then costs its command timeout).
+fn settled(answers: &[(usize, Result<Answer>)], silent: usize, quorum: usize) -> bool {
+    let rejoining = |fence: u64| {
+        answers
+            .iter()
+            .filter(
+                |(_, a)| matches!(a, Ok(Answer::Granted { fence: f, fresh: false }) if *f == fence),
+            )
+            .count()
+    };
+    let most = answers
+        .iter()
+        .filter_map(|(_, answer)| match answer {
+            Ok(Answer::Granted {
+                fence,
+                fresh: false,
+            }) => Some(rejoining(*fence)),
+            _ => None,
+        })
+        .max();
+    match most {
+        None => true,
+        Some(most) => most >= quorum || most + silent < quorum,
+    }
 }
 
 /// Which busy answer a waiter goes by: one that names the holder, and of those the one whose

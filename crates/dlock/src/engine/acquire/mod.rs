@@ -6,6 +6,7 @@
 //! fenced on Redlock, and how to make its guard from a grant. [`attempt`] does the rest, the
 //! same way for every primitive.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{ScriptInvocation, Value};
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 use crate::connection::node::ReplicaLink;
 use crate::connection::quorum::{quorum_error, Nodes};
 use crate::engine::lease::{validity, Sent};
+use crate::engine::ops::ReleaseOp;
 use crate::engine::pending::{roll_back, undo_partial, Pending};
 use crate::engine::Core;
 use crate::error::{Conflict, Error, Result};
@@ -124,6 +126,14 @@ pub(crate) trait Acquire: Sync {
     /// raise a node's counter to `fence` and record it as the grant's; the script answers 1
     /// when the hold on that node is still `token`'s.
     fn raise_fence(&self, token: &Token, fence: u64) -> ScriptInvocation<'static>;
+    /// Redlock: how to undo this attempt's write (`token`'s) on a node outside the grant,
+    /// whose fencing token is `fence`, unless that node holds the grant after all. `None` (the
+    /// default): such a write is the grant's own, which renewals and the release find by its
+    /// token (a lock's, a permit's). A reentrant lock's write there is a stray: a fresh grant
+    /// with a fencing token of its own, which the lease would never renew or free.
+    fn undo_stray(&self, _token: &Token, _fence: u64) -> Option<Arc<dyn ReleaseOp>> {
+        None
+    }
     /// The guard for a complete grant.
     fn granted(&self, grant: Grant) -> Self::Guard;
 }
@@ -332,48 +342,89 @@ impl Granted<'_> {
         answers: &Answers,
         link: Option<&mut ReplicaLink>,
     ) -> Result<Option<A::Guard>> {
-        let fences: Vec<(usize, u64)> = answers.grants.iter().map(|g| (g.0, g.1)).collect();
-        let fencing_token = match self.complete(primitive, &fences, link).await {
-            Ok(Some(fencing_token)) => fencing_token,
+        let nodes = self.core.nodes();
+        let rejoined = (!nodes.is_single())
+            .then(|| rejoined(&answers.grants, self.quorum))
+            .flatten();
+        let (fencing_token, holding) = match self
+            .complete(primitive, &answers.grants, rejoined, link)
+            .await
+        {
+            Ok(Some(completed)) => completed,
             Ok(None) => return Ok(None),
             Err(error) => {
                 roll_back(self.core, self.pending, self.token.clone()).await;
                 return Err(error);
             }
         };
-        if !self.core.nodes().is_single() {
+        if !nodes.is_single() {
             self.core.saw_fence(fencing_token);
+            self.undo_strays(primitive, fencing_token, &holding);
         }
         let guard = primitive.granted(Grant {
             token: self.token.clone(),
             fencing_token,
             sent_at: self.sent_at,
-            fresh: answers.grants.iter().any(|g| g.2),
+            fresh: rejoined.is_none() && answers.grants.iter().any(|g| g.2),
         });
         self.pending.settled();
         Ok(Some(guard))
+    }
+
+    /// Redlock, for a primitive whose writes outside the grant are strays
+    /// ([`Acquire::undo_stray`]): undoes this attempt on every node not known to hold the
+    /// grant, quietly and in the background (a write still in flight lands before the undo:
+    /// one connection per node keeps them in order).
+    fn undo_strays<A: Acquire>(&self, primitive: &A, fence: u64, holding: &[usize]) {
+        let Some(undo) = primitive.undo_stray(self.token, fence) else {
+            return;
+        };
+        let others: Vec<usize> = (0..self.core.nodes().len())
+            .filter(|node| !holding.contains(node))
+            .collect();
+        if !others.is_empty() {
+            self.core.watchdog().release_in_background_on(undo, others);
+        }
     }
 
     /// Finishes a grant from a majority: the largest token of the granting nodes (on one node,
     /// its token; on Redlock with a proposal, the proposal, which every granting node already
     /// stored; otherwise written back to the granting nodes, see
     /// [`crate::connection::quorum`]); then the replica guard; and only if the lease is still
-    /// valid afterwards (`ttl − elapsed − drift > 0`). `None`: too late.
+    /// valid afterwards (`ttl − elapsed − drift > 0`). A re-entry of a grant a majority holds
+    /// keeps that grant's token ([`rejoined`]). Returns the fencing token and the nodes that
+    /// hold the grant; `None`: too late.
     async fn complete<A: Acquire>(
         &self,
         primitive: &A,
-        fences: &[(usize, u64)],
+        grants: &[(usize, u64, bool)],
+        rejoined: Option<u64>,
         link: Option<&mut ReplicaLink>,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<(u64, Vec<usize>)>> {
         let nodes = self.core.nodes();
-        let fencing_token = fences.iter().map(|(_, fence)| *fence).max().unwrap_or(0);
-        if !nodes.is_single() && !self.fenced {
+        let largest = grants.iter().map(|(_, fence, _)| *fence).max().unwrap_or(0);
+        let fencing_token = rejoined.unwrap_or(largest);
+        let mut holding: Vec<usize> = grants
+            .iter()
+            .filter(|(_, fence, _)| rejoined.is_none_or(|joined| *fence == joined))
+            .map(|(index, _, _)| *index)
+            .collect();
+        // A proposal is the token of every fresh grant; a node that answered with an earlier
+        // grant (a reentrant owner's, not rejoined) needs the write-back all the same.
+        let proposed = self.fenced && grants.iter().all(|(_, _, fresh)| *fresh);
+        if !nodes.is_single() && !proposed && rejoined.is_none() {
             let call = primitive.raise_fence(self.token, fencing_token);
-            let written = futures_util::future::join_all(fences.iter().map(|(index, _)| {
+            let written = futures_util::future::join_all(grants.iter().map(|(index, _, _)| {
                 let node = nodes.get(*index);
                 node.eval::<i64>(&call, node.command_timeout())
             }))
             .await;
+            holding = grants
+                .iter()
+                .zip(&written)
+                .filter(|(_, written)| matches!(written, Ok(1)))
+                .map(|((index, _, _), _)| *index)
+                .collect();
             let confirmed = written.iter().filter(|w| matches!(w, Ok(1))).count();
             if confirmed < self.quorum {
                 return Ok(None);
@@ -398,8 +449,31 @@ impl Granted<'_> {
             }
         }
         let still_valid = Instant::now() < self.sent_at + validity(primitive.options().ttl);
-        Ok(still_valid.then_some(fencing_token))
+        Ok(still_valid.then_some((fencing_token, holding)))
     }
+}
+
+/// Redlock: the fencing token of a grant a majority still holds for this caller, if at least
+/// `quorum` nodes answered with that one grant (a reentrant owner's re-entry: not fresh, one
+/// fencing token F). The re-entry is then a hold on grant F, whatever the other nodes said (a
+/// fresh grant where the owner's key had expired, another F where a late write landed).
+///
+/// Why that is safe: a node answers "not fresh, F" only while the owner's key there is the one
+/// granted with F (a fresh grant to the owner gets a new fencing token, and a rejoined grant's
+/// stray holds are undone, never rewritten to F). Any other grant of the lock held a majority
+/// at some moment after F was granted; while it did, F was on a minority, and F's nodes only
+/// shrink after that. So a majority answering F means nobody else has held the lock since F
+/// was granted: F is still the last grant's token, and the hold joins its lease. Anything else
+/// is a fresh grant (the largest token, written back), and an earlier lease is lost.
+fn rejoined(grants: &[(usize, u64, bool)], quorum: usize) -> Option<u64> {
+    grants
+        .iter()
+        .filter(|(_, _, fresh)| !fresh)
+        .map(|(_, fence, _)| *fence)
+        .find(|fence| {
+            let same = |g: &&(usize, u64, bool)| !g.2 && g.1 == *fence;
+            grants.iter().filter(same).count() >= quorum
+        })
 }
 
 /// The error when no majority granted and nobody said busy: a refusal that retrying cannot
