@@ -194,7 +194,8 @@ pub struct RunArgs {
     /// copy without --shared (exclusive) runs alone. Once an exclusive copy waits (--wait),
     /// new --shared copies wait behind it, so a stream of them cannot starve it. Each shared
     /// copy has its own lease; DLOCK_FENCING_TOKEN is then the token of the last exclusive
-    /// grant before it (shared copies get the same one). Needs one Redis, Sentinel or Cluster.
+    /// grant before it (shared copies get the same one; on Redlock, at least that and below
+    /// the next exclusive grant's).
     #[arg(long, conflicts_with_all = ["limit", "min_hold"], help_heading = "Lease")]
     pub shared: bool,
 

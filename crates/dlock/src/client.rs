@@ -296,10 +296,8 @@ impl Client {
     /// what they mean for a lock; in fair mode readers and writers are served in arrival order.
     ///
     /// # Errors
-    /// As [`Client::lock_with`], and [`Error::Config`](crate::Error::Config) on Redlock
-    /// (read-write locks need a single Redis, Sentinel or Cluster).
+    /// As [`Client::lock_with`] (fair mode is refused on Redlock, as for a lock).
     pub fn rw_lock_with(&self, name: &str, options: LockOptions) -> Result<RwLock> {
-        self.core.single_node_only("read-write locks")?;
         self.check_options(&options)?;
         Ok(RwLock::new(
             self.core.clone(),

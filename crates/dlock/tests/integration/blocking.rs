@@ -119,10 +119,11 @@ fn the_redlock_connector_locks_on_a_majority_and_survives_a_dead_master() {
     let a = Client::redlock_with(&servers.urls(), quick()).unwrap();
     let b = Client::redlock_with(&servers.urls(), quick()).unwrap();
     assert_eq!(a.masters(), 3);
-    assert!(
-        a.rw_lock("job").unwrap_err().is_config(),
-        "single Redis only"
-    );
+    let rw = a.rw_lock("shared").unwrap();
+    let (r1, r2) = (rw.try_read().unwrap(), rw.try_read().unwrap());
+    assert!(rw.try_write().unwrap_err().is_conflict());
+    r1.release().unwrap();
+    r2.release().unwrap();
     let owner = dlock::Owner::new().unwrap();
     let outer = a.reentrant_lock("nested").unwrap().lock(&owner).unwrap();
     let inner = outer.reenter().unwrap();

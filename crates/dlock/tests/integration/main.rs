@@ -24,6 +24,7 @@ mod redlock; // majorities, dead and frozen masters, validity, fencing, loss of 
 mod redlock_degraded; // five masters, one dead and one frozen: every primitive Redlock offers
 mod redlock_fencing; // proposed fencing tokens: one round trip, counters skewed by hand, retries
 mod redlock_reentrant; // re-entries join a majority's grant; a minority's is lost; owners exclude with masters down
+mod redlock_rwlock; // readers share a majority, writers exclude; a waiting writer keeps one queue place; reader tokens
 mod reentrant; // nesting by explicit owner, freed at zero, one fencing token
 mod replicated; // the replica guard (WAIT) across real Sentinel failovers, loss after a switch
 mod restart; // a restart that loses a held lock is reported at once, and at release

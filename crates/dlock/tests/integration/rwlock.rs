@@ -555,7 +555,7 @@ async fn the_last_readers_release_wakes_the_waiting_writer() {
 }
 
 #[tokio::test]
-async fn cluster_runs_read_write_locks_and_redlock_refuses_them() {
+async fn cluster_runs_read_write_locks_and_redlock_refuses_only_fair_ones() {
     let cluster = RedisCluster::start(3);
     let c = Client::cluster(&cluster.urls()).await.unwrap();
     for name in ["{user:1}:profile", "orders", "x"] {
@@ -568,8 +568,9 @@ async fn cluster_runs_read_write_locks_and_redlock_refuses_them() {
     }
     let servers = RedisServers::start(3);
     let redlock = Client::redlock(&servers.urls()).await.unwrap();
-    match redlock.rw_lock("rw") {
-        Err(Error::Config(message)) => assert!(message.contains("read-write"), "{message}"),
+    redlock.rw_lock("rw").unwrap();
+    match redlock.rw_lock_with("rw", LockOptions::new().fair(true)) {
+        Err(Error::Config(message)) => assert!(message.contains("fair"), "{message}"),
         other => panic!("expected a Config error, got {other:?}"),
     }
 }

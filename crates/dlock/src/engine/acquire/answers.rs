@@ -50,6 +50,9 @@ impl Answers {
     }
 }
 
+/// The holder a busy node names when readers hold it: one holder, whoever they are.
+const READERS: u64 = u64::MAX;
+
 /// Sends the acquire call to every node (on the replica link, when guarded) and sorts the
 /// answers; returns as soon as a majority granted or can no longer grant. On one node, a
 /// failure is returned as it is.
@@ -91,7 +94,10 @@ pub(super) async fn send<A: Acquire>(
             Ok(Answer::Granted { fence, fresh }) => answers.grants.push((index, fence, fresh)),
             Ok(Answer::Low { counter }) => answers.lows.push((index, counter)),
             Ok(Answer::Busy(busy)) => {
-                let holder = busy.conflict.holder.as_ref().map(|h| h.fencing_token);
+                let holder = match busy.shared {
+                    true => Some(READERS),
+                    false => busy.conflict.holder.as_ref().map(|h| h.fencing_token),
+                };
                 answers.busy_holders.push((index, holder));
                 if answers.busy.as_ref().is_none_or(|kept| busier(&busy, kept)) {
                     answers.busy = Some(busy);

@@ -50,6 +50,9 @@ pub(crate) struct Busy {
     /// minority): retry after a short random pause. Their undos publish nothing (a waiter's
     /// own undo must not wake it), so no wake-up would come.
     pub split: bool,
+    /// Held by readers (a read-write lock's read mode): they count as one holder when telling
+    /// a lock a majority holds from a split vote (each master names its own first reader).
+    pub shared: bool,
 }
 
 /// One node's answer to an acquire call.

@@ -374,6 +374,7 @@ pub(crate) fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
         sent: None,
         fence_seen: int(field(5)).and_then(|fence| u64::try_from(fence).ok()),
         split: false,
+        shared: false,
     }
 }
 

@@ -24,12 +24,20 @@
 //! less than every later write grant's): storage that records the largest token it has
 //! accepted can refuse a reader that started before a write it has not seen.
 //!
+//! **On Redlock** every hold is on a majority of the masters. A waiting writer queues on every
+//! master under one id for its whole wait (each attempt has a token of its own), withdrawn
+//! when the wait ends, so new readers stay behind it. A reader's token is the largest counter
+//! its majority answered, written back to that majority: at least the last write's, and
+//! below every later write's.
+//!
 //! # Limits
-//! As for [`Lock`](crate::Lock): clocks, failover and restarts that lose data. A read-write
-//! lock needs a single Redis (Sentinel and Cluster included); Redlock is refused with
-//! [`Error::Config`]. The release that frees the lock hands it to the writer at the head of the
-//! queue (unless a plain lock of the name waits too: then, and for readers, every waiter is
-//! woken to retry). A handed writer that died holds readers back for at most its claim lease.
+//! As for [`Lock`](crate::Lock): clocks, failover and restarts that lose data. Fair mode is
+//! refused on Redlock (as for a lock). The release that frees the lock hands it to the writer at
+//! the head of the queue (one Redis and Cluster; unless a plain lock of the name waits too:
+//! then, and for readers, every waiter is woken to retry; on Redlock writers are woken too). A
+//! handed writer that died holds readers back for at most its claim lease. On Redlock a
+//! cancelled writer's queue place is withdrawn in the background: a master that misses the
+//! withdrawal holds readers back there until the writer's waiter lease ends.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,7 +223,11 @@ impl RwLock {
     }
 
     async fn try_side(&self, side: Side) -> Result<LeaseHandle> {
-        let for_side = ForSide { lock: self, side };
+        let for_side = ForSide {
+            lock: self,
+            side,
+            waiter: None,
+        };
         self.core
             .counted(side.kind(), self.name(), async {
                 let pending = self.pending(side)?;
@@ -228,7 +240,17 @@ impl RwLock {
     }
 
     async fn wait_side(&self, side: Side) -> Result<LeaseHandle> {
-        let for_side = ForSide { lock: self, side };
+        // On Redlock each attempt has a token of its own: a waiting writer keeps one place in
+        // the queue under an id of its own, withdrawn when it stops waiting.
+        let place = match side == Side::Write && !self.core.nodes().is_single() {
+            true => Some(QueuePlace::new(self)?),
+            false => None,
+        };
+        let for_side = ForSide {
+            lock: self,
+            side,
+            waiter: place.as_ref().map(|place| place.hold.token.clone()),
+        };
         self.core
             .counted(side.kind(), self.name(), async {
                 let pending = self.pending(side)?;
@@ -277,6 +299,32 @@ impl RwLock {
     }
 }
 
+/// A Redlock writer's place in the wait queue, under an id that outlives its attempts (whose
+/// tokens are fresh each time): every attempt queues under it, so new readers stay behind the
+/// writer between attempts, and dropping it (the wait is over: granted, given up, cancelled)
+/// withdraws it on every master in the background, waking the readers it held back.
+struct QueuePlace {
+    hold: Arc<RwHold>,
+    watchdog: crate::engine::watchdog::Watchdog,
+}
+
+impl QueuePlace {
+    fn new(lock: &RwLock) -> Result<QueuePlace> {
+        // A release of a write hold by a token that holds nothing withdraws its queue entry.
+        let hold = RwHold::new(lock.keys.clone(), Token::generate()?, Side::Write);
+        Ok(QueuePlace {
+            hold: Arc::new(hold),
+            watchdog: lock.core.watchdog().clone(),
+        })
+    }
+}
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.watchdog.release_in_background(self.hold.clone());
+    }
+}
+
 /// One read or write hold: its keys, token and side. How the engine renews, checks and
 /// releases it.
 #[derive(Debug)]
@@ -284,11 +332,18 @@ pub(crate) struct RwHold {
     keys: Arc<RwKeys>,
     token: Token,
     side: Side,
+    /// A release without the wake-up for everyone (the rollback of a Redlock attempt).
+    quiet: bool,
 }
 
 impl RwHold {
     fn new(keys: Arc<RwKeys>, token: Token, side: Side) -> RwHold {
-        RwHold { keys, token, side }
+        RwHold {
+            keys,
+            token,
+            side,
+            quiet: false,
+        }
     }
 }
 
@@ -353,8 +408,17 @@ impl ReleaseOp for RwHold {
             .key(&keys.waiters)
             .key(&keys.base.queue_leases)
             .arg(self.token.as_str())
-            .arg(self.side.as_str())
+            .arg(match self.quiet {
+                true => format!("{}:quiet", self.side.as_str()),
+                false => self.side.as_str().to_owned(),
+            })
             .arg(&keys.base.channel)
             .arg(millis(FENCE_RETENTION));
+    }
+    fn quieted(&self) -> Option<Arc<dyn ReleaseOp>> {
+        Some(Arc::new(RwHold {
+            quiet: true,
+            ..RwHold::new(self.keys.clone(), self.token.clone(), self.side)
+        }))
     }
 }

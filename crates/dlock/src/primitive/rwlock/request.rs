@@ -23,6 +23,8 @@ use crate::units::millis;
 pub(super) struct ForSide<'a> {
     pub(super) lock: &'a RwLock,
     pub(super) side: Side,
+    /// A Redlock writer's id in the wait queue (`None`: the attempt's token).
+    pub(super) waiter: Option<Token>,
 }
 
 impl Acquire for ForSide<'_> {
@@ -64,7 +66,8 @@ impl Acquire for ForSide<'_> {
             .arg(if options.fair { "1" } else { "0" })
             .arg(queue.map_or(0, |queue| millis(queue.lease)))
             .arg(claim)
-            .arg(queue.and_then(|queue| queue.inbox.as_deref()).unwrap_or(""));
+            .arg(queue.and_then(|queue| queue.inbox.as_deref()).unwrap_or(""))
+            .arg(self.waiter.as_ref().map_or("", Token::as_str));
         call
     }
 
@@ -80,9 +83,24 @@ impl Acquire for ForSide<'_> {
         Ok(Answer::Granted { fence, fresh: true })
     }
 
-    /// Never called: read-write locks are refused on Redlock (see `Client::rw_lock_with`).
+    /// Redlock: a writer's write-back is a lock's (its token is in the name's key). A reader's
+    /// token is the largest counter a majority answered: at least the last completed write's
+    /// (written back to a majority, which meets the reader's); raising the counters of the
+    /// reader's majority to it keeps it below every later write's.
     fn raise_fence(&self, token: &Token, fence: u64) -> ScriptInvocation<'static> {
-        crate::primitive::lock::raise_fence_call(&self.lock.keys.base, token, fence)
+        let keys = &self.lock.keys;
+        match self.side {
+            Side::Write => crate::primitive::lock::raise_fence_call(&keys.base, token, fence),
+            Side::Read => {
+                let mut call = scripts::RW_FENCE_RAISE.prepare_invoke();
+                call.key(&keys.base.fence)
+                    .key(&keys.readers)
+                    .arg(fence)
+                    .arg(millis(FENCE_RETENTION))
+                    .arg(token.as_str());
+                call
+            }
+        }
     }
 
     fn granted(&self, grant: Grant) -> LeaseHandle {
@@ -152,13 +170,14 @@ fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
             .collect(),
         _ => Vec::new(),
     };
+    let shared = !readers.is_empty();
     Busy {
         conflict: Box::new(Conflict {
             key: keys.lock.clone(),
             ttl_left: pttl(field(1)),
-            holders: match readers.is_empty() {
-                true => holder.iter().cloned().collect(),
-                false => readers,
+            holders: match shared {
+                false => holder.iter().cloned().collect(),
+                true => readers,
             },
             holder,
             limit: None,
@@ -167,5 +186,6 @@ fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
         sent: None,
         fence_seen: int(field(6)).and_then(|fence| u64::try_from(fence).ok()),
         split: false,
+        shared,
     }
 }

@@ -189,5 +189,6 @@ fn busy(keys: &LockKeys, reply: &[Value], asked: u32) -> Busy {
         sent: None,
         fence_seen: int(field(6)).and_then(|fence| u64::try_from(fence).ok()),
         split: false,
+        shared: false,
     }
 }

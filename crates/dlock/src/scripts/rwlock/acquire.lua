@@ -9,7 +9,8 @@
 --       8 '1': fair (readers queue too, and everyone is served in arrival order) | '0',
 --       9 waiter lease ms (0: do not queue), 10 a writer's claim lease ms of a hand-off (0:
 --       when the lock is freed, wake it instead), 11 the channel to send a hand-off to ('': the
---       wake-up channel)
+--       wake-up channel), 12 the waiter's id in the queue ('': the token; on Redlock every
+--       attempt has a token of its own, and the writer's place in the queue must outlive them)
 -- Who gets in:
 -- - a writer, when nobody holds the lock and no plain lock of the name waits (in fair mode:
 --   and nobody waits ahead of it);
@@ -33,7 +34,8 @@ local token, ttl = ARGV[1], tonumber(ARGV[2])
 local reading = ARGV[7] == 'read'
 local fair = ARGV[8] == '1'
 local wait_ms = tonumber(ARGV[9]) or 0
-local entry = (reading and 'r:' or 'w:') .. token
+local waiter = (ARGV[12] or '') ~= '' and ARGV[12] or token
+local entry = (reading and 'r:' or 'w:') .. waiter
 local now_us = server_now_us()
 local now_ms = math.floor(now_us / 1000)
 -- Another type (a semaphore of this name): Redis's WRONGTYPE, as for a plain lock.

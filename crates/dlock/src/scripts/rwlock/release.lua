@@ -7,8 +7,9 @@
 -- KEYS: per hold, 9 keys: the name, holder info, readers, readers' info, wait queue, waiter
 --       leases, fencing counter, queued writers' hand-off terms, the plain lock's waiter
 --       leases (a plain lock of this name waiting)
--- ARGV: per hold, 4 values: token, 'read' | 'write', wake-up channel, fencing counter
---       retention ms
+-- ARGV: per hold, 4 values: token, 'read' | 'write' (with ':quiet' for a quiet release: no
+--       wake-up for everyone, for the rollback of a Redlock attempt, whose own waiter would
+--       wake itself and spin), wake-up channel, fencing counter retention ms
 -- Returns one 1 (released: the hold was still ours) or 0 (not ours any more) per hold.
 -- Wake-ups publish '' (every waiter retries): when the lock became free and was not handed,
 -- when the read mode's end came sooner, or when a queued waiter left (a writer leaving the
@@ -62,7 +63,8 @@ for i = 1, #ARGV / 4 do
   local lock, info, readers, rinfo = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local q = {KEYS[k + 5], KEYS[k + 6], KEYS[k + 8]}
   local fence_key = KEYS[k + 7]
-  local token, reading = ARGV[4 * i - 3], ARGV[4 * i - 2] == 'read'
+  local token, side = ARGV[4 * i - 3], ARGV[4 * i - 2]
+  local reading, quiet = string.sub(side, 1, 4) == 'read', string.sub(side, -6) == ':quiet'
   local channel, retention = ARGV[4 * i - 1], ARGV[4 * i]
   local current = redis.pcall('GET', lock)
   local released, freed, sooner = false, false, false
@@ -89,7 +91,7 @@ for i = 1, #ARGV / 4 do
                               now_us) then
     freed = false
   end
-  if freed or withdrew or sooner then
+  if (freed or withdrew or sooner) and not quiet then
     -- pcall: a user without channel permissions (Redis 7 ACLs) still releases; waiters then
     -- rely on their timed re-checks.
     redis.pcall('PUBLISH', channel, '')

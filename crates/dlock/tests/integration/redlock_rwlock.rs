@@ -1,0 +1,315 @@
+//! Read-write locks on Redlock: readers share a majority, writers exclude them, a waiting
+//! writer holds new readers back across its attempts (each with a token of its own) and leaves
+//! no queue place behind, a crashed reader frees writers within one TTL, and a reader's
+//! fencing token sits between the last write's and the next one's.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dlock::{Client, ClientOptions, LockOptions, Wait};
+use dlock_test::RedisServers;
+use tokio::time::{sleep, Instant};
+
+const NAME: &str = "rw";
+const QUEUE: &str = "{rw}:dlock:rw-queue:rw";
+const COUNTER: &str = "{rw}:dlock:fence:rw";
+
+async fn redlock(servers: &RedisServers) -> Client {
+    let options = ClientOptions::new()
+        .command_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_secs(1));
+    Client::redlock_with(&servers.urls(), options)
+        .await
+        .unwrap()
+}
+
+fn waiting(limit: Duration) -> LockOptions {
+    LockOptions::new().wait(Wait::Limit(limit))
+}
+
+#[tokio::test]
+async fn readers_share_a_majority_and_a_writer_excludes_them() {
+    let servers = RedisServers::start(3);
+    let (a, b) = (redlock(&servers).await, redlock(&servers).await);
+    let (ra, rb) = (a.rw_lock(NAME).unwrap(), b.rw_lock(NAME).unwrap());
+    let first = ra.try_read().await.unwrap();
+    let second = rb.try_read().await.unwrap();
+    assert!(rb.try_write().await.unwrap_err().is_conflict());
+    first.release().await.unwrap();
+    second.release().await.unwrap();
+
+    let writer = rb.try_write().await.unwrap();
+    assert!(ra.try_read().await.unwrap_err().is_conflict());
+    assert!(ra.try_write().await.unwrap_err().is_conflict());
+    let written = writer.fencing_token();
+    writer.release().await.unwrap();
+
+    let reader = ra.try_read().await.unwrap();
+    let read = reader.fencing_token();
+    assert!(
+        read >= written,
+        "a reader's token is at least the last write's: {read} < {written}"
+    );
+    reader.release().await.unwrap();
+    let next = ra.try_write().await.unwrap();
+    assert!(next.fencing_token() > read);
+    next.release().await.unwrap();
+}
+
+/// A write grant rolled back on one master leaves that master's counter above the others'.
+/// A reader whose majority includes it carries that counter as its token; a later writer whose
+/// majority misses it must still get a larger token, so the reader writes its token back to
+/// its majority. Without that, the writer here got a token below the reader's.
+#[tokio::test]
+async fn a_readers_token_stays_below_every_later_writes() {
+    let mut servers = RedisServers::start(3);
+    let c = redlock(&servers).await;
+    let rw = c.rw_lock(NAME).unwrap();
+    let warm = rw.try_write().await.unwrap();
+    let written = warm.fencing_token();
+    warm.release().await.unwrap();
+    // Master 0's counter alone far ahead (as a rolled-back write grant leaves it).
+    let ahead = (written + 1_000_000_000).to_string();
+    let _: () = servers[0].cmd("SET", &[COUNTER, &ahead]);
+    // The reader's majority is masters 0 and 1: master 2 answers late.
+    servers[2].client_pause(Duration::from_millis(150));
+    let reader = rw.try_read().await.unwrap();
+    let read = reader.fencing_token();
+    assert_eq!(read.to_string(), ahead);
+    reader.release().await.unwrap();
+    sleep(Duration::from_millis(150)).await;
+
+    // The next writer's majority misses master 0.
+    servers[0].kill();
+    let writer = rw.try_write().await.unwrap();
+    assert!(
+        writer.fencing_token() > read,
+        "a write after a read has a larger token: {} <= {read}",
+        writer.fencing_token()
+    );
+    writer.release().await.unwrap();
+}
+
+/// Readers keep the lock busy without a gap. A writer that starts waiting holds new readers
+/// back on every master (each of its attempts has a token of its own, but it keeps one place
+/// in the queue) and is granted once the readers inside leave: well within two seconds here
+/// (each reader stays 30 ms), however long the stream lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_readers_does_not_starve_a_writer() {
+    let servers = RedisServers::start(3);
+    let c = redlock(&servers).await;
+    let rw = c
+        .rw_lock_with(NAME, waiting(Duration::from_secs(20)))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let mut streams = Vec::new();
+    for start in 0..3u64 {
+        let (rw, stop, refused) = (rw.clone(), stop.clone(), refused.clone());
+        streams.push(tokio::spawn(async move {
+            sleep(Duration::from_millis(10 * start)).await;
+            while !stop.load(Ordering::SeqCst) {
+                match rw.try_read().await {
+                    Ok(guard) => {
+                        sleep(Duration::from_millis(30)).await;
+                        guard.release().await.unwrap();
+                    }
+                    Err(e) if e.is_conflict() || e.is_unavailable() => {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let writer = rw.write().await.unwrap();
+    let waited = asked.elapsed();
+    assert!(
+        refused.load(Ordering::SeqCst) > 0,
+        "no reader was held back by the writer"
+    );
+    assert!(
+        waited < Duration::from_secs(2),
+        "the writer waited {waited:?} behind readers that stay 30 ms each"
+    );
+    writer.release().await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for stream in streams {
+        stream.await.unwrap();
+    }
+    // Its attempts queued under one id, withdrawn once it was granted: nothing of the writer
+    // is left to hold readers back (one entry per attempt would stay until its waiter lease
+    // ran out).
+    c.flush().await;
+    for (i, server) in servers.iter().enumerate() {
+        assert_eq!(
+            server.cmd::<i64>("LLEN", &[QUEUE]),
+            0,
+            "master {i} still queues the writer that was granted"
+        );
+    }
+    rw.try_read().await.unwrap().release().await.unwrap();
+}
+
+/// A writer that stops waiting (its future dropped) leaves no place in any master's queue:
+/// readers get in at once, not after its waiter lease ends (six seconds by default).
+#[tokio::test]
+async fn a_cancelled_writer_leaves_no_place_in_the_queue() {
+    let servers = RedisServers::start(3);
+    let (a, b) = (redlock(&servers).await, redlock(&servers).await);
+    let reader = a.rw_lock(NAME).unwrap().try_read().await.unwrap();
+    let writer = b
+        .rw_lock_with(NAME, waiting(Duration::from_secs(20)))
+        .unwrap();
+    let waiting_writer = tokio::spawn(async move { writer.write().await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while servers.iter().any(|s| s.cmd::<i64>("LLEN", &[QUEUE]) == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the writer never queued everywhere"
+        );
+        sleep(Duration::from_millis(5)).await;
+    }
+    assert!(a
+        .rw_lock(NAME)
+        .unwrap()
+        .try_read()
+        .await
+        .unwrap_err()
+        .is_conflict());
+    waiting_writer.abort();
+    assert!(waiting_writer.await.unwrap_err().is_cancelled());
+    b.flush().await;
+    for (i, server) in servers.iter().enumerate() {
+        assert_eq!(
+            server.cmd::<i64>("LLEN", &[QUEUE]),
+            0,
+            "master {i} still queues the writer that stopped waiting"
+        );
+    }
+    let another = a.rw_lock(NAME).unwrap().try_read().await.unwrap();
+    another.release().await.unwrap();
+    reader.release().await.unwrap();
+}
+
+/// A reader that vanishes without releasing (its process crashed: no release, no renewal)
+/// keeps a waiting writer out for at most its TTL, judged by each master's clock.
+#[tokio::test]
+async fn a_crashed_reader_frees_writers_within_one_ttl() {
+    let servers = RedisServers::start(3);
+    let (a, b) = (redlock(&servers).await, redlock(&servers).await);
+    let ttl = Duration::from_secs(1);
+    let crashed = a
+        .rw_lock_with(NAME, LockOptions::new().ttl(ttl).renew(false))
+        .unwrap()
+        .try_read()
+        .await
+        .unwrap();
+    let taken = Instant::now();
+    std::mem::forget(crashed);
+    let writer = b
+        .rw_lock_with(NAME, waiting(Duration::from_secs(10)))
+        .unwrap()
+        .write()
+        .await
+        .unwrap();
+    let waited = taken.elapsed();
+    assert!(
+        waited >= ttl - Duration::from_millis(50),
+        "granted {waited:?} into a {ttl:?} read lease"
+    );
+    assert!(
+        waited < ttl + Duration::from_millis(700),
+        "the writer waited {waited:?} for a reader whose lease was {ttl:?}"
+    );
+    writer.release().await.unwrap();
+}
+
+/// Readers and writers of several clients, with one master of five dead and one frozen: a
+/// writer is never inside with anyone, readers share, and write tokens only grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_exclude_everyone_with_a_master_dead_and_one_frozen() {
+    let mut servers = RedisServers::start(5);
+    servers[3].kill();
+    servers[4].pause();
+    let writers = Arc::new(AtomicUsize::new(0));
+    let readers = Arc::new(AtomicUsize::new(0));
+    let most_readers = Arc::new(AtomicUsize::new(0));
+    let fences = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for task in 0..4 {
+        let client = redlock(&servers).await;
+        let (writers, readers) = (writers.clone(), readers.clone());
+        let (most_readers, fences) = (most_readers.clone(), fences.clone());
+        tasks.push(tokio::spawn(async move {
+            let options = waiting(Duration::from_secs(30)).ttl(Duration::from_secs(5));
+            let rw = client.rw_lock_with(NAME, options).unwrap();
+            for round in 0..4 {
+                if (task + round) % 2 == 0 {
+                    let guard = rw.write().await.unwrap();
+                    assert_eq!(writers.fetch_add(1, Ordering::SeqCst), 0, "two writers");
+                    assert_eq!(readers.load(Ordering::SeqCst), 0, "a writer with readers");
+                    fences.lock().unwrap().push(guard.fencing_token());
+                    sleep(Duration::from_millis(5)).await;
+                    writers.fetch_sub(1, Ordering::SeqCst);
+                    guard.release().await.unwrap();
+                } else {
+                    let guard = rw.read().await.unwrap();
+                    let inside = readers.fetch_add(1, Ordering::SeqCst) + 1;
+                    most_readers.fetch_max(inside, Ordering::SeqCst);
+                    assert_eq!(writers.load(Ordering::SeqCst), 0, "a reader with a writer");
+                    sleep(Duration::from_millis(20)).await;
+                    readers.fetch_sub(1, Ordering::SeqCst);
+                    guard.release().await.unwrap();
+                }
+            }
+            client.flush().await;
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let fences = fences.lock().unwrap().clone();
+    assert_eq!(fences.len(), 8);
+    assert!(
+        fences.windows(2).all(|w| w[0] < w[1]),
+        "write tokens in grant order: {fences:?}"
+    );
+    servers[4].resume();
+    for server in servers.iter().take(3) {
+        assert_eq!(server.cmd::<i64>("EXISTS", &[NAME]), 0);
+        assert_eq!(server.cmd::<i64>("LLEN", &[QUEUE]), 0);
+    }
+}
+
+/// A writer waiting behind readers sleeps until woken: neither its own rollback (on the
+/// master where the readers are missing, its grant is undone quietly) nor the readers' holder
+/// info, which differs from master to master, sets it polling (the readers are one holder,
+/// not a split vote among waiters).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_behind_readers_on_a_bare_majority_does_not_spin() {
+    let mut servers = RedisServers::start(3);
+    let holder = redlock(&servers).await;
+    // Read on exactly two masters: granted with the third down, which comes back empty.
+    servers[2].kill();
+    let reader = holder.rw_lock(NAME).unwrap().try_read().await.unwrap();
+    servers[2].restart_empty();
+    let waiter = redlock(&servers).await;
+    let slow = waiting(Duration::from_secs(3)).recheck(Duration::from_secs(20));
+    let calls = |servers: &RedisServers| {
+        servers[0].command_calls("evalsha") + servers[0].command_calls("eval")
+    };
+    let before = calls(&servers);
+    let waited = waiter.rw_lock_with(NAME, slow).unwrap().write().await;
+    assert!(waited.unwrap_err().is_timeout());
+    let spent = calls(&servers) - before;
+    assert!(
+        spent < 15,
+        "{spent} script calls on one master in a 3 s wait: a spin"
+    );
+    reader.release().await.unwrap();
+}
