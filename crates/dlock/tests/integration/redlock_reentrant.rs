@@ -335,3 +335,90 @@ async fn a_waiter_behind_a_bare_majority_does_not_spin() {
     );
     held.release().await.unwrap();
 }
+
+/// A re-entry that finds the owner's grant on one master, a fresh grant on another and the
+/// third silent replaces the old grant where it answered (its write-back), and then fails: here
+/// it completes after its short validity (the silent master cost the whole command timeout),
+/// and its rollback frees the lock on the masters it had taken. The old grant is then held by
+/// the silent master alone, so its lease must be reported lost, even though no new grant was
+/// made. Found by review: the old lease went on counting itself held while another owner
+/// could take the two free masters.
+#[tokio::test]
+async fn a_failed_reentry_that_replaced_the_old_grant_reports_its_lease_lost() {
+    let mut servers = RedisServers::start(3);
+    let c = redlock(&servers).await;
+    let owner = Owner::new().unwrap();
+    let outer = c
+        .reentrant_lock_with(LOCK, unrenewed())
+        .unwrap()
+        .lock(&owner)
+        .await
+        .unwrap();
+    on_every_master(&servers).await;
+    forget_on(&servers, 2);
+    servers[1].pause();
+
+    // The same lock with a lease shorter than the command timeout.
+    let short = LockOptions::new()
+        .ttl(Duration::from_millis(200))
+        .renew(false);
+    let reentry = c
+        .reentrant_lock_with(LOCK, short)
+        .unwrap()
+        .try_lock(&owner)
+        .await;
+    assert!(reentry.is_err(), "completed past its validity: {reentry:?}");
+    c.flush().await;
+    assert_eq!(
+        servers[0].cmd::<i64>("EXISTS", &[LOCK]),
+        0,
+        "the rollback freed the master whose copy of the old grant the write-back replaced"
+    );
+    let reason = timeout(Duration::from_millis(100), outer.lost())
+        .await
+        .expect("the old grant is held by one master of three: its lease is lost");
+    assert_eq!(reason, LossReason::KeyGone);
+    servers[1].resume();
+}
+
+/// Whether a majority of the running masters hold `owner`'s key with grant `fence`.
+fn on_a_majority(servers: &RedisServers, fence: u64) -> bool {
+    let info = "{ledger}:dlock:info:ledger";
+    let holding = servers
+        .iter()
+        .filter(|s| s.is_running())
+        .filter(|s| s.cmd::<Option<String>>("HGET", &[info, "fence"]) == Some(fence.to_string()))
+        .count();
+    holding * 2 > servers.len()
+}
+
+/// Two tasks of one owner re-enter at once while the owner's grant is on one master, a fresh
+/// grant is to be had on another and the third is silent: each attempt's answers arrive over
+/// time, and the other's write-back could change them before it decides. The attempts take
+/// turns, so whatever each decides, every guard that counts itself held has its grant on a
+/// majority. Found by review: one attempt rejoined a grant the other had just replaced, and
+/// its guard counted itself held on one master of three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reentries_of_one_owner_never_leave_a_guard_on_a_minority() {
+    let mut servers = RedisServers::start(3);
+    let c = redlock(&servers).await;
+    let lock = c.reentrant_lock_with(LOCK, unrenewed()).unwrap();
+    let owner = Owner::new().unwrap();
+    let outer = lock.lock(&owner).await.unwrap();
+    on_every_master(&servers).await;
+    forget_on(&servers, 2);
+    servers[1].pause();
+    let (first, second) = tokio::join!(outer.reenter(), outer.reenter());
+    servers[1].resume();
+    c.flush().await;
+    let guards = [Ok(&outer), first.as_ref(), second.as_ref()];
+    for guard in guards.into_iter().flatten() {
+        if guard.is_held() {
+            assert!(
+                on_a_majority(&servers, guard.fencing_token()),
+                "a guard counts itself held, but its grant {} is on a minority",
+                guard.fencing_token()
+            );
+        }
+    }
+}

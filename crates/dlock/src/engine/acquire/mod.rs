@@ -129,6 +129,10 @@ pub(crate) trait Acquire: Sync {
     /// raise a node's counter to `fence` and record it as the grant's; the script answers 1
     /// when the hold on that node is still `token`'s.
     fn raise_fence(&self, token: &Token, fence: u64) -> ScriptInvocation<'static>;
+    /// Redlock: the write-back is about to replace an earlier grant that some nodes answered
+    /// with (not fresh: a reentrant owner's). Its lease ends here, even if this attempt fails
+    /// after (the replaced nodes no longer hold it).
+    fn replacing_earlier_grant(&self) {}
     /// Redlock: how to undo this attempt's write (`token`'s) on a node outside the grant,
     /// whose fencing token is `fence`, unless that node holds the grant after all. `None` (the
     /// default): such a write is the grant's own, which renewals and the release find by its
@@ -405,7 +409,23 @@ impl Granted<'_> {
         link: Option<&mut ReplicaLink>,
     ) -> Result<Option<(u64, Vec<usize>)>> {
         let nodes = self.core.nodes();
-        let largest = grants.iter().map(|(_, fence, _)| *fence).max().unwrap_or(0);
+        // A fresh grant's token is above every earlier grant some nodes answered with (a
+        // reentrant owner's, replaced by this one): reusing one would give two grants one token.
+        let largest = grants
+            .iter()
+            .map(|&(_, fence, fresh)| {
+                if fresh {
+                    fence
+                } else {
+                    fence.saturating_add(1)
+                }
+            })
+            .max()
+            .unwrap_or(0);
+        let largest = match nodes.is_single() {
+            true => grants.first().map_or(0, |&(_, fence, _)| fence),
+            false => largest,
+        };
         let fencing_token = rejoined.unwrap_or(largest);
         let mut holding: Vec<usize> = grants
             .iter()
@@ -416,6 +436,11 @@ impl Granted<'_> {
         // grant (a reentrant owner's, not rejoined) needs the write-back all the same.
         let proposed = self.fenced && grants.iter().all(|(_, _, fresh)| *fresh);
         if !nodes.is_single() && !proposed && rejoined.is_none() {
+            if grants.iter().any(|&(_, _, fresh)| !fresh) {
+                // The write-back replaces an earlier grant where nodes answered with it,
+                // whether or not this attempt then succeeds: that grant's lease is over.
+                primitive.replacing_earlier_grant();
+            }
             let call = primitive.raise_fence(self.token, fencing_token);
             let written = futures_util::future::join_all(grants.iter().map(|(index, _, _)| {
                 let node = nodes.get(*index);

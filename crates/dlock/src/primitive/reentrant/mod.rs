@@ -67,6 +67,8 @@ struct OwnerInner {
     token: Token,
     /// The owner's live holdings by lock name, so nested holds share one lease.
     holdings: Mutex<HashMap<String, Weak<Shared>>>,
+    /// One turn at a time per lock name: see [`Owner::turn`].
+    turns: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
 
 impl Owner {
@@ -79,6 +81,7 @@ impl Owner {
             inner: Arc::new(OwnerInner {
                 token: Token::generate()?,
                 holdings: Mutex::new(HashMap::new()),
+                turns: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -98,6 +101,31 @@ impl Owner {
             .get(name)
             .and_then(Weak::upgrade)
             .filter(|holding| holding.lease.is_held())
+    }
+
+    /// The owner's turn to make one acquisition attempt on `name`. Its attempts take turns:
+    /// on Redlock an attempt's answers arrive over time, and a concurrent attempt's write-back
+    /// (which replaces the owner's grant on a master) could change them before the decision,
+    /// so two tasks of one owner could each decide on a different grant of the same lock, and
+    /// one would report the other's lease lost while its own held on a minority.
+    async fn turn(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let gate = {
+            let mut turns = self
+                .inner
+                .turns
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match turns.get(name).and_then(Weak::upgrade) {
+                Some(gate) => gate,
+                None => {
+                    turns.retain(|_, gate| gate.strong_count() > 0);
+                    let gate = Arc::new(tokio::sync::Mutex::new(()));
+                    turns.insert(name.to_owned(), Arc::downgrade(&gate));
+                    gate
+                }
+            }
+        };
+        gate.lock_owned().await
     }
 
     fn remember(&self, name: &str, holding: &Arc<Shared>) {
@@ -171,7 +199,7 @@ impl ReentrantLock {
             .counted(Kind::ReentrantLock, self.name(), async {
                 let pending = self.pending(owner)?;
                 let attempt = ForOwner { lock: self, owner };
-                match acquire::attempt(self.lock.core(), &attempt, &pending, None).await? {
+                match attempt.once(&pending).await? {
                     Attempt::Granted(guard) => Ok(guard),
                     Attempt::Busy(busy) => Err(Error::Conflict(busy.conflict)),
                 }
@@ -196,11 +224,7 @@ impl ReentrantLock {
                 let attempt = ForOwner { lock: self, owner };
                 self.lock
                     .waiting()
-                    .wait_for(
-                        &pending.token(),
-                        |_| acquire::attempt(self.lock.core(), &attempt, &pending, None),
-                        |_| None,
-                    )
+                    .wait_for(&pending.token(), |_| attempt.once(&pending), |_| None)
                     .await
             })
             .await
@@ -231,6 +255,14 @@ impl ReentrantLock {
 struct ForOwner<'a> {
     lock: &'a ReentrantLock,
     owner: &'a Owner,
+}
+
+impl ForOwner<'_> {
+    /// One attempt, in the owner's turn for this lock (see [`Owner::turn`]).
+    async fn once(&self, pending: &Pending) -> Result<Attempt<ReentrantGuard>> {
+        let _turn = self.owner.turn(self.lock.name()).await;
+        acquire::attempt(self.lock.lock.core(), self, pending, None).await
+    }
 }
 
 impl Acquire for ForOwner<'_> {
@@ -302,6 +334,18 @@ impl Acquire for ForOwner<'_> {
             .arg(self.owner.token().as_str())
             .arg(acquisition.as_str());
         call
+    }
+
+    fn replacing_earlier_grant(&self) {
+        let name = &self.lock.lock.keys().lock;
+        if let Some(previous) = self.owner.holding(name) {
+            if previous
+                .lease
+                .finish(LeaseStatus::Lost(LossReason::KeyGone))
+            {
+                tracing::warn!(lock = %name, "lease lost: a re-entry found it on a minority of the masters");
+            }
+        }
     }
 
     fn undo_stray(&self, acquisition: &Token, fence: u64) -> Option<Arc<dyn ReleaseOp>> {
@@ -400,8 +444,11 @@ impl ReentrantGuard {
         &self.owner
     }
 
-    /// Takes another hold for the same owner (one round trip; never waits, since the owner
-    /// holds the lock).
+    /// Takes another hold for the same owner (one round trip on one Redis; never waits for
+    /// another owner, since the owner holds the lock). On Redlock it waits for masters still
+    /// silent while their answers could decide between the owner's grant and a fresh one (at
+    /// most the command timeout), and if a majority no longer holds the owner's grant it is a
+    /// fresh grant, and this guard's lease is reported lost.
     ///
     /// # Errors
     /// [`Error::Conflict`] if the lease was lost and another owner took the lock meanwhile;
