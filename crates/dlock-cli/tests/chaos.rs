@@ -4,14 +4,16 @@
 //! largest accepted: "refused", with the writer's pid), and records an "overlap" when a holder
 //! enters while another's "enter" has no "exit" yet.
 //!
-//! Six runs: one Redis, one Redis in fair mode, Redlock over three masters, `dlock run
+//! Seven runs: one Redis, one Redis in fair mode, Redlock over three masters, `dlock run
 //! --limit 3` on one Redis (a semaphore; its checks are at the end), one Redis with every
 //! other run holding both keys (`--and`, either order; a run holding both is no waiter for the
-//! kill bound and no hand-over for ε: it may wait on the other key), and one Redis with two
-//! runs in three `--shared` (read-write locks). In that run the storage lets readers in
-//! together and logs an overlap for a writer entering beside anyone, or a reader beside a
-//! writer; the lock checks apply to each overlap, except that readers share tokens (the last
-//! exclusive grant's: a token entered by two holders is a violation only between writers)
+//! kill bound and no hand-over for ε: it may wait on the other key), and one Redis and Redlock
+//! over three masters with two runs in three `--shared` (read-write locks). In those runs the
+//! storage lets readers in together and logs an overlap for a writer entering beside anyone,
+//! or a reader beside a writer; the lock checks apply to each overlap, except that readers
+//! share tokens (at least the last exclusive grant's: a token entered by two holders is a
+//! violation only between writers; a reader's token is checked against writers' only, a
+//! writer's against everyone's before it)
 //! and a killed reader's next grant is not bounded (a writer may also wait for readers whose
 //! jobs outlast the killed one's TTL; its lease's PTTL is still checked). Faults, each
 //! recorded with its time window: holder processes SIGKILLed (the kill's time); holders
@@ -165,8 +167,12 @@ return 1
 "#;
 
 /// The `--shared` run's storage: `ARGV[4]` is 'r' for a shared copy (a reader), 'w' for an
-/// exclusive one. Fenced as `STORAGE_LUA` (a reader's token is the last exclusive grant's, so
-/// a reader that began before an accepted exclusive write is refused); a writer entering
+/// exclusive one. A reader is checked against the largest writer's token accepted (`max`: a
+/// reader's token is at least the last exclusive grant's, so a reader that began before an
+/// accepted exclusive write is refused); a writer against every token accepted, readers'
+/// (`rmax`) too (a reader's token is below every later write's, so a writer whose grant came
+/// before a reader that got in is stale). Readers do not refuse each other: on Redlock two
+/// readers of one read period may carry different tokens. A writer entering
 /// while a writer or readers are inside logs an "overlap" with each, a reader entering while a
 /// writer is inside logs one with it. Readers inside: `KEYS[1]`'s `r:<pid>` fields (an
 /// overtaken reader's is dropped once logged, as a writer's `inside` is replaced).
@@ -176,6 +182,12 @@ local pid, step, mode = ARGV[2], ARGV[3], ARGV[4]
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local max = redis.call('HGET', KEYS[1], 'max') or '0'
+if mode == 'w' then
+  local rmax = redis.call('HGET', KEYS[1], 'rmax') or '0'
+  if tonumber(rmax) > tonumber(max) then
+    max = rmax
+  end
+end
 if token < tonumber(max) then
   redis.call('RPUSH', KEYS[2], table.concat({'refused', ARGV[1], pid, now_ms, step, max}, ' '))
   return 0
@@ -204,7 +216,10 @@ if step == 'enter' then
     redis.call('HSET', KEYS[1], 'max', ARGV[1], 'inside', ARGV[1], 'inside_pid', pid,
                'inside_ms', now_ms)
   else
-    redis.call('HSET', KEYS[1], 'max', ARGV[1], 'r:' .. pid, ARGV[1] .. ' ' .. now_ms)
+    redis.call('HSET', KEYS[1], 'r:' .. pid, ARGV[1] .. ' ' .. now_ms)
+    if token > tonumber(redis.call('HGET', KEYS[1], 'rmax') or '0') then
+      redis.call('HSET', KEYS[1], 'rmax', ARGV[1])
+    end
   end
 elseif mode == 'w' then
   redis.call('HDEL', KEYS[1], 'inside', 'inside_pid', 'inside_ms')
@@ -390,6 +405,11 @@ fn chaos_on_one_redis_with_limit_3() {
 #[test]
 fn chaos_on_one_redis_with_shared_and_exclusive_copies() {
     chaos_mixed(1, false, None, Mix::Shared);
+}
+
+#[test]
+fn chaos_on_redlock_with_shared_and_exclusive_copies() {
+    chaos_mixed(3, false, None, Mix::Shared);
 }
 
 #[test]

@@ -147,7 +147,7 @@ pub(crate) static RW_RELEASE: LazyLock<Script> = rwlock!(queue "scripts/rwlock/r
 /// Renew readers' leases (see `rwlock/renew.lua`); writers renew as plain locks.
 pub(crate) static RW_RENEW: LazyLock<Script> = rwlock!("scripts/rwlock/renew.lua");
 /// Redlock: raise a master's fencing counter to a reader's token (see `rwlock/fence_raise.lua`).
-pub(crate) static RW_FENCE_RAISE: LazyLock<Script> = script!("scripts/rwlock/fence_raise.lua");
+pub(crate) static RW_FENCE_RAISE: LazyLock<Script> = rwlock!("scripts/rwlock/fence_raise.lua");
 /// Check, read-only, that readers still hold (see `rwlock/verify.lua`).
 pub(crate) static RW_VERIFY: LazyLock<Script> = rwlock!("scripts/rwlock/verify.lua");
 

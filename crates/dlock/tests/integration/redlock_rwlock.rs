@@ -321,3 +321,95 @@ async fn a_writer_behind_readers_on_a_bare_majority_does_not_spin() {
     );
     reader.release().await.unwrap();
 }
+
+/// A reader held back by a queued writer whose process died (its place stays until its waiter
+/// lease ends) sleeps until then: the masters answer busy without naming a holder (the lock is
+/// free), which is one holder's place, not a split vote among waiters. Found by review: the
+/// reader retried every 10-60 ms for the whole waiter lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_behind_a_dead_writers_queue_place_does_not_spin() {
+    let servers = RedisServers::start(3);
+    let c = redlock(&servers).await;
+    let reader = c.rw_lock(NAME).unwrap().try_read().await.unwrap();
+    // A writer queues on every master from a runtime of its own, which then vanishes with it
+    // (as in a crashed process: no withdrawal). Its place lasts 3 × its 500 ms re-check.
+    let urls = servers.urls();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let options = ClientOptions::new().command_timeout(Duration::from_millis(300));
+            let client = Client::redlock_with(&urls, options).await.unwrap();
+            let writer = client
+                .rw_lock_with(
+                    NAME,
+                    waiting(Duration::from_secs(30)).recheck(Duration::from_millis(500)),
+                )
+                .unwrap();
+            // Polled until it queued, then never dropped: nothing withdraws its place.
+            let mut write = Box::pin(writer.write());
+            let _ = tokio::time::timeout(Duration::from_millis(300), &mut write).await;
+            std::mem::forget(write);
+            std::mem::forget(client);
+        });
+        runtime.shutdown_background();
+    })
+    .join()
+    .unwrap();
+    assert!(servers.iter().all(|s| s.cmd::<i64>("LLEN", &[QUEUE]) > 0));
+    reader.release().await.unwrap();
+
+    let calls = || servers[0].command_calls("evalsha") + servers[0].command_calls("eval");
+    let before = calls();
+    let slow = waiting(Duration::from_secs(5)).recheck(Duration::from_secs(20));
+    let next = c.rw_lock_with(NAME, slow).unwrap().read().await.unwrap();
+    let spent = calls() - before;
+    assert!(
+        spent < 10,
+        "{spent} script calls on one master while a dead writer's place held the lock back"
+    );
+    next.release().await.unwrap();
+}
+
+/// The reader's write-back (`rwlock/fence_raise.lua`, called directly) counts only where the
+/// reader still holds: the name in read mode and the reader's lease running. A reader entry
+/// left in the zset after the name was freed (a forced release) and taken by a writer, or one
+/// whose lease ended, must not confirm it: it always raises the counter, though.
+#[tokio::test]
+async fn a_readers_write_back_counts_only_where_it_still_reads() {
+    let server = dlock_test::RedisServer::start();
+    let script = redis::Script::new(concat!(
+        include_str!("../../src/scripts/rwlock/shared.lua"),
+        include_str!("../../src/scripts/rwlock/fence_raise.lua")
+    ));
+    let readers = "{rw}:dlock:readers:rw";
+    let mut con = server.connection();
+    let now_ms: Vec<String> = redis::cmd("TIME").query(&mut con).unwrap();
+    let now_ms = now_ms[0].parse::<u64>().unwrap() * 1000;
+    let write_back = |con: &mut redis::Connection, fence: u64| -> i64 {
+        script
+            .key(COUNTER)
+            .key(readers)
+            .key(NAME)
+            .arg(fence)
+            .arg(60_000)
+            .arg("reader")
+            .invoke(con)
+            .unwrap()
+    };
+    let lease_end = (now_ms + 60_000).to_string();
+    let _: () = server.cmd("SET", &[NAME, "dlock:read-mode"]);
+    let _: () = server.cmd("ZADD", &[readers, &lease_end, "reader"]);
+    assert_eq!(write_back(&mut con, 10), 1, "a live reader");
+    assert_eq!(server.cmd::<String>("GET", &[COUNTER]), "10");
+
+    let _: () = server.cmd("SET", &[NAME, "a-writers-token"]);
+    assert_eq!(write_back(&mut con, 11), 0, "the name is a writer's");
+    assert_eq!(server.cmd::<String>("GET", &[COUNTER]), "11");
+
+    let _: () = server.cmd("SET", &[NAME, "dlock:read-mode"]);
+    let _: () = server.cmd("ZADD", &[readers, "1", "reader"]);
+    assert_eq!(write_back(&mut con, 12), 0, "the reader's lease ended");
+}

@@ -50,8 +50,9 @@ impl Answers {
     }
 }
 
-/// The holder a busy node names when readers hold it: one holder, whoever they are.
-const READERS: u64 = u64::MAX;
+/// The holder a busy node stands for when readers hold it or a queued writer holds it back:
+/// one holder, whoever they are.
+const SHARED: u64 = u64::MAX;
 
 /// Sends the acquire call to every node (on the replica link, when guarded) and sorts the
 /// answers; returns as soon as a majority granted or can no longer grant. On one node, a
@@ -95,7 +96,7 @@ pub(super) async fn send<A: Acquire>(
             Ok(Answer::Low { counter }) => answers.lows.push((index, counter)),
             Ok(Answer::Busy(busy)) => {
                 let holder = match busy.shared {
-                    true => Some(READERS),
+                    true => Some(SHARED),
                     false => busy.conflict.holder.as_ref().map(|h| h.fencing_token),
                 };
                 answers.busy_holders.push((index, holder));

@@ -40,10 +40,14 @@ impl Granted<'_> {
         let rejoined = (!nodes.is_single())
             .then(|| rejoined(&answers.grants, self.quorum))
             .flatten();
-        let (fencing_token, holding) = match self
-            .complete(primitive, &answers.grants, rejoined, link)
-            .await
-        {
+        let completed = match self.undecided(answers, rejoined) {
+            Some(error) => Err(error),
+            None => {
+                self.complete(primitive, &answers.grants, rejoined, link)
+                    .await
+            }
+        };
+        let (fencing_token, holding) = match completed {
             Ok(Some(completed)) => completed,
             Ok(None) => return Ok(None),
             Err(error) => {
@@ -135,6 +139,36 @@ impl Granted<'_> {
 }
 
 impl Granted<'_> {
+    /// Redlock: an error when the nodes that failed could have made a majority of the grant
+    /// some nodes answered as a re-entry of (a reentrant owner's). Granting afresh would then
+    /// replace a grant a majority may still hold over a passing failure, and end its lease;
+    /// the caller retries instead.
+    fn undecided(&self, answers: &Answers, rejoined: Option<u64>) -> Option<Error> {
+        if rejoined.is_some() || answers.failures.is_empty() {
+            return None;
+        }
+        let grants = &answers.grants;
+        let most = grants
+            .iter()
+            .filter(|(_, _, fresh)| !fresh)
+            .map(|&(_, fence, _)| {
+                let same = |g: &&(usize, u64, bool)| !g.2 && g.1 == fence;
+                grants.iter().filter(same).count()
+            })
+            .max()?;
+        if most + answers.failures.len() < self.quorum {
+            return None;
+        }
+        let (index, failure) = &answers.failures[0];
+        Some(Error::Unavailable {
+            node: self.core.nodes().name(*index).to_owned(),
+            reason: format!(
+                "a re-entry could not tell whether a majority still holds the owner's grant \
+                 ({failure}); retry"
+            ),
+        })
+    }
+
     /// Redlock's fencing write-back of `fencing_token` to the granting nodes; returns those
     /// that confirmed (the grant holds there).
     async fn write_back<A: Acquire>(

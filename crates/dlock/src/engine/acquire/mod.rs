@@ -50,8 +50,9 @@ pub(crate) struct Busy {
     /// minority): retry after a short random pause. Their undos publish nothing (a waiter's
     /// own undo must not wake it), so no wake-up would come.
     pub split: bool,
-    /// Held by readers (a read-write lock's read mode): they count as one holder when telling
-    /// a lock a majority holds from a split vote (each master names its own first reader).
+    /// Held by readers (a read-write lock's read mode), or held back for a queued writer:
+    /// either counts as one holder when telling a lock a majority holds from a split vote (each
+    /// master names its own first reader, or no holder at all).
     pub shared: bool,
 }
 

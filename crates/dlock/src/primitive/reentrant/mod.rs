@@ -22,7 +22,10 @@
 //! master that missed a re-entry (down, or its write abandoned once a majority answered)
 //! counts one hold fewer and may free its copy before the last release; the majority keeps
 //! the grant. A re-entry that finds the owner's grant on some masters but fresh grants on
-//! others waits for every master still silent (at most the command timeout).
+//! others waits for every master still silent (at most the command timeout); if masters that
+//! failed could still make a majority of the owner's grant, it is a retryable error (with a
+//! master down for good, until the owner's grant there expires). An owner's attempts on one
+//! lock take turns, so a re-entry may wait for another task's attempt of the same owner.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};

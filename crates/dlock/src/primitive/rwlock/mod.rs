@@ -28,7 +28,10 @@
 //! master under one id for its whole wait (each attempt has a token of its own), withdrawn
 //! when the wait ends, so new readers stay behind it. A reader's token is the largest counter
 //! its majority answered, written back to that majority: at least the last write's, and
-//! below every later write's.
+//! below every later write's. Two readers of one read period may carry different tokens
+//! (a master's counter raised by a writer's attempt rolled back there, or restarted from the
+//! clock): storage should check readers against the largest *writer's* token it accepted,
+//! without recording readers' tokens.
 //!
 //! # Limits
 //! As for [`Lock`](crate::Lock): clocks, failover and restarts that lose data. Fair mode is
@@ -36,8 +39,11 @@
 //! the head of the queue (one Redis and Cluster; unless a plain lock of the name waits too:
 //! then, and for readers, every waiter is woken to retry; on Redlock writers are woken too). A
 //! handed writer that died holds readers back for at most its claim lease. On Redlock a
-//! cancelled writer's queue place is withdrawn in the background: a master that misses the
-//! withdrawal holds readers back there until the writer's waiter lease ends.
+//! cancelled writer's queue place is withdrawn in the background, once: a master that misses
+//! the withdrawal holds readers back there until the writer's waiter lease ends (three
+//! re-check intervals). A writer whose attempt meets readers who each got in on a minority
+//! (a split vote among readers) takes them for holders and sleeps until a wake-up or its
+//! re-check interval.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -95,6 +95,7 @@ impl Acquire for ForSide<'_> {
                 let mut call = scripts::RW_FENCE_RAISE.prepare_invoke();
                 call.key(&keys.base.fence)
                     .key(&keys.readers)
+                    .key(&keys.base.lock)
                     .arg(fence)
                     .arg(millis(FENCE_RETENTION))
                     .arg(token.as_str());
@@ -170,7 +171,9 @@ fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
             .collect(),
         _ => Vec::new(),
     };
-    let shared = !readers.is_empty();
+    // Readers holding it, or (no holder at all) a queued writer's place holding the free lock
+    // back: either stands for one holder when telling a held lock from a split vote.
+    let shared = !readers.is_empty() || holder.is_none();
     Busy {
         conflict: Box::new(Conflict {
             key: keys.lock.clone(),
