@@ -16,14 +16,9 @@ local now_us = server_now_us()
 if current then
   return busy(KEYS[1], KEYS[2], math.floor(now_us / 1000))
 end
-local counter = redis.call('GET', KEYS[3])
-if counter and tonumber(counter) >= tonumber(ARGV[7]) then
+local fence, counter = grant_proposed(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3],
+                                     ARGV[4], ARGV[5], ARGV[6], now_us, ARGV[7])
+if not fence then
   return {2, counter}
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[3])
-redis.call('HSET', KEYS[2], 'host', ARGV[4], 'pid', ARGV[5], 'label', ARGV[6],
-           'since_ms', string.format('%.0f', math.floor(now_us / 1000)), 'fence', ARGV[7])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
--- Answered as the caller's text, exactly what was stored (no round trip through a double).
-return {1, ARGV[7]}
+return {1, fence}

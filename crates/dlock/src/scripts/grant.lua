@@ -31,6 +31,24 @@ local function grant(lock, info, fence_key, token, ttl, retention, host, pid, la
   return fence
 end
 
+-- Redlock: grant `lock` to `token` with the client's proposed fencing token `proposal`, if it
+-- is above the counter at `fence_key`, which then becomes the proposal (see connection/quorum,
+-- "Fencing across nodes"). Returns the proposal, as the caller's text (exactly what was
+-- stored, no round trip through a double); or nil and the counter, nothing written.
+local function grant_proposed(lock, info, fence_key, token, ttl, retention, host, pid, label,
+                              now_us, proposal)
+  local counter = redis.call('GET', fence_key)
+  if counter and tonumber(counter) >= tonumber(proposal) then
+    return nil, counter
+  end
+  redis.call('SET', lock, token, 'PX', ttl)
+  redis.call('SET', fence_key, proposal, 'PX', retention)
+  redis.call('HSET', info, 'host', host, 'pid', pid, 'label', label,
+             'since_ms', string.format('%.0f', math.floor(now_us / 1000)), 'fence', proposal)
+  redis.call('PEXPIRE', info, ttl)
+  return proposal
+end
+
 -- This token already holds `lock` (a retry whose first reply was lost): extend it to `ttl`
 -- and return the grant's fencing token.
 local function regrant(lock, info, ttl)

@@ -26,17 +26,12 @@ if current then
 end
 local fence
 if ARGV[8] then
-  local counter = redis.call('GET', KEYS[3])
-  if counter and tonumber(counter) >= tonumber(ARGV[8]) then
+  local counter
+  fence, counter = grant_proposed(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[4], ARGV[5],
+                                  ARGV[6], ARGV[7], now_us, ARGV[8])
+  if not fence then
     return {2, counter}
   end
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-  redis.call('SET', KEYS[3], ARGV[8], 'PX', ARGV[4])
-  redis.call('HSET', KEYS[2], 'host', ARGV[5], 'pid', ARGV[6], 'label', ARGV[7],
-             'since_ms', string.format('%.0f', math.floor(now_us / 1000)), 'fence', ARGV[8])
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-  -- Answered as the caller's text, exactly what was stored (no round trip through a double).
-  fence = ARGV[8]
 else
   fence = grant(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
                 ARGV[7], now_us)

@@ -125,9 +125,17 @@ async fn a_stream_of_readers_does_not_starve_a_writer() {
         }));
     }
     sleep(Duration::from_millis(300)).await;
+    // One more reader, inside for the writer's first 100 ms: the writer cannot slip into a
+    // gap between the streams' readers (on three masters one may open), it must queue.
+    let inside = rw.try_read().await.unwrap();
+    let leave = tokio::spawn(async move {
+        sleep(Duration::from_millis(100)).await;
+        inside.release().await.unwrap();
+    });
     let asked = Instant::now();
     let writer = rw.write().await.unwrap();
     let waited = asked.elapsed();
+    leave.await.unwrap();
     assert!(
         refused.load(Ordering::SeqCst) > 0,
         "no reader was held back by the writer"
@@ -358,7 +366,14 @@ async fn a_reader_behind_a_dead_writers_queue_place_does_not_spin() {
     })
     .join()
     .unwrap();
-    assert!(servers.iter().all(|s| s.cmd::<i64>("LLEN", &[QUEUE]) > 0));
+    // Queued on a majority at least: the reader's write to the third master may have been
+    // abandoned once a majority answered, and there the writer's attempt was granted and
+    // undone instead (seen in CI's Valkey pass).
+    let queued = servers
+        .iter()
+        .filter(|s| s.cmd::<i64>("LLEN", &[QUEUE]) > 0)
+        .count();
+    assert!(queued >= 2, "the writer queued on {queued} masters of 3");
     reader.release().await.unwrap();
 
     let calls = || servers[0].command_calls("evalsha") + servers[0].command_calls("eval");
@@ -412,4 +427,103 @@ async fn a_readers_write_back_counts_only_where_it_still_reads() {
     let _: () = server.cmd("SET", &[NAME, "dlock:read-mode"]);
     let _: () = server.cmd("ZADD", &[readers, "1", "reader"]);
     assert_eq!(write_back(&mut con, 12), 0, "the reader's lease ended");
+}
+
+/// `list` on Redlock shows every primitive a majority holds: a read-write lock in read mode
+/// (with its readers), one in write mode, and a reentrant lock.
+#[tokio::test]
+async fn list_shows_read_write_and_reentrant_locks_a_majority_holds() {
+    let servers = RedisServers::start(3);
+    let c = redlock(&servers).await;
+    let shared = c.rw_lock("jobs:shared").unwrap();
+    let (r1, r2) = (
+        shared.try_read().await.unwrap(),
+        shared.try_read().await.unwrap(),
+    );
+    let written = c
+        .rw_lock("jobs:written")
+        .unwrap()
+        .try_write()
+        .await
+        .unwrap();
+    let owner = dlock::Owner::new().unwrap();
+    let nested = c
+        .reentrant_lock("jobs:nested")
+        .unwrap()
+        .try_lock(&owner)
+        .await
+        .unwrap();
+    let listed = c.list("jobs:*").await.unwrap();
+    let keys: Vec<&str> = listed.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys, ["jobs:nested", "jobs:shared", "jobs:written"]);
+    let readers = listed[1].holder.as_ref().map(|h| h.readers);
+    assert_eq!(readers, Some(2), "{:?}", listed[1]);
+    assert_eq!(
+        listed[2].holder.as_ref().map(|h| h.fencing_token),
+        Some(written.fencing_token())
+    );
+    for guard in [r1, r2] {
+        guard.release().await.unwrap();
+    }
+    written.release().await.unwrap();
+    nested.release().await.unwrap();
+}
+
+/// Script calls each master has run (EVALSHA, and EVAL should the script cache be cold).
+fn script_calls(servers: &RedisServers) -> Vec<u64> {
+    servers
+        .iter()
+        .map(|s| s.command_calls("evalsha") + s.command_calls("eval"))
+        .collect()
+}
+
+/// Waits until no master's script count moves for 300 ms (late calls of a grant or release
+/// that returned once a majority answered).
+async fn quiet(servers: &RedisServers) -> Vec<u64> {
+    let mut last = script_calls(servers);
+    loop {
+        sleep(Duration::from_millis(300)).await;
+        let now = script_calls(servers);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// A writer proposes its fencing token: one script call per master, no write-back round trip,
+/// and the same token on every master.
+#[tokio::test]
+async fn a_write_grant_is_one_script_call_per_master() {
+    let servers = RedisServers::start(3);
+    let c = redlock(&servers).await;
+    let rw = c.rw_lock(NAME).unwrap();
+    // Warm up until every master has run the acquire script (a call dropped once a majority
+    // answered may never reach a master, nor load the script there).
+    let warm = Instant::now() + Duration::from_secs(5);
+    while servers
+        .iter()
+        .any(|s| s.cmd::<i64>("EXISTS", &[COUNTER]) == 0)
+        && Instant::now() < warm
+    {
+        rw.try_write().await.unwrap().release().await.unwrap();
+    }
+    c.flush().await;
+    let before = quiet(&servers).await;
+    let writer = rw.try_write().await.unwrap();
+    let after = quiet(&servers).await;
+    let calls: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(
+        calls,
+        [1, 1, 1],
+        "script calls per master for one write grant"
+    );
+    let info = "{rw}:dlock:info:rw";
+    for server in servers.iter() {
+        assert_eq!(
+            server.cmd::<Option<String>>("HGET", &[info, "fence"]),
+            Some(writer.fencing_token().to_string())
+        );
+    }
+    writer.release().await.unwrap();
 }

@@ -117,13 +117,18 @@ pub(crate) trait Acquire: Sync {
     /// # Errors
     /// A malformed reply, or a refusal that is not "busy" (a semaphore's limit mismatch).
     fn parse(&self, reply: &[Value]) -> Result<Answer>;
-    /// Redlock in one round trip: the acquire call for `token` proposing the fencing token
-    /// `fence`. Each master grants only if the hold is free there and `fence` is above its
-    /// counter, stores `fence` as its counter and the grant's, and otherwise answers
-    /// [`Answer::Low`] with its counter (see [`crate::connection::quorum`]). `None` (the
-    /// default): the masters issue tokens and the engine writes the largest back
+    /// Redlock in one round trip: the acquire call for `token` (queueing as `queue` says)
+    /// proposing the fencing token `fence`. Each master grants only if the hold is free there
+    /// and `fence` is above its counter, stores `fence` as its counter and the grant's, and
+    /// otherwise answers [`Answer::Low`] with its counter (see [`crate::connection::quorum`]).
+    /// `None` (the default): the masters issue tokens and the engine writes the largest back
     /// ([`Acquire::raise_fence`]), a second round trip.
-    fn propose(&self, _token: &Token, _fence: u64) -> Option<ScriptInvocation<'static>> {
+    fn propose(
+        &self,
+        _token: &Token,
+        _queue: Option<&Queue>,
+        _fence: u64,
+    ) -> Option<ScriptInvocation<'static>> {
         None
     }
     /// Redlock's fencing write-back, for a primitive that does not [`propose`](Acquire::propose):
@@ -196,7 +201,7 @@ async fn once<A: Acquire>(
 ) -> Result<Tried<A::Guard>> {
     let nodes = core.nodes();
     let token = attempt_token(nodes, pending)?;
-    let proposed = proposal.and_then(|fence| primitive.propose(&token, fence));
+    let proposed = proposal.and_then(|fence| primitive.propose(&token, queue, fence));
     let fenced = proposed.is_some();
     let call = proposed.unwrap_or_else(|| primitive.call(&token, queue));
     // A guarded grant and its WAIT go on a link of their own to the hold's server (see

@@ -279,7 +279,12 @@ impl Acquire for Lock {
     }
 
     /// Plain locks propose their fencing token on Redlock (fair ones are single-node only).
-    fn propose(&self, token: &Token, fence: u64) -> Option<ScriptInvocation<'static>> {
+    fn propose(
+        &self,
+        token: &Token,
+        _queue: Option<&Queue>,
+        fence: u64,
+    ) -> Option<ScriptInvocation<'static>> {
         if self.options.fair {
             return None;
         }

@@ -298,7 +298,12 @@ impl Acquire for ForOwner<'_> {
         call
     }
 
-    fn propose(&self, acquisition: &Token, fence: u64) -> Option<ScriptInvocation<'static>> {
+    fn propose(
+        &self,
+        acquisition: &Token,
+        _queue: Option<&Queue>,
+        fence: u64,
+    ) -> Option<ScriptInvocation<'static>> {
         let mut call = self.call(acquisition, None);
         call.arg(fence);
         Some(call)

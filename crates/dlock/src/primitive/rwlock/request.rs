@@ -71,8 +71,24 @@ impl Acquire for ForSide<'_> {
         call
     }
 
+    /// A writer proposes its fencing token (one round trip, the same token on every master);
+    /// a reader's token is the last write's, so it does not.
+    fn propose(
+        &self,
+        token: &Token,
+        queue: Option<&Queue>,
+        fence: u64,
+    ) -> Option<ScriptInvocation<'static>> {
+        (self.side == Side::Write).then(|| {
+            let mut call = self.call(token, queue);
+            call.arg(fence);
+            call
+        })
+    }
+
     fn parse(&self, reply: &[Value]) -> Result<Answer> {
-        if reply.first().and_then(int) != Some(1) {
+        let code = reply.first().and_then(int);
+        if code != Some(1) && code != Some(2) {
             return Ok(Answer::Busy(busy(&self.lock.keys.base, reply)));
         }
         let fence = reply
@@ -80,7 +96,10 @@ impl Acquire for ForSide<'_> {
             .and_then(int)
             .and_then(|t| u64::try_from(t).ok())
             .ok_or_else(|| Error::Internal(format!("read-write acquire returned {reply:?}")))?;
-        Ok(Answer::Granted { fence, fresh: true })
+        Ok(match code {
+            Some(2) => Answer::Low { counter: fence },
+            _ => Answer::Granted { fence, fresh: true },
+        })
     }
 
     /// Redlock: a writer's write-back is a lock's (its token is in the name's key). A reader's

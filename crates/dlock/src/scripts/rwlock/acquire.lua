@@ -10,7 +10,9 @@
 --       9 waiter lease ms (0: do not queue), 10 a writer's claim lease ms of a hand-off (0:
 --       when the lock is freed, wake it instead), 11 the channel to send a hand-off to ('': the
 --       wake-up channel), 12 the waiter's id in the queue ('': the token; on Redlock every
---       attempt has a token of its own, and the writer's place in the queue must outlive them)
+--       attempt has a token of its own, and the writer's place in the queue must outlive them),
+--       13 (Redlock, writers, optional) the proposed fencing token: a write grant is made only
+--       if it is above this master's counter, and carries it (as acquire_proposed.lua)
 -- Who gets in:
 -- - a writer, when nobody holds the lock and no plain lock of the name waits (in fair mode:
 --   and nobody waits ahead of it);
@@ -21,7 +23,8 @@
 -- A waiting writer queues (a reader only in fair mode) with a waiter lease that its retries
 -- renew: a waiter that died stops blocking readers when its lease ends.
 -- Returns {1, fence} when granted, or when this token already holds that side (a retry whose
--- reply was lost). A writer's fence is the next fencing token; a reader's is the counter as it
+-- reply was lost); {2, counter} when a writer's proposal is not above the counter (nothing
+-- written). A writer's fence is the next fencing token; a reader's is the counter as it
 -- is (the last write grant's token; the server's clock in µs when the counter was lost).
 -- Otherwise {0, pttl, holder info fields, server ms, ms until the earliest waiter lease ends or
 -- -1, {reader JSON, ...} (at most 16), the fencing counter (a hand-off with a token no larger
@@ -96,10 +99,21 @@ else
 end
 
 if not blocked then
+  if not reading and ARGV[13] then
+    -- A proposal too low writes nothing, not even the queue entry's withdrawal.
+    local counter = redis.call('GET', fence_key)
+    if counter and tonumber(counter) >= tonumber(ARGV[13]) then
+      return {2, counter}
+    end
+  end
   if position then
     withdraw(q, entry)
     -- Also a list entry whose lease was lost (damaged data): it would hold readers back.
     redis.call('LREM', queue, 1, entry)
+  end
+  if not reading and ARGV[13] then
+    return {1, (grant_proposed(lock, info, fence_key, token, ARGV[2], ARGV[3], ARGV[4],
+                               ARGV[5], ARGV[6], now_us, ARGV[13]))}
   end
   if not reading then
     return {1, grant(lock, info, fence_key, token, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
