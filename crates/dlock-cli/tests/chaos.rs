@@ -169,9 +169,9 @@ return 1
 /// The `--shared` run's storage: `ARGV[4]` is 'r' for a shared copy (a reader), 'w' for an
 /// exclusive one. A reader is checked against the largest writer's token accepted (`max`: a
 /// reader's token is at least the last exclusive grant's, so a reader that began before an
-/// accepted exclusive write is refused); a writer against every token accepted, readers'
-/// (`rmax`) too (a reader's token is below every later write's, so a writer whose grant came
-/// before a reader that got in is stale). Readers do not refuse each other: on Redlock two
+/// accepted exclusive write is refused); a writer against every token accepted, and strictly
+/// above readers' (`rmax`: a reader's token is below every later write's, so a writer whose
+/// grant came before a reader that got in is stale). Readers do not refuse each other: on Redlock two
 /// readers of one read period may carry different tokens. A writer entering
 /// while a writer or readers are inside logs an "overlap" with each, a reader entering while a
 /// writer is inside logs one with it. Readers inside: `KEYS[1]`'s `r:<pid>` fields (an
@@ -182,13 +182,11 @@ local pid, step, mode = ARGV[2], ARGV[3], ARGV[4]
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local max = redis.call('HGET', KEYS[1], 'max') or '0'
-if mode == 'w' then
-  local rmax = redis.call('HGET', KEYS[1], 'rmax') or '0'
-  if tonumber(rmax) > tonumber(max) then
+local rmax = redis.call('HGET', KEYS[1], 'rmax') or '0'
+if token < tonumber(max) or (mode == 'w' and token <= tonumber(rmax)) then
+  if mode == 'w' and tonumber(rmax) > tonumber(max) then
     max = rmax
   end
-end
-if token < tonumber(max) then
   redis.call('RPUSH', KEYS[2], table.concat({'refused', ARGV[1], pid, now_ms, step, max}, ' '))
   return 0
 end

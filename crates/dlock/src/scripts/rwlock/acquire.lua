@@ -24,7 +24,7 @@
 -- renew: a waiter that died stops blocking readers when its lease ends.
 -- Returns {1, fence} when granted, or when this token already holds that side (a retry whose
 -- reply was lost); {2, counter} when a writer's proposal is not above the counter (nothing
--- written). A writer's fence is the next fencing token; a reader's is the counter as it
+-- granted; only lapsed readers and waiters purged). A writer's fence is the next fencing token; a reader's is the counter as it
 -- is (the last write grant's token; the server's clock in µs when the counter was lost).
 -- Otherwise {0, pttl, holder info fields, server ms, ms until the earliest waiter lease ends or
 -- -1, {reader JSON, ...} (at most 16), the fencing counter (a hand-off with a token no larger
@@ -100,7 +100,7 @@ end
 
 if not blocked then
   if not reading and ARGV[13] then
-    -- A proposal too low writes nothing, not even the queue entry's withdrawal.
+    -- A proposal too low grants nothing and keeps the writer's queue entry.
     local counter = redis.call('GET', fence_key)
     if counter and tonumber(counter) >= tonumber(ARGV[13]) then
       return {2, counter}
