@@ -116,27 +116,34 @@ pub(super) async fn send<A: Acquire>(
 /// of one grant: then the re-entry joins that grant instead of granting afresh and losing
 /// it (see `rejoined`), so wait for them (a frozen node then costs its command timeout).
 fn settled(answers: &[(usize, Result<Answer>)], silent: usize, quorum: usize) -> bool {
-    let rejoining = |fence: u64| {
-        answers
-            .iter()
-            .filter(
-                |(_, a)| matches!(a, Ok(Answer::Granted { fence: f, fresh: false }) if *f == fence),
-            )
-            .count()
-    };
-    let most = answers
-        .iter()
-        .filter_map(|(_, answer)| match answer {
-            Ok(Answer::Granted {
-                fence,
-                fresh: false,
-            }) => Some(rejoining(*fence)),
-            _ => None,
-        })
-        .max();
-    match most {
+    let rejoining = answers.iter().filter_map(|(_, answer)| match answer {
+        Ok(Answer::Granted {
+            fence,
+            fresh: false,
+        }) => Some(*fence),
+        _ => None,
+    });
+    match most_rejoined(rejoining) {
         None => true,
-        Some(most) => most >= quorum || most + silent < quorum,
+        Some((_, most)) => most >= quorum || most + silent < quorum,
+    }
+}
+
+/// Of the fencing tokens nodes answered as re-entries (not fresh), the one most of them
+/// answered, and how many did.
+fn most_rejoined(fences: impl Iterator<Item = u64>) -> Option<(u64, usize)> {
+    let fences: Vec<u64> = fences.collect();
+    fences
+        .iter()
+        .map(|&fence| (fence, fences.iter().filter(|&&f| f == fence).count()))
+        .max_by_key(|&(_, count)| count)
+}
+
+impl Answers {
+    /// The grant most nodes answered as a re-entry, and how many did (see `most_rejoined`).
+    pub fn most_rejoined(&self) -> Option<(u64, usize)> {
+        let rejoining = self.grants.iter().filter(|g| !g.2).map(|g| g.1);
+        most_rejoined(rejoining)
     }
 }
 

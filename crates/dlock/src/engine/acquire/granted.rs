@@ -38,7 +38,7 @@ impl Granted<'_> {
     ) -> Result<Option<A::Guard>> {
         let nodes = self.core.nodes();
         let rejoined = (!nodes.is_single())
-            .then(|| rejoined(&answers.grants, self.quorum))
+            .then(|| rejoined(answers, self.quorum))
             .flatten();
         let completed = match self.undecided(answers, rejoined) {
             Some(error) => Err(error),
@@ -147,15 +147,7 @@ impl Granted<'_> {
         if rejoined.is_some() || answers.failures.is_empty() {
             return None;
         }
-        let grants = &answers.grants;
-        let most = grants
-            .iter()
-            .filter(|(_, _, fresh)| !fresh)
-            .map(|&(_, fence, _)| {
-                let same = |g: &&(usize, u64, bool)| !g.2 && g.1 == fence;
-                grants.iter().filter(same).count()
-            })
-            .max()?;
+        let (_, most) = answers.most_rejoined()?;
         if most + answers.failures.len() < self.quorum {
             return None;
         }
@@ -227,13 +219,9 @@ fn fresh_token(grants: &[(usize, u64, bool)], single: bool) -> u64 {
 /// shrink after that. So a majority answering F means nobody else has held the lock since F
 /// was granted: F is still the last grant's token, and the hold joins its lease. Anything else
 /// is a fresh grant (the largest token, written back), and an earlier lease is lost.
-fn rejoined(grants: &[(usize, u64, bool)], quorum: usize) -> Option<u64> {
-    grants
-        .iter()
-        .filter(|(_, _, fresh)| !fresh)
-        .map(|(_, fence, _)| *fence)
-        .find(|fence| {
-            let same = |g: &&(usize, u64, bool)| !g.2 && g.1 == *fence;
-            grants.iter().filter(same).count() >= quorum
-        })
+fn rejoined(answers: &Answers, quorum: usize) -> Option<u64> {
+    answers
+        .most_rejoined()
+        .filter(|&(_, count)| count >= quorum)
+        .map(|(fence, _)| fence)
 }
