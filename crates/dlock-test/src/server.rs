@@ -201,6 +201,11 @@ impl RedisServer {
         parse_command_calls(&info, command)
     }
 
+    /// Script calls the server has run: `EVALSHA`, and `EVAL` should its script cache be cold.
+    pub fn script_calls(&self) -> u64 {
+        self.command_calls("evalsha") + self.command_calls("eval")
+    }
+
     /// How many error replies starting with `code` (e.g. `"TRYAGAIN"`) the server has sent,
     /// from `INFO errorstats`; 0 when none.
     pub fn error_replies(&self, code: &str) -> u64 {

@@ -52,7 +52,7 @@ async fn granted(
 
 /// Script calls (EVALSHA and EVAL) the server ran so far.
 fn script_calls(server: &RedisServer) -> u64 {
-    server.command_calls("evalsha") + server.command_calls("eval")
+    server.script_calls()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

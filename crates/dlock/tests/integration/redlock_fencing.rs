@@ -29,7 +29,7 @@ fn info_key(name: &str) -> String {
 fn script_calls(servers: &RedisServers) -> Vec<u64> {
     servers
         .iter()
-        .map(|s| s.command_calls("evalsha") + s.command_calls("eval"))
+        .map(|s| s.script_calls())
         .collect()
 }
 

@@ -317,7 +317,7 @@ async fn a_writer_behind_readers_on_a_bare_majority_does_not_spin() {
     let waiter = redlock(&servers).await;
     let slow = waiting(Duration::from_secs(3)).recheck(Duration::from_secs(20));
     let calls = |servers: &RedisServers| {
-        servers[0].command_calls("evalsha") + servers[0].command_calls("eval")
+        servers[0].script_calls()
     };
     let before = calls(&servers);
     let waited = waiter.rw_lock_with(NAME, slow).unwrap().write().await;
@@ -376,7 +376,7 @@ async fn a_reader_behind_a_dead_writers_queue_place_does_not_spin() {
     assert!(queued >= 2, "the writer queued on {queued} masters of 3");
     reader.release().await.unwrap();
 
-    let calls = || servers[0].command_calls("evalsha") + servers[0].command_calls("eval");
+    let calls = || servers[0].script_calls();
     let before = calls();
     let slow = waiting(Duration::from_secs(5)).recheck(Duration::from_secs(20));
     let next = c.rw_lock_with(NAME, slow).unwrap().read().await.unwrap();
@@ -473,7 +473,7 @@ async fn list_shows_read_write_and_reentrant_locks_a_majority_holds() {
 fn script_calls(servers: &RedisServers) -> Vec<u64> {
     servers
         .iter()
-        .map(|s| s.command_calls("evalsha") + s.command_calls("eval"))
+        .map(|s| s.script_calls())
         .collect()
 }
 

@@ -26,7 +26,7 @@ fn waiting(claim: Duration) -> LockOptions {
 
 /// Script calls (EVALSHA and EVAL) the server ran so far.
 fn script_calls(server: &RedisServer) -> u64 {
-    server.command_calls("evalsha") + server.command_calls("eval")
+    server.script_calls()
 }
 
 /// A client whose background work is done before a test counts script calls: its link monitor

@@ -56,7 +56,7 @@ async fn granted(waiter: JoinHandle<dlock::Result<SemaphorePermit>>) -> Semaphor
 
 /// Script calls (EVALSHA and EVAL) the server ran so far.
 fn script_calls(server: &RedisServer) -> u64 {
-    server.command_calls("evalsha") + server.command_calls("eval")
+    server.script_calls()
 }
 
 /// A client whose background work is done before a test counts script calls: its watchdog's

@@ -25,9 +25,9 @@
 //! accepted can refuse a reader that started before a write it has not seen.
 //!
 //! **On Redlock** every hold is on a majority of the masters; a writer proposes its fencing
-//! token (one round trip, the same token on every master), as a lock does. A waiting writer queues on every
-//! master under one id for its whole wait (each attempt has a token of its own), withdrawn
-//! when the wait ends, so new readers stay behind it. A reader's token is the largest counter
+//! token (one round trip, the same token on every master), as a lock does. A waiting writer
+//! queues on every master under one id for its whole wait (each attempt has a token of its
+//! own), withdrawn when the wait ends, so new readers stay behind it. A reader's token is the largest counter
 //! its majority answered, written back to that majority: at least the last write's, and
 //! below every later write's. Two readers of one read period may carry different tokens
 //! (a master's counter raised by a writer's attempt rolled back there, or restarted from the

@@ -102,7 +102,8 @@ impl Acquire for ForSide<'_> {
         })
     }
 
-    /// Redlock: a writer's write-back is a lock's (its token is in the name's key). A reader's
+    /// Redlock: a writer proposes its token (see `propose`), so this write-back is a lock's, for
+    /// completeness (its token is in the name's key). A reader's
     /// token is the largest counter a majority answered: at least the last completed write's
     /// (written back to a majority, which meets the reader's); raising the counters of the
     /// reader's majority to it keeps it below every later write's.
@@ -197,9 +198,9 @@ fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
         conflict: Box::new(Conflict {
             key: keys.lock.clone(),
             ttl_left: pttl(field(1)),
-            holders: match shared {
-                false => holder.iter().cloned().collect(),
-                true => readers,
+            holders: match readers.is_empty() {
+                true => holder.iter().cloned().collect(),
+                false => readers,
             },
             holder,
             limit: None,
