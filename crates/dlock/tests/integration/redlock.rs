@@ -703,9 +703,7 @@ async fn a_waiter_behind_a_bare_majority_does_not_spin() {
     let slow = LockOptions::new()
         .recheck(Duration::from_secs(20))
         .wait(dlock::Wait::Limit(Duration::from_secs(3)));
-    let calls = |servers: &RedisServers| {
-        servers[0].script_calls()
-    };
+    let calls = |servers: &RedisServers| servers[0].script_calls();
     let before = calls(&servers);
     let waited = waiter.lock_with("bare", slow).unwrap().lock().await;
     assert!(waited.is_err());

@@ -27,10 +27,7 @@ fn info_key(name: &str) -> String {
 
 /// Script calls a master has run (EVALSHA, and EVAL should the script cache be cold).
 fn script_calls(servers: &RedisServers) -> Vec<u64> {
-    servers
-        .iter()
-        .map(|s| s.script_calls())
-        .collect()
+    servers.iter().map(|s| s.script_calls()).collect()
 }
 
 fn now_us() -> u64 {

@@ -319,9 +319,7 @@ async fn a_waiter_behind_a_bare_majority_does_not_spin() {
     let slow = LockOptions::new()
         .recheck(Duration::from_secs(20))
         .wait(Wait::Limit(Duration::from_secs(3)));
-    let calls = |servers: &RedisServers| {
-        servers[0].script_calls()
-    };
+    let calls = |servers: &RedisServers| servers[0].script_calls();
     let before = calls(&servers);
     let waited = waiter
         .reentrant_lock_with(LOCK, slow)

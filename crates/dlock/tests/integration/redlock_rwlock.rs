@@ -316,9 +316,7 @@ async fn a_writer_behind_readers_on_a_bare_majority_does_not_spin() {
     servers[2].restart_empty();
     let waiter = redlock(&servers).await;
     let slow = waiting(Duration::from_secs(3)).recheck(Duration::from_secs(20));
-    let calls = |servers: &RedisServers| {
-        servers[0].script_calls()
-    };
+    let calls = |servers: &RedisServers| servers[0].script_calls();
     let before = calls(&servers);
     let waited = waiter.rw_lock_with(NAME, slow).unwrap().write().await;
     assert!(waited.unwrap_err().is_timeout());
@@ -471,10 +469,7 @@ async fn list_shows_read_write_and_reentrant_locks_a_majority_holds() {
 
 /// Script calls each master has run (EVALSHA, and EVAL should the script cache be cold).
 fn script_calls(servers: &RedisServers) -> Vec<u64> {
-    servers
-        .iter()
-        .map(|s| s.script_calls())
-        .collect()
+    servers.iter().map(|s| s.script_calls()).collect()
 }
 
 /// Waits until no master's script count moves for 300 ms (late calls of a grant or release
