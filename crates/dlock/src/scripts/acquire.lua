@@ -54,7 +54,10 @@ end
 -- caller not in the queue, the last waiter's): if that waiter died, its entry is purged then
 -- and the caller moves up at once, even when the dead waiter became the head after the
 -- caller's last look (a wake-up goes to the head only, and a dead head never answers).
-local place = redis.call('LPOS', KEYS[4], token)
+-- (LPOS from the tail, and only for a queued caller: a caller just queued is last, and a
+-- search for one not in the list would read all of it.)
+local place = redis.call('ZSCORE', KEYS[5], token)
+              and redis.call('LPOS', KEYS[4], token, 'RANK', -1)
 local ahead
 if place then
   ahead = place > 0 and redis.call('LINDEX', KEYS[4], place - 1) or nil

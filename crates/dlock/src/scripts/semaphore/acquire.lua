@@ -177,7 +177,9 @@ end
 -- a caller not in the queue, the last waiter's), as in the lock's acquire.lua.
 local ahead_left = -1
 if fair then
-  local place = redis.call('LPOS', queue, token)
+  -- (From the tail, and only for a queued caller: see the lock's acquire.lua.)
+  local place = redis.call('ZSCORE', leases, token)
+                and redis.call('LPOS', queue, token, 'RANK', -1)
   local ahead
   if place then
     ahead = place > 0 and redis.call('LINDEX', queue, place - 1) or nil
