@@ -150,9 +150,10 @@ impl LockOptions {
     /// own and waiters are served in arrival order. A waiting
     /// [`acquire`](crate::Semaphore::acquire) of a semaphore does the same: a release hands the
     /// permits it frees to the waiters at the head of the queue whose permits fit, and a
-    /// read-write lock's release that frees it hands it to a queued writer. Off: waiters do not
-    /// queue (a read-write lock's writers still do, to hold new readers back); a release wakes
-    /// all of them and the fastest retry wins (barging), which is how most Redis locks wait.
+    /// read-write lock's release that frees it hands it to the writer at the head of the queue,
+    /// or to the readers there. Off: waiters do not queue (a read-write lock's writers still
+    /// do, to hold new readers back); a release wakes all of them and the fastest retry wins
+    /// (barging), which is how most Redis locks wait.
     ///
     /// A handed-off grant first lasts the [`claim`](LockOptions::claim) lease and is renewed to
     /// the full TTL by the watchdog once the new holder runs. Hand-off needs one Redis (or

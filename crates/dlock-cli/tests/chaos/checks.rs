@@ -393,7 +393,8 @@ impl Run {
                     if enter {
                         verdict.grants += 1;
                     }
-                    // Readers share the last exclusive grant's token.
+                    // Readers share their read period's token (the last exclusive grant's, or
+                    // that of the hand-off that began the period).
                     if enter && !shared {
                         if let Some(&other) = entered_by.get(&token).filter(|&&p| p != pid) {
                             verdict.violations.push(format!(

@@ -30,6 +30,7 @@ mod replicated; // the replica guard (WAIT) across real Sentinel failovers, loss
 mod restart; // a restart that loses a held lock is reported at once, and at release
 mod rwlock; // many readers or one writer: no writer starvation, fair order, per-reader leases, fencing
 mod rwlock_handoff; // a release that frees the lock hands it to the queued writer: one round trip, dead heads, lost messages
+mod rwlock_reader_handoff; // a release that frees the lock hands the read side to every reader queued at the head
 mod semaphore; // at most N permits out; expiry by the server's clock; limit; fair; deployments
 mod semaphore_handoff; // a release hands freed permits to the heads that fit: one round trip, dead heads, lost messages
 mod semaphore_scripts; // the semaphore's Lua scripts, called directly: limits, leases, queue

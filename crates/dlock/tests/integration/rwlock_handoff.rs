@@ -1,6 +1,6 @@
 //! Read-write lock hand-off: the release that frees the lock grants it to the writer at the head
 //! of the wait queue in the same script call, and the wake-up carries the grant, so a waiting
-//! writer starts without a round trip of its own. Readers are woken to retry.
+//! writer starts without a round trip of its own. Readers: `rwlock_reader_handoff`.
 
 use std::time::Duration;
 
@@ -11,13 +11,13 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::support::{client, client_without_channels, epsilon, queue_length_reaches};
 
-const QUEUE: &str = "{doc}:dlock:rw-queue:doc";
-const LEASES: &str = "{doc}:dlock:rw-queue-leases:doc";
-const WAITERS: &str = "{doc}:dlock:rw-waiters:doc";
+pub(crate) const QUEUE: &str = "{doc}:dlock:rw-queue:doc";
+pub(crate) const LEASES: &str = "{doc}:dlock:rw-queue-leases:doc";
+pub(crate) const WAITERS: &str = "{doc}:dlock:rw-waiters:doc";
 const FENCE: &str = "{doc}:dlock:fence:doc";
 
 /// Waiting options: a long re-check, so only a hand-off or a wake-up explains a quick grant.
-fn waiting(claim: Duration) -> LockOptions {
+pub(crate) fn waiting(claim: Duration) -> LockOptions {
     LockOptions::new()
         .claim(claim)
         .recheck(Duration::from_secs(10))
@@ -32,7 +32,7 @@ fn script_calls(server: &RedisServer) -> u64 {
 /// A client whose background work is done before a test counts script calls: its link monitor
 /// started with a first lease (a writer's check is an MGET, not a script) and the read-write
 /// scripts are in the server's cache.
-async fn settled_client(server: &RedisServer) -> Client {
+pub(crate) async fn settled_client(server: &RedisServer) -> Client {
     let c = client(server).await;
     let warm = c.rw_lock("warm").unwrap();
     let before = server.command_calls("mget");
@@ -43,13 +43,13 @@ async fn settled_client(server: &RedisServer) -> Client {
     c
 }
 
-fn spawn_write(lock: &RwLock) -> JoinHandle<dlock::Result<WriteGuard>> {
+pub(crate) fn spawn_write(lock: &RwLock) -> JoinHandle<dlock::Result<WriteGuard>> {
     let lock = lock.clone();
     tokio::spawn(async move { lock.write().await })
 }
 
 /// The guard a spawned `write()` returns, within 5 s.
-async fn granted(waiter: JoinHandle<dlock::Result<WriteGuard>>) -> WriteGuard {
+pub(crate) async fn granted(waiter: JoinHandle<dlock::Result<WriteGuard>>) -> WriteGuard {
     timeout(Duration::from_secs(5), waiter)
         .await
         .expect("not granted within 5 s")
@@ -133,7 +133,7 @@ async fn a_writers_release_hands_the_lock_to_the_next_writer_in_one_call() {
 }
 
 /// The fencing counter now (the last write grant's token).
-fn holder_fence(server: &RedisServer) -> u64 {
+pub(crate) fn holder_fence(server: &RedisServer) -> u64 {
     server.cmd::<String>("GET", &[FENCE]).parse().unwrap()
 }
 
@@ -271,10 +271,10 @@ async fn a_writer_cancelled_as_it_is_handed_the_lock_passes_it_on() {
     }
 }
 
-/// Fair mode: readers queued ahead of a writer are woken (not handed the lock) when the writer
+/// Fair mode: readers queued ahead of a writer are handed the lock together when the writer
 /// inside leaves, and share it; the writer behind them is handed it by the last reader out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_readers_are_woken_and_the_writer_behind_them_is_handed_the_lock() {
+async fn fair_queued_readers_share_a_handoff_and_the_writer_behind_them_comes_next() {
     let server = RedisServer::start();
     let a = client(&server).await;
     let fair = waiting(Duration::from_secs(5)).fair(true);
@@ -299,7 +299,7 @@ async fn queued_readers_are_woken_and_the_writer_behind_them_is_handed_the_lock(
     for (reader, _client) in readers {
         let guard = timeout(Duration::from_secs(2), reader)
             .await
-            .expect("a queued reader was not woken")
+            .expect("a queued reader was not served")
             .unwrap()
             .unwrap();
         guards.push(guard);

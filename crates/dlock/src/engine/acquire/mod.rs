@@ -44,7 +44,8 @@ pub(crate) struct Busy {
     /// moment, so its claim lease counts from no earlier.
     pub sent: Option<Sent>,
     /// The fencing counter at this answer: any hand-off made before it has a token no larger
-    /// (the primitives that hand off: locks, semaphores, read-write locks' writers).
+    /// (the primitives that hand off: locks, semaphores, read-write locks; a hand-off to
+    /// readers draws a fresh token from the counter for this).
     pub fence_seen: Option<u64>,
     /// Redlock: no holder was found on a majority (a split vote among waiters, each on a
     /// minority): retry after a short random pause. Their undos publish nothing (a waiter's

@@ -42,10 +42,11 @@ impl ReadGuard {
         "read-write lock",
         "At least the fencing token of every write grant before this read grant, and below \
          every later write grant's: the last write's token (after a restart that lost the \
-         counter, the server's clock in µs, as a write grant's would be). Readers share it, \
-         and it does not grow from one read grant to the next. Storage that records the \
-         largest token it has accepted can refuse a reader whose token is below it: that \
-         reader began before a write it has not seen."
+         counter, the server's clock in µs, as a write grant's would be), or, when this read \
+         period began with a hand-off to readers, that hand-off's token, drawn from the \
+         counter as a write grant's is. The readers of one read period share it. Storage that \
+         records the largest token it has accepted can refuse a reader whose token is below \
+         it: that reader began before a write it has not seen."
     );
 
     /// Releases the read hold (one round trip) and reports whether its lease was held all

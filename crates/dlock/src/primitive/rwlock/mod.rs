@@ -14,15 +14,18 @@
 //! A waiting plain [`Lock`](crate::Lock) of the same name (one that queues: the default
 //! [`hand-off`](LockOptions::handoff), or fair mode) holds new readers back the same way.
 //! The writer is granted as soon as the readers already inside leave (or their leases end).
-//! Outside fair mode readers do not queue and writers may overtake each other; in fair mode
+//! Outside fair mode a waiting reader queues only to be handed the lock (its place holds nobody
+//! back), and writers may overtake each other; in fair mode
 //! ([`LockOptions::fair`]) everyone queues and is served in arrival order, readers queued
 //! together entering together.
 //!
 //! **Fencing.** A write grant's fencing token is larger than every earlier write grant's (and
 //! every earlier plain lock grant's: they share the counter). A read grant carries the token of
 //! the last write grant before it (never less, even after a restart that lost the counter, and
-//! less than every later write grant's): storage that records the largest token it has
-//! accepted can refuse a reader that started before a write it has not seen.
+//! less than every later write grant's), or, when its read period began with a hand-off to
+//! readers, that hand-off's token, drawn from the counter as a write grant's is, which every
+//! reader of the period shares: storage that records the largest token it has accepted can refuse a reader
+//! that started before a write it has not seen.
 //!
 //! **On Redlock** every hold is on a majority of the masters; a writer proposes its fencing
 //! token (one round trip, the same token on every master), as a lock does. A waiting writer
@@ -37,9 +40,10 @@
 //! # Limits
 //! As for [`Lock`](crate::Lock): clocks, failover and restarts that lose data. Fair mode is
 //! refused on Redlock (as for a lock). The release that frees the lock hands it to the writer at
-//! the head of the queue (one Redis and Cluster; unless a plain lock of the name waits too:
-//! then, and for readers, every waiter is woken to retry; on Redlock writers are woken too). A
-//! handed writer that died holds readers back for at most its claim lease. On Redlock a
+//! the head of the queue, or to the readers queued at its head (up to 64 per release, in one
+//! script call, each told on its client's inbox; one Redis and Cluster; unless a plain lock of
+//! the name waits too: then every waiter is woken to retry, as on Redlock). A handed writer or
+//! reader that died holds the others back for at most its claim lease. On Redlock a
 //! cancelled writer's queue place is withdrawn in the background, once: a master that misses
 //! the withdrawal holds readers back there until the writer's waiter lease ends (three
 //! re-check intervals). A writer whose attempt meets readers who each got in on a minority
@@ -134,7 +138,7 @@ pub(crate) struct RwKeys {
     pub queue: String,
     /// Waiter leases: entry → server ms when it ends (a zset).
     pub queue_leases: String,
-    /// Queued writers' hand-off terms: entry → JSON (a hash, see `handoff.lua`).
+    /// Queued waiters' hand-off terms: entry → JSON (a hash, see `handoff.lua`).
     pub waiters: String,
 }
 
@@ -187,7 +191,9 @@ impl RwLock {
 
     /// Takes the lock for reading, waiting while a writer holds it or waits ahead, up to the
     /// wait limit of the options ([`LockOptions::wait`], 30 s by default). Waiting does not
-    /// poll: a release that frees the lock wakes readers, and a re-check no later than the holder's
+    /// poll: the reader queues, and the release that frees the lock hands it the read side in
+    /// the same script call (with every reader queued at the head; one Redis and Cluster, under
+    /// [`LockOptions::handoff`]), or wakes it to retry; a re-check no later than the holder's
     /// lease end (or a waiting writer's waiter lease end) catches what publishes nothing.
     ///
     /// # Errors
@@ -217,7 +223,8 @@ impl RwLock {
     /// readers wait behind it, and it is granted once the readers inside have left. The
     /// release that frees the lock hands it to the writer at the head of the queue in the same
     /// script call and tells it so ([`LockOptions::handoff`], as for a lock): the writer starts
-    /// without a round trip of its own. Readers are woken to retry instead.
+    /// without a round trip of its own (queued readers are handed the read side the same way,
+    /// see [`RwLock::read`]).
     ///
     /// # Errors
     /// [`Error::Timeout`] when the wait limit passes; otherwise as [`RwLock::try_write`].
@@ -261,9 +268,8 @@ impl RwLock {
         self.core
             .counted(side.kind(), self.name(), async {
                 let pending = self.pending(side)?;
-                // Only writers take hand-offs: a reader never makes a guard from one.
                 let handed = |handoff: Handoff| {
-                    self.hands_off(side).then(|| {
+                    self.hands_off().then(|| {
                         pending.settled();
                         for_side.handed(pending.token(), handoff)
                     })
@@ -287,22 +293,25 @@ impl RwLock {
         )
     }
 
+    /// Writers queue (their place holds new readers back), and so does everyone in fair mode,
+    /// even while they cannot hear their channel; a reader outside fair mode queues only to be
+    /// handed the lock, so only once it can hear the hand-off.
     fn waiting(&self, side: Side) -> Waiting<'_> {
-        let queues = self.options.fair || side == Side::Write;
+        let queue_deaf = self.options.fair || side == Side::Write;
         Waiting {
             core: &self.core,
             channels: std::slice::from_ref(&self.keys.base.channel),
             options: &self.options,
-            queue: queues,
-            handoff: self.hands_off(side),
-            queue_deaf: queues,
+            queue: queue_deaf || self.hands_off(),
+            handoff: self.hands_off(),
+            queue_deaf,
         }
     }
 
-    /// Whether waiters for `side` take hand-offs: writers, under
-    /// [`LockOptions::takes_handoffs`]. Readers retry when woken.
-    fn hands_off(&self, side: Side) -> bool {
-        side == Side::Write && self.options.takes_handoffs(self.core.nodes().is_single())
+    /// Whether waiters (readers and writers alike) take hand-offs, under
+    /// [`LockOptions::takes_handoffs`].
+    fn hands_off(&self) -> bool {
+        self.options.takes_handoffs(self.core.nodes().is_single())
     }
 }
 

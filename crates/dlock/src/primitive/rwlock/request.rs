@@ -42,7 +42,7 @@ impl Acquire for ForSide<'_> {
         let (keys, options) = (&self.lock.keys, &self.lock.options);
         let identity = self.lock.core.identity();
         let hears = queue.is_some_and(|queue| queue.hears);
-        let claim = match self.lock.hands_off(self.side) && hears {
+        let claim = match self.lock.hands_off() && hears {
             true => millis(options.claim_lease()),
             false => 0,
         };
@@ -145,8 +145,8 @@ impl ForSide<'_> {
         }
     }
 
-    /// The write hold a release handed to `token` (see `rwlock/release.lua`): valid for the
-    /// claim lease from the last busy answer's send, renewed to the full TTL by the watchdog.
+    /// The hold a release handed to `token` (see `rwlock/release.lua`): valid for the claim
+    /// lease from the last busy answer's send, renewed to the full TTL by the watchdog.
     pub(super) fn handed(&self, token: Token, handoff: Handoff) -> LeaseHandle {
         self.handle(token, |hold| {
             let core = &self.lock.core;

@@ -7,8 +7,8 @@
 --       terms (hash: entry -> JSON, see handoff.lua)
 -- ARGV: 1 token, 2 ttl ms, 3 counter retention ms, 4 host, 5 pid, 6 label, 7 'read' | 'write',
 --       8 '1': fair (readers queue too, and everyone is served in arrival order) | '0',
---       9 waiter lease ms (0: do not queue), 10 a writer's claim lease ms of a hand-off (0:
---       when the lock is freed, wake it instead), 11 the channel to send a hand-off to ('': the
+--       9 waiter lease ms (0: do not queue), 10 the claim lease ms of a hand-off (0: when the
+--       lock is freed, wake this waiter instead), 11 the channel to send a hand-off to ('': the
 --       wake-up channel), 12 the waiter's id in the queue ('': the token; on Redlock every
 --       attempt has a token of its own, and the writer's place in the queue must outlive them),
 --       13 (Redlock, writers, optional) the proposed fencing token: a write grant is made only
@@ -16,16 +16,16 @@
 -- Who gets in:
 -- - a writer, when nobody holds the lock and no plain lock of the name waits (in fair mode:
 --   and nobody waits ahead of it);
--- - a reader, when no writer holds it and no writer waits ahead of it (outside fair mode
---   readers never queue, so any waiting writer is ahead), nor a plain lock's waiter: once a
---   writer (or a plain lock) waits, new readers wait behind it, so a stream of readers cannot
---   starve it.
--- A waiting writer queues (a reader only in fair mode) with a waiter lease that its retries
--- renew: a waiter that died stops blocking readers when its lease ends.
+-- - a reader, when no writer holds it and no writer waits ahead of it (for a reader not in the
+--   queue, any waiting writer is ahead), nor a plain lock's waiter: once a writer (or a plain
+--   lock) waits, new readers wait behind it, so a stream of readers cannot starve it.
+-- A waiting writer queues (a reader in fair mode, or to take a hand-off) with a waiter lease
+-- that its retries renew: a waiter that died stops blocking readers when its lease ends.
 -- Returns {1, fence} when granted, or when this token already holds that side (a retry whose
 -- reply was lost); {2, counter} when a writer's proposal is not above the counter (nothing
--- granted; only lapsed readers and waiters purged). A writer's fence is the next fencing token; a reader's is the counter as it
--- is (the last write grant's token; the server's clock in µs when the counter was lost).
+-- granted; only lapsed readers and waiters purged). A writer's fence is the next fencing
+-- token; a reader's is the counter as it is (the last write grant's token, or the token of the
+-- hand-off that began this read period; the server's clock in µs when the counter was lost).
 -- Otherwise {0, pttl, holder info fields, server ms, ms until the earliest waiter lease ends or
 -- -1, {reader JSON, ...} (at most 16), the fencing counter (a hand-off with a token no larger
 -- was made before this answer)}.
@@ -140,20 +140,33 @@ if not blocked then
   return {1, tonumber(fence)}
 end
 
-if wait_ms > 0 and (fair or not reading) then
-  -- Only writers take hand-offs (see release.lua's hand_to_writer).
-  local claim = reading and 0 or ARGV[10]
+if wait_ms > 0 and (fair or not reading or tonumber(ARGV[10]) > 0) then
+  -- Outside fair mode a reader queues only to be handed the lock (see release.lua's hand_on):
+  -- its entry holds nobody back, and one that cannot hear its hand-off retries when woken.
   local leased = redis.call('ZSCORE', leases, entry)
-  enqueue(q, entry, now_ms, wait_ms, claim, ARGV[11], ARGV[4], ARGV[5], ARGV[6])
+  enqueue(q, entry, now_ms, wait_ms, ARGV[10], ARGV[11], ARGV[4], ARGV[5], ARGV[6])
   if leased and not position then
     -- Damaged data (its list entry lost while its lease stayed; enqueue pushes only entries
     -- without a lease): back in line.
     redis.call('RPUSH', queue, entry)
   end
+elseif reading and not fair and position then
+  -- A reader that queued to be handed the lock and no longer does (it cannot hear its
+  -- channel any more): its place and terms would hand it a grant it may never learn of.
+  withdraw(q, entry)
 end
--- The caller re-checks no later than the first waiter lease ends (a dead waiter stops holding
--- readers back then).
-local soonest = tonumber(redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')[2] or '')
+-- The caller re-checks no later than the first waiter lease ends that holds someone back (a
+-- dead waiter stops holding readers back then): a writer's, or in fair mode anyone's. Outside
+-- fair mode a reader's place holds nobody back: counting it would have every waiter re-check
+-- as each queued reader's lease ends (the first PURGE_BATCH leases are looked at).
+local soonest
+local ends = redis.call('ZRANGE', leases, 0, fair and 0 or PURGE_BATCH - 1, 'WITHSCORES')
+for i = 1, #ends, 2 do
+  if fair or string.sub(ends[i], 1, 2) == 'w:' then
+    soonest = tonumber(ends[i + 1])
+    break
+  end
+end
 local plain = redis.call('ZRANGEBYSCORE', lock_waiters, '(' .. now_ms, '+inf', 'WITHSCORES',
                          'LIMIT', 0, 1)[2]
 if plain and (not soonest or tonumber(plain) < soonest) then
