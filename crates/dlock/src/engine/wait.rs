@@ -39,8 +39,28 @@ pub(crate) struct Handoff {
     pub fence: u64,
     /// The claim lease it was granted for.
     pub claim: Duration,
-    /// No later than the grant: when the waiter's last busy attempt was sent.
+    /// No later than the grant: when the waiter's last busy attempt was sent, moved on by how
+    /// much later the server granted it (see [`granted_since`]).
     pub since: Sent,
+}
+
+/// The waiter's last busy answer: when its attempt was sent, the fencing counter it saw, and
+/// the server's clock in it (ms).
+#[derive(Debug, Clone, Copy)]
+struct LastBusy {
+    sent: Sent,
+    fence_seen: u64,
+    server_ms: Option<u64>,
+}
+
+impl LastBusy {
+    fn of(busy: &Busy) -> Option<LastBusy> {
+        Some(LastBusy {
+            sent: busy.sent?,
+            fence_seen: busy.fence_seen?,
+            server_ms: busy.server_ms,
+        })
+    }
 }
 
 impl Handoff {
@@ -48,26 +68,72 @@ impl Handoff {
     /// - it was made after the waiter's last busy answer (its fencing token is above the
     ///   counter that answer saw), so its claim lease began after that attempt was sent — a
     ///   message from an earlier hand-off, delivered late, is refused;
-    /// - two thirds of its claim lease, counted from that send (plus any time the host spent
-    ///   suspended since), are surely left: the watchdog renews it at one third;
+    /// - two thirds of its claim lease, counted from the grant as [`granted_since`] bounds it
+    ///   (plus any time the host spent suspended since), are surely left: the watchdog renews
+    ///   it at one third;
     /// - its claim is at least [`MIN_CLAIM`] (the validity keeps 2 ms back) and at most the
     ///   waiter's own.
     ///
     /// Otherwise the waiter's retry finds the grant, if it is still there, and renews it.
-    fn of(woken: Option<Woken>, last: Option<(Sent, u64)>, own: Duration) -> Option<Handoff> {
-        let (Some(Woken::Handed { fence, claim }), Some((since, seen))) = (woken, last) else {
+    fn of(woken: Option<Woken>, last: Option<LastBusy>, own: Duration) -> Option<Handoff> {
+        let (
+            Some(Woken::Handed {
+                fence,
+                claim,
+                granted_ms,
+                received,
+            }),
+            Some(last),
+        ) = (woken, last)
+        else {
             return None;
         };
+        let since = granted_since(last.sent, last.server_ms, granted_ms, received);
         let suspended = crate::clock::Clock::default()
             .suspended()
             .saturating_sub(since.suspended);
         let elapsed = since.at.elapsed() + suspended;
-        let fresh = fence > seen && (MIN_CLAIM..=own).contains(&claim);
+        let fresh = fence > last.fence_seen && (MIN_CLAIM..=own).contains(&claim);
         (fresh && elapsed < renewal_interval(claim)).then_some(Handoff {
             fence,
             claim,
             since,
         })
+    }
+}
+
+/// No later than a hand-off's grant, on this host's clock: the send of the waiter's last busy
+/// answer, moved on by the time the server's clock says passed from that answer (`server_ms`)
+/// to the grant (`granted_ms`), less 2 ms (each reading is cut to whole ms, and a script's
+/// expiries may count from its start, just before its clock reading) and 1% for clock-rate
+/// drift.
+///
+/// Without it, a waiter that queued longer ago than a third of its claim lease would always
+/// make a round trip of its own to take a hand-off (a long queue, a long critical section).
+///
+/// The move never takes the grant past the moment the message was read (`received`), which
+/// came after it: a server clock that seems to have run ahead of ours is not trusted, and the
+/// send alone counts, as for a release that does not say when it granted. A server clock that
+/// stepped forward during the wait, or a grant by another server (a failover, a slot moved)
+/// whose clock is ahead, can still move it past the real grant, by at most the time the
+/// message took to arrive.
+fn granted_since(
+    sent: Sent,
+    server_ms: Option<u64>,
+    granted_ms: Option<u64>,
+    received: Instant,
+) -> Sent {
+    let (Some(answered), Some(granted)) = (server_ms, granted_ms) else {
+        return sent;
+    };
+    let later = Duration::from_millis(granted.saturating_sub(answered).saturating_sub(2));
+    let later = later.saturating_sub(later / 100);
+    if later > received.saturating_duration_since(sent.at) {
+        return sent;
+    }
+    Sent {
+        at: sent.at + later,
+        suspended: sent.suspended,
     }
 }
 
@@ -96,8 +162,7 @@ impl Waiting<'_> {
         // and a first busy answer can be slept on at once.
         let mut wakeups = self.live(token);
         let mut failures = 0u32;
-        // The last busy answer: when its attempt was sent, and the fencing counter it saw.
-        let mut last_busy: Option<(Sent, u64)> = None;
+        let mut last_busy: Option<LastBusy> = None;
         loop {
             if let Some(subscription) = wakeups.as_mut() {
                 subscription.mark_seen();
@@ -106,7 +171,7 @@ impl Waiting<'_> {
                 Ok(Attempt::Granted(guard)) => return Ok(guard),
                 Ok(Attempt::Busy(busy)) => {
                     failures = 0;
-                    last_busy = busy.sent.zip(busy.fence_seen);
+                    last_busy = LastBusy::of(&busy);
                     (self.recheck_after(&busy), Error::Conflict(busy.conflict))
                 }
                 Err(error) if error.is_retryable() => {
@@ -305,22 +370,38 @@ mod tests {
     }
 
     fn handed(fence: u64, claim_ms: u64) -> Option<Woken> {
+        handed_at(fence, claim_ms, None)
+    }
+
+    /// A hand-off message read just now.
+    fn handed_at(fence: u64, claim_ms: u64, granted_ms: Option<u64>) -> Option<Woken> {
         Some(Woken::Handed {
             fence,
             claim: Duration::from_millis(claim_ms),
+            granted_ms,
+            received: Instant::now(),
+        })
+    }
+
+    /// A busy answer sent `ago`, which saw fencing counter 100 and server time `server_ms`.
+    fn busy(ago: Duration, server_ms: Option<u64>) -> Option<LastBusy> {
+        Some(LastBusy {
+            sent: sent(ago),
+            fence_seen: 100,
+            server_ms,
         })
     }
 
     #[tokio::test]
     async fn a_handoff_is_taken_only_if_made_after_the_last_busy_answer_and_still_fresh() {
         let own = Duration::from_secs(1);
-        let fresh = Some((sent(Duration::from_millis(5)), 100));
+        let fresh = busy(Duration::from_millis(5), None);
         assert!(Handoff::of(handed(101, 1000), fresh, own).is_some());
         // A message from a hand-off made before the last busy answer, delivered late.
         assert!(Handoff::of(handed(100, 1000), fresh, own).is_none());
         assert!(Handoff::of(handed(99, 1000), fresh, own).is_none());
         // Too little of the claim left, counted from the busy attempt's send.
-        let old = Some((sent(Duration::from_millis(400)), 100));
+        let old = busy(Duration::from_millis(400), None);
         assert!(Handoff::of(handed(101, 1000), old, own).is_none());
         // A claim too short to take safely, or longer than the waiter's own.
         assert!(Handoff::of(handed(101, 9), fresh, own).is_none());
@@ -328,5 +409,43 @@ mod tests {
         // Not a hand-off, or no busy answer yet.
         assert!(Handoff::of(Some(Woken::Retry), fresh, own).is_none());
         assert!(Handoff::of(handed(101, 1000), None, own).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_wait_counts_the_claim_from_the_grant_by_the_servers_clock() {
+        let own = Duration::from_secs(1);
+        // Queued 700 ms ago (server time 50,000); granted 650 ms later by the server's clock.
+        let waited = busy(Duration::from_millis(700), Some(50_000));
+        let handoff = Handoff::of(handed_at(101, 1000, Some(50_650)), waited, own)
+            .expect("taken: about 50 ms of the claim are gone");
+        let moved = handoff.since.at - waited.unwrap().sent.at;
+        // 650 ms less 2 ms of rounding, less 1%.
+        assert_eq!(moved, Duration::from_micros(641_520));
+        // Granted early in the wait: over a third of the claim is gone.
+        assert!(Handoff::of(handed_at(101, 1000, Some(50_300)), waited, own).is_none());
+        // The server's clock ran ahead of ours (a step, or another server's clock) by more than
+        // the message took: not trusted, the claim counts from the send, and 700 ms are gone.
+        assert!(Handoff::of(handed_at(101, 1000, Some(50_900)), waited, own).is_none());
+        // Read before the grant could have been made by our clock: not trusted either.
+        let early = Some(Woken::Handed {
+            fence: 101,
+            claim: Duration::from_secs(1),
+            granted_ms: Some(50_650),
+            received: waited.unwrap().sent.at + Duration::from_millis(600),
+        });
+        assert!(Handoff::of(early, waited, own).is_none());
+        // A grant stamped before the busy answer (a clock stepped back) moves nothing.
+        assert!(Handoff::of(handed_at(101, 1000, Some(40_000)), waited, own).is_none());
+        let recent = busy(Duration::from_millis(5), Some(50_000));
+        let handoff = Handoff::of(handed_at(101, 1000, Some(40_000)), recent, own).unwrap();
+        assert_eq!(handoff.since.at, recent.unwrap().sent.at);
+        // Without the server's time in the busy answer, or in the hand-off (an older release).
+        assert!(Handoff::of(
+            handed_at(101, 1000, Some(50_650)),
+            busy(Duration::from_millis(700), None),
+            own
+        )
+        .is_none());
+        assert!(Handoff::of(handed_at(101, 1000, None), waited, own).is_none());
     }
 }

@@ -66,7 +66,9 @@ local function enqueue(q, token, now_ms, lease, claim, inbox, host, pid, label, 
     redis.call('RPUSH', q[1], token)
   end
   if tonumber(claim) > 0 then
-    local terms = {host = host, pid = pid, label = label, claim = claim, inbox = inbox}
+    -- stamped: this waiter reads a hand-off's grant time (see publish_handoff).
+    local terms = {host = host, pid = pid, label = label, claim = claim, inbox = inbox,
+                   stamped = true}
     for field, value in pairs(extra or {}) do
       terms[field] = value
     end
@@ -133,34 +135,60 @@ local function claim_of(q, head, terms, channel, now_us)
   return claim
 end
 
--- Publishes "<id> <fence> <claim ms> <mac> <next id or ->" to the inbox of `token` (with
--- `terms`), granted with `fence` for `claim` ms, and to where `next` (the token now first in
--- line, with `next_terms`, or nil) listens, if elsewhere.
-local function publish_handoff(token, terms, fence, claim, channel, next, next_terms)
+-- The hand-off message "<id> <fence> <claim ms> <mac> <next id or ->", and with `granted_text`
+-- (the grant's time, this server's clock in ms) "... <granted ms>", its MAC covering that too.
+local function handoff_message(token, fence_text, claim_text, next, granted_text)
+  local proven = token .. ':' .. fence_text .. ':' .. claim_text
+  if granted_text then
+    proven = proven .. ':' .. granted_text
+  end
+  local message = table.concat({waiter_id(token), fence_text, claim_text,
+                                string.sub(redis.sha1hex(proven), 1, 16),
+                                next and waiter_id(next) or '-'}, ' ')
+  if granted_text then
+    message = message .. ' ' .. granted_text
+  end
+  return message
+end
+
+-- Publishes the hand-off of `token` (with `terms`), granted with `fence` for `claim` ms at
+-- server time `now_us`, to its inbox, and to where `next` (the token now first in line, with
+-- `next_terms`, or nil) listens, if elsewhere. The grant's time lets a waiter that queued long
+-- ago count its claim lease from the grant rather than from its last attempt (see
+-- engine/wait.rs); it is read before any key of this call is set (expiries count from each
+-- command, or on some servers from the script's start, which the waiter allows 1 ms for), so
+-- the claim never began before it. Only waiters that said they read it (`stamped` terms), on an
+-- inbox of their own, get it: an older client takes the longer message for a stranger's and
+-- would miss its grant, and on the lock's channel older clients would all wake.
+local function publish_handoff(token, terms, fence, claim, channel, next, next_terms, now_us)
   local fence_text = string.format('%.0f', fence)
   local claim_text = string.format('%.0f', claim)
-  local mac = string.sub(redis.sha1hex(token .. ':' .. fence_text .. ':' .. claim_text), 1, 16)
-  local message = table.concat({waiter_id(token), fence_text, claim_text, mac,
-                                next and waiter_id(next) or '-'}, ' ')
+  local to = inbox_of(terms, channel)
+  local stamped = terms.stamped == true and to ~= channel
+  local granted_text = stamped and string.format('%.0f', math.floor(now_us / 1000)) or nil
+  local message = handoff_message(token, fence_text, claim_text, next, granted_text)
   -- pcall: a user without channel permissions (Redis 7 ACLs) still hands off; the new holder
   -- then finds the grant at its next re-check.
-  local to = inbox_of(terms, channel)
   redis.pcall('PUBLISH', to, message)
   local next_to = next_terms and inbox_of(next_terms, channel) or channel
   if next and next_to ~= to then
+    -- The next in line reads only the claim (when to re-check): the message every version reads.
+    if stamped then
+      message = handoff_message(token, fence_text, claim_text, next, nil)
+    end
     redis.pcall('PUBLISH', next_to, message)
   end
 end
 
 -- Tells `head` (with `terms`, withdrawn from the queue) that it was granted with `fence` for
--- `claim` ms: publishes "<id> <fence> <claim ms> <mac> <next id or ->", so the new holder
+-- `claim` ms at `now_us`: publishes the hand-off (see publish_handoff), so the new holder
 -- starts without a round trip of its own (it renews to its full TTL once it runs) and the next
 -- waiter knows to re-check when the claim ends (if the new holder died, nobody else
 -- publishes): it is told too, where it listens.
-local function announce(q, head, terms, fence, claim, channel)
+local function announce(q, head, terms, fence, claim, channel, now_us)
   local next = redis.call('LINDEX', q[1], 0)
   local next_terms = next and terms_of(q, next)
-  publish_handoff(head, terms, fence, claim, channel, next, next_terms)
+  publish_handoff(head, terms, fence, claim, channel, next, next_terms, now_us)
 end
 
 -- Hands the free `lock` to the live waiter `head` if it takes hand-offs: grants it for its
@@ -181,6 +209,6 @@ local function hand_to(lock, info, fence_key, q, head, channel, retention, now_u
   withdraw(q, head)
   local fence = grant(lock, info, fence_key, head, claim, retention, tostring(terms.host or ''),
                       tostring(terms.pid or ''), tostring(terms.label or ''), now_us)
-  announce(q, head, terms, fence, claim, channel)
+  announce(q, head, terms, fence, claim, channel, now_us)
   return true
 end

@@ -16,6 +16,10 @@
 -- pcall: a key of another type (a semaphore's name reused for a lock, or the reverse) answers
 -- "not ours" for that item instead of failing every lease batched with it.
 local results = {}
+-- A batch reads the server's clock once, first: a hand-off's grant time must not be later than
+-- the time its claim lease counts from, which a server may take as the call's start for every
+-- key it sets (see publish_handoff). A single release reads it only if it hands off.
+local batch_now_us = #ARGV > 4 and server_now_us() or nil
 for i = 1, #ARGV / 4 do
   local k = 6 * (i - 1)
   local lock, info, fence = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
@@ -29,7 +33,7 @@ for i = 1, #ARGV / 4 do
     local head = redis.call('LINDEX', q[1], 0)
     local now_us
     if head then
-      now_us = server_now_us()
+      now_us = batch_now_us or server_now_us()
       head = live_head(q, math.floor(now_us / 1000))
     end
     if not (head and hand_to(lock, info, fence, q, head, channel, retention, now_us)) then

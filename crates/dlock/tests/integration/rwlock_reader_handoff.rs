@@ -24,13 +24,13 @@ fn server_ms(server: &RedisServer) -> i64 {
     now[0].parse::<i64>().unwrap() * 1000 + now[1].parse::<i64>().unwrap() / 1000
 }
 
-fn spawn_read(lock: &RwLock) -> JoinHandle<dlock::Result<ReadGuard>> {
+pub(crate) fn spawn_read(lock: &RwLock) -> JoinHandle<dlock::Result<ReadGuard>> {
     let lock = lock.clone();
     tokio::spawn(async move { lock.read().await })
 }
 
 /// The guard a spawned `read()` returns, within 5 s.
-async fn read_granted(waiter: JoinHandle<dlock::Result<ReadGuard>>) -> ReadGuard {
+pub(crate) async fn read_granted(waiter: JoinHandle<dlock::Result<ReadGuard>>) -> ReadGuard {
     timeout(Duration::from_secs(5), waiter)
         .await
         .expect("not granted within 5 s")

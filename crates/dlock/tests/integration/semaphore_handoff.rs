@@ -15,7 +15,7 @@ use crate::support::{
 };
 
 const HOLDERS: &str = "sem";
-const QUEUE: &str = "{sem}:dlock:queue:sem";
+pub(crate) const QUEUE: &str = "{sem}:dlock:queue:sem";
 const LEASES: &str = "{sem}:dlock:queue-leases:sem";
 const WAITERS: &str = "{sem}:dlock:waiters:sem";
 const FENCE: &str = "{sem}:dlock:fence:sem";
@@ -40,13 +40,16 @@ async fn warm_up(server: &RedisServer, semaphore: &Semaphore) {
     granted(waiter).await.release().await.unwrap();
 }
 
-fn spawn_acquire(semaphore: &Semaphore, n: u32) -> JoinHandle<dlock::Result<SemaphorePermit>> {
+pub(crate) fn spawn_acquire(
+    semaphore: &Semaphore,
+    n: u32,
+) -> JoinHandle<dlock::Result<SemaphorePermit>> {
     let semaphore = semaphore.clone();
     tokio::spawn(async move { semaphore.acquire_many(n).await })
 }
 
 /// The permit a spawned acquire returns, within 5 s.
-async fn granted(waiter: JoinHandle<dlock::Result<SemaphorePermit>>) -> SemaphorePermit {
+pub(crate) async fn granted(waiter: JoinHandle<dlock::Result<SemaphorePermit>>) -> SemaphorePermit {
     timeout(Duration::from_secs(5), waiter)
         .await
         .expect("not granted within 5 s")
@@ -64,7 +67,7 @@ fn script_calls(server: &RedisServer) -> u64 {
 /// (a permit's check is a script), and the scripts are in the server's cache (a first call is
 /// answered NOSCRIPT, and counts). Takes a permit of another semaphore and holds it until that
 /// check has run.
-async fn settled_client(server: &RedisServer) -> Client {
+pub(crate) async fn settled_client(server: &RedisServer) -> Client {
     let c = client(server).await;
     let warm = c.semaphore("warm", 1).unwrap();
     let before = script_calls(server);
@@ -84,7 +87,7 @@ async fn settled_client(server: &RedisServer) -> Client {
 }
 
 /// Milliseconds until `token`'s permit lease ends, on the server's clock.
-fn lease_left(server: &RedisServer, token: &str) -> i64 {
+pub(crate) fn lease_left(server: &RedisServer, token: &str) -> i64 {
     let end: f64 = server.cmd("ZSCORE", &[HOLDERS, token]);
     let now: Vec<String> = server.cmd("TIME", &[]);
     let now_ms = now[0].parse::<i64>().unwrap() * 1000 + now[1].parse::<i64>().unwrap() / 1000;

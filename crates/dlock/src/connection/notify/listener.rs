@@ -298,7 +298,7 @@ impl Listener {
 
     fn deliver(&self, message: &redis::Msg) {
         let payload: String = message.get_payload().unwrap_or_default();
-        let wake = Wake::parse(&payload);
+        let wake = Wake::parse(&payload, Instant::now());
         let Some(shared) = self.shared.upgrade() else {
             return;
         };

@@ -217,14 +217,25 @@ mod tests {
         let mut a = channel.join("c", A, &shared);
         let mut a2 = channel.join("c", A2, &shared);
         let claim = Duration::from_secs(1);
+        let at = tokio::time::Instant::now();
         channel.deliver(Wake::Handed {
             id: A[..16].into(),
             fence: 5,
             claim,
-            mac: mac(A, 5, claim).into(),
+            granted_ms: Some(9),
+            received: at,
+            mac: mac(A, 5, claim, Some(9)).into(),
             next: None,
         });
-        assert_eq!(next(&mut a, A).await, Woken::Handed { fence: 5, claim });
+        assert_eq!(
+            next(&mut a, A).await,
+            Woken::Handed {
+                fence: 5,
+                claim,
+                granted_ms: Some(9),
+                received: at
+            }
+        );
         // a2 heard it too, and its MAC check turned it down: nothing for a2.
         assert!(
             tokio::time::timeout(Duration::from_millis(50), a2.woken(A2))
@@ -253,14 +264,25 @@ mod tests {
         assert_eq!(next(&mut b, B).await, Woken::Retry);
         assert!(quiet(&mut a));
         let claim = Duration::from_secs(1);
+        let at = tokio::time::Instant::now();
         channel.deliver(Wake::Handed {
             id: B[..16].into(),
             fence: 5,
             claim,
-            mac: mac(B, 5, claim).into(),
+            granted_ms: Some(9),
+            received: at,
+            mac: mac(B, 5, claim, Some(9)).into(),
             next: Some(A[..16].into()),
         });
-        assert_eq!(next(&mut b, B).await, Woken::Handed { fence: 5, claim });
+        assert_eq!(
+            next(&mut b, B).await,
+            Woken::Handed {
+                fence: 5,
+                claim,
+                granted_ms: Some(9),
+                received: at
+            }
+        );
         assert_eq!(next(&mut a, A).await, Woken::HandedAhead { claim });
         channel.deliver(Wake::All);
         assert_eq!(next(&mut a, A).await, Woken::Retry);

@@ -43,6 +43,9 @@ pub(crate) struct Busy {
     /// this answer (its fencing token is above [`Busy::fence_seen`]) was granted after this
     /// moment, so its claim lease counts from no earlier.
     pub sent: Option<Sent>,
+    /// The server's clock at this answer, in ms: a hand-off that says when it was granted by
+    /// the same clock is counted from then (see `engine::wait`).
+    pub server_ms: Option<u64>,
     /// The fencing counter at this answer: any hand-off made before it has a token no larger
     /// (the primitives that hand off: locks, semaphores, read-write locks; a hand-off to
     /// readers draws a fresh token from the counter for this).
@@ -224,6 +227,10 @@ async fn once<A: Acquire>(
             at: sent_at,
             suspended,
         });
+        if !nodes.is_single() {
+            // Whose clock it was is not known: only a single node's hand-offs use it.
+            busy.server_ms = None;
+        }
     }
     if answers.grants.len() >= quorum {
         let granted = Granted {

@@ -176,7 +176,7 @@ impl Lock {
     }
 
     /// The guard for a grant a release handed to `token` (see `handoff.lua`): valid for the
-    /// claim lease from the last busy answer's send, renewed to the full TTL by the watchdog.
+    /// claim lease from the grant (see `Handoff::since`), renewed to the full TTL by the watchdog.
     fn handed(&self, token: Token, handoff: Handoff) -> LockGuard {
         self.guard(token, |held| {
             let (fence, terms) = (handoff.fence, self.terms());
@@ -377,6 +377,7 @@ pub(crate) fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
         }),
         ahead_lease_left: pttl(field(4)),
         sent: None,
+        server_ms: (server_now_ms > 0).then_some(server_now_ms),
         fence_seen: int(field(5)).and_then(|fence| u64::try_from(fence).ok()),
         split: false,
         shared: false,

@@ -146,7 +146,7 @@ impl ForSide<'_> {
     }
 
     /// The hold a release handed to `token` (see `rwlock/release.lua`): valid for the claim
-    /// lease from the last busy answer's send, renewed to the full TTL by the watchdog.
+    /// lease from the grant (see `Handoff::since`), renewed to the full TTL by the watchdog.
     pub(super) fn handed(&self, token: Token, handoff: Handoff) -> LeaseHandle {
         self.handle(token, |hold| {
             let core = &self.lock.core;
@@ -207,6 +207,7 @@ fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
         }),
         ahead_lease_left: pttl(field(4)),
         sent: None,
+        server_ms: (server_now_ms > 0).then_some(server_now_ms),
         fence_seen: int(field(6)).and_then(|fence| u64::try_from(fence).ok()),
         split: false,
         shared,

@@ -49,7 +49,7 @@ impl ForPermits<'_> {
     }
 
     /// The permit a release handed to `token` (see `semaphore/release.lua`): valid for the
-    /// claim lease from the last busy answer's send, renewed to the full TTL by the watchdog.
+    /// claim lease from the grant (see `Handoff::since`), renewed to the full TTL by the watchdog.
     pub(super) fn handed(&self, token: Token, handoff: Handoff) -> SemaphorePermit {
         self.permit(token, |permit| {
             self.semaphore.core.track_handed(
@@ -187,6 +187,7 @@ fn busy(keys: &LockKeys, reply: &[Value], asked: u32) -> Busy {
         }),
         ahead_lease_left: pttl(field(4)),
         sent: None,
+        server_ms: (server_now_ms > 0).then_some(server_now_ms),
         fence_seen: int(field(6)).and_then(|fence| u64::try_from(fence).ok()),
         split: false,
         shared: false,

@@ -48,7 +48,7 @@ local function hand_to_writer(lock, info, fence_key, q, head, claim, terms, chan
   local next = redis.call('LINDEX', q[1], 0)
   local next_terms = next and terms_of(q, next)
   publish_handoff(writer, terms, fence, claim, channel, next and string.sub(next, 3),
-                  next_terms)
+                  next_terms, now_us)
 end
 
 -- How many queued readers one release hands the lock to at most (the rest are woken), so one
@@ -99,11 +99,11 @@ local function hand_to_readers(lock, info, fence_key, readers, rinfo, q, channel
   local next_terms = head and terms_of(q, head)
   for i, reader in ipairs(handed) do
     if i ~= longest then
-      publish_handoff(reader[1], reader[2], fence, reader[3], channel, nil, nil)
+      publish_handoff(reader[1], reader[2], fence, reader[3], channel, nil, nil, now_us)
     end
   end
   local last = handed[longest]
-  publish_handoff(last[1], last[2], fence, last[3], channel, next, next_terms)
+  publish_handoff(last[1], last[2], fence, last[3], channel, next, next_terms, now_us)
   if head and string.sub(head, 1, 2) == 'r:' then
     -- A reader next in line was not handed the lock (no hand-off terms, too little of its
     -- entry left, or past the batch): it may come in now.

@@ -47,7 +47,7 @@ local function hand_permits(s, waiter, terms, n, claim)
       redis.call('PEXPIRE', key, claim)
     end
   end
-  announce(s.q, waiter, terms, fence, claim, s.channel)
+  announce(s.q, waiter, terms, fence, claim, s.channel, s.now_us)
 end
 
 -- Passes free permits on to queued waiters that take hand-offs, in queue order: in fair mode
