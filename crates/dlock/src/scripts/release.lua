@@ -16,9 +16,10 @@
 -- pcall: a key of another type (a semaphore's name reused for a lock, or the reverse) answers
 -- "not ours" for that item instead of failing every lease batched with it.
 local results = {}
--- A batch reads the server's clock once, first: a hand-off's grant time must not be later than
--- the time its claim lease counts from, which a server may take as the call's start for every
--- key it sets (see publish_handoff). A single release reads it only if it hands off.
+-- A hand-off's grant time must not be later than the time its claim lease counts from, which a
+-- server may take as the call's start for every key it sets (see publish_handoff): a batch
+-- reads the server's clock once, first; a single release reads it before any work that may
+-- take long (a withdrawal scans the queue), and only if there is a queue to hand to.
 local batch_now_us = #ARGV > 4 and server_now_us() or nil
 for i = 1, #ARGV / 4 do
   local k = 6 * (i - 1)
@@ -27,13 +28,13 @@ for i = 1, #ARGV / 4 do
   local token, channel, retention = ARGV[4 * i - 3], ARGV[4 * i - 2], ARGV[4 * i - 1]
   local quiet = ARGV[4 * i] == '1'
   local released = redis.pcall('GET', lock) == token
+  local now_us = batch_now_us or (not released and server_now_us()) or nil
   local withdrew = not released and withdraw(q, token)
   if released or (withdrew and redis.call('EXISTS', lock) == 0) then
     -- Lean when nobody queues: one LINDEX, no clock read.
     local head = redis.call('LINDEX', q[1], 0)
-    local now_us
     if head then
-      now_us = batch_now_us or server_now_us()
+      now_us = now_us or server_now_us()
       head = live_head(q, math.floor(now_us / 1000))
     end
     if not (head and hand_to(lock, info, fence, q, head, channel, retention, now_us)) then

@@ -137,9 +137,15 @@ async fn a_reader_queued_long_ago_takes_its_handoff_without_a_round_trip() {
     reader.release().await.unwrap();
 }
 
-/// The message a release hands lock `name` over with, to a queued waiter whose hand-off terms
-/// are `terms` (its inbox: `inbox`), injected as a client would queue it.
-async fn handoff_message(server: &RedisServer, name: &str, token: &str, terms: &str) -> String {
+/// The messages (channel, payload) a release hands lock `name` over with, to the first of
+/// `queued` (token, hand-off terms), injected as clients would queue them; `expected`: how many.
+/// The waiters listen on the inboxes "inbox" and "inbox2".
+async fn handoff_messages(
+    server: &RedisServer,
+    name: &str,
+    queued: &[(&str, &str)],
+    expected: usize,
+) -> Vec<(String, String)> {
     use futures_util::StreamExt as _;
     let (queue, leases, waiters) = (
         format!("{{{name}}}:dlock:queue:{name}"),
@@ -150,24 +156,33 @@ async fn handoff_message(server: &RedisServer, name: &str, token: &str, terms: &
     let held = holder.lock(name).unwrap().try_lock().await.unwrap();
     let now: Vec<String> = server.cmd("TIME", &[]);
     let lapses = now[0].parse::<i64>().unwrap() * 1000 + 60_000;
-    let _: i64 = server.cmd("RPUSH", &[&queue, token]);
-    let _: i64 = server.cmd("ZADD", &[&leases, &lapses.to_string(), token]);
-    let _: i64 = server.cmd("HSET", &[&waiters, token, terms]);
+    for (token, terms) in queued {
+        let _: i64 = server.cmd("RPUSH", &[&queue, token]);
+        let _: i64 = server.cmd("ZADD", &[&leases, &lapses.to_string(), token]);
+        let _: i64 = server.cmd("HSET", &[&waiters, token, terms]);
+    }
     let listener = redis::Client::open(server.url()).unwrap();
     let mut pubsub = listener.get_async_pubsub().await.unwrap();
-    pubsub.subscribe("inbox").await.unwrap();
+    pubsub.subscribe(&["inbox", "inbox2"]).await.unwrap();
     let mut heard = pubsub.into_on_message();
     held.release().await.unwrap();
-    let message = timeout(Duration::from_secs(5), heard.next())
-        .await
-        .expect("no hand-off message")
-        .unwrap();
+    let mut messages = Vec::new();
+    while messages.len() < expected {
+        let message = timeout(Duration::from_secs(5), heard.next())
+            .await
+            .expect("a hand-off message missing")
+            .unwrap();
+        messages.push((
+            message.get_channel_name().to_owned(),
+            message.get_payload().unwrap(),
+        ));
+    }
     assert_eq!(
         server.cmd::<String>("GET", &[name]),
-        token,
+        queued[0].0,
         "not handed over"
     );
-    message.get_payload().unwrap()
+    messages
 }
 
 /// The first 16 hex digits of SHA-1 over `text`, as the scripts MAC a hand-off.
@@ -175,27 +190,40 @@ fn mac(text: &str) -> String {
     sha1_smol::Sha1::from(text).digest().to_string()[..16].to_owned()
 }
 
+/// Hand-off terms on inbox `inbox`, saying the waiter reads a grant's time or not.
+fn terms(inbox: &str, stamped: bool) -> String {
+    let stamped = if stamped { r#","stamped":true"# } else { "" };
+    format!(r#"{{"host":"h","pid":"1","label":"","claim":"1000","inbox":"{inbox}"{stamped}}}"#)
+}
+
 /// A waiter whose terms do not say it reads a grant's time (an older client's) is handed the lock
 /// in the message every version reads: five fields, the MAC over token, fence and claim. One
-/// that says so gets the grant's time too, under the MAC.
+/// that says so gets the grant's time too, under the MAC; the next in line, elsewhere, is told
+/// in the message every version reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_waiter_is_handed_the_lock_in_a_message_its_version_reads() {
     let server = RedisServer::start();
     let older = "0123456789abcdef0123456789abcdef";
-    let terms = r#"{"host":"h","pid":"1","label":"","claim":"1000","inbox":"inbox"}"#;
-    let message = handoff_message(&server, "old", older, terms).await;
-    let fields: Vec<&str> = message.split(' ').collect();
-    assert_eq!(fields.len(), 5, "{message}");
+    let messages = handoff_messages(&server, "old", &[(older, &terms("inbox", false))], 1).await;
+    let fields: Vec<&str> = messages[0].1.split(' ').collect();
+    assert_eq!(fields.len(), 5, "{messages:?}");
     assert_eq!(fields[0], &older[..16]);
     assert_eq!(fields[2], "1000");
     assert_eq!(fields[3], mac(&format!("{older}:{}:1000", fields[1])));
     let newer = "fedcba9876543210fedcba9876543210";
-    let terms =
-        r#"{"host":"h","pid":"1","label":"","claim":"1000","inbox":"inbox","stamped":true}"#;
+    let next = "00112233445566778899aabbccddeeff";
     let before: Vec<String> = server.cmd("TIME", &[]);
-    let message = handoff_message(&server, "new", newer, terms).await;
-    let fields: Vec<&str> = message.split(' ').collect();
-    assert_eq!(fields.len(), 6, "{message}");
+    let queued = [
+        (newer, &*terms("inbox", true)),
+        (next, &*terms("inbox2", true)),
+    ];
+    let mut messages = handoff_messages(&server, "new", &queued, 2).await;
+    messages.sort();
+    let (to_holder, to_next) = (&messages[0], &messages[1]);
+    assert_eq!((&*to_holder.0, &*to_next.0), ("inbox", "inbox2"));
+    let fields: Vec<&str> = to_holder.1.split(' ').collect();
+    assert_eq!(fields.len(), 6, "{messages:?}");
+    assert_eq!(fields[4], &next[..16], "names the next in line");
     let granted: i64 = fields[5].parse().unwrap();
     let before_ms =
         before[0].parse::<i64>().unwrap() * 1000 + before[1].parse::<i64>().unwrap() / 1000;
@@ -207,4 +235,8 @@ async fn each_waiter_is_handed_the_lock_in_a_message_its_version_reads() {
         fields[3],
         mac(&format!("{newer}:{}:1000:{granted}", fields[1]))
     );
+    let told: Vec<&str> = to_next.1.split(' ').collect();
+    assert_eq!(told.len(), 5, "the next in line's message: {messages:?}");
+    assert_eq!((told[0], told[4]), (&newer[..16], &next[..16]));
+    assert_eq!(told[3], mac(&format!("{newer}:{}:1000", told[1])));
 }

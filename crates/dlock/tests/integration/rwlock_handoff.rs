@@ -74,7 +74,7 @@ async fn a_writers_release_hands_the_lock_to_the_next_writer_in_one_call() {
     let a = settled_client(&server).await;
     let b = settled_client(&server).await;
     // Long enough that a loaded machine still takes the hand-off without a round trip (a
-    // waiter does so only within a third of the claim from its last attempt).
+    // waiter does so only within a third of the claim from the grant).
     let claim = Duration::from_secs(3);
     let lock = b.rw_lock_with("doc", waiting(claim)).unwrap();
     warm_up(&server, &lock).await;

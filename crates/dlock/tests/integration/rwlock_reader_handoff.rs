@@ -61,7 +61,7 @@ async fn a_writers_release_hands_the_read_side_to_every_queued_reader_in_one_cal
     let server = RedisServer::start();
     let a = settled_client(&server).await;
     // Long enough that a loaded machine still takes the hand-off without a round trip (a
-    // waiter does so only within a third of the claim from its last attempt).
+    // waiter does so only within a third of the claim from the grant).
     let claim = Duration::from_secs(3);
     let options = waiting(claim);
     let holder = a

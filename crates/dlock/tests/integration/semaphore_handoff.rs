@@ -100,7 +100,7 @@ async fn a_contended_permit_handoff_costs_the_release_alone() {
     let a = settled_client(&server).await;
     let b = settled_client(&server).await;
     // Long enough that a loaded machine still takes the hand-off without a round trip (a
-    // waiter does so only within a third of the claim from its last attempt).
+    // waiter does so only within a third of the claim from the grant).
     let claim = Duration::from_secs(3);
     let semaphore = b.semaphore_with("sem", 2, waiting(claim)).unwrap();
     warm_up(&server, &semaphore).await;
