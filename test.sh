@@ -24,6 +24,14 @@ if [ "${CARGO_NET_OFFLINE:-}" != true ]; then
   CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target} cargo clean --quiet -p dlock
   cargo publish --quiet --dry-run --allow-dirty -p dlock -p dlock-cli
 fi
+# Formatting and lints first: they fail in seconds, before the long suite. Skipped where the
+# toolchain lacks rustfmt or clippy (both are rustup components).
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all --check
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --quiet --workspace --all-targets -- -D warnings
+fi
 cargo test --workspace --doc
 suite() {
   if cargo nextest --version >/dev/null 2>&1; then
