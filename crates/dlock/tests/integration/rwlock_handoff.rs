@@ -132,6 +132,17 @@ async fn a_writers_release_hands_the_lock_to_the_next_writer_in_one_call() {
     guard.release().await.unwrap();
 }
 
+/// Queues `entry` (`w:TOKEN` or `r:TOKEN`) as a waiter that died right after joining: a live
+/// waiter lease (20 s) and hand-off terms with a 500 ms claim, and nobody listening.
+pub(crate) fn queue_dead_entry(server: &RedisServer, entry: &str) {
+    let now: Vec<String> = server.cmd("TIME", &[]);
+    let now_ms = now[0].parse::<u64>().unwrap() * 1000 + now[1].parse::<u64>().unwrap() / 1000;
+    let _: () = server.cmd("RPUSH", &[QUEUE, entry]);
+    let _: () = server.cmd("ZADD", &[LEASES, &(now_ms + 20_000).to_string(), entry]);
+    let terms = r#"{"host":"gone","pid":"1","label":"","claim":"500"}"#;
+    let _: () = server.cmd("HSET", &[WAITERS, entry, terms]);
+}
+
 /// The fencing counter now (the last write grant's token).
 pub(crate) fn holder_fence(server: &RedisServer) -> u64 {
     server.cmd::<String>("GET", &[FENCE]).parse().unwrap()
@@ -180,12 +191,7 @@ async fn a_dead_writer_at_the_head_delays_the_next_by_at_most_the_claim_lease() 
         .await
         .unwrap();
     let dead = "w:deadbeefdeadbeefdeadbeefdeadbeef";
-    let _: () = server.cmd("RPUSH", &[QUEUE, dead]);
-    let now: Vec<String> = server.cmd("TIME", &[]);
-    let now_ms = now[0].parse::<u64>().unwrap() * 1000 + now[1].parse::<u64>().unwrap() / 1000;
-    let _: () = server.cmd("ZADD", &[LEASES, &(now_ms + 20_000).to_string(), dead]);
-    let terms = r#"{"host":"gone","pid":"1","label":"","claim":"500"}"#;
-    let _: () = server.cmd("HSET", &[WAITERS, dead, terms]);
+    queue_dead_entry(&server, dead);
     let waiter = spawn_write(&b.rw_lock_with("doc", waiting(claim)).unwrap());
     queue_length_reaches(&server, QUEUE, 2).await;
     let released_at = Instant::now();

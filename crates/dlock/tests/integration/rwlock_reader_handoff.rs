@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::rwlock_handoff::{
-    granted, holder_fence, settled_client, spawn_write, waiting, LEASES, QUEUE, WAITERS,
+    granted, holder_fence, queue_dead_entry, settled_client, spawn_write, waiting, LEASES, QUEUE,
+    WAITERS,
 };
 use crate::support::{client, client_without_channels, epsilon, queue_length_reaches};
 
@@ -200,15 +201,11 @@ async fn a_writer_behind_handed_readers_that_died_waits_at_most_the_claim_lease(
         .try_write()
         .await
         .unwrap();
-    let now_ms = server_ms(&server);
     for dead in [
         "r:deadbeefdeadbeefdeadbeefdeadbeef",
         "r:feedfacefeedfacefeedfacefeedface",
     ] {
-        let _: () = server.cmd("RPUSH", &[QUEUE, dead]);
-        let _: () = server.cmd("ZADD", &[LEASES, &(now_ms + 20_000).to_string(), dead]);
-        let terms = r#"{"host":"gone","pid":"1","label":"","claim":"500"}"#;
-        let _: () = server.cmd("HSET", &[WAITERS, dead, terms]);
+        queue_dead_entry(&server, dead);
     }
     let waiter = spawn_write(&b.rw_lock_with("doc", waiting(claim)).unwrap());
     queue_length_reaches(&server, QUEUE, 3).await;
