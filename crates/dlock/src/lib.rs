@@ -50,7 +50,9 @@
 //!
 //! These hold under stated assumptions: the holder's process is not paused for longer than its
 //! lease without noticing (check [`LockGuard::is_held`], use fencing), clocks run at nearly the
-//! same rate (1% drift is allowed for; time the host spent suspended is counted on Linux), and
+//! same rate (1% drift is allowed for; time the host spent suspended is counted on Linux), a
+//! Redis clock does not step forward while a waiter waits for a hand-off (the new holder counts
+//! its claim lease from the grant by that clock; see the README's hand-off section), and
 //! Redis does not lose a held lock (a failover to a
 //! replica that had not received it, or a restart without persistence, can let a second owner
 //! in; fencing tokens still protect storage then).
