@@ -400,11 +400,12 @@ async fn a_black_holed_master_never_holds_up_renewals_or_releases() {
     let servers = RedisServers::start(3);
     let proxy = dlock_test::TcpProxy::start(servers[2].port());
     let urls = [servers[0].url(), servers[1].url(), proxy.url()];
-    // Two seconds per call: longer than the lease's whole validity.
-    let c = Client::redlock_with(&urls, options(Duration::from_secs(2)))
+    // Four seconds per call: longer than the lease's whole validity. (A 1.5 s TTL, with 2 s
+    // per call, lost its lease once on a loaded CI machine whose live masters were slow.)
+    let c = Client::redlock_with(&urls, options(Duration::from_secs(4)))
         .await
         .unwrap();
-    let ttl = Duration::from_millis(1500);
+    let ttl = Duration::from_secs(3);
     let kept = c
         .lock_with("kept", LockOptions::new().ttl(ttl))
         .unwrap()
