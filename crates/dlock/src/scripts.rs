@@ -4,7 +4,8 @@
 //! [`redis::Script`]), and receives every key through `KEYS`, so Redis Cluster can route it.
 //! Scripts that renew, verify or release take a fixed group of keys and arguments per lease and
 //! answer one 1/0 per lease, so the watchdog batches them whatever the primitive (see
-//! `engine::ops`). A primitive's scripts are listed under its name.
+//! `engine::ops`); a lock's one-lease `release()` may also get hand-off messages after its 1
+//! (see `release.lua`). A primitive's scripts are listed under its name.
 
 use std::sync::LazyLock;
 

@@ -68,6 +68,9 @@ pub(crate) struct LeaseHandle {
     /// The nodes that have not answered the hold's end (every node until it is sent): `Drop`
     /// sends it to them in the background.
     unended: Vec<usize>,
+    /// A release asked for this client's hand-offs in its reply and did not read them all:
+    /// `Drop` wakes this client's waiters on the lock, lest one was handed it and never told.
+    handoffs_unread: bool,
 }
 
 impl LeaseHandle {
@@ -79,6 +82,7 @@ impl LeaseHandle {
             hold,
             unended: (0..core.nodes().len()).collect(),
             left: false,
+            handoffs_unread: false,
             core,
         }
     }
@@ -201,13 +205,23 @@ impl LeaseHandle {
     }
 
     /// Releases this handle's hold (see `LockGuard::release` for the contract).
-    pub async fn release(self) -> Result<()> {
+    pub async fn release(mut self) -> Result<()> {
         let hold = self.hold.clone();
-        let call = ops::one(hold.release_script(), |call| hold.add_release(call));
+        // One Redis: a hand-off to a waiter of this client comes back in the reply.
+        let inbox = (hold.handoff_channel().is_some() && self.core.nodes().is_single())
+            .then(|| self.core.notifier().inbox().to_owned());
+        self.handoffs_unread = inbox.is_some();
+        let call = ops::one(hold.release_script(), |call| {
+            hold.add_release(call);
+            if let Some(inbox) = &inbox {
+                call.arg(inbox.as_str());
+            }
+        });
         self.end(call, "releasing").await
     }
 
-    /// Ends the hold with a one-lease `call` answered by `[1]` (ours) or `[0]`: this handle
+    /// Ends the hold with a one-lease `call` answered by `[1]` (ours) or `[0]` (a lock's
+    /// release may add hand-off messages for this client, delivered here): this handle
     /// leaves the lease first (the last one out stops renewal), then the call goes to every
     /// node, retried until decided or the lease's validity ends. Nodes that never answered
     /// get the hold's release in the background (via Drop), and only they.
@@ -275,15 +289,26 @@ impl LeaseHandle {
             None => self.lease().valid_until(),
         };
         let quorum = self.lease().quorum;
-        let (tally, _) = nodes
+        let (tally, answers) = nodes
             .settle(
                 quorum,
                 deadline,
-                |reply: &Vec<i64>| reply.as_slice() == [1],
-                |node, timeout| node.eval::<Vec<i64>>(&call, timeout),
+                |reply: &Vec<redis::Value>| matches!(reply.first(), Some(redis::Value::Int(1))),
+                |node, timeout| node.eval::<Vec<redis::Value>>(&call, timeout),
             )
             .await;
         self.unended = tally.errors.iter().map(|(index, _)| *index).collect();
+        // A hand-off can hide only behind a try whose reply was lost: none if the reply that
+        // released the hold was read, or if the one and only try answered.
+        let notifier = self.core.notifier();
+        let told = answers
+            .iter()
+            .flatten()
+            .map(|r| notifier.deliver_handoffs(r));
+        let released = told.fold(false, |any, released| any | released);
+        if released || (!tally.retried && tally.errors.is_empty()) {
+            self.handoffs_unread = false;
+        }
         let lost = |reason: LossReason| Error::Lost {
             key: self.name().to_owned(),
             reason,
@@ -333,6 +358,11 @@ impl Drop for Rewatch<'_> {
 
 impl Drop for LeaseHandle {
     fn drop(&mut self) {
+        // Their retries go down the connection the release went down, behind it, so they find
+        // its grant; only a reconnect in between could put a retry first (the re-check then).
+        if let (true, Some(channel)) = (self.handoffs_unread, self.hold.handoff_channel()) {
+            self.core.notifier().wake_all(channel);
+        }
         if !self.left && self.shared.leave() {
             // Released in the background: its outcome is nobody's to learn.
             self.lease().report_end(&LeaseStatus::Released);
@@ -446,39 +476,4 @@ macro_rules! lease_methods {
 pub(crate) use lease_methods;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::ops::testing::Noop;
-
-    fn shared() -> Arc<Shared> {
-        let lease = Lease::new(
-            Arc::new(Noop),
-            1,
-            Duration::from_secs(1),
-            Instant::now(),
-            false,
-            Arc::new(AtomicUsize::new(0)),
-        );
-        Shared::new(Arc::new(lease))
-    }
-
-    /// The reentrant race the review found: a re-entry joining a lease whose last handle is
-    /// just leaving would have sat on a released lease, never renewed. A count that reached
-    /// zero now refuses new members, so the re-entry gets a lease of its own.
-    #[test]
-    fn the_last_handle_out_ends_the_lease_and_nobody_joins_it_after() {
-        let shared = shared();
-        assert!(
-            shared.try_join(),
-            "a held lease with a handle takes another"
-        );
-        shared.leave();
-        assert!(shared.lease.is_held(), "one handle is left");
-        shared.leave();
-        assert_eq!(shared.lease.status(), LeaseStatus::Released);
-        assert!(
-            !shared.try_join(),
-            "joined a lease whose last handle had left"
-        );
-    }
-}
+mod tests;

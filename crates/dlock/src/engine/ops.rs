@@ -24,6 +24,14 @@ pub(crate) trait ReleaseOp: Send + Sync + Debug {
     fn release_script(&self) -> &'static Script;
     /// Adds this hold's keys and arguments to a release call.
     fn add_release(&self, call: &mut ScriptInvocation<'_>);
+    /// The wake-up channel of the waiters this hold's release may hand it to, if the release
+    /// script also takes the releasing client's inbox (one more argument after every lease's)
+    /// and answers, after the per-lease results, the hand-off messages meant for that inbox
+    /// (see `release.lua`): `release()` then delivers them in this process, with no pub/sub
+    /// message.
+    fn handoff_channel(&self) -> Option<&str> {
+        None
+    }
     /// The same release without the wake-up for everyone, where the primitive has one (a
     /// lock's, a permit's): for undoing a Redlock attempt that no majority granted, whose
     /// waiter would otherwise wake itself with its own undo and spin while the lock is held.

@@ -20,6 +20,24 @@
 -- Every step tolerates damaged queue data (an entry whose lease or terms were evicted or
 -- corrupted): an error here would fail every lease the watchdog batched with this one.
 
+-- The releasing client's inbox, set by a release that takes it (release.lua): hand-off messages
+-- for that inbox go back in the reply (`for_releaser`) rather than by PUBLISH, and the client
+-- delivers them to its own waiters at once. That saves a message, a pub/sub read and a task
+-- wake-up per hand-off between tasks of one client. Every other script leaves it nil.
+local releaser_inbox = nil
+local for_releaser = {}
+
+-- Sends a hand-off message to `to` (an inbox or a lock's channel).
+local function send_to(to, message)
+  if releaser_inbox and to == releaser_inbox then
+    table.insert(for_releaser, message)
+  else
+    -- pcall: a user without channel permissions (Redis 7 ACLs) still hands off; the new
+    -- holder then finds the grant at its next re-check.
+    redis.pcall('PUBLISH', to, message)
+  end
+end
+
 local function waiter_id(token)
   return string.sub(token, 1, 16)
 end
@@ -151,9 +169,10 @@ local function handoff_message(token, fence_text, claim_text, next, granted_text
   return message
 end
 
--- Publishes the hand-off of `token` (with `terms`), granted with `fence` for `claim` ms at
+-- Sends the hand-off of `token` (with `terms`), granted with `fence` for `claim` ms at
 -- server time `now_us`, to its inbox, and to where `next` (the token now first in line, with
--- `next_terms`, or nil) listens, if elsewhere. The grant's time lets a waiter that queued long
+-- `next_terms`, or nil) listens, if elsewhere (send_to: published, or for the releasing
+-- client's own inbox put in the reply). The grant's time lets a waiter that queued long
 -- ago count its claim lease from the grant rather than from its last attempt (see
 -- engine/wait.rs); it is read before any key of this call is set (expiries count from each
 -- command, or on some servers from the script's start, which the waiter allows 1 ms for), so
@@ -167,21 +186,19 @@ local function publish_handoff(token, terms, fence, claim, channel, next, next_t
   local stamped = terms.stamped == true and to ~= channel
   local granted_text = stamped and string.format('%.0f', math.floor(now_us / 1000)) or nil
   local message = handoff_message(token, fence_text, claim_text, next, granted_text)
-  -- pcall: a user without channel permissions (Redis 7 ACLs) still hands off; the new holder
-  -- then finds the grant at its next re-check.
-  redis.pcall('PUBLISH', to, message)
+  send_to(to, message)
   local next_to = next_terms and inbox_of(next_terms, channel) or channel
   if next and next_to ~= to then
     -- The next in line reads only the claim (when to re-check): the message every version reads.
     if stamped then
       message = handoff_message(token, fence_text, claim_text, next, nil)
     end
-    redis.pcall('PUBLISH', next_to, message)
+    send_to(next_to, message)
   end
 end
 
 -- Tells `head` (with `terms`, withdrawn from the queue) that it was granted with `fence` for
--- `claim` ms at `now_us`: publishes the hand-off (see publish_handoff), so the new holder
+-- `claim` ms at `now_us`: sends the hand-off (see publish_handoff), so the new holder
 -- starts without a round trip of its own (it renews to its full TTL once it runs) and the next
 -- waiter knows to re-check when the claim ends (if the new holder died, nobody else
 -- publishes): it is told too, where it listens.

@@ -9,19 +9,30 @@
 --       quiet release: no wake-up for everyone (the rollback of a Redlock attempt or a
 --       multi-key lock's give-back, whose own waiter would wake itself and spin; a hand-off
 --       to the queue's head is still told)
--- Returns one 1 (released) or 0 (was not ours) per lock.
+--       A release of one lock may add one more: the releasing client's inbox (`release()`:
+--       see releaser_inbox in handoff.lua).
+-- Returns one 1 (released) or 0 (was not ours) per lock, then the hand-off messages meant for
+-- the releasing client's inbox, if it gave one.
 -- Not Valkey 9's DELIFEQ or Redis 8.4's DELEX IFEQ: those compare and delete one key, and a
 -- release must also drop the holder info, hand the lock to the queue's head or publish the
 -- wake-up, atomically with it; the servers tested (Redis 7.0, Valkey 8.0) lack them anyway.
 -- pcall: a key of another type (a semaphore's name reused for a lock, or the reverse) answers
 -- "not ours" for that item instead of failing every lease batched with it.
 local results = {}
+local locks = math.floor(#ARGV / 4)
+if #ARGV % 4 > 1 or (#ARGV % 4 == 1 and locks ~= 1) then
+  return redis.error_reply('ERR dlock: release takes 4 arguments per lock, or one lock and '
+                           .. 'an inbox')
+end
+if #ARGV % 4 == 1 and ARGV[#ARGV] ~= '' then
+  releaser_inbox = ARGV[#ARGV]
+end
 -- A hand-off's grant time must not be later than the time its claim lease counts from, which a
 -- server may take as the call's start for every key it sets (see publish_handoff): a batch
 -- reads the server's clock once, first; a single release reads it before any work that may
 -- take long (a withdrawal scans the queue), and only if there is a queue to hand to.
-local batch_now_us = #ARGV > 4 and server_now_us() or nil
-for i = 1, #ARGV / 4 do
+local batch_now_us = locks > 1 and server_now_us() or nil
+for i = 1, locks do
   local k = 6 * (i - 1)
   local lock, info, fence = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local q = {KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]}
@@ -51,5 +62,8 @@ for i = 1, #ARGV / 4 do
     redis.pcall('PUBLISH', channel, '')
   end
   results[i] = released and 1 or 0
+end
+for _, message in ipairs(for_releaser) do
+  table.insert(results, message)
 end
 return results

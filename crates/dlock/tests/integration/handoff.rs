@@ -40,7 +40,7 @@ async fn warm_up(server: &RedisServer, lock: &dlock::Lock) {
 }
 
 /// The guard a spawned `lock()` returns, within 5 s.
-async fn granted(
+pub(crate) async fn granted(
     waiter: tokio::task::JoinHandle<dlock::Result<dlock::LockGuard>>,
 ) -> dlock::LockGuard {
     timeout(Duration::from_secs(5), waiter)

@@ -14,6 +14,7 @@ mod exclusion; // conflicts, waiting, holder info, status and forced release
 mod fair; // FIFO grants; dead waiters leave the queue when their lease ends
 mod fencing; // tokens strictly increase, across clients and across data loss
 mod handoff; // a release grants the lock to the queue's head: one round trip, dead heads, lost messages
+mod handoff_local; // a hand-off between tasks of one client rides the release's reply: no pub/sub message, none lost
 mod handoff_long_wait; // a waiter queued long before its turn takes its hand-off without a round trip
 mod layout; // no import circles between modules, layers point down, small files and functions
 mod lease_races; // renewals, extends, re-entries and releases of one lease: never counting on more than the servers keep

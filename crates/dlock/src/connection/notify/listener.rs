@@ -302,12 +302,9 @@ impl Listener {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        let channels = shared.channels();
         if message.get_channel_name() == shared.inbox {
-            channels
-                .values()
-                .for_each(|channel| channel.deliver_addressed(&wake));
-        } else if let Some(channel) = channels.get(message.get_channel_name()) {
+            shared.deliver_to_inbox(&wake);
+        } else if let Some(channel) = shared.channels().get(message.get_channel_name()) {
             channel.deliver(wake);
         }
     }

@@ -22,7 +22,9 @@
 //!
 //! # Guarantees and limits
 //! - A waiter is subscribed before an attempt whose busy answer it sleeps on, so a release
-//!   after that attempt is never missed while the connection is up.
+//!   after that attempt is never missed while the connection is up. A hand-off from a release
+//!   by this same client comes in that release's reply instead (`deliver_handoffs`); if the
+//!   reply is lost, the client wakes its waiters on the lock (`wake_all`) to re-check.
 //! - Pub/sub is at-most-once: when the connection drops (a network fault, `CLIENT KILL`, a
 //!   server restart), every waiter is woken to re-check as soon as it is back, and while it is
 //!   down they fall back to timed re-checks. Reconnects back off (50 ms doubling to 2 s), so a
@@ -46,6 +48,7 @@ mod wake;
 
 use channel::Channel;
 use listener::Listener;
+use wake::Wake;
 
 pub(crate) use subscription::Subscription;
 pub(crate) use wake::Woken;
@@ -183,6 +186,34 @@ impl Notifier {
         }
     }
 
+    /// This client's inbox: the channel a release publishes this client's hand-offs to.
+    pub fn inbox(&self) -> &str {
+        &self.shared.inbox
+    }
+
+    /// Delivers the hand-offs to this client's waiters in the reply of its own one-lock release
+    /// (the messages after the result, see `handoff.lua`, `releaser_inbox`), as if they came on
+    /// the inbox. True if the reply says released: then it holds every hand-off the release
+    /// made.
+    pub fn deliver_handoffs(&self, reply: &[redis::Value]) -> bool {
+        let received = tokio::time::Instant::now();
+        for message in reply {
+            if let redis::Value::BulkString(bytes) = message {
+                let wake = Wake::parse(&String::from_utf8_lossy(bytes), received);
+                self.shared.deliver_to_inbox(&wake);
+            }
+        }
+        matches!(reply.first(), Some(redis::Value::Int(1)))
+    }
+
+    /// Wakes this client's waiters on `channel` to retry at once: a hand-off meant for them
+    /// may have been lost with the reply of the release that made it.
+    pub fn wake_all(&self, channel: &str) {
+        if let Some(channel) = self.shared.channels().get(channel) {
+            channel.deliver(Wake::All);
+        }
+    }
+
     /// Waits until every subscription change queued so far has reached Redis.
     pub async fn flush(&self) {
         let waits = self.shared.commands.iter().filter_map(|commands| {
@@ -204,5 +235,13 @@ fn inbox_name() -> String {
 impl Shared {
     fn channels(&self) -> MutexGuard<'_, HashMap<String, Channel>> {
         self.channels.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Delivers a message of the inbox to the waiters it names, wherever they wait (waiter ids
+    /// are unique across channels).
+    fn deliver_to_inbox(&self, wake: &Wake) {
+        self.channels()
+            .values()
+            .for_each(|channel| channel.deliver_addressed(wake));
     }
 }

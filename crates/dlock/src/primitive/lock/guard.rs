@@ -90,7 +90,10 @@ impl LockGuard {
     /// then retried in the background and the lock otherwise expires with its TTL.
     ///
     /// # Cancel safety
-    /// If the future is dropped, the guard's drop queues the release in the background.
+    /// If the future is dropped, the guard's drop queues the release in the background. A
+    /// release already sent may have handed the lock to a waiter of this client, whose news
+    /// was in the reply: the drop wakes this client's waiters on the lock, and that one finds
+    /// its grant.
     pub async fn release(self) -> Result<()> {
         self.handle.release().await
     }

@@ -463,6 +463,9 @@ impl ReleaseOp for Held {
     fn quieted(&self) -> Option<Arc<dyn ReleaseOp>> {
         Some(self.quiet())
     }
+    fn handoff_channel(&self) -> Option<&str> {
+        Some(&self.keys.channel)
+    }
 }
 
 /// Adds one lease to an `EXTEND` call: its three keys, then its token, new TTL and, for a
