@@ -25,7 +25,7 @@ pub(crate) trait ReleaseOp: Send + Sync + Debug {
     /// Adds this hold's keys and arguments to a release call.
     fn add_release(&self, call: &mut ScriptInvocation<'_>);
     /// The wake-up channel of the waiters this hold's release may hand it to, if the release
-    /// script also takes the releasing client's inbox (one more argument after every lease's)
+    /// script also takes the releasing client's inbox (one more argument after the lease's)
     /// and answers, after the per-lease results, the hand-off messages meant for that inbox
     /// (see `release.lua`): `release()` then delivers them in this process, with no pub/sub
     /// message.

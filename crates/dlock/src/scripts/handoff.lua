@@ -38,6 +38,29 @@ local function send_to(to, message)
   end
 end
 
+-- The number of holds a release script's ARGV (`per` values per hold) names, after taking the
+-- releasing client's inbox from one more value at the end (a release of one hold may add it);
+-- nil for any other count of values.
+local function release_holds(per)
+  local holds, extra = math.floor(#ARGV / per), #ARGV % per
+  if extra > 1 or (extra == 1 and holds ~= 1) then
+    return nil
+  end
+  if extra == 1 and ARGV[#ARGV] ~= '' then
+    releaser_inbox = ARGV[#ARGV]
+  end
+  return holds
+end
+
+-- A release script's answer: its per-hold `results`, then the hand-off messages for the
+-- releasing client's inbox.
+local function with_handoffs(results)
+  for _, message in ipairs(for_releaser) do
+    table.insert(results, message)
+  end
+  return results
+end
+
 local function waiter_id(token)
   return string.sub(token, 1, 16)
 end

@@ -19,13 +19,10 @@
 -- pcall: a key of another type (a semaphore's name reused for a lock, or the reverse) answers
 -- "not ours" for that item instead of failing every lease batched with it.
 local results = {}
-local locks = math.floor(#ARGV / 4)
-if #ARGV % 4 > 1 or (#ARGV % 4 == 1 and locks ~= 1) then
+local locks = release_holds(4)
+if not locks then
   return redis.error_reply('ERR dlock: release takes 4 arguments per lock, or one lock and '
                            .. 'an inbox')
-end
-if #ARGV % 4 == 1 and ARGV[#ARGV] ~= '' then
-  releaser_inbox = ARGV[#ARGV]
 end
 -- A hand-off's grant time must not be later than the time its claim lease counts from, which a
 -- server may take as the call's start for every key it sets (see publish_handoff): a batch
@@ -63,7 +60,4 @@ for i = 1, locks do
   end
   results[i] = released and 1 or 0
 end
-for _, message in ipairs(for_releaser) do
-  table.insert(results, message)
-end
-return results
+return with_handoffs(results)

@@ -1,6 +1,6 @@
-//! Hand-offs between tasks of one client: the release's reply carries the grant to the waiter
-//! in the same process, so no pub/sub message is sent, and a reply that never arrives still
-//! leaves no waiter asleep on a lock it was handed.
+//! Hand-offs between tasks of one client (locks, permits, read-write locks): the release's reply
+//! carries the grant to the waiter in the same process, so no pub/sub message is sent, and a
+//! reply that never arrives still leaves no waiter asleep on a lock it was handed.
 
 use std::time::Duration;
 
@@ -188,5 +188,49 @@ async fn a_handoff_within_one_cluster_client_publishes_nothing() {
     holder.release().await.unwrap();
     let guard = granted(waiter).await;
     assert_eq!(published() - before, 0, "the hand-off went by pub/sub");
+    guard.release().await.unwrap();
+}
+
+/// A semaphore's release hands a freed permit to a waiter of its own client by its reply too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permit_handed_within_one_client_publishes_nothing() {
+    use crate::semaphore_handoff::{granted, spawn_acquire, QUEUE};
+    let server = RedisServer::start();
+    let shared = client(&server).await;
+    let semaphore = shared.semaphore_with("sem", 1, waiting()).unwrap();
+    // The release script is loaded, and the permit's first lease started.
+    semaphore
+        .try_acquire()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let holder = semaphore.try_acquire().await.unwrap();
+    let waiter = spawn_acquire(&semaphore, 1);
+    queue_length_reaches(&server, QUEUE, 1).await;
+    let (publishes, scripts) = (server.command_calls("publish"), server.script_calls());
+    holder.release().await.unwrap();
+    let permit = granted(waiter).await;
+    assert_eq!(server.command_calls("publish") - publishes, 0);
+    assert_eq!(server.script_calls() - scripts, 1, "the release alone");
+    permit.release().await.unwrap();
+}
+
+/// A read-write lock's release hands the write side to a writer of its own client by its reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_side_handed_within_one_client_publishes_nothing() {
+    use crate::rwlock_handoff::{granted, settled_client, spawn_write, QUEUE};
+    let server = RedisServer::start();
+    let shared = settled_client(&server).await;
+    let lock = shared.rw_lock_with("doc", waiting()).unwrap();
+    let holder = lock.try_write().await.unwrap();
+    let waiter = spawn_write(&lock);
+    queue_length_reaches(&server, QUEUE, 1).await;
+    let (publishes, scripts) = (server.command_calls("publish"), server.script_calls());
+    holder.release().await.unwrap();
+    let guard = granted(waiter).await;
+    assert_eq!(server.command_calls("publish") - publishes, 0);
+    assert_eq!(server.script_calls() - scripts, 1, "the release alone");
     guard.release().await.unwrap();
 }

@@ -431,6 +431,9 @@ impl ReleaseOp for RwHold {
             .arg(&keys.base.channel)
             .arg(millis(FENCE_RETENTION));
     }
+    fn handoff_channel(&self) -> Option<&str> {
+        Some(&self.keys.base.channel)
+    }
     fn quieted(&self) -> Option<Arc<dyn ReleaseOp>> {
         Some(Arc::new(RwHold {
             quiet: true,

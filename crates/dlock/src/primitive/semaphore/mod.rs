@@ -354,6 +354,9 @@ impl ReleaseOp for Permit {
             .arg(millis(FENCE_RETENTION))
             .arg(if self.quiet { "1" } else { "0" });
     }
+    fn handoff_channel(&self) -> Option<&str> {
+        Some(&self.keys.channel)
+    }
     fn quieted(&self) -> Option<Arc<dyn ReleaseOp>> {
         Some(Arc::new(Permit {
             keys: self.keys.clone(),

@@ -8,8 +8,11 @@
 --       leases (a plain lock of this name waiting)
 -- ARGV: per hold, 4 values: token, 'read' | 'write' (with ':quiet' for a quiet release: no
 --       wake-up for everyone, for the rollback of a Redlock attempt, whose own waiter would
---       wake itself and spin), wake-up channel, fencing counter retention ms
--- Returns one 1 (released: the hold was still ours) or 0 (not ours any more) per hold.
+--       wake itself and spin), wake-up channel, fencing counter retention ms. A release of one
+--       hold may add one more: the releasing client's inbox (see releaser_inbox in
+--       handoff.lua).
+-- Returns one 1 (released: the hold was still ours) or 0 (not ours any more) per hold, then
+-- the hand-off messages for the releasing client's inbox, if it gave one.
 -- Wake-ups publish '' (every waiter retries): when the lock became free and was not handed,
 -- when the read mode's end came sooner, when a queued waiter left (a writer leaving the queue
 -- may let readers in), or when readers were handed the lock and a reader that could not be is
@@ -140,8 +143,13 @@ end
 
 local now_us = server_now_us()
 local now_ms = math.floor(now_us / 1000)
+local holds = release_holds(4)
+if not holds then
+  return redis.error_reply('ERR dlock: release takes 4 arguments per hold, or one hold and an '
+                           .. 'inbox')
+end
 local results = {}
-for i = 1, #ARGV / 4 do
+for i = 1, holds do
   local k = 9 * (i - 1)
   local lock, info, readers, rinfo = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local q = {KEYS[k + 5], KEYS[k + 6], KEYS[k + 8]}
@@ -184,4 +192,4 @@ for i = 1, #ARGV / 4 do
   end
   results[i] = released and 1 or 0
 end
-return results
+return with_handoffs(results)

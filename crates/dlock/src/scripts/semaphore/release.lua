@@ -9,8 +9,10 @@
 -- ARGV: per permit, 4 values: token, wake-up channel, fencing counter retention ms, '1' for a
 --       quiet release: no wake-up for everyone (the rollback of a Redlock attempt: its own
 --       waiter would wake itself and spin; see release.lua; hand-offs are still made)
+--       A release of one permit may add one more: the releasing client's inbox (see
+--       releaser_inbox in handoff.lua).
 -- Returns one 1 (released: the permit's lease was still running) or 0 (not held any more)
--- per permit. A lease that ended is removed all the same (its permits were free already).
+-- per permit, then the hand-off messages for the releasing client's inbox, if it gave one. A lease that ended is removed all the same (its permits were free already).
 -- When no live holder and no live waiter remain, the holders and the hash (with the stored
 -- limit) are deleted: an idle semaphore leaves nothing behind but its fencing counter and
 -- queue keys, which expire by themselves.
@@ -54,8 +56,13 @@ local function release(i)
   return released and 1 or 0
 end
 
+local permits = release_holds(4)
+if not permits then
+  return redis.error_reply('ERR dlock: release takes 4 arguments per permit, or one permit '
+                           .. 'and an inbox')
+end
 local results = {}
-for i = 1, #ARGV / 4 do
+for i = 1, permits do
   results[i] = release(i)
 end
-return results
+return with_handoffs(results)
