@@ -298,15 +298,15 @@ impl LeaseHandle {
             )
             .await;
         self.unended = tally.errors.iter().map(|(index, _)| *index).collect();
-        // A hand-off can hide only behind a try whose reply was lost: none if the reply that
-        // released the hold was read, or if the one and only try answered.
+        // Every hand-off the release made is in the reply that released the hold. Any other
+        // outcome may hide one behind a lost reply, even one whose only try answered 0: a
+        // Cluster connection resends a call whose connection dropped, unseen by us.
         let notifier = self.core.notifier();
         let told = answers
             .iter()
             .flatten()
             .map(|r| notifier.deliver_handoffs(r));
-        let released = told.fold(false, |any, released| any | released);
-        if released || (!tally.retried && tally.errors.is_empty()) {
+        if told.fold(false, |any, released| any | released) {
             self.handoffs_unread = false;
         }
         let lost = |reason: LossReason| Error::Lost {

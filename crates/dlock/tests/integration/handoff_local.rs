@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dlock::{LockOptions, Wait};
+use dlock::{ClientOptions, LockOptions, Wait};
 use dlock_test::RedisServer;
 use tokio::time::timeout;
 
@@ -14,20 +14,30 @@ use crate::support::{client, queue_length_reaches};
 const QUEUE: &str = "{job}:dlock:queue:job";
 
 /// Waiting options: a re-check (10 s) longer than the test waits (5 s), so only a hand-off or a
-/// wake-up explains a grant; a claim (3 s) whose renewal, a third of it after the grant, comes
-/// after the test has counted the script calls.
+/// wake-up explains a grant; a claim as long as the TTL (30 s), whose renewal, a third of it
+/// after the grant, comes long after the test has counted the script calls.
 fn waiting() -> LockOptions {
     LockOptions::new()
-        .claim(Duration::from_secs(3))
+        .claim(Duration::from_secs(30))
         .recheck(Duration::from_secs(10))
         .wait(Wait::Limit(Duration::from_secs(30)))
 }
 
 type Waiter = tokio::task::JoinHandle<dlock::Result<dlock::LockGuard>>;
 
-/// A client holding the lock, and a queued waiter of that client, running.
-async fn holder_and_waiter(server: &RedisServer) -> (dlock::Client, dlock::LockGuard, Waiter) {
-    let shared = client(server).await;
+/// A client with a command timeout (5 s) no stall of a loaded machine reaches.
+async fn patient_client(server: &RedisServer) -> dlock::Client {
+    let options = ClientOptions::new().command_timeout(Duration::from_secs(5));
+    dlock::Client::connect_with(&server.url(), options)
+        .await
+        .unwrap()
+}
+
+/// `shared` holding the lock, and a queued waiter of that client, running.
+async fn holder_and_waiter(
+    server: &RedisServer,
+    shared: dlock::Client,
+) -> (dlock::Client, dlock::LockGuard, Waiter) {
     // The release script is loaded (a first call answers NOSCRIPT, and counts as a call).
     let warm = shared.lock("warm").unwrap().try_lock().await.unwrap();
     warm.release().await.unwrap();
@@ -52,7 +62,8 @@ async fn queue(server: &RedisServer, client: &dlock::Client, place: i64) -> Wait
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handoff_between_tasks_of_one_client_publishes_nothing() {
     let server = RedisServer::start();
-    let (_client, holder, waiter) = holder_and_waiter(&server).await;
+    let shared = patient_client(&server).await;
+    let (_client, holder, waiter) = holder_and_waiter(&server, shared).await;
     let (publishes, scripts) = (server.command_calls("publish"), server.script_calls());
     let holder_fence = holder.fencing_token();
     holder.release().await.unwrap();
@@ -79,11 +90,13 @@ async fn a_handoff_between_tasks_of_one_client_publishes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_dropped_after_handing_off_still_tells_the_waiter() {
     let mut server = RedisServer::start();
-    let (_client, holder, waiter) = holder_and_waiter(&server).await;
+    let shared = patient_client(&server).await;
+    let (_client, holder, waiter) = holder_and_waiter(&server, shared).await;
     let (publishes, scripts) = (server.command_calls("publish"), server.script_calls());
     server.pause();
-    // Sent while the server is stopped, then dropped before any reply can come.
-    let dropped = timeout(Duration::from_millis(150), holder.release()).await;
+    // Sent while the server is stopped (redis-rs writes it at once, and never sends a request
+    // whose caller left before it did), then dropped before any reply can come.
+    let dropped = timeout(Duration::from_millis(400), holder.release()).await;
     assert!(dropped.is_err(), "a stopped server answered the release");
     server.resume();
     let guard = granted(waiter).await;
@@ -101,7 +114,8 @@ async fn a_release_dropped_after_handing_off_still_tells_the_waiter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_local_waiter_sleeps_through_a_local_handoff() {
     let server = RedisServer::start();
-    let (shared, holder, first) = holder_and_waiter(&server).await;
+    let shared = patient_client(&server).await;
+    let (shared, holder, first) = holder_and_waiter(&server, shared).await;
     let second = queue(&server, &shared, 2).await;
     let (publishes, scripts) = (server.command_calls("publish"), server.script_calls());
     holder.release().await.unwrap();
@@ -120,8 +134,9 @@ async fn the_next_local_waiter_sleeps_through_a_local_handoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_next_in_line_elsewhere_is_still_told_by_pub_sub() {
     let server = RedisServer::start();
-    let (_shared, holder, first) = holder_and_waiter(&server).await;
-    let other = client(&server).await;
+    let shared = patient_client(&server).await;
+    let (_shared, holder, first) = holder_and_waiter(&server, shared).await;
+    let other = patient_client(&server).await;
     let second = queue(&server, &other, 2).await;
     let publishes = server.command_calls("publish");
     holder.release().await.unwrap();
@@ -142,7 +157,7 @@ async fn a_next_in_line_elsewhere_is_still_told_by_pub_sub() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_whose_reply_is_lost_still_tells_the_waiter() {
     let mut server = RedisServer::start();
-    let (_client, holder, waiter) = holder_and_waiter(&server).await;
+    let (_client, holder, waiter) = holder_and_waiter(&server, client(&server).await).await;
     let publishes = server.command_calls("publish");
     server.pause();
     let release = tokio::spawn(holder.release());
@@ -196,7 +211,7 @@ async fn a_handoff_within_one_cluster_client_publishes_nothing() {
 async fn a_permit_handed_within_one_client_publishes_nothing() {
     use crate::semaphore_handoff::{granted, spawn_acquire, QUEUE};
     let server = RedisServer::start();
-    let shared = client(&server).await;
+    let shared = patient_client(&server).await;
     let semaphore = shared.semaphore_with("sem", 1, waiting()).unwrap();
     // The release script is loaded, and the permit's first lease started.
     semaphore

@@ -194,7 +194,8 @@ impl Notifier {
     /// Delivers the hand-offs to this client's waiters in the reply of its own one-lock release
     /// (the messages after the result, see `handoff.lua`, `releaser_inbox`), as if they came on
     /// the inbox. True if the reply says released: then it holds every hand-off the release
-    /// made.
+    /// made (a reply that says not released may hold some too: a semaphore permit whose lease
+    /// ended is still passed on).
     pub fn deliver_handoffs(&self, reply: &[redis::Value]) -> bool {
         let received = tokio::time::Instant::now();
         for message in reply {
@@ -237,8 +238,8 @@ impl Shared {
         self.channels.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Delivers a message of the inbox to the waiters it names, wherever they wait (waiter ids
-    /// are unique across channels).
+    /// Delivers a message of the inbox to the waiters it names, wherever they wait (a waiter
+    /// whose id merely matches drops a grant whose MAC over its whole token fails).
     fn deliver_to_inbox(&self, wake: &Wake) {
         self.channels()
             .values()

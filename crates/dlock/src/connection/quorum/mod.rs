@@ -301,8 +301,6 @@ pub(crate) struct Tally {
     pub yes: usize,
     pub no: usize,
     pub errors: Vec<(usize, Error)>,
-    /// Some try failed, on some node: its call may have run there all the same.
-    pub retried: bool,
 }
 
 impl Tally {

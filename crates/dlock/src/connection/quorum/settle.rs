@@ -37,7 +37,6 @@ impl Nodes {
         let mut answers: Vec<Option<T>> = (0..self.len()).map(|_| None).collect();
         let mut errors: Vec<Option<Error>> = (0..self.len()).map(|_| None).collect();
         let mut attempt = 0;
-        let mut retried = false;
         loop {
             // The first try gets a full command timeout even past the deadline, so a release
             // is always sent once.
@@ -47,12 +46,10 @@ impl Nodes {
             };
             self.settle_round(quorum, left, &yes, &call, &mut answers, &mut errors)
                 .await;
-            retried |= errors.iter().any(Option::is_some);
             let mut tally = Tally {
                 yes: answers.iter().flatten().filter(|a| yes(a)).count(),
                 no: answers.iter().flatten().filter(|a| !yes(a)).count(),
                 errors: Vec::new(),
-                retried,
             };
             let unanswered = self.len() - tally.yes - tally.no;
             let retryable = errors.iter().flatten().all(Error::is_retryable);
