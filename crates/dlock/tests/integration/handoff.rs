@@ -8,6 +8,7 @@ use dlock::{Client, LockOptions, Wait};
 use dlock_test::RedisServer;
 use tokio::time::{sleep, timeout, Instant};
 
+pub(crate) use crate::support::granted;
 use crate::support::{
     client, client_without_channels, epsilon, queue_length_reaches, subscribers_reach,
 };
@@ -37,17 +38,6 @@ async fn warm_up(server: &RedisServer, lock: &dlock::Lock) {
     queue_length_reaches(server, QUEUE, 1).await;
     holder.release().await.unwrap();
     waiter.await.unwrap().unwrap().release().await.unwrap();
-}
-
-/// The guard a spawned `lock()` returns, within 5 s.
-pub(crate) async fn granted(
-    waiter: tokio::task::JoinHandle<dlock::Result<dlock::LockGuard>>,
-) -> dlock::LockGuard {
-    timeout(Duration::from_secs(5), waiter)
-        .await
-        .expect("not granted within 5 s")
-        .unwrap()
-        .unwrap()
 }
 
 /// Script calls (EVALSHA and EVAL) the server ran so far.

@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use dlock_test::RedisServer;
-use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 
 use crate::rwlock_handoff::settled_client;
+use crate::support::granted as within_5s;
 use crate::support::queue_length_reaches;
 
 /// The claim lease: long, so the new holder's first renewal (a script call, due a third of it
@@ -35,15 +35,6 @@ fn within_the_servers_lease(counted: Duration, server_left_ms: f64) {
             && (counted.as_millis() + KEPT_BACK_MS) as f64 <= server_left_ms.floor() + 1.0,
         "counts on {counted:?} of a claim the server keeps {server_left_ms} ms more"
     );
-}
-
-/// The guard a spawned wait returns, within 5 s.
-async fn within_5s<G>(waiter: JoinHandle<dlock::Result<G>>) -> G {
-    timeout(Duration::from_secs(5), waiter)
-        .await
-        .expect("not granted within 5 s")
-        .unwrap()
-        .unwrap()
 }
 
 /// Waits over a third of the claim lease, then checks the waiter made no attempt meanwhile

@@ -9,6 +9,7 @@ use dlock_test::RedisServer;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 
+pub(crate) use crate::support::granted;
 use crate::support::{client, client_without_channels, epsilon, queue_length_reaches};
 
 pub(crate) const QUEUE: &str = "{doc}:dlock:rw-queue:doc";
@@ -46,15 +47,6 @@ pub(crate) async fn settled_client(server: &RedisServer) -> Client {
 pub(crate) fn spawn_write(lock: &RwLock) -> JoinHandle<dlock::Result<WriteGuard>> {
     let lock = lock.clone();
     tokio::spawn(async move { lock.write().await })
-}
-
-/// The guard a spawned `write()` returns, within 5 s.
-pub(crate) async fn granted(waiter: JoinHandle<dlock::Result<WriteGuard>>) -> WriteGuard {
-    timeout(Duration::from_secs(5), waiter)
-        .await
-        .expect("not granted within 5 s")
-        .unwrap()
-        .unwrap()
 }
 
 /// One wait for `lock`'s write side behind another client, so its wake-up subscription

@@ -15,6 +15,7 @@ use crate::rwlock_handoff::{
     granted, holder_fence, queue_dead_entry, settled_client, spawn_write, waiting, LEASES, QUEUE,
     WAITERS,
 };
+pub(crate) use crate::support::granted as read_granted;
 use crate::support::{client, client_without_channels, epsilon, queue_length_reaches};
 
 const READERS: &str = "{doc}:dlock:readers:doc";
@@ -28,15 +29,6 @@ fn server_ms(server: &RedisServer) -> i64 {
 pub(crate) fn spawn_read(lock: &RwLock) -> JoinHandle<dlock::Result<ReadGuard>> {
     let lock = lock.clone();
     tokio::spawn(async move { lock.read().await })
-}
-
-/// The guard a spawned `read()` returns, within 5 s.
-pub(crate) async fn read_granted(waiter: JoinHandle<dlock::Result<ReadGuard>>) -> ReadGuard {
-    timeout(Duration::from_secs(5), waiter)
-        .await
-        .expect("not granted within 5 s")
-        .unwrap()
-        .unwrap()
 }
 
 /// `n` readers, each on a client of its own (as processes would be), waiting behind the

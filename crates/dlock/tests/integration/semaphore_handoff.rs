@@ -10,6 +10,7 @@ use dlock_test::RedisServer;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 
+pub(crate) use crate::support::granted;
 use crate::support::{
     client, client_without_channels, epsilon, queue_length_reaches, subscribers_reach,
 };
@@ -46,15 +47,6 @@ pub(crate) fn spawn_acquire(
 ) -> JoinHandle<dlock::Result<SemaphorePermit>> {
     let semaphore = semaphore.clone();
     tokio::spawn(async move { semaphore.acquire_many(n).await })
-}
-
-/// The permit a spawned acquire returns, within 5 s.
-pub(crate) async fn granted(waiter: JoinHandle<dlock::Result<SemaphorePermit>>) -> SemaphorePermit {
-    timeout(Duration::from_secs(5), waiter)
-        .await
-        .expect("not granted within 5 s")
-        .unwrap()
-        .unwrap()
 }
 
 /// Script calls (EVALSHA and EVAL) the server ran so far.

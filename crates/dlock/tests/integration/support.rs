@@ -166,3 +166,12 @@ pub async fn subscribers_reach(server: &RedisServer, channel: &str, n: i64) {
     .await;
     assert!(reached.is_ok(), "{channel} never had {n} subscribers");
 }
+
+/// What a spawned wait returns (a guard, a permit), within 5 s.
+pub async fn granted<G>(waiter: tokio::task::JoinHandle<dlock::Result<G>>) -> G {
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("not granted within 5 s")
+        .unwrap()
+        .unwrap()
+}
