@@ -220,8 +220,8 @@ impl LeaseHandle {
         self.end(call, "releasing").await
     }
 
-    /// Ends the hold with a one-lease `call` answered by `[1]` (ours) or `[0]` (a lock's
-    /// release may add hand-off messages for this client, delivered here): this handle
+    /// Ends the hold with a one-lease `call` answered by `[1]` (ours) or `[0]` (`release()`
+    /// may get hand-off messages for this client after it, delivered here): this handle
     /// leaves the lease first (the last one out stops renewal), then the call goes to every
     /// node, retried until decided or the lease's validity ends. Nodes that never answered
     /// get the hold's release in the background (via Drop), and only they.
