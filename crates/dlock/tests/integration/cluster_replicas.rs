@@ -311,9 +311,12 @@ async fn a_long_wait_on_one_master_never_starves_a_short_lease_on_another() {
 async fn a_guarded_lease_rides_out_its_slots_migration() {
     let (cluster, _replicas) = replicated_cluster();
     let c = cluster_client(&cluster).await;
-    let ttl = Duration::from_millis(1500);
+    // Room for a healthy replica slowed by a loaded machine: a 1.5 s lease with 200 ms `WAIT`s
+    // was lost that way in a full local run.
+    let ttl = Duration::from_secs(2);
     let name = "{mig}guarded";
-    let guarded_lock = c.lock_with(name, guarded().ttl(ttl)).unwrap();
+    let guard = LockOptions::new().min_replicas(1, Duration::from_millis(600));
+    let guarded_lock = c.lock_with(name, guard.ttl(ttl)).unwrap();
     let held = guarded_lock.try_lock().await.unwrap();
     let plain = c
         .lock_with("{mig}plain", LockOptions::new().ttl(ttl))
