@@ -48,12 +48,15 @@
 
 use std::future::Future;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 
 use crate::connection::node::Node;
 use crate::error::{Error, NodeFailure, Result};
 
+mod fanout;
 mod settle;
+
+use fanout::Fanout;
 
 /// The shortest wait for stragglers. A decision made by a dead master's instant refusal and
 /// one quick answer took a single round trip, and on a loaded machine a healthy master's
@@ -156,7 +159,7 @@ impl Nodes {
         &'a self,
         indices: impl IntoIterator<Item = usize>,
         call: F,
-    ) -> FuturesUnordered<impl Future<Output = (usize, Result<T>)>>
+    ) -> Fanout<impl Future<Output = (usize, Result<T>)>>
     where
         F: Fn(&'a Node) -> Fut,
         Fut: Future<Output = Result<T>>,
