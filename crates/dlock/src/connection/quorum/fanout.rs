@@ -15,9 +15,11 @@ use std::task::{Context, Poll};
 
 use futures_util::Stream;
 
-/// Futures polled together; a stream of their outputs in the order they complete. Each
-/// future is polled only until it completes. Never wakes its own task: a wake-up comes from
-/// one of the futures.
+/// Futures polled together; a stream of their outputs in the order they complete (outputs
+/// ready at the same poll come in the order the futures were given). Each future is polled
+/// only until it completes; dropping the stream drops those still in flight. Never wakes its
+/// own task: a wake-up comes from one of the futures. Each wake-up polls every future still
+/// in flight, so a fan-out to `n` nodes costs up to `n²` polls: nothing for a few masters.
 pub(crate) struct Fanout<Fut> {
     calls: Vec<Option<Pin<Box<Fut>>>>,
     in_flight: usize,
@@ -125,6 +127,65 @@ mod tests {
         ));
         assert!(fanout.is_empty());
         assert!(matches!(fanout.poll_next_unpin(&mut cx), Poll::Ready(None)));
+    }
+
+    /// Random schedules of completions and polls, with a fresh waker at every poll: every
+    /// output comes out once, a pending poll leaves no output ready and does not wake itself,
+    /// the next completion wakes that poll's waker, and the counts are exact throughout.
+    #[test]
+    fn random_schedules_lose_no_wake_up_and_repeat_no_output() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..5_000 {
+            let n = rng.usize(1..10);
+            let (senders, receivers): (Vec<_>, Vec<_>) = (0..n)
+                .map(|_| tokio::sync::oneshot::channel::<usize>())
+                .unzip();
+            let mut senders: Vec<_> = senders.into_iter().map(Some).collect();
+            let mut fanout: Fanout<_> = receivers.into_iter().collect();
+            let (mut sent, mut out) = (0, vec![false; n]);
+            let mut waiting: Option<Arc<Counter>> = None;
+            loop {
+                if sent < n && rng.bool() {
+                    let open: Vec<usize> = (0..n).filter(|&i| senders[i].is_some()).collect();
+                    let i = open[rng.usize(..open.len())];
+                    senders[i].take().unwrap().send(i).unwrap();
+                    sent += 1;
+                    if let Some(waiting) = waiting.take() {
+                        assert_eq!(waiting.0.load(Ordering::SeqCst), 1, "lost wake-up");
+                    }
+                    continue;
+                }
+                let counter = Arc::new(Counter(AtomicUsize::new(0)));
+                let waker = Waker::from(counter.clone());
+                let returned = out.iter().filter(|&&o| o).count();
+                match fanout.poll_next_unpin(&mut Context::from_waker(&waker)) {
+                    Poll::Ready(Some(Ok(i))) => assert!(!std::mem::replace(&mut out[i], true)),
+                    Poll::Ready(None) => break assert!(out.iter().all(|&o| o)),
+                    Poll::Ready(Some(Err(_))) => unreachable!("no sender is dropped"),
+                    Poll::Pending => {
+                        assert_eq!(sent, returned, "pending while an output is ready");
+                        assert_eq!(counter.0.load(Ordering::SeqCst), 0, "woke itself");
+                        waiting = Some(counter);
+                    }
+                }
+                let left = n - out.iter().filter(|&&o| o).count();
+                assert_eq!((fanout.len(), fanout.is_empty()), (left, left == 0));
+            }
+        }
+    }
+
+    #[test]
+    fn dropping_it_drops_the_calls_in_flight() {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..3)
+            .map(|_| tokio::sync::oneshot::channel::<u8>())
+            .unzip();
+        let mut fanout: Fanout<_> = receivers.into_iter().collect();
+        let waker = Waker::from(Arc::new(Counter(AtomicUsize::new(0))));
+        assert!(fanout
+            .poll_next_unpin(&mut Context::from_waker(&waker))
+            .is_pending());
+        drop(fanout);
+        assert!(senders.iter().all(|sender| sender.is_closed()));
     }
 
     #[test]
