@@ -208,13 +208,12 @@ impl LeaseHandle {
     pub async fn release(mut self) -> Result<()> {
         let hold = self.hold.clone();
         // One Redis: a hand-off to a waiter of this client comes back in the reply.
-        let inbox = (hold.handoff_channel().is_some() && self.core.nodes().is_single())
-            .then(|| self.core.notifier().inbox().to_owned());
-        self.handoffs_unread = inbox.is_some();
+        let with_inbox = hold.handoff_channel().is_some() && self.core.nodes().is_single();
+        self.handoffs_unread = with_inbox;
         let call = ops::one(hold.release_script(), |call| {
             hold.add_release(call);
-            if let Some(inbox) = &inbox {
-                call.arg(inbox.as_str());
+            if with_inbox {
+                call.arg(self.core.notifier().inbox());
             }
         });
         self.end(call, "releasing").await
