@@ -28,6 +28,15 @@ fn patiently_guarded() -> LockOptions {
     LockOptions::new().min_replicas(1, Duration::from_secs(2))
 }
 
+/// A guard for leases that must keep being renewed on a loaded machine: a `WAIT` of 600 ms
+/// (with a 2 s lease, renewed every ~667 ms) gives a healthy replica room; a 1.5 s lease with
+/// 200 ms `WAIT`s was lost that way in a full local run.
+fn renewably_guarded() -> LockOptions {
+    LockOptions::new()
+        .ttl(Duration::from_secs(2))
+        .min_replicas(1, Duration::from_millis(600))
+}
+
 /// A name starting with `prefix` whose slot master `master` serves.
 fn name_on(cluster: &RedisCluster, master: usize, prefix: &str) -> String {
     (0..)
@@ -201,7 +210,8 @@ async fn a_guarded_extend_waits_for_its_slots_replica() {
     let c = cluster_client(&cluster).await;
     let ttl = Duration::from_secs(5);
     let name = name_on(&cluster, 2, "extended-");
-    let guard = c.lock_with(&name, guarded().ttl(ttl)).unwrap();
+    // A healthy replica gets 2 s (the point is the paused one, which refuses either way).
+    let guard = c.lock_with(&name, patiently_guarded().ttl(ttl)).unwrap();
     let guard = guard.try_lock().await.unwrap();
     replicas[2].pause();
     let err = guard.extend(Duration::from_secs(60)).await.unwrap_err();
@@ -224,9 +234,9 @@ async fn a_guarded_extend_waits_for_its_slots_replica() {
 async fn a_guarded_lease_follows_its_slot_to_another_master() {
     let (cluster, replicas) = replicated_cluster();
     let c = cluster_client(&cluster).await;
-    let ttl = Duration::from_millis(1500);
+    let ttl = Duration::from_secs(2);
     let name = name_on(&cluster, 0, "moving-");
-    let held = c.lock_with(&name, guarded().ttl(ttl)).unwrap();
+    let held = c.lock_with(&name, renewably_guarded()).unwrap();
     let held = held.try_lock().await.unwrap();
     cluster.move_slot(cluster.key_slot(&name), 1);
     let moved_at = Instant::now();
@@ -245,7 +255,7 @@ async fn a_guarded_lease_follows_its_slot_to_another_master() {
     );
     held.release().await.unwrap();
     let again = c
-        .lock_with(&name, guarded())
+        .lock_with(&name, patiently_guarded())
         .unwrap()
         .try_lock()
         .await
@@ -277,11 +287,13 @@ async fn a_long_wait_on_one_master_never_starves_a_short_lease_on_another() {
         .unwrap();
     // Short next to the other's 8 s `WAIT`, yet with room for a healthy replica slowed by a
     // loaded machine (a 1 s lease with 200 ms `WAIT`s was lost that way in CI).
-    let short = LockOptions::new()
-        .ttl(Duration::from_secs(2))
-        .min_replicas(1, Duration::from_millis(600));
     let fast = name_on(&cluster, 2, "fast-");
-    let fast = c.lock_with(&fast, short).unwrap().try_lock().await.unwrap();
+    let fast = c
+        .lock_with(&fast, renewably_guarded())
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
     replicas[0].pause();
     let started = Instant::now();
     let mut gone_at = None;
@@ -311,12 +323,9 @@ async fn a_long_wait_on_one_master_never_starves_a_short_lease_on_another() {
 async fn a_guarded_lease_rides_out_its_slots_migration() {
     let (cluster, _replicas) = replicated_cluster();
     let c = cluster_client(&cluster).await;
-    // Room for a healthy replica slowed by a loaded machine: a 1.5 s lease with 200 ms `WAIT`s
-    // was lost that way in a full local run.
     let ttl = Duration::from_secs(2);
     let name = "{mig}guarded";
-    let guard = LockOptions::new().min_replicas(1, Duration::from_millis(600));
-    let guarded_lock = c.lock_with(name, guard.ttl(ttl)).unwrap();
+    let guarded_lock = c.lock_with(name, renewably_guarded()).unwrap();
     let held = guarded_lock.try_lock().await.unwrap();
     let plain = c
         .lock_with("{mig}plain", LockOptions::new().ttl(ttl))
