@@ -95,14 +95,13 @@ mod tests {
         let counter = Arc::new(Counter(AtomicUsize::new(0)));
         let waker = Waker::from(counter.clone());
         let mut cx = Context::from_waker(&waker);
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..3)
+        let (mut senders, receivers): (Vec<_>, Vec<_>) = (0..3)
             .map(|_| tokio::sync::oneshot::channel::<u32>())
             .unzip();
         let mut fanout: Fanout<_> = receivers.into_iter().collect();
         assert!(fanout.poll_next_unpin(&mut cx).is_pending());
         // FuturesUnordered woke the task here (see the module doc).
         assert_eq!(counter.0.load(Ordering::SeqCst), 0);
-        let mut senders = senders;
         senders.remove(1).send(2).unwrap();
         assert_eq!(
             counter.0.load(Ordering::SeqCst),
