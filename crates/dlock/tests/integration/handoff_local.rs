@@ -33,8 +33,13 @@ async fn patient_client(server: &RedisServer) -> dlock::Client {
         .unwrap()
 }
 
-/// `shared` holding the lock, and a queued waiter of that client, running.
-async fn holder_and_waiter(
+/// A patient client holding the lock, and a queued waiter of that client, running.
+async fn holder_and_waiter(server: &RedisServer) -> (dlock::Client, dlock::LockGuard, Waiter) {
+    holder_and_waiter_of(server, patient_client(server).await).await
+}
+
+/// [`holder_and_waiter`] with the client `shared`.
+async fn holder_and_waiter_of(
     server: &RedisServer,
     shared: dlock::Client,
 ) -> (dlock::Client, dlock::LockGuard, Waiter) {
@@ -62,8 +67,7 @@ async fn queue(server: &RedisServer, client: &dlock::Client, place: i64) -> Wait
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handoff_between_tasks_of_one_client_publishes_nothing() {
     let server = RedisServer::start();
-    let shared = patient_client(&server).await;
-    let (_client, holder, waiter) = holder_and_waiter(&server, shared).await;
+    let (_client, holder, waiter) = holder_and_waiter(&server).await;
     let (publishes, scripts) = (server.command_calls("publish"), server.script_calls());
     let holder_fence = holder.fencing_token();
     holder.release().await.unwrap();
@@ -90,8 +94,7 @@ async fn a_handoff_between_tasks_of_one_client_publishes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_dropped_after_handing_off_still_tells_the_waiter() {
     let mut server = RedisServer::start();
-    let shared = patient_client(&server).await;
-    let (_client, holder, waiter) = holder_and_waiter(&server, shared).await;
+    let (_client, holder, waiter) = holder_and_waiter(&server).await;
     let (publishes, scripts) = (server.command_calls("publish"), server.script_calls());
     server.pause();
     // Sent while the server is stopped (redis-rs writes it at once, and never sends a request
@@ -114,8 +117,7 @@ async fn a_release_dropped_after_handing_off_still_tells_the_waiter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_local_waiter_sleeps_through_a_local_handoff() {
     let server = RedisServer::start();
-    let shared = patient_client(&server).await;
-    let (shared, holder, first) = holder_and_waiter(&server, shared).await;
+    let (shared, holder, first) = holder_and_waiter(&server).await;
     let second = queue(&server, &shared, 2).await;
     let (publishes, scripts) = (server.command_calls("publish"), server.script_calls());
     holder.release().await.unwrap();
@@ -134,8 +136,7 @@ async fn the_next_local_waiter_sleeps_through_a_local_handoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_next_in_line_elsewhere_is_still_told_by_pub_sub() {
     let server = RedisServer::start();
-    let shared = patient_client(&server).await;
-    let (_shared, holder, first) = holder_and_waiter(&server, shared).await;
+    let (_shared, holder, first) = holder_and_waiter(&server).await;
     let other = patient_client(&server).await;
     let second = queue(&server, &other, 2).await;
     let publishes = server.command_calls("publish");
@@ -157,7 +158,7 @@ async fn a_next_in_line_elsewhere_is_still_told_by_pub_sub() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_whose_reply_is_lost_still_tells_the_waiter() {
     let mut server = RedisServer::start();
-    let (_client, holder, waiter) = holder_and_waiter(&server, client(&server).await).await;
+    let (_client, holder, waiter) = holder_and_waiter_of(&server, client(&server).await).await;
     let publishes = server.command_calls("publish");
     server.pause();
     let release = tokio::spawn(holder.release());
