@@ -74,7 +74,15 @@ pub(crate) static EXTEND: LazyLock<Script> = script!("scripts/extend.lua");
 pub(crate) static EXTEND_PLAIN: LazyLock<Script> = script!("scripts/extend_plain.lua");
 /// Release held locks and pass each on: handed to its queue's head, or waiters woken (see
 /// `release.lua`).
-pub(crate) static RELEASE: LazyLock<Script> = with_handoff!("scripts/release.lua");
+// The lean release first, ahead of the preludes it does not need (see release_lean.lua).
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/release_lean.lua"),
+        include_str!("scripts/grant.lua"),
+        include_str!("scripts/handoff.lua"),
+        include_str!("scripts/release.lua")
+    ))
+});
 /// Release with a minimum hold: keep the lock (unrenewed) for a while (see `keep.lua`).
 pub(crate) static KEEP: LazyLock<Script> = script!("scripts/keep.lua");
 /// Read (and optionally break) a lock's state (see `inspect.lua`).

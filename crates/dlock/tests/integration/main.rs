@@ -28,6 +28,7 @@ mod redlock_fencing; // proposed fencing tokens: one round trip, counters skewed
 mod redlock_reentrant; // re-entries join a majority's grant; a minority's is lost; owners exclude with masters down
 mod redlock_rwlock; // readers share a majority, writers exclude; a waiting writer keeps one queue place; reader tokens
 mod reentrant; // nesting by explicit owner, freed at zero, one fencing token
+mod release_lean; // the release script's lean path does what the general path does, case by case
 mod replicated; // the replica guard (WAIT) across real Sentinel failovers, loss after a switch
 mod restart; // a restart that loses a held lock is reported at once, and at release
 mod rwlock; // many readers or one writer: no writer starvation, fair order, per-reader leases, fencing
