@@ -203,11 +203,11 @@ end
 -- inbox of their own, get it: an older client takes the longer message for a stranger's and
 -- would miss its grant, and on the lock's channel older clients would all wake.
 local function publish_handoff(token, terms, fence, claim, channel, next, next_terms, now_us)
-  local fence_text = string.format('%.0f', fence)
+  local fence_text = us_text(fence)
   local claim_text = string.format('%.0f', claim)
   local to = inbox_of(terms, channel)
   local stamped = terms.stamped == true and to ~= channel
-  local granted_text = stamped and string.format('%.0f', math.floor(now_us / 1000)) or nil
+  local granted_text = stamped and ms_text(now_us) or nil
   local message = handoff_message(token, fence_text, claim_text, next, granted_text)
   send_to(to, message)
   local next_to = next_terms and inbox_of(next_terms, channel) or channel

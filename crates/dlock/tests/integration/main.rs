@@ -13,6 +13,7 @@ mod defaults; // the 30 s wait and 2 s command timeout, at their defaults (pause
 mod exclusion; // conflicts, waiting, holder info, status and forced release
 mod fair; // FIFO grants; dead waiters leave the queue when their lease ends
 mod fencing; // tokens strictly increase, across clients and across data loss
+mod grant_script; // fencing tokens and grant times as TIME's digits: padding, counter, holder info, reply
 mod handoff; // a release grants the lock to the queue's head: one round trip, dead heads, lost messages
 mod handoff_local; // a hand-off between tasks of one client rides the release's reply: no pub/sub message, none lost
 mod handoff_long_wait; // a waiter queued long before its turn takes its hand-off without a round trip

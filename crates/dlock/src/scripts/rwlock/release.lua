@@ -81,8 +81,7 @@ local function hand_to_readers(lock, info, fence_key, readers, rinfo, q, channel
   if #handed == 0 then
     return false
   end
-  local fence = next_fence(fence_key, retention, now_us)
-  local fence_text = string.format('%.0f', fence)
+  local fence, fence_text = next_fence(fence_key, retention, now_us)
   -- Entries left from a read mode that ended (expired, or freed by force) are dead.
   redis.call('DEL', readers, rinfo)
   redis.call('SET', lock, READ_MODE)
@@ -92,7 +91,7 @@ local function hand_to_readers(lock, info, fence_key, readers, rinfo, q, channel
     redis.call('ZADD', readers, string.format('%.0f', now_ms + claim), token)
     redis.call('HSET', rinfo, token, cjson.encode({host = tostring(terms.host or ''),
       pid = tostring(terms.pid or ''), label = tostring(terms.label or ''),
-      since_ms = string.format('%.0f', now_ms), fence = fence_text}))
+      since_ms = ms_text(now_us), fence = fence_text}))
     if claim > handed[longest][3] then
       longest = i
     end

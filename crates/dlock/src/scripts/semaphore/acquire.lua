@@ -141,10 +141,10 @@ if used + wanted <= limit and (not fair or not head or head == token) then
   -- Granted waiters leave the queue (in fair mode, the caller is its head).
   withdraw(q, token)
   redis.call('ZADD', holders, expiry, token)
-  local fence = next_fence(fence_key, ARGV[5], now_us)
+  local fence, fence_text = next_fence(fence_key, ARGV[5], now_us)
   redis.call('HSET', sem, token, cjson.encode({
-    host = ARGV[6], pid = ARGV[7], label = ARGV[8], since_ms = string.format('%.0f', now_ms),
-    fence = string.format('%.0f', fence), permits = string.format('%.0f', wanted)}))
+    host = ARGV[6], pid = ARGV[7], label = ARGV[8], since_ms = ms_text(now_us),
+    fence = fence_text, permits = string.format('%.0f', wanted)}))
   if not stored then
     redis.call('HSET', sem, 'limit', string.format('%.0f', limit))
   end

@@ -37,11 +37,11 @@ local function hand_permits(s, waiter, terms, n, claim)
   local now_ms = math.floor(s.now_us / 1000)
   withdraw(s.q, waiter)
   redis.call('ZADD', s.holders, string.format('%.0f', now_ms + claim), waiter)
-  local fence = next_fence(s.fence, s.retention, s.now_us)
+  local fence, fence_text = next_fence(s.fence, s.retention, s.now_us)
   redis.call('HSET', s.sem, waiter, cjson.encode({
     host = tostring(terms.host or ''), pid = tostring(terms.pid or ''),
-    label = tostring(terms.label or ''), since_ms = string.format('%.0f', now_ms),
-    fence = string.format('%.0f', fence), permits = string.format('%.0f', n)}))
+    label = tostring(terms.label or ''), since_ms = ms_text(s.now_us),
+    fence = fence_text, permits = string.format('%.0f', n)}))
   for _, key in ipairs({s.holders, s.sem}) do
     if redis.call('PTTL', key) < claim then
       redis.call('PEXPIRE', key, claim)
