@@ -3,8 +3,9 @@
 -- KEYS: 1 fencing counter, 2 holder info, 3 lock
 -- ARGV: 1 the grant's token (fencing), 2 counter retention ms, 3 the owner token
 -- Returns 1 if the lock on this node is still ours (the write-back counts), else 0.
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current < tonumber(ARGV[1]) then
+-- A damaged counter (not a number, or NaN) is raised too, rather than failing the call.
+local current = tonumber(redis.call('GET', KEYS[1]) or '') or 0
+if not (current >= tonumber(ARGV[1])) then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
 if redis.call('GET', KEYS[3]) ~= ARGV[3] then

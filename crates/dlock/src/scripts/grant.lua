@@ -38,13 +38,24 @@ local function ms_text(us)
   return string.format('%.0f', math.floor(us / 1000))
 end
 
+-- The fencing counter's stored value (`raw`, text or nil) as a number; nil when it is missing
+-- or damaged: not a number, or not a finite one (Lua's tonumber takes 'nan' and 'inf', which
+-- would make every later token NaN or infinite).
+local function counter_value(raw)
+  local counter = tonumber(raw or '')
+  if counter and counter == counter and counter > -math.huge and counter < math.huge then
+    return counter
+  end
+  return nil
+end
+
 -- Issue the next fencing token: bump the counter at `fence_key` (kept `retention` ms) and
 -- return the new token, and the same as text. It never goes below the server clock in
 -- microseconds, so it keeps increasing even when the counter was lost (restart without
 -- persistence) or expired after a long idle spell.
 local function next_fence(fence_key, retention, now_us)
-  -- A damaged counter (not a number) restarts from the clock rather than failing the call.
-  local fence = math.max((tonumber(redis.call('GET', fence_key) or '') or 0) + 1, now_us)
+  -- A damaged counter restarts from the clock rather than failing the call.
+  local fence = math.max((counter_value(redis.call('GET', fence_key)) or 0) + 1, now_us)
   local fence_text = us_text(fence)
   redis.call('SET', fence_key, fence_text, 'PX', retention)
   return fence, fence_text
@@ -67,8 +78,10 @@ end
 -- stored, no round trip through a double); or nil and the counter, nothing written.
 local function grant_proposed(lock, info, fence_key, token, ttl, retention, host, pid, label,
                               now_us, proposal)
+  -- A damaged counter (counter_value) is overwritten, as a lost one would be.
   local counter = redis.call('GET', fence_key)
-  if counter and tonumber(counter) >= tonumber(proposal) then
+  local stored = counter_value(counter)
+  if stored and stored >= tonumber(proposal) then
     return nil, counter
   end
   redis.call('SET', lock, token, 'PX', ttl)

@@ -11,8 +11,9 @@
 -- (the write-back counts), else 0: the key is not the owner's, the hold is gone, or a later
 -- grant to the same owner (a concurrent re-entry's) is there.
 local fence = tonumber(ARGV[1])
-local counter = tonumber(redis.call('GET', KEYS[1]) or '0')
-if counter < fence then
+-- A damaged counter (not a number, or NaN) is raised too, rather than failing the call.
+local counter = tonumber(redis.call('GET', KEYS[1]) or '') or 0
+if not (counter >= fence) then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
 if redis.call('GET', KEYS[3]) ~= ARGV[3] or redis.call('SISMEMBER', KEYS[4], ARGV[4]) == 0 then

@@ -16,6 +16,19 @@ static ACQUIRE_FREE: LazyLock<Script> = LazyLock::new(|| {
         include_str!("../../src/scripts/acquire_free.lua")
     ))
 });
+static ACQUIRE_PROPOSED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("../../src/scripts/grant.lua"),
+        include_str!("../../src/scripts/acquire_proposed.lua")
+    ))
+});
+static FENCE_RAISE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../src/scripts/fence_raise.lua")));
+
+/// Fencing counters nobody should find, but Lua's tonumber takes some of them for numbers
+/// (NaN, infinities) and the others for nothing.
+const DAMAGED: [&str; 6] = ["nan", "inf", "-inf", "1e999", "abc", ""];
+
 async fn connection(server: &RedisServer) -> MultiplexedConnection {
     redis::Client::open(server.url())
         .unwrap()
@@ -181,4 +194,123 @@ async fn every_grant_stores_and_answers_the_same_fencing_token_and_its_time() {
     // Most grants took the clock's reading (the others: the counter an hour ahead, or a clock
     // that had not passed the previous grant's token).
     assert!(from_clock >= 250, "{from_clock} of 500 from the clock");
+}
+
+#[tokio::test]
+async fn a_damaged_counter_restarts_tokens_from_the_clock_and_is_overwritten() {
+    let server = RedisServer::start();
+    let mut con = connection(&server).await;
+    let (lock, info, fence) = (
+        "grant",
+        "{grant}:dlock:info:grant",
+        "{grant}:dlock:fence:grant",
+    );
+    for (i, damage) in DAMAGED.into_iter().enumerate() {
+        let _: () = redis::cmd("SET")
+            .arg(fence)
+            .arg(damage)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let before = server_us(&mut con).await;
+        let (granted, issued): (i64, u64) = ACQUIRE_FREE
+            .key(lock)
+            .key(info)
+            .key(fence)
+            .arg(format!("{i:032x}"))
+            .arg(60_000)
+            .arg(600_000)
+            .arg("host")
+            .arg("1")
+            .arg("")
+            .invoke_async(&mut con)
+            .await
+            .unwrap();
+        let after = server_us(&mut con).await;
+        assert_eq!(granted, 1, "{damage:?}");
+        assert!((before..=after).contains(&issued), "{damage:?}: {issued}");
+        let stored: String = redis::cmd("GET")
+            .arg(fence)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(stored, issued.to_string(), "{damage:?}");
+        let _: () = redis::cmd("DEL")
+            .arg(lock)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_counter_takes_a_proposal_and_a_write_back_and_is_overwritten() {
+    let server = RedisServer::start();
+    let mut con = connection(&server).await;
+    let (lock, info, fence) = (
+        "grant",
+        "{grant}:dlock:info:grant",
+        "{grant}:dlock:fence:grant",
+    );
+    for (i, damage) in DAMAGED.into_iter().enumerate() {
+        let proposal = server_us(&mut con).await.to_string();
+        let _: () = redis::cmd("SET")
+            .arg(fence)
+            .arg(damage)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let (granted, issued): (i64, String) = ACQUIRE_PROPOSED
+            .key(lock)
+            .key(info)
+            .key(fence)
+            .arg(format!("{i:032x}"))
+            .arg(60_000)
+            .arg(600_000)
+            .arg("host")
+            .arg("1")
+            .arg("")
+            .arg(&proposal)
+            .invoke_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!((granted, &issued), (1, &proposal), "{damage:?}");
+        let stored: String = redis::cmd("GET")
+            .arg(fence)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(stored, proposal, "{damage:?}");
+        // A Redlock write-back onto a damaged counter raises it too.
+        let _: () = redis::cmd("SET")
+            .arg(fence)
+            .arg(damage)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let raised = server_us(&mut con).await.to_string();
+        let _: i64 = FENCE_RAISE
+            .key(fence)
+            .key(info)
+            .key(lock)
+            .arg(&raised)
+            .arg(600_000)
+            .arg(format!("{i:032x}"))
+            .invoke_async(&mut con)
+            .await
+            .unwrap();
+        let stored: String = redis::cmd("GET")
+            .arg(fence)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let kept = matches!(damage, "inf" | "1e999");
+        // An infinite counter stays (nothing is above it), and the next grant overwrites it.
+        assert_eq!(stored, if kept { damage } else { &raised }, "{damage:?}");
+        let _: () = redis::cmd("DEL")
+            .arg(lock)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
 }

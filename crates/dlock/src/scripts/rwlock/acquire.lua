@@ -102,7 +102,8 @@ if not blocked then
   if not reading and ARGV[13] then
     -- A proposal too low grants nothing and keeps the writer's queue entry.
     local counter = redis.call('GET', fence_key)
-    if counter and tonumber(counter) >= tonumber(ARGV[13]) then
+    local stored = counter_value(counter)
+    if stored and stored >= tonumber(ARGV[13]) then
       return {2, counter}
     end
   end

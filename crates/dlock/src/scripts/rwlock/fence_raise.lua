@@ -8,8 +8,9 @@
 -- ARGV: 1 the reader's fencing token, 2 counter retention ms, 3 the reader's token
 -- Returns 1 if the reader still holds on this master (the name in read mode, the reader's
 -- lease running: the write-back counts), else 0.
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current < tonumber(ARGV[1]) then
+-- A damaged counter (not a number, or NaN) is raised too, rather than failing the call.
+local current = tonumber(redis.call('GET', KEYS[1]) or '') or 0
+if not (current >= tonumber(ARGV[1])) then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
 if redis.pcall('GET', KEYS[3]) ~= READ_MODE then

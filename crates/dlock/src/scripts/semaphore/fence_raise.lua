@@ -5,8 +5,9 @@
 -- ARGV: 1 the grant's token (fencing), 2 counter retention ms, 3 the holder token
 -- Returns 1 if the permit on this node is still ours (its lease runs past the server's now;
 -- the write-back counts), else 0. The counter is raised either way, and never lowered.
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current < tonumber(ARGV[1]) then
+-- A damaged counter (not a number, or NaN) is raised too, rather than failing the call.
+local current = tonumber(redis.call('GET', KEYS[1]) or '') or 0
+if not (current >= tonumber(ARGV[1])) then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
 local time = redis.call('TIME')
