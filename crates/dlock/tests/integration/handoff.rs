@@ -94,6 +94,38 @@ async fn a_contended_handoff_costs_the_release_alone() {
     guard.release().await.unwrap();
 }
 
+/// A hand-off whose fencing token is not the server's clock (the counter is ahead of it, so
+/// the token is the counter plus one, written from a formatted number rather than from TIME's
+/// digits) is taken as it comes: its message's token and MAC agree with what Redis stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_with_the_counter_ahead_of_the_clock_is_taken_as_it_comes() {
+    let server = RedisServer::start();
+    let a = client(&server).await;
+    let b = client(&server).await;
+    let lock = b
+        .lock_with("job", waiting(Duration::from_millis(600)))
+        .unwrap();
+    warm_up(&server, &lock).await;
+    let holder = a.lock("job").unwrap().try_lock().await.unwrap();
+    let waiter = tokio::spawn(async move { lock.lock().await });
+    queue_length_reaches(&server, QUEUE, 1).await;
+    // An hour past the holder's token (the server's clock when it was granted).
+    let ahead = holder.fencing_token() + 3_600_000_000;
+    let _: () = server.cmd("SET", &["{job}:dlock:fence:job", &ahead.to_string()]);
+    let before = script_calls(&server);
+    holder.release().await.unwrap();
+    let guard = granted(waiter).await;
+    assert_eq!(
+        script_calls(&server) - before,
+        1,
+        "the release alone: no retry"
+    );
+    assert_eq!(guard.fencing_token(), ahead + 1);
+    let fence: String = server.cmd("HGET", &["{job}:dlock:info:job", "fence"]);
+    assert_eq!(fence, (ahead + 1).to_string());
+    guard.release().await.unwrap();
+}
+
 /// A queue head that died just before its turn (queued with a live waiter lease, nobody
 /// listening: the state a process killed right after joining the queue leaves) is handed the
 /// lock; the next waiter gets it when the claim lease ends, not a TTL or a re-check later.
