@@ -92,6 +92,7 @@ impl Channel {
             .entry(id_key(token).to_owned())
             .or_default()
             .push(send);
+        shared.note_waiting(id_key(token), name);
         Subscription::new(
             name,
             token,
@@ -112,15 +113,10 @@ impl Channel {
     }
 
     /// Delivers a wake-up to the waiters it names, if they wait here (a message from the
-    /// client's inbox is offered to every channel: waiter ids are unique).
+    /// client's inbox comes to each channel its waiters wait on: see `Shared::waiting_on`).
     pub(super) fn deliver_addressed(&self, wake: &Wake) {
-        let named = match wake {
-            Wake::All => return,
-            Wake::Only(id) => [Some(id.clone()), None],
-            Wake::Handed { id, next, .. } => [Some(id.clone()), next.clone()],
-        };
-        for id in named.into_iter().flatten() {
-            for waiter in self.addressed.get(id_key(&id)).into_iter().flatten() {
+        for id in wake.named() {
+            for waiter in self.addressed.get(id_key(id)).into_iter().flatten() {
                 let _ = waiter.try_send(wake.clone());
             }
         }

@@ -18,7 +18,9 @@
 //! herd), or a waiter's id with the fencing token and claim lease of a grant the release
 //! handed to it (the waiter holds the lock without a round trip of its own). A message that
 //! names a waiter is delivered to that waiter's task alone (`Channel::addressed`), so with
-//! many waiters of one lock in one client a hand-off wakes one task, not all of them.
+//! many waiters of one lock in one client a hand-off wakes one task, not all of them. A
+//! message of the client's inbox finds the channels of the waiters it names in an index
+//! (`Shared::waiting_on`), so its cost does not grow with the number of locks waited for.
 //!
 //! # Guarantees and limits
 //! - A waiter is subscribed before an attempt whose busy answer it sleeps on, so a release
@@ -48,7 +50,7 @@ mod wake;
 
 use channel::Channel;
 use listener::Listener;
-use wake::Wake;
+use wake::{id_key, Wake};
 
 pub(crate) use subscription::Subscription;
 pub(crate) use wake::Woken;
@@ -73,6 +75,10 @@ pub(crate) struct Notifier {
 #[derive(Debug)]
 struct Shared {
     channels: Mutex<HashMap<String, Channel>>,
+    /// The channels each waiter id waits on (the ids of `Channel::addressed`), so a message
+    /// of the inbox reaches its waiters without a look at every channel the client waits on.
+    /// Locked only while `channels` is held (in that order).
+    waiting_on: Mutex<HashMap<String, Vec<String>>>,
     /// The client's inbox: the channel a release publishes a hand-off to when the waiter
     /// queued with it (see `handoff.lua`), so a hand-off reaches this client's one connection
     /// instead of every waiter's. Named like the locks' channels, so the ACL pattern for
@@ -104,6 +110,7 @@ impl Notifier {
             nodes.iter().map(|_| mpsc::unbounded_channel()).unzip();
         let shared = Arc::new(Shared {
             channels: Mutex::new(HashMap::new()),
+            waiting_on: Mutex::new(HashMap::new()),
             inbox: inbox_name(),
             commands,
             linger,
@@ -238,11 +245,49 @@ impl Shared {
         self.channels.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn waiting_on(&self) -> MutexGuard<'_, HashMap<String, Vec<String>>> {
+        self.waiting_on
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes that waiter `id` waits on `channel` (under the `channels` lock).
+    fn note_waiting(&self, id: &str, channel: &str) {
+        let mut waiting_on = self.waiting_on();
+        let channels = waiting_on.entry(id.to_owned()).or_default();
+        if !channels.iter().any(|name| name == channel) {
+            channels.push(channel.to_owned());
+        }
+    }
+
+    /// Notes that no waiter with `id` waits on `channel` any more (under the `channels` lock).
+    fn note_gone(&self, id: &str, channel: &str) {
+        let mut waiting_on = self.waiting_on();
+        if let Some(channels) = waiting_on.get_mut(id) {
+            channels.retain(|name| name != channel);
+            if channels.is_empty() {
+                waiting_on.remove(id);
+            }
+        }
+    }
+
     /// Delivers a message of the inbox to the waiters it names, wherever they wait (a waiter
     /// whose id merely matches drops a grant whose MAC over its whole token fails).
     fn deliver_to_inbox(&self, wake: &Wake) {
-        self.channels()
-            .values()
-            .for_each(|channel| channel.deliver_addressed(wake));
+        let channels = self.channels();
+        let waiting_on = self.waiting_on();
+        let mut names: Vec<&String> = wake
+            .named()
+            .filter_map(|id| waiting_on.get(id_key(id)))
+            .flatten()
+            .collect();
+        // Once per channel: a channel delivers to every waiter the message names.
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            if let Some(channel) = channels.get(name.as_str()) {
+                channel.deliver_addressed(wake);
+            }
+        }
     }
 }

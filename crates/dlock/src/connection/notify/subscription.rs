@@ -110,7 +110,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut channels = self.shared.channels();
-        if let Some(entry) = channels.get_mut(&self.channel) {
+        let id_stays = channels.get_mut(&self.channel).is_some_and(|entry| {
             // Its own queue leaves the registry; other waiters with the same id stay.
             self.mine.close();
             if let Some(senders) = entry.addressed.get_mut(&self.id) {
@@ -119,6 +119,10 @@ impl Drop for Subscription {
                     entry.addressed.remove(&self.id);
                 }
             }
+            entry.addressed.contains_key(&self.id)
+        });
+        if !id_stays {
+            self.shared.note_gone(&self.id, &self.channel);
         }
         leave(&self.shared, &mut channels, &self.channel);
         if self.in_inbox {
@@ -161,6 +165,7 @@ mod tests {
 
     const A: &str = "aaaaaaaaaaaaaaaa0000000000000000";
     const B: &str = "bbbbbbbbbbbbbbbb1111111111111111";
+    const C: &str = "cccccccccccccccc3333333333333333";
 
     async fn next(subscription: &mut Subscription, token: &str) -> Woken {
         tokio::time::timeout(Duration::from_secs(1), subscription.woken(token))
@@ -182,6 +187,7 @@ mod tests {
         let (commands, _queue) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             channels: Mutex::new(HashMap::new()),
+            waiting_on: Mutex::new(HashMap::new()),
             inbox: "{inbox}:dlock:released:test".into(),
             commands: vec![commands],
             linger: Duration::from_secs(10),
@@ -287,5 +293,107 @@ mod tests {
         channel.deliver(Wake::All);
         assert_eq!(next(&mut a, A).await, Woken::Retry);
         assert_eq!(next(&mut b, B).await, Woken::Retry);
+    }
+
+    /// A registry whose channels `names` are subscribed.
+    fn registry_with(names: &[String]) -> Arc<Shared> {
+        let (shared, _) = registry();
+        for name in names {
+            let mut channel = Channel::new(1);
+            channel.set_ready(0, true);
+            shared.channels().insert(name.clone(), channel);
+        }
+        shared
+    }
+
+    /// The waiter with `token` joins channel `name` of `shared`.
+    fn join(shared: &Arc<Shared>, name: &str, token: &str) -> Subscription {
+        let mut channels = shared.channels();
+        channels.get_mut(name).unwrap().join(name, token, shared)
+    }
+
+    #[tokio::test]
+    async fn an_inbox_message_reaches_the_waiters_it_names_once_wherever_they_wait() {
+        let names: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
+        let shared = registry_with(&names);
+        // a and b wait on one lock; b (a multi-key waiter) on a second one too; c elsewhere.
+        let (mut a, mut b) = (join(&shared, "c500", A), join(&shared, "c500", B));
+        let mut b_too = join(&shared, "c7", B);
+        let mut c = join(&shared, "c8", C);
+        let claim = Duration::from_secs(1);
+        let at = tokio::time::Instant::now();
+        shared.deliver_to_inbox(&Wake::Handed {
+            id: A[..16].into(),
+            fence: 5,
+            claim,
+            granted_ms: Some(9),
+            received: at,
+            mac: mac(A, 5, claim, Some(9)).into(),
+            next: Some(B[..16].into()),
+        });
+        let handed = Woken::Handed {
+            fence: 5,
+            claim,
+            granted_ms: Some(9),
+            received: at,
+        };
+        assert_eq!(next(&mut a, A).await, handed);
+        assert_eq!(next(&mut b, B).await, Woken::HandedAhead { claim });
+        assert_eq!(next(&mut b_too, B).await, Woken::HandedAhead { claim });
+        // Once each, though a and b share a channel; nothing for c.
+        assert!(quiet(&mut a) && quiet(&mut b) && quiet(&mut b_too) && quiet(&mut c));
+    }
+
+    /// The index and the channels agree: every id a channel routes lists that channel, and
+    /// every channel an id lists routes it.
+    fn assert_index_matches(shared: &Shared) {
+        let channels = shared.channels();
+        let waiting_on = shared.waiting_on();
+        for (name, channel) in channels.iter() {
+            for id in channel.addressed.keys() {
+                let listed = waiting_on.get(id).is_some_and(|names| names.contains(name));
+                assert!(listed, "{id} waits on {name}, not in the index");
+            }
+        }
+        for (id, names) in waiting_on.iter() {
+            for name in names {
+                let routed = channels
+                    .get(name)
+                    .is_some_and(|channel| channel.addressed.contains_key(id));
+                assert!(
+                    routed,
+                    "the index has {id} on {name}, which does not route it"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_index_follows_waiters_as_they_join_and_leave() {
+        const A2: &str = "aaaaaaaaaaaaaaaa2222222222222222";
+        let shared = registry_with(&["c".to_owned(), "d".to_owned(), "e".to_owned()]);
+        let a = join(&shared, "c", A);
+        let a2 = join(&shared, "c", A2);
+        let b = join(&shared, "c", B);
+        // b waits on two locks (a multi-key lock): d and e.
+        let b_d = join(&shared, "d", B);
+        let mut b_e = join(&shared, "e", B);
+        assert_index_matches(&shared);
+        drop(a);
+        assert_index_matches(&shared);
+        assert!(
+            shared.waiting_on().contains_key(&A[..16]),
+            "a2 still waits on c"
+        );
+        drop(b);
+        assert_index_matches(&shared);
+        drop(b_d);
+        assert_index_matches(&shared);
+        // b still hears on e what names it, also by its whole token (older releases).
+        shared.deliver_to_inbox(&Wake::Only(B.into()));
+        assert_eq!(next(&mut b_e, B).await, Woken::Retry);
+        drop((a2, b_e));
+        assert_index_matches(&shared);
+        assert!(shared.waiting_on().is_empty(), "{:?}", shared.waiting_on());
     }
 }

@@ -86,6 +86,17 @@ impl Wake {
 }
 
 impl Wake {
+    /// The waiter ids this wake-up names: none for everyone, the queue's head, or the waiter
+    /// handed the lock and the next in line.
+    pub(super) fn named(&self) -> impl Iterator<Item = &str> {
+        let (id, next) = match self {
+            Wake::All => (None, None),
+            Wake::Only(id) => (Some(id), None),
+            Wake::Handed { id, next, .. } => (Some(id), next.as_ref()),
+        };
+        id.into_iter().chain(next).map(|id| &**id)
+    }
+
     /// What this wake-up means to the waiter with `token` (`None`: nothing, sleep on).
     pub(super) fn for_token(self, token: &str) -> Option<Woken> {
         match self {
