@@ -330,7 +330,8 @@ pub struct BenchArgs {
     /// semaphore: how many permits the workers share (at least 1).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub permits: u32,
-    /// many-keys: how many tasks, each on its own key, share one client.
+    /// many-keys: how many tasks, each on its own key, share one client; many-waiters: on how
+    /// many locks one client waits at once.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096), value_name = "N")]
     pub keys: u16,
     /// Print one JSON object per workload instead of a table.
@@ -363,6 +364,9 @@ pub enum Workload {
     Semaphore,
     /// N tasks on distinct keys sharing one client.
     ManyKeys,
+    /// One client waits on N locks (--keys) that another holds, and gets them all handed over
+    /// at once: grants/s and the wait from the releases to each grant.
+    ManyWaiters,
     /// Uncontended cycles on N independent masters (needs --redis repeated, 3 or more).
     Redlock,
     /// What `dlock run KEY -- true` adds over running `true` directly (process start,
@@ -387,6 +391,7 @@ impl Workload {
             Workload::ContendedBarging => "contended-barging",
             Workload::Semaphore => "semaphore",
             Workload::ManyKeys => "many-keys",
+            Workload::ManyWaiters => "many-waiters",
             Workload::Redlock => "redlock",
             Workload::RunOverhead => "run-overhead",
             Workload::ReadMostly => "read-mostly",

@@ -11,6 +11,7 @@
 //!
 //! The bench writes only keys under `dlock:bench:` and frees them when done.
 
+mod handoffs;
 mod mixed;
 mod occupancy;
 mod stats;
@@ -75,8 +76,10 @@ pub async fn bench(args: BenchArgs) -> u8 {
             ));
         }
     }
-    if wanted(Workload::ManyKeys) {
-        plan.push((Workload::ManyKeys, usize::from(args.keys)));
+    for workload in [Workload::ManyKeys, Workload::ManyWaiters] {
+        if wanted(workload) {
+            plan.push((workload, usize::from(args.keys)));
+        }
     }
     if wanted(Workload::RunOverhead) {
         plan.push((Workload::RunOverhead, 1));
@@ -105,6 +108,7 @@ pub async fn bench(args: BenchArgs) -> u8 {
                 workloads::semaphore(&first, *workers, args.permits, args.duration).await
             }
             Workload::ManyKeys => workloads::many_keys(&client, *workers, args.duration).await,
+            Workload::ManyWaiters => handoffs::many_waiters(&first, *workers, args.duration).await,
             Workload::ReadMostly => mixed::read_mostly(&first, *workers, args.duration).await,
             Workload::MultiKey => mixed::multi_key(&first, *workers, args.duration).await,
             Workload::RunOverhead => workloads::run_overhead(&first, args.duration).await,

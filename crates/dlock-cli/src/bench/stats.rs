@@ -196,7 +196,7 @@ pub fn table(rows: &[Row], floor: &Floor) -> String {
     }
     out.push_str(
         "\np50/p99/max: cycle latency (floor, uncontended, many-keys) or wait for a grant \
-         (contended, semaphore).\nx RTT: p50 / one round trip. x cycle: ops/s / raw cycle rate. \
+         (contended, semaphore, many-waiters: from the releases).\nx RTT: p50 / one round trip. x cycle: ops/s / raw cycle rate. \
          grants: fewest-most grants of one worker.\nholders (semaphore): most holders at once / \
          permits; more than the permits counts as a violation.\n",
     );

@@ -50,6 +50,7 @@ fn bench_runs_every_workload_and_reports_json_relative_to_the_floor() {
             "read-mostly",
             "multi-key",
             "many-keys",
+            "many-waiters",
             "run-overhead",
         ]
     );
@@ -148,6 +149,36 @@ fn bench_read_mostly_and_multi_key_run_without_violations() {
     }
     let leftovers: Vec<String> = server.cmd("KEYS", &["dlock:bench:*"]);
     assert!(leftovers.is_empty(), "the bench cleans up: {leftovers:?}");
+}
+
+/// Every lock one client waits on is handed to it: whole rounds of grants, none lost.
+#[test]
+fn bench_many_waiters_hands_every_lock_to_the_waiting_client() {
+    let server = RedisServer::start();
+    let out = output(
+        dlock(&server).args([
+            "bench",
+            "--json",
+            "--workload",
+            "many-waiters",
+            "--keys",
+            "200",
+            "--duration",
+            "300ms",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let row: Value = stdout(&out)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .find(|row| row["workload"] == "many-waiters")
+        .expect("a many-waiters row");
+    let grants = row["ops"].as_u64().unwrap();
+    assert!(grants >= 200 && grants.is_multiple_of(200), "{row}");
+    assert_eq!(row["workers"], 200);
+    assert_eq!(row["violations"], 0);
+    assert!(row["p50_us"].as_f64().unwrap() > 0.0, "{row}");
 }
 
 #[test]
