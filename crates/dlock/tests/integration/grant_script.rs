@@ -24,6 +24,31 @@ static ACQUIRE_PROPOSED: LazyLock<Script> = LazyLock::new(|| {
 });
 static FENCE_RAISE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../src/scripts/fence_raise.lua")));
+/// Every Redlock write-back script: lock, read-write lock (with its prelude), semaphore,
+/// reentrant lock. Each takes the counter as KEYS[1] and the token to raise it to as ARGV[1].
+static WRITE_BACKS: LazyLock<[(&str, Script); 4]> = LazyLock::new(|| {
+    [
+        (
+            "lock",
+            Script::new(include_str!("../../src/scripts/fence_raise.lua")),
+        ),
+        (
+            "read-write lock",
+            Script::new(concat!(
+                include_str!("../../src/scripts/rwlock/shared.lua"),
+                include_str!("../../src/scripts/rwlock/fence_raise.lua")
+            )),
+        ),
+        (
+            "semaphore",
+            Script::new(include_str!("../../src/scripts/semaphore/fence_raise.lua")),
+        ),
+        (
+            "reentrant lock",
+            Script::new(include_str!("../../src/scripts/reentrant_fence.lua")),
+        ),
+    ]
+});
 
 /// Fencing counters nobody should find, but Lua's tonumber takes some of them for numbers
 /// (NaN, infinities) and the others for nothing.
@@ -312,5 +337,49 @@ async fn a_damaged_counter_takes_a_proposal_and_a_write_back_and_is_overwritten(
             .query_async(&mut con)
             .await
             .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn every_write_back_raises_a_damaged_counter_instead_of_failing() {
+    let server = RedisServer::start();
+    let mut con = connection(&server).await;
+    let fence = "{wb}:dlock:fence:wb";
+    for (primitive, script) in WRITE_BACKS.iter() {
+        for damage in DAMAGED {
+            let _: () = redis::cmd("SET")
+                .arg(fence)
+                .arg(damage)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            let token = server_us(&mut con).await.to_string();
+            // The other keys name nothing held: the write-back answers 0 (not ours) after
+            // raising the counter.
+            let answer: i64 = script
+                .key(fence)
+                .key("{wb}:dlock:other:wb")
+                .key("wb")
+                .key("{wb}:dlock:holds:wb")
+                .arg(&token)
+                .arg(600_000)
+                .arg("owner")
+                .arg("acquisition")
+                .invoke_async(&mut con)
+                .await
+                .unwrap_or_else(|e| panic!("{primitive}, counter {damage:?}: {e}"));
+            assert_eq!(answer, 0, "{primitive}, counter {damage:?}");
+            let stored: String = redis::cmd("GET")
+                .arg(fence)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            let kept = matches!(damage, "inf" | "1e999");
+            assert_eq!(
+                stored,
+                if kept { damage } else { &token },
+                "{primitive}, {damage:?}"
+            );
+        }
     }
 }
