@@ -132,8 +132,12 @@ async fn server_us(con: &mut MultiplexedConnection) -> u64 {
     s * 1_000_000 + us
 }
 
-/// Sets the fencing counter to `value`.
-async fn set_counter(con: &mut MultiplexedConnection, key: &str, value: u64) {
+/// The keys of the lock the grant tests take.
+const LOCK: &str = "grant";
+const INFO: &str = "{grant}:dlock:info:grant";
+const FENCE: &str = "{grant}:dlock:fence:grant";
+
+async fn set(con: &mut MultiplexedConnection, key: &str, value: impl redis::ToRedisArgs) {
     let _: () = redis::cmd("SET")
         .arg(key)
         .arg(value)
@@ -142,15 +146,35 @@ async fn set_counter(con: &mut MultiplexedConnection, key: &str, value: u64) {
         .unwrap();
 }
 
+async fn get(con: &mut MultiplexedConnection, key: &str) -> String {
+    redis::cmd("GET").arg(key).query_async(con).await.unwrap()
+}
+
+async fn free_lock(con: &mut MultiplexedConnection) {
+    let _: () = redis::cmd("DEL").arg(LOCK).query_async(con).await.unwrap();
+}
+
+/// The values after the keys of an acquire (acquire_free.lua) by the `i`th token.
+fn acquire(script: &Script, i: usize) -> redis::ScriptInvocation<'_> {
+    let mut call = script.key(LOCK);
+    call.key(INFO)
+        .key(FENCE)
+        .arg(format!("{i:032x}"))
+        .arg(60_000)
+        .arg(600_000);
+    call.arg("host").arg("1").arg("");
+    call
+}
+
+/// `acquire_free.lua` by the `i`th token: (1 if granted, its fencing token).
+async fn acquire_free(con: &mut MultiplexedConnection, i: usize) -> (i64, u64) {
+    acquire(&ACQUIRE_FREE, i).invoke_async(con).await.unwrap()
+}
+
 #[tokio::test]
 async fn every_grant_stores_and_answers_the_same_fencing_token_and_its_time() {
     let server = RedisServer::start();
     let mut con = connection(&server).await;
-    let (lock, info, fence) = (
-        "grant",
-        "{grant}:dlock:info:grant",
-        "{grant}:dlock:fence:grant",
-    );
     let (mut counter, mut from_clock) = (0, 0);
     for i in 0..500 {
         // Every tenth grant finds the counter an hour ahead of the clock: its token is the
@@ -159,25 +183,13 @@ async fn every_grant_stores_and_answers_the_same_fencing_token_and_its_time() {
         let now = server_us(&mut con).await;
         if i % 10 == 9 {
             counter = now + 3_600_000_000;
-            set_counter(&mut con, fence, counter).await;
+            set(&mut con, FENCE, counter).await;
         } else if i % 10 == 0 && i > 0 {
             counter = now - 1_000;
-            set_counter(&mut con, fence, counter).await;
+            set(&mut con, FENCE, counter).await;
         }
         let before = server_us(&mut con).await;
-        let (granted, issued): (i64, u64) = ACQUIRE_FREE
-            .key(lock)
-            .key(info)
-            .key(fence)
-            .arg(format!("{i:032x}"))
-            .arg(60_000)
-            .arg(600_000)
-            .arg("host")
-            .arg("1")
-            .arg("")
-            .invoke_async(&mut con)
-            .await
-            .unwrap();
+        let (granted, issued) = acquire_free(&mut con, i).await;
         let after = server_us(&mut con).await;
         assert_eq!(granted, 1);
         // One above the counter, or the clock's reading during the call if that is more.
@@ -192,13 +204,9 @@ async fn every_grant_stores_and_answers_the_same_fencing_token_and_its_time() {
             from_clock += usize::from(counter < before);
         }
         counter = issued;
-        let stored: String = redis::cmd("GET")
-            .arg(fence)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let stored = get(&mut con, FENCE).await;
         let (held, since_ms): (String, u64) = redis::cmd("HMGET")
-            .arg(info)
+            .arg(INFO)
             .arg("fence")
             .arg("since_ms")
             .query_async(&mut con)
@@ -210,11 +218,7 @@ async fn every_grant_stores_and_answers_the_same_fencing_token_and_its_time() {
             (before / 1000..=after / 1000).contains(&since_ms),
             "{since_ms} for {issued}"
         );
-        let _: () = redis::cmd("DEL")
-            .arg(lock)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        free_lock(&mut con).await;
     }
     // Most grants took the clock's reading (the others: the counter an hour ahead, or a clock
     // that had not passed the previous grant's token).
@@ -225,46 +229,16 @@ async fn every_grant_stores_and_answers_the_same_fencing_token_and_its_time() {
 async fn a_damaged_counter_restarts_tokens_from_the_clock_and_is_overwritten() {
     let server = RedisServer::start();
     let mut con = connection(&server).await;
-    let (lock, info, fence) = (
-        "grant",
-        "{grant}:dlock:info:grant",
-        "{grant}:dlock:fence:grant",
-    );
     for (i, damage) in DAMAGED.into_iter().enumerate() {
-        let _: () = redis::cmd("SET")
-            .arg(fence)
-            .arg(damage)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        set(&mut con, FENCE, damage).await;
         let before = server_us(&mut con).await;
-        let (granted, issued): (i64, u64) = ACQUIRE_FREE
-            .key(lock)
-            .key(info)
-            .key(fence)
-            .arg(format!("{i:032x}"))
-            .arg(60_000)
-            .arg(600_000)
-            .arg("host")
-            .arg("1")
-            .arg("")
-            .invoke_async(&mut con)
-            .await
-            .unwrap();
+        let (granted, issued) = acquire_free(&mut con, i).await;
         let after = server_us(&mut con).await;
         assert_eq!(granted, 1, "{damage:?}");
         assert!((before..=after).contains(&issued), "{damage:?}: {issued}");
-        let stored: String = redis::cmd("GET")
-            .arg(fence)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let stored = get(&mut con, FENCE).await;
         assert_eq!(stored, issued.to_string(), "{damage:?}");
-        let _: () = redis::cmd("DEL")
-            .arg(lock)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        free_lock(&mut con).await;
     }
 }
 
@@ -272,71 +246,35 @@ async fn a_damaged_counter_restarts_tokens_from_the_clock_and_is_overwritten() {
 async fn a_damaged_counter_takes_a_proposal_and_a_write_back_and_is_overwritten() {
     let server = RedisServer::start();
     let mut con = connection(&server).await;
-    let (lock, info, fence) = (
-        "grant",
-        "{grant}:dlock:info:grant",
-        "{grant}:dlock:fence:grant",
-    );
     for (i, damage) in DAMAGED.into_iter().enumerate() {
         let proposal = server_us(&mut con).await.to_string();
-        let _: () = redis::cmd("SET")
-            .arg(fence)
-            .arg(damage)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        let (granted, issued): (i64, String) = ACQUIRE_PROPOSED
-            .key(lock)
-            .key(info)
-            .key(fence)
-            .arg(format!("{i:032x}"))
-            .arg(60_000)
-            .arg(600_000)
-            .arg("host")
-            .arg("1")
-            .arg("")
+        set(&mut con, FENCE, damage).await;
+        let (granted, issued): (i64, String) = acquire(&ACQUIRE_PROPOSED, i)
             .arg(&proposal)
             .invoke_async(&mut con)
             .await
             .unwrap();
         assert_eq!((granted, &issued), (1, &proposal), "{damage:?}");
-        let stored: String = redis::cmd("GET")
-            .arg(fence)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let stored = get(&mut con, FENCE).await;
         assert_eq!(stored, proposal, "{damage:?}");
         // A Redlock write-back onto a damaged counter raises it too.
-        let _: () = redis::cmd("SET")
-            .arg(fence)
-            .arg(damage)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        set(&mut con, FENCE, damage).await;
         let raised = server_us(&mut con).await.to_string();
         let _: i64 = FENCE_RAISE
-            .key(fence)
-            .key(info)
-            .key(lock)
+            .key(FENCE)
+            .key(INFO)
+            .key(LOCK)
             .arg(&raised)
             .arg(600_000)
             .arg(format!("{i:032x}"))
             .invoke_async(&mut con)
             .await
             .unwrap();
-        let stored: String = redis::cmd("GET")
-            .arg(fence)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let stored = get(&mut con, FENCE).await;
         let kept = matches!(damage, "inf" | "1e999");
         // An infinite counter stays (nothing is above it), and the next grant overwrites it.
         assert_eq!(stored, if kept { damage } else { &raised }, "{damage:?}");
-        let _: () = redis::cmd("DEL")
-            .arg(lock)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        free_lock(&mut con).await;
     }
 }
 
@@ -347,12 +285,7 @@ async fn every_write_back_raises_a_damaged_counter_instead_of_failing() {
     let fence = "{wb}:dlock:fence:wb";
     for (primitive, script) in WRITE_BACKS.iter() {
         for damage in DAMAGED {
-            let _: () = redis::cmd("SET")
-                .arg(fence)
-                .arg(damage)
-                .query_async(&mut con)
-                .await
-                .unwrap();
+            set(&mut con, fence, damage).await;
             let token = server_us(&mut con).await.to_string();
             // The other keys name nothing held: the write-back answers 0 (not ours) after
             // raising the counter.
@@ -369,11 +302,7 @@ async fn every_write_back_raises_a_damaged_counter_instead_of_failing() {
                 .await
                 .unwrap_or_else(|e| panic!("{primitive}, counter {damage:?}: {e}"));
             assert_eq!(answer, 0, "{primitive}, counter {damage:?}");
-            let stored: String = redis::cmd("GET")
-                .arg(fence)
-                .query_async(&mut con)
-                .await
-                .unwrap();
+            let stored = get(&mut con, fence).await;
             let kept = matches!(damage, "inf" | "1e999");
             assert_eq!(
                 stored,

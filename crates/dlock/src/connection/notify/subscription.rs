@@ -167,6 +167,20 @@ mod tests {
     const B: &str = "bbbbbbbbbbbbbbbb1111111111111111";
     const C: &str = "cccccccccccccccc3333333333333333";
 
+    /// The hand-off of fencing token 5 to `token`, granted at 9 ms, naming `next` (a token)
+    /// as next in line.
+    fn handed(token: &str, next: Option<&str>, claim: Duration, at: tokio::time::Instant) -> Wake {
+        Wake::Handed {
+            id: token[..16].into(),
+            fence: 5,
+            claim,
+            granted_ms: Some(9),
+            received: at,
+            mac: mac(token, 5, claim, Some(9)).into(),
+            next: next.map(|next| next[..16].into()),
+        }
+    }
+
     async fn next(subscription: &mut Subscription, token: &str) -> Woken {
         tokio::time::timeout(Duration::from_secs(1), subscription.woken(token))
             .await
@@ -224,15 +238,7 @@ mod tests {
         let mut a2 = channel.join("c", A2, &shared);
         let claim = Duration::from_secs(1);
         let at = tokio::time::Instant::now();
-        channel.deliver(Wake::Handed {
-            id: A[..16].into(),
-            fence: 5,
-            claim,
-            granted_ms: Some(9),
-            received: at,
-            mac: mac(A, 5, claim, Some(9)).into(),
-            next: None,
-        });
+        channel.deliver(handed(A, None, claim, at));
         assert_eq!(
             next(&mut a, A).await,
             Woken::Handed {
@@ -271,15 +277,7 @@ mod tests {
         assert!(quiet(&mut a));
         let claim = Duration::from_secs(1);
         let at = tokio::time::Instant::now();
-        channel.deliver(Wake::Handed {
-            id: B[..16].into(),
-            fence: 5,
-            claim,
-            granted_ms: Some(9),
-            received: at,
-            mac: mac(B, 5, claim, Some(9)).into(),
-            next: Some(A[..16].into()),
-        });
+        channel.deliver(handed(B, Some(A), claim, at));
         assert_eq!(
             next(&mut b, B).await,
             Woken::Handed {
@@ -322,15 +320,7 @@ mod tests {
         let mut c = join(&shared, "c8", C);
         let claim = Duration::from_secs(1);
         let at = tokio::time::Instant::now();
-        shared.deliver_to_inbox(&Wake::Handed {
-            id: A[..16].into(),
-            fence: 5,
-            claim,
-            granted_ms: Some(9),
-            received: at,
-            mac: mac(A, 5, claim, Some(9)).into(),
-            next: Some(B[..16].into()),
-        });
+        shared.deliver_to_inbox(&handed(A, Some(B), claim, at));
         let handed = Woken::Handed {
             fence: 5,
             claim,
