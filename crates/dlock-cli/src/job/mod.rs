@@ -144,6 +144,19 @@ pub struct Left {
     pub unsignallable: Vec<String>,
 }
 
+impl Left {
+    /// Counts `pid` if it still runs (anything but ESRCH; EPERM: running, not ours to signal).
+    fn note(&mut self, pid: Pid) {
+        let result = kill(pid, None);
+        if runs(result) {
+            self.any = true;
+            if result == Err(Errno::EPERM) {
+                self.unsignallable.push(format!("pid {pid}"));
+            }
+        }
+    }
+}
+
 impl Job {
     /// Sends `signal` to every process of the command's group (forwarding a signal dlock got),
     /// unless the group is known to be gone (its number may have been reused since).
@@ -207,39 +220,39 @@ impl Job {
             self.leader_done,
             "the leader's status comes from the guardian"
         );
-        // A walk reads one children list after another: an orphan re-parented from a dying
-        // process to its subreaper between two reads is in neither. Such a move is over
-        // before the walk ends, so a second walk right after sees it: only two empty walks in
-        // a row mean nothing is left.
-        let first = self.walk();
-        if first.any {
-            return first;
+        // A walk of the tree reads one children list after another: an orphan re-parented
+        // from a dying process to its subreaper between two reads is in neither. Such a move
+        // is over before the walk ends, so a second walk right after sees it: only two empty
+        // walks in a row mean nothing is left below dlock. The group's members are then
+        // looked for once: that scan reads every process on the host (the most expensive
+        // step of a short run on a busy host), and a flat scan has no such gap (a re-parented
+        // process keeps its group), so a second one would find nothing the first missed.
+        for _ in 0..2 {
+            let below = self.tree_left();
+            if below.any {
+                return below;
+            }
         }
-        let second = self.walk();
-        self.group_gone = !second.any;
-        second
+        let members = self.group_left();
+        self.group_gone = !members.any;
+        members
     }
 
-    /// One look at what is left of the job: its process tree, then (only if that is empty, as
-    /// it is a whole scan of /proc) any other member of its group.
-    fn walk(&self) -> Left {
+    /// One walk of the job's process tree: what of it still runs.
+    fn tree_left(&self) -> Left {
         let mut left = Left::default();
-        let note = |left: &mut Left, pid: Pid| {
-            let result = kill(pid, None);
-            if runs(result) {
-                left.any = true;
-                if result == Err(Errno::EPERM) {
-                    left.unsignallable.push(format!("pid {pid}"));
-                }
-            }
-        };
         for (pid, _) in self.running() {
-            note(&mut left, pid);
+            left.note(pid);
         }
-        if !left.any {
-            for pid in group_members(self.group) {
-                note(&mut left, pid);
-            }
+        left
+    }
+
+    /// One scan of every process for members of the job's group that still run (those outside
+    /// its tree: nothing below dlock is left when this is asked).
+    fn group_left(&self) -> Left {
+        let mut left = Left::default();
+        for pid in group_members(self.group) {
+            left.note(pid);
         }
         left
     }
