@@ -14,8 +14,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::connection::quorum::Verdict;
-use crate::engine::lease::{Lease, LeaseStatus, LossReason};
+use crate::engine::lease::{Lease, LeaseStatus, LossReason, Sent};
 use crate::engine::ops::{self, ReleaseOp};
+use crate::engine::riders::add_riders;
 use crate::engine::Core;
 use crate::error::{Error, Result};
 use crate::options::validate_ttl;
@@ -210,13 +211,25 @@ impl LeaseHandle {
         // One Redis: a hand-off to a waiter of this client comes back in the reply.
         let with_inbox = hold.handoff_channel().is_some() && self.core.nodes().is_single();
         self.handoffs_unread = with_inbox;
+        // Waiters of this client riding on this release are queued by it (see `riders`).
+        let board = hold.rider_board().filter(|_| with_inbox);
+        let riders = board.map_or_else(Vec::new, |board| self.core.riders().take(board));
+        let core = self.core.clone();
         let call = ops::one(hold.release_script(), |call| {
             hold.add_release(call);
             if with_inbox {
-                call.arg(self.core.notifier().inbox());
+                call.arg(core.notifier().inbox());
             }
+            add_riders(call, core.identity(), &riders);
         });
-        self.end(call, "releasing").await
+        // No later than the call is sent: a rider handed the lock counts its claim from here.
+        let sent = Sent::now();
+        let result = self.end(call, "releasing").await;
+        // Released: the script queued them (an error leaves that in doubt: they retry).
+        for rider in riders {
+            rider.carried(result.is_ok().then_some(sent));
+        }
+        result
     }
 
     /// Ends the hold with a one-lease `call` answered by `[1]` (ours) or `[0]` (`release()`
@@ -301,6 +314,13 @@ impl LeaseHandle {
         // outcome may hide one behind a lost reply, even one whose only try answered 0: a
         // Cluster connection resends a call whose connection dropped, unseen by us.
         let notifier = self.core.notifier();
+        // Handed to a waiter of this client, which has yet to take it: riders may ride on its
+        // release meanwhile (marked before it hears of it: its guard then counts instead).
+        if let Some(board) = self.hold.rider_board() {
+            if notifier.grants_here(answers.iter().flatten(), board) {
+                self.core.riders().handed(board);
+            }
+        }
         let told = answers
             .iter()
             .flatten()

@@ -43,6 +43,17 @@ pub(crate) struct Sent {
     pub suspended: Duration,
 }
 
+impl Sent {
+    /// Now, for a request about to be sent.
+    pub fn now() -> Sent {
+        let suspended = crate::clock::Clock::default().suspended();
+        Sent {
+            at: Instant::now(),
+            suspended,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Timing {
     /// The lease length renewals ask for.

@@ -7,7 +7,8 @@
 //!   proposed token or a write-back, the replica guard's `WAIT`, the validity check, rollback)
 //!   and `wait` the waiting
 //!   loop (wake-ups, re-checks, backoff, the wait limit); `pending` undoes an acquisition that
-//!   may have happened when the caller gives up.
+//!   may have happened when the caller gives up; `riders` lets a waiter be queued by the
+//!   release of another task of its client.
 //! - `lease` (one lease's state and validity), `handle` (what every guard does with it:
 //!   `lost`, `watch`, `is_held`, `remaining`, `extend`, `release`), `ops` (the batched
 //!   script operations a primitive gives the engine), `watchdog` (renewal, loss, background
@@ -32,6 +33,7 @@ pub(crate) mod handle;
 pub(crate) mod lease;
 pub(crate) mod ops;
 pub(crate) mod pending;
+pub(crate) mod riders;
 pub(crate) mod wait;
 pub(crate) mod watchdog;
 
@@ -54,6 +56,8 @@ pub(crate) struct Core {
     /// The watchdog of leases with a replica guard, started with the first one.
     guarded_watchdog: OnceLock<Watchdog>,
     notifier: Notifier,
+    /// Waiters riding on releases by other tasks of this client (see `riders`).
+    riders: riders::Riders,
     held: Arc<AtomicUsize>,
     identity: Identity,
     /// The largest fencing token this client was granted on Redlock, on any name: its next
@@ -92,6 +96,7 @@ impl Core {
             watchdog,
             guarded_watchdog: OnceLock::new(),
             notifier,
+            riders: riders::Riders::default(),
             held: Arc::new(AtomicUsize::new(0)),
             identity: Identity {
                 host: gethostname::gethostname().to_string_lossy().into_owned(),
@@ -123,6 +128,11 @@ impl Core {
 
     pub fn notifier(&self) -> &Notifier {
         &self.notifier
+    }
+
+    /// Waiters riding on this client's releases (see `riders`).
+    pub fn riders(&self) -> &riders::Riders {
+        &self.riders
     }
 
     pub fn identity(&self) -> &Identity {

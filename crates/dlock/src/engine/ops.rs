@@ -32,6 +32,12 @@ pub(crate) trait ReleaseOp: Send + Sync + Debug {
     fn handoff_channel(&self) -> Option<&str> {
         None
     }
+    /// Where waiters of this client may ride on this hold's `release()` (see
+    /// `engine::riders`): the board's name, if the release script takes riders (after the
+    /// inbox: the client's host and pid, then four values per rider; see `release.lua`).
+    fn rider_board(&self) -> Option<&str> {
+        None
+    }
     /// The same release without the wake-up for everyone, where the primitive has one (a
     /// lock's, a permit's): for undoing a Redlock attempt that no majority granted, whose
     /// waiter would otherwise wake itself with its own undo and spin while the lock is held.

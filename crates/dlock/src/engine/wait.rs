@@ -9,6 +9,8 @@ use tokio::time::Instant;
 use crate::connection::notify::{Subscription, Woken};
 use crate::engine::acquire::{Attempt, Busy, Queue};
 use crate::engine::lease::{renewal_interval, Sent};
+use crate::engine::pending::Pending;
+use crate::engine::riders::{RiderTerms, RIDE_LIMIT};
 use crate::engine::Core;
 use crate::error::{Error, Result};
 use crate::options::{LockOptions, Wait};
@@ -28,6 +30,16 @@ pub(crate) struct Waiting<'a> {
     /// Whether attempts queue even when the waiter cannot hear its channel (fair mode, and a
     /// read-write lock's writers, whose place in the queue holds new readers back).
     pub queue_deaf: bool,
+    /// Whether the first attempt may ride on a release by another task of this client instead
+    /// (see `engine::riders`; a plain lock's waiters).
+    pub ride: Option<Riding<'a>>,
+}
+
+/// How a waiter rides (see `engine::riders`): the lock's board, and the acquisition, which is
+/// in doubt from the moment a release may queue its token.
+pub(crate) struct Riding<'a> {
+    pub board: &'a str,
+    pub pending: &'a Pending,
 }
 
 /// The shortest claim lease a waiter takes without a round trip (as `handoff.lua`'s).
@@ -54,6 +66,17 @@ struct LastBusy {
 }
 
 impl LastBusy {
+    /// After a ride (see [`Waiting::rode`]): queued by a release sent at `sent`, with no
+    /// fencing counter seen; none is needed, as no grant to this waiter's fresh token came
+    /// before it.
+    fn rode(sent: Sent) -> LastBusy {
+        LastBusy {
+            sent,
+            fence_seen: 0,
+            server_ms: None,
+        }
+    }
+
     fn of(busy: &Busy) -> Option<LastBusy> {
         Some(LastBusy {
             sent: busy.sent?,
@@ -163,42 +186,73 @@ impl Waiting<'_> {
         let mut wakeups = self.live(token);
         let mut failures = 0u32;
         let mut last_busy: Option<LastBusy> = None;
+        let mut first = true;
         loop {
             if let Some(subscription) = wakeups.as_mut() {
                 subscription.mark_seen();
             }
-            let (pause, outcome) = match attempt(self.queue(deadline, wakeups.as_ref())).await {
-                Ok(Attempt::Granted(guard)) => return Ok(guard),
-                Ok(Attempt::Busy(busy)) => {
-                    failures = 0;
-                    last_busy = LastBusy::of(&busy);
-                    (self.recheck_after(&busy), Error::Conflict(busy.conflict))
-                }
-                Err(error) if error.is_retryable() => {
-                    failures = failures.saturating_add(1);
-                    (self.options.backoff.delay(failures - 1), error)
-                }
-                Err(error) => return Err(error),
+            let queue = self.queue(deadline, wakeups.as_ref());
+            let rode = match std::mem::take(&mut first) {
+                true => self.rode(token, queue.as_ref(), deadline).await,
+                false => None,
             };
-            let now = Instant::now();
-            if deadline.is_some_and(|d| d <= now) {
-                return Err(self.gave_up(outcome, now - started));
-            }
-            if wakeups.is_none() && outcome.is_conflict() {
-                // Subscribe, then retry at once: a release published before the subscription
-                // was in effect would otherwise be missed.
-                wakeups = self.subscribe(token, deadline).await;
-                continue;
-            }
+            let pause = if let Some(sent) = rode {
+                last_busy = Some(LastBusy::rode(sent));
+                self.options.recheck.min(self.options.claim_lease())
+            } else {
+                let answer = attempt(queue).await;
+                let (pause, outcome) = match self.settle(answer, &mut failures, &mut last_busy)? {
+                    Ok(guard) => return Ok(guard),
+                    Err(waiting) => waiting,
+                };
+                let now = Instant::now();
+                if deadline.is_some_and(|d| d <= now) {
+                    return Err(self.gave_up(outcome, now - started));
+                }
+                if wakeups.is_none() && outcome.is_conflict() {
+                    // Subscribe, then retry at once: a release published before the
+                    // subscription was in effect would otherwise be missed.
+                    wakeups = self.subscribe(token, deadline).await;
+                    continue;
+                }
+                pause
+            };
             // Without a working wake-up channel (no channel permission, the first Redlock
             // master down, pub/sub reconnecting) the pause is still the re-check: it never
             // sleeps past the holder's TTL, and polling faster only loads Redis.
-            let until = earliest(now.checked_add(pause), deadline);
+            let until = earliest(Instant::now().checked_add(pause), deadline);
             let woken = sleep_on(wakeups.as_mut(), token, until).await;
             let handoff = Handoff::of(woken, last_busy, self.options.claim_lease());
             if let Some(guard) = handoff.and_then(&mut handed) {
                 return Ok(guard);
             }
+        }
+    }
+
+    /// What an attempt's answer means: the guard; or how long to pause before the next
+    /// attempt, and the error to give up with if the wait ends (busy: the holder; a connection
+    /// error: backed off, counted in `failures`); or an error that ends the wait at once.
+    fn settle<G>(
+        &self,
+        answer: Result<Attempt<G>>,
+        failures: &mut u32,
+        last_busy: &mut Option<LastBusy>,
+    ) -> Result<std::result::Result<G, (Duration, Error)>> {
+        match answer {
+            Ok(Attempt::Granted(guard)) => Ok(Ok(guard)),
+            Ok(Attempt::Busy(busy)) => {
+                *failures = 0;
+                *last_busy = LastBusy::of(&busy);
+                Ok(Err((
+                    self.recheck_after(&busy),
+                    Error::Conflict(busy.conflict),
+                )))
+            }
+            Err(error) if error.is_retryable() => {
+                *failures = failures.saturating_add(1);
+                Ok(Err((self.options.backoff.delay(*failures - 1), error)))
+            }
+            Err(error) => Err(error),
         }
     }
 
@@ -220,6 +274,38 @@ impl Waiting<'_> {
             inbox: wakeups.inbox().filter(|_| hears),
             hears,
         })
+    }
+
+    /// Rides on a release by another task of this client (see `engine::riders`), if this
+    /// waiter may and a guard of its client holds the lock: when that release queued it, the
+    /// moment it was sent; `None` when this waiter sends its own attempt. A waiter so queued
+    /// sleeps as after a busy answer: until a hand-off (that release may have made one to it,
+    /// whose news is in its subscription already) or a wake-up, or until a claim lease would
+    /// end, then re-checks.
+    async fn rode(
+        &self,
+        token: &Token,
+        queue: Option<&Queue>,
+        deadline: Option<Instant>,
+    ) -> Option<Sent> {
+        let riding = self.ride.as_ref()?;
+        // A wait shorter than a ride tries at once.
+        if deadline.is_some_and(|d| d < Instant::now() + RIDE_LIMIT) {
+            return None;
+        }
+        // Only a waiter that hears hand-offs on its client's inbox: the release's reply then
+        // brings its grant.
+        let queue = queue.filter(|queue| queue.hears && queue.inbox.is_some())?;
+        let terms = RiderTerms {
+            token: token.as_str().to_owned(),
+            lease: queue.lease,
+            claim: self.options.claim_lease(),
+            label: self.options.label.clone().unwrap_or_default(),
+        };
+        let ride = self.core.riders().ride(riding.board, terms)?;
+        // From here a release may queue this token: if the caller gives up, it is withdrawn.
+        riding.pending.sending();
+        ride.carried().await
     }
 
     /// When a wait that starts at `started` gives up (`None`: never).
@@ -359,93 +445,5 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sent(ago: Duration) -> Sent {
-        Sent {
-            at: Instant::now() - ago,
-            suspended: crate::clock::Clock::default().suspended(),
-        }
-    }
-
-    fn handed(fence: u64, claim_ms: u64) -> Option<Woken> {
-        handed_at(fence, claim_ms, None)
-    }
-
-    /// A hand-off message read just now.
-    fn handed_at(fence: u64, claim_ms: u64, granted_ms: Option<u64>) -> Option<Woken> {
-        Some(Woken::Handed {
-            fence,
-            claim: Duration::from_millis(claim_ms),
-            granted_ms,
-            received: Instant::now(),
-        })
-    }
-
-    /// A busy answer sent `ago`, which saw fencing counter 100 and server time `server_ms`.
-    fn busy(ago: Duration, server_ms: Option<u64>) -> Option<LastBusy> {
-        Some(LastBusy {
-            sent: sent(ago),
-            fence_seen: 100,
-            server_ms,
-        })
-    }
-
-    #[tokio::test]
-    async fn a_handoff_is_taken_only_if_made_after_the_last_busy_answer_and_still_fresh() {
-        let own = Duration::from_secs(1);
-        let fresh = busy(Duration::from_millis(5), None);
-        assert!(Handoff::of(handed(101, 1000), fresh, own).is_some());
-        // A message from a hand-off made before the last busy answer, delivered late.
-        assert!(Handoff::of(handed(100, 1000), fresh, own).is_none());
-        assert!(Handoff::of(handed(99, 1000), fresh, own).is_none());
-        // Too little of the claim left, counted from the busy attempt's send.
-        let old = busy(Duration::from_millis(400), None);
-        assert!(Handoff::of(handed(101, 1000), old, own).is_none());
-        // A claim too short to take safely, or longer than the waiter's own.
-        assert!(Handoff::of(handed(101, 9), fresh, own).is_none());
-        assert!(Handoff::of(handed(101, 1001), fresh, own).is_none());
-        // Not a hand-off, or no busy answer yet.
-        assert!(Handoff::of(Some(Woken::Retry), fresh, own).is_none());
-        assert!(Handoff::of(handed(101, 1000), None, own).is_none());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_long_wait_counts_the_claim_from_the_grant_by_the_servers_clock() {
-        let own = Duration::from_secs(1);
-        // Queued 700 ms ago (server time 50,000); granted 650 ms later by the server's clock.
-        let waited = busy(Duration::from_millis(700), Some(50_000));
-        let handoff = Handoff::of(handed_at(101, 1000, Some(50_650)), waited, own)
-            .expect("taken: about 50 ms of the claim are gone");
-        let moved = handoff.since.at - waited.unwrap().sent.at;
-        // 650 ms less 2 ms of rounding, less 1%.
-        assert_eq!(moved, Duration::from_micros(641_520));
-        // Granted early in the wait: over a third of the claim is gone.
-        assert!(Handoff::of(handed_at(101, 1000, Some(50_300)), waited, own).is_none());
-        // The server's clock ran ahead of ours (a step, or another server's clock) by more than
-        // the message took: not trusted, the claim counts from the send, and 700 ms are gone.
-        assert!(Handoff::of(handed_at(101, 1000, Some(50_900)), waited, own).is_none());
-        // Read before the grant could have been made by our clock: not trusted either.
-        let early = Some(Woken::Handed {
-            fence: 101,
-            claim: Duration::from_secs(1),
-            granted_ms: Some(50_650),
-            received: waited.unwrap().sent.at + Duration::from_millis(600),
-        });
-        assert!(Handoff::of(early, waited, own).is_none());
-        // A grant stamped before the busy answer (a clock stepped back) moves nothing.
-        assert!(Handoff::of(handed_at(101, 1000, Some(40_000)), waited, own).is_none());
-        let recent = busy(Duration::from_millis(5), Some(50_000));
-        let handoff = Handoff::of(handed_at(101, 1000, Some(40_000)), recent, own).unwrap();
-        assert_eq!(handoff.since.at, recent.unwrap().sent.at);
-        // Without the server's time in the busy answer, or in the hand-off (an older release).
-        assert!(Handoff::of(
-            handed_at(101, 1000, Some(50_650)),
-            busy(Duration::from_millis(700), None),
-            own
-        )
-        .is_none());
-        assert!(Handoff::of(handed_at(101, 1000, None), waited, own).is_none());
-    }
-}
+#[path = "wait_tests.rs"]
+mod tests;

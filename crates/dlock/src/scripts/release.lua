@@ -10,7 +10,11 @@
 --       multi-key lock's give-back, whose own waiter would wake itself and spin; a hand-off
 --       to the queue's head is still told)
 --       A release of one lock may add one more: the releasing client's inbox (`release()`:
---       see releaser_inbox in handoff.lua).
+--       see releaser_inbox in handoff.lua); and after it the client's host and pid, then 4
+--       values per waiter of that client riding on this release (engine/riders.rs): its token,
+--       waiter lease ms, claim lease ms and label. A release that frees the lock queues them
+--       (behind everyone queued, or where they already are) before passing the lock on, so the
+--       first may be handed it by this very call.
 -- Returns one 1 (released) or 0 (was not ours) per lock, then the hand-off messages meant for
 -- the releasing client's inbox, if it gave one.
 -- Not Valkey 9's DELIFEQ or Redis 8.4's DELEX IFEQ: those compare and delete one key, and a
@@ -19,7 +23,29 @@
 -- pcall: a key of another type (a semaphore's name reused for a lock, or the reverse) answers
 -- "not ours" for that item instead of failing every lease batched with it.
 local results = {}
-local locks = release_holds(4)
+local locks, riders = nil, {}
+if #KEYS == 6 and #ARGV > 5 then
+  -- One lock, its inbox, host, pid and riders: every rider is checked before anything is
+  -- written.
+  if (#ARGV - 7) % 4 ~= 0 or ARGV[5] == '' then
+    return redis.error_reply('ERR dlock: a release with riders takes one lock, an inbox, a '
+                             .. 'host, a pid and 4 arguments per rider')
+  end
+  for at = 8, #ARGV, 4 do
+    local lease, claim = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+    -- Whole ms, up to about 35 years: what PEXPIRE and the hand-off's SET PX take.
+    if not (lease and lease >= 1 and lease <= 2^40 and lease == math.floor(lease)
+            and claim and claim >= 0 and claim <= 2^40 and claim == math.floor(claim)) then
+      return redis.error_reply('ERR dlock: a rider needs a waiter lease of at least 1 ms and a '
+                               .. 'claim lease')
+    end
+    table.insert(riders, at)
+  end
+  releaser_inbox = ARGV[5]
+  locks = 1
+else
+  locks = release_holds(4)
+end
 if not locks then
   return redis.error_reply('ERR dlock: release takes 4 arguments per lock, or one lock and '
                            .. 'an inbox')
@@ -38,6 +64,14 @@ for i = 1, locks do
   local released = redis.pcall('GET', lock) == token
   local now_us = batch_now_us or (not released and server_now_us()) or nil
   local withdrew = not released and withdraw(q, token)
+  if released and #riders > 0 then
+    now_us = now_us or server_now_us()
+    local now_ms = math.floor(now_us / 1000)
+    for _, at in ipairs(riders) do
+      enqueue(q, ARGV[at], now_ms, tonumber(ARGV[at + 1]), ARGV[at + 2], releaser_inbox,
+              ARGV[6], ARGV[7], ARGV[at + 3])
+    end
+  end
   if released or (withdrew and redis.call('EXISTS', lock) == 0) then
     -- Lean when nobody queues: one LINDEX, no clock read.
     local head = redis.call('LINDEX', q[1], 0)

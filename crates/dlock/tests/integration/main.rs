@@ -32,6 +32,7 @@ mod reentrant; // nesting by explicit owner, freed at zero, one fencing token
 mod release_lean; // the release script's lean path does what the general path does, case by case
 mod replicated; // the replica guard (WAIT) across real Sentinel failovers, loss after a switch
 mod restart; // a restart that loses a held lock is reported at once, and at release
+mod riders; // waiters queued by the release of another task of their client: one script call per grant
 mod rwlock; // many readers or one writer: no writer starvation, fair order, per-reader leases, fencing
 mod rwlock_handoff; // a release that frees the lock hands it to the queued writer: one round trip, dead heads, lost messages
 mod rwlock_reader_handoff; // a release that frees the lock hands the read side to every reader queued at the head

@@ -214,6 +214,33 @@ impl Notifier {
         matches!(reply.first(), Some(redis::Value::Int(1)))
     }
 
+    /// Whether a reply of this client's own one-lock release handed the lock to a waiter of
+    /// this client waiting on `channel` (a message in it may only tell this client's waiter
+    /// that it is next in line after a grant to another client). Asked before the messages are
+    /// delivered.
+    pub fn grants_here<'a>(
+        &self,
+        mut replies: impl Iterator<Item = &'a Vec<redis::Value>>,
+        channel: &str,
+    ) -> bool {
+        let waiting_on = self.shared.waiting_on();
+        replies.any(|reply| {
+            reply.iter().skip(1).any(|message| {
+                let redis::Value::BulkString(bytes) = message else {
+                    return false;
+                };
+                let wake =
+                    Wake::parse(&String::from_utf8_lossy(bytes), tokio::time::Instant::now());
+                let Wake::Handed { id, .. } = &wake else {
+                    return false;
+                };
+                waiting_on
+                    .get(id_key(id))
+                    .is_some_and(|channels| channels.iter().any(|name| name == channel))
+            })
+        })
+    }
+
     /// Wakes this client's waiters on `channel` to retry at once: a hand-off meant for them
     /// may have been lost with the reply of the release that made it.
     pub fn wake_all(&self, channel: &str) {
@@ -289,5 +316,51 @@ impl Shared {
                 channel.deliver_addressed(wake);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "aaaaaaaaaaaaaaaa0000000000000000";
+    const B: &str = "bbbbbbbbbbbbbbbb1111111111111111";
+
+    fn reply(messages: &[&String]) -> Vec<redis::Value> {
+        let mut reply = vec![redis::Value::Int(1)];
+        reply.extend(
+            messages
+                .iter()
+                .map(|m| redis::Value::BulkString(m.as_bytes().to_vec())),
+        );
+        reply
+    }
+
+    #[tokio::test]
+    async fn only_a_grant_to_a_waiter_of_this_client_on_that_lock_counts_as_handed_here() {
+        let (commands, _queue) = mpsc::unbounded_channel();
+        let notifier = Notifier {
+            shared: Arc::new(Shared {
+                channels: Mutex::new(HashMap::new()),
+                waiting_on: Mutex::new(HashMap::new()),
+                inbox: "{inbox}:dlock:released:test".into(),
+                commands: vec![commands],
+                linger: Duration::from_secs(10),
+            }),
+        };
+        let mut channel = Channel::new(1);
+        let _a = channel.join("lock", A, &notifier.shared);
+        notifier.shared.channels().insert("lock".into(), channel);
+        let to_a = format!("{} 5 1000 0123456789abcdef -", &A[..16]);
+        // Handed to a waiter of another client; A is only next in line.
+        let to_b = format!("{} 5 1000 0123456789abcdef {}", &B[..16], &A[..16]);
+        let here = |messages: &[&String], channel: &str| {
+            notifier.grants_here([reply(messages)].iter(), channel)
+        };
+        assert!(here(&[&to_a], "lock"));
+        assert!(!here(&[&to_b], "lock"));
+        assert!(here(&[&to_b, &to_a], "lock"));
+        assert!(!here(&[&to_a], "another lock"));
+        assert!(!here(&[], "lock"));
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::Held;
 use crate::engine::handle::{lease_methods, LeaseHandle};
 use crate::engine::ops;
+use crate::engine::riders::Holding;
 use crate::error::{Error, Result};
 use crate::scripts;
 use crate::units::{humanize, millis};
@@ -57,6 +58,9 @@ pub struct LockGuard {
     handle: LeaseHandle,
     /// The lock's keys and this grant's token, for the lock's own ending (`release_after`).
     held: Arc<Held>,
+    /// Counts this guard on its lock's board while it lives (one Redis): this client's waiters
+    /// may ride on its release (see `engine::riders`). Dropped after the release's outcome.
+    _holding: Option<Holding>,
 }
 
 impl crate::telemetry::Granted for LockGuard {
@@ -66,8 +70,12 @@ impl crate::telemetry::Granted for LockGuard {
 }
 
 impl LockGuard {
-    pub(crate) fn new(handle: LeaseHandle, held: Arc<Held>) -> LockGuard {
-        LockGuard { handle, held }
+    pub(crate) fn new(handle: LeaseHandle, held: Arc<Held>, holding: Option<Holding>) -> LockGuard {
+        LockGuard {
+            handle,
+            held,
+            _holding: holding,
+        }
     }
 
     lease_methods!(handle, "lock");

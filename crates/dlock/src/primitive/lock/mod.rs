@@ -26,9 +26,8 @@ use redis::{Script, ScriptInvocation, Value};
 use crate::engine::acquire::{self, Acquire, Answer, Attempt, Busy, Grant, Queue};
 use crate::engine::handle::{LeaseHandle, Shared};
 use crate::engine::lease::Lease;
-use crate::engine::ops::{LeaseOps, ReleaseOp, Verify};
 use crate::engine::pending::Pending;
-use crate::engine::wait::{Handoff, Waiting};
+use crate::engine::wait::{Handoff, Riding, Waiting};
 use crate::engine::{Core, Terms};
 use crate::error::{Conflict, Error, Result};
 use crate::holder::{int, pttl, HolderInfo};
@@ -40,9 +39,11 @@ use crate::token::Token;
 use crate::units::millis;
 
 mod guard;
+mod held;
 pub(crate) mod inspect;
 
 pub use guard::LockGuard;
+pub(crate) use held::Held;
 
 /// A named lease lock. Cheap to clone; made by [`Client::lock`](crate::Client::lock) or
 /// [`Client::lock_with`](crate::Client::lock_with).
@@ -120,7 +121,10 @@ impl Lock {
     /// Waiting does not poll: the waiter joins the lock's wait queue and subscribes to its
     /// release channel, and a release hands the lock to the head of the queue in the same
     /// script call, publishing the grant ([`LockOptions::handoff`]): waiters are served in
-    /// arrival order, and the new holder starts without a round trip of its own. A timed
+    /// arrival order, and the new holder starts without a round trip of its own. A waiter that
+    /// arrives while another task of this client holds the lock joins the queue with that
+    /// task's release, in the same script call (if that release comes within 20 ms; else it
+    /// queues on its own). A timed
     /// re-check ([`LockOptions::recheck`], never later than the holder's remaining TTL)
     /// catches what publishes nothing, such as a crashed holder's lease running out or a lost
     /// message. Brief Redis outages are ridden out with backoff.
@@ -143,7 +147,14 @@ impl Lock {
                     pending.settled();
                     Some(self.handed(pending.token(), handoff))
                 };
-                self.waiting()
+                let mut waiting = self.waiting();
+                if self.rides() {
+                    waiting.ride = Some(Riding {
+                        board: &self.keys.channel,
+                        pending: &pending,
+                    });
+                }
+                waiting
                     .wait_for(
                         &pending.token(),
                         |queue| acquire::attempt(&self.core, self, &pending, queue),
@@ -175,6 +186,13 @@ impl Lock {
         self.options.takes_handoffs(self.core.nodes().is_single())
     }
 
+    /// Whether this lock's waiters may ride on the release of another task of this client
+    /// (see `engine::riders`): they take hand-offs, and not in fair mode, whose queue order is
+    /// each waiter's own arrival.
+    fn rides(&self) -> bool {
+        self.hands_off() && !self.options.fair
+    }
+
     /// The guard for a grant a release handed to `token` (see `handoff.lua`): valid for the
     /// claim lease from the grant (see `Handoff::since`), renewed to the full TTL by the watchdog.
     fn handed(&self, token: Token, handoff: Handoff) -> LockGuard {
@@ -203,7 +221,13 @@ impl Lock {
         let held = Arc::new(Held::new(self.keys.clone(), token));
         let lease = track(held.clone());
         let handle = LeaseHandle::new(Shared::new(lease), self.core.clone(), held.clone());
-        LockGuard::new(handle, held)
+        // While it lives, this client's waiters on the lock may ride on its release.
+        let holding = self
+            .core
+            .nodes()
+            .is_single()
+            .then(|| self.core.riders().hold(&self.keys.channel));
+        LockGuard::new(handle, held, holding)
     }
 
     /// Where this lock's waiters wait.
@@ -215,6 +239,7 @@ impl Lock {
             queue: self.options.fair || self.hands_off(),
             handoff: self.hands_off(),
             queue_deaf: self.options.fair,
+            ride: None,
         }
     }
 
@@ -381,90 +406,6 @@ pub(crate) fn busy(keys: &LockKeys, reply: &[Value]) -> Busy {
         fence_seen: int(field(5)).and_then(|fence| u64::try_from(fence).ok()),
         split: false,
         shared: false,
-    }
-}
-
-/// A plain lock's lease: its keys and token. How the engine renews, checks and releases it.
-#[derive(Debug)]
-pub(crate) struct Held {
-    pub(super) keys: Arc<LockKeys>,
-    pub(super) token: Token,
-    /// Released without the wake-up for everyone (see `ReleaseOp::quieted`).
-    quiet: bool,
-}
-
-impl Held {
-    pub(crate) fn new(keys: Arc<LockKeys>, token: Token) -> Held {
-        Held {
-            keys,
-            token,
-            quiet: false,
-        }
-    }
-
-    /// This hold, released without the wake-up for everyone.
-    pub(crate) fn quiet(&self) -> Arc<Held> {
-        Arc::new(Held {
-            keys: self.keys.clone(),
-            token: self.token.clone(),
-            quiet: true,
-        })
-    }
-}
-
-impl LeaseOps for Held {
-    fn name(&self) -> &str {
-        &self.keys.lock
-    }
-    fn slot(&self) -> &str {
-        self.keys.slot()
-    }
-    fn renew_script(&self) -> &'static Script {
-        &scripts::EXTEND_PLAIN
-    }
-    fn add_renew(&self, call: &mut ScriptInvocation<'_>, ttl: Duration) {
-        call.key(&self.keys.lock)
-            .key(&self.keys.info)
-            .arg(self.token.as_str())
-            .arg(millis(ttl));
-    }
-    fn verify(&self) -> Verify<'_> {
-        Verify::KeyHolds {
-            key: &self.keys.lock,
-            value: self.token.as_str(),
-        }
-    }
-}
-
-impl ReleaseOp for Held {
-    fn name(&self) -> &str {
-        &self.keys.lock
-    }
-    fn slot(&self) -> &str {
-        self.keys.slot()
-    }
-    fn release_script(&self) -> &'static Script {
-        &scripts::RELEASE
-    }
-    /// Also withdraws the token from the wait queue: the same call undoes a waiter, and passes
-    /// on a lock handed to it meanwhile.
-    fn add_release(&self, call: &mut ScriptInvocation<'_>) {
-        call.key(&self.keys.lock)
-            .key(&self.keys.info)
-            .key(&self.keys.fence)
-            .key(&self.keys.queue)
-            .key(&self.keys.queue_leases)
-            .key(&self.keys.waiters)
-            .arg(self.token.as_str())
-            .arg(&self.keys.channel)
-            .arg(millis(FENCE_RETENTION))
-            .arg(if self.quiet { "1" } else { "0" });
-    }
-    fn quieted(&self) -> Option<Arc<dyn ReleaseOp>> {
-        Some(self.quiet())
-    }
-    fn handoff_channel(&self) -> Option<&str> {
-        Some(&self.keys.channel)
     }
 }
 

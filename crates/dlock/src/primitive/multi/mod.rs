@@ -177,6 +177,7 @@ impl MultiLock {
                     queue: false,
                     handoff: false,
                     queue_deaf: false,
+                    ride: None,
                 };
                 waiting
                     .wait_for(&waiter, |_| self.attempt(), |_| None)

@@ -305,6 +305,7 @@ impl RwLock {
             queue: queue_deaf || self.hands_off(),
             handoff: self.hands_off(),
             queue_deaf,
+            ride: None,
         }
     }
 

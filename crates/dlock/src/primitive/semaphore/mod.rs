@@ -263,6 +263,7 @@ impl Semaphore {
             queue: self.options.fair || self.hands_off(),
             handoff: self.hands_off(),
             queue_deaf: self.options.fair,
+            ride: None,
         }
     }
 
