@@ -1,7 +1,7 @@
 //! Waiters that join a lock's queue with the release of another task of the same client, so
 //! that tasks of one client taking turns on a lock cost one script call per grant, not two.
 //!
-//! A waiter of a plain lock (hand-off mode, one Redis or Cluster; fair mode too) that is already
+//! A waiter of a plain lock (hand-off mode, one Redis, not fair mode) that is already
 //! subscribed (its client waits on the lock, or did a moment ago) and finds the lock held by a
 //! guard of its own client, or just handed by a release reply to a waiter of its client, does
 //! not send an attempt of its own: it *rides* on that holder's `release()`, which queues it,

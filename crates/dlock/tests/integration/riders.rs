@@ -227,16 +227,6 @@ fn waiting() -> LockOptions {
 /// fencing tokens increase in grant order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_of_one_client_taking_turns_cost_one_script_call_per_grant() {
-    taking_turns(false).await;
-}
-
-/// The same in fair mode.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_of_one_client_taking_turns_in_fair_mode_cost_one_script_call_per_grant() {
-    taking_turns(true).await;
-}
-
-async fn taking_turns(fair: bool) {
     const TASKS: usize = 4;
     const ROUNDS: usize = 40;
     let server = RedisServer::start();
@@ -248,7 +238,7 @@ async fn taking_turns(fair: bool) {
     let before = server.script_calls();
     let tasks: Vec<_> = (0..TASKS)
         .map(|_| {
-            let lock = shared.lock_with("job", waiting().fair(fair)).unwrap();
+            let lock = shared.lock_with("job", waiting()).unwrap();
             let (inside, fences) = (inside.clone(), fences.clone());
             tokio::spawn(async move {
                 for _ in 0..ROUNDS {

@@ -187,10 +187,10 @@ impl Lock {
     }
 
     /// Whether this lock's waiters may ride on the release of another task of this client
-    /// (see `engine::riders`): whenever they take hand-offs. In fair mode too: its order is
-    /// that of arrival in Redis, and a rider arrives with the release that carries it.
+    /// (see `engine::riders`): they take hand-offs, and not in fair mode, whose queue order is
+    /// each waiter's own arrival.
     fn rides(&self) -> bool {
-        self.hands_off()
+        self.hands_off() && !self.options.fair
     }
 
     /// The guard for a grant a release handed to `token` (see `handoff.lua`): valid for the
