@@ -1,7 +1,7 @@
 //! Waiters that join a lock's queue with the release of another task of the same client, so
 //! that tasks of one client taking turns on a lock cost one script call per grant, not two.
 //!
-//! A waiter of a plain lock (hand-off mode, one Redis, not fair mode) that is already
+//! A waiter of a plain lock (hand-off mode, one Redis or Cluster, not fair mode) that is already
 //! subscribed (its client waits on the lock, or did a moment ago) and finds the lock held by a
 //! guard of its own client, or just handed by a release reply to a waiter of its client, does
 //! not send an attempt of its own: it *rides* on that holder's `release()`, which queues it,
@@ -15,7 +15,8 @@
 //!   otherwise (the holder works longer, its guard was dropped), or if that release fails, it
 //!   sends its own attempt, and waits for its turn as any waiter does. Queue order among
 //!   clients is by arrival in Redis, so a rider comes after the waiters of other clients that
-//!   arrived while it rode: by at most [`RIDE_LIMIT`] plus the release's round trip.
+//!   arrived while it rode: by at most [`RIDE_LIMIT`] plus the time its release takes (retries
+//!   included). Not in fair mode, which promises the order in which waiters started waiting.
 //! - Every outcome of the carrying release is safe to follow with the rider's own attempt:
 //!   queueing a token is idempotent, and a grant already made to it is found by its attempt.
 //! - A rider that gives up is withdrawn from the queue in the background, like any waiter that

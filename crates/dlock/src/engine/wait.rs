@@ -305,7 +305,14 @@ impl Waiting<'_> {
         let ride = self.core.riders().ride(riding.board, terms)?;
         // From here a release may queue this token: if the caller gives up, it is withdrawn.
         riding.pending.sending();
-        ride.carried().await
+        // A release that took it is awaited, but not past the wait's end.
+        match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, ride.carried())
+                .await
+                .ok()
+                .flatten(),
+            None => ride.carried().await,
+        }
     }
 
     /// When a wait that starts at `started` gives up (`None`: never).

@@ -426,3 +426,88 @@ async fn riders_of_a_release_that_failed_attempt_at_once() {
     assert!(guard.is_held());
     guard.release().await.unwrap();
 }
+
+/// Fair mode promises the order in which waiters started waiting, so a fair waiter never rides:
+/// it queues with its own attempt at once, even while a task of its client holds the lock (a
+/// rider would not be in the queue before the release that carries it, or its ride's 20 ms).
+/// A waiter of another client that starts after it is served after it. (Tried up to five
+/// times: a stalled test task can make even an attempt of its own take 15 ms.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fair_waiter_queues_at_once_even_behind_a_task_of_its_client() {
+    let server = RedisServer::start();
+    let shared = client(&server).await;
+    let other = client(&server).await;
+    let fair = || waiting().fair(true);
+    subscribed(&server, &shared).await;
+    for _ in 0..5 {
+        let holder = shared
+            .lock_with("job", fair())
+            .unwrap()
+            .try_lock()
+            .await
+            .unwrap();
+        let lock = shared.lock_with("job", fair()).unwrap();
+        let first = tokio::spawn(async move { lock.lock().await });
+        let queued = timeout(Duration::from_millis(15), async {
+            while server.cmd::<i64>("LLEN", &[QUEUE]) < 1 {
+                sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .is_ok();
+        let lock = other.lock_with("job", fair()).unwrap();
+        let second = tokio::spawn(async move { lock.lock().await });
+        queue_length_reaches(&server, QUEUE, 2).await;
+        holder.release().await.unwrap();
+        let guard = granted(first).await;
+        assert!(
+            guard.is_held(),
+            "the waiter that started first was served first"
+        );
+        guard.release().await.unwrap();
+        granted(second).await.release().await.unwrap();
+        if queued {
+            return;
+        }
+    }
+    panic!("the fair waiter was never in the queue within 15 ms of asking");
+}
+
+/// A rider's wait limit holds even while the release that took it is stuck (Redis paused, the
+/// release retrying until its lease could end): it gives up at its limit plus one command
+/// timeout, not when the release does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rider_gives_up_at_its_wait_limit_while_its_release_is_stuck() {
+    let mut server = RedisServer::start();
+    let options = dlock::ClientOptions::new().command_timeout(Duration::from_millis(300));
+    let shared = dlock::Client::connect_with(&server.url(), options)
+        .await
+        .unwrap();
+    subscribed(&server, &shared).await;
+    let holder = shared
+        .lock_with("job", waiting().ttl(Duration::from_secs(10)))
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    let lock = shared
+        .lock_with(
+            "job",
+            waiting().wait(Wait::Limit(Duration::from_millis(300))),
+        )
+        .unwrap();
+    let asked = Instant::now();
+    let rider = tokio::spawn(async move { lock.lock().await });
+    sleep(Duration::from_millis(2)).await;
+    server.pause();
+    // Takes the rider, then retries while its lease (10 s) may be valid.
+    let release = tokio::spawn(holder.release());
+    let outcome = timeout(Duration::from_secs(4), rider).await;
+    server.resume();
+    let outcome = outcome
+        .expect("the rider waited for the stuck release")
+        .unwrap();
+    assert!(outcome.is_err(), "granted while Redis was paused?");
+    assert!(asked.elapsed() < Duration::from_secs(4));
+    let _ = release.await;
+}

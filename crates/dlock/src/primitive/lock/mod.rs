@@ -187,8 +187,9 @@ impl Lock {
     }
 
     /// Whether this lock's waiters may ride on the release of another task of this client
-    /// (see `engine::riders`): they take hand-offs, and not in fair mode, whose queue order is
-    /// each waiter's own arrival.
+    /// (see `engine::riders`): they take hand-offs, and not in fair mode, which promises the
+    /// order in which waiters started waiting, where a rider reaches Redis only with the
+    /// release that carries it.
     fn rides(&self) -> bool {
         self.hands_off() && !self.options.fair
     }
