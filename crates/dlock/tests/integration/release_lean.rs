@@ -12,7 +12,7 @@ use redis::aio::{MultiplexedConnection, PubSub};
 use redis::{Script, Value};
 
 /// The release as dlock sends it (crates/dlock/src/scripts.rs).
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("../../src/scripts/release_lean.lua"),
         include_str!("../../src/scripts/grant.lua"),

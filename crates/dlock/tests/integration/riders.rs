@@ -6,26 +6,18 @@
 //! other clients first).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dlock::{LockOptions, Wait};
 use dlock_test::{RedisServer, TcpProxy};
 use redis::aio::MultiplexedConnection;
-use redis::{Script, Value};
+use redis::Value;
+
+use crate::release_lean::RELEASE;
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::support::{client, granted, queue_length_reaches};
-
-/// The release as dlock sends it (crates/dlock/src/scripts.rs).
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        include_str!("../../src/scripts/release_lean.lua"),
-        include_str!("../../src/scripts/grant.lua"),
-        include_str!("../../src/scripts/handoff.lua"),
-        include_str!("../../src/scripts/release.lua")
-    ))
-});
 
 const QUEUE: &str = "{job}:dlock:queue:job";
 const LEASES: &str = "{job}:dlock:queue-leases:job";
@@ -212,6 +204,16 @@ async fn subscribed(server: &RedisServer, shared: &dlock::Client) {
     granted(waiter).await.release().await.unwrap();
 }
 
+/// `client`'s guard on the lock, taken at once.
+async fn holding(client: &dlock::Client, options: LockOptions) -> dlock::LockGuard {
+    client
+        .lock_with("job", options)
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap()
+}
+
 /// Waiting options: a re-check (10 s) and claim (30 s) longer than the tests run, so only a
 /// release explains a grant.
 fn waiting() -> LockOptions {
@@ -277,12 +279,7 @@ async fn a_rider_nobody_carries_queues_on_its_own() {
     let server = RedisServer::start();
     let shared = client(&server).await;
     subscribed(&server, &shared).await;
-    let holder = shared
-        .lock_with("job", waiting())
-        .unwrap()
-        .try_lock()
-        .await
-        .unwrap();
+    let holder = holding(&shared, waiting()).await;
     let lock = shared.lock_with("job", waiting()).unwrap();
     let asked = Instant::now();
     let waiter = tokio::spawn(async move { lock.lock().await });
@@ -313,12 +310,7 @@ async fn other_clients_waiters_come_first_and_a_cancelled_rider_leaves_no_entry(
     let shared = client(&server).await;
     let other = client(&server).await;
     subscribed(&server, &shared).await;
-    let holder = shared
-        .lock_with("job", waiting())
-        .unwrap()
-        .try_lock()
-        .await
-        .unwrap();
+    let holder = holding(&shared, waiting()).await;
     let remote = other.lock_with("job", waiting()).unwrap();
     let remote = tokio::spawn(async move { remote.lock().await });
     queue_length_reaches(&server, QUEUE, 1).await;
@@ -373,12 +365,7 @@ async fn a_rider_counts_its_claim_from_before_the_release_that_carried_it() {
         .recheck(Duration::from_secs(10))
         .wait(Wait::Limit(Duration::from_secs(30)));
     for _ in 0..5 {
-        let holder = shared
-            .lock_with("job", claimed.clone())
-            .unwrap()
-            .try_lock()
-            .await
-            .unwrap();
+        let holder = holding(&shared, claimed.clone()).await;
         let lock = shared.lock_with("job", claimed.clone()).unwrap();
         let rider = tokio::spawn(async move { lock.lock().await });
         sleep(Duration::from_millis(2)).await;
@@ -411,12 +398,7 @@ async fn riders_of_a_release_that_failed_attempt_at_once() {
     subscribed(&server, &shared).await;
     // A short TTL: a rider that stalled past its ride queued on its own, and its re-check comes
     // within 2 s; a rider wrongly told it was queued sleeps 10 s (its re-check).
-    let holder = shared
-        .lock_with("job", waiting().ttl(Duration::from_secs(2)))
-        .unwrap()
-        .try_lock()
-        .await
-        .unwrap();
+    let holder = holding(&shared, waiting().ttl(Duration::from_secs(2))).await;
     let lock = shared.lock_with("job", waiting()).unwrap();
     let rider = tokio::spawn(async move { lock.lock().await });
     sleep(Duration::from_millis(2)).await;
@@ -440,12 +422,7 @@ async fn a_fair_waiter_queues_at_once_even_behind_a_task_of_its_client() {
     let fair = || waiting().fair(true);
     subscribed(&server, &shared).await;
     for _ in 0..5 {
-        let holder = shared
-            .lock_with("job", fair())
-            .unwrap()
-            .try_lock()
-            .await
-            .unwrap();
+        let holder = holding(&shared, fair()).await;
         let lock = shared.lock_with("job", fair()).unwrap();
         let first = tokio::spawn(async move { lock.lock().await });
         let queued = timeout(Duration::from_millis(15), async {
@@ -484,12 +461,7 @@ async fn a_rider_gives_up_at_its_wait_limit_while_its_release_is_stuck() {
         .await
         .unwrap();
     subscribed(&server, &shared).await;
-    let holder = shared
-        .lock_with("job", waiting().ttl(Duration::from_secs(10)))
-        .unwrap()
-        .try_lock()
-        .await
-        .unwrap();
+    let holder = holding(&shared, waiting().ttl(Duration::from_secs(10))).await;
     let lock = shared
         .lock_with(
             "job",
