@@ -141,6 +141,23 @@ pub fn state(pid: u32) -> Option<char> {
     stat.rsplit(')').next()?.trim_start().chars().next()
 }
 
+/// The state letters of the processes in process group `group`, from /proc.
+pub fn group_states(group: u32) -> Vec<char> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let stat = std::fs::read_to_string(entry.ok()?.path().join("stat")).ok()?;
+            // After the command name: state, ppid, pgrp, …
+            let mut fields = stat.rsplit(')').next()?.split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
+            (pgrp == group).then_some(state)
+        })
+        .collect()
+}
+
 /// Polls `condition` every 10 ms until it holds, within `limit`.
 pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
