@@ -10,6 +10,15 @@ and the server's whole CPU time (INFO cpu, networking included), and the time of
 bench's venv has it: ../shared/peer-bench/peers/py/.venv/bin/python).
 
     python3 scripts/script-cost.py --port 7401 [--rounds 8] [--pairs 3000]
+
+With --handoff, it replays one contended hand-off instead, the steady state of W2 with riders
+(crates/dlock/src/engine/riders.rs): the holder's release queues one rider of its client and
+hands the lock to the head of the queue, which then releases in turn. It reports that
+release's script time per call and the nested commands it ran per call; --release FILE runs
+another release script (a trimmed variant, say) in its place. Compare alternated runs: this
+VM's timings drift by a few µs between runs.
+
+    python3 scripts/script-cost.py --port 7401 --handoff [--calls 5000] [--queued 3] [--release FILE]
 """
 import argparse
 import pathlib
@@ -38,18 +47,22 @@ VARIANTS = {
 }
 
 
+LOCK, TAG = "dlock:script-cost", "{dlock:script-cost}:dlock:"
+# A lock's six keys, in the order its scripts take them (crates/dlock/src/key.rs).
+KEYS = [LOCK] + [TAG + kind + ":" + LOCK
+                 for kind in ("info", "fence", "queue", "queue-leases", "waiters")]
+CHANNEL = TAG + "released:" + LOCK
+
+
 def cycle_costs(r, acquire, release, pairs):
-    lock, tag = "dlock:script-cost", "{dlock:script-cost}:dlock:"
-    keys = [lock] + [tag + kind + ":" + lock
-                     for kind in ("info", "fence", "queue", "queue-leases", "waiters")]
-    r.delete(*keys)
+    r.delete(*KEYS)
     a, b = r.script_load(acquire), r.script_load(release)
     r.config_resetstat()
     before = r.info("cpu")
     for i in range(pairs):
         token = "%032x" % i
-        granted = r.evalsha(a, 3, *keys[:3], token, "30000", "604800000", "host", "1", "")
-        released = r.evalsha(b, 6, *keys, token, tag + "released:" + lock, "604800000", "0")
+        granted = r.evalsha(a, 3, *KEYS[:3], token, "30000", "604800000", "host", "1", "")
+        released = r.evalsha(b, 6, *KEYS, token, CHANNEL, "604800000", "0")
         assert granted[0] == 1 and released[0] == 1, (granted, released)
     after = r.info("cpu")
     script_us = r.info("commandstats")["cmdstat_evalsha"]["usec"] / pairs
@@ -75,13 +88,68 @@ return 0"""
     return cost
 
 
+def handoff_cost(r, release_src, calls, queued):
+    """Replays `calls` contended hand-offs with `queued` waiters behind the holder (see the
+    module doc); returns the release's script µs per call and its nested commands per call."""
+    inbox = "{inbox}:dlock:released:0123456789abcdef"
+    acquire_src, _ = VARIANTS["dlock"]
+    r.delete(*KEYS)
+    acquire, release = r.script_load(acquire_src), r.script_load(release_src)
+    issued = 0
+
+    def token():
+        nonlocal issued
+        issued += 1
+        return "%032x" % (issued * 7919)
+
+    def release_riding(riders):
+        # The holder's token, wake-up channel, fencing counter retention, not quiet; the
+        # client's inbox, host and pid; then per rider its token, waiter lease ms, claim lease
+        # ms and label.
+        values = [r.get(LOCK).decode(), CHANNEL, 604800000, "0", inbox, "host", "1"]
+        for rider in riders:
+            values += [rider, 6000, 1000, ""]
+        r.evalsha(release, len(KEYS), *KEYS, *values)
+
+    r.evalsha(acquire, 3, *KEYS[:3], token(), 10000, 604800000, "host", "1", "")
+    # The first release queues the waiters and hands the lock to the first of them.
+    release_riding([token() for _ in range(queued + 1)])
+    r.config_resetstat()
+    for _ in range(calls):
+        release_riding([token()])
+    stats = r.info("commandstats")
+    script = stats.pop("cmdstat_evalsha")
+    nested = {name[len("cmdstat_"):]: s["calls"] / calls for name, s in stats.items()
+              if name != "cmdstat_config|resetstat"}
+    nested["get"] = nested.get("get", 0) - 1  # the replay's own read of the holder per call
+    r.delete(*KEYS)
+    return script["usec_per_call"], nested
+
+
+def report_handoff(r, opts):
+    release = (opts.release.read_text() if opts.release else VARIANTS["dlock"][1])
+    script_us, nested = handoff_cost(r, release, opts.calls, opts.queued)
+    print("release with a rider, %d queued: %.1f µs of script time per call (%d calls)"
+          % (opts.queued, script_us, opts.calls))
+    print("nested commands per call: %.1f (%s)" % (
+        sum(nested.values()),
+        ", ".join("%s %.1f" % item for item in sorted(nested.items(), key=lambda i: -i[1]))))
+
+
 def main():
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--port", type=int, required=True)
     args.add_argument("--rounds", type=int, default=8)
     args.add_argument("--pairs", type=int, default=3000)
+    args.add_argument("--handoff", action="store_true", help="replay a contended hand-off")
+    args.add_argument("--calls", type=int, default=5000)
+    args.add_argument("--queued", type=int, default=3, help="waiters queued behind the holder")
+    args.add_argument("--release", type=pathlib.Path, help="a release script to run instead")
     opts = args.parse_args()
     r = redis.Redis(port=opts.port)
+    if opts.handoff:
+        report_handoff(r, opts)
+        return
     results = {name: [] for name in VARIANTS}
     grants = []
     for _ in range(opts.rounds):

@@ -138,7 +138,7 @@ pub fn alive(pid: u32) -> bool {
 /// The state letter of process `pid` from /proc (R, S, T, Z, …); `None` once it is gone.
 pub fn state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next()?.trim_start().chars().next()
+    state_and_group(&stat).map(|(state, _)| state)
 }
 
 /// The state letters of the processes in process group `group`, from /proc.
@@ -149,13 +149,19 @@ pub fn group_states(group: u32) -> Vec<char> {
     entries
         .filter_map(|entry| {
             let stat = std::fs::read_to_string(entry.ok()?.path().join("stat")).ok()?;
-            // After the command name: state, ppid, pgrp, …
-            let mut fields = stat.rsplit(')').next()?.split_whitespace();
-            let state = fields.next()?.chars().next()?;
-            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
+            let (state, pgrp) = state_and_group(&stat)?;
             (pgrp == group).then_some(state)
         })
         .collect()
+}
+
+/// A /proc/PID/stat line's state letter and process group: the fields after the command name
+/// (which may hold spaces and parentheses) are state, ppid, pgrp, …
+fn state_and_group(stat: &str) -> Option<(char, u32)> {
+    let mut fields = stat.rsplit(')').next()?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let pgrp = fields.nth(1)?.parse().ok()?;
+    Some((state, pgrp))
 }
 
 /// Polls `condition` every 10 ms until it holds, within `limit`.
