@@ -27,7 +27,7 @@ bounds=scripts/bounds/target/release/dlock-bounds
 
 dir=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+trap 'kill ${pids[@]+"${pids[@]}"} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 # Five consecutive free ports: W3's masters are PORT..PORT+4.
 port=$(python3 -c '
 import socket
@@ -39,6 +39,10 @@ for base in range(20000, 60000, 7):
     except OSError: pass
     finally:
         for s in ss: s.close()')
+if [ -z "$port" ]; then
+  echo "error: no five consecutive free ports found" >&2
+  exit 1
+fi
 for i in 0 1 2 3 4; do
   redis-server --port $((port + i)) --bind 127.0.0.1 --save "" --appendonly no \
     --dir "$dir" --logfile "$dir/redis-$i.log" --daemonize no &
@@ -58,8 +62,10 @@ for round in $(seq "$rounds"); do
   floor=$(python3 -c "print(round(1 / (1 / $set_nx + 1 / $evalsha)))")
   echo "round $round: floor $floor cycles/s"
   ratio() { python3 -c "print(f'{$1 / $floor:.2f}')"; }
-  read -r _ rate < <("$bounds" w1-raw-sync "$port" "$seconds")
-  printf '  %-13s %6s /s  %sx floor\n' w1-raw-sync "$rate" "$(ratio "$rate")"
+  for mode in w1-raw-sync w3-raw-sync; do
+    read -r _ rate < <("$bounds" "$mode" "$port" "$seconds")
+    printf '  %-13s %6s /s  %sx floor\n' "$mode" "$rate" "$(ratio "$rate")"
+  done
   for mode in w1-raw-async w1-redis-rs w3-raw-async w3-redis-rs w2-ring; do
     read -r _ rate < <("$bounds" "$mode" "$port" "$seconds")
     read -r _ current < <(BOUNDS_CURRENT_THREAD=1 "$bounds" "$mode" "$port" "$seconds")

@@ -15,12 +15,14 @@
 //!   w1-raw-sync   the same on a blocking std TcpStream (no runtime in the way)
 //!   w3-redis-rs   each step sent to 5 servers (PORT..PORT+4) at once, redis-rs
 //!   w3-raw-async  the same on 5 tokio TcpStreams the loop drives itself
+//!   w3-raw-sync   the same on 5 blocking std TcpStreams: write all five, then read all five
 //!   w2-ring       8 spawned tasks pass one lock round-robin, one EVALSHA per grant (release and
-//!                 grant to the next, server-side), one task wake-up: what one script call per
-//!                 contended hand-off can reach through redis-rs
+//!                 grant to the next, server-side), then a wake-up of the next task: what one
+//!                 script call per contended hand-off can reach through redis-rs
 //! dlock-bounds process-start PROGRAM [ARGS…]
-//!   p50 / p99 of starting PROGRAM and waiting for it, and of this binary's `noop` (a Rust
-//!   process that does nothing): the fixed cost each process of `dlock run` pays
+//!   p50 / p99 of starting PROGRAM and waiting for it, and of this binary's `noop` (it links
+//!   tokio and redis-rs, and returns before starting a runtime): the fixed cost each process of
+//!   `dlock run` pays
 //! ```
 
 use std::io::{Read as _, Write as _};
@@ -52,6 +54,10 @@ fn main() {
     let (Ok(port), Ok(seconds)) = (args[1].parse::<u16>(), args[2].parse::<u64>()) else {
         usage()
     };
+    // W3's five masters are PORT..PORT+4.
+    if port.checked_add(4).is_none() {
+        usage()
+    }
     let time = Duration::from_secs(seconds);
     let runtime = if std::env::var_os("BOUNDS_CURRENT_THREAD").is_some() {
         tokio::runtime::Builder::new_current_thread()
@@ -71,6 +77,7 @@ fn main() {
         "w1-raw-async" => runtime.block_on(w1_raw_async(port, time)),
         "w3-redis-rs" => runtime.block_on(w3_redis_rs(&masters, time)),
         "w3-raw-async" => runtime.block_on(w3_raw_async(&masters, time)),
+        "w3-raw-sync" => w3_raw_sync(&masters, time),
         "w2-ring" => runtime.block_on(w2_ring(port, time)),
         _ => usage(),
     };
@@ -87,17 +94,39 @@ fn resp(parts: &[&str]) -> Vec<u8> {
 }
 
 /// The floor's two commands in RESP, the script loaded on `port` first.
-fn floor_pair(port: u16) -> [Vec<u8>; 2] {
+/// The floor's two commands in RESP, each with the reply a whole cycle gets, after
+/// [`fresh_start`] on `port`.
+fn floor_pair(port: u16) -> [(Vec<u8>, &'static [u8]); 2] {
+    fresh_start(port);
     let sha = redis::Script::new(RELEASE).get_hash().to_owned();
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .write_all(&resp(&["SCRIPT", "LOAD", RELEASE]))
-        .expect("SCRIPT LOAD");
-    let _ = stream.read(&mut [0u8; 128]).expect("SCRIPT LOAD reply");
     [
-        resp(&["SET", KEY, "token", "NX", "PX", "10000"]),
-        resp(&["EVALSHA", &sha, "1", KEY, "token"]),
+        (
+            resp(&["SET", KEY, "token", "NX", "PX", "10000"]),
+            b"+OK\r\n",
+        ),
+        (resp(&["EVALSHA", &sha, "1", KEY, "token"]), b":1\r\n"),
     ]
+}
+
+/// Deletes the lock key (the previous mode may have left it set: every `SET NX` would then
+/// fail and every compare answer 0, a different workload) and loads the release script.
+fn fresh_start(port: u16) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    for command in [resp(&["DEL", KEY]), resp(&["SCRIPT", "LOAD", RELEASE])] {
+        stream.write_all(&command).expect("write");
+        let _ = stream.read(&mut [0u8; 128]).expect("reply");
+    }
+}
+
+/// Fails loudly unless `reply` is exactly `expected`: a partial read, an error or a refused
+/// `SET NX` would otherwise count as a cycle.
+fn check(reply: &[u8], expected: &[u8]) {
+    assert_eq!(
+        reply,
+        expected,
+        "unexpected reply {:?}",
+        String::from_utf8_lossy(reply)
+    );
 }
 
 /// Counts cycles until its time has passed.
@@ -134,9 +163,10 @@ fn w1_raw_sync(port: u16, time: Duration) -> f64 {
     let mut reply = [0u8; 256];
     let mut rate = Rate::new(time);
     while rate.go() {
-        for request in &pair {
+        for (request, expected) in &pair {
             stream.write_all(request).expect("write");
-            let _ = stream.read(&mut reply).expect("read");
+            let read = stream.read(&mut reply).expect("read");
+            check(&reply[..read], expected);
         }
     }
     rate.per_second()
@@ -151,9 +181,10 @@ async fn w1_raw_async(port: u16, time: Duration) -> f64 {
     let mut reply = [0u8; 256];
     let mut rate = Rate::new(time);
     while rate.go() {
-        for request in &pair {
+        for (request, expected) in &pair {
             stream.write_all(request).await.expect("write");
-            let _ = stream.read(&mut reply).await.expect("read");
+            let read = stream.read(&mut reply).await.expect("read");
+            check(&reply[..read], expected);
         }
     }
     rate.per_second()
@@ -168,7 +199,7 @@ async fn connect(port: u16) -> redis::aio::MultiplexedConnection {
 }
 
 async fn set_nx(mut connection: redis::aio::MultiplexedConnection) {
-    let _: Option<String> = redis::cmd("SET")
+    let set: Option<String> = redis::cmd("SET")
         .arg(KEY)
         .arg("token")
         .arg("NX")
@@ -177,18 +208,21 @@ async fn set_nx(mut connection: redis::aio::MultiplexedConnection) {
         .query_async(&mut connection)
         .await
         .expect("SET");
+    assert_eq!(set.as_deref(), Some("OK"), "SET NX refused");
 }
 
 async fn release(script: &redis::Script, mut connection: redis::aio::MultiplexedConnection) {
-    let _: i64 = script
+    let released: i64 = script
         .key(KEY)
         .arg("token")
         .invoke_async(&mut connection)
         .await
         .expect("EVALSHA");
+    assert_eq!(released, 1, "the compare-and-delete found another token");
 }
 
 async fn w1_redis_rs(port: u16, time: Duration) -> f64 {
+    fresh_start(port);
     let connection = connect(port).await;
     let script = redis::Script::new(RELEASE);
     let mut rate = Rate::new(time);
@@ -200,12 +234,39 @@ async fn w1_redis_rs(port: u16, time: Duration) -> f64 {
 }
 
 async fn w3_redis_rs(ports: &[u16], time: Duration) -> f64 {
+    ports.iter().for_each(|&port| fresh_start(port));
     let connections = join_all(ports.iter().map(|&port| connect(port))).await;
     let script = redis::Script::new(RELEASE);
     let mut rate = Rate::new(time);
     while rate.go() {
         join_all(connections.iter().cloned().map(set_nx)).await;
         join_all(connections.iter().cloned().map(|c| release(&script, c))).await;
+    }
+    rate.per_second()
+}
+
+fn w3_raw_sync(ports: &[u16], time: Duration) -> f64 {
+    let mut streams = Vec::new();
+    let mut pair = None;
+    for &port in ports {
+        pair = Some(floor_pair(port));
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        streams.push(stream);
+    }
+    let pair = pair.expect("five ports");
+    let mut reply = [0u8; 64];
+    let mut rate = Rate::new(time);
+    while rate.go() {
+        for (request, expected) in &pair {
+            for stream in streams.iter_mut() {
+                stream.write_all(request).expect("write");
+            }
+            for stream in streams.iter_mut() {
+                let read = stream.read(&mut reply).expect("read");
+                check(&reply[..read], expected);
+            }
+        }
     }
     rate.per_second()
 }
@@ -224,12 +285,14 @@ async fn w3_raw_async(ports: &[u16], time: Duration) -> f64 {
     let pair = pair.expect("five ports");
     let mut rate = Rate::new(time);
     while rate.go() {
-        for request in &pair {
+        for (request, expected) in &pair {
             for stream in streams.iter_mut() {
                 stream.write_all(request).await.expect("write");
             }
             join_all(streams.iter_mut().map(|stream| async move {
-                let _ = stream.read(&mut [0u8; 64]).await.expect("read");
+                let mut reply = [0u8; 64];
+                let read = stream.read(&mut reply).await.expect("read");
+                check(&reply[..read], expected);
             }))
             .await;
         }
@@ -239,6 +302,7 @@ async fn w3_raw_async(ports: &[u16], time: Duration) -> f64 {
 
 async fn w2_ring(port: u16, time: Duration) -> f64 {
     const WORKERS: usize = 8;
+    fresh_start(port);
     let connection = connect(port).await;
     let _: () = redis::cmd("SET")
         .arg(KEY)
