@@ -64,12 +64,12 @@ for round in $(seq "$rounds"); do
   ratio() { python3 -c "print(f'{$1 / $floor:.2f}')"; }
   for mode in w1-raw-sync w3-raw-sync; do
     read -r _ rate < <("$bounds" "$mode" "$port" "$seconds")
-    printf '  %-13s %6s /s  %sx floor\n' "$mode" "$rate" "$(ratio "$rate")"
+    printf '  %-18s %6s /s  %sx floor\n' "$mode" "$rate" "$(ratio "$rate")"
   done
-  for mode in w1-raw-async w1-redis-rs w3-raw-async w3-redis-rs w2-ring; do
+  for mode in w1-raw-async w1-redis-rs w1-redis-rs-driven w3-raw-async w3-redis-rs w2-ring; do
     read -r _ rate < <("$bounds" "$mode" "$port" "$seconds")
     read -r _ current < <(BOUNDS_CURRENT_THREAD=1 "$bounds" "$mode" "$port" "$seconds")
-    printf '  %-13s %6s /s  %sx floor   current-thread runtime: %6s /s  %sx floor\n' \
+    printf '  %-18s %6s /s  %sx floor   current-thread runtime: %6s /s  %sx floor\n' \
       "$mode" "$rate" "$(ratio "$rate")" "$current" "$(ratio "$current")"
   done
 done

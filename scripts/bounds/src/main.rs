@@ -13,6 +13,8 @@
 //!   w1-redis-rs   SET NX PX + EVALSHA on one redis-rs multiplexed connection
 //!   w1-raw-async  the same on a tokio TcpStream the loop reads and writes itself
 //!   w1-raw-sync   the same on a blocking std TcpStream (no runtime in the way)
+//!   w1-redis-rs-driven  w1-redis-rs with the connection's driver polled by the loop's own task
+//!                 (`MultiplexedConnection::new` hands it over) instead of spawned
 //!   w3-redis-rs   each step sent to 5 servers (PORT..PORT+4) at once, redis-rs
 //!   w3-raw-async  the same on 5 tokio TcpStreams the loop drives itself
 //!   w3-raw-sync   the same on 5 blocking std TcpStreams: write all five, then read all five
@@ -75,6 +77,7 @@ fn main() {
         "w1-raw-sync" => w1_raw_sync(port, time),
         "w1-redis-rs" => runtime.block_on(w1_redis_rs(port, time)),
         "w1-raw-async" => runtime.block_on(w1_raw_async(port, time)),
+        "w1-redis-rs-driven" => runtime.block_on(w1_redis_rs_driven(port, time)),
         "w3-redis-rs" => runtime.block_on(w3_redis_rs(&masters, time)),
         "w3-raw-async" => runtime.block_on(w3_raw_async(&masters, time)),
         "w3-raw-sync" => w3_raw_sync(&masters, time),
@@ -231,6 +234,31 @@ async fn w1_redis_rs(port: u16, time: Duration) -> f64 {
         release(&script, connection.clone()).await;
     }
     rate.per_second()
+}
+
+async fn w1_redis_rs_driven(port: u16, time: Duration) -> f64 {
+    fresh_start(port);
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let info = redis::RedisConnectionInfo::default();
+    let (connection, driver) = redis::aio::MultiplexedConnection::new(&info, stream)
+        .await
+        .expect("a connection");
+    let script = redis::Script::new(RELEASE);
+    let cycles = async {
+        let mut rate = Rate::new(time);
+        while rate.go() {
+            set_nx(connection.clone()).await;
+            release(&script, connection.clone()).await;
+        }
+        rate.per_second()
+    };
+    tokio::select! {
+        rate = cycles => rate,
+        () = driver => panic!("the connection's driver ended"),
+    }
 }
 
 async fn w3_redis_rs(ports: &[u16], time: Duration) -> f64 {
