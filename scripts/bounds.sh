@@ -28,7 +28,8 @@ bounds=scripts/bounds/target/release/dlock-bounds
 dir=$(mktemp -d)
 pids=()
 trap 'kill ${pids[@]+"${pids[@]}"} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
-# Five consecutive free ports: W3's masters are PORT..PORT+4.
+# Five consecutive free ports: W3's masters are PORT..PORT+4 (scripts/throwaway-redis.sh starts
+# one server on any free port, so it is not used here).
 port=$(python3 -c '
 import socket
 for base in range(20000, 60000, 7):

@@ -74,13 +74,13 @@ fn main() {
     .expect("a tokio runtime");
     let masters: Vec<u16> = (port..port + 5).collect();
     let rate = match args[0].as_str() {
-        "w1-raw-sync" => w1_raw_sync(port, time),
+        "w1-raw-sync" => raw_sync(&[port], time),
         "w1-redis-rs" => runtime.block_on(w1_redis_rs(port, time)),
         "w1-raw-async" => runtime.block_on(w1_raw_async(port, time)),
         "w1-redis-rs-driven" => runtime.block_on(w1_redis_rs_driven(port, time)),
         "w3-redis-rs" => runtime.block_on(w3_redis_rs(&masters, time)),
         "w3-raw-async" => runtime.block_on(w3_raw_async(&masters, time)),
-        "w3-raw-sync" => w3_raw_sync(&masters, time),
+        "w3-raw-sync" => raw_sync(&masters, time),
         "w2-ring" => runtime.block_on(w2_ring(port, time)),
         _ => usage(),
     };
@@ -97,10 +97,9 @@ fn resp(parts: &[&str]) -> Vec<u8> {
 }
 
 /// The floor's two commands in RESP, the script loaded on `port` first.
-/// The floor's two commands in RESP, each with the reply a whole cycle gets, after
-/// [`fresh_start`] on `port`.
-fn floor_pair(port: u16) -> [(Vec<u8>, &'static [u8]); 2] {
-    fresh_start(port);
+/// The floor's two commands in RESP, each with the reply a whole cycle gets (after
+/// [`fresh_start`]).
+fn floor_pair() -> [(Vec<u8>, &'static [u8]); 2] {
     let sha = redis::Script::new(RELEASE).get_hash().to_owned();
     [
         (
@@ -114,11 +113,25 @@ fn floor_pair(port: u16) -> [(Vec<u8>, &'static [u8]); 2] {
 /// Deletes the lock key (the previous mode may have left it set: every `SET NX` would then
 /// fail and every compare answer 0, a different workload) and loads the release script.
 fn fresh_start(port: u16) {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut stream = sync_socket(port);
     for command in [resp(&["DEL", KEY]), resp(&["SCRIPT", "LOAD", RELEASE])] {
         stream.write_all(&command).expect("write");
         let _ = stream.read(&mut [0u8; 128]).expect("reply");
     }
+}
+
+fn sync_socket(port: u16) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    stream
+}
+
+async fn async_socket(port: u16) -> tokio::net::TcpStream {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    stream
 }
 
 /// Fails loudly unless `reply` is exactly `expected`: a partial read, an error or a refused
@@ -159,28 +172,10 @@ impl Rate {
     }
 }
 
-fn w1_raw_sync(port: u16, time: Duration) -> f64 {
-    let pair = floor_pair(port);
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
-    let mut reply = [0u8; 256];
-    let mut rate = Rate::new(time);
-    while rate.go() {
-        for (request, expected) in &pair {
-            stream.write_all(request).expect("write");
-            let read = stream.read(&mut reply).expect("read");
-            check(&reply[..read], expected);
-        }
-    }
-    rate.per_second()
-}
-
 async fn w1_raw_async(port: u16, time: Duration) -> f64 {
-    let pair = floor_pair(port);
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
+    fresh_start(port);
+    let pair = floor_pair();
+    let mut stream = async_socket(port).await;
     let mut reply = [0u8; 256];
     let mut rate = Rate::new(time);
     while rate.go() {
@@ -238,10 +233,7 @@ async fn w1_redis_rs(port: u16, time: Duration) -> f64 {
 
 async fn w1_redis_rs_driven(port: u16, time: Duration) -> f64 {
     fresh_start(port);
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
+    let stream = async_socket(port).await;
     let info = redis::RedisConnectionInfo::default();
     let (connection, driver) = redis::aio::MultiplexedConnection::new(&info, stream)
         .await
@@ -273,16 +265,12 @@ async fn w3_redis_rs(ports: &[u16], time: Duration) -> f64 {
     rate.per_second()
 }
 
-fn w3_raw_sync(ports: &[u16], time: Duration) -> f64 {
-    let mut streams = Vec::new();
-    let mut pair = None;
-    for &port in ports {
-        pair = Some(floor_pair(port));
-        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        streams.push(stream);
-    }
-    let pair = pair.expect("five ports");
+/// Each step written to every server in `ports`, then every reply read, on blocking sockets
+/// (W1 with one port, W3 with five).
+fn raw_sync(ports: &[u16], time: Duration) -> f64 {
+    ports.iter().for_each(|&port| fresh_start(port));
+    let pair = floor_pair();
+    let mut streams: Vec<_> = ports.iter().map(|&port| sync_socket(port)).collect();
     let mut reply = [0u8; 64];
     let mut rate = Rate::new(time);
     while rate.go() {
@@ -300,17 +288,9 @@ fn w3_raw_sync(ports: &[u16], time: Duration) -> f64 {
 }
 
 async fn w3_raw_async(ports: &[u16], time: Duration) -> f64 {
-    let mut streams = Vec::new();
-    let mut pair = None;
-    for &port in ports {
-        pair = Some(floor_pair(port));
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        streams.push(stream);
-    }
-    let pair = pair.expect("five ports");
+    ports.iter().for_each(|&port| fresh_start(port));
+    let pair = floor_pair();
+    let mut streams = join_all(ports.iter().map(|&port| async_socket(port))).await;
     let mut rate = Rate::new(time);
     while rate.go() {
         for (request, expected) in &pair {
